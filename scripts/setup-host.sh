@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 (bookworm) host to run project-vm and its tests:
+# libvirt + QEMU from bookworm-backports, the tools the tests use, and the
+# daemons started (by hand when there is no systemd, as in containers/CI).
+#
+# The backports mirror is derived from the machine's existing apt sources, so
+# the script works unchanged behind local mirrors and snapshots.
+set -euo pipefail
+
+[[ $EUID -eq 0 ]] || { echo "setup-host.sh: run as root (it installs packages and starts libvirtd)" >&2; exit 1; }
+
+. /etc/os-release
+codename=${VERSION_CODENAME:-bookworm}
+
+mirror_uri() {
+  # deb822 sources first, then one-line sources.list entries.
+  local f uri
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -e $f ]] || continue
+    uri=$(awk '/^URIs:/ {u=$2} /^Suites:/ && u!="" && $0 ~ /'"$codename"'( |$)/ && u !~ /security/ {print u; exit}' "$f")
+    [[ -n $uri ]] && { echo "$uri"; return; }
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -e $f ]] || continue
+    uri=$(awk '$1=="deb" && $3=="'"$codename"'" && $2 !~ /security/ {print $2; exit}' "$f")
+    [[ -n $uri ]] && { echo "$uri"; return; }
+  done
+  return 1
+}
+
+if [[ $ID == debian ]]; then
+  backports=/etc/apt/sources.list.d/project-vm-backports.sources
+  if [[ ! -e $backports ]]; then
+    uri=$(mirror_uri) || { echo "setup-host.sh: no Debian $codename entry in the apt sources to derive a mirror from" >&2; exit 1; }
+    cat >"$backports" <<SRC
+Types: deb
+URIs: $uri
+Suites: $codename-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+  target=(-t "$codename-backports")
+else
+  target=()
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# Host stack.
+apt-get install -y -qq --no-install-recommends "${target[@]}" \
+  libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils passt \
+  ovmf- >/dev/null
+# Build and test tools: pkg-config for the virt crate, xorriso to read the seed
+# ISO back, debootstrap/extlinux/fdisk/e2fsprogs to build the test guest image,
+# openssh for the guest ssh and the qemu+ssh:// test.
+apt-get install -y -qq --no-install-recommends \
+  pkg-config xorriso debootstrap extlinux syslinux-common fdisk e2fsprogs \
+  openssh-client openssh-server libxml2-utils iproute2 procps >/dev/null
+
+start_daemons() {
+  if [[ -d /run/systemd/system ]]; then
+    systemctl start virtlogd.socket libvirtd.socket libvirtd.service
+    return
+  fi
+  mkdir -p /run/libvirt
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  pgrep -x libvirtd >/dev/null || libvirtd -d
+  for _ in $(seq 50); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  echo "setup-host.sh: libvirtd did not answer on qemu:///system" >&2
+  return 1
+}
+start_daemons
+virsh -c qemu:///system version

@@ -1,0 +1,194 @@
+//! Command-line definitions (clap). No logic here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::spec::{Size, VmName};
+
+fn vm_name(s: &str) -> Result<VmName, String> {
+    VmName::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "project-vm", version, about = "One libvirt VM per project", propagate_version = true)]
+pub struct Cli {
+    /// libvirt URI [default: qemu:///system for root, else qemu:///session]
+    #[arg(long, short = 'c', global = true, env = "PROJECT_VM_URI")]
+    pub connect: Option<String>,
+    /// Host settings file (JSON) [default: /etc/project-vm/config.json, then $XDG_CONFIG_HOME/project-vm/config.json]
+    #[arg(long, global = true, env = "PROJECT_VM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a VM: root overlay on the base image, project disk, cloud-init seed, domain.
+    Create(CreateArgs),
+    /// Start a VM.
+    Start(StartArgs),
+    /// Shut a VM down (ACPI), powering it off if it does not stop in time.
+    Stop(StopArgs),
+    /// Stop, then start.
+    Restart(RestartArgs),
+    /// Delete a VM and its disks (the project disk too, unless --keep-data).
+    Destroy(DestroyArgs),
+    /// List project-vm's VMs.
+    List,
+    /// Show one VM: state, disks, addresses, ssh target.
+    Status(NameArg),
+    /// ssh into a VM, verifying its pinned host key.
+    Ssh(SshArgs),
+    /// Print an ~/.ssh/config block for a VM (or all VMs).
+    SshConfig(OptNameArg),
+    /// Attach to a VM's serial console (Ctrl-] leaves).
+    Console(NameArg),
+    /// Show a VM's serial console log.
+    Logs(LogsArgs),
+    /// Manage base images in the storage pool.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+}
+
+#[derive(Debug, Args)]
+pub struct OptNameArg {
+    #[arg(value_parser = vm_name)]
+    pub name: Option<VmName>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until cloud-init has finished in the guest (exit 5 if it failed).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 6; the VM keeps running).
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Memory, binary units (e.g. 512M, 8G)
+    #[arg(default_value = "4G")]
+    pub memory: Size,
+    /// Virtual CPUs
+    #[arg(default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub cpus: u32,
+    /// Root disk size (the overlay's virtual size)
+    #[arg(default_value = "20G")]
+    pub disk: Size,
+    /// Size of the persistent project disk (mounted at /project)
+    #[arg(long, default_value = "50G", value_name = "SIZE")]
+    pub project_disk: Size,
+    /// A cloud-config file merged into the generated one
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// Base image (volume name or file); default: the base_image setting
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Start the VM with the host (libvirt autostart)
+    #[arg(long)]
+    pub autostart: bool,
+    /// Start it after creating
+    #[arg(long)]
+    pub start: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Seconds to wait for a graceful shutdown before powering off
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// Power off at once
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Seconds to wait for a graceful shutdown before powering off
+    #[arg(long = "stop-timeout", default_value_t = 60, value_name = "SECS")]
+    pub stop_timeout: u64,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Keep the project disk; a later `create` of the same name reattaches it
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Private key to use (passed to ssh -i)
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Command to run instead of a login shell (after --)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Keep printing as the log grows
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Upload an image file (qcow2 or raw) into the pool.
+    Import {
+        file: PathBuf,
+        /// Volume name [default: the file's name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images and the VMs built on them.
+    List,
+    /// Delete an image no VM is built on.
+    Rm { name: String },
+}

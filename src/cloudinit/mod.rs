@@ -1,0 +1,275 @@
+//! The cloud-init NoCloud seed: `user-data`, `meta-data` and `network-config`,
+//! rendered from a [`VmSpec`], written into an ISO (volume id `cidata`).
+//!
+//! The cloud-config is built as a JSON value (JSON is YAML, and cloud-init
+//! reads it as such), so nothing here escapes YAML by hand. A user's own
+//! cloud-config (`--user-data`) is parsed here and merged in, so a YAML error
+//! is reported at `create`, not discovered inside the guest.
+
+pub mod hostkey;
+pub mod iso;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::invalid;
+use crate::libvirt::domain_xml::{DATA_DISK_SERIAL, READY_CHANNEL};
+use crate::spec::VmSpec;
+
+/// The guest-side readiness reporter: after cloud-init's final stage it writes
+/// `cloud-init status --format json` to the virtio-serial port the host reads.
+const READY_SCRIPT: &str = include_str!("../../cloud-init/project-vm-ready");
+const READY_UNIT: &str = include_str!("../../cloud-init/project-vm-ready.service");
+
+pub const PROJECT_MOUNT: &str = "/project";
+pub const PROJECT_LABEL: &str = "project";
+
+/// What goes into the seed besides the spec.
+pub struct SeedInput<'a> {
+    pub spec: &'a VmSpec,
+    pub authorized_keys: &'a [String],
+    pub host_key: Option<&'a hostkey::HostKey>,
+    /// The user's cloud-config, already parsed.
+    pub user_data: Option<&'a Value>,
+    pub instance_id: &'a str,
+    pub tailscale_auth_key: Option<&'a str>,
+}
+
+/// The three files of a NoCloud seed.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub user_data: String,
+    pub meta_data: String,
+    pub network_config: String,
+}
+
+/// Parses a user's cloud-config file (YAML starting with `#cloud-config`).
+pub fn parse_user_data(text: &str, origin: &str) -> anyhow::Result<Value> {
+    let first = text.lines().next().unwrap_or("").trim_end();
+    if first != "#cloud-config" {
+        return Err(invalid(format!(
+            "{origin}: user-data must be a cloud-config whose first line is \"#cloud-config\" (found {first:?})"
+        )));
+    }
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| invalid(format!("{origin}: not valid YAML: {e}")))?;
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Ok(Value::Object(Map::new())),
+        _ => Err(invalid(format!("{origin}: a cloud-config must be a mapping of module keys"))),
+    }
+}
+
+/// Merges `extra` into `base`: mappings recursively, lists appended, other
+/// values replaced (the user's value wins). This is cloud-init's own
+/// `list(append)+dict(recurse_array)` behaviour, done before the guest sees it.
+pub fn merge(base: &mut Value, extra: &Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(e)) => b.extend(e.iter().cloned()),
+        (b, e) => *b = e.clone(),
+    }
+}
+
+/// The cloud-config project-vm generates for every VM.
+pub fn base_config(input: &SeedInput) -> Value {
+    let spec = input.spec;
+    let user = &spec.ssh_user;
+    let hostname = spec.name.domain();
+    let mut cfg = json!({
+        "hostname": hostname,
+        "preserve_hostname": false,
+        // Once the seed is deleted (it holds secrets), later boots must not
+        // treat the VM as a new instance (which would regenerate host keys).
+        "manual_cache_clean": true,
+        "manage_etc_hosts": true,
+        "users": [{
+            "name": user,
+            "shell": "/bin/bash",
+            "lock_passwd": true,
+            "sudo": "ALL=(ALL) NOPASSWD:ALL",
+            "ssh_authorized_keys": input.authorized_keys,
+        }],
+        "disable_root": true,
+        "ssh_pwauth": false,
+        "growpart": { "mode": "auto", "devices": ["/"] },
+        "resize_rootfs": true,
+        // The project disk: formatted only when it has no filesystem yet, so a
+        // disk reattached after `destroy --keep-data` keeps its data.
+        "fs_setup": [{
+            "label": PROJECT_LABEL,
+            "filesystem": "ext4",
+            "device": format!("/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"),
+            "partition": "none",
+            "overwrite": false,
+        }],
+        "mounts": [[format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail", "0", "2"]],
+        "runcmd": [
+            // Runs the readiness reporter after this (final) stage, and on every later boot.
+            ["sh", "-c", "systemctl daemon-reload && systemctl enable project-vm-ready.service && systemctl start --no-block project-vm-ready.service"],
+            ["chown", format!("{user}:{user}"), PROJECT_MOUNT],
+        ],
+        "write_files": [
+            { "path": "/usr/local/libexec/project-vm-ready", "permissions": "0755", "content": READY_SCRIPT
+                .replace("@READY_CHANNEL@", READY_CHANNEL) },
+            { "path": "/etc/systemd/system/project-vm-ready.service", "permissions": "0644", "content": READY_UNIT },
+        ],
+    });
+    if let Some(key) = input.host_key {
+        // Pinned host key: generated on the host at create, so `ssh` can verify
+        // the guest from its first connection instead of trusting on first use.
+        cfg["ssh_deletekeys"] = json!(true);
+        cfg["ssh_genkeytypes"] = json!([]);
+        cfg["ssh_keys"] = json!({
+            "ed25519_private": key.private_openssh,
+            "ed25519_public": key.public_openssh,
+        });
+    }
+    if let Some(auth_key) = input.tailscale_auth_key {
+        // Joins the tailnet as project-NAME. The key file is only read at create
+        // time, travels in the seed (root-only, deleted after first boot), and is
+        // never logged or written into domain XML or metadata.
+        let join = format!(
+            "curl -fsSL https://tailscale.com/install.sh | sh && tailscale up --auth-key=\"$(cat /run/project-vm/ts-authkey)\" --hostname={hostname} --ssh=false && rm -f /run/project-vm/ts-authkey"
+        );
+        cfg["write_files"].as_array_mut().unwrap().push(json!({
+            "path": "/run/project-vm/ts-authkey", "permissions": "0600", "content": auth_key,
+        }));
+        cfg["runcmd"].as_array_mut().unwrap().push(json!(["sh", "-c", join]));
+    }
+    cfg
+}
+
+/// Renders the seed files.
+pub fn render(input: &SeedInput) -> Seed {
+    let mut cfg = base_config(input);
+    if let Some(user) = input.user_data {
+        merge(&mut cfg, user);
+    }
+    let user_data = format!(
+        "#cloud-config\n# generated by project-vm for {}\n{}\n",
+        input.spec.name.domain(),
+        serde_json::to_string_pretty(&cfg).expect("json")
+    );
+    let meta_data = serde_json::to_string_pretty(&json!({
+        "instance-id": input.instance_id,
+        "local-hostname": input.spec.name.domain(),
+    }))
+    .expect("json");
+    // Match the NIC by the MAC project-vm gave it, whatever the guest names it.
+    let network_config = serde_json::to_string_pretty(&json!({
+        "version": 2,
+        "ethernets": {
+            "primary": {
+                "match": { "macaddress": input.spec.name.mac() },
+                "set-name": "eth0",
+                "dhcp4": true,
+            }
+        }
+    }))
+    .expect("json");
+    Seed { user_data, meta_data, network_config }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::domain_xml::tests::spec;
+    use crate::settings::{Accel, Network};
+
+    fn yaml(text: &str) -> Value {
+        serde_yaml_ng::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn user_data_is_cloud_config_yaml() {
+        let s = spec(Network::default(), Accel::Kvm);
+        let keys = vec!["ssh-ed25519 AAAAC3 me@host".to_string()];
+        let seed = render(&SeedInput {
+            spec: &s,
+            authorized_keys: &keys,
+            host_key: None,
+            user_data: None,
+            instance_id: "iid-1",
+            tailscale_auth_key: None,
+        });
+        assert!(seed.user_data.starts_with("#cloud-config\n"));
+        let v = yaml(&seed.user_data);
+        assert_eq!(v["hostname"], "project-foo");
+        assert_eq!(v["users"][0]["name"], "dev");
+        assert_eq!(v["users"][0]["sudo"], "ALL=(ALL) NOPASSWD:ALL");
+        assert_eq!(v["users"][0]["ssh_authorized_keys"][0], keys[0]);
+        assert_eq!(v["fs_setup"][0]["label"], "project");
+        assert_eq!(v["fs_setup"][0]["overwrite"], false);
+        assert_eq!(v["mounts"][0][1], "/project");
+        assert!(v.get("ssh_keys").is_none());
+        let m = yaml(&seed.meta_data);
+        assert_eq!(m["instance-id"], "iid-1");
+        assert_eq!(m["local-hostname"], "project-foo");
+        let n = yaml(&seed.network_config);
+        assert_eq!(n["ethernets"]["primary"]["match"]["macaddress"], s.name.mac());
+    }
+
+    #[test]
+    fn merges_user_config() {
+        let s = spec(Network::default(), Accel::Kvm);
+        let user = parse_user_data("#cloud-config\npackages: [git]\nruncmd:\n  - echo hi\nhostname: other\n", "u.yaml").unwrap();
+        let seed = render(&SeedInput {
+            spec: &s,
+            authorized_keys: &[],
+            host_key: None,
+            user_data: Some(&user),
+            instance_id: "i",
+            tailscale_auth_key: None,
+        });
+        let v = yaml(&seed.user_data);
+        assert_eq!(v["packages"][0], "git");
+        let runcmd = v["runcmd"].as_array().unwrap();
+        assert_eq!(runcmd.len(), 3, "ours then the user's: {runcmd:?}");
+        assert_eq!(runcmd[2], "echo hi");
+        assert_eq!(v["hostname"], "other", "user's scalar wins");
+    }
+
+    #[test]
+    fn rejects_bad_user_data() {
+        let e = parse_user_data("#!/bin/sh\necho\n", "u.sh").unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(e.to_string().contains("#cloud-config"));
+        let e = parse_user_data("#cloud-config\nfoo: [\n", "bad.yaml").unwrap_err();
+        assert!(e.to_string().contains("bad.yaml: not valid YAML"), "{e}");
+        assert!(parse_user_data("#cloud-config\n- a\n", "l.yaml").is_err());
+        assert!(parse_user_data("#cloud-config\n", "empty.yaml").unwrap().as_object().unwrap().is_empty());
+    }
+
+    #[test]
+    fn host_key_and_tailscale() {
+        let s = spec(Network::default(), Accel::Kvm);
+        let key = hostkey::HostKey::generate("project-foo").unwrap();
+        let seed = render(&SeedInput {
+            spec: &s,
+            authorized_keys: &[],
+            host_key: Some(&key),
+            user_data: None,
+            instance_id: "i",
+            tailscale_auth_key: Some("tskey-auth-SECRET"),
+        });
+        let v = yaml(&seed.user_data);
+        assert_eq!(v["ssh_keys"]["ed25519_public"], key.public_openssh.as_str());
+        assert!(v["ssh_keys"]["ed25519_private"].as_str().unwrap().contains("BEGIN OPENSSH PRIVATE KEY"));
+        assert_eq!(v["ssh_deletekeys"], true);
+        let files = v["write_files"].as_array().unwrap();
+        let ts = files.iter().find(|f| f["path"] == "/run/project-vm/ts-authkey").unwrap();
+        assert_eq!(ts["content"], "tskey-auth-SECRET");
+        assert_eq!(ts["permissions"], "0600");
+        let join = v["runcmd"].as_array().unwrap().last().unwrap()[2].as_str().unwrap().to_owned();
+        assert!(join.contains("--hostname=project-foo"), "{join}");
+        assert!(!join.contains("SECRET"), "the key is read from a file, not put on a command line");
+    }
+}

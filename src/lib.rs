@@ -1,0 +1,17 @@
+//! project-vm: one libvirt VM per project.
+//!
+//! Data flows one way: CLI arguments or a declarative file, plus the host
+//! [`settings`], become a resolved [`spec::VmSpec`]; the [`ops`] turn specs into
+//! libvirt objects through [`libvirt`]; reports come back for [`output`].
+
+pub mod cli;
+pub mod cloudinit;
+pub mod error;
+pub mod interrupt;
+pub mod libvirt;
+pub mod ops;
+pub mod output;
+pub mod progress;
+pub mod run;
+pub mod settings;
+pub mod spec;

@@ -1,0 +1,492 @@
+//! The libvirt domain definition as a typed model, built from a [`VmSpec`].
+//!
+//! Only what project-vm sets is modelled; libvirt fills in the rest (PCI
+//! addresses, controllers, the emulator path) and may reorder it, so nothing
+//! compares this XML byte for byte with what libvirt returns.
+
+use serde::Serialize;
+
+use super::metadata::Ownership;
+use crate::settings::{Accel, Network};
+use crate::spec::VmSpec;
+
+/// Channel the guest writes its cloud-init result to (see `readiness`).
+pub const READY_CHANNEL: &str = "org.project-vm.ready.0";
+pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+/// Serial of the project disk: the guest finds it at /dev/disk/by-id/virtio-project-data.
+pub const DATA_DISK_SERIAL: &str = "project-data";
+
+#[derive(Debug, Serialize)]
+#[serde(rename = "domain")]
+pub struct DomainXml {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub name: String,
+    pub metadata: MetadataXml,
+    pub memory: Memory,
+    #[serde(rename = "currentMemory")]
+    pub current_memory: Memory,
+    pub vcpu: u32,
+    pub os: Os,
+    pub features: Features,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    pub clock: Clock,
+    pub on_poweroff: &'static str,
+    pub on_reboot: &'static str,
+    pub on_crash: &'static str,
+    pub devices: Devices,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetadataXml {
+    #[serde(rename = "projectvm:vm")]
+    pub vm: Ownership,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    #[serde(rename = "@unit")]
+    pub unit: &'static str,
+    #[serde(rename = "$text")]
+    pub value: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Os {
+    #[serde(rename = "type")]
+    pub os_type: OsType,
+    pub boot: Boot,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OsType {
+    #[serde(rename = "@arch")]
+    pub arch: &'static str,
+    #[serde(rename = "@machine")]
+    pub machine: &'static str,
+    #[serde(rename = "$text")]
+    pub value: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Boot {
+    #[serde(rename = "@dev")]
+    pub dev: &'static str,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Empty {}
+
+#[derive(Debug, Serialize)]
+pub struct Features {
+    pub acpi: Empty,
+    pub apic: Empty,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cpu {
+    #[serde(rename = "@mode")]
+    pub mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Clock {
+    #[serde(rename = "@offset")]
+    pub offset: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Devices {
+    #[serde(rename = "$value")]
+    pub items: Vec<Device>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Disk(Disk),
+    Controller(Controller),
+    Interface(Interface),
+    Serial(Serial),
+    Console(Console),
+    Channel(Channel),
+    Rng(Rng),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Disk {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@device")]
+    pub device: &'static str,
+    pub driver: DiskDriver,
+    pub source: VolumeSource,
+    pub target: DiskTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<Empty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskDriver {
+    #[serde(rename = "@name")]
+    pub name: &'static str,
+    #[serde(rename = "@type")]
+    pub format: &'static str,
+    #[serde(rename = "@discard", skip_serializing_if = "Option::is_none")]
+    pub discard: Option<&'static str>,
+}
+
+/// A disk named by pool and volume, never by path: the path only exists on the
+/// libvirt host, which need not be the machine running project-vm.
+#[derive(Debug, Serialize)]
+pub struct VolumeSource {
+    #[serde(rename = "@pool")]
+    pub pool: String,
+    #[serde(rename = "@volume")]
+    pub volume: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskTarget {
+    #[serde(rename = "@dev")]
+    pub dev: &'static str,
+    #[serde(rename = "@bus")]
+    pub bus: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Controller {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@index")]
+    pub index: u32,
+    #[serde(rename = "@model")]
+    pub model: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Interface {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub mac: Mac,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<InterfaceSource>,
+    pub model: Model,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    #[serde(rename = "portForward", skip_serializing_if = "Option::is_none")]
+    pub port_forward: Option<PortForward>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Mac {
+    #[serde(rename = "@address")]
+    pub address: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterfaceSource {
+    #[serde(rename = "@network", skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(rename = "@bridge", skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Model {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PortForward {
+    #[serde(rename = "@proto")]
+    pub proto: &'static str,
+    #[serde(rename = "@address")]
+    pub address: &'static str,
+    pub range: PortRange,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PortRange {
+    #[serde(rename = "@start")]
+    pub start: u16,
+    #[serde(rename = "@to")]
+    pub to: u16,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Serial {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub target: SerialTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<Log>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SerialTarget {
+    #[serde(rename = "@port")]
+    pub port: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Log {
+    #[serde(rename = "@file")]
+    pub file: String,
+    #[serde(rename = "@append")]
+    pub append: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Console {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub target: ConsoleTarget,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsoleTarget {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@port")]
+    pub port: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Channel {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub target: ChannelTarget,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChannelTarget {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@name")]
+    pub name: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rng {
+    #[serde(rename = "@model")]
+    pub model: &'static str,
+    pub backend: RngBackend,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RngBackend {
+    #[serde(rename = "@model")]
+    pub model: &'static str,
+    #[serde(rename = "$text")]
+    pub source: &'static str,
+}
+
+fn volume_disk(pool: &str, volume: &str, format: &'static str, dev: &'static str) -> Disk {
+    Disk {
+        kind: "volume",
+        device: "disk",
+        driver: DiskDriver { name: "qemu", format, discard: Some("unmap") },
+        source: VolumeSource { pool: pool.into(), volume: volume.into() },
+        target: DiskTarget { dev, bus: "virtio" },
+        readonly: None,
+        serial: None,
+    }
+}
+
+fn interface(spec: &VmSpec) -> Interface {
+    let mac = Mac { address: spec.name.mac() };
+    let model = Model { kind: "virtio" };
+    match &spec.network {
+        Network::Network { name } => Interface {
+            kind: "network",
+            mac,
+            source: Some(InterfaceSource { network: Some(name.clone()), bridge: None }),
+            model,
+            backend: None,
+            port_forward: None,
+        },
+        Network::Bridge { name } => Interface {
+            kind: "bridge",
+            mac,
+            source: Some(InterfaceSource { network: None, bridge: Some(name.clone()) }),
+            model,
+            backend: None,
+            port_forward: None,
+        },
+        Network::User { ssh_port } => Interface {
+            kind: "user",
+            mac,
+            source: None,
+            model,
+            backend: Some(Backend { kind: "passt" }),
+            port_forward: Some(PortForward {
+                proto: "tcp",
+                address: "127.0.0.1",
+                range: PortRange { start: spec.ssh_port.unwrap_or(*ssh_port), to: 22 },
+            }),
+        },
+    }
+}
+
+/// Builds the domain definition for `spec`. `serial_log` is a file on the
+/// libvirt host that receives the serial console (for `logs`).
+pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -> DomainXml {
+    let pool = &ownership.pool;
+    let mut items = vec![
+        Device::Disk(volume_disk(pool, &ownership.root_volume, "qcow2", "vda")),
+        Device::Disk(Disk {
+            serial: Some(DATA_DISK_SERIAL),
+            ..volume_disk(pool, &ownership.data_volume, "qcow2", "vdb")
+        }),
+    ];
+    if let Some(seed) = &ownership.seed_volume {
+        // virtio-scsi, not SATA: many cloud kernels have no AHCI driver and
+        // would never see a SATA CD-ROM, so cloud-init would silently do nothing.
+        items.push(Device::Controller(Controller { kind: "scsi", index: 0, model: "virtio-scsi" }));
+        items.push(Device::Disk(Disk {
+            kind: "volume",
+            device: "cdrom",
+            driver: DiskDriver { name: "qemu", format: "raw", discard: None },
+            source: VolumeSource { pool: pool.clone(), volume: seed.clone() },
+            target: DiskTarget { dev: "sda", bus: "scsi" },
+            readonly: Some(Empty {}),
+            serial: None,
+        }));
+    }
+    items.extend([
+        Device::Interface(interface(spec)),
+        Device::Serial(Serial {
+            kind: "pty",
+            target: SerialTarget { port: 0 },
+            log: serial_log.map(|file| Log { file, append: "on" }),
+        }),
+        Device::Console(Console { kind: "pty", target: ConsoleTarget { kind: "serial", port: 0 } }),
+        Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: AGENT_CHANNEL } }),
+        Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: READY_CHANNEL } }),
+        Device::Rng(Rng { model: "virtio", backend: RngBackend { model: "random", source: "/dev/urandom" } }),
+    ]);
+    let mib = spec.resources.memory.mib();
+    DomainXml {
+        kind: spec.accel.domain_type(),
+        name: spec.name.domain(),
+        metadata: MetadataXml {
+            vm: Ownership { xmlns: Some(super::metadata::NAMESPACE.into()), ..ownership.clone() },
+        },
+        memory: Memory { unit: "MiB", value: mib },
+        current_memory: Memory { unit: "MiB", value: mib },
+        vcpu: spec.resources.cpus,
+        os: Os {
+            os_type: OsType { arch: "x86_64", machine: "q35", value: "hvm" },
+            boot: Boot { dev: "hd" },
+        },
+        features: Features { acpi: Empty {}, apic: Empty {} },
+        // With KVM the guest sees the host CPU; TCG emulates its default model.
+        cpu: (spec.accel == Accel::Kvm).then_some(Cpu { mode: "host-passthrough" }),
+        clock: Clock { offset: "utc" },
+        on_poweroff: "destroy",
+        on_reboot: "restart",
+        on_crash: "destroy",
+        devices: Devices { items },
+    }
+}
+
+impl DomainXml {
+    pub fn to_xml(&self) -> String {
+        let mut out = String::new();
+        let mut ser = quick_xml::se::Serializer::new(&mut out);
+        ser.indent(' ', 2);
+        self.serialize(ser).expect("domain model serializes");
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::libvirt::metadata::Phase;
+    use crate::spec::{Resources, Size, VmName};
+
+    pub fn spec(network: Network, accel: Accel) -> VmSpec {
+        VmSpec {
+            name: VmName::parse("foo").unwrap(),
+            resources: Resources { memory: Size(1 << 30), cpus: 2, disk: Size(5 << 30), project_disk: Size(2 << 30) },
+            base_image: "base.qcow2".into(),
+            accel,
+            network,
+            ssh_user: "dev".into(),
+            ssh_port: None,
+            tailnet: None,
+            autostart: false,
+            user_data_hash: None,
+        }
+    }
+
+    pub fn ownership(spec: &VmSpec) -> Ownership {
+        Ownership {
+            xmlns: None,
+            version: 1,
+            name: spec.name.to_string(),
+            phase: Phase::Creating,
+            pool: "project-vm".into(),
+            root_volume: spec.name.root_volume(),
+            data_volume: spec.name.data_volume(),
+            seed_volume: Some(spec.name.seed_volume()),
+            created: 1,
+            host_key: None,
+            spec_json: serde_json::to_string(spec).unwrap(),
+        }
+    }
+
+    #[test]
+    fn renders_the_expected_devices() {
+        let s = spec(Network::User { ssh_port: 22022 }, Accel::Tcg);
+        let xml = build(&s, &ownership(&s), Some("/var/log/x.log".into())).to_xml();
+        for needle in [
+            r#"<domain type="qemu">"#,
+            "<name>project-foo</name>",
+            r#"<projectvm:vm xmlns:projectvm="https://project-vm.dev/xmlns/domain/1" version="1" name="foo" phase="creating""#,
+            r#"<memory unit="MiB">1024</memory>"#,
+            "<vcpu>2</vcpu>",
+            r#"<source pool="project-vm" volume="project-foo-root.qcow2"/>"#,
+            r#"<target dev="vdb" bus="virtio"/>"#,
+            "<serial>project-data</serial>",
+            r#"<controller type="scsi" index="0" model="virtio-scsi"/>"#,
+            r#"<target dev="sda" bus="scsi"/>"#,
+            "<readonly/>",
+            r#"<backend type="passt"/>"#,
+            r#"<range start="22022" to="22"/>"#,
+            r#"<log file="/var/log/x.log" append="on"/>"#,
+            r#"name="org.qemu.guest_agent.0""#,
+            r#"name="org.project-vm.ready.0""#,
+            "/dev/urandom",
+        ] {
+            assert!(xml.contains(needle), "missing {needle} in\n{xml}");
+        }
+        assert!(!xml.contains("host-passthrough"), "tcg must not ask for the host cpu");
+        assert!(xml.contains(&s.name.mac()));
+    }
+
+    #[test]
+    fn kvm_bridge_and_no_seed() {
+        let s = spec(Network::Bridge { name: "br0".into() }, Accel::Kvm);
+        let mut o = ownership(&s);
+        o.seed_volume = None;
+        let xml = build(&s, &o, None).to_xml();
+        assert!(xml.contains(r#"<domain type="kvm">"#));
+        assert!(xml.contains(r#"<cpu mode="host-passthrough"/>"#));
+        assert!(xml.contains(r#"<source bridge="br0"/>"#));
+        assert!(!xml.contains("cdrom") && !xml.contains("virtio-scsi"));
+        assert!(!xml.contains("<log"));
+    }
+}

@@ -1,0 +1,349 @@
+//! Storage pools and volumes. Every disk project-vm makes or reads goes through
+//! libvirt's storage API, so the same code works on a remote libvirt host.
+
+use std::io::Read;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use virt::connect::Connect;
+use virt::error::ErrorNumber;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+use super::{explain, is};
+use crate::progress::Progress;
+use crate::settings::Settings;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename = "pool")]
+struct PoolXml {
+    #[serde(rename = "@type")]
+    kind: String,
+    name: String,
+    target: PoolTarget,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PoolTarget {
+    path: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename = "volume")]
+struct VolumeXml {
+    name: String,
+    capacity: Amount,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allocation: Option<Amount>,
+    target: VolumeTarget,
+    #[serde(rename = "backingStore", default, skip_serializing_if = "Option::is_none")]
+    backing_store: Option<BackingStore>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Amount {
+    #[serde(rename = "@unit", default = "bytes")]
+    unit: String,
+    #[serde(rename = "$text")]
+    value: u64,
+}
+
+fn bytes() -> String {
+    "bytes".into()
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct VolumeTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<Format>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    permissions: Option<Permissions>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Format {
+    #[serde(rename = "@type")]
+    kind: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Permissions {
+    mode: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BackingStore {
+    path: String,
+    format: Format,
+}
+
+fn amount(value: u64) -> Amount {
+    Amount { unit: "bytes".into(), value }
+}
+
+/// What project-vm needs to know about a volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// The path on the libvirt host.
+    pub path: String,
+    pub format: String,
+    pub capacity: u64,
+    pub allocation: u64,
+    /// Path of the backing file, for overlays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backing: Option<String>,
+}
+
+impl VolumeInfo {
+    pub fn of(vol: &StorageVol) -> anyhow::Result<VolumeInfo> {
+        let xml = vol.xml_desc(0).map_err(|e| explain(e, "reading volume"))?;
+        let parsed: VolumeXml = quick_xml::de::from_str(&xml).context("parsing volume XML")?;
+        let info = vol.info().map_err(|e| explain(e, "reading volume info"))?;
+        Ok(VolumeInfo {
+            name: parsed.name,
+            path: vol.path().unwrap_or_default(),
+            format: parsed.target.format.map(|f| f.kind).unwrap_or_else(|| "raw".into()),
+            capacity: info.capacity,
+            allocation: info.allocation,
+            backing: parsed.backing_store.map(|b| b.path),
+        })
+    }
+}
+
+/// The pool, if it exists (read-only commands never create it).
+pub fn find_pool(conn: &Connect, name: &str) -> anyhow::Result<Option<StoragePool>> {
+    match conn.lookup_storage_pool_by_name(name) {
+        Ok(p) => {
+            if !p.is_active().unwrap_or(false) {
+                p.create(0).map_err(|e| explain(e, format!("starting storage pool {name}")))?;
+            }
+            Ok(Some(p))
+        }
+        Err(e) if is(&e, ErrorNumber::NoStoragePool) => Ok(None),
+        Err(e) => Err(explain(e, format!("looking up storage pool {name}"))),
+    }
+}
+
+/// The pool, defined (as a `dir` pool on `storage_dir`), built and started on first use.
+pub fn ensure_pool(conn: &Connect, settings: &Settings) -> anyhow::Result<StoragePool> {
+    if let Some(p) = find_pool(conn, &settings.pool)? {
+        return Ok(p);
+    }
+    let dir = settings.storage_dir.to_string_lossy().into_owned();
+    tracing::info!(pool = %settings.pool, %dir, "defining storage pool");
+    let xml = quick_xml::se::to_string(&PoolXml {
+        kind: "dir".into(),
+        name: settings.pool.clone(),
+        target: PoolTarget { path: dir.clone() },
+    })?;
+    let pool = conn.define_storage_pool_xml(&xml, 0)
+        .map_err(|e| explain(e, format!("defining storage pool {} at {dir}", settings.pool)))?;
+    let started = pool
+        .build(0)
+        .and_then(|_| pool.create(0))
+        .map_err(|e| explain(e, format!("creating storage pool {} at {dir}", settings.pool)));
+    if let Err(e) = started {
+        let _ = pool.undefine();
+        return Err(e);
+    }
+    let _ = pool.set_autostart(true);
+    Ok(pool)
+}
+
+pub fn find_volume(pool: &StoragePool, name: &str) -> anyhow::Result<Option<StorageVol>> {
+    match pool.lookup_storage_vol_by_name(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(None),
+        Err(e) => Err(explain(e, format!("looking up volume {name}"))),
+    }
+}
+
+fn create(pool: &StoragePool, xml: &VolumeXml) -> anyhow::Result<StorageVol> {
+    let text = quick_xml::se::to_string(xml)?;
+    tracing::debug!(xml = %text, "creating volume");
+    StorageVol::create_xml(pool, &text, 0).map_err(|e| explain(e, format!("creating volume {}", xml.name)))
+}
+
+/// A qcow2 overlay on `base`: copy-on-write, created in milliseconds.
+pub fn create_overlay(pool: &StoragePool, name: &str, capacity: u64, base: &VolumeInfo) -> anyhow::Result<StorageVol> {
+    create(
+        pool,
+        &VolumeXml {
+            name: name.into(),
+            capacity: amount(capacity),
+            allocation: Some(amount(0)),
+            target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+            backing_store: Some(BackingStore { path: base.path.clone(), format: Format { kind: base.format.clone() } }),
+        },
+    )
+}
+
+/// An empty sparse qcow2.
+pub fn create_qcow2(pool: &StoragePool, name: &str, capacity: u64) -> anyhow::Result<StorageVol> {
+    create(
+        pool,
+        &VolumeXml {
+            name: name.into(),
+            capacity: amount(capacity),
+            allocation: Some(amount(0)),
+            target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+            backing_store: None,
+        },
+    )
+}
+
+/// Creates a volume and fills it from `reader` through a libvirt stream.
+/// `mode` restricts the file on the host (the seed holds secrets: 0600).
+/// On failure the half-written volume is deleted.
+pub fn upload(
+    conn: &Connect,
+    pool: &StoragePool,
+    name: &str,
+    format: &str,
+    len: u64,
+    mode: Option<&str>,
+    reader: &mut dyn Read,
+    progress: &Progress,
+) -> anyhow::Result<StorageVol> {
+    let vol = create(
+        pool,
+        &VolumeXml {
+            name: name.into(),
+            capacity: amount(len),
+            allocation: None,
+            target: VolumeTarget {
+                format: Some(Format { kind: format.into() }),
+                permissions: mode.map(|m| Permissions { mode: m.into() }),
+                ..Default::default()
+            },
+            backing_store: None,
+        },
+    )?;
+    if let Err(e) = send(conn, &vol, len, reader, progress) {
+        let _ = vol.delete(0);
+        return Err(e.context(format!("uploading volume {name}")));
+    }
+    Ok(vol)
+}
+
+fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progress: &Progress) -> anyhow::Result<()> {
+    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    vol.upload(&stream, 0, len, 0).map_err(|e| explain(e, "starting upload"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sent = 0u64;
+    let result = (|| -> anyhow::Result<()> {
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let mut off = 0;
+            while off < n {
+                let w = stream.send(&buf[off..n]).map_err(|e| explain(e, "sending data"))?;
+                anyhow::ensure!(w > 0, "libvirt stream accepted no data");
+                off += w as usize;
+            }
+            sent += n as u64;
+            progress.set_position(sent);
+        }
+        anyhow::ensure!(sent == len, "sent {sent} bytes, expected {len}");
+        Ok(())
+    })();
+    match result {
+        Ok(()) => stream.finish().map_err(|e| explain(e, "finishing upload")),
+        Err(e) => {
+            let _ = stream.abort();
+            Err(e)
+        }
+    }
+}
+
+/// Reads a whole (small) volume back through a stream.
+pub fn download(conn: &Connect, vol: &StorageVol) -> anyhow::Result<Vec<u8>> {
+    let info = vol.info().map_err(|e| explain(e, "reading volume info"))?;
+    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    vol.download(&stream, 0, info.capacity, 0).map_err(|e| explain(e, "starting download"))?;
+    let mut out = Vec::with_capacity(info.capacity as usize);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = stream.recv(&mut buf).map_err(|e| explain(e, "receiving data"))?;
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    stream.finish().map_err(|e| explain(e, "finishing download"))?;
+    Ok(out)
+}
+
+pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
+    match find_volume(pool, name)? {
+        Some(v) => {
+            tracing::info!(volume = name, "deleting volume");
+            v.delete(0).map_err(|e| explain(e, format!("deleting volume {name}")))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The image format of a file, from its first bytes.
+pub fn sniff_format(head: &[u8]) -> &'static str {
+    if head.starts_with(b"QFI\xfb") {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_xml_names_backing_store() {
+        let xml = quick_xml::se::to_string(&VolumeXml {
+            name: "r.qcow2".into(),
+            capacity: amount(5 << 30),
+            allocation: Some(amount(0)),
+            target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+            backing_store: Some(BackingStore { path: "/p/base.qcow2".into(), format: Format { kind: "qcow2".into() } }),
+        })
+        .unwrap();
+        assert!(xml.contains(r#"<capacity unit="bytes">5368709120</capacity>"#), "{xml}");
+        assert!(xml.contains("<backingStore><path>/p/base.qcow2</path><format type=\"qcow2\"/></backingStore>"), "{xml}");
+    }
+
+    #[test]
+    fn parses_libvirt_volume_xml() {
+        let xml = r#"<volume type='file'>
+  <name>base.qcow2</name>
+  <key>/var/lib/project-vm/base.qcow2</key>
+  <capacity unit='bytes'>2147483648</capacity>
+  <allocation unit='bytes'>290000000</allocation>
+  <physical unit='bytes'>290000000</physical>
+  <target>
+    <path>/var/lib/project-vm/base.qcow2</path>
+    <format type='qcow2'/>
+    <permissions><mode>0600</mode><owner>0</owner><group>0</group></permissions>
+    <timestamps><atime>1</atime></timestamps>
+    <compat>1.1</compat>
+    <clusterSize unit='B'>65536</clusterSize>
+    <features/>
+  </target>
+</volume>"#;
+        let v: VolumeXml = quick_xml::de::from_str(xml).unwrap();
+        assert_eq!(v.target.format.unwrap().kind, "qcow2");
+        assert_eq!(v.capacity.value, 2147483648);
+    }
+
+    #[test]
+    fn sniffs_qcow2() {
+        assert_eq!(sniff_format(b"QFI\xfb\0\0\0\x03"), "qcow2");
+        assert_eq!(sniff_format(b"\0\0\0\0"), "raw");
+    }
+}

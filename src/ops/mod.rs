@@ -1,0 +1,54 @@
+//! One module per verb. Each is a function over a [`Ctx`] (connection plus
+//! settings) that returns a report: `main` prints it as a table or as JSON.
+
+pub mod addresses;
+pub mod console;
+pub mod create;
+pub mod destroy;
+pub mod image;
+pub mod list;
+pub mod logs;
+pub mod power;
+pub mod ready;
+pub mod seed;
+pub mod ssh;
+pub mod status;
+
+use virt::connect::Connect;
+use virt::storage_pool::StoragePool;
+
+use crate::libvirt::storage;
+use crate::libvirt::vms::Vm;
+use crate::settings::Settings;
+
+pub struct Ctx {
+    pub conn: Connect,
+    pub uri: String,
+    pub settings: Settings,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// The pool a VM's volumes live in (recorded at create, so a later change
+    /// of the `pool` setting does not lose track of existing VMs).
+    pub fn vm_pool(&self, vm: &Vm) -> anyhow::Result<Option<StoragePool>> {
+        storage::find_pool(&self.conn, &vm.own.pool)
+    }
+
+    /// True when the libvirt host is this machine (files it names are ours to read).
+    pub fn is_local(&self) -> bool {
+        !self.uri.contains("://") || self.uri.split("://").nth(1).is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// True for a system (root) libvirt daemon, as opposed to a user session.
+    pub fn is_system(&self) -> bool {
+        self.uri.ends_with("/system")
+    }
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,71 @@
+//! `start`, `stop`, `restart`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Ctx;
+use crate::libvirt::explain;
+use crate::libvirt::vms::{State, Vm};
+
+#[derive(Debug, Serialize)]
+pub struct StartReport {
+    pub name: String,
+    /// `started` or `already-running`.
+    pub result: &'static str,
+}
+
+pub fn start(_ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
+    match vm.state() {
+        State::Running => return Ok(StartReport { name: vm.name.to_string(), result: "already-running" }),
+        State::Paused => {
+            vm.dom.resume().map_err(|e| explain(e, format!("resuming {}", vm.name)))?;
+            return Ok(StartReport { name: vm.name.to_string(), result: "resumed" });
+        }
+        _ => {}
+    }
+    vm.dom.create().map_err(|e| explain(e, format!("starting {}", vm.name.domain())))?;
+    tracing::info!(vm = %vm.name, "started");
+    Ok(StartReport { name: vm.name.to_string(), result: "started" })
+}
+
+#[derive(Debug, Serialize)]
+pub struct StopReport {
+    pub name: String,
+    /// `graceful`: the guest shut itself down after the ACPI request;
+    /// `forced`: it did not within the timeout (or --force) and was powered off;
+    /// `already-stopped`.
+    pub result: &'static str,
+    pub seconds: f64,
+}
+
+pub fn stop(_ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Result<StopReport> {
+    let t0 = Instant::now();
+    let report = |result| StopReport { name: vm.name.to_string(), result, seconds: t0.elapsed().as_secs_f64() };
+    if vm.state() == State::Shutoff {
+        return Ok(report("already-stopped"));
+    }
+    if !force && vm.state() == State::Running {
+        vm.dom.shutdown().map_err(|e| explain(e, format!("asking {} to shut down", vm.name)))?;
+        let mut asked = Instant::now();
+        while t0.elapsed() < timeout {
+            if !vm.dom.is_active().unwrap_or(false) {
+                tracing::info!(vm = %vm.name, "stopped gracefully");
+                return Ok(report("graceful"));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            // A guest still booting may miss the first ACPI event: repeat it.
+            if asked.elapsed() >= Duration::from_secs(10) {
+                let _ = vm.dom.shutdown();
+                asked = Instant::now();
+            }
+        }
+        tracing::warn!(vm = %vm.name, "no graceful shutdown within {timeout:?}; powering off");
+    }
+    match vm.dom.destroy() {
+        Ok(()) => Ok(report("forced")),
+        // It stopped between our last look and the destroy.
+        Err(_) if !vm.dom.is_active().unwrap_or(true) => Ok(report("graceful")),
+        Err(e) => Err(explain(e, format!("powering off {}", vm.name))),
+    }
+}

@@ -1,0 +1,222 @@
+//! `start --wait`: the guest says when cloud-init is done.
+//!
+//! The generated cloud-config installs a reporter that, after cloud-init's
+//! final stage, writes one JSON line with cloud-init's result to a
+//! virtio-serial channel. We read that channel through libvirt
+//! (virDomainOpenChannel), so this works over qemu+ssh:// with no network path
+//! to the guest, no guest agent and no polling of ssh.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use virt::stream::Stream;
+use virt::sys;
+
+use super::Ctx;
+use crate::error::{failure, Kind};
+use crate::interrupt;
+use crate::libvirt::domain_xml::READY_CHANNEL;
+use crate::libvirt::vms::Vm;
+use crate::progress::Progress;
+
+/// What the guest's reporter sends (see cloud-init/project-vm-ready).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub boot_id: String,
+    /// `done`, `error`, `degraded done`, `disabled`, ...
+    pub status: String,
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub recoverable_errors: Vec<String>,
+    /// Guest clock: when cloud-init's final stage finished.
+    #[serde(default)]
+    pub final_finished: Option<f64>,
+    /// Guest clock: when this line was written.
+    #[serde(default)]
+    pub sent_at: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadyReport {
+    pub name: String,
+    /// `done`, `error` or `degraded`.
+    pub result: &'static str,
+    pub cloud_init_status: String,
+    pub errors: Vec<String>,
+    /// Seconds from the start of the wait to the report.
+    pub waited_s: f64,
+    /// Seconds from cloud-init finishing to the report being sent (guest clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_latency_s: Option<f64>,
+    pub boot_id: String,
+}
+
+impl Message {
+    pub fn parse(line: &str) -> Option<Message> {
+        let v: Value = serde_json::from_str(line.trim()).ok()?;
+        if v.get("project_vm_ready").is_none() {
+            return None;
+        }
+        serde_json::from_value(v).ok()
+    }
+
+    /// `done`, `degraded` or `error`.
+    pub fn result(&self) -> &'static str {
+        let s = self.status.as_str();
+        if s.contains("error") || !self.errors.is_empty() {
+            "error"
+        } else if s.contains("degraded") || !self.recoverable_errors.is_empty() {
+            "degraded"
+        } else {
+            "done"
+        }
+    }
+}
+
+/// Reads lines from the ready channel, reconnecting across reboots.
+struct Channel<'a> {
+    ctx: &'a Ctx,
+    vm: &'a Vm,
+    stream: Option<Stream>,
+    buf: Vec<u8>,
+}
+
+impl Channel<'_> {
+    fn poll_line(&mut self) -> Option<String> {
+        if self.stream.is_none() {
+            let stream = Stream::new(&self.ctx.conn, sys::VIR_STREAM_NONBLOCK).ok()?;
+            match self.vm.dom.open_channel(Some(READY_CHANNEL), &stream, 0) {
+                Ok(()) => self.stream = Some(stream),
+                Err(e) => {
+                    tracing::debug!("ready channel not open yet: {}", e.message());
+                    return None;
+                }
+            }
+        }
+        let stream = self.stream.as_ref()?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.recv(&mut chunk) {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n as usize]),
+                Ok(-2) => break, // no data yet
+                Ok(_) | Err(_) => {
+                    // EOF or error: the guest rebooted or the VM stopped. Reopen later.
+                    self.stream = None;
+                    break;
+                }
+            }
+        }
+        let pos = self.buf.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.buf.drain(..=pos).collect();
+        Some(String::from_utf8_lossy(&line).into_owned())
+    }
+}
+
+pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyhow::Result<ReadyReport> {
+    let t0 = Instant::now();
+    let mut channel = Channel { ctx, vm, stream: None, buf: Vec::new() };
+    let mut phase = "booting";
+    let mut last_probe = Instant::now() - Duration::from_secs(10);
+    loop {
+        interrupt::check()?;
+        while let Some(line) = channel.poll_line() {
+            if let Some(msg) = Message::parse(&line) {
+                let report = ReadyReport {
+                    name: vm.name.to_string(),
+                    result: msg.result(),
+                    cloud_init_status: msg.status.clone(),
+                    errors: msg.errors.iter().chain(&msg.recoverable_errors).cloned().collect(),
+                    waited_s: t0.elapsed().as_secs_f64(),
+                    report_latency_s: match (msg.sent_at, msg.final_finished) {
+                        (Some(s), Some(f)) if s >= f => Some(s - f),
+                        _ => None,
+                    },
+                    boot_id: msg.boot_id,
+                };
+                tracing::info!(vm = %vm.name, result = report.result, "guest reported readiness");
+                return Ok(report);
+            }
+            tracing::debug!(%line, "ignoring line on ready channel");
+        }
+        if !vm.dom.is_active().unwrap_or(false) {
+            return Err(anyhow::anyhow!(
+                "{} stopped while waiting for it to become ready; see `project-vm logs {}`",
+                vm.name,
+                vm.name
+            ));
+        }
+        if t0.elapsed() >= timeout {
+            return Err(failure(
+                Kind::Timeout,
+                format!(
+                    "{} did not report ready within {}s ({phase}); it is still running: follow it with `project-vm logs {} --follow` or `project-vm console {}`, then `project-vm start {} --wait` again",
+                    vm.name,
+                    timeout.as_secs(),
+                    vm.name,
+                    vm.name,
+                    vm.name
+                ),
+            ));
+        }
+        // The guest agent answering means userspace is up: cloud-init is running.
+        if phase == "booting" && last_probe.elapsed() >= Duration::from_secs(2) {
+            last_probe = Instant::now();
+            if vm.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok() {
+                phase = "cloud-init running";
+            }
+        }
+        progress.set_message(format!("{}: {phase}", vm.name));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Turns a non-`done` report into the documented exit code.
+pub fn check(report: &ReadyReport) -> anyhow::Result<()> {
+    if report.result == "done" {
+        return Ok(());
+    }
+    let mut msg = format!("cloud-init in {} finished with status {:?}", report.name, report.cloud_init_status);
+    for e in &report.errors {
+        msg.push_str(&format!("\n  {e}"));
+    }
+    msg.push_str(&format!(
+        "\nthe VM is running: inspect it with `project-vm ssh {} -- sudo cloud-init status --long` or `project-vm logs {}`",
+        report.name, report.name
+    ));
+    Err(failure(Kind::CloudInit, msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reporter_lines() {
+        let ok = Message::parse(r#"{"project_vm_ready":1,"boot_id":"b","status":"done","errors":[],"final_finished":10.0,"sent_at":10.3}"#).unwrap();
+        assert_eq!(ok.result(), "done");
+        let err = Message::parse(r#"{"project_vm_ready":1,"boot_id":"b","status":"error","errors":["('scripts_user', RuntimeError('Runparts: 1 failures (runcmd)'))"]}"#).unwrap();
+        assert_eq!(err.result(), "error");
+        let deg = Message::parse(r#"{"project_vm_ready":1,"boot_id":"b","status":"degraded done","recoverable_errors":["WARNING: x"]}"#).unwrap();
+        assert_eq!(deg.result(), "degraded");
+        assert!(Message::parse("garbage").is_none());
+        assert!(Message::parse(r#"{"status":"done"}"#).is_none(), "not ours");
+    }
+
+    #[test]
+    fn failure_names_the_module() {
+        let r = ReadyReport {
+            name: "foo".into(),
+            result: "error",
+            cloud_init_status: "error".into(),
+            errors: vec!["('scripts_user', RuntimeError('Runparts: 1 failures'))".into()],
+            waited_s: 1.0,
+            report_latency_s: None,
+            boot_id: "b".into(),
+        };
+        let e = check(&r).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 5);
+        assert!(e.to_string().contains("scripts_user"));
+    }
+}

@@ -1,0 +1,129 @@
+//! `ssh` and `ssh-config`: ssh with the guest's host key pinned.
+//!
+//! The host key was generated at create and recorded in the VM's metadata. It
+//! is written to a known_hosts file project-vm manages, under the alias
+//! `project-NAME`, and ssh runs with `StrictHostKeyChecking=yes` and
+//! `HostKeyAlias=project-NAME`: the same pinned key verifies the tailnet name,
+//! an IP address or the loopback forward, and nothing is trusted on first use.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+
+use super::addresses::{self, SshTarget};
+use super::Ctx;
+use crate::error::{failure, Kind};
+use crate::libvirt::vms::Vm;
+
+/// `$XDG_STATE_HOME/project-vm/known_hosts` (default `~/.local/state/...`).
+pub fn known_hosts_path() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| crate::settings::invoking_home().map(|h| h.join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/project-vm"));
+    state.join("project-vm/known_hosts")
+}
+
+/// Replaces the line for `alias` in the known_hosts file with `key`.
+pub fn pin_host_key(path: &Path, alias: &str, key: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines: Vec<String> = existing
+        .lines()
+        .filter(|l| l.split_whitespace().next() != Some(alias))
+        .map(String::from)
+        .collect();
+    // known_hosts wants "type base64" without the comment.
+    let key: Vec<&str> = key.split_whitespace().take(2).collect();
+    lines.push(format!("{alias} {}", key.join(" ")));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, lines.join("\n") + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The target and the ssh options that pin the host key.
+pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
+    let spec = vm.spec()?;
+    let addrs = addresses::known(vm, &spec);
+    let target = addresses::ssh_target(&spec, &addrs).ok_or_else(|| {
+        failure(
+            Kind::NotFound,
+            format!(
+                "no address known for {} (state {}): start it with `project-vm start {} --wait`, or set \"tailnet\"",
+                vm.name,
+                vm.state().as_str(),
+                vm.name
+            ),
+        )
+    })?;
+    let alias = vm.name.domain();
+    let mut opts = vec![format!("HostKeyAlias={alias}")];
+    match &vm.own.host_key {
+        Some(key) => {
+            let kh = known_hosts_path();
+            pin_host_key(&kh, &alias, key)?;
+            opts.push("StrictHostKeyChecking=yes".into());
+            opts.push(format!("UserKnownHostsFile={}", kh.display()));
+        }
+        None => tracing::warn!("no pinned host key recorded for {}; ssh will use your known_hosts", vm.name),
+    }
+    let _ = ctx;
+    Ok((target, opts))
+}
+
+/// Replaces this process with ssh.
+pub fn exec(ctx: &Ctx, vm: &Vm, identity: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
+    let (target, opts) = prepare(ctx, vm)?;
+    let mut cmd = Command::new("ssh");
+    for o in &opts {
+        cmd.arg("-o").arg(o);
+    }
+    if let Some(id) = identity {
+        cmd.arg("-i").arg(id).arg("-o").arg("IdentitiesOnly=yes");
+    }
+    cmd.arg("-p").arg(target.port.to_string()).arg(format!("{}@{}", target.user, target.host));
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    tracing::debug!(?cmd, "exec ssh");
+    let err = cmd.exec();
+    Err(failure(Kind::Environment, format!("cannot run ssh: {err}: install the OpenSSH client")))
+}
+
+/// A block for `~/.ssh/config`.
+pub fn config_block(ctx: &Ctx, vm: &Vm) -> anyhow::Result<String> {
+    let (target, opts) = prepare(ctx, vm)?;
+    let mut out = format!(
+        "Host {alias}\n  HostName {host}\n  Port {port}\n  User {user}\n",
+        alias = vm.name.domain(),
+        host = target.host,
+        port = target.port,
+        user = target.user
+    );
+    for o in opts {
+        let (k, v) = o.split_once('=').unwrap_or((&o, ""));
+        out.push_str(&format!("  {k} {v}\n"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_replaces_only_that_alias() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("state/known_hosts");
+        pin_host_key(&kh, "project-a", "ssh-ed25519 AAAA1 project-a").unwrap();
+        pin_host_key(&kh, "project-b", "ssh-ed25519 BBBB project-b").unwrap();
+        pin_host_key(&kh, "project-a", "ssh-ed25519 AAAA2 project-a").unwrap();
+        let text = std::fs::read_to_string(&kh).unwrap();
+        assert_eq!(text, "project-b ssh-ed25519 BBBB\nproject-a ssh-ed25519 AAAA2\n");
+    }
+}

@@ -1,0 +1,76 @@
+//! `status`: everything project-vm knows about one VM.
+
+use serde::Serialize;
+
+use super::addresses::{self, Address, SshTarget};
+use super::Ctx;
+use crate::libvirt::metadata::Phase;
+use crate::libvirt::storage;
+use crate::libvirt::vms::{State, Vm};
+
+#[derive(Debug, Serialize)]
+pub struct Disk {
+    /// `root`, `data` or `seed`.
+    pub role: &'static str,
+    pub volume: String,
+    pub exists: bool,
+    pub allocation: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub domain: String,
+    pub uuid: String,
+    pub state: State,
+    pub phase: Phase,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub autostart: bool,
+    pub base_image: String,
+    pub pool: String,
+    pub disks: Vec<Disk>,
+    pub addresses: Vec<Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tailnet_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshTarget>,
+}
+
+pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
+    let spec = vm.spec()?;
+    let info = vm.dom.info().map_err(|e| crate::libvirt::explain(e, "reading domain info"))?;
+    let pool = ctx.vm_pool(vm)?;
+    let mut disks = Vec::new();
+    let mut roles = vec![("root", vm.own.root_volume.clone()), ("data", vm.own.data_volume.clone())];
+    if let Some(seed) = &vm.own.seed_volume {
+        roles.push(("seed", seed.clone()));
+    }
+    for (role, volume) in roles {
+        let vol = match &pool {
+            Some(p) => storage::find_volume(p, &volume)?,
+            None => None,
+        };
+        let (allocation, capacity) = vol.and_then(|v| v.info().ok()).map(|i| (i.allocation, i.capacity)).unwrap_or((0, 0));
+        disks.push(Disk { role, exists: capacity > 0, volume, allocation, capacity });
+    }
+    let addrs = addresses::known(vm, &spec);
+    let ssh = addresses::ssh_target(&spec, &addrs);
+    Ok(Status {
+        name: vm.name.to_string(),
+        domain: vm.name.domain(),
+        uuid: vm.dom.uuid_string().unwrap_or_default(),
+        state: vm.state(),
+        phase: vm.own.phase,
+        vcpus: info.nr_virt_cpu,
+        memory: info.max_mem * 1024,
+        autostart: vm.dom.autostart().unwrap_or(false),
+        base_image: spec.base_image.clone(),
+        pool: vm.own.pool.clone(),
+        disks,
+        addresses: addrs,
+        tailnet_name: spec.tailnet.as_ref().map(|t| format!("{}.{t}", vm.name.domain())),
+        ssh,
+    })
+}

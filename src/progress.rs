@@ -1,0 +1,70 @@
+//! Progress on a terminal, silence when piped or with `--json`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn enabled(json: bool) -> bool {
+        !json && std::io::stderr().is_terminal()
+    }
+
+    pub fn hidden() -> Progress {
+        Progress { bar: None }
+    }
+
+    /// A spinner with a message and elapsed time.
+    pub fn spinner(json: bool, msg: impl Into<String>) -> Progress {
+        if !Self::enabled(json) {
+            return Progress::hidden();
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
+        bar.set_message(msg.into());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar: Some(bar) }
+    }
+
+    /// A byte-count bar for uploads.
+    pub fn bytes(json: bool, len: u64, msg: impl Into<String>) -> Progress {
+        if !Self::enabled(json) {
+            return Progress::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} [{elapsed}]")
+                .expect("template"),
+        );
+        bar.set_message(msg.into());
+        Progress { bar: Some(bar) }
+    }
+
+    pub fn set_message(&self, msg: impl Into<String>) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.into());
+        }
+    }
+
+    pub fn set_position(&self, pos: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,252 @@
+//! Dispatch: one arm per verb, each calls its op and prints the report.
+
+use std::time::Duration;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command, ImageCommand, WaitArgs};
+use crate::libvirt::{self, storage, vms};
+use crate::ops::{self, create::CreateRequest, Ctx};
+use crate::output::{self, human};
+use crate::progress::Progress;
+use crate::settings::HostSettings;
+use crate::spec::Resources;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "project-vm", &mut std::io::stdout());
+        return Ok(());
+    }
+    let settings = HostSettings::load(cli.config.as_deref())?.resolve()?;
+    let uri = cli.connect.clone().unwrap_or_else(|| libvirt::default_uri().to_owned());
+    let conn = libvirt::connect(&uri)?;
+    let ctx = Ctx { conn, uri, settings, json: cli.json };
+    dispatch(&ctx, cli.command)
+}
+
+fn wait_ready(ctx: &Ctx, vm: &vms::Vm, wait: &WaitArgs) -> anyhow::Result<Option<ops::ready::ReadyReport>> {
+    if !wait.wait {
+        return Ok(None);
+    }
+    let progress = Progress::spinner(ctx.json, format!("{}: booting", vm.name));
+    let report = ops::ready::wait(ctx, vm, Duration::from_secs(wait.timeout), &progress)?;
+    progress.finish();
+    // The guest has consumed its seed: remove it (it holds the private host key).
+    ops::seed::remove(ctx, vm)?;
+    Ok(Some(report))
+}
+
+fn print_ready(ctx: &Ctx, report: &Option<ops::ready::ReadyReport>) {
+    if let (false, Some(r)) = (ctx.json, report) {
+        let latency = r.report_latency_s.map(|l| format!(", reported {l:.2}s after cloud-init finished")).unwrap_or_default();
+        eprintln!("{}: ready (cloud-init {}) after {:.1}s{latency}", r.name, r.cloud_init_status, r.waited_s);
+    }
+}
+
+fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Create(a) => {
+            crate::interrupt::install();
+            let user_data = a.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?;
+            let req = CreateRequest {
+                name: a.name,
+                resources: Resources { memory: a.memory, cpus: a.cpus, disk: a.disk, project_disk: a.project_disk },
+                image: a.image,
+                user_data,
+                autostart: a.autostart,
+            };
+            let progress = Progress::spinner(ctx.json, format!("creating {}", req.name));
+            let report = ops::create::create(ctx, &req, &progress)?;
+            progress.finish();
+            let mut ready = None;
+            if a.start || a.wait.wait {
+                let vm = vms::get(&ctx.conn, &req.name)?;
+                ops::power::start(ctx, &vm)?;
+                ready = wait_ready(ctx, &vm, &a.wait)?;
+            }
+            if ctx.json {
+                output::json(&serde_json::json!({ "create": report, "ready": ready }))?;
+            } else {
+                let data = if report.data_reattached {
+                    format!("reattached {} ({})", report.data_volume, human(report.data_capacity))
+                } else {
+                    format!("{} ({})", report.data_volume, human(report.data_capacity))
+                };
+                println!("created {} in {} ms: root {} on {}, project disk {data}", report.domain, report.elapsed_ms, report.root_volume, report.base_image);
+                print_ready(ctx, &ready);
+            }
+            if let Some(r) = &ready {
+                ops::ready::check(r)?;
+            }
+        }
+        Command::Start(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            let report = ops::power::start(ctx, &vm)?;
+            let ready = wait_ready(ctx, &vm, &a.wait)?;
+            if ctx.json {
+                output::json(&serde_json::json!({ "start": report, "ready": ready }))?;
+            } else {
+                println!("{}: {}", report.name, report.result.replace('-', " "));
+                print_ready(ctx, &ready);
+            }
+            if let Some(r) = &ready {
+                ops::ready::check(r)?;
+            }
+        }
+        Command::Stop(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            let progress = Progress::spinner(ctx.json, format!("stopping {}", vm.name));
+            let report = ops::power::stop(ctx, &vm, Duration::from_secs(a.timeout), a.force)?;
+            progress.finish();
+            if ctx.json {
+                output::json(&report)?;
+            } else {
+                let how = match report.result {
+                    "graceful" => "shut down gracefully",
+                    "forced" => "powered off (forced)",
+                    _ => "already stopped",
+                };
+                println!("{}: {how} in {:.1}s", report.name, report.seconds);
+            }
+        }
+        Command::Restart(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            let stop = ops::power::stop(ctx, &vm, Duration::from_secs(a.stop_timeout), false)?;
+            let start = ops::power::start(ctx, &vm)?;
+            let ready = wait_ready(ctx, &vm, &a.wait)?;
+            if ctx.json {
+                output::json(&serde_json::json!({ "stop": stop, "start": start, "ready": ready }))?;
+            } else {
+                println!("{}: restarted (stop: {})", vm.name, stop.result);
+                print_ready(ctx, &ready);
+            }
+            if let Some(r) = &ready {
+                ops::ready::check(r)?;
+            }
+        }
+        Command::Destroy(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            let report = ops::destroy::destroy(ctx, &vm, a.keep_data)?;
+            if ctx.json {
+                output::json(&report)?;
+            } else {
+                println!("destroyed {} (deleted {})", a.name.domain(), report.deleted_volumes.join(", "));
+                if let Some(kept) = &report.kept_data_volume {
+                    println!("kept project disk {kept}: `project-vm create {}` reattaches it", a.name);
+                }
+            }
+        }
+        Command::List => {
+            let entries = ops::list::list(ctx)?;
+            if ctx.json {
+                output::json(&entries)?;
+            } else {
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.name.clone(),
+                            e.state.as_str().into(),
+                            e.vcpus.to_string(),
+                            human(e.memory),
+                            human(e.disk_usage),
+                            e.address.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "STATE", "CPUS", "MEMORY", "DISK", "ADDRESS"], &rows);
+            }
+        }
+        Command::Status(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            let s = ops::status::status(ctx, &vm)?;
+            if ctx.json {
+                output::json(&s)?;
+            } else {
+                println!("{} ({})", s.name, s.domain);
+                println!("  state:     {}{}", s.state.as_str(), if s.phase == libvirt::metadata::Phase::Creating { " (create did not finish)" } else { "" });
+                println!("  cpus:      {}", s.vcpus);
+                println!("  memory:    {}", human(s.memory));
+                println!("  autostart: {}", if s.autostart { "yes" } else { "no" });
+                println!("  image:     {} (pool {})", s.base_image, s.pool);
+                for d in &s.disks {
+                    if d.exists {
+                        println!("  disk {:<5} {}: {} used of {}", d.role, d.volume, human(d.allocation), human(d.capacity));
+                    } else {
+                        println!("  disk {:<5} {}: missing", d.role, d.volume);
+                    }
+                }
+                for addr in &s.addresses {
+                    println!("  address:   {}/{} on {} ({})", addr.address, addr.prefix, addr.interface, addr.source);
+                }
+                if let Some(t) = &s.tailnet_name {
+                    println!("  tailnet:   {t}");
+                }
+                match &s.ssh {
+                    Some(t) => println!("  ssh:       {}@{} port {} (via {})", t.user, t.host, t.port, t.via),
+                    None => println!("  ssh:       no address yet"),
+                }
+            }
+        }
+        Command::Ssh(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            ops::ssh::exec(ctx, &vm, a.identity.as_deref(), &a.command)?;
+        }
+        Command::SshConfig(a) => {
+            let vms = match a.name {
+                Some(n) => vec![vms::get(&ctx.conn, &n)?],
+                None => vms::list(&ctx.conn)?,
+            };
+            for vm in &vms {
+                match ops::ssh::config_block(ctx, vm) {
+                    Ok(block) => println!("{block}"),
+                    Err(e) => eprintln!("# {}: {e:#}", vm.name),
+                }
+            }
+        }
+        Command::Console(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            ops::console::console(ctx, &vm)?;
+        }
+        Command::Logs(a) => {
+            let vm = vms::get(&ctx.conn, &a.name)?;
+            ops::logs::logs(ctx, &vm, a.follow)?;
+        }
+        Command::Image(ImageCommand::Import { file, name }) => {
+            let name = name.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
+            let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let progress = Progress::bytes(ctx.json, len, format!("importing {name}"));
+            let vol = ops::image::import(ctx, &pool, &file, &name, &progress)?;
+            progress.finish();
+            let info = storage::VolumeInfo::of(&vol)?;
+            if ctx.json {
+                output::json(&info)?;
+            } else {
+                println!("imported {} ({}, {} virtual, {} on disk)", info.name, info.format, human(info.capacity), human(info.allocation));
+            }
+        }
+        Command::Image(ImageCommand::List) => {
+            let images = ops::image::list(ctx)?;
+            if ctx.json {
+                output::json(&images)?;
+            } else {
+                let rows: Vec<Vec<String>> = images
+                    .iter()
+                    .map(|i| vec![i.name.clone(), i.format.clone(), human(i.capacity), human(i.allocation), i.used_by.join(",")])
+                    .collect();
+                output::table(&["NAME", "FORMAT", "SIZE", "ON DISK", "USED BY"], &rows);
+            }
+        }
+        Command::Image(ImageCommand::Rm { name }) => {
+            ops::image::remove(ctx, &name)?;
+            if ctx.json {
+                output::json(&serde_json::json!({ "removed": name }))?;
+            } else {
+                println!("removed image {name}");
+            }
+        }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}

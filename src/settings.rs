@@ -1,0 +1,286 @@
+//! Host settings: where disks live, which image to boot, how guests are reached.
+//!
+//! Read from a JSON file (`--config`, `PROJECT_VM_CONFIG`, or the system file
+//! overlaid by the user's). Every key is optional; [`Settings`] is the resolved form.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::error::invalid;
+
+pub const SYSTEM_CONFIG: &str = "/etc/project-vm/config.json";
+
+/// The hypervisor acceleration. `tcg` is software emulation (libvirt domain type
+/// `qemu`), for hosts where KVM is missing or broken (nested virtualisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn domain_type(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "qemu",
+        }
+    }
+}
+
+/// How a guest's one NIC is attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Network {
+    /// A libvirt virtual network (NAT by default).
+    Network { name: String },
+    /// A host bridge.
+    Bridge { name: String },
+    /// User-mode networking (passt): no host configuration, works for
+    /// unprivileged `qemu:///session`. The guest's port 22 is forwarded from
+    /// 127.0.0.1; `ssh_port` is the first port tried, each VM takes the next free one.
+    User { ssh_port: u16 },
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network::Network { name: "default".into() }
+    }
+}
+
+/// The settings file as written: every key optional, unknown keys rejected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<Accel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_authorized_keys: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailscale_auth_key_file: Option<PathBuf>,
+}
+
+pub const HOST_SETTING_KEYS: &[&str] = &[
+    "storage_dir",
+    "pool",
+    "base_image",
+    "accel",
+    "network",
+    "ssh_user",
+    "ssh_authorized_keys",
+    "tailnet",
+    "tailscale_auth_key_file",
+];
+
+impl HostSettings {
+    /// `other`'s keys win over ours.
+    pub fn overlay(mut self, other: HostSettings) -> HostSettings {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(storage_dir, pool, base_image, accel, network, ssh_user, ssh_authorized_keys, tailnet, tailscale_auth_key_file);
+        self
+    }
+
+    pub fn from_json(text: &str, origin: &str) -> anyhow::Result<HostSettings> {
+        serde_json::from_str(text).map_err(|e| invalid(format!("{origin}: {e}")))
+    }
+
+    /// Loads the settings file(s). An explicit path must exist; the default
+    /// locations are optional.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<HostSettings> {
+        if let Some(path) = explicit {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(format!("cannot read settings file {}: {e}", path.display())))?;
+            return Self::from_json(&text, &path.display().to_string());
+        }
+        let mut settings = HostSettings::default();
+        for path in default_paths() {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    tracing::debug!(path = %path.display(), "reading settings");
+                    settings = settings.overlay(Self::from_json(&text, &path.display().to_string())?);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(invalid(format!("cannot read settings file {}: {e}", path.display()))),
+            }
+        }
+        Ok(settings)
+    }
+
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        let ssh_user = self.ssh_user.unwrap_or_else(|| "dev".into());
+        if !valid_user_name(&ssh_user) {
+            return Err(invalid(format!(
+                "ssh_user {ssh_user:?} is not a valid user name: use lowercase letters, digits, '-' and '_', starting with a letter"
+            )));
+        }
+        if let Some(t) = &self.tailnet {
+            if t.is_empty() || t.starts_with('.') || t.contains(char::is_whitespace) {
+                return Err(invalid(format!("tailnet {t:?} is not a domain name like \"example.ts.net\"")));
+            }
+        }
+        let pool = self.pool.unwrap_or_else(|| "project-vm".into());
+        if pool.is_empty() || pool.contains('/') {
+            return Err(invalid(format!("pool {pool:?} is not a valid libvirt pool name")));
+        }
+        Ok(Settings {
+            storage_dir: self.storage_dir.unwrap_or_else(|| PathBuf::from("/var/lib/project-vm")),
+            pool,
+            base_image: self.base_image,
+            accel: self.accel.unwrap_or_default(),
+            network: self.network.unwrap_or_default(),
+            ssh_user,
+            ssh_authorized_keys: self.ssh_authorized_keys,
+            tailnet: self.tailnet,
+            tailscale_auth_key_file: self.tailscale_auth_key_file,
+        })
+    }
+}
+
+fn valid_user_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some('a'..='z' | '_'))
+        && s.len() <= 32
+        && c.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'))
+}
+
+fn default_paths() -> Vec<PathBuf> {
+    let mut paths = vec![PathBuf::from(SYSTEM_CONFIG)];
+    let user_dir = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(dir) = user_dir {
+        paths.push(dir.join("project-vm/config.json"));
+    }
+    paths
+}
+
+/// Resolved host settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub storage_dir: PathBuf,
+    pub pool: String,
+    pub base_image: Option<String>,
+    pub accel: Accel,
+    pub network: Network,
+    pub ssh_user: String,
+    /// `None`: use the invoking user's `~/.ssh/*.pub`.
+    pub ssh_authorized_keys: Option<Vec<String>>,
+    pub tailnet: Option<String>,
+    pub tailscale_auth_key_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The public keys to authorize in the guest. With none configured, the
+    /// invoking user's `~/.ssh/*.pub` (under sudo, the user who ran sudo).
+    pub fn authorized_keys(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(keys) = &self.ssh_authorized_keys {
+            return Ok(keys.clone());
+        }
+        let home = invoking_home().context("cannot find the invoking user's home directory for ~/.ssh/*.pub")?;
+        let dir = home.join(".ssh");
+        let mut keys = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
+                let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+            }
+        }
+        if keys.is_empty() {
+            return Err(invalid(format!(
+                "no ssh public key in {}/*.pub and ssh_authorized_keys is not set: create a key with `ssh-keygen -t ed25519` or set \"ssh_authorized_keys\" in the settings file",
+                dir.display()
+            )));
+        }
+        Ok(keys)
+    }
+}
+
+/// Home of the user who invoked us; under sudo, of the user who ran sudo.
+pub fn invoking_home() -> Option<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        if let Ok(name) = std::env::var("SUDO_USER") {
+            if let Ok(Some(user)) = nix::unistd::User::from_name(&name) {
+                return Some(user.dir);
+            }
+        }
+    }
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = HostSettings::default().resolve().unwrap();
+        assert_eq!(s.pool, "project-vm");
+        assert_eq!(s.storage_dir, PathBuf::from("/var/lib/project-vm"));
+        assert_eq!(s.accel, Accel::Kvm);
+        assert_eq!(s.network, Network::Network { name: "default".into() });
+        assert_eq!(s.ssh_user, "dev");
+    }
+
+    #[test]
+    fn parse_and_overlay() {
+        let sys = HostSettings::from_json(r#"{"pool":"a","accel":"tcg","network":{"type":"user","ssh_port":22022}}"#, "sys").unwrap();
+        let user = HostSettings::from_json(r#"{"pool":"b","tailnet":"example.ts.net"}"#, "user").unwrap();
+        let s = sys.overlay(user).resolve().unwrap();
+        assert_eq!(s.pool, "b");
+        assert_eq!(s.accel, Accel::Tcg);
+        assert_eq!(s.network, Network::User { ssh_port: 22022 });
+        assert_eq!(s.tailnet.as_deref(), Some("example.ts.net"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = HostSettings::from_json(r#"{"pol":"x"}"#, "cfg.json").unwrap_err().to_string();
+        assert!(e.contains("cfg.json") && e.contains("unknown field `pol`"), "{e}");
+        let e = HostSettings::from_json(r#"{"accel":"hvf"}"#, "cfg.json").unwrap_err().to_string();
+        assert!(e.contains("hvf"), "{e}");
+        let e = HostSettings::from_json(r#"{"network":{"type":"bridge"}}"#, "c").unwrap_err().to_string();
+        assert!(e.contains("name"), "{e}");
+        let e = HostSettings { ssh_user: Some("Root".into()), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("ssh_user"));
+    }
+
+    #[test]
+    fn keys_listed_match_struct() {
+        let json = serde_json::to_value(HostSettings {
+            storage_dir: Some("/x".into()),
+            pool: Some("p".into()),
+            base_image: Some("b".into()),
+            accel: Some(Accel::Tcg),
+            network: Some(Network::default()),
+            ssh_user: Some("u".into()),
+            ssh_authorized_keys: Some(vec![]),
+            tailnet: Some("t".into()),
+            tailscale_auth_key_file: Some("/k".into()),
+        })
+        .unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        let mut listed: Vec<_> = HOST_SETTING_KEYS.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(keys, listed);
+    }
+}

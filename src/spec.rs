@@ -1,0 +1,246 @@
+//! Names, sizes and the one resolved description of a VM ([`VmSpec`]).
+//!
+//! Everything that reaches libvirt goes through a `VmSpec`: CLI arguments and
+//! declarative files are both turned into one before any object is touched.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::invalid;
+use crate::settings::{Accel, Network};
+
+pub const DOMAIN_PREFIX: &str = "project-";
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// A validated VM name: `^[a-z][a-z0-9-]{0,47}$`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let mut chars = s.chars();
+        let ok = matches!(chars.next(), Some('a'..='z'))
+            && s.len() <= 48
+            && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'));
+        if !ok {
+            return Err(invalid(format!(
+                "invalid VM name {s:?}: use 1 to 48 characters, lowercase letters, digits and '-', starting with a letter (e.g. \"my-app\")"
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The libvirt domain name, also the guest's hostname and ssh alias.
+    pub fn domain(&self) -> String {
+        format!("{DOMAIN_PREFIX}{}", self.0)
+    }
+    pub fn root_volume(&self) -> String {
+        format!("{DOMAIN_PREFIX}{}-root.qcow2", self.0)
+    }
+    pub fn data_volume(&self) -> String {
+        format!("{DOMAIN_PREFIX}{}-data.qcow2", self.0)
+    }
+    pub fn seed_volume(&self) -> String {
+        format!("{DOMAIN_PREFIX}{}-seed.iso", self.0)
+    }
+    /// A stable locally-administered MAC in QEMU's 52:54:00 range, derived from the
+    /// name so a re-created VM keeps its DHCP lease and its address.
+    pub fn mac(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(format!("project-vm:{}", self.0).as_bytes());
+        format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+    }
+}
+
+impl fmt::Display for VmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for VmName {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> anyhow::Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+impl From<VmName> for String {
+    fn from(n: VmName) -> String {
+        n.0
+    }
+}
+
+/// A size in bytes, written and read in binary units (`512M`, `8G` = 8 GiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let cfg = parse_size::Config::new().with_binary();
+        match cfg.parse_size(s.trim()) {
+            Ok(0) => Err(format!("{s:?} is zero; give a size like 512M or 8G")),
+            Ok(n) => Ok(Size(n)),
+            Err(_) => Err(format!("{s:?} is not a size like 512M or 8G")),
+        }
+    }
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+    pub fn mib(self) -> u64 {
+        self.0 / MIB
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b % GIB == 0 {
+            write!(f, "{}G", b / GIB)
+        } else if b % MIB == 0 {
+            write!(f, "{}M", b / MIB)
+        } else if b >= GIB {
+            write!(f, "{:.1}G", b as f64 / GIB as f64)
+        } else if b >= MIB {
+            write!(f, "{:.1}M", b as f64 / MIB as f64)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Size::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Size::parse(s)
+    }
+}
+
+pub const MIN_MEMORY: Size = Size(128 * MIB);
+
+/// The sizes of a VM, checked against each other and against sane minimums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory: Size,
+    pub cpus: u32,
+    pub disk: Size,
+    pub project_disk: Size,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { memory: Size(4 * GIB), cpus: 2, disk: Size(20 * GIB), project_disk: Size(50 * GIB) }
+    }
+}
+
+impl Resources {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory < MIN_MEMORY {
+            return Err(format!("memory {} is below the minimum of {MIN_MEMORY}", self.memory));
+        }
+        if self.memory.0 % MIB != 0 {
+            return Err(format!("memory {} is not a whole number of MiB", self.memory));
+        }
+        if self.cpus == 0 || self.cpus > 512 {
+            return Err(format!("cpus {} is out of range: give 1 to 512", self.cpus));
+        }
+        Ok(())
+    }
+}
+
+/// Everything needed to build a VM's volumes, seed and domain. Built from CLI
+/// args or a declarative file plus the host settings; stored (as JSON) in the
+/// domain's metadata so later commands know what was asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: VmName,
+    #[serde(flatten)]
+    pub resources: Resources,
+    pub base_image: String,
+    pub accel: Accel,
+    pub network: Network,
+    pub ssh_user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailnet: Option<String>,
+    #[serde(default)]
+    pub autostart: bool,
+    /// Hash of the rendered user cloud-config, to notice changes without
+    /// storing its content (which may hold secrets) in domain metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_hash: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "foo", "my-app-2", &"a".repeat(48)] {
+            assert!(VmName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Foo", "1abc", "-a", "a_b", "a.b", "a b", &"a".repeat(49), "é"] {
+            let err = VmName::parse(bad).unwrap_err();
+            assert_eq!(crate::error::exit_code(&err), 2, "{bad}");
+            assert!(err.to_string().contains("invalid VM name"));
+        }
+    }
+
+    #[test]
+    fn derived_names_and_mac() {
+        let n = VmName::parse("foo").unwrap();
+        assert_eq!(n.domain(), "project-foo");
+        assert_eq!(n.root_volume(), "project-foo-root.qcow2");
+        assert_eq!(n.data_volume(), "project-foo-data.qcow2");
+        assert_eq!(n.seed_volume(), "project-foo-seed.iso");
+        let mac = n.mac();
+        assert!(mac.starts_with("52:54:00:") && mac.len() == 17, "{mac}");
+        assert_eq!(mac, VmName::parse("foo").unwrap().mac(), "stable");
+        assert_ne!(mac, VmName::parse("bar").unwrap().mac());
+    }
+
+    #[test]
+    fn sizes_are_binary() {
+        assert_eq!(Size::parse("8G").unwrap().bytes(), 8 << 30);
+        assert_eq!(Size::parse("50G").unwrap().bytes(), 50 << 30);
+        assert_eq!(Size::parse("512M").unwrap().bytes(), 512 << 20);
+        assert_eq!(Size::parse("1GiB").unwrap().bytes(), 1 << 30);
+        assert_eq!(Size::parse("2T").unwrap().bytes(), 2 << 40);
+        assert!(Size::parse("0").unwrap_err().contains("zero"));
+        assert!(Size::parse("8X").unwrap_err().contains("not a size"));
+        assert!(Size::parse("").is_err());
+        assert!(Size::parse("-1G").is_err());
+        assert_eq!(Size(8 << 30).to_string(), "8G");
+        assert_eq!(Size(512 << 20).to_string(), "512M");
+    }
+
+    #[test]
+    fn resources_validate() {
+        let mut r = Resources::default();
+        assert!(r.validate().is_ok());
+        r.memory = Size(64 << 20);
+        assert!(r.validate().unwrap_err().contains("minimum"));
+        r = Resources { cpus: 0, ..Resources::default() };
+        assert!(r.validate().unwrap_err().contains("cpus"));
+    }
+}
