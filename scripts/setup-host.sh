@@ -12,26 +12,10 @@ set -euo pipefail
 . /etc/os-release
 codename=${VERSION_CODENAME:-bookworm}
 
-mirror_uri() {
-  # deb822 sources first, then one-line sources.list entries.
-  local f uri
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -e $f ]] || continue
-    uri=$(awk '/^URIs:/ {u=$2} /^Suites:/ && u!="" && $0 ~ /'"$codename"'( |$)/ && u !~ /security/ {print u; exit}' "$f")
-    [[ -n $uri ]] && { echo "$uri"; return; }
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [[ -e $f ]] || continue
-    uri=$(awk '$1=="deb" && $3=="'"$codename"'" && $2 !~ /security/ {print $2; exit}' "$f")
-    [[ -n $uri ]] && { echo "$uri"; return; }
-  done
-  return 1
-}
-
 if [[ $ID == debian ]]; then
   backports=/etc/apt/sources.list.d/project-vm-backports.sources
   if [[ ! -e $backports ]]; then
-    uri=$(mirror_uri) || { echo "setup-host.sh: no Debian $codename entry in the apt sources to derive a mirror from" >&2; exit 1; }
+    uri=$("$(dirname "$0")/apt-mirror.sh" "$codename") || { echo "setup-host.sh: no Debian $codename entry in the apt sources to derive a mirror from" >&2; exit 1; }
     cat >"$backports" <<SRC
 Types: deb
 URIs: $uri

@@ -92,35 +92,61 @@ impl Drop for Undo<'_> {
     }
 }
 
-/// Resolves the base image to a volume in the pool, importing a path on first use.
-fn base_image(ctx: &Ctx, pool: &StoragePool, requested: Option<&str>, progress: &Progress) -> anyhow::Result<VolumeInfo> {
+/// Where the base image comes from, checked before anything is created.
+enum Base {
+    Volume(String),
+    /// A file to import into the pool under this name on first use.
+    File(PathBuf, String),
+}
+
+fn locate_base(ctx: &Ctx, requested: Option<&str>) -> anyhow::Result<Base> {
     let Some(image) = requested.or(ctx.settings.base_image.as_deref()) else {
         return Err(invalid(
             "no base image: import one with `project-vm image import FILE` and set \"base_image\" in the settings file, or pass --image NAME",
         ));
     };
-    if image.contains('/') {
-        let path = PathBuf::from(image);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if let Some(v) = storage::find_volume(pool, &name)? {
-            return VolumeInfo::of(&v);
-        }
-        if !path.is_file() {
+    if !image.contains('/') {
+        let found = match storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
+            Some(pool) => storage::find_volume(&pool, image)?.is_some(),
+            None => false,
+        };
+        if !found {
             return Err(invalid(format!(
-                "base image {} does not exist: point base_image at a cloud image file, or at a volume name from `project-vm image list`",
-                path.display()
+                "base image {image:?} is not a volume in pool {}: import it with `project-vm image import FILE --name {image}` (see `project-vm image list`)",
+                ctx.settings.pool
             )));
         }
-        progress.set_message(format!("importing base image {name}"));
-        let vol = super::image::import(ctx, pool, &path, &name, &Progress::hidden())?;
-        return VolumeInfo::of(&vol);
+        return Ok(Base::Volume(image.to_owned()));
     }
-    match storage::find_volume(pool, image)? {
-        Some(v) => VolumeInfo::of(&v),
-        None => Err(invalid(format!(
-            "base image {image:?} is not a volume in pool {}: import it with `project-vm image import FILE --name {image}` (see `project-vm image list`)",
-            pool.name().unwrap_or_default()
-        ))),
+    let path = PathBuf::from(image);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let imported = match storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
+        Some(pool) => storage::find_volume(&pool, &name)?.is_some(),
+        None => false,
+    };
+    if imported {
+        return Ok(Base::Volume(name));
+    }
+    if !path.is_file() {
+        return Err(invalid(format!(
+            "base image {} does not exist: point base_image at a cloud image file, or at a volume name from `project-vm image list`",
+            path.display()
+        )));
+    }
+    Ok(Base::File(path, name))
+}
+
+fn resolve_base(ctx: &Ctx, pool: &StoragePool, base: Base, progress: &Progress) -> anyhow::Result<VolumeInfo> {
+    match base {
+        Base::Volume(name) => match storage::find_volume(pool, &name)? {
+            Some(v) => VolumeInfo::of(&v),
+            None => Err(invalid(format!("base image {name} disappeared from pool {}", ctx.settings.pool))),
+        },
+        Base::File(path, name) => {
+            progress.set_message(format!("importing base image {name}"));
+            let vol = super::image::import(ctx, pool, &path, &name, &Progress::hidden())?;
+            VolumeInfo::of(&vol)
+        }
     }
 }
 
@@ -151,6 +177,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
             )))
         }
     }
+    let located = locate_base(ctx, req.image.as_deref())?;
     let authorized_keys = ctx.settings.authorized_keys()?;
     let tailscale_auth_key = match (&ctx.settings.tailnet, &ctx.settings.tailscale_auth_key_file) {
         (Some(_), Some(path)) => Some(
@@ -163,7 +190,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
 
     progress.set_message(format!("creating {name}: storage pool"));
     let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
-    let base = base_image(ctx, &pool, req.image.as_deref(), progress)?;
+    let base = resolve_base(ctx, &pool, located, progress)?;
     if req.resources.disk.bytes() < base.capacity {
         return Err(invalid(format!(
             "disk {} is smaller than the base image {} ({} bytes): give a disk of at least {}",
