@@ -1,0 +1,171 @@
+//! Helpers for the tests that run the `project-vm` binary against a real
+//! libvirtd (qemu:///system). Each test gets its own pool in a temporary
+//! directory and its own port range, and cleans up after itself even when an
+//! assertion fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_project-vm");
+
+pub fn require_root_libvirt() {
+    assert!(nix_is_root(), "these tests need root (qemu:///system): run them through scripts/test.sh");
+    let ok = Command::new("virsh").args(["-c", "qemu:///system", "version"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    assert!(
+        ok.is_ok_and(|s| s.success()),
+        "libvirtd does not answer on qemu:///system: run scripts/setup-host.sh first"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().expect("virsh")
+}
+
+/// One test's world: settings file, pool directory, ssh key, URI.
+pub struct Env {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub pool: String,
+    pub uri: String,
+    pub key: PathBuf,
+    pub ssh_port: u16,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub ms: u128,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl Env {
+    /// `extra` is merged into the settings JSON.
+    pub fn new(tag: &str, ssh_port: u16, extra: Value) -> Env {
+        let dir = std::env::temp_dir().join(format!("project-vm-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The pool directory must be reachable by the qemu user.
+        sh(&format!("chmod 0755 {}", dir.display()));
+        let key = dir.join("id_ed25519");
+        sh(&format!("ssh-keygen -q -t ed25519 -N '' -C project-vm-test -f {}", key.display()));
+        let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let pool = format!("pvtest-{tag}-{}", std::process::id());
+        let mut settings = serde_json::json!({
+            "storage_dir": dir.join("pool"),
+            "pool": pool,
+            "accel": "tcg",
+            "network": {"type": "user", "ssh_port": ssh_port},
+            "ssh_authorized_keys": [pubkey.trim()],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            settings[k] = v.clone();
+        }
+        let config = dir.join("config.json");
+        std::fs::write(&config, serde_json::to_string_pretty(&settings).unwrap()).unwrap();
+        Env { dir, config, pool, uri: "qemu:///system".into(), key, ssh_port }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("PROJECT_VM_CONFIG", &self.config)
+            .env("PROJECT_VM_URI", &self.uri)
+            .env("PROJECT_VM_SSH_IDENTITY", &self.key)
+            .env("XDG_STATE_HOME", self.dir.join("state"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let t0 = Instant::now();
+        let out = self.cmd(args).output().expect("run project-vm");
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ms: t0.elapsed().as_millis(),
+        };
+        eprintln!("$ project-vm {} -> {} ({} ms)", args.join(" "), run.code, run.ms);
+        run
+    }
+
+    /// `project-vm ssh NAME -- sh -c CMD`, returning stdout.
+    pub fn ssh(&self, name: &str, cmd: &str) -> String {
+        let r = self.run(&["ssh", name, "--", "sh", "-c", &shell_quote(cmd)]);
+        assert_eq!(r.code, 0, "ssh {name} `{cmd}` failed: {}", r.stderr);
+        r.stdout
+    }
+
+    pub fn volumes(&self) -> Vec<String> {
+        let out = virsh(&["vol-list", "--pool", &self.pool]);
+        assert!(out.status.success(), "vol-list: {}", String::from_utf8_lossy(&out.stderr));
+        // "Name  Path" header, a rule, then one volume per line.
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn pool_dir(&self) -> PathBuf {
+        self.dir.join("pool")
+    }
+
+    /// Removes every project-vm VM in this env's pool, then the pool.
+    pub fn cleanup(&self, names: &[&str]) {
+        for n in names {
+            let _ = self.cmd(&["destroy", n]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        let _ = virsh(&["pool-destroy", &self.pool]);
+        let _ = virsh(&["pool-undefine", &self.pool]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Quotes for a remote shell (ssh joins its arguments with spaces).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A small qcow2 to stand in for a base image when no guest has to boot.
+pub fn tiny_image(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.qcow2");
+    sh(&format!("qemu-img create -q -f qcow2 {} 1G", p.display()));
+    p
+}
+
+pub fn tail(path: &str, lines: usize) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().rev().take(lines).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+        .unwrap_or_else(|e| format!("({path}: {e})"))
+}

@@ -1,0 +1,127 @@
+//! The core verbs against a real libvirtd on qemu:///system, with a pool in a
+//! temporary directory. No guest boots here (tests/e2e.rs does that).
+
+mod common;
+
+use common::*;
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn core_verbs_on_a_real_libvirtd() {
+    require_root_libvirt();
+    let env = Env::new("core", 22100, serde_json::json!({"base_image": "tiny.qcow2"}));
+    let guard = Cleanup(&env, &["foo", "bar"]);
+    let image = tiny_image(&env.dir);
+
+    env.run(&["image", "import", image.to_str().unwrap()]).ok();
+    let images = env.run(&["image", "list", "--json"]).ok().json();
+    assert_eq!(images[0]["name"], "tiny.qcow2");
+    assert_eq!(images[0]["format"], "qcow2");
+
+    // create 1G / 1 CPU / 5G
+    let created = env.run(&["create", "foo", "1G", "1", "5G", "--project-disk", "2G", "--json"]).ok();
+    let report = &created.json()["create"];
+    eprintln!("create: {} ms inside project-vm, {} ms for the whole process", report["elapsed_ms"], created.ms);
+    assert_eq!(report["data_reattached"], false);
+    assert_eq!(env.volumes(), vec!["project-foo-data.qcow2", "project-foo-root.qcow2", "project-foo-seed.iso", "tiny.qcow2"]);
+
+    // The domain XML is valid and wires the three disks.
+    let xml = String::from_utf8(virsh(&["dumpxml", "project-foo"]).stdout).unwrap();
+    for needle in ["project-foo-root.qcow2", "project-foo-data.qcow2", "project-foo-seed.iso", "virtio-scsi", "https://project-vm.dev/xmlns/domain/1"] {
+        assert!(xml.contains(needle), "{needle} missing from\n{xml}");
+    }
+    let xml_file = env.dir.join("foo.xml");
+    std::fs::write(&xml_file, &xml).unwrap();
+    sh(&format!("virt-xml-validate {} domain", xml_file.display()));
+    // The root disk is an overlay on the base image.
+    let vol = String::from_utf8(virsh(&["vol-dumpxml", "--pool", &env.pool, "project-foo-root.qcow2"]).stdout).unwrap();
+    assert!(vol.contains("<backingStore>") && vol.contains(&env.pool_dir().join("tiny.qcow2").display().to_string()), "{vol}");
+    assert!(vol.contains("<capacity unit='bytes'>5368709120</capacity>"), "{vol}");
+
+    // The seed reads back with an independent reader: volume id cidata, a cloud-config.
+    let iso = env.dir.join("seed.iso");
+    let dl = virsh(&["vol-download", "--pool", &env.pool, "project-foo-seed.iso", iso.to_str().unwrap()]);
+    assert!(dl.status.success(), "{}", String::from_utf8_lossy(&dl.stderr));
+    let pvd = sh(&format!("xorriso -indev {} -pvd_info 2>/dev/null", iso.display()));
+    assert!(pvd.contains("Volume Id    : cidata"), "{pvd}");
+    let out = env.dir.join("seed");
+    sh(&format!("xorriso -osirrox on -indev {} -extract / {} 2>/dev/null", iso.display(), out.display()));
+    let user_data = std::fs::read_to_string(out.join("user-data")).unwrap();
+    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
+    assert!(user_data.contains("project-vm-test"), "authorized key missing");
+    assert!(std::fs::read_to_string(out.join("meta-data")).unwrap().contains("\"local-hostname\": \"project-foo\""));
+    assert!(out.join("network-config").exists());
+    // The seed holds a private key: only root may read it on the host.
+    let mode = sh(&format!("stat -c %a {}", env.pool_dir().join("project-foo-seed.iso").display()));
+    assert_eq!(mode.trim(), "600");
+
+    let list = env.run(&["list", "--json"]).ok().json();
+    assert_eq!(list[0]["name"], "foo");
+    assert_eq!(list[0]["domain"], "project-foo");
+    assert_eq!(list[0]["state"], "shutoff");
+    assert_eq!(list[0]["vcpus"], 1);
+    let status = env.run(&["status", "foo", "--json"]).ok().json();
+    assert_eq!(status["disks"][0]["capacity"], 5u64 << 30);
+    assert_eq!(status["disks"][1]["capacity"], 2u64 << 30);
+
+    // Bad input and duplicates change nothing.
+    let before = env.volumes();
+    for args in [
+        vec!["create", "Foo"],
+        vec!["create", "foo"],
+        vec!["create", "bar", "8X"],
+        vec!["create", "bar", "1G", "1", "0"],
+        vec!["create", "bar", "1G", "1", "5G", "--image", "missing.qcow2"],
+    ] {
+        let r = env.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+    }
+    assert_eq!(env.volumes(), before);
+    assert!(!virsh(&["dominfo", "project-bar"]).status.success());
+    assert_eq!(env.run(&["status", "nosuch"]).code, 3);
+
+    // destroy --keep-data, then create again: the same project disk comes back.
+    let data = env.pool_dir().join("project-foo-data.qcow2");
+    let inode = sh(&format!("stat -c %i {}", data.display()));
+    let d = env.run(&["destroy", "foo", "--keep-data", "--json"]).ok().json();
+    assert_eq!(d["kept_data_volume"], "project-foo-data.qcow2");
+    assert_eq!(env.volumes(), vec!["project-foo-data.qcow2", "tiny.qcow2"]);
+    let again = env.run(&["create", "foo", "1G", "1", "5G", "--json"]).ok().json();
+    assert_eq!(again["create"]["data_reattached"], true);
+    assert_eq!(sh(&format!("stat -c %i {}", data.display())), inode, "project disk was recreated");
+
+    // A hand-made domain with a project- name is refused, never touched.
+    let hand = env.dir.join("hand.xml");
+    std::fs::write(&hand, "<domain type='qemu'><name>project-hand</name><memory unit='MiB'>128</memory><os><type arch='x86_64'>hvm</type></os></domain>").unwrap();
+    assert!(virsh(&["define", hand.to_str().unwrap()]).status.success());
+    for args in [vec!["destroy", "hand"], vec!["create", "hand"], vec!["start", "hand"], vec!["stop", "hand"]] {
+        let r = env.run(&args);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(r.stderr.contains("not created by project-vm"), "{}", r.stderr);
+    }
+    assert!(virsh(&["dominfo", "project-hand"]).status.success(), "hand-made domain was removed");
+    assert_eq!(env.run(&["list", "--json"]).ok().json().as_array().unwrap().len(), 1);
+    let _ = virsh(&["undefine", "project-hand"]);
+
+    // image rm refuses an image a VM is built on.
+    let r = env.run(&["image", "rm", "tiny.qcow2"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("foo"), "{}", r.stderr);
+
+    env.run(&["destroy", "foo"]).ok();
+    assert_eq!(env.volumes(), vec!["tiny.qcow2"]);
+    assert!(!virsh(&["dominfo", "project-foo"]).status.success());
+    env.run(&["image", "rm", "tiny.qcow2"]).ok();
+    assert!(env.volumes().is_empty());
+    drop(guard);
+}
+
+struct Cleanup<'a>(&'a Env, &'a [&'a str]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = virsh(&["undefine", "project-hand"]);
+        self.0.cleanup(self.1);
+    }
+}
