@@ -20,19 +20,17 @@ use crate::libvirt::domain_xml::READY_CHANNEL;
 use crate::libvirt::vms::Vm;
 use crate::progress::Progress;
 
-/// What the guest's reporter sends (see cloud-init/project-vm-ready).
+/// What the guest's reporter sends (see cloud-init/project-vm-ready): cloud-init's
+/// own `result.json` and `status.json`, interpreted here.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
     pub boot_id: String,
-    /// `done`, `error`, `degraded done`, `disabled`, ...
-    pub status: String,
     #[serde(default)]
-    pub errors: Vec<String>,
+    pub disabled: bool,
     #[serde(default)]
-    pub recoverable_errors: Vec<String>,
-    /// Guest clock: when cloud-init's final stage finished.
+    pub result: Option<Value>,
     #[serde(default)]
-    pub final_finished: Option<f64>,
+    pub status: Option<Value>,
     /// Guest clock: when this line was written.
     #[serde(default)]
     pub sent_at: Option<f64>,
@@ -56,21 +54,80 @@ pub struct ReadyReport {
 impl Message {
     pub fn parse(line: &str) -> Option<Message> {
         let v: Value = serde_json::from_str(line.trim()).ok()?;
-        if v.get("project_vm_ready").is_none() {
-            return None;
-        }
+        v.get("project_vm_ready")?;
         serde_json::from_value(v).ok()
     }
 
-    /// `done`, `degraded` or `error`.
-    pub fn result(&self) -> &'static str {
-        let s = self.status.as_str();
-        if s.contains("error") || !self.errors.is_empty() {
+    /// Fatal errors: result.json's list, plus any stage's own errors.
+    pub fn errors(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let as_strings = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| a.iter().map(|e| e.as_str().map(String::from).unwrap_or_else(|| e.to_string())).collect())
+                .unwrap_or_default()
+        };
+        out.extend(as_strings(self.result.as_ref().and_then(|r| r.pointer("/v1/errors"))));
+        for (_, stage) in self.stages() {
+            for e in as_strings(stage.get("errors")) {
+                if !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    }
+
+    /// Recoverable errors (cloud-init 23.4+ reports these as "degraded").
+    pub fn recoverable_errors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, stage) in self.stages() {
+            if let Some(levels) = stage.get("recoverable_errors").and_then(Value::as_object) {
+                for (level, msgs) in levels {
+                    for m in msgs.as_array().into_iter().flatten() {
+                        out.push(format!("{name}: {level}: {}", m.as_str().unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn stages(&self) -> Vec<(&str, &serde_json::Map<String, Value>)> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.pointer("/v1"))
+            .and_then(Value::as_object)
+            .map(|v1| v1.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_object()?))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Guest clock: when cloud-init's final stage finished.
+    pub fn final_finished(&self) -> Option<f64> {
+        self.status.as_ref()?.pointer("/v1/modules-final/finished")?.as_f64()
+    }
+
+    /// cloud-init's status in its own words.
+    pub fn status_word(&self) -> &'static str {
+        if self.disabled {
+            "disabled"
+        } else if self.result.is_none() {
+            "unknown"
+        } else if !self.errors().is_empty() {
             "error"
-        } else if s.contains("degraded") || !self.recoverable_errors.is_empty() {
-            "degraded"
+        } else if !self.recoverable_errors().is_empty() {
+            "degraded done"
         } else {
             "done"
+        }
+    }
+
+    /// `done`, `degraded` or `error`. A guest without a result (cloud-init
+    /// disabled on this boot) counts as done: it booted and is not provisioning.
+    pub fn result(&self) -> &'static str {
+        match self.status_word() {
+            "error" => "error",
+            "degraded done" => "degraded",
+            _ => "done",
         }
     }
 }
@@ -126,10 +183,10 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
                 let report = ReadyReport {
                     name: vm.name.to_string(),
                     result: msg.result(),
-                    cloud_init_status: msg.status.clone(),
-                    errors: msg.errors.iter().chain(&msg.recoverable_errors).cloned().collect(),
+                    cloud_init_status: msg.status_word().into(),
+                    errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
                     waited_s: t0.elapsed().as_secs_f64(),
-                    report_latency_s: match (msg.sent_at, msg.final_finished) {
+                    report_latency_s: match (msg.sent_at, msg.final_finished()) {
                         (Some(s), Some(f)) if s >= f => Some(s - f),
                         _ => None,
                     },
@@ -192,16 +249,51 @@ pub fn check(report: &ReadyReport) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn msg(result: &str, status: &str) -> Message {
+        Message::parse(&format!(
+            r#"{{"project_vm_ready":2,"boot_id":"b","disabled":false,"result":{result},"status":{status},"sent_at":100.25}}"#
+        ))
+        .unwrap()
+    }
+
     #[test]
-    fn parses_reporter_lines() {
-        let ok = Message::parse(r#"{"project_vm_ready":1,"boot_id":"b","status":"done","errors":[],"final_finished":10.0,"sent_at":10.3}"#).unwrap();
-        assert_eq!(ok.result(), "done");
-        let err = Message::parse(r#"{"project_vm_ready":1,"boot_id":"b","status":"error","errors":["('scripts_user', RuntimeError('Runparts: 1 failures (runcmd)'))"]}"#).unwrap();
-        assert_eq!(err.result(), "error");
-        let deg = Message::parse(r#"{"project_vm_ready":1,"boot_id":"b","status":"degraded done","recoverable_errors":["WARNING: x"]}"#).unwrap();
-        assert_eq!(deg.result(), "degraded");
+    fn a_clean_run_is_done() {
+        let m = msg(
+            r#"{"v1":{"datasource":"DataSourceNoCloud","errors":[]}}"#,
+            r#"{"v1":{"init":{"errors":[],"finished":90.0},"modules-final":{"errors":[],"finished":100.0,"start":95.0},"stage":null}}"#,
+        );
+        assert_eq!((m.status_word(), m.result()), ("done", "done"));
+        assert_eq!(m.final_finished(), Some(100.0));
+        assert_eq!(m.sent_at, Some(100.25));
+    }
+
+    #[test]
+    fn a_failed_runcmd_is_an_error_naming_the_module() {
+        let m = msg(
+            r#"{"v1":{"errors":["('scripts_user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))"]}}"#,
+            r#"{"v1":{"modules-final":{"errors":["('scripts_user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))"],"finished":1.0}}}"#,
+        );
+        assert_eq!(m.result(), "error");
+        assert_eq!(m.errors().len(), 1, "deduplicated: {:?}", m.errors());
+        assert!(m.errors()[0].contains("scripts_user"));
+    }
+
+    #[test]
+    fn recoverable_errors_are_degraded() {
+        let m = msg(
+            r#"{"v1":{"errors":[]}}"#,
+            r#"{"v1":{"init":{"errors":[],"recoverable_errors":{"WARNING":["Failed to set locale"]}}}}"#,
+        );
+        assert_eq!((m.status_word(), m.result()), ("degraded done", "degraded"));
+        assert_eq!(m.recoverable_errors(), vec!["init: WARNING: Failed to set locale"]);
+    }
+
+    #[test]
+    fn odd_lines_are_ignored_or_tolerated() {
         assert!(Message::parse("garbage").is_none());
         assert!(Message::parse(r#"{"status":"done"}"#).is_none(), "not ours");
+        let m = Message::parse(r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null,"sent_at":1}"#).unwrap();
+        assert_eq!((m.status_word(), m.result()), ("disabled", "done"));
     }
 
     #[test]

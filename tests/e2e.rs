@@ -1,0 +1,214 @@
+//! End to end on a real host: a guest boots from its overlay, cloud-init runs,
+//! ssh works with a pinned host key, the project disk survives a re-create, and
+//! the same works over qemu+ssh://. Needs root, libvirtd, and the test image
+//! (PROJECT_VM_TEST_IMAGE, built by tests/images/build-debian.sh); run through
+//! scripts/test.sh. Guests use TCG and user networking: nothing beyond loopback.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+fn image() -> String {
+    std::env::var("PROJECT_VM_TEST_IMAGE").expect("PROJECT_VM_TEST_IMAGE is not set: run scripts/test.sh, which builds the image")
+}
+
+/// Cleans up at the end, and explains a failure first: the guest's serial
+/// console and libvirt's domain log.
+struct Guard<'a> {
+    env: &'a Env,
+    vms: &'a [&'a str],
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for vm in self.vms {
+                let serial = format!("/var/log/libvirt/qemu/project-{vm}-serial.log");
+                let qemu = format!("/var/log/libvirt/qemu/project-{vm}.log");
+                eprintln!("===== {serial} (last 80 lines) =====\n{}", tail(&serial, 80));
+                eprintln!("===== {qemu} (last 30 lines) =====\n{}", tail(&qemu, 30));
+            }
+        }
+        self.env.cleanup(self.vms);
+    }
+}
+
+fn timing(what: &str, value: String) {
+    eprintln!("TIMING {what}: {value}");
+}
+
+fn wait_ready(env: &Env, name: &str) -> serde_json::Value {
+    let r = env.run(&["start", name, "--wait", "--timeout", "900", "--json"]).ok();
+    let ready = r.json()["ready"].clone();
+    assert_eq!(ready["result"], "done", "{ready}");
+    timing(
+        &format!("start {name} to ready"),
+        format!("{:.1} s (cloud-init finished -> reported: {:.3} s)", ready["waited_s"].as_f64().unwrap(), ready["report_latency_s"].as_f64().unwrap_or(-1.0)),
+    );
+    ready
+}
+
+fn gib(s: &str) -> f64 {
+    s.trim().parse::<f64>().unwrap() / (1u64 << 30) as f64
+}
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
+fn guest_boots_provisions_and_keeps_its_project_disk() {
+    require_root_libvirt();
+    let img = image();
+    let env = Env::new("e2e", 22200, serde_json::json!({"base_image": "debian.qcow2"}));
+    let _guard = Guard { env: &env, vms: &["e2e"] };
+    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+
+    // 1. create, start, wait for cloud-init.
+    let created = env.run(&["create", "e2e", "1G", "2", "8G", "--project-disk", "2G", "--json"]).ok().json();
+    timing("create", format!("{} ms", created["create"]["elapsed_ms"]));
+    wait_ready(&env, "e2e");
+    // The seed (private host key inside) is detached and deleted after the first ready boot.
+    assert!(!env.volumes().contains(&"project-e2e-seed.iso".to_string()), "{:?}", env.volumes());
+    let xml = String::from_utf8(virsh(&["dumpxml", "project-e2e"]).stdout).unwrap();
+    assert!(!xml.contains("seed.iso"), "seed still attached");
+    assert!(!xml.contains("PRIVATE KEY"), "secret in domain XML");
+
+    // 2. The guest is what we asked for.
+    assert_eq!(env.ssh("e2e", "hostname").trim(), "project-e2e");
+    assert_eq!(env.ssh("e2e", "id -un").trim(), "dev");
+    assert_eq!(env.ssh("e2e", "sudo -n id -u").trim(), "0", "passwordless sudo");
+    let root = gib(&env.ssh("e2e", "df -B1 --output=size / | tail -1"));
+    assert!((7.5..=8.0).contains(&root), "root filesystem is {root:.2} GiB, expected about 8");
+    let mnt = env.ssh("e2e", "findmnt -no FSTYPE,LABEL /project");
+    assert_eq!(mnt.split_whitespace().collect::<Vec<_>>(), vec!["ext4", "project"], "{mnt}");
+    let project = gib(&env.ssh("e2e", "df -B1 --output=size /project | tail -1"));
+    assert!((1.7..=2.0).contains(&project), "/project is {project:.2} GiB, expected about 2");
+    // ssh verified the guest against the key pinned at create (StrictHostKeyChecking=yes).
+    let guest_key = env.ssh("e2e", "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    let pinned = std::fs::read_to_string(env.dir.join("state/project-vm/known_hosts")).unwrap();
+    let guest_key_b64 = guest_key.split_whitespace().nth(1).unwrap();
+    assert!(pinned.contains(&format!("project-e2e ssh-ed25519 {guest_key_b64}")), "pinned {pinned} vs guest {guest_key}");
+
+    // 3. Data on the project disk, a marker on the root disk, graceful stop.
+    let content = format!("project data {}", std::process::id());
+    env.ssh("e2e", &format!("echo '{content}' > /project/keep.txt && sync && sudo touch /root-marker"));
+    let stop = env.run(&["stop", "e2e", "--timeout", "120", "--json"]).ok().json();
+    assert_eq!(stop["result"], "graceful", "{stop}");
+    timing("stop", format!("{:.1} s", stop["seconds"].as_f64().unwrap()));
+
+    // 4. destroy --keep-data, create again: same data, new root disk.
+    env.run(&["destroy", "e2e", "--keep-data"]).ok();
+    let again = env.run(&["create", "e2e", "1G", "2", "8G", "--project-disk", "2G", "--json"]).ok().json();
+    assert_eq!(again["create"]["data_reattached"], true);
+    wait_ready(&env, "e2e");
+    assert_eq!(env.ssh("e2e", "cat /project/keep.txt").trim(), content);
+    assert_eq!(env.ssh("e2e", "test -e /root-marker && echo present || echo gone").trim(), "gone");
+    assert_eq!(env.ssh("e2e", "touch /project/again && echo ok").trim(), "ok", "dev can write /project");
+
+    // 5. destroy: nothing of it is left.
+    env.run(&["destroy", "e2e"]).ok();
+    assert_eq!(env.volumes(), vec!["debian.qcow2"]);
+    assert!(!virsh(&["dominfo", "project-e2e"]).status.success());
+}
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
+fn cloud_init_failures_and_timeouts_have_their_own_exit_codes() {
+    require_root_libvirt();
+    let img = image();
+    let env = Env::new("fail", 22250, serde_json::json!({"base_image": "debian.qcow2"}));
+    let _guard = Guard { env: &env, vms: &["e2f"] };
+    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+    let user_data = env.dir.join("user-data.yaml");
+    std::fs::write(&user_data, "#cloud-config\nruncmd:\n  - [sh, -c, 'echo failing on purpose; exit 3']\n").unwrap();
+    env.run(&["create", "e2f", "1G", "2", "8G", "--project-disk", "1G", "--user-data", user_data.to_str().unwrap()]).ok();
+
+    // A timeout leaves the VM running and says how to follow it.
+    let r = env.run(&["start", "e2f", "--wait", "--timeout", "5"]);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(r.stderr.contains("still running") && r.stderr.contains("logs e2f"), "{}", r.stderr);
+    let state = String::from_utf8(virsh(&["domstate", "project-e2f"]).stdout).unwrap();
+    assert_eq!(state.trim(), "running");
+
+    // Waiting again sees cloud-init's error and names the failing module.
+    let r = env.run(&["start", "e2f", "--wait", "--timeout", "900"]);
+    assert_eq!(r.code, 5, "stdout {} stderr {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("scripts_user") || r.stderr.contains("runcmd"), "{}", r.stderr);
+    env.run(&["destroy", "e2f"]).ok();
+}
+
+/// An sshd on loopback that only this test's key may use, for qemu+ssh://.
+struct Sshd {
+    child: Child,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_sshd(env: &Env, port: u16) -> (Sshd, String) {
+    let d = env.dir.join("sshd");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}/host_key", d.display()));
+    std::fs::copy(env.key.with_extension("pub"), d.join("authorized_keys")).unwrap();
+    let cfg = d.join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPidFile {d}/sshd.pid\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("/usr/sbin/sshd").args(["-D", "-e", "-f"]).arg(&cfg).stderr(Stdio::null()).spawn().expect("sshd");
+    // The client side verifies the loopback sshd's host key too.
+    let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+    let kh = d.join("known_hosts");
+    std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" "))).unwrap();
+    let wrapper = d.join("ssh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={kh} \"$@\"\n",
+            key = env.key.display(),
+            kh = kh.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", wrapper.display()));
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let uri = format!("qemu+ssh://root@127.0.0.1:{port}/system?command={}", wrapper.display());
+    (Sshd { child }, uri)
+}
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
+fn everything_goes_through_libvirt_over_qemu_ssh() {
+    require_root_libvirt();
+    let img = image();
+    let mut env = Env::new("remote", 22300, serde_json::json!({"base_image": "debian.qcow2"}));
+    let (_sshd, uri) = start_sshd(&env, 22399);
+    env.uri = uri;
+    let _guard = Guard { env: &env, vms: &["e2r"] };
+    // Upload, create, seed, start, readiness and ssh, all through the remote protocol.
+    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+    let created = env.run(&["create", "e2r", "1G", "2", "8G", "--project-disk", "1G", "--json"]).ok().json();
+    timing("create over qemu+ssh", format!("{} ms", created["create"]["elapsed_ms"]));
+    wait_ready(&env, "e2r");
+    assert_eq!(env.ssh("e2r", "hostname").trim(), "project-e2r");
+    let list = env.run(&["list", "--json"]).ok().json();
+    assert_eq!(list[0]["state"], "running");
+    env.run(&["destroy", "e2r"]).ok();
+    assert_eq!(env.volumes(), vec!["debian.qcow2"]);
+}
