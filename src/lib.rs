@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod cloudinit;
+pub mod config;
 pub mod error;
+pub mod features;
 pub mod interrupt;
 pub mod libvirt;
 pub mod ops;

@@ -84,7 +84,7 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
     let project = gib(&env.ssh("e2e", "df -B1 --output=size /project | tail -1"));
     assert!((1.7..=2.0).contains(&project), "/project is {project:.2} GiB, expected about 2");
     // ssh verified the guest against the key pinned at create (StrictHostKeyChecking=yes).
-    let guest_key = env.ssh("e2e", "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    let guest_key = env.ssh("e2e", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub");
     let pinned = std::fs::read_to_string(env.dir.join("state/project-vm/known_hosts")).unwrap();
     let guest_key_b64 = guest_key.split_whitespace().nth(1).unwrap();
     assert!(pinned.contains(&format!("project-e2e ssh-ed25519 {guest_key_b64}")), "pinned {pinned} vs guest {guest_key}");

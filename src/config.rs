@@ -1,0 +1,396 @@
+//! The declarative file for `apply` and `plan`: host settings, `defaults`
+//! merged into each of `vms`.
+//!
+//! Validation walks the JSON itself rather than stopping at serde's first
+//! error: every problem is reported at once, each with its JSON path
+//! (`vms.db.memory: "8X" is not a size like 512M or 8G`), and unknown keys get
+//! a did-you-mean. Nothing is changed when any problem is found.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::invalid;
+use crate::settings::{HostSettings, HOST_SETTING_KEYS};
+use crate::spec::{Resources, Size, VmName};
+
+/// Keys a VM entry (and `defaults`) may have.
+pub const VM_KEYS: &[&str] = &["memory", "cpus", "disk", "project_disk", "autostart", "features", "user_data", "image", "depends_on"];
+
+/// One VM as the file describes it, defaults merged in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmDecl {
+    pub name: VmName,
+    #[serde(flatten)]
+    pub resources: Resources,
+    pub autostart: bool,
+    pub features: Vec<String>,
+    /// A cloud-config file (relative paths are relative to the declarative file).
+    pub user_data: Option<PathBuf>,
+    pub image: Option<String>,
+    pub depends_on: Vec<VmName>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declared {
+    /// Host settings written in the same file (they win over the settings file).
+    pub settings: HostSettings,
+    /// Sorted by name.
+    pub vms: BTreeMap<VmName, VmDecl>,
+}
+
+impl Declared {
+    /// VMs in waves: each wave depends only on earlier ones (validated acyclic).
+    pub fn waves(&self) -> Vec<Vec<VmName>> {
+        let mut done: Vec<VmName> = Vec::new();
+        let mut waves = Vec::new();
+        while done.len() < self.vms.len() {
+            let wave: Vec<VmName> = self
+                .vms
+                .values()
+                .filter(|v| !done.contains(&v.name) && v.depends_on.iter().all(|d| done.contains(d)))
+                .map(|v| v.name.clone())
+                .collect();
+            assert!(!wave.is_empty(), "dependency cycle survived validation");
+            done.extend(wave.iter().cloned());
+            waves.push(wave);
+        }
+        waves
+    }
+}
+
+/// ` (did you mean "x"?)` when a known word is close.
+pub fn did_you_mean(word: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
+        .unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+}
+
+/// The fields of one entry before merging; `None` where absent.
+#[derive(Default, Clone)]
+struct Fields {
+    memory: Option<Size>,
+    cpus: Option<u32>,
+    disk: Option<Size>,
+    project_disk: Option<Size>,
+    autostart: Option<bool>,
+    features: Option<Vec<String>>,
+    user_data: Option<PathBuf>,
+    image: Option<String>,
+    depends_on: Option<Vec<(usize, String)>>,
+}
+
+fn show(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields {
+    let mut f = Fields::default();
+    let Some(obj) = v.as_object() else {
+        p.add(path, format!("expected an object of VM settings, found {}", show(v)));
+        return f;
+    };
+    for (k, v) in obj {
+        let at = format!("{path}.{k}");
+        let size = |p: &mut Problems| match v.as_str() {
+            Some(s) => Size::parse(s).map_err(|e| p.add(&at, e)).ok(),
+            None => {
+                p.add(&at, format!("{} is not a size like \"512M\" or \"8G\" (write it as a string)", show(v)));
+                None
+            }
+        };
+        let strings = |p: &mut Problems| -> Option<Vec<(usize, String)>> {
+            let Some(a) = v.as_array() else {
+                p.add(&at, format!("expected a list of strings, found {}", show(v)));
+                return None;
+            };
+            let mut out = Vec::new();
+            for (i, e) in a.iter().enumerate() {
+                match e.as_str() {
+                    Some(s) => out.push((i, s.to_owned())),
+                    None => p.add(&format!("{at}[{i}]"), format!("expected a string, found {}", show(e))),
+                }
+            }
+            Some(out)
+        };
+        match k.as_str() {
+            "memory" => f.memory = size(p),
+            "disk" => f.disk = size(p),
+            "project_disk" => f.project_disk = size(p),
+            "cpus" => match v.as_u64() {
+                Some(n) if (1..=512).contains(&n) => f.cpus = Some(n as u32),
+                _ => p.add(&at, format!("{} is not a CPU count from 1 to 512", show(v))),
+            },
+            "autostart" => match v.as_bool() {
+                Some(b) => f.autostart = Some(b),
+                None => p.add(&at, format!("expected true or false, found {}", show(v))),
+            },
+            "features" => {
+                if let Some(list) = strings(p) {
+                    for (i, name) in &list {
+                        if !crate::features::exists(name) {
+                            p.add(
+                                &format!("{at}[{i}]"),
+                                format!(
+                                    "unknown feature {name:?}{}: known features are {}",
+                                    did_you_mean(name, &crate::features::names()),
+                                    crate::features::names().join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    f.features = Some(list.into_iter().map(|(_, s)| s).collect());
+                }
+            }
+            "user_data" => match v.as_str() {
+                Some(s) if !s.is_empty() => f.user_data = Some(PathBuf::from(s)),
+                _ => p.add(&at, format!("expected the path of a cloud-config file, found {}", show(v))),
+            },
+            "image" => match v.as_str() {
+                Some(s) if !s.is_empty() => f.image = Some(s.to_owned()),
+                _ => p.add(&at, format!("expected an image volume name or path, found {}", show(v))),
+            },
+            "depends_on" if in_defaults => p.add(&at, "depends_on belongs in a VM's own entry, not in defaults"),
+            "depends_on" => f.depends_on = strings(p),
+            other => p.add(&at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", "))),
+        }
+    }
+    f
+}
+
+/// Parses and validates a declarative file. `origin` names it in messages;
+/// `base_dir` resolves relative `user_data` paths.
+pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declared> {
+    let root: Value = serde_json::from_str(text).map_err(|e| invalid(format!("{origin}: not valid JSON: {e}")))?;
+    let Some(root) = root.as_object() else {
+        return Err(invalid(format!("{origin}: expected a JSON object with \"vms\" (and optionally \"defaults\")")));
+    };
+    let mut p = Problems::default();
+    let mut top_keys: Vec<&str> = vec!["defaults", "vms"];
+    top_keys.extend(HOST_SETTING_KEYS);
+
+    let mut settings_obj = Map::new();
+    for (k, v) in root {
+        if HOST_SETTING_KEYS.contains(&k.as_str()) {
+            let one = Value::Object(Map::from_iter([(k.clone(), v.clone())]));
+            match serde_json::from_value::<HostSettings>(one) {
+                Ok(_) => {
+                    settings_obj.insert(k.clone(), v.clone());
+                }
+                Err(e) => p.add(k, e),
+            }
+        } else if k != "defaults" && k != "vms" {
+            p.add(k, format!("unknown key{}; top-level keys are {}", did_you_mean(k, &top_keys), top_keys.join(", ")));
+        }
+    }
+    let settings: HostSettings = serde_json::from_value(Value::Object(settings_obj)).unwrap_or_default();
+
+    let defaults = root.get("defaults").map(|d| fields("defaults", d, &mut p, true)).unwrap_or_default();
+    let mut raw: BTreeMap<VmName, (String, Fields)> = BTreeMap::new();
+    match root.get("vms") {
+        None => p.add("vms", "missing: declare at least one VM (\"vms\": {\"web\": {}})"),
+        Some(Value::Object(vms)) => {
+            for (name, v) in vms {
+                let path = format!("vms.{name}");
+                let f = fields(&path, v, &mut p, false);
+                match VmName::parse(name) {
+                    Ok(n) => {
+                        raw.insert(n, (path, f));
+                    }
+                    Err(e) => p.add(&path, e),
+                }
+            }
+        }
+        Some(other) => p.add("vms", format!("expected an object of VMs by name, found {}", show(other))),
+    }
+
+    let names: Vec<&str> = raw.keys().map(VmName::as_str).collect();
+    let mut vms = BTreeMap::new();
+    for (name, (path, f)) in &raw {
+        let d = &defaults;
+        let base = Resources::default();
+        let resources = Resources {
+            memory: f.memory.or(d.memory).unwrap_or(base.memory),
+            cpus: f.cpus.or(d.cpus).unwrap_or(base.cpus),
+            disk: f.disk.or(d.disk).unwrap_or(base.disk),
+            project_disk: f.project_disk.or(d.project_disk).unwrap_or(base.project_disk),
+        };
+        if let Err(e) = resources.validate() {
+            p.add(path, e);
+        }
+        let mut depends_on = Vec::new();
+        for (i, dep) in f.depends_on.clone().unwrap_or_default() {
+            let at = format!("{path}.depends_on[{i}]");
+            match VmName::parse(&dep) {
+                Ok(n) if &n == name => p.add(&at, "a VM cannot depend on itself"),
+                Ok(n) if raw.contains_key(&n) => depends_on.push(n),
+                _ => p.add(&at, format!("{dep:?} is not a VM in this file{}", did_you_mean(&dep, &names))),
+            }
+        }
+        let user_data = f.user_data.clone().or(d.user_data.clone()).map(|u| if u.is_relative() { base_dir.join(u) } else { u });
+        vms.insert(
+            name.clone(),
+            VmDecl {
+                name: name.clone(),
+                resources,
+                autostart: f.autostart.or(d.autostart).unwrap_or(false),
+                features: f.features.clone().or(d.features.clone()).unwrap_or_default(),
+                user_data,
+                image: f.image.clone().or(d.image.clone()),
+                depends_on,
+            },
+        );
+    }
+    if let Some(cycle) = find_cycle(&vms) {
+        p.add("depends_on", format!("dependency cycle: {}", cycle.join(" -> ")));
+    }
+    if !p.0.is_empty() {
+        p.0.sort();
+        let n = p.0.len();
+        return Err(invalid(format!(
+            "{origin}: {n} problem{}; nothing was changed:\n  {}",
+            if n == 1 { "" } else { "s" },
+            p.0.join("\n  ")
+        )));
+    }
+    Ok(Declared { settings, vms })
+}
+
+fn find_cycle(vms: &BTreeMap<VmName, VmDecl>) -> Option<Vec<String>> {
+    fn visit(n: &VmName, vms: &BTreeMap<VmName, VmDecl>, stack: &mut Vec<VmName>, done: &mut Vec<VmName>) -> Option<Vec<String>> {
+        if let Some(pos) = stack.iter().position(|s| s == n) {
+            let mut c: Vec<String> = stack[pos..].iter().map(|s| s.to_string()).collect();
+            c.push(n.to_string());
+            return Some(c);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        stack.push(n.clone());
+        for d in vms.get(n).map(|v| v.depends_on.as_slice()).unwrap_or_default() {
+            if let Some(c) = visit(d, vms, stack, done) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        done.push(n.clone());
+        None
+    }
+    let mut done = Vec::new();
+    vms.keys().find_map(|n| visit(n, vms, &mut Vec::new(), &mut done))
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Declared> {
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    parse(&text, &path.display().to_string(), path.parent().unwrap_or(Path::new(".")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Declared {
+        parse(text, "f.json", Path::new("/etc/pv")).unwrap()
+    }
+
+    fn problems(text: &str) -> String {
+        let e = parse(text, "f.json", Path::new("/")).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        e.to_string()
+    }
+
+    #[test]
+    fn defaults_merge_into_each_vm() {
+        let d = ok(r#"{
+          "defaults": { "memory": "4G", "cpus": 2, "disk": "20G", "project_disk": "50G", "features": ["base"] },
+          "vms": { "web": { "memory": "8G", "cpus": 4, "autostart": true }, "db": { "disk": "100G", "depends_on": ["web"], "user_data": "db.yaml" } }
+        }"#);
+        let web = &d.vms[&VmName::parse("web").unwrap()];
+        assert_eq!(web.resources, Resources { memory: Size(8 << 30), cpus: 4, disk: Size(20 << 30), project_disk: Size(50 << 30) });
+        assert!(web.autostart);
+        assert_eq!(web.features, vec!["base"]);
+        let db = &d.vms[&VmName::parse("db").unwrap()];
+        assert_eq!(db.resources.memory, Size(4 << 30));
+        assert_eq!(db.resources.disk, Size(100 << 30));
+        assert!(!db.autostart);
+        assert_eq!(db.user_data.as_deref(), Some(Path::new("/etc/pv/db.yaml")));
+        assert_eq!(d.waves(), vec![vec![VmName::parse("web").unwrap()], vec![VmName::parse("db").unwrap()]]);
+    }
+
+    #[test]
+    fn built_in_defaults_apply() {
+        let d = ok(r#"{"vms": {"a": {}}}"#);
+        assert_eq!(d.vms[&VmName::parse("a").unwrap()].resources, Resources::default());
+    }
+
+    #[test]
+    fn host_settings_may_share_the_file() {
+        let d = ok(r#"{"accel": "tcg", "tailnet": "example.ts.net", "vms": {"a": {}}}"#);
+        assert_eq!(d.settings.accel, Some(crate::settings::Accel::Tcg));
+        assert_eq!(d.settings.tailnet.as_deref(), Some("example.ts.net"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let e = problems(
+            r#"{
+              "defualts": {},
+              "accel": "hvf",
+              "defaults": { "memory": "8X", "depends_on": ["x"] },
+              "vms": {
+                "db": { "memory": "8X", "cpus": 0, "depends_on": ["wbe"], "featrues": [], "features": ["dokcer", 3] },
+                "Bad_Name": {},
+                "web": { "disk": 20 }
+              }
+            }"#,
+        );
+        for needle in [
+            "defualts: unknown key (did you mean \"defaults\"?)",
+            "accel: unknown variant `hvf`",
+            "defaults.memory: \"8X\" is not a size like 512M or 8G",
+            "defaults.depends_on: depends_on belongs in a VM's own entry",
+            "vms.db.memory: \"8X\" is not a size like 512M or 8G",
+            "vms.db.cpus: 0 is not a CPU count from 1 to 512",
+            "vms.db.depends_on[0]: \"wbe\" is not a VM in this file (did you mean \"web\"?)",
+            "vms.db.featrues: unknown key (did you mean \"features\"?)",
+            "vms.db.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?)",
+            "vms.db.features[1]: expected a string, found 3",
+            "vms.Bad_Name: invalid VM name",
+            "vms.web.disk: 20 is not a size like \"512M\" or \"8G\"",
+            "nothing was changed",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn cycles_and_self_dependencies() {
+        let e = problems(r#"{"vms": {"a": {"depends_on": ["b"]}, "b": {"depends_on": ["a"]}}}"#);
+        assert!(e.contains("dependency cycle: a -> b -> a"), "{e}");
+        let e = problems(r#"{"vms": {"a": {"depends_on": ["a"]}}}"#);
+        assert!(e.contains("cannot depend on itself"), "{e}");
+    }
+
+    #[test]
+    fn shape_errors() {
+        assert!(problems("[]").contains("expected a JSON object"));
+        assert!(problems("{").contains("not valid JSON"));
+        assert!(problems("{}").contains("vms: missing"));
+        assert!(problems(r#"{"vms": {"a": {"memory": "64M"}}}"#).contains("vms.a: memory 64M is below the minimum"));
+    }
+}
