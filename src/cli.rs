@@ -10,6 +10,14 @@ fn vm_name(s: &str) -> Result<VmName, String> {
     VmName::parse(s).map_err(|e| e.to_string())
 }
 
+fn feature_name(s: &str) -> Result<String, String> {
+    if crate::features::exists(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("unknown feature{}; known: {}", crate::config::did_you_mean(s, &crate::features::names()), crate::features::names().join(", ")))
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "project-vm", version, about = "One libvirt VM per project", propagate_version = true)]
 pub struct Cli {
@@ -104,6 +112,9 @@ pub struct CreateArgs {
     /// A cloud-config file merged into the generated one
     #[arg(long, value_name = "FILE")]
     pub user_data: Option<PathBuf>,
+    /// A feature snippet to add (repeatable): base, devtools, docker, nix
+    #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
+    pub features: Vec<String>,
     /// Base image (volume name or file); default: the base_image setting
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,

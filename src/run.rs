@@ -53,6 +53,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 resources: Resources { memory: a.memory, cpus: a.cpus, disk: a.disk, project_disk: a.project_disk },
                 image: a.image,
                 user_data,
+                features: a.features,
                 autostart: a.autostart,
             };
             let progress = Progress::spinner(ctx.json, format!("creating {}", req.name));

@@ -184,10 +184,13 @@ pub struct VmSpec {
     pub tailnet: Option<String>,
     #[serde(default)]
     pub autostart: bool,
-    /// Hash of the rendered user cloud-config, to notice changes without
-    /// storing its content (which may hold secrets) in domain metadata.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_data_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Fingerprint of everything that went into the guest's cloud-config
+    /// (user, keys, features, user-data, tailnet), to notice a change without
+    /// storing content that may hold secrets in domain metadata.
+    #[serde(default)]
+    pub cloud_init_hash: String,
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ fn request(n: &str) -> CreateRequest {
         resources: Resources { memory: Size(1 << 30), cpus: 1, disk: Size(5 << 30), project_disk: Size(2 << 30) },
         image: None,
         user_data: None,
+        features: vec![],
         autostart: false,
     }
 }
@@ -71,7 +72,8 @@ fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phas
         ssh_port: Some(22022),
         tailnet: None,
         autostart: false,
-        user_data_hash: None,
+        features: vec![],
+        cloud_init_hash: String::new(),
     };
     let own = Ownership {
         xmlns: None,

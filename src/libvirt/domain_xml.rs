@@ -22,6 +22,9 @@ pub struct DomainXml {
     #[serde(rename = "@type")]
     pub kind: &'static str,
     pub name: String,
+    /// Set when redefining an existing domain, so it keeps its identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
     pub metadata: MetadataXml,
     pub memory: Memory,
     #[serde(rename = "currentMemory")]
@@ -380,6 +383,7 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -
     DomainXml {
         kind: spec.accel.domain_type(),
         name: spec.name.domain(),
+        uuid: None,
         metadata: MetadataXml {
             vm: Ownership { xmlns: Some(super::metadata::NAMESPACE.into()), ..ownership.clone() },
         },
@@ -428,7 +432,8 @@ pub(crate) mod tests {
             ssh_port: None,
             tailnet: None,
             autostart: false,
-            user_data_hash: None,
+            features: vec![],
+            cloud_init_hash: String::new(),
         }
     }
 

@@ -28,6 +28,8 @@ use crate::progress::Progress;
 use crate::settings::Network;
 use crate::spec::{Resources, VmName, VmSpec};
 
+pub use crate::cloudinit::Fingerprint;
+
 /// What the user asked for; settings fill in the rest.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -36,6 +38,8 @@ pub struct CreateRequest {
     /// Image volume name or path; `None`: the `base_image` setting.
     pub image: Option<String>,
     pub user_data: Option<(Value, String)>,
+    /// Feature snippets (cloud-init/features) merged before the user-data.
+    pub features: Vec<String>,
     pub autostart: bool,
 }
 
@@ -150,6 +154,45 @@ fn resolve_base(ctx: &Ctx, pool: &StoragePool, base: Base, progress: &Progress) 
     }
 }
 
+/// The base image's volume name as the spec records it.
+pub fn base_name(ctx: &Ctx, requested: Option<&str>) -> Option<String> {
+    let image = requested.or(ctx.settings.base_image.as_deref())?;
+    Some(match image.rsplit_once('/') {
+        Some((_, file)) => file.to_owned(),
+        None => image.to_owned(),
+    })
+}
+
+/// The spec `create` would record for `req` (the ssh port aside), so `plan`
+/// can compare what exists with what is declared.
+pub fn desired_spec(ctx: &Ctx, req: &CreateRequest, base_image: String, ssh_port: Option<u16>) -> anyhow::Result<VmSpec> {
+    let keys = ctx.settings.authorized_keys()?;
+    Ok(VmSpec {
+        name: req.name.clone(),
+        resources: req.resources,
+        base_image,
+        accel: ctx.settings.accel,
+        network: ctx.settings.network.clone(),
+        ssh_user: ctx.settings.ssh_user.clone(),
+        ssh_port,
+        tailnet: ctx.settings.tailnet.clone(),
+        autostart: req.autostart,
+        features: req.features.clone(),
+        cloud_init_hash: cloudinit::fingerprint(&cloudinit::Fingerprint {
+            ssh_user: &ctx.settings.ssh_user,
+            authorized_keys: &keys,
+            features: &req.features,
+            user_data: req.user_data.as_ref().map(|(_, text)| text.as_str()),
+            tailnet: ctx.settings.tailnet.as_deref(),
+            tailscale: ctx.settings.tailscale_auth_key_file.is_some(),
+        }),
+    })
+}
+
+/// Serialises port choice and the define that records it, so parallel creates
+/// (apply --jobs) in this process never pick the same port.
+static DEFINE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// For user networking: the first free forwarded port at or above the base.
 fn pick_ssh_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
     let used: Vec<u16> = vms::list(&ctx.conn)?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
@@ -218,26 +261,23 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         }
     }
 
+    let define_guard = DEFINE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let ssh_port = match ctx.settings.network {
         Network::User { ssh_port } => Some(pick_ssh_port(ctx, ssh_port)?),
         _ => None,
     };
-    let user_data_hash = req.user_data.as_ref().map(|(_, text)| {
-        use sha2::{Digest, Sha256};
-        format!("{:x}", Sha256::digest(text.as_bytes()))
-    });
-    let spec = VmSpec {
-        name: name.clone(),
-        resources: req.resources,
-        base_image: base.name.clone(),
-        accel: ctx.settings.accel,
-        network: ctx.settings.network.clone(),
-        ssh_user: ctx.settings.ssh_user.clone(),
-        ssh_port,
-        tailnet: ctx.settings.tailnet.clone(),
-        autostart: req.autostart,
-        user_data_hash,
-    };
+    let mut spec = desired_spec(ctx, req, base.name.clone(), ssh_port)?;
+    if let Some(d) = &existing_data {
+        // A reattached disk keeps its size; record the truth.
+        spec.resources.project_disk = crate::spec::Size(d.capacity);
+    }
+    let mut user_config = crate::features::cloud_config(&req.features)?;
+    if let Some((v, _)) = &req.user_data {
+        match &mut user_config {
+            Some(c) => cloudinit::merge(c, v),
+            None => user_config = Some(v.clone()),
+        }
+    }
     let host_key = HostKey::generate(&name.domain())?;
     let mut own = Ownership {
         xmlns: None,
@@ -266,6 +306,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         false => explain(e, format!("defining domain {}", name.domain())),
     })?;
     undo.dom = Some(dom.clone());
+    drop(define_guard);
     let uuid = dom.uuid_string().unwrap_or_default();
 
     interrupt::check()?;
@@ -293,7 +334,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         spec: &spec,
         authorized_keys: &authorized_keys,
         host_key: Some(&host_key),
-        user_data: req.user_data.as_ref().map(|(v, _)| v),
+        user_data: user_config.as_ref(),
         instance_id: &format!("{}-{uuid}", name.domain()),
         tailscale_auth_key: tailscale_auth_key.as_deref(),
     });
