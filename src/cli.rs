@@ -64,6 +64,10 @@ pub enum Command {
     /// Manage base images in the storage pool.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Show what `apply` would do for a declarative file.
+    Plan(PlanArgs),
+    /// Bring VMs in line with a declarative file (idempotent).
+    Apply(ApplyArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -187,6 +191,36 @@ pub struct LogsArgs {
     /// Keep printing as the log grows
     #[arg(long, short = 'f')]
     pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The declarative file
+    #[arg(long, short = 'f', env = "PROJECT_VM_FILE", default_value = "project-vm.json", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Plan to destroy project-vm VMs that are not in the file (their project disks are kept)
+    #[arg(long)]
+    pub prune: bool,
+    /// Plan to restart running VMs whose memory/cpus changed
+    #[arg(long)]
+    pub restart: bool,
+    /// Plan to rebuild VMs whose image or cloud-init changed (project disks are kept)
+    #[arg(long)]
+    pub recreate: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// With --prune: delete the pruned VMs' project disks too
+    #[arg(long, requires = "prune")]
+    pub delete_data: bool,
+    /// VMs worked on at once
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -68,3 +68,23 @@ impl Drop for Progress {
         self.finish();
     }
 }
+
+/// Several progress lines at once (one per VM in `apply`).
+pub struct Multi {
+    inner: Option<indicatif::MultiProgress>,
+}
+
+impl Multi {
+    pub fn new(json: bool) -> Multi {
+        Multi { inner: Progress::enabled(json).then(indicatif::MultiProgress::new) }
+    }
+
+    pub fn spinner(&self, msg: impl Into<String>) -> Progress {
+        let Some(m) = &self.inner else { return Progress::hidden() };
+        let bar = m.add(ProgressBar::new_spinner());
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
+        bar.set_message(msg.into());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar: Some(bar) }
+    }
+}

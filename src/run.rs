@@ -17,11 +17,83 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut Cli::command(), "project-vm", &mut std::io::stdout());
         return Ok(());
     }
-    let settings = HostSettings::load(cli.config.as_deref())?.resolve()?;
+    let mut host = HostSettings::load(cli.config.as_deref())?;
+    // A declarative file may carry host settings; they win over the settings file.
+    let declared = match &cli.command {
+        Command::Plan(a) => Some(crate::config::load(&a.file)?),
+        Command::Apply(a) => Some(crate::config::load(&a.plan.file)?),
+        _ => None,
+    };
+    if let Some(d) = &declared {
+        host = host.overlay(d.settings.clone());
+    }
+    let settings = host.resolve()?;
     let uri = cli.connect.clone().unwrap_or_else(|| libvirt::default_uri().to_owned());
     let conn = libvirt::connect(&uri)?;
     let ctx = Ctx { conn, uri, settings, json: cli.json };
-    dispatch(&ctx, cli.command)
+    match (cli.command, declared) {
+        (Command::Plan(a), Some(d)) => plan(&ctx, &d, &a),
+        (Command::Apply(a), Some(d)) => apply(ctx, &d, &a),
+        (command, _) => dispatch(&ctx, command),
+    }
+}
+
+fn plan_options(a: &crate::cli::PlanArgs) -> ops::plan::Options {
+    ops::plan::Options { prune: a.prune, restart: a.restart, recreate: a.recreate }
+}
+
+fn plan(ctx: &Ctx, declared: &crate::config::Declared, a: &crate::cli::PlanArgs) -> anyhow::Result<()> {
+    let plan = ops::plan::plan(ctx, declared, plan_options(a))?;
+    if ctx.json {
+        return output::json(&plan);
+    }
+    for p in &plan.vms {
+        for line in ops::plan::describe(p) {
+            println!("{line}");
+        }
+    }
+    println!(
+        "{} change{}, {} not applied, {} impossible",
+        plan.changes,
+        if plan.changes == 1 { "" } else { "s" },
+        plan.not_applied,
+        plan.impossible
+    );
+    Ok(())
+}
+
+fn apply(ctx: Ctx, declared: &crate::config::Declared, a: &crate::cli::ApplyArgs) -> anyhow::Result<()> {
+    crate::interrupt::install();
+    let opts = ops::apply::ApplyOptions {
+        plan: plan_options(&a.plan),
+        jobs: a.jobs as usize,
+        wait: a.wait.wait,
+        timeout: Duration::from_secs(a.wait.timeout),
+        delete_data: a.delete_data,
+    };
+    let json = ctx.json;
+    let report = ops::apply::apply(std::sync::Arc::new(ctx), declared, opts)?;
+    if json {
+        output::json(&report)?;
+    } else {
+        for p in report.plan.vms.iter() {
+            let lines = ops::plan::describe(p);
+            let result = report.results.iter().find(|r| r.name == p.name);
+            match result {
+                Some(r) if r.error.is_some() => println!("{}: FAILED: {}", p.name, r.error.as_deref().unwrap_or_default()),
+                Some(r) if !r.done.is_empty() => println!("{}: {} ({:.1}s)", p.name, r.done.join(", "), r.seconds),
+                _ => println!("{}", lines[0]),
+            }
+            for l in lines.iter().skip(1) {
+                println!("{l}");
+            }
+        }
+        println!("{} change{}, {} failed", report.changes, if report.changes == 1 { "" } else { "s" }, report.failed);
+    }
+    if report.failed > 0 {
+        anyhow::bail!("{} of the VMs failed to apply (see above)", report.failed);
+    }
+    Ok(())
 }
 
 fn wait_ready(ctx: &Ctx, vm: &vms::Vm, wait: &WaitArgs) -> anyhow::Result<Option<ops::ready::ReadyReport>> {
@@ -247,7 +319,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 println!("removed image {name}");
             }
         }
-        Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::Completions { .. } | Command::Plan(_) | Command::Apply(_) => unreachable!("handled in run"),
     }
     Ok(())
 }

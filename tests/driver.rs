@@ -10,6 +10,13 @@ use project_vm::progress::Progress;
 use project_vm::settings::{Accel, HostSettings, Network};
 use project_vm::spec::{Resources, Size, VmName, VmSpec};
 
+use std::path::Path;
+use std::sync::Arc;
+
+use project_vm::config;
+use project_vm::ops::apply::{self, ApplyOptions};
+use project_vm::ops::plan::{self, Action, Class};
+
 fn ctx() -> Ctx {
     let settings = HostSettings {
         storage_dir: Some("/project-vm-test".into()),
@@ -62,19 +69,8 @@ fn volumes(pool: &virt::storage_pool::StoragePool) -> Vec<String> {
 /// Defines a VM the way `create` records it, without needing uploads.
 fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phase: Phase) -> VmName {
     let n = name(n);
-    let spec = VmSpec {
-        name: n.clone(),
-        resources: request(n.as_str()).resources,
-        base_image: "base.qcow2".into(),
-        accel: Accel::Tcg,
-        network: Network::User { ssh_port: 22022 },
-        ssh_user: "dev".into(),
-        ssh_port: Some(22022),
-        tailnet: None,
-        autostart: false,
-        features: vec![],
-        cloud_init_hash: String::new(),
-    };
+    // Exactly what create would record, so a matching file plans nothing.
+    let spec: VmSpec = ops::create::desired_spec(ctx, &request(n.as_str()), "base.qcow2".into(), Some(22022)).unwrap();
     let own = Ownership {
         xmlns: None,
         version: 1,
@@ -88,9 +84,9 @@ fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phas
         host_key: Some("ssh-ed25519 AAAA test".into()),
         spec_json: serde_json::to_string(&spec).unwrap(),
     };
-    for v in [n.root_volume(), n.data_volume(), n.seed_volume()] {
-        storage::create_qcow2(pool, &v, 1 << 20).unwrap();
-    }
+    storage::create_qcow2(pool, &n.root_volume(), spec.resources.disk.bytes()).unwrap();
+    storage::create_qcow2(pool, &n.data_volume(), spec.resources.project_disk.bytes()).unwrap();
+    storage::create_qcow2(pool, &n.seed_volume(), 1 << 20).unwrap();
     ctx.conn.define_domain_xml(&domain_xml::build(&spec, &own, None).to_xml()).unwrap();
     n
 }
@@ -260,4 +256,126 @@ fn metadata_round_trips_through_libvirt() {
     assert_eq!(again.own.phase, Phase::Ready);
     assert_eq!(again.own.seed_volume, None);
     assert_eq!(again.spec().unwrap().name, foo);
+}
+
+fn declared(json: &str) -> config::Declared {
+    config::parse(json, "test.json", Path::new("/")).unwrap()
+}
+
+fn opts(prune: bool) -> ApplyOptions {
+    ApplyOptions {
+        plan: plan::Options { prune, restart: false, recreate: false },
+        jobs: 4,
+        wait: false,
+        timeout: std::time::Duration::from_secs(5),
+        delete_data: false,
+    }
+}
+
+const FOO_1G: &str = r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G"}}}"#;
+
+#[test]
+fn apply_is_idempotent_and_converges_changes() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
+    let (uuid, xml) = (dom.uuid_string().unwrap(), dom.xml_desc(0).unwrap());
+
+    // The same state: nothing to do, nothing redefined.
+    let p = plan::plan(&ctx, &declared(FOO_1G), plan::Options::default()).unwrap();
+    assert_eq!((p.changes, p.not_applied, p.impossible), (0, 0, 0), "{p:#?}");
+    let r = apply::apply(ctx.clone(), &declared(FOO_1G), opts(false)).unwrap();
+    assert_eq!(r.changes, 0);
+    let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
+    assert_eq!((dom.uuid_string().unwrap(), dom.xml_desc(0).unwrap()), (uuid.clone(), xml));
+
+    // More memory, a bigger project disk, autostart.
+    let changed = r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "4G", "autostart": true}}}"#;
+    let p = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
+    let classes: Vec<(&str, Class)> = p.vms[0].changes.iter().map(|c| (c.field, c.class)).collect();
+    assert_eq!(classes, vec![("memory", Class::NextRestart), ("project_disk", Class::Now), ("autostart", Class::Now)]);
+    assert!(p.vms[0].start);
+    // The test driver cannot resize volumes (the e2e suite grows real disks):
+    // apply the rest here.
+    let changed = r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "2G", "autostart": true}}}"#;
+    let r = apply::apply(ctx.clone(), &declared(changed), opts(false)).unwrap();
+    assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
+    assert_eq!(r.results[0].done, vec!["autostart on", "redefined", "started"]);
+    let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
+    assert_eq!(dom.uuid_string().unwrap(), uuid, "redefined in place");
+    assert!(dom.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).unwrap().contains("<memory unit='KiB'>2097152</memory>"));
+    assert!(dom.autostart().unwrap());
+    assert!(dom.is_active().unwrap(), "autostart VMs are started");
+    // Converged: a second apply changes nothing.
+    let again = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
+    assert_eq!(again.changes, 0, "{:#?}", again.vms);
+    assert_eq!(vms::get(&ctx.conn, &foo).unwrap().spec().unwrap().resources.memory, Size(2 << 30));
+}
+
+#[test]
+fn impossible_changes_refuse_the_whole_apply() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let xml = ctx.conn.lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap();
+    let shrink = r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "1G"}}}"#;
+    let p = plan::plan(&ctx, &declared(shrink), plan::Options::default()).unwrap();
+    assert_eq!(p.impossible, 1);
+    let err = apply::apply(ctx.clone(), &declared(shrink), opts(false)).unwrap_err();
+    assert_eq!(exit_code(&err), 2);
+    assert!(err.to_string().contains("project_disk 2G -> 1G"), "{err}");
+    assert_eq!(ctx.conn.lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap(), xml, "the memory change was not applied either");
+}
+
+#[test]
+fn changed_cloud_init_is_reported_not_ignored() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let with_feature = r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
+    let p = plan::plan(&ctx, &declared(with_feature), plan::Options::default()).unwrap();
+    assert_eq!((p.changes, p.not_applied), (0, 1));
+    assert_eq!(p.vms[0].changes[0].class, Class::NotApplied);
+    let p = plan::plan(&ctx, &declared(with_feature), plan::Options { recreate: true, ..Default::default() }).unwrap();
+    assert!(p.vms[0].recreate && p.changes == 1);
+}
+
+#[test]
+fn prune_destroys_only_project_vms_not_in_the_file_and_keeps_their_data() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    define_owned(&ctx, &pool, "foo", Phase::Ready);
+    define_owned(&ctx, &pool, "bar", Phase::Ready);
+    define_foreign(&ctx, "project-hand");
+    let p = plan::plan(&ctx, &declared(FOO_1G), plan::Options::default()).unwrap();
+    let bar = p.vms.iter().find(|v| v.name == "bar").unwrap();
+    assert_eq!(bar.action, Action::NotInFile);
+    assert_eq!(p.changes, 0, "without --prune nothing is removed");
+
+    let r = apply::apply(ctx.clone(), &declared(FOO_1G), opts(true)).unwrap();
+    assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
+    assert!(matches!(vms::lookup(&ctx.conn, &name("bar")).unwrap(), vms::Lookup::Absent));
+    assert!(volumes(&pool).contains(&"project-bar-data.qcow2".to_string()), "project disk kept");
+    assert!(!volumes(&pool).contains(&"project-bar-root.qcow2".to_string()));
+    assert!(ctx.conn.lookup_domain_by_name("project-hand").is_ok(), "foreign domain untouched");
+    assert!(matches!(vms::lookup(&ctx.conn, &name("foo")).unwrap(), vms::Lookup::Owned(_)));
+}
+
+#[test]
+fn a_failed_create_skips_its_dependents_and_leaves_nothing() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    let file = r#"{"defaults": {"memory": "1G", "disk": "5G", "project_disk": "1G"},
+                   "vms": {"web": {}, "db": {"depends_on": ["web"]}, "solo": {}}}"#;
+    let p = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
+    assert!(p.vms.iter().all(|v| v.action == Action::Create));
+    // The test driver cannot upload the seed, so each create fails and rolls back.
+    let r = apply::apply(ctx.clone(), &declared(file), opts(false)).unwrap();
+    let db = r.results.iter().find(|r| r.name == "db").unwrap();
+    assert_eq!(db.error.as_deref(), Some("skipped: its dependency web failed"));
+    assert!(r.results.iter().find(|r| r.name == "solo").unwrap().error.as_deref().unwrap().contains("seed"));
+    assert_eq!(r.failed, 3);
+    assert!(vms::list(&ctx.conn).unwrap().is_empty());
+    assert_eq!(volumes(&pool), vec!["base.qcow2"]);
 }

@@ -72,9 +72,12 @@ impl Ownership {
         quick_xml::de::from_str(xml).map_err(|e| anyhow::anyhow!("unreadable project-vm metadata: {e}"))
     }
 
-    /// Reads the record from a domain. `Ok(None)` when the domain is not ours.
+    /// Reads the record from a domain's persistent definition (the source of
+    /// truth: a running guest's live copy lags behind a redefine until it
+    /// restarts). `Ok(None)` when the domain is not ours.
     pub fn read(dom: &Domain) -> anyhow::Result<Option<Ownership>> {
-        match dom.metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(NAMESPACE), 0) {
+        let flags = virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
+        match dom.metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(NAMESPACE), flags) {
             Ok(xml) => Ownership::parse(&xml).map(Some),
             Err(e) if super::is(&e, ErrorNumber::NoDomainMetadata) => Ok(None),
             Err(e) => Err(anyhow::anyhow!("reading metadata: {}", e.message())),

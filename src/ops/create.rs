@@ -296,8 +296,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let mut undo = Undo { pool: &pool, dom: None, volumes: Vec::new(), armed: true };
     interrupt::check()?;
     progress.set_message(format!("creating {name}: domain"));
-    let serial_log = ctx.is_system().then(|| format!("/var/log/libvirt/qemu/{}-serial.log", name.domain()));
-    let xml = domain_xml::build(&spec, &own, serial_log).to_xml();
+    let xml = domain_xml::build(&spec, &own, super::serial_log(ctx, &name.domain())).to_xml();
     tracing::debug!(%xml, "defining domain");
     let dom = ctx.conn.define_domain_xml(&xml).map_err(|e| match e.code().is(virt::error::ErrorNumber::OperationFailed)
         && e.message().contains("already exists")

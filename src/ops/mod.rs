@@ -8,6 +8,8 @@ pub mod destroy;
 pub mod image;
 pub mod list;
 pub mod logs;
+pub mod plan;
+pub mod apply;
 pub mod power;
 pub mod ready;
 pub mod seed;
@@ -44,6 +46,12 @@ impl Ctx {
     pub fn is_system(&self) -> bool {
         self.uri.ends_with("/system")
     }
+}
+
+/// The serial console log on the libvirt host (system daemons only: a
+/// session daemon's log directory depends on the user's home there).
+pub fn serial_log(ctx: &Ctx, domain: &str) -> Option<String> {
+    ctx.is_system().then(|| format!("/var/log/libvirt/qemu/{domain}-serial.log"))
 }
 
 pub fn now_unix() -> u64 {

@@ -1,0 +1,247 @@
+//! `apply`: carries out a [`Plan`]. VMs go in dependency waves (`depends_on`);
+//! within a wave they run in parallel on tokio's blocking pool, at most
+//! `--jobs` at once (the libvirt API is synchronous; the connection is shared).
+//! A VM whose dependency failed is skipped, the others carry on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::plan::{self, Action, Class, Plan, VmPlan};
+use super::{create, destroy, power, ready, seed, Ctx};
+use crate::config::Declared;
+use crate::error::invalid;
+use crate::libvirt::vms::{self, State, Vm};
+use crate::libvirt::{domain_xml, explain, storage};
+use crate::progress::{Multi, Progress};
+use crate::spec::VmName;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    pub plan: plan::Options,
+    pub jobs: usize,
+    /// Wait for started VMs to be ready (and dependencies before dependents).
+    pub wait: bool,
+    pub timeout: Duration,
+    /// With prune: delete project disks too.
+    pub delete_data: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmResult {
+    pub name: String,
+    pub action: Action,
+    /// What was done, in order (`created`, `redefined`, `resized disk`, `started`, `ready`, ...).
+    pub done: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApplyReport {
+    pub plan: Plan,
+    pub results: Vec<VmResult>,
+    /// VMs changed.
+    pub changes: usize,
+    pub failed: usize,
+}
+
+pub fn apply(ctx: Arc<Ctx>, declared: &Declared, opts: ApplyOptions) -> anyhow::Result<ApplyReport> {
+    let plan = plan::plan(&ctx, declared, opts.plan)?;
+    if plan.impossible > 0 {
+        let refused: Vec<String> = plan
+            .vms
+            .iter()
+            .flat_map(|p| p.changes.iter().filter(|c| c.class == Class::Impossible).map(move |c| format!("{}: {} {} -> {}: {}", p.name, c.field, c.from, c.to, c.note)))
+            .collect();
+        return Err(invalid(format!("refusing to apply, nothing was changed:\n  {}", refused.join("\n  "))));
+    }
+    let multi = Arc::new(Multi::new(ctx.json));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let results = runtime.block_on(execute(ctx, declared, &plan, opts, multi));
+    let changes = plan.changes;
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    Ok(ApplyReport { plan, results, changes, failed })
+}
+
+async fn execute(ctx: Arc<Ctx>, declared: &Declared, plan: &Plan, opts: ApplyOptions, multi: Arc<Multi>) -> Vec<VmResult> {
+    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let mut results: Vec<VmResult> = Vec::new();
+    let find = |name: &str| plan.vms.iter().find(|p| p.name == name).cloned();
+    let mut waves: Vec<Vec<VmPlan>> =
+        declared.waves().into_iter().map(|w| w.iter().filter_map(|n| find(n.as_str())).collect()).collect();
+    // Pruning comes last, after everything declared is in place.
+    waves.push(plan.vms.iter().filter(|p| p.action == Action::Prune).cloned().collect());
+    for wave in waves {
+        let mut handles = Vec::new();
+        for p in wave {
+            let failed_dep = p.decl.as_ref().and_then(|d| {
+                d.depends_on.iter().find(|dep| results.iter().any(|r| r.name == dep.as_str() && r.error.is_some())).cloned()
+            });
+            if let Some(dep) = failed_dep {
+                results.push(VmResult {
+                    name: p.name.clone(),
+                    action: p.action,
+                    done: vec![],
+                    error: Some(format!("skipped: its dependency {dep} failed")),
+                    seconds: 0.0,
+                });
+                continue;
+            }
+            let (ctx, jobs, multi) = (ctx.clone(), jobs.clone(), multi.clone());
+            handles.push(tokio::spawn(async move {
+                let _permit = jobs.acquire_owned().await.expect("semaphore");
+                tokio::task::spawn_blocking(move || {
+                    let t0 = Instant::now();
+                    let progress = multi.spinner(format!("{}: {:?}", p.name, p.action).to_lowercase());
+                    let mut done = Vec::new();
+                    let outcome = apply_one(&ctx, &p, opts, &progress, &mut done);
+                    progress.finish();
+                    VmResult {
+                        name: p.name.clone(),
+                        action: p.action,
+                        done,
+                        error: outcome.err().map(|e| format!("{e:#}")),
+                        seconds: t0.elapsed().as_secs_f64(),
+                    }
+                })
+                .await
+                .expect("apply task panicked")
+            }));
+        }
+        for h in handles {
+            results.push(h.await.expect("apply task"));
+        }
+    }
+    results
+}
+
+fn start_and_wait(ctx: &Ctx, vm: &Vm, opts: ApplyOptions, progress: &Progress, done: &mut Vec<String>) -> anyhow::Result<()> {
+    progress.set_message(format!("{}: starting", vm.name));
+    power::start(ctx, vm)?;
+    done.push("started".into());
+    if opts.wait {
+        let report = ready::wait(ctx, vm, opts.timeout, progress)?;
+        seed::remove(ctx, vm)?;
+        ready::check(&report)?;
+        done.push("ready".into());
+    }
+    Ok(())
+}
+
+fn apply_one(ctx: &Ctx, p: &VmPlan, opts: ApplyOptions, progress: &Progress, done: &mut Vec<String>) -> anyhow::Result<()> {
+    let name = VmName::parse(&p.name)?;
+    match p.action {
+        Action::Nothing | Action::NotInFile => Ok(()),
+        Action::Prune => {
+            let vm = vms::get(&ctx.conn, &name)?;
+            progress.set_message(format!("{name}: destroying"));
+            destroy::destroy(ctx, &vm, !opts.delete_data)?;
+            done.push(if opts.delete_data { "destroyed".into() } else { "destroyed (project disk kept)".into() });
+            Ok(())
+        }
+        Action::Create => {
+            let decl = p.decl.as_ref().expect("declared");
+            create::create(ctx, &plan::request(decl)?, progress)?;
+            done.push("created".into());
+            if p.start {
+                start_and_wait(ctx, &vms::get(&ctx.conn, &name)?, opts, progress, done)?;
+            }
+            Ok(())
+        }
+        Action::Update => {
+            let vm = vms::get(&ctx.conn, &name)?;
+            if p.recreate {
+                let decl = p.decl.as_ref().expect("declared");
+                progress.set_message(format!("{name}: recreating (project disk kept)"));
+                destroy::destroy(ctx, &vm, true)?;
+                create::create(ctx, &plan::request(decl)?, progress)?;
+                done.push("recreated (project disk kept)".into());
+                if decl.autostart {
+                    start_and_wait(ctx, &vms::get(&ctx.conn, &name)?, opts, progress, done)?;
+                }
+                return Ok(());
+            }
+            update(ctx, &vm, p, progress, done)?;
+            let vm = vms::get(&ctx.conn, &name)?;
+            if p.restart {
+                progress.set_message(format!("{name}: restarting"));
+                let stop = power::stop(ctx, &vm, Duration::from_secs(120), false)?;
+                done.push(format!("stopped ({})", stop.result));
+                start_and_wait(ctx, &vm, opts, progress, done)?;
+            } else if p.start {
+                start_and_wait(ctx, &vm, opts, progress, done)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Applies the `now` and `next-restart` changes of an existing VM.
+fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<String>) -> anyhow::Result<()> {
+    let desired = p.desired.as_ref().expect("desired spec");
+    let mut spec = vm.spec()?;
+    let applies = |field: &str| p.changes.iter().any(|c| c.field == field && matches!(c.class, Class::Now | Class::NextRestart));
+    let mut redefine = false;
+    if applies("memory") {
+        spec.resources.memory = desired.resources.memory;
+        redefine = true;
+    }
+    if applies("cpus") {
+        spec.resources.cpus = desired.resources.cpus;
+        redefine = true;
+    }
+    if applies("accel") {
+        spec.accel = desired.accel;
+        redefine = true;
+    }
+    if applies("network") {
+        spec.network = desired.network.clone();
+        redefine = true;
+    }
+    let running = vm.state() == State::Running;
+    for (field, volume, dev) in [("disk", &vm.own.root_volume, "vda"), ("project_disk", &vm.own.data_volume, "vdb")] {
+        if !applies(field) {
+            continue;
+        }
+        let bytes = if field == "disk" { desired.resources.disk } else { desired.resources.project_disk }.bytes();
+        progress.set_message(format!("{}: growing {field}", vm.name));
+        if running {
+            // The running QEMU holds the image: grow it through the block layer.
+            vm.dom
+                .block_resize(dev, bytes, virt::sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                .map_err(|e| explain(e, format!("growing {volume}")))?;
+        } else {
+            let pool = ctx.vm_pool(vm)?.ok_or_else(|| anyhow::anyhow!("storage pool {} is gone", vm.own.pool))?;
+            let vol = storage::find_volume(&pool, volume)?.ok_or_else(|| anyhow::anyhow!("volume {volume} is gone"))?;
+            vol.resize(bytes, 0).map_err(|e| explain(e, format!("growing {volume}")))?;
+        }
+        if field == "disk" {
+            spec.resources.disk = desired.resources.disk;
+        } else {
+            spec.resources.project_disk = desired.resources.project_disk;
+        }
+        done.push(format!("grew {field} to {}", crate::spec::Size(bytes)));
+    }
+    if applies("autostart") {
+        vm.dom.set_autostart(desired.autostart).map_err(|e| explain(e, "setting autostart"))?;
+        spec.autostart = desired.autostart;
+        done.push(format!("autostart {}", if desired.autostart { "on" } else { "off" }));
+    }
+    let mut own = vm.own.clone();
+    own.spec_json = serde_json::to_string(&spec)?;
+    if redefine {
+        // Same builder as create, same uuid: libvirt updates the persistent
+        // definition; a running guest sees it after its next restart.
+        let mut xml = domain_xml::build(&spec, &own, super::serial_log(ctx, &vm.name.domain()));
+        xml.uuid = Some(vm.dom.uuid_string().map_err(|e| explain(e, "reading uuid"))?);
+        ctx.conn.define_domain_xml(&xml.to_xml()).map_err(|e| explain(e, format!("redefining {}", vm.name.domain())))?;
+        done.push("redefined".into());
+    } else if own != vm.own {
+        own.write(&vm.dom)?;
+    }
+    Ok(())
+}

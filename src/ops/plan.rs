@@ -1,0 +1,399 @@
+//! `plan`: what `apply` would do to bring the host to a declarative file.
+//!
+//! Desired and actual state are compared semantically: the spec recorded in
+//! each domain's metadata, and the real capacities of its volumes. The XML
+//! libvirt returns is never compared, so its reordering and defaults cause
+//! no spurious changes, and an unchanged file plans nothing at all.
+
+use serde::Serialize;
+
+use super::create::{self, CreateRequest};
+use super::Ctx;
+use crate::config::{Declared, VmDecl};
+use crate::libvirt::storage;
+use crate::libvirt::vms::{self, State, Vm};
+use crate::spec::{Size, VmSpec};
+
+/// How a change reaches the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// Applied by `apply` right away.
+    Now,
+    /// Written to the definition; the guest sees it after a restart (`apply --restart` does it).
+    NextRestart,
+    /// Only by rebuilding the root disk: `apply --recreate` (the project disk is kept).
+    NeedsRecreate,
+    /// Not applied: cloud-init runs once per instance. Reported so it is never silently ignored.
+    NotApplied,
+    /// Refused (shrinking a disk would lose data).
+    Impossible,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub field: &'static str,
+    pub from: String,
+    pub to: String,
+    pub class: Class,
+    pub note: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    Update,
+    Nothing,
+    /// In the file's place, not in the file: destroyed with `--prune`.
+    Prune,
+    /// Owned VM not in the file, left alone (no `--prune`).
+    NotInFile,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmPlan {
+    pub name: String,
+    pub action: Action,
+    pub changes: Vec<Change>,
+    /// It will be started (autostart and not running).
+    pub start: bool,
+    /// It will be restarted (`--restart`, running, and a next-restart change
+    /// now or pending from an earlier apply).
+    pub restart: bool,
+    /// Running with memory or CPUs that differ from its definition: an earlier
+    /// change waits for a restart.
+    pub restart_pending: bool,
+    /// It will be rebuilt (`--recreate` and a change that needs it).
+    pub recreate: bool,
+    #[serde(skip)]
+    pub desired: Option<VmSpec>,
+    #[serde(skip)]
+    pub decl: Option<VmDecl>,
+}
+
+impl VmPlan {
+    /// True when `apply` would change something.
+    pub fn acts(&self) -> bool {
+        matches!(self.action, Action::Create | Action::Prune)
+            || self.start
+            || self.restart
+            || self.recreate
+            || self.changes.iter().any(|c| matches!(c.class, Class::Now | Class::NextRestart))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub vms: Vec<VmPlan>,
+    /// VMs `apply` would change.
+    pub changes: usize,
+    /// Changes reported but not applied (cloud-init, or needing --recreate).
+    pub not_applied: usize,
+    /// Refused changes; `apply` does nothing while there are any.
+    pub impossible: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub prune: bool,
+    pub restart: bool,
+    pub recreate: bool,
+}
+
+/// What exists, beyond the recorded spec.
+#[derive(Debug, Clone, Copy)]
+pub struct Actual {
+    pub root_capacity: u64,
+    pub data_capacity: u64,
+    pub autostart: bool,
+    pub running: bool,
+    /// The running guest's memory and CPUs differ from the definition.
+    pub restart_pending: bool,
+}
+
+fn size_change(field: &'static str, actual: u64, desired: Size, note_grow: &'static str) -> Option<Change> {
+    let (from, to) = (Size(actual).to_string(), desired.to_string());
+    if desired.bytes() > actual {
+        Some(Change { field, from, to, class: Class::Now, note: note_grow })
+    } else if desired.bytes() < actual {
+        Some(Change { field, from, to, class: Class::Impossible, note: "disks only grow; shrinking would lose data" })
+    } else {
+        None
+    }
+}
+
+/// The changes from `current` (recorded) and `actual` to `desired`. Pure: the
+/// heart of `plan`, tested table-driven.
+pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> {
+    let mut out = Vec::new();
+    let r = (&current.resources, &desired.resources);
+    if r.0.memory != r.1.memory {
+        out.push(Change { field: "memory", from: r.0.memory.to_string(), to: r.1.memory.to_string(), class: Class::NextRestart, note: "" });
+    }
+    if r.0.cpus != r.1.cpus {
+        out.push(Change { field: "cpus", from: r.0.cpus.to_string(), to: r.1.cpus.to_string(), class: Class::NextRestart, note: "" });
+    }
+    out.extend(size_change("disk", actual.root_capacity, r.1.disk, "the root filesystem grows at next boot"));
+    out.extend(size_change("project_disk", actual.data_capacity, r.1.project_disk, "the filesystem on /project grows at next boot"));
+    if current.accel != desired.accel {
+        out.push(Change { field: "accel", from: format!("{:?}", current.accel).to_lowercase(), to: format!("{:?}", desired.accel).to_lowercase(), class: Class::NextRestart, note: "" });
+    }
+    if current.network != desired.network {
+        let show = |n: &crate::settings::Network| serde_json::to_string(n).unwrap_or_default();
+        out.push(Change { field: "network", from: show(&current.network), to: show(&desired.network), class: Class::NextRestart, note: "" });
+    }
+    if current.base_image != desired.base_image {
+        out.push(Change {
+            field: "image",
+            from: current.base_image.clone(),
+            to: desired.base_image.clone(),
+            class: Class::NeedsRecreate,
+            note: "rebuilds the root disk from the new image; the project disk is kept",
+        });
+    }
+    if current.cloud_init_hash != desired.cloud_init_hash {
+        out.push(Change {
+            field: "cloud-init",
+            from: current.cloud_init_hash.clone(),
+            to: desired.cloud_init_hash.clone(),
+            class: Class::NotApplied,
+            note: "cloud-init (user, keys, features, user_data, tailnet) only runs on a VM's first boot; --recreate applies it and keeps the project disk",
+        });
+    }
+    if actual.autostart != desired.autostart {
+        out.push(Change { field: "autostart", from: actual.autostart.to_string(), to: desired.autostart.to_string(), class: Class::Now, note: "" });
+    }
+    out
+}
+
+pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
+    Ok(CreateRequest {
+        name: decl.name.clone(),
+        resources: decl.resources,
+        image: decl.image.clone(),
+        user_data: decl.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?,
+        features: decl.features.clone(),
+        autostart: decl.autostart,
+    })
+}
+
+fn actual(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Actual> {
+    let pool = ctx.vm_pool(vm)?;
+    let cap = |name: &str| -> anyhow::Result<u64> {
+        Ok(match &pool {
+            Some(p) => storage::find_volume(p, name)?.and_then(|v| v.info().ok()).map(|i| i.capacity).unwrap_or(0),
+            None => 0,
+        })
+    };
+    let running = vm.state() == State::Running;
+    let spec = vm.spec()?;
+    let restart_pending = running
+        && vm.dom.info().is_ok_and(|i| i.max_mem * 1024 != spec.resources.memory.bytes() || i.nr_virt_cpu != spec.resources.cpus);
+    Ok(Actual {
+        restart_pending,
+        root_capacity: cap(&vm.own.root_volume)?,
+        data_capacity: cap(&vm.own.data_volume)?,
+        autostart: vm.dom.autostart().unwrap_or(false),
+        running,
+    })
+}
+
+pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Plan> {
+    let existing = vms::list(&ctx.conn)?;
+    let mut out = Vec::new();
+    for decl in declared.vms.values() {
+        let req = request(decl)?;
+        let base = create::base_name(ctx, decl.image.as_deref()).unwrap_or_default();
+        match existing.iter().find(|vm| vm.name == decl.name) {
+            None => {
+                // Fails here, before anything is made, when there is no base image etc.
+                if let vms::Lookup::Foreign = vms::lookup(&ctx.conn, &decl.name)? {
+                    return Err(vms::foreign(&decl.name));
+                }
+                let desired = create::desired_spec(ctx, &req, base, None)?;
+                out.push(VmPlan {
+                    name: decl.name.to_string(),
+                    action: Action::Create,
+                    changes: vec![],
+                    start: decl.autostart,
+                    restart: false,
+                    restart_pending: false,
+                    recreate: false,
+                    desired: Some(desired),
+                    decl: Some(decl.clone()),
+                });
+            }
+            Some(vm) => {
+                let current = vm.spec()?;
+                let desired = create::desired_spec(ctx, &req, base, current.ssh_port)?;
+                let act = actual(ctx, vm)?;
+                let changes = diff(&current, &act, &desired);
+                let recreate = opts.recreate && changes.iter().any(|c| matches!(c.class, Class::NeedsRecreate | Class::NotApplied));
+                let restart = !recreate
+                    && opts.restart
+                    && act.running
+                    && (act.restart_pending || changes.iter().any(|c| c.class == Class::NextRestart));
+                let start = decl.autostart && !act.running && !recreate;
+                let mut p = VmPlan {
+                    name: decl.name.to_string(),
+                    action: Action::Nothing,
+                    changes,
+                    start,
+                    restart,
+                    restart_pending: act.restart_pending,
+                    recreate,
+                    desired: Some(desired),
+                    decl: Some(decl.clone()),
+                };
+                if p.acts() {
+                    p.action = Action::Update;
+                }
+                out.push(p);
+            }
+        }
+    }
+    for vm in existing.iter().filter(|vm| !declared.vms.contains_key(&vm.name)) {
+        out.push(VmPlan {
+            name: vm.name.to_string(),
+            action: if opts.prune { Action::Prune } else { Action::NotInFile },
+            changes: vec![],
+            start: false,
+            restart: false,
+            restart_pending: false,
+            recreate: false,
+            desired: None,
+            decl: None,
+        });
+    }
+    let changes = out.iter().filter(|p| p.acts()).count();
+    let count = |f: &dyn Fn(&Change) -> bool| out.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
+    let not_applied = if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
+    let impossible = count(&|c| c.class == Class::Impossible);
+    Ok(Plan { vms: out, changes, not_applied, impossible })
+}
+
+/// One line per VM, for people.
+pub fn describe(p: &VmPlan) -> Vec<String> {
+    let mut lines = Vec::new();
+    let head = match p.action {
+        Action::Create => format!("{}: create{}", p.name, if p.start { ", start" } else { "" }),
+        Action::Nothing => format!("{}: nothing to do", p.name),
+        Action::Prune => format!("{}: destroy (not in the file; --prune)", p.name),
+        Action::NotInFile => format!("{}: not in the file; kept (--prune would destroy it, keeping its project disk)", p.name),
+        Action::Update => {
+            let mut what = vec![];
+            if p.recreate {
+                what.push("recreate (project disk kept)");
+            }
+            if p.restart {
+                what.push("restart");
+            }
+            if p.start {
+                what.push("start");
+            }
+            if what.is_empty() {
+                format!("{}: update", p.name)
+            } else {
+                format!("{}: update, {}", p.name, what.join(", "))
+            }
+        }
+    };
+    lines.push(head);
+    if p.restart_pending && !p.restart {
+        lines.push("  restart pending: the running guest has not picked up its new memory/cpus (apply --restart)".into());
+    }
+    for c in &p.changes {
+        let class = match c.class {
+            Class::Now => "applies now",
+            Class::NextRestart => "applies at next restart",
+            Class::NeedsRecreate => "needs --recreate",
+            Class::NotApplied => "NOT APPLIED",
+            Class::Impossible => "IMPOSSIBLE, refused",
+        };
+        let note = if c.note.is_empty() { String::new() } else { format!(" ({})", c.note) };
+        if c.field == "cloud-init" {
+            lines.push(format!("  cloud-init changed: {class}{note}"));
+        } else {
+            lines.push(format!("  {}: {} -> {}: {class}{note}", c.field, c.from, c.to));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::domain_xml::tests::spec;
+    use crate::settings::{Accel, Network};
+
+    fn actual_of(s: &VmSpec) -> Actual {
+        Actual {
+            root_capacity: s.resources.disk.bytes(),
+            data_capacity: s.resources.project_disk.bytes(),
+            autostart: s.autostart,
+            running: true,
+            restart_pending: false,
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        let base = spec(Network::default(), Accel::Kvm);
+        type Edit = fn(&mut VmSpec);
+        let cases: Vec<(&str, Edit, &str, Class)> = vec![
+            ("memory", |s| s.resources.memory = Size(2 << 30), "memory", Class::NextRestart),
+            ("cpus", |s| s.resources.cpus = 4, "cpus", Class::NextRestart),
+            ("grow root", |s| s.resources.disk = Size(10 << 30), "disk", Class::Now),
+            ("shrink root", |s| s.resources.disk = Size(1 << 30), "disk", Class::Impossible),
+            ("grow data", |s| s.resources.project_disk = Size(4 << 30), "project_disk", Class::Now),
+            ("shrink data", |s| s.resources.project_disk = Size(1 << 30), "project_disk", Class::Impossible),
+            ("image", |s| s.base_image = "other.qcow2".into(), "image", Class::NeedsRecreate),
+            ("cloud-init", |s| s.cloud_init_hash = "changed".into(), "cloud-init", Class::NotApplied),
+            ("autostart", |s| s.autostart = true, "autostart", Class::Now),
+            ("accel", |s| s.accel = Accel::Tcg, "accel", Class::NextRestart),
+            ("network", |s| s.network = Network::Bridge { name: "br0".into() }, "network", Class::NextRestart),
+        ];
+        for (what, edit, field, class) in cases {
+            let mut desired = base.clone();
+            edit(&mut desired);
+            let changes = diff(&base, &actual_of(&base), &desired);
+            assert_eq!(changes.len(), 1, "{what}: {changes:?}");
+            assert_eq!((changes[0].field, changes[0].class), (field, class), "{what}");
+        }
+        assert!(diff(&base, &actual_of(&base), &base).is_empty(), "no change, no plan");
+    }
+
+    #[test]
+    fn disks_compare_against_real_capacity() {
+        // A reattached project disk larger than declared is a shrink: refused.
+        let s = spec(Network::default(), Accel::Kvm);
+        let mut a = actual_of(&s);
+        a.data_capacity = 10 << 30;
+        let c = diff(&s, &a, &s);
+        assert_eq!((c[0].field, c[0].class), ("project_disk", Class::Impossible));
+    }
+
+    #[test]
+    fn what_counts_as_acting() {
+        let mut p = VmPlan {
+            name: "a".into(),
+            action: Action::Nothing,
+            changes: vec![],
+            start: false,
+            restart: false,
+            restart_pending: false,
+            recreate: false,
+            desired: None,
+            decl: None,
+        };
+        assert!(!p.acts());
+        p.changes.push(Change { field: "cloud-init", from: "a".into(), to: "b".into(), class: Class::NotApplied, note: "" });
+        assert!(!p.acts(), "reported, not applied");
+        p.changes.push(Change { field: "memory", from: "1G".into(), to: "2G".into(), class: Class::NextRestart, note: "" });
+        assert!(p.acts());
+        let lines = describe(&p);
+        assert!(lines.iter().any(|l| l.contains("cloud-init changed: NOT APPLIED")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("memory: 1G -> 2G: applies at next restart")), "{lines:?}");
+    }
+}
