@@ -40,7 +40,7 @@ apt-get install -y -qq --no-install-recommends "${target[@]}" \
 # openssh for the guest ssh and the qemu+ssh:// test.
 apt-get install -y -qq --no-install-recommends \
   pkg-config xorriso debootstrap extlinux syslinux-common fdisk e2fsprogs \
-  openssh-client openssh-server libxml2-utils iproute2 procps >/dev/null
+  openssh-client openssh-server libxml2-utils iproute2 procps nix-bin >/dev/null
 
 start_daemons() {
   if [[ -d /run/systemd/system ]]; then

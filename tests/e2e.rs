@@ -212,3 +212,74 @@ fn everything_goes_through_libvirt_over_qemu_ssh() {
     env.run(&["destroy", "e2r"]).ok();
     assert_eq!(env.volumes(), vec!["debian.qcow2"]);
 }
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
+fn apply_converges_idempotently_grows_and_prunes() {
+    require_root_libvirt();
+    let img = image();
+    let env = Env::new("apply", 22350, serde_json::json!({"base_image": "debian.qcow2"}));
+    let _guard = Guard { env: &env, vms: &["ap-a", "ap-b"] };
+    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+    let file = env.dir.join("vms.json");
+    let write = |a_memory: &str, a_data: &str, with_b: bool| {
+        let mut vms = serde_json::json!({ "ap-a": { "memory": a_memory, "project_disk": a_data, "autostart": true } });
+        if with_b {
+            vms["ap-b"] = serde_json::json!({ "depends_on": ["ap-a"] });
+        }
+        let doc = serde_json::json!({
+            "defaults": { "memory": "1G", "cpus": 2, "disk": "8G", "project_disk": "1G" },
+            "vms": vms,
+        });
+        std::fs::write(&file, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    };
+    let f = file.to_str().unwrap();
+    let uuids = || -> Vec<String> {
+        ["project-ap-a", "project-ap-b"].iter().map(|d| String::from_utf8(virsh(&["domuuid", d]).stdout).unwrap().trim().to_owned()).collect()
+    };
+    let xml = |d: &str| String::from_utf8(virsh(&["dumpxml", "--inactive", d]).stdout).unwrap();
+
+    // Two VMs, b depending on a: a is created (and started, autostart) first.
+    write("1G", "1G", true);
+    let r = env.run(&["apply", "-f", f, "--wait", "--json"]).ok().json();
+    assert_eq!(r["changes"], 2, "{r}");
+    assert_eq!(r["results"][0]["name"], "ap-a", "dependency first: {r}");
+    assert_eq!(r["results"][0]["done"], serde_json::json!(["created", "started", "ready"]));
+    assert_eq!(r["results"][1]["done"], serde_json::json!(["created"]));
+    timing("apply (2 VMs, one booted)", format!("{:.1} s", r["results"][0]["seconds"].as_f64().unwrap()));
+
+    // Again: 0 changes, same uuids, same definitions, nothing restarted.
+    let (before_uuids, before_xml) = (uuids(), xml("project-ap-a"));
+    let boot_id = env.ssh("ap-a", "cat /proc/sys/kernel/random/boot_id");
+    let r = env.run(&["apply", "-f", f, "--json"]).ok().json();
+    assert_eq!(r["changes"], 0, "{r}");
+    assert_eq!(uuids(), before_uuids);
+    assert_eq!(xml("project-ap-a"), before_xml);
+    assert_eq!(env.ssh("ap-a", "cat /proc/sys/kernel/random/boot_id"), boot_id, "restarted by a no-op apply");
+
+    // More memory and a bigger project disk, with data on it.
+    env.ssh("ap-a", "echo kept > /project/data.txt && sync");
+    let mem_before: u64 = env.ssh("ap-a", "awk '/MemTotal/ {print $2}' /proc/meminfo").trim().parse().unwrap();
+    write("1536M", "2G", true);
+    let p = env.run(&["plan", "-f", f, "--json"]).ok().json();
+    let a = &p["vms"][0];
+    let classes: Vec<(String, String)> = a["changes"].as_array().unwrap().iter().map(|c| (c["field"].as_str().unwrap().into(), c["class"].as_str().unwrap().into())).collect();
+    assert_eq!(classes, vec![("memory".into(), "next-restart".into()), ("project_disk".into(), "now".into())], "{p}");
+    let r = env.run(&["apply", "-f", f, "--restart", "--wait", "--json"]).ok().json();
+    assert_eq!(r["failed"], 0, "{r}");
+    let mem_after: u64 = env.ssh("ap-a", "awk '/MemTotal/ {print $2}' /proc/meminfo").trim().parse().unwrap();
+    assert!(mem_after > mem_before + 400_000, "MemTotal {mem_before} kB -> {mem_after} kB");
+    assert_eq!(env.ssh("ap-a", "cat /project/data.txt").trim(), "kept");
+    let size = gib(&env.ssh("ap-a", "df -B1 --output=size /project | tail -1"));
+    assert!((1.8..=2.0).contains(&size), "/project is {size:.2} GiB after growing to 2G");
+    assert_eq!(env.run(&["apply", "-f", f, "--json"]).ok().json()["changes"], 0);
+
+    // Prune b: destroyed, its project disk kept.
+    write("1536M", "2G", false);
+    let r = env.run(&["apply", "-f", f, "--prune", "--json"]).ok().json();
+    assert_eq!(r["changes"], 1, "{r}");
+    assert!(!virsh(&["dominfo", "project-ap-b"]).status.success());
+    assert!(env.volumes().contains(&"project-ap-b-data.qcow2".to_string()));
+    assert!(!env.volumes().contains(&"project-ap-b-root.qcow2".to_string()));
+    let _ = virsh(&["vol-delete", "--pool", &env.pool, "project-ap-b-data.qcow2"]);
+}

@@ -129,7 +129,9 @@ pub fn base_config(input: &SeedInput) -> Value {
             "partition": "none",
             "overwrite": false,
         }],
-        "mounts": [[format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail", "0", "2"]],
+        // x-systemd.growfs: after `apply` grows the disk, the filesystem
+        // follows at the next boot (mount(8) ignores the option on first boot).
+        "mounts": [[format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail,x-systemd.growfs", "0", "2"]],
         "runcmd": [
             // Runs the readiness reporter after this (final) stage, and on every later boot.
             ["sh", "-c", "systemctl daemon-reload && systemctl enable project-vm-ready.service && systemctl start --no-block project-vm-ready.service"],

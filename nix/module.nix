@@ -1,0 +1,306 @@
+# NixOS module: declare project-vm's VMs in the host's configuration.
+#
+# Deliberately thin: the options (typed, so bad values fail at evaluation with
+# the option's path) become one JSON document in project-vm's declarative
+# format, and one oneshot unit runs `project-vm apply` on it after libvirtd,
+# again whenever the document changes. All logic lives in the Rust binary,
+# where it is tested. No flake inputs are used, so the module evaluates even
+# where they cannot be fetched.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf types;
+  cfg = config.services.project-vm;
+
+  namePattern = "[a-z][a-z0-9-]{0,47}";
+  sizeType = types.strMatching "[0-9]+(\\.[0-9]+)?[KMGT](i?B)?" // {
+    description = "size in binary units, like \"512M\" or \"8G\"";
+  };
+  features = [
+    "base"
+    "devtools"
+    "docker"
+    "nix"
+  ];
+
+  # VM settings; null means "take it from defaults" (or project-vm's default).
+  vmOptions = isDefaults: {
+    memory = mkOption {
+      type = types.nullOr sizeType;
+      default = null;
+      example = "8G";
+      description = "Memory (binary units).";
+    };
+    cpus = mkOption {
+      type = types.nullOr (types.ints.between 1 512);
+      default = null;
+      example = 4;
+      description = "Virtual CPUs.";
+    };
+    disk = mkOption {
+      type = types.nullOr sizeType;
+      default = null;
+      example = "50G";
+      description = "Root disk size (a copy-on-write overlay on the base image).";
+    };
+    projectDisk = mkOption {
+      type = types.nullOr sizeType;
+      default = null;
+      example = "100G";
+      description = "Size of the persistent project disk, mounted at /project. It only grows.";
+    };
+    autostart = mkOption {
+      type = types.nullOr types.bool;
+      default = null;
+      description = "Start the VM with the host and whenever the configuration is applied.";
+    };
+    features = mkOption {
+      type = types.nullOr (types.listOf (types.enum features));
+      default = null;
+      example = [
+        "base"
+        "docker"
+      ];
+      description = "cloud-init feature snippets shipped with project-vm.";
+    };
+    userData = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "A #cloud-config file merged into the generated one (first boot only).";
+    };
+    image = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Base image for this VM (volume name or path); default: baseImage.";
+    };
+  }
+  // lib.optionalAttrs (!isDefaults) {
+    dependsOn = mkOption {
+      type = types.listOf (types.strMatching namePattern);
+      default = [ ];
+      description = "VMs created and started before this one.";
+    };
+  };
+
+  # Option names -> the declarative file's keys, nulls dropped.
+  vmJson =
+    v:
+    lib.filterAttrs (_: x: x != null && x != [ ]) {
+      inherit (v) memory cpus disk autostart features image;
+      project_disk = v.projectDisk;
+      user_data = if v.userData == null then null else toString v.userData;
+      depends_on = v.dependsOn or [ ];
+    };
+
+  settings = lib.filterAttrs (_: x: x != null && x != [ ]) {
+    storage_dir = cfg.storageDir;
+    pool = cfg.pool;
+    base_image = if cfg.baseImage == null then null else toString cfg.baseImage;
+    accel = cfg.accel;
+    network = cfg.network;
+    ssh_user = cfg.sshUser;
+    ssh_authorized_keys = cfg.sshAuthorizedKeys;
+    tailnet = cfg.tailnet;
+    tailscale_auth_key_file = cfg.tailscaleAuthKeyFile;
+  };
+
+  document = settings // {
+    defaults = vmJson cfg.defaults;
+    vms = lib.mapAttrs (_: vmJson) cfg.vms;
+  };
+
+  vmsFile = pkgs.writeText "project-vm-vms.json" (builtins.toJSON document);
+
+  applyArgs = lib.concatStringsSep " " (
+    [
+      "apply"
+      "--file"
+      "${vmsFile}"
+    ]
+    ++ lib.optional cfg.prune "--prune"
+    ++ lib.optional (cfg.prune && cfg.deleteDataOfRemoved) "--delete-data"
+  );
+in
+{
+  options.services.project-vm = {
+    enable = mkEnableOption "project-vm, one libvirt VM per project";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { }";
+      description = "The project-vm package.";
+    };
+
+    storageDir = mkOption {
+      type = types.strMatching "/.*";
+      default = "/var/lib/project-vm";
+      description = "Directory of the libvirt storage pool holding images and VM disks.";
+    };
+
+    pool = mkOption {
+      type = types.strMatching "[A-Za-z0-9_.-]+";
+      default = "project-vm";
+      description = "Name of the libvirt storage pool.";
+    };
+
+    baseImage = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = lib.literalExpression ''
+        pkgs.fetchurl {
+          url = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2";
+          hash = "sha256-...";
+        }
+      '';
+      description = "Base cloud image (a file; imported into the pool on first use).";
+    };
+
+    accel = mkOption {
+      type = types.enum [
+        "kvm"
+        "tcg"
+      ];
+      default = "kvm";
+      description = "kvm, or tcg (software emulation) where KVM does not work.";
+    };
+
+    network = mkOption {
+      type = types.attrTag {
+        network = lib.mkOption { type = types.str; description = "A libvirt network name."; };
+        bridge = lib.mkOption { type = types.str; description = "A host bridge."; };
+        user = lib.mkOption { type = types.port; description = "User networking; first loopback ssh port."; };
+      } // { description = "network"; };
+      default = {
+        network = "default";
+      };
+      example = {
+        bridge = "br0";
+      };
+      apply =
+        n:
+        if n ? network then
+          {
+            type = "network";
+            name = n.network;
+          }
+        else if n ? bridge then
+          {
+            type = "bridge";
+            name = n.bridge;
+          }
+        else
+          {
+            type = "user";
+            ssh_port = n.user;
+          };
+      description = "How guests are attached: { network = \"default\"; }, { bridge = \"br0\"; } or { user = 22022; } (passt, port forwarded from 127.0.0.1).";
+    };
+
+    sshUser = mkOption {
+      type = types.strMatching "[a-z_][a-z0-9_-]{0,31}";
+      default = "dev";
+      description = "User created in each guest, with passwordless sudo.";
+    };
+
+    sshAuthorizedKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Public keys authorized for sshUser (default: root's ~/.ssh/*.pub).";
+    };
+
+    tailnet = mkOption {
+      type = types.nullOr (types.strMatching "[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+");
+      default = null;
+      example = "example.ts.net";
+      description = "Tailnet domain: `project-vm ssh foo` goes to project-foo.<tailnet>.";
+    };
+
+    tailscaleAuthKeyFile = mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/run/secrets/tailscale-auth-key";
+      description = "File holding a Tailscale auth key, read when a VM is created. A string, not a path, so the key never enters the Nix store.";
+    };
+
+    defaults = mkOption {
+      type = types.submodule { options = vmOptions true; };
+      default = { };
+      description = "Settings merged into every VM.";
+    };
+
+    vms = mkOption {
+      type = types.attrsOf (types.submodule { options = vmOptions false; });
+      default = { };
+      example = lib.literalExpression ''
+        {
+          web = { memory = "8G"; cpus = 4; autostart = true; };
+          db = { disk = "100G"; dependsOn = [ "web" ]; };
+        }
+      '';
+      description = "VMs by name (the libvirt domain is project-<name>).";
+    };
+
+    prune = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Destroy project-vm VMs that are no longer declared. Their project disks are kept unless deleteDataOfRemoved is set.";
+    };
+
+    deleteDataOfRemoved = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Also delete the project disks of VMs removed from the configuration.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions =
+      lib.mapAttrsToList (name: _: {
+        assertion = builtins.match namePattern name != null;
+        message = "services.project-vm.vms.${name}: invalid VM name; use 1 to 48 characters, lowercase letters, digits and '-', starting with a letter";
+      }) cfg.vms
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          name: vm:
+          map (dep: {
+            assertion = cfg.vms ? ${dep};
+            message = "services.project-vm.vms.${name}.dependsOn: \"${dep}\" is not a declared VM";
+          }) vm.dependsOn
+        ) cfg.vms
+      );
+
+    virtualisation.libvirtd.enable = true;
+    environment.systemPackages = [ cfg.package ];
+    systemd.tmpfiles.rules = [ "d ${cfg.storageDir} 0711 root root -" ];
+
+    # Host settings for interactive use of the CLI on this host.
+    environment.etc."project-vm/config.json".text = builtins.toJSON settings;
+    environment.etc."project-vm/vms.json".source = vmsFile;
+
+    systemd.services.project-vm-apply = {
+      description = "Bring project-vm VMs in line with the configuration";
+      wantedBy = [ "multi-user.target" ];
+      requires = [ "libvirtd.service" ];
+      after = [
+        "libvirtd.service"
+        "network-online.target"
+      ];
+      wants = [ "network-online.target" ];
+      # Re-run when the document changes; apply itself never restarts a VM
+      # that did not change.
+      restartTriggers = [ vmsFile ];
+      environment.PROJECT_VM_CONFIG = "/etc/project-vm/config.json";
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = "${lib.getExe cfg.package} --connect qemu:///system ${applyArgs}";
+      };
+    };
+  };
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Evaluates the NixOS module with lib.evalModules (tests/nix/eval-module.nix)
+# against a lib-only nixpkgs at $NIXPKGS_LIB (e.g. a snapshot of
+# nix-community/nixpkgs.lib). Checks the generated JSON document against the
+# committed fixture that the Rust tests parse with apply's parser, the
+# generated unit, and that bad values fail naming the option.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [[ -z ${NIXPKGS_LIB:-} ]]; then
+  echo "skipped: module evaluation (NIXPKGS_LIB is not set; point it at a nixpkgs lib checkout)"
+  exit 0
+fi
+lib="import $NIXPKGS_LIB/lib"
+eval_module() { nix-instantiate --eval --strict --json tests/nix/eval-module.nix --arg lib "$lib" "$@"; }
+
+out=$(eval_module)
+python3 - "$out" tests/fixtures/module-vms.json <<'PY'
+import json, sys
+got = json.loads(sys.argv[1])
+with open(sys.argv[2]) as f:
+    fixture = json.load(f)
+assert got["document"] == fixture, "the module's JSON differs from tests/fixtures/module-vms.json:\n" + json.dumps(got["document"], indent=2, sort_keys=True)
+ex = got["execStart"]
+assert ex.endswith("/bin/project-vm --connect qemu:///system apply --file /nix/store/11111111111111111111111111111111-project-vm-vms.json --prune"), ex
+assert "libvirtd.service" in got["after"], got["after"]
+assert got["restartTriggers"] == ["project-vm-vms.json"], got["restartTriggers"]
+assert "vms" not in got["settings"] and got["settings"]["tailnet"] == "example.ts.net", got["settings"]
+PY
+echo "ok: module evaluates; its document matches tests/fixtures/module-vms.json"
+
+fails=0
+expect_fail() {
+  local what=$1 config=$2 want=$3 err
+  if err=$(eval_module --arg config "{ services.project-vm = { enable = true; $config }; }" 2>&1); then
+    echo "FAIL: $what evaluated" >&2
+    fails=$((fails + 1))
+  elif ! grep -qF -- "$want" <<<"$err"; then
+    echo "FAIL: $what: no \"$want\" in:" >&2
+    echo "$err" | head -20 >&2
+    fails=$((fails + 1))
+  else
+    echo "ok: $what fails naming $want"
+  fi
+}
+expect_fail "a bad VM name" 'vms.Bad_Name = {};' 'services.project-vm.vms.Bad_Name: invalid VM name'
+expect_fail "a bad size" 'vms.web.memory = "8X";' 'services.project-vm.vms.web.memory'
+expect_fail "zero cpus" 'vms.web.cpus = 0;' 'services.project-vm.vms.web.cpus'
+expect_fail "an unknown dependency" 'vms.web.dependsOn = [ "nope" ];' 'services.project-vm.vms.web.dependsOn: "nope" is not a declared VM'
+expect_fail "an unknown feature" 'defaults.features = [ "dokcer" ];' 'services.project-vm.defaults.features'
+expect_fail "a relative key file" 'tailscaleAuthKeyFile = "key.txt";' 'services.project-vm.tailscaleAuthKeyFile'
+expect_fail "an unknown accel" 'accel = "hvf";' 'services.project-vm.accel'
+expect_fail "an unknown network kind" 'network = { wifi = "x"; };' 'services.project-vm.network'
+expect_fail "an unknown VM option" 'vms.web.memroy = "1G";' 'services.project-vm.vms.web.memroy'
+[[ $fails -eq 0 ]] || exit 1
