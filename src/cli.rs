@@ -14,7 +14,11 @@ fn feature_name(s: &str) -> Result<String, String> {
     if crate::features::exists(s) {
         Ok(s.to_owned())
     } else {
-        Err(format!("unknown feature{}; known: {}", crate::config::did_you_mean(s, &crate::features::names()), crate::features::names().join(", ")))
+        Err(format!(
+            "unknown feature{}; known: {}",
+            crate::config::did_you_mean(s, &crate::features::names()),
+            crate::features::names().join(", ")
+        ))
     }
 }
 

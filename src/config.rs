@@ -17,7 +17,8 @@ use crate::settings::{HostSettings, HOST_SETTING_KEYS};
 use crate::spec::{Resources, Size, VmName};
 
 /// Keys a VM entry (and `defaults`) may have.
-pub const VM_KEYS: &[&str] = &["memory", "cpus", "disk", "project_disk", "autostart", "features", "user_data", "image", "depends_on"];
+pub const VM_KEYS: &[&str] =
+    &["memory", "cpus", "disk", "project_disk", "autostart", "features", "user_data", "image", "depends_on"];
 
 /// One VM as the file describes it, defaults merged in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -167,7 +168,9 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
             },
             "depends_on" if in_defaults => p.add(&at, "depends_on belongs in a VM's own entry, not in defaults"),
             "depends_on" => f.depends_on = strings(p),
-            other => p.add(&at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", "))),
+            other => {
+                p.add(&at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", ")))
+            }
         }
     }
     f
@@ -242,7 +245,8 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
                 _ => p.add(&at, format!("{dep:?} is not a VM in this file{}", did_you_mean(&dep, &names))),
             }
         }
-        let user_data = f.user_data.clone().or(d.user_data.clone()).map(|u| if u.is_relative() { base_dir.join(u) } else { u });
+        let user_data =
+            f.user_data.clone().or(d.user_data.clone()).map(|u| if u.is_relative() { base_dir.join(u) } else { u });
         vms.insert(
             name.clone(),
             VmDecl {
@@ -272,7 +276,12 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
 }
 
 fn find_cycle(vms: &BTreeMap<VmName, VmDecl>) -> Option<Vec<String>> {
-    fn visit(n: &VmName, vms: &BTreeMap<VmName, VmDecl>, stack: &mut Vec<VmName>, done: &mut Vec<VmName>) -> Option<Vec<String>> {
+    fn visit(
+        n: &VmName,
+        vms: &BTreeMap<VmName, VmDecl>,
+        stack: &mut Vec<VmName>,
+        done: &mut Vec<VmName>,
+    ) -> Option<Vec<String>> {
         if let Some(pos) = stack.iter().position(|s| s == n) {
             let mut c: Vec<String> = stack[pos..].iter().map(|s| s.to_string()).collect();
             c.push(n.to_string());
@@ -321,7 +330,10 @@ mod tests {
           "vms": { "web": { "memory": "8G", "cpus": 4, "autostart": true }, "db": { "disk": "100G", "depends_on": ["web"], "user_data": "db.yaml" } }
         }"#);
         let web = &d.vms[&VmName::parse("web").unwrap()];
-        assert_eq!(web.resources, Resources { memory: Size(8 << 30), cpus: 4, disk: Size(20 << 30), project_disk: Size(50 << 30) });
+        assert_eq!(
+            web.resources,
+            Resources { memory: Size(8 << 30), cpus: 4, disk: Size(20 << 30), project_disk: Size(50 << 30) }
+        );
         assert!(web.autostart);
         assert_eq!(web.features, vec!["base"]);
         let db = &d.vms[&VmName::parse("db").unwrap()];
@@ -391,7 +403,8 @@ mod tests {
     /// it in step) is read by the same parser `apply` uses.
     #[test]
     fn reads_what_the_nixos_module_writes() {
-        let d = parse(include_str!("../tests/fixtures/module-vms.json"), "module-vms.json", Path::new("/nix/store")).unwrap();
+        let d = parse(include_str!("../tests/fixtures/module-vms.json"), "module-vms.json", Path::new("/nix/store"))
+            .unwrap();
         assert_eq!(d.settings.tailnet.as_deref(), Some("example.ts.net"));
         assert_eq!(d.settings.tailscale_auth_key_file.as_deref(), Some(Path::new("/run/secrets/tailscale-auth-key")));
         assert_eq!(d.settings.network, Some(crate::settings::Network::Network { name: "default".into() }));

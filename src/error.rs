@@ -55,10 +55,7 @@ pub fn not_found(message: impl Into<String>) -> anyhow::Error {
 
 /// The exit code for an error: the first [`Failure`] in its chain, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>())
-        .map(|f| f.kind.exit_code())
-        .unwrap_or(1)
+    err.chain().find_map(|e| e.downcast_ref::<Failure>()).map(|f| f.kind.exit_code()).unwrap_or(1)
 }
 
 #[cfg(test)]

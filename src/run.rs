@@ -80,7 +80,9 @@ fn apply(ctx: Ctx, declared: &crate::config::Declared, a: &crate::cli::ApplyArgs
             let lines = ops::plan::describe(p);
             let result = report.results.iter().find(|r| r.name == p.name);
             match result {
-                Some(r) if r.error.is_some() => println!("{}: FAILED: {}", p.name, r.error.as_deref().unwrap_or_default()),
+                Some(r) if r.error.is_some() => {
+                    println!("{}: FAILED: {}", p.name, r.error.as_deref().unwrap_or_default())
+                }
                 Some(r) if !r.done.is_empty() => println!("{}: {} ({:.1}s)", p.name, r.done.join(", "), r.seconds),
                 _ => println!("{}", lines[0]),
             }
@@ -110,7 +112,8 @@ fn wait_ready(ctx: &Ctx, vm: &vms::Vm, wait: &WaitArgs) -> anyhow::Result<Option
 
 fn print_ready(ctx: &Ctx, report: &Option<ops::ready::ReadyReport>) {
     if let (false, Some(r)) = (ctx.json, report) {
-        let latency = r.report_latency_s.map(|l| format!(", reported {l:.2}s after cloud-init finished")).unwrap_or_default();
+        let latency =
+            r.report_latency_s.map(|l| format!(", reported {l:.2}s after cloud-init finished")).unwrap_or_default();
         eprintln!("{}: ready (cloud-init {}) after {:.1}s{latency}", r.name, r.cloud_init_status, r.waited_s);
     }
 }
@@ -145,7 +148,10 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 } else {
                     format!("{} ({})", report.data_volume, human(report.data_capacity))
                 };
-                println!("created {} in {} ms: root {} on {}, project disk {data}", report.domain, report.elapsed_ms, report.root_volume, report.base_image);
+                println!(
+                    "created {} in {} ms: root {} on {}, project disk {data}",
+                    report.domain, report.elapsed_ms, report.root_volume, report.base_image
+                );
                 print_ready(ctx, &ready);
             }
             if let Some(r) = &ready {
@@ -237,14 +243,24 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 output::json(&s)?;
             } else {
                 println!("{} ({})", s.name, s.domain);
-                println!("  state:     {}{}", s.state.as_str(), if s.phase == libvirt::metadata::Phase::Creating { " (create did not finish)" } else { "" });
+                println!(
+                    "  state:     {}{}",
+                    s.state.as_str(),
+                    if s.phase == libvirt::metadata::Phase::Creating { " (create did not finish)" } else { "" }
+                );
                 println!("  cpus:      {}", s.vcpus);
                 println!("  memory:    {}", human(s.memory));
                 println!("  autostart: {}", if s.autostart { "yes" } else { "no" });
                 println!("  image:     {} (pool {})", s.base_image, s.pool);
                 for d in &s.disks {
                     if d.exists {
-                        println!("  disk {:<5} {}: {} used of {}", d.role, d.volume, human(d.allocation), human(d.capacity));
+                        println!(
+                            "  disk {:<5} {}: {} used of {}",
+                            d.role,
+                            d.volume,
+                            human(d.allocation),
+                            human(d.capacity)
+                        );
                     } else {
                         println!("  disk {:<5} {}: missing", d.role, d.volume);
                     }
@@ -286,7 +302,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             ops::logs::logs(ctx, &vm, a.follow)?;
         }
         Command::Image(ImageCommand::Import { file, name }) => {
-            let name = name.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            let name =
+                name.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
             let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
             let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             let progress = Progress::bytes(ctx.json, len, format!("importing {name}"));
@@ -296,7 +313,13 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             if ctx.json {
                 output::json(&info)?;
             } else {
-                println!("imported {} ({}, {} virtual, {} on disk)", info.name, info.format, human(info.capacity), human(info.allocation));
+                println!(
+                    "imported {} ({}, {} virtual, {} on disk)",
+                    info.name,
+                    info.format,
+                    human(info.capacity),
+                    human(info.allocation)
+                );
             }
         }
         Command::Image(ImageCommand::List) => {
@@ -306,7 +329,15 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             } else {
                 let rows: Vec<Vec<String>> = images
                     .iter()
-                    .map(|i| vec![i.name.clone(), i.format.clone(), human(i.capacity), human(i.allocation), i.used_by.join(",")])
+                    .map(|i| {
+                        vec![
+                            i.name.clone(),
+                            i.format.clone(),
+                            human(i.capacity),
+                            human(i.allocation),
+                            i.used_by.join(","),
+                        ]
+                    })
                     .collect();
                 output::table(&["NAME", "FORMAT", "SIZE", "ON DISK", "USED BY"], &rows);
             }

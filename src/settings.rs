@@ -93,7 +93,17 @@ impl HostSettings {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(storage_dir, pool, base_image, accel, network, ssh_user, ssh_authorized_keys, tailnet, tailscale_auth_key_file);
+        take!(
+            storage_dir,
+            pool,
+            base_image,
+            accel,
+            network,
+            ssh_user,
+            ssh_authorized_keys,
+            tailnet,
+            tailscale_auth_key_file
+        );
         self
     }
 
@@ -201,7 +211,9 @@ impl Settings {
             paths.sort();
             for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
                 let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-                keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+                keys.extend(
+                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+                );
             }
         }
         if keys.is_empty() {
@@ -242,7 +254,9 @@ mod tests {
 
     #[test]
     fn parse_and_overlay() {
-        let sys = HostSettings::from_json(r#"{"pool":"a","accel":"tcg","network":{"type":"user","ssh_port":22022}}"#, "sys").unwrap();
+        let sys =
+            HostSettings::from_json(r#"{"pool":"a","accel":"tcg","network":{"type":"user","ssh_port":22022}}"#, "sys")
+                .unwrap();
         let user = HostSettings::from_json(r#"{"pool":"b","tailnet":"example.ts.net"}"#, "user").unwrap();
         let s = sys.overlay(user).resolve().unwrap();
         assert_eq!(s.pool, "b");

@@ -4,7 +4,11 @@
 //! The real path is covered by tests/host.rs and tests/e2e.rs.
 
 use project_vm::error::exit_code;
-use project_vm::libvirt::{self, domain_xml, metadata::{Ownership, Phase}, storage, vms};
+use project_vm::libvirt::{
+    self, domain_xml,
+    metadata::{Ownership, Phase},
+    storage, vms,
+};
 use project_vm::ops::{self, create::CreateRequest, Ctx};
 use project_vm::progress::Progress;
 use project_vm::settings::{Accel, HostSettings, Network};
@@ -181,7 +185,10 @@ fn duplicate_and_interrupted_creates_are_refused_with_the_fix() {
 
     define_owned(&ctx, &pool, "half", Phase::Creating);
     let err = ops::create::create(&ctx, &request("half"), &Progress::hidden()).unwrap_err();
-    assert!(err.to_string().contains("did not finish") && err.to_string().contains("destroy half --keep-data"), "{err}");
+    assert!(
+        err.to_string().contains("did not finish") && err.to_string().contains("destroy half --keep-data"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -236,7 +243,10 @@ fn stop_and_start_report_what_happened() {
     // The test driver's guests obey ACPI shutdown at once.
     let r = ops::power::stop(&ctx, &vm, std::time::Duration::from_secs(5), false).unwrap();
     assert_eq!(r.result, "graceful");
-    assert_eq!(ops::power::stop(&ctx, &vm, std::time::Duration::from_secs(5), false).unwrap().result, "already-stopped");
+    assert_eq!(
+        ops::power::stop(&ctx, &vm, std::time::Duration::from_secs(5), false).unwrap().result,
+        "already-stopped"
+    );
     ops::power::start(&ctx, &vm).unwrap();
     assert_eq!(ops::power::stop(&ctx, &vm, std::time::Duration::from_secs(5), true).unwrap().result, "forced");
 }
@@ -291,14 +301,16 @@ fn apply_is_idempotent_and_converges_changes() {
     assert_eq!((dom.uuid_string().unwrap(), dom.xml_desc(0).unwrap()), (uuid.clone(), xml));
 
     // More memory, a bigger project disk, autostart.
-    let changed = r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "4G", "autostart": true}}}"#;
+    let changed =
+        r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "4G", "autostart": true}}}"#;
     let p = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
     let classes: Vec<(&str, Class)> = p.vms[0].changes.iter().map(|c| (c.field, c.class)).collect();
     assert_eq!(classes, vec![("memory", Class::NextRestart), ("project_disk", Class::Now), ("autostart", Class::Now)]);
     assert!(p.vms[0].start);
     // The test driver cannot resize volumes (the e2e suite grows real disks):
     // apply the rest here.
-    let changed = r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "2G", "autostart": true}}}"#;
+    let changed =
+        r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "2G", "autostart": true}}}"#;
     let r = apply::apply(ctx.clone(), &declared(changed), opts(false)).unwrap();
     assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
     assert_eq!(r.results[0].done, vec!["autostart on", "redefined", "started"]);
@@ -325,7 +337,11 @@ fn impossible_changes_refuse_the_whole_apply() {
     let err = apply::apply(ctx.clone(), &declared(shrink), opts(false)).unwrap_err();
     assert_eq!(exit_code(&err), 2);
     assert!(err.to_string().contains("project_disk 2G -> 1G"), "{err}");
-    assert_eq!(ctx.conn.lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap(), xml, "the memory change was not applied either");
+    assert_eq!(
+        ctx.conn.lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap(),
+        xml,
+        "the memory change was not applied either"
+    );
 }
 
 #[test]
@@ -333,7 +349,8 @@ fn changed_cloud_init_is_reported_not_ignored() {
     let ctx = Arc::new(ctx());
     let pool = with_base_image(&ctx);
     define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let with_feature = r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
+    let with_feature =
+        r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
     let p = plan::plan(&ctx, &declared(with_feature), plan::Options::default()).unwrap();
     assert_eq!((p.changes, p.not_applied), (0, 1));
     assert_eq!(p.vms[0].changes[0].class, Class::NotApplied);

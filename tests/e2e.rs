@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use common::*;
 
 fn image() -> String {
-    std::env::var("PROJECT_VM_TEST_IMAGE").expect("PROJECT_VM_TEST_IMAGE is not set: run scripts/test.sh, which builds the image")
+    std::env::var("PROJECT_VM_TEST_IMAGE")
+        .expect("PROJECT_VM_TEST_IMAGE is not set: run scripts/test.sh, which builds the image")
 }
 
 /// Cleans up at the end, and explains a failure first: the guest's serial
@@ -45,7 +46,11 @@ fn wait_ready(env: &Env, name: &str) -> serde_json::Value {
     assert_eq!(ready["result"], "done", "{ready}");
     timing(
         &format!("start {name} to ready"),
-        format!("{:.1} s (cloud-init finished -> reported: {:.3} s)", ready["waited_s"].as_f64().unwrap(), ready["report_latency_s"].as_f64().unwrap_or(-1.0)),
+        format!(
+            "{:.1} s (cloud-init finished -> reported: {:.3} s)",
+            ready["waited_s"].as_f64().unwrap(),
+            ready["report_latency_s"].as_f64().unwrap_or(-1.0)
+        ),
     );
     ready
 }
@@ -87,7 +92,10 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
     let guest_key = env.ssh("e2e", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub");
     let pinned = std::fs::read_to_string(env.dir.join("state/project-vm/known_hosts")).unwrap();
     let guest_key_b64 = guest_key.split_whitespace().nth(1).unwrap();
-    assert!(pinned.contains(&format!("project-e2e ssh-ed25519 {guest_key_b64}")), "pinned {pinned} vs guest {guest_key}");
+    assert!(
+        pinned.contains(&format!("project-e2e ssh-ed25519 {guest_key_b64}")),
+        "pinned {pinned} vs guest {guest_key}"
+    );
 
     // 3. Data on the project disk, a marker on the root disk, graceful stop.
     let content = format!("project data {}", std::process::id());
@@ -121,7 +129,8 @@ fn cloud_init_failures_and_timeouts_have_their_own_exit_codes() {
     env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
     let user_data = env.dir.join("user-data.yaml");
     std::fs::write(&user_data, "#cloud-config\nruncmd:\n  - [sh, -c, 'echo failing on purpose; exit 3']\n").unwrap();
-    env.run(&["create", "e2f", "1G", "2", "8G", "--project-disk", "1G", "--user-data", user_data.to_str().unwrap()]).ok();
+    env.run(&["create", "e2f", "1G", "2", "8G", "--project-disk", "1G", "--user-data", user_data.to_str().unwrap()])
+        .ok();
 
     // A timeout leaves the VM running and says how to follow it.
     let r = env.run(&["start", "e2f", "--wait", "--timeout", "5"]);
@@ -166,11 +175,16 @@ fn start_sshd(env: &Env, port: u16) -> (Sshd, String) {
         ),
     )
     .unwrap();
-    let child = Command::new("/usr/sbin/sshd").args(["-D", "-e", "-f"]).arg(&cfg).stderr(Stdio::null()).spawn().expect("sshd");
+    let child =
+        Command::new("/usr/sbin/sshd").args(["-D", "-e", "-f"]).arg(&cfg).stderr(Stdio::null()).spawn().expect("sshd");
     // The client side verifies the loopback sshd's host key too.
     let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
     let kh = d.join("known_hosts");
-    std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" "))).unwrap();
+    std::fs::write(
+        &kh,
+        format!("[127.0.0.1]:{port} {}\n", host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ")),
+    )
+    .unwrap();
     let wrapper = d.join("ssh");
     std::fs::write(
         &wrapper,
@@ -235,7 +249,10 @@ fn apply_converges_idempotently_grows_and_prunes() {
     };
     let f = file.to_str().unwrap();
     let uuids = || -> Vec<String> {
-        ["project-ap-a", "project-ap-b"].iter().map(|d| String::from_utf8(virsh(&["domuuid", d]).stdout).unwrap().trim().to_owned()).collect()
+        ["project-ap-a", "project-ap-b"]
+            .iter()
+            .map(|d| String::from_utf8(virsh(&["domuuid", d]).stdout).unwrap().trim().to_owned())
+            .collect()
     };
     let xml = |d: &str| String::from_utf8(virsh(&["dumpxml", "--inactive", d]).stdout).unwrap();
 
@@ -263,7 +280,12 @@ fn apply_converges_idempotently_grows_and_prunes() {
     write("1536M", "2G", true);
     let p = env.run(&["plan", "-f", f, "--json"]).ok().json();
     let a = &p["vms"][0];
-    let classes: Vec<(String, String)> = a["changes"].as_array().unwrap().iter().map(|c| (c["field"].as_str().unwrap().into(), c["class"].as_str().unwrap().into())).collect();
+    let classes: Vec<(String, String)> = a["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["field"].as_str().unwrap().into(), c["class"].as_str().unwrap().into()))
+        .collect();
     assert_eq!(classes, vec![("memory".into(), "next-restart".into()), ("project_disk".into(), "now".into())], "{p}");
     let r = env.run(&["apply", "-f", f, "--restart", "--wait", "--json"]).ok().json();
     assert_eq!(r["failed"], 0, "{r}");

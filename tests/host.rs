@@ -23,11 +23,20 @@ fn core_verbs_on_a_real_libvirtd() {
     let report = &created.json()["create"];
     eprintln!("create: {} ms inside project-vm, {} ms for the whole process", report["elapsed_ms"], created.ms);
     assert_eq!(report["data_reattached"], false);
-    assert_eq!(env.volumes(), vec!["project-foo-data.qcow2", "project-foo-root.qcow2", "project-foo-seed.iso", "tiny.qcow2"]);
+    assert_eq!(
+        env.volumes(),
+        vec!["project-foo-data.qcow2", "project-foo-root.qcow2", "project-foo-seed.iso", "tiny.qcow2"]
+    );
 
     // The domain XML is valid and wires the three disks.
     let xml = String::from_utf8(virsh(&["dumpxml", "project-foo"]).stdout).unwrap();
-    for needle in ["project-foo-root.qcow2", "project-foo-data.qcow2", "project-foo-seed.iso", "virtio-scsi", "https://project-vm.dev/xmlns/domain/1"] {
+    for needle in [
+        "project-foo-root.qcow2",
+        "project-foo-data.qcow2",
+        "project-foo-seed.iso",
+        "virtio-scsi",
+        "https://project-vm.dev/xmlns/domain/1",
+    ] {
         assert!(xml.contains(needle), "{needle} missing from\n{xml}");
     }
     let xml_file = env.dir.join("foo.xml");
@@ -35,7 +44,10 @@ fn core_verbs_on_a_real_libvirtd() {
     sh(&format!("virt-xml-validate {} domain", xml_file.display()));
     // The root disk is an overlay on the base image.
     let vol = String::from_utf8(virsh(&["vol-dumpxml", "--pool", &env.pool, "project-foo-root.qcow2"]).stdout).unwrap();
-    assert!(vol.contains("<backingStore>") && vol.contains(&env.pool_dir().join("tiny.qcow2").display().to_string()), "{vol}");
+    assert!(
+        vol.contains("<backingStore>") && vol.contains(&env.pool_dir().join("tiny.qcow2").display().to_string()),
+        "{vol}"
+    );
     assert!(vol.contains("<capacity unit='bytes'>5368709120</capacity>"), "{vol}");
 
     // The seed reads back with an independent reader: volume id cidata, a cloud-config.

@@ -241,7 +241,8 @@ mod tests {
     #[test]
     fn merges_user_config() {
         let s = spec(Network::default(), Accel::Kvm);
-        let user = parse_user_data("#cloud-config\npackages: [git]\nruncmd:\n  - echo hi\nhostname: other\n", "u.yaml").unwrap();
+        let user = parse_user_data("#cloud-config\npackages: [git]\nruncmd:\n  - echo hi\nhostname: other\n", "u.yaml")
+            .unwrap();
         let seed = render(&SeedInput {
             spec: &s,
             authorized_keys: &[],

@@ -384,16 +384,11 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -
         kind: spec.accel.domain_type(),
         name: spec.name.domain(),
         uuid: None,
-        metadata: MetadataXml {
-            vm: Ownership { xmlns: Some(super::metadata::NAMESPACE.into()), ..ownership.clone() },
-        },
+        metadata: MetadataXml { vm: Ownership { xmlns: Some(super::metadata::NAMESPACE.into()), ..ownership.clone() } },
         memory: Memory { unit: "MiB", value: mib },
         current_memory: Memory { unit: "MiB", value: mib },
         vcpu: spec.resources.cpus,
-        os: Os {
-            os_type: OsType { arch: "x86_64", machine: "q35", value: "hvm" },
-            boot: Boot { dev: "hd" },
-        },
+        os: Os { os_type: OsType { arch: "x86_64", machine: "q35", value: "hvm" }, boot: Boot { dev: "hd" } },
         features: Features { acpi: Empty {}, apic: Empty {} },
         // With KVM the guest sees the host CPU; TCG emulates its default model.
         cpu: (spec.accel == Accel::Kvm).then_some(Cpu { mode: "host-passthrough" }),

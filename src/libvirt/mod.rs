@@ -32,7 +32,10 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
 
 fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
     let msg = e.message();
-    if msg.contains("Permission denied") || e.code().is(ErrorNumber::AuthFailed) || e.code().is(ErrorNumber::AuthCancelled) {
+    if msg.contains("Permission denied")
+        || e.code().is(ErrorNumber::AuthFailed)
+        || e.code().is(ErrorNumber::AuthCancelled)
+    {
         return failure(
             Kind::Environment,
             format!(

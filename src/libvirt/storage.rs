@@ -140,7 +140,8 @@ pub fn ensure_pool(conn: &Connect, settings: &Settings) -> anyhow::Result<Storag
         name: settings.pool.clone(),
         target: PoolTarget { path: dir.clone() },
     })?;
-    let pool = conn.define_storage_pool_xml(&xml, 0)
+    let pool = conn
+        .define_storage_pool_xml(&xml, 0)
         .map_err(|e| explain(e, format!("defining storage pool {} at {dir}", settings.pool)))?;
     let started = pool
         .build(0)
@@ -196,19 +197,26 @@ pub fn create_qcow2(pool: &StoragePool, name: &str, capacity: u64) -> anyhow::Re
     )
 }
 
+/// A volume to be filled by [`upload`].
+pub struct NewVolume<'a> {
+    pub name: &'a str,
+    /// `raw` or `qcow2`.
+    pub format: &'a str,
+    pub len: u64,
+    /// File mode on the host; the seed holds secrets: `0600`.
+    pub mode: &'a str,
+}
+
 /// Creates a volume and fills it from `reader` through a libvirt stream.
-/// `mode` restricts the file on the host (the seed holds secrets: 0600).
 /// On failure the half-written volume is deleted.
 pub fn upload(
     conn: &Connect,
     pool: &StoragePool,
-    name: &str,
-    format: &str,
-    len: u64,
-    mode: Option<&str>,
+    new: NewVolume,
     reader: &mut dyn Read,
     progress: &Progress,
 ) -> anyhow::Result<StorageVol> {
+    let NewVolume { name, format, len, mode } = new;
     let vol = create(
         pool,
         &VolumeXml {
@@ -217,7 +225,7 @@ pub fn upload(
             allocation: None,
             target: VolumeTarget {
                 format: Some(Format { kind: format.into() }),
-                permissions: mode.map(|m| Permissions { mode: m.into() }),
+                permissions: Some(Permissions { mode: mode.into() }),
                 ..Default::default()
             },
             backing_store: None,
@@ -315,7 +323,10 @@ mod tests {
         })
         .unwrap();
         assert!(xml.contains(r#"<capacity unit="bytes">5368709120</capacity>"#), "{xml}");
-        assert!(xml.contains("<backingStore><path>/p/base.qcow2</path><format type=\"qcow2\"/></backingStore>"), "{xml}");
+        assert!(
+            xml.contains("<backingStore><path>/p/base.qcow2</path><format type=\"qcow2\"/></backingStore>"),
+            "{xml}"
+        );
     }
 
     #[test]

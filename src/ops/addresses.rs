@@ -43,7 +43,12 @@ pub fn known(vm: &Vm, spec: &VmSpec) -> Vec<Address> {
                         continue;
                     }
                     for a in iface.addrs {
-                        out.push(Address { source: label, interface: iface.name.clone(), address: a.addr, prefix: a.prefix });
+                        out.push(Address {
+                            source: label,
+                            interface: iface.name.clone(),
+                            address: a.addr,
+                            prefix: a.prefix,
+                        });
                     }
                 }
             }
@@ -68,7 +73,12 @@ pub struct SshTarget {
 pub fn ssh_target(spec: &VmSpec, addresses: &[Address]) -> Option<SshTarget> {
     let user = spec.ssh_user.clone();
     if let Some(tailnet) = &spec.tailnet {
-        return Some(SshTarget { host: format!("{}.{tailnet}", spec.name.domain()), port: 22, user, via: "tailnet".into() });
+        return Some(SshTarget {
+            host: format!("{}.{tailnet}", spec.name.domain()),
+            port: 22,
+            user,
+            via: "tailnet".into(),
+        });
     }
     if let Network::User { .. } = spec.network {
         // The guest's own address under passt is a copy of the host's: not reachable.
@@ -105,7 +115,8 @@ mod tests {
     #[test]
     fn first_usable_ipv4() {
         let s = spec(Network::default(), Accel::Kvm);
-        let t = ssh_target(&s, &[addr("agent", "fe80::1"), addr("agent", "169.254.1.1"), addr("arp", "192.0.2.7")]).unwrap();
+        let t = ssh_target(&s, &[addr("agent", "fe80::1"), addr("agent", "169.254.1.1"), addr("arp", "192.0.2.7")])
+            .unwrap();
         assert_eq!((t.host.as_str(), t.via.as_str()), ("192.0.2.7", "arp"));
         assert_eq!(ssh_target(&s, &[]), None);
     }

@@ -55,7 +55,12 @@ pub fn apply(ctx: Arc<Ctx>, declared: &Declared, opts: ApplyOptions) -> anyhow::
         let refused: Vec<String> = plan
             .vms
             .iter()
-            .flat_map(|p| p.changes.iter().filter(|c| c.class == Class::Impossible).map(move |c| format!("{}: {} {} -> {}: {}", p.name, c.field, c.from, c.to, c.note)))
+            .flat_map(|p| {
+                p.changes
+                    .iter()
+                    .filter(|c| c.class == Class::Impossible)
+                    .map(move |c| format!("{}: {} {} -> {}: {}", p.name, c.field, c.from, c.to, c.note))
+            })
             .collect();
         return Err(invalid(format!("refusing to apply, nothing was changed:\n  {}", refused.join("\n  "))));
     }
@@ -67,7 +72,13 @@ pub fn apply(ctx: Arc<Ctx>, declared: &Declared, opts: ApplyOptions) -> anyhow::
     Ok(ApplyReport { plan, results, changes, failed })
 }
 
-async fn execute(ctx: Arc<Ctx>, declared: &Declared, plan: &Plan, opts: ApplyOptions, multi: Arc<Multi>) -> Vec<VmResult> {
+async fn execute(
+    ctx: Arc<Ctx>,
+    declared: &Declared,
+    plan: &Plan,
+    opts: ApplyOptions,
+    multi: Arc<Multi>,
+) -> Vec<VmResult> {
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let mut results: Vec<VmResult> = Vec::new();
     let find = |name: &str| plan.vms.iter().find(|p| p.name == name).cloned();
@@ -79,7 +90,10 @@ async fn execute(ctx: Arc<Ctx>, declared: &Declared, plan: &Plan, opts: ApplyOpt
         let mut handles = Vec::new();
         for p in wave {
             let failed_dep = p.decl.as_ref().and_then(|d| {
-                d.depends_on.iter().find(|dep| results.iter().any(|r| r.name == dep.as_str() && r.error.is_some())).cloned()
+                d.depends_on
+                    .iter()
+                    .find(|dep| results.iter().any(|r| r.name == dep.as_str() && r.error.is_some()))
+                    .cloned()
             });
             if let Some(dep) = failed_dep {
                 results.push(VmResult {
@@ -119,7 +133,13 @@ async fn execute(ctx: Arc<Ctx>, declared: &Declared, plan: &Plan, opts: ApplyOpt
     results
 }
 
-fn start_and_wait(ctx: &Ctx, vm: &Vm, opts: ApplyOptions, progress: &Progress, done: &mut Vec<String>) -> anyhow::Result<()> {
+fn start_and_wait(
+    ctx: &Ctx,
+    vm: &Vm,
+    opts: ApplyOptions,
+    progress: &Progress,
+    done: &mut Vec<String>,
+) -> anyhow::Result<()> {
     progress.set_message(format!("{}: starting", vm.name));
     power::start(ctx, vm)?;
     done.push("started".into());
@@ -132,7 +152,13 @@ fn start_and_wait(ctx: &Ctx, vm: &Vm, opts: ApplyOptions, progress: &Progress, d
     Ok(())
 }
 
-fn apply_one(ctx: &Ctx, p: &VmPlan, opts: ApplyOptions, progress: &Progress, done: &mut Vec<String>) -> anyhow::Result<()> {
+fn apply_one(
+    ctx: &Ctx,
+    p: &VmPlan,
+    opts: ApplyOptions,
+    progress: &Progress,
+    done: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let name = VmName::parse(&p.name)?;
     match p.action {
         Action::Nothing | Action::NotInFile => Ok(()),
@@ -184,7 +210,8 @@ fn apply_one(ctx: &Ctx, p: &VmPlan, opts: ApplyOptions, progress: &Progress, don
 fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<String>) -> anyhow::Result<()> {
     let desired = p.desired.as_ref().expect("desired spec");
     let mut spec = vm.spec()?;
-    let applies = |field: &str| p.changes.iter().any(|c| c.field == field && matches!(c.class, Class::Now | Class::NextRestart));
+    let applies =
+        |field: &str| p.changes.iter().any(|c| c.field == field && matches!(c.class, Class::Now | Class::NextRestart));
     let mut redefine = false;
     if applies("memory") {
         spec.resources.memory = desired.resources.memory;
@@ -238,7 +265,9 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
         // definition; a running guest sees it after its next restart.
         let mut xml = domain_xml::build(&spec, &own, super::serial_log(ctx, &vm.name.domain()));
         xml.uuid = Some(vm.dom.uuid_string().map_err(|e| explain(e, "reading uuid"))?);
-        ctx.conn.define_domain_xml(&xml.to_xml()).map_err(|e| explain(e, format!("redefining {}", vm.name.domain())))?;
+        ctx.conn
+            .define_domain_xml(&xml.to_xml())
+            .map_err(|e| explain(e, format!("redefining {}", vm.name.domain())))?;
         done.push("redefined".into());
     } else if own != vm.own {
         own.write(&vm.dom)?;

@@ -90,7 +90,11 @@ impl Drop for Undo<'_> {
         }
         if let Some(d) = &self.dom {
             if let Err(e) = d.undefine() {
-                eprintln!("warning: could not undefine {} while undoing create: {}", d.name().unwrap_or_default(), e.message());
+                eprintln!(
+                    "warning: could not undefine {} while undoing create: {}",
+                    d.name().unwrap_or_default(),
+                    e.message()
+                );
             }
         }
     }
@@ -165,7 +169,12 @@ pub fn base_name(ctx: &Ctx, requested: Option<&str>) -> Option<String> {
 
 /// The spec `create` would record for `req` (the ssh port aside), so `plan`
 /// can compare what exists with what is declared.
-pub fn desired_spec(ctx: &Ctx, req: &CreateRequest, base_image: String, ssh_port: Option<u16>) -> anyhow::Result<VmSpec> {
+pub fn desired_spec(
+    ctx: &Ctx,
+    req: &CreateRequest,
+    base_image: String,
+    ssh_port: Option<u16>,
+) -> anyhow::Result<VmSpec> {
     let keys = ctx.settings.authorized_keys()?;
     Ok(VmSpec {
         name: req.name.clone(),
@@ -196,9 +205,7 @@ static DEFINE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// For user networking: the first free forwarded port at or above the base.
 fn pick_ssh_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
     let used: Vec<u16> = vms::list(&ctx.conn)?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
-    (base..=u16::MAX)
-        .find(|p| !used.contains(p))
-        .ok_or_else(|| invalid(format!("no free ssh port at or above {base}")))
+    (base..=u16::MAX).find(|p| !used.contains(p)).ok_or_else(|| invalid(format!("no free ssh port at or above {base}")))
 }
 
 pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<CreateReport> {
@@ -298,11 +305,11 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     progress.set_message(format!("creating {name}: domain"));
     let xml = domain_xml::build(&spec, &own, super::serial_log(ctx, &name.domain())).to_xml();
     tracing::debug!(%xml, "defining domain");
-    let dom = ctx.conn.define_domain_xml(&xml).map_err(|e| match e.code().is(virt::error::ErrorNumber::OperationFailed)
-        && e.message().contains("already exists")
-    {
-        true => invalid(format!("VM {name} already exists (created concurrently?): {}", e.message())),
-        false => explain(e, format!("defining domain {}", name.domain())),
+    let dom = ctx.conn.define_domain_xml(&xml).map_err(|e| {
+        match e.code().is(virt::error::ErrorNumber::OperationFailed) && e.message().contains("already exists") {
+            true => invalid(format!("VM {name} already exists (created concurrently?): {}", e.message())),
+            false => explain(e, format!("defining domain {}", name.domain())),
+        }
     })?;
     undo.dom = Some(dom.clone());
     drop(define_guard);
@@ -341,7 +348,8 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     // 0600: the seed carries the guest's private host key (and any auth key).
     // (upload removes its own volume if it fails part-way)
     let seed_name = name.seed_volume();
-    storage::upload(&ctx.conn, &pool, &seed_name, "raw", iso.len() as u64, Some("0600"), &mut iso.as_slice(), &Progress::hidden())
+    let new = storage::NewVolume { name: &seed_name, format: "raw", len: iso.len() as u64, mode: "0600" };
+    storage::upload(&ctx.conn, &pool, new, &mut iso.as_slice(), &Progress::hidden())
         .context("writing the cloud-init seed")?;
     undo.volumes.push(seed_name.clone());
 

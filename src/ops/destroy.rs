@@ -6,9 +6,9 @@
 use serde::Serialize;
 
 use super::Ctx;
+use crate::libvirt::explain;
 use crate::libvirt::storage;
 use crate::libvirt::vms::Vm;
-use crate::libvirt::explain;
 
 #[derive(Debug, Serialize)]
 pub struct DestroyReport {

@@ -37,10 +37,18 @@ pub fn validate_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn import(ctx: &Ctx, pool: &StoragePool, path: &Path, name: &str, progress: &Progress) -> anyhow::Result<StorageVol> {
+pub fn import(
+    ctx: &Ctx,
+    pool: &StoragePool,
+    path: &Path,
+    name: &str,
+    progress: &Progress,
+) -> anyhow::Result<StorageVol> {
     validate_name(name)?;
     if storage::find_volume(pool, name)?.is_some() {
-        return Err(invalid(format!("image {name} already exists: remove it with `project-vm image rm {name}` or pick another --name")));
+        return Err(invalid(format!(
+            "image {name} already exists: remove it with `project-vm image rm {name}` or pick another --name"
+        )));
     }
     let mut file = File::open(path).map_err(|e| invalid(format!("cannot open image {}: {e}", path.display())))?;
     let len = file.metadata()?.len();
@@ -49,7 +57,8 @@ pub fn import(ctx: &Ctx, pool: &StoragePool, path: &Path, name: &str, progress: 
     let format = storage::sniff_format(&head[..got]);
     let mut reader = std::io::Read::chain(&head[..got], file);
     tracing::info!(image = name, format, len, "importing image");
-    let vol = storage::upload(&ctx.conn, pool, name, format, len, Some("0644"), &mut reader, progress)?;
+    let new = storage::NewVolume { name, format, len, mode: "0644" };
+    let vol = storage::upload(&ctx.conn, pool, new, &mut reader, progress)?;
     // libvirt re-reads the volume after upload; refresh the pool so the
     // capacity is the image's virtual size.
     let _ = pool.refresh(0);
@@ -78,7 +87,13 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<Vec<ImageEntry>> {
         let Some(vol) = storage::find_volume(&pool, &name)? else { continue };
         let info = VolumeInfo::of(&vol)?;
         let used_by = backing.iter().filter(|(b, _)| *b == info.path).map(|(_, vm)| vm.clone()).collect();
-        out.push(ImageEntry { name, format: info.format, capacity: info.capacity, allocation: info.allocation, used_by });
+        out.push(ImageEntry {
+            name,
+            format: info.format,
+            capacity: info.capacity,
+            allocation: info.allocation,
+            used_by,
+        });
     }
     Ok(out)
 }

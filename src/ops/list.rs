@@ -34,7 +34,8 @@ pub fn entry(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Entry> {
     }
     let address = vm.spec().ok().and_then(|spec| {
         let addrs = addresses::known(vm, &spec);
-        addresses::ssh_target(&spec, &addrs).map(|t| if t.port == 22 { t.host } else { format!("{}:{}", t.host, t.port) })
+        addresses::ssh_target(&spec, &addrs)
+            .map(|t| if t.port == 22 { t.host } else { format!("{}:{}", t.host, t.port) })
     });
     Ok(Entry {
         name: vm.name.to_string(),

@@ -24,7 +24,10 @@ pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
     }
     let path = path(vm);
     let mut file = std::fs::File::open(&path).map_err(|e| {
-        failure(Kind::NotFound, format!("no serial log at {} ({e}): has {} been started since it was created?", path.display(), vm.name))
+        failure(
+            Kind::NotFound,
+            format!("no serial log at {} ({e}): has {} been started since it was created?", path.display(), vm.name),
+        )
     })?;
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 64 * 1024];

@@ -2,6 +2,7 @@
 //! settings) that returns a report: `main` prints it as a table or as JSON.
 
 pub mod addresses;
+pub mod apply;
 pub mod console;
 pub mod create;
 pub mod destroy;
@@ -9,7 +10,6 @@ pub mod image;
 pub mod list;
 pub mod logs;
 pub mod plan;
-pub mod apply;
 pub mod power;
 pub mod ready;
 pub mod seed;
@@ -55,8 +55,5 @@ pub fn serial_log(ctx: &Ctx, domain: &str) -> Option<String> {
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

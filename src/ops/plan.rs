@@ -129,19 +129,48 @@ pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> 
     let mut out = Vec::new();
     let r = (&current.resources, &desired.resources);
     if r.0.memory != r.1.memory {
-        out.push(Change { field: "memory", from: r.0.memory.to_string(), to: r.1.memory.to_string(), class: Class::NextRestart, note: "" });
+        out.push(Change {
+            field: "memory",
+            from: r.0.memory.to_string(),
+            to: r.1.memory.to_string(),
+            class: Class::NextRestart,
+            note: "",
+        });
     }
     if r.0.cpus != r.1.cpus {
-        out.push(Change { field: "cpus", from: r.0.cpus.to_string(), to: r.1.cpus.to_string(), class: Class::NextRestart, note: "" });
+        out.push(Change {
+            field: "cpus",
+            from: r.0.cpus.to_string(),
+            to: r.1.cpus.to_string(),
+            class: Class::NextRestart,
+            note: "",
+        });
     }
     out.extend(size_change("disk", actual.root_capacity, r.1.disk, "the root filesystem grows at next boot"));
-    out.extend(size_change("project_disk", actual.data_capacity, r.1.project_disk, "the filesystem on /project grows at next boot"));
+    out.extend(size_change(
+        "project_disk",
+        actual.data_capacity,
+        r.1.project_disk,
+        "the filesystem on /project grows at next boot",
+    ));
     if current.accel != desired.accel {
-        out.push(Change { field: "accel", from: format!("{:?}", current.accel).to_lowercase(), to: format!("{:?}", desired.accel).to_lowercase(), class: Class::NextRestart, note: "" });
+        out.push(Change {
+            field: "accel",
+            from: format!("{:?}", current.accel).to_lowercase(),
+            to: format!("{:?}", desired.accel).to_lowercase(),
+            class: Class::NextRestart,
+            note: "",
+        });
     }
     if current.network != desired.network {
         let show = |n: &crate::settings::Network| serde_json::to_string(n).unwrap_or_default();
-        out.push(Change { field: "network", from: show(&current.network), to: show(&desired.network), class: Class::NextRestart, note: "" });
+        out.push(Change {
+            field: "network",
+            from: show(&current.network),
+            to: show(&desired.network),
+            class: Class::NextRestart,
+            note: "",
+        });
     }
     if current.base_image != desired.base_image {
         out.push(Change {
@@ -162,7 +191,13 @@ pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> 
         });
     }
     if actual.autostart != desired.autostart {
-        out.push(Change { field: "autostart", from: actual.autostart.to_string(), to: desired.autostart.to_string(), class: Class::Now, note: "" });
+        out.push(Change {
+            field: "autostart",
+            from: actual.autostart.to_string(),
+            to: desired.autostart.to_string(),
+            class: Class::Now,
+            note: "",
+        });
     }
     out
 }
@@ -189,7 +224,10 @@ fn actual(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Actual> {
     let running = vm.state() == State::Running;
     let spec = vm.spec()?;
     let restart_pending = running
-        && vm.dom.info().is_ok_and(|i| i.max_mem * 1024 != spec.resources.memory.bytes() || i.nr_virt_cpu != spec.resources.cpus);
+        && vm
+            .dom
+            .info()
+            .is_ok_and(|i| i.max_mem * 1024 != spec.resources.memory.bytes() || i.nr_virt_cpu != spec.resources.cpus);
     Ok(Actual {
         restart_pending,
         root_capacity: cap(&vm.own.root_volume)?,
@@ -229,7 +267,8 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
                 let desired = create::desired_spec(ctx, &req, base, current.ssh_port)?;
                 let act = actual(ctx, vm)?;
                 let changes = diff(&current, &act, &desired);
-                let recreate = opts.recreate && changes.iter().any(|c| matches!(c.class, Class::NeedsRecreate | Class::NotApplied));
+                let recreate = opts.recreate
+                    && changes.iter().any(|c| matches!(c.class, Class::NeedsRecreate | Class::NotApplied));
                 let restart = !recreate
                     && opts.restart
                     && act.running
@@ -268,7 +307,8 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     }
     let changes = out.iter().filter(|p| p.acts()).count();
     let count = |f: &dyn Fn(&Change) -> bool| out.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
-    let not_applied = if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
+    let not_applied =
+        if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
     let impossible = count(&|c| c.class == Class::Impossible);
     Ok(Plan { vms: out, changes, not_applied, impossible })
 }
@@ -280,7 +320,9 @@ pub fn describe(p: &VmPlan) -> Vec<String> {
         Action::Create => format!("{}: create{}", p.name, if p.start { ", start" } else { "" }),
         Action::Nothing => format!("{}: nothing to do", p.name),
         Action::Prune => format!("{}: destroy (not in the file; --prune)", p.name),
-        Action::NotInFile => format!("{}: not in the file; kept (--prune would destroy it, keeping its project disk)", p.name),
+        Action::NotInFile => {
+            format!("{}: not in the file; kept (--prune would destroy it, keeping its project disk)", p.name)
+        }
         Action::Update => {
             let mut what = vec![];
             if p.recreate {
@@ -301,7 +343,9 @@ pub fn describe(p: &VmPlan) -> Vec<String> {
     };
     lines.push(head);
     if p.restart_pending && !p.restart {
-        lines.push("  restart pending: the running guest has not picked up its new memory/cpus (apply --restart)".into());
+        lines.push(
+            "  restart pending: the running guest has not picked up its new memory/cpus (apply --restart)".into(),
+        );
     }
     for c in &p.changes {
         let class = match c.class {
@@ -388,9 +432,21 @@ mod tests {
             decl: None,
         };
         assert!(!p.acts());
-        p.changes.push(Change { field: "cloud-init", from: "a".into(), to: "b".into(), class: Class::NotApplied, note: "" });
+        p.changes.push(Change {
+            field: "cloud-init",
+            from: "a".into(),
+            to: "b".into(),
+            class: Class::NotApplied,
+            note: "",
+        });
         assert!(!p.acts(), "reported, not applied");
-        p.changes.push(Change { field: "memory", from: "1G".into(), to: "2G".into(), class: Class::NextRestart, note: "" });
+        p.changes.push(Change {
+            field: "memory",
+            from: "1G".into(),
+            to: "2G".into(),
+            class: Class::NextRestart,
+            note: "",
+        });
         assert!(p.acts());
         let lines = describe(&p);
         assert!(lines.iter().any(|l| l.contains("cloud-init changed: NOT APPLIED")), "{lines:?}");

@@ -39,6 +39,18 @@ pub struct StopReport {
     pub seconds: f64,
 }
 
+/// Asks the guest to shut down: through the guest agent when it answers (the
+/// most reliable: it needs no ACPI button handling in the guest), else the
+/// ACPI power button. libvirt tries the methods in that order.
+fn ask_shutdown(vm: &Vm) -> anyhow::Result<()> {
+    let flags = virt::sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN;
+    match vm.dom.shutdown_flags(flags) {
+        Ok(_) => Ok(()),
+        // Drivers without shutdown methods (libvirt's test driver) take the default.
+        Err(_) => vm.dom.shutdown().map(|_| ()).map_err(|e| explain(e, format!("asking {} to shut down", vm.name))),
+    }
+}
+
 pub fn stop(_ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Result<StopReport> {
     let t0 = Instant::now();
     let report = |result| StopReport { name: vm.name.to_string(), result, seconds: t0.elapsed().as_secs_f64() };
@@ -46,7 +58,7 @@ pub fn stop(_ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Resu
         return Ok(report("already-stopped"));
     }
     if !force && vm.state() == State::Running {
-        vm.dom.shutdown().map_err(|e| explain(e, format!("asking {} to shut down", vm.name)))?;
+        ask_shutdown(vm)?;
         let mut asked = Instant::now();
         while t0.elapsed() < timeout {
             if !vm.dom.is_active().unwrap_or(false) {
@@ -56,7 +68,7 @@ pub fn stop(_ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Resu
             std::thread::sleep(Duration::from_millis(250));
             // A guest still booting may miss the first ACPI event: repeat it.
             if asked.elapsed() >= Duration::from_secs(10) {
-                let _ = vm.dom.shutdown();
+                let _ = ask_shutdown(vm);
                 asked = Instant::now();
             }
         }

@@ -292,7 +292,10 @@ mod tests {
     fn odd_lines_are_ignored_or_tolerated() {
         assert!(Message::parse("garbage").is_none());
         assert!(Message::parse(r#"{"status":"done"}"#).is_none(), "not ours");
-        let m = Message::parse(r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null,"sent_at":1}"#).unwrap();
+        let m = Message::parse(
+            r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null,"sent_at":1}"#,
+        )
+        .unwrap();
         assert_eq!((m.status_word(), m.result()), ("disabled", "done"));
     }
 

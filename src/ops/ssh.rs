@@ -29,11 +29,8 @@ pub fn known_hosts_path() -> PathBuf {
 /// Replaces the line for `alias` in the known_hosts file with `key`.
 pub fn pin_host_key(path: &Path, alias: &str, key: &str) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let mut lines: Vec<String> = existing
-        .lines()
-        .filter(|l| l.split_whitespace().next() != Some(alias))
-        .map(String::from)
-        .collect();
+    let mut lines: Vec<String> =
+        existing.lines().filter(|l| l.split_whitespace().next() != Some(alias)).map(String::from).collect();
     // known_hosts wants "type base64" without the comment.
     let key: Vec<&str> = key.split_whitespace().take(2).collect();
     lines.push(format!("{alias} {}", key.join(" ")));

@@ -52,7 +52,8 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
             Some(p) => storage::find_volume(p, &volume)?,
             None => None,
         };
-        let (allocation, capacity) = vol.and_then(|v| v.info().ok()).map(|i| (i.allocation, i.capacity)).unwrap_or((0, 0));
+        let (allocation, capacity) =
+            vol.and_then(|v| v.info().ok()).map(|i| (i.allocation, i.capacity)).unwrap_or((0, 0));
         disks.push(Disk { role, exists: capacity > 0, volume, allocation, capacity });
     }
     let addrs = addresses::known(vm, &spec);

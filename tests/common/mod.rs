@@ -14,7 +14,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_project-vm");
 
 pub fn require_root_libvirt() {
     assert!(nix_is_root(), "these tests need root (qemu:///system): run them through scripts/test.sh");
-    let ok = Command::new("virsh").args(["-c", "qemu:///system", "version"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let ok = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     assert!(
         ok.is_ok_and(|s| s.success()),
         "libvirtd does not answer on qemu:///system: run scripts/setup-host.sh first"
@@ -57,7 +61,8 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
     }
     pub fn ok(self) -> Run {
         assert_eq!(self.code, 0, "failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);

@@ -40,10 +40,11 @@ log() { echo "[build-debian $((SECONDS - t0))s] $*" >&2; }
 
 rootfs=$work/rootfs
 log "debootstrap from $mirror"
+# dbus: systemd-logind needs it to act on the ACPI power button (graceful stop).
 # python3-cffi-backend: debootstrap does not resolve the virtual package
 # cloud-init needs through it. locales: cloud-init's locale module fails without.
 debootstrap --variant=minbase \
-  --include=python3-cffi-backend,linux-image-cloud-amd64,systemd-sysv,cloud-init,cloud-guest-utils,openssh-server,qemu-guest-agent,ifupdown,isc-dhcp-client,netbase,udev,kmod,sudo,locales,e2fsprogs,fdisk \
+  --include=dbus,python3-cffi-backend,linux-image-cloud-amd64,systemd-sysv,cloud-init,cloud-guest-utils,openssh-server,qemu-guest-agent,ifupdown,isc-dhcp-client,netbase,udev,kmod,sudo,locales,e2fsprogs,fdisk \
   bookworm "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log" >&2; exit 1; }
 
 log "configuring"
