@@ -71,6 +71,7 @@ fn core_verbs_on_a_real_libvirtd() {
     assert_eq!(list[0]["name"], "foo");
     assert_eq!(list[0]["domain"], "project-foo");
     assert_eq!(list[0]["state"], "shutoff");
+    assert!(list[0].get("address").is_none(), "a stopped VM has no address: {list}");
     assert_eq!(list[0]["vcpus"], 1);
     let status = env.run(&["status", "foo", "--json"]).ok().json();
     assert_eq!(status["disks"][0]["capacity"], 5u64 << 30);
@@ -92,6 +93,14 @@ fn core_verbs_on_a_real_libvirtd() {
     assert_eq!(env.volumes(), before);
     assert!(!virsh(&["dominfo", "project-bar"]).status.success());
     assert_eq!(env.run(&["status", "nosuch"]).code, 3);
+    // An unreachable libvirtd: exit 4, naming the URI and how to start it.
+    let out = env.cmd(&["list", "--connect", "qemu+unix:///system?socket=/nonexistent/libvirt-sock"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("qemu+unix:///system?socket=/nonexistent/libvirt-sock") && stderr.contains("libvirtd"),
+        "{stderr}"
+    );
 
     // destroy --keep-data, then create again: the same project disk comes back.
     let data = env.pool_dir().join("project-foo-data.qcow2");

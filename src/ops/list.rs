@@ -32,7 +32,9 @@ pub fn entry(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Entry> {
             }
         }
     }
-    let address = vm.spec().ok().and_then(|spec| {
+    // Only a running guest has an address (and user networking's forward).
+    let running = vm.state() == State::Running;
+    let address = vm.spec().ok().filter(|_| running).and_then(|spec| {
         let addrs = addresses::known(vm, &spec);
         addresses::ssh_target(&spec, &addrs)
             .map(|t| if t.port == 22 { t.host } else { format!("{}:{}", t.host, t.port) })

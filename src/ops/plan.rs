@@ -127,79 +127,45 @@ fn size_change(field: &'static str, actual: u64, desired: Size, note_grow: &'sta
 /// heart of `plan`, tested table-driven.
 pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> {
     let mut out = Vec::new();
-    let r = (&current.resources, &desired.resources);
-    if r.0.memory != r.1.memory {
-        out.push(Change {
-            field: "memory",
-            from: r.0.memory.to_string(),
-            to: r.1.memory.to_string(),
-            class: Class::NextRestart,
-            note: "",
-        });
-    }
-    if r.0.cpus != r.1.cpus {
-        out.push(Change {
-            field: "cpus",
-            from: r.0.cpus.to_string(),
-            to: r.1.cpus.to_string(),
-            class: Class::NextRestart,
-            note: "",
-        });
-    }
-    out.extend(size_change("disk", actual.root_capacity, r.1.disk, "the root filesystem grows at next boot"));
+    let mut compare = |field: &'static str, from: String, to: String, class: Class, note: &'static str| {
+        if from != to {
+            out.push(Change { field, from, to, class, note });
+        }
+    };
+    let (cur, want) = (&current.resources, &desired.resources);
+    compare("memory", cur.memory.to_string(), want.memory.to_string(), Class::NextRestart, "");
+    compare("cpus", cur.cpus.to_string(), want.cpus.to_string(), Class::NextRestart, "");
+    compare("accel", json(&current.accel), json(&desired.accel), Class::NextRestart, "");
+    compare("network", json(&current.network), json(&desired.network), Class::NextRestart, "");
+    compare(
+        "image",
+        current.base_image.clone(),
+        desired.base_image.clone(),
+        Class::NeedsRecreate,
+        "rebuilds the root disk from the new image; the project disk is kept",
+    );
+    compare(
+        "cloud-init",
+        current.cloud_init_hash.clone(),
+        desired.cloud_init_hash.clone(),
+        Class::NotApplied,
+        "cloud-init (user, keys, features, user_data, tailnet) only runs on a VM's first boot; --recreate applies it and keeps the project disk",
+    );
+    compare("autostart", actual.autostart.to_string(), desired.autostart.to_string(), Class::Now, "");
+    // Disks compare against the volumes' real capacity, and may only grow.
+    out.extend(size_change("disk", actual.root_capacity, want.disk, "the root filesystem grows at next boot"));
     out.extend(size_change(
         "project_disk",
         actual.data_capacity,
-        r.1.project_disk,
+        want.project_disk,
         "the filesystem on /project grows at next boot",
     ));
-    if current.accel != desired.accel {
-        out.push(Change {
-            field: "accel",
-            from: format!("{:?}", current.accel).to_lowercase(),
-            to: format!("{:?}", desired.accel).to_lowercase(),
-            class: Class::NextRestart,
-            note: "",
-        });
-    }
-    if current.network != desired.network {
-        let show = |n: &crate::settings::Network| serde_json::to_string(n).unwrap_or_default();
-        out.push(Change {
-            field: "network",
-            from: show(&current.network),
-            to: show(&desired.network),
-            class: Class::NextRestart,
-            note: "",
-        });
-    }
-    if current.base_image != desired.base_image {
-        out.push(Change {
-            field: "image",
-            from: current.base_image.clone(),
-            to: desired.base_image.clone(),
-            class: Class::NeedsRecreate,
-            note: "rebuilds the root disk from the new image; the project disk is kept",
-        });
-    }
-    if current.cloud_init_hash != desired.cloud_init_hash {
-        out.push(Change {
-            field: "cloud-init",
-            from: current.cloud_init_hash.clone(),
-            to: desired.cloud_init_hash.clone(),
-            class: Class::NotApplied,
-            note: "cloud-init (user, keys, features, user_data, tailnet) only runs on a VM's first boot; --recreate applies it and keeps the project disk",
-        });
-    }
-    if actual.autostart != desired.autostart {
-        out.push(Change {
-            field: "autostart",
-            from: actual.autostart.to_string(),
-            to: desired.autostart.to_string(),
-            class: Class::Now,
-            note: "",
-        });
-    }
     out
+}
+
+/// A value as shown in a change: its JSON text (`tcg`, `{"type":"user",...}`).
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default().trim_matches('"').to_owned()
 }
 
 pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
