@@ -97,6 +97,22 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
         "pinned {pinned} vs guest {guest_key}"
     );
 
+    // The serial console through libvirt (Ctrl-] leaves), and its log.
+    let mut console = env.cmd(&["console", "e2e"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        let stdin = console.stdin.as_mut().unwrap();
+        stdin.write_all(b"\r").unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        stdin.write_all(&[0x1d]).unwrap();
+    }
+    let out = console.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "console: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(screen.contains("project-e2e login:"), "console showed: {screen:?}");
+    let logs = env.run(&["logs", "e2e"]).ok().stdout;
+    assert!(logs.contains("Cloud-init") && logs.contains("finished"), "serial log: {}", &logs[logs.len().saturating_sub(500)..]);
+
     // 3. Data on the project disk, a marker on the root disk, graceful stop.
     let content = format!("project data {}", std::process::id());
     env.ssh("e2e", &format!("echo '{content}' > /project/keep.txt && sync && sudo touch /root-marker"));

@@ -20,6 +20,8 @@ use crate::spec::VmSpec;
 /// `cloud-init status --format json` to the virtio-serial port the host reads.
 const READY_SCRIPT: &str = include_str!("../../cloud-init/project-vm-ready");
 const READY_UNIT: &str = include_str!("../../cloud-init/project-vm-ready.service");
+/// Formats the project disk when (and only when) it is blank.
+const FORMAT_SCRIPT: &str = include_str!("../../cloud-init/project-disk-format.sh");
 
 pub const PROJECT_MOUNT: &str = "/project";
 pub const PROJECT_LABEL: &str = "project";
@@ -120,15 +122,11 @@ pub fn base_config(input: &SeedInput) -> Value {
         "ssh_pwauth": false,
         "growpart": { "mode": "auto", "devices": ["/"] },
         "resize_rootfs": true,
-        // The project disk: formatted only when it has no filesystem yet, so a
-        // disk reattached after `destroy --keep-data` keeps its data.
-        "fs_setup": [{
-            "label": PROJECT_LABEL,
-            "filesystem": "ext4",
-            "device": format!("/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"),
-            "partition": "none",
-            "overwrite": false,
-        }],
+        // The project disk: formatted only when blank, so a disk reattached
+        // after `destroy --keep-data` keeps its data (see the script).
+        "bootcmd": [["sh", "-c", FORMAT_SCRIPT
+            .replace("@DEVICE@", &format!("/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"))
+            .replace("@LABEL@", PROJECT_LABEL)]],
         // x-systemd.growfs: after `apply` grows the disk, the filesystem
         // follows at the next boot (mount(8) ignores the option on first boot).
         "mounts": [[format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail,x-systemd.growfs", "0", "2"]],
@@ -227,8 +225,11 @@ mod tests {
         assert_eq!(v["users"][0]["name"], "dev");
         assert_eq!(v["users"][0]["sudo"], "ALL=(ALL) NOPASSWD:ALL");
         assert_eq!(v["users"][0]["ssh_authorized_keys"][0], keys[0]);
-        assert_eq!(v["fs_setup"][0]["label"], "project");
-        assert_eq!(v["fs_setup"][0]["overwrite"], false);
+        assert!(v.get("fs_setup").is_none(), "cloud-init's fs_setup reformats whole disks");
+        let format = v["bootcmd"][0][2].as_str().unwrap();
+        assert!(format.contains("blkid -p \"$dev\""), "{format}");
+        assert!(format.contains("2) mkfs.ext4 -q -L project \"$dev\""), "{format}");
+        assert!(format.contains("dev=/dev/disk/by-id/virtio-project-data"), "{format}");
         assert_eq!(v["mounts"][0][1], "/project");
         assert!(v.get("ssh_keys").is_none());
         let m = yaml(&seed.meta_data);
