@@ -13,6 +13,8 @@ if [[ ${1:-} == fast ]]; then
 fi
 
 t0=$SECONDS
+cargo fmt --check
+cargo clippy --locked --all-targets --quiet -- -D warnings
 export PROJECT_VM_TEST_IMAGE=${PROJECT_VM_TEST_IMAGE:-$(tests/images/build-debian.sh)}
 echo "test image: $PROJECT_VM_TEST_IMAGE ($((SECONDS - t0)) s)"
 # The guest-booting tests run one at a time: each guest wants both cores.

@@ -305,7 +305,7 @@ fn apply_is_idempotent_and_converges_changes() {
         r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "4G", "autostart": true}}}"#;
     let p = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
     let classes: Vec<(&str, Class)> = p.vms[0].changes.iter().map(|c| (c.field, c.class)).collect();
-    assert_eq!(classes, vec![("memory", Class::NextRestart), ("project_disk", Class::Now), ("autostart", Class::Now)]);
+    assert_eq!(classes, vec![("memory", Class::NextRestart), ("autostart", Class::Now), ("project_disk", Class::Now)]);
     assert!(p.vms[0].start);
     // The test driver cannot resize volumes (the e2e suite grows real disks):
     // apply the rest here.

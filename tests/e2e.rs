@@ -98,7 +98,13 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
     );
 
     // The serial console through libvirt (Ctrl-] leaves), and its log.
-    let mut console = env.cmd(&["console", "e2e"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut console = env
+        .cmd(&["console", "e2e"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     {
         use std::io::Write;
         let stdin = console.stdin.as_mut().unwrap();
@@ -111,7 +117,11 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
     assert!(out.status.success(), "console: {}", String::from_utf8_lossy(&out.stderr));
     assert!(screen.contains("project-e2e login:"), "console showed: {screen:?}");
     let logs = env.run(&["logs", "e2e"]).ok().stdout;
-    assert!(logs.contains("Cloud-init") && logs.contains("finished"), "serial log: {}", &logs[logs.len().saturating_sub(500)..]);
+    assert!(
+        logs.contains("Cloud-init") && logs.contains("finished"),
+        "serial log ends: {:?}",
+        logs.lines().rev().take(10).collect::<Vec<_>>()
+    );
 
     // 3. Data on the project disk, a marker on the root disk, graceful stop.
     let content = format!("project data {}", std::process::id());
