@@ -73,6 +73,21 @@ pub struct VmPlan {
 }
 
 impl VmPlan {
+    /// A plan with no changes and nothing to start.
+    pub fn new(name: &str, action: Action) -> VmPlan {
+        VmPlan {
+            name: name.into(),
+            action,
+            changes: vec![],
+            start: false,
+            restart: false,
+            restart_pending: false,
+            recreate: false,
+            desired: None,
+            decl: None,
+        }
+    }
+
     /// True when `apply` would change something.
     pub fn acts(&self) -> bool {
         matches!(self.action, Action::Create | Action::Prune)
@@ -217,15 +232,10 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
                 }
                 let desired = create::desired_spec(ctx, &req, base, None)?;
                 out.push(VmPlan {
-                    name: decl.name.to_string(),
-                    action: Action::Create,
-                    changes: vec![],
                     start: decl.autostart,
-                    restart: false,
-                    restart_pending: false,
-                    recreate: false,
                     desired: Some(desired),
                     decl: Some(decl.clone()),
+                    ..VmPlan::new(decl.name.as_str(), Action::Create)
                 });
             }
             Some(vm) => {
@@ -259,17 +269,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
         }
     }
     for vm in existing.iter().filter(|vm| !declared.vms.contains_key(&vm.name)) {
-        out.push(VmPlan {
-            name: vm.name.to_string(),
-            action: if opts.prune { Action::Prune } else { Action::NotInFile },
-            changes: vec![],
-            start: false,
-            restart: false,
-            restart_pending: false,
-            recreate: false,
-            desired: None,
-            decl: None,
-        });
+        out.push(VmPlan::new(vm.name.as_str(), if opts.prune { Action::Prune } else { Action::NotInFile }));
     }
     let changes = out.iter().filter(|p| p.acts()).count();
     let count = |f: &dyn Fn(&Change) -> bool| out.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
@@ -386,17 +386,7 @@ mod tests {
 
     #[test]
     fn what_counts_as_acting() {
-        let mut p = VmPlan {
-            name: "a".into(),
-            action: Action::Nothing,
-            changes: vec![],
-            start: false,
-            restart: false,
-            restart_pending: false,
-            recreate: false,
-            desired: None,
-            decl: None,
-        };
+        let mut p = VmPlan::new("a", Action::Nothing);
         assert!(!p.acts());
         p.changes.push(Change {
             field: "cloud-init",
