@@ -303,7 +303,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         }
         Command::Image(ImageCommand::Import { file, name }) => {
             let name =
-                name.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+                name.unwrap_or_else(|| ops::image::volume_name(&file));
             let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
             let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             let progress = Progress::bytes(ctx.json, len, format!("importing {name}"));

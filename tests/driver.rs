@@ -74,7 +74,8 @@ fn volumes(pool: &virt::storage_pool::StoragePool) -> Vec<String> {
 fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phase: Phase) -> VmName {
     let n = name(n);
     // Exactly what create would record, so a matching file plans nothing.
-    let spec: VmSpec = ops::create::desired_spec(ctx, &request(n.as_str()), "base.qcow2".into(), Some(22022)).unwrap();
+    let keys = ctx.settings.authorized_keys().unwrap();
+    let spec: VmSpec = ops::create::desired_spec(ctx, &request(n.as_str()), &keys, "base.qcow2".into(), Some(22022));
     let own = Ownership {
         xmlns: None,
         version: 1,

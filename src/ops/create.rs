@@ -7,7 +7,7 @@
 //! phase flips to `ready`. Any failure (or Ctrl-C) undoes exactly what this run
 //! made; a reattached project disk is never part of that.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -102,7 +102,8 @@ impl Drop for Undo<'_> {
 
 /// Where the base image comes from, checked before anything is created.
 enum Base {
-    Volume(String),
+    /// Already a volume in the pool.
+    Found(VolumeInfo),
     /// A file to import into the pool under this name on first use.
     File(PathBuf, String),
 }
@@ -113,43 +114,32 @@ fn locate_base(ctx: &Ctx, requested: Option<&str>) -> anyhow::Result<Base> {
             "no base image: import one with `project-vm image import FILE` and set \"base_image\" in the settings file, or pass --image NAME",
         ));
     };
-    if !image.contains('/') {
-        let found = match storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
-            Some(pool) => storage::find_volume(&pool, image)?.is_some(),
-            None => false,
-        };
-        if !found {
-            return Err(invalid(format!(
-                "base image {image:?} is not a volume in pool {}: import it with `project-vm image import FILE --name {image}` (see `project-vm image list`)",
-                ctx.settings.pool
-            )));
-        }
-        return Ok(Base::Volume(image.to_owned()));
-    }
-    let path = PathBuf::from(image);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let imported = match storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
-        Some(pool) => storage::find_volume(&pool, &name)?.is_some(),
-        None => false,
+    // A path is imported under its file name, so that name may already be there.
+    let name = super::image::volume_name(Path::new(image));
+    let existing = match storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
+        Some(pool) => storage::find_volume(&pool, &name)?,
+        None => None,
     };
-    if imported {
-        return Ok(Base::Volume(name));
+    if let Some(vol) = existing {
+        return Ok(Base::Found(VolumeInfo::of(&vol)?));
     }
-    if !path.is_file() {
+    if !image.contains('/') {
         return Err(invalid(format!(
-            "base image {} does not exist: point base_image at a cloud image file, or at a volume name from `project-vm image list`",
-            path.display()
+            "base image {image:?} is not a volume in pool {}: import it with `project-vm image import FILE --name {image}` (see `project-vm image list`)",
+            ctx.settings.pool
         )));
     }
-    Ok(Base::File(path, name))
+    if !Path::new(image).is_file() {
+        return Err(invalid(format!(
+            "base image {image} does not exist: point base_image at a cloud image file, or at a volume name from `project-vm image list`"
+        )));
+    }
+    Ok(Base::File(PathBuf::from(image), name))
 }
 
 fn resolve_base(ctx: &Ctx, pool: &StoragePool, base: Base, progress: &Progress) -> anyhow::Result<VolumeInfo> {
     match base {
-        Base::Volume(name) => match storage::find_volume(pool, &name)? {
-            Some(v) => VolumeInfo::of(&v),
-            None => Err(invalid(format!("base image {name} disappeared from pool {}", ctx.settings.pool))),
-        },
+        Base::Found(info) => Ok(info),
         Base::File(path, name) => {
             progress.set_message(format!("importing base image {name}"));
             let vol = super::image::import(ctx, pool, &path, &name, &Progress::hidden())?;
@@ -160,23 +150,20 @@ fn resolve_base(ctx: &Ctx, pool: &StoragePool, base: Base, progress: &Progress) 
 
 /// The base image's volume name as the spec records it.
 pub fn base_name(ctx: &Ctx, requested: Option<&str>) -> Option<String> {
-    let image = requested.or(ctx.settings.base_image.as_deref())?;
-    Some(match image.rsplit_once('/') {
-        Some((_, file)) => file.to_owned(),
-        None => image.to_owned(),
-    })
+    requested.or(ctx.settings.base_image.as_deref()).map(|image| super::image::volume_name(Path::new(image)))
 }
 
 /// The spec `create` would record for `req` (the ssh port aside), so `plan`
-/// can compare what exists with what is declared.
+/// can compare what exists with what is declared. `keys`: the settings'
+/// authorized keys, read once by the caller.
 pub fn desired_spec(
     ctx: &Ctx,
     req: &CreateRequest,
+    keys: &[String],
     base_image: String,
     ssh_port: Option<u16>,
-) -> anyhow::Result<VmSpec> {
-    let keys = ctx.settings.authorized_keys()?;
-    Ok(VmSpec {
+) -> VmSpec {
+    VmSpec {
         name: req.name.clone(),
         resources: req.resources,
         base_image,
@@ -189,13 +176,13 @@ pub fn desired_spec(
         features: req.features.clone(),
         cloud_init_hash: cloudinit::fingerprint(&cloudinit::Fingerprint {
             ssh_user: &ctx.settings.ssh_user,
-            authorized_keys: &keys,
+            authorized_keys: keys,
             features: &req.features,
             user_data: req.user_data.as_ref().map(|(_, text)| text.as_str()),
             tailnet: ctx.settings.tailnet.as_deref(),
             tailscale: ctx.settings.tailscale_auth_key_file.is_some(),
         }),
-    })
+    }
 }
 
 /// Serialises port choice and the define that records it, so parallel creates
@@ -273,7 +260,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         Network::User { ssh_port } => Some(pick_ssh_port(ctx, ssh_port)?),
         _ => None,
     };
-    let mut spec = desired_spec(ctx, req, base.name.clone(), ssh_port)?;
+    let mut spec = desired_spec(ctx, req, &authorized_keys, base.name.clone(), ssh_port);
     if let Some(d) = &existing_data {
         // A reattached disk keeps its size; record the truth.
         spec.resources.project_disk = crate::spec::Size(d.capacity);

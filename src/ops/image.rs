@@ -28,6 +28,12 @@ pub struct ImageEntry {
     pub used_by: Vec<String>,
 }
 
+/// The volume name an image file gets in the pool: its file name. (A bare
+/// volume name maps to itself.)
+pub fn volume_name(image: &Path) -> String {
+    image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 pub fn validate_name(name: &str) -> anyhow::Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') || name.starts_with(DOMAIN_PREFIX) {
         return Err(invalid(format!(

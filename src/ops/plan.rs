@@ -220,6 +220,7 @@ fn actual(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Actual> {
 
 pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Plan> {
     let existing = vms::list(&ctx.conn)?;
+    let keys = ctx.settings.authorized_keys()?;
     let mut out = Vec::new();
     for decl in declared.vms.values() {
         let req = request(decl)?;
@@ -230,7 +231,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
                 if let vms::Lookup::Foreign = vms::lookup(&ctx.conn, &decl.name)? {
                     return Err(vms::foreign(&decl.name));
                 }
-                let desired = create::desired_spec(ctx, &req, base, None)?;
+                let desired = create::desired_spec(ctx, &req, &keys, base, None);
                 out.push(VmPlan {
                     start: decl.autostart,
                     desired: Some(desired),
@@ -240,7 +241,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
             }
             Some(vm) => {
                 let current = vm.spec()?;
-                let desired = create::desired_spec(ctx, &req, base, current.ssh_port)?;
+                let desired = create::desired_spec(ctx, &req, &keys, base, current.ssh_port);
                 let act = actual(ctx, vm)?;
                 let changes = diff(&current, &act, &desired);
                 let recreate = opts.recreate
