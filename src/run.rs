@@ -279,7 +279,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         }
         Command::Ssh(a) => {
             let vm = vms::get(&ctx.conn, &a.name)?;
-            ops::ssh::exec(ctx, &vm, a.identity.as_deref(), &a.command)?;
+            ops::ssh::exec(&vm, a.identity.as_deref(), &a.command)?;
         }
         Command::SshConfig(a) => {
             let vms = match a.name {
@@ -287,7 +287,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 None => vms::list(&ctx.conn)?,
             };
             for vm in &vms {
-                match ops::ssh::config_block(ctx, vm) {
+                match ops::ssh::config_block(vm) {
                     Ok(block) => println!("{block}"),
                     Err(e) => eprintln!("# {}: {e:#}", vm.name),
                 }

@@ -20,8 +20,9 @@ pub struct Address {
     pub prefix: u64,
 }
 
-pub fn known(vm: &Vm, spec: &VmSpec) -> Vec<Address> {
-    if vm.state() != State::Running {
+/// `state`: the VM's state, as the caller already read it.
+pub fn known(vm: &Vm, spec: &VmSpec, state: State) -> Vec<Address> {
+    if state != State::Running {
         return Vec::new();
     }
     let mut sources: Vec<(&'static str, u32)> = Vec::new();

@@ -13,7 +13,6 @@ use std::process::Command;
 use anyhow::Context;
 
 use super::addresses::{self, SshTarget};
-use super::Ctx;
 use crate::error::{failure, Kind};
 use crate::libvirt::vms::Vm;
 
@@ -44,16 +43,17 @@ pub fn pin_host_key(path: &Path, alias: &str, key: &str) -> anyhow::Result<()> {
 }
 
 /// The target and the ssh options that pin the host key.
-pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
+pub fn prepare(vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
     let spec = vm.spec()?;
-    let addrs = addresses::known(vm, &spec);
+    let state = vm.state();
+    let addrs = addresses::known(vm, &spec, state);
     let target = addresses::ssh_target(&spec, &addrs).ok_or_else(|| {
         failure(
             Kind::NotFound,
             format!(
                 "no address known for {} (state {}): start it with `project-vm start {} --wait`, or set \"tailnet\"",
                 vm.name,
-                vm.state().as_str(),
+                state.as_str(),
                 vm.name
             ),
         )
@@ -69,13 +69,12 @@ pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
         }
         None => tracing::warn!("no pinned host key recorded for {}; ssh will use your known_hosts", vm.name),
     }
-    let _ = ctx;
     Ok((target, opts))
 }
 
 /// Replaces this process with ssh.
-pub fn exec(ctx: &Ctx, vm: &Vm, identity: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
-    let (target, opts) = prepare(ctx, vm)?;
+pub fn exec(vm: &Vm, identity: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
+    let (target, opts) = prepare(vm)?;
     let mut cmd = Command::new("ssh");
     for o in &opts {
         cmd.arg("-o").arg(o);
@@ -93,8 +92,8 @@ pub fn exec(ctx: &Ctx, vm: &Vm, identity: Option<&Path>, command: &[String]) -> 
 }
 
 /// A block for `~/.ssh/config`.
-pub fn config_block(ctx: &Ctx, vm: &Vm) -> anyhow::Result<String> {
-    let (target, opts) = prepare(ctx, vm)?;
+pub fn config_block(vm: &Vm) -> anyhow::Result<String> {
+    let (target, opts) = prepare(vm)?;
     let mut out = format!(
         "Host {alias}\n  HostName {host}\n  Port {port}\n  User {user}\n",
         alias = vm.name.domain(),

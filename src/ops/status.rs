@@ -56,13 +56,14 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
             vol.and_then(|v| v.info().ok()).map(|i| (i.allocation, i.capacity)).unwrap_or((0, 0));
         disks.push(Disk { role, exists: capacity > 0, volume, allocation, capacity });
     }
-    let addrs = addresses::known(vm, &spec);
+    let state = vm.state();
+    let addrs = addresses::known(vm, &spec, state);
     let ssh = addresses::ssh_target(&spec, &addrs);
     Ok(Status {
         name: vm.name.to_string(),
         domain: vm.name.domain(),
         uuid: vm.dom.uuid_string().unwrap_or_default(),
-        state: vm.state(),
+        state,
         phase: vm.own.phase,
         vcpus: info.nr_virt_cpu,
         memory: info.max_mem * 1024,
