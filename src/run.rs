@@ -105,8 +105,6 @@ fn wait_ready(ctx: &Ctx, vm: &vms::Vm, wait: &WaitArgs) -> anyhow::Result<Option
     let progress = Progress::spinner(ctx.json, format!("{}: booting", vm.name));
     let report = ops::ready::wait(ctx, vm, Duration::from_secs(wait.timeout), &progress)?;
     progress.finish();
-    // The guest has consumed its seed: remove it (it holds the private host key).
-    ops::seed::remove(ctx, vm)?;
     Ok(Some(report))
 }
 
@@ -302,8 +300,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             ops::logs::logs(ctx, &vm, a.follow)?;
         }
         Command::Image(ImageCommand::Import { file, name }) => {
-            let name =
-                name.unwrap_or_else(|| ops::image::volume_name(&file));
+            let name = name.unwrap_or_else(|| ops::image::volume_name(&file));
             let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
             let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             let progress = Progress::bytes(ctx.json, len, format!("importing {name}"));

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::plan::{self, Action, Class, Plan, VmPlan};
-use super::{create, destroy, power, ready, seed, Ctx};
+use super::{create, destroy, power, ready, Ctx};
 use crate::config::Declared;
 use crate::error::invalid;
 use crate::libvirt::vms::{self, State, Vm};
@@ -145,7 +145,6 @@ fn start_and_wait(
     done.push("started".into());
     if opts.wait {
         let report = ready::wait(ctx, vm, opts.timeout, progress)?;
-        seed::remove(ctx, vm)?;
         ready::check(&report)?;
         done.push("ready".into());
     }

@@ -171,11 +171,13 @@ impl Channel<'_> {
     }
 }
 
+/// Waits for the guest's report; once it has come, removes the seed.
 pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyhow::Result<ReadyReport> {
     let t0 = Instant::now();
     let mut channel = Channel { ctx, vm, stream: None, buf: Vec::new() };
     let mut phase = "booting";
-    let mut last_probe = Instant::now() - Duration::from_secs(10);
+    // The channel is polled every 50 ms; libvirt is asked about the domain once a second.
+    let mut last_check = Instant::now() - Duration::from_secs(10);
     loop {
         interrupt::check()?;
         while let Some(line) = channel.poll_line() {
@@ -193,16 +195,28 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
                     boot_id: msg.boot_id,
                 };
                 tracing::info!(vm = %vm.name, result = report.result, "guest reported readiness");
+                // cloud-init has run (whatever its result): the seed, which
+                // holds the private host key, is no longer needed.
+                super::seed::remove(ctx, vm)?;
                 return Ok(report);
             }
             tracing::debug!(%line, "ignoring line on ready channel");
         }
-        if !vm.dom.is_active().unwrap_or(false) {
-            return Err(anyhow::anyhow!(
-                "{} stopped while waiting for it to become ready; see `project-vm logs {}`",
-                vm.name,
-                vm.name
-            ));
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            if !vm.dom.is_active().unwrap_or(false) {
+                return Err(anyhow::anyhow!(
+                    "{} stopped while waiting for it to become ready; see `project-vm logs {}`",
+                    vm.name,
+                    vm.name
+                ));
+            }
+            // The guest agent answering means userspace is up: cloud-init is running.
+            if phase == "booting"
+                && vm.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
+            {
+                phase = "cloud-init running";
+            }
         }
         if t0.elapsed() >= timeout {
             return Err(failure(
@@ -216,13 +230,6 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
                     vm.name
                 ),
             ));
-        }
-        // The guest agent answering means userspace is up: cloud-init is running.
-        if phase == "booting" && last_probe.elapsed() >= Duration::from_secs(2) {
-            last_probe = Instant::now();
-            if vm.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok() {
-                phase = "cloud-init running";
-            }
         }
         progress.set_message(format!("{}: {phase}", vm.name));
         std::thread::sleep(Duration::from_millis(50));
