@@ -29,7 +29,3 @@ pub fn check() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-pub fn requested() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}

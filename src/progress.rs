@@ -23,9 +23,13 @@ impl Progress {
         if !Self::enabled(json) {
             return Progress::hidden();
         }
-        let bar = ProgressBar::new_spinner();
+        Progress::spinning(ProgressBar::new_spinner(), msg.into())
+    }
+
+    /// Styles `bar` as a spinner with a message and elapsed time.
+    fn spinning(bar: ProgressBar, msg: String) -> Progress {
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
-        bar.set_message(msg.into());
+        bar.set_message(msg);
         bar.enable_steady_tick(Duration::from_millis(120));
         Progress { bar: Some(bar) }
     }
@@ -81,10 +85,6 @@ impl Multi {
 
     pub fn spinner(&self, msg: impl Into<String>) -> Progress {
         let Some(m) = &self.inner else { return Progress::hidden() };
-        let bar = m.add(ProgressBar::new_spinner());
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
-        bar.set_message(msg.into());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar: Some(bar) }
+        Progress::spinning(m.add(ProgressBar::new_spinner()), msg.into())
     }
 }

@@ -270,24 +270,6 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
     }
 }
 
-/// Reads a whole (small) volume back through a stream.
-pub fn download(conn: &Connect, vol: &StorageVol) -> anyhow::Result<Vec<u8>> {
-    let info = vol.info().map_err(|e| explain(e, "reading volume info"))?;
-    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
-    vol.download(&stream, 0, info.capacity, 0).map_err(|e| explain(e, "starting download"))?;
-    let mut out = Vec::with_capacity(info.capacity as usize);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = stream.recv(&mut buf).map_err(|e| explain(e, "receiving data"))?;
-        if n <= 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n as usize]);
-    }
-    stream.finish().map_err(|e| explain(e, "finishing download"))?;
-    Ok(out)
-}
-
 pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
     match find_volume(pool, name)? {
         Some(v) => {

@@ -32,7 +32,6 @@ pub fn destroy(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRep
     } else {
         tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);
     }
-    let _ = vm.dom.set_autostart(false);
     vm.dom.undefine().map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
     tracing::info!(vm = %vm.name, "destroyed");
     Ok(DestroyReport {

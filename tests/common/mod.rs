@@ -13,7 +13,10 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_project-vm");
 
 pub fn require_root_libvirt() {
-    assert!(nix_is_root(), "these tests need root (qemu:///system): run them through scripts/test.sh");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root (qemu:///system): run them through scripts/test.sh"
+    );
     let ok = Command::new("virsh")
         .args(["-c", "qemu:///system", "version"])
         .stdout(Stdio::null())
@@ -23,13 +26,6 @@ pub fn require_root_libvirt() {
         ok.is_ok_and(|s| s.success()),
         "libvirtd does not answer on qemu:///system: run scripts/setup-host.sh first"
     );
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }
 
 pub fn sh(cmd: &str) -> String {
