@@ -229,11 +229,15 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
         redefine = true;
     }
     let running = vm.state() == State::Running;
-    for (field, volume, dev) in [("disk", &vm.own.root_volume, "vda"), ("project_disk", &vm.own.data_volume, "vdb")] {
+    let recorded = &mut spec.resources;
+    for (field, volume, dev, size, wanted) in [
+        ("disk", &vm.own.root_volume, "vda", &mut recorded.disk, desired.resources.disk),
+        ("project_disk", &vm.own.data_volume, "vdb", &mut recorded.project_disk, desired.resources.project_disk),
+    ] {
         if !applies(field) {
             continue;
         }
-        let bytes = if field == "disk" { desired.resources.disk } else { desired.resources.project_disk }.bytes();
+        let bytes = wanted.bytes();
         progress.set_message(format!("{}: growing {field}", vm.name));
         if running {
             // The running QEMU holds the image: grow it through the block layer.
@@ -245,12 +249,8 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
             let vol = storage::find_volume(&pool, volume)?.ok_or_else(|| anyhow::anyhow!("volume {volume} is gone"))?;
             vol.resize(bytes, 0).map_err(|e| explain(e, format!("growing {volume}")))?;
         }
-        if field == "disk" {
-            spec.resources.disk = desired.resources.disk;
-        } else {
-            spec.resources.project_disk = desired.resources.project_disk;
-        }
-        done.push(format!("grew {field} to {}", crate::spec::Size(bytes)));
+        *size = wanted;
+        done.push(format!("grew {field} to {wanted}"));
     }
     if applies("autostart") {
         vm.dom.set_autostart(desired.autostart).map_err(|e| explain(e, "setting autostart"))?;
