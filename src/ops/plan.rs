@@ -194,7 +194,8 @@ pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
     })
 }
 
-fn actual(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Actual> {
+/// `spec`: the VM's recorded spec, already read by the caller.
+fn actual(ctx: &Ctx, vm: &Vm, spec: &VmSpec) -> anyhow::Result<Actual> {
     let pool = ctx.vm_pool(vm)?;
     let cap = |name: &str| -> anyhow::Result<u64> {
         Ok(match &pool {
@@ -203,7 +204,6 @@ fn actual(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Actual> {
         })
     };
     let running = vm.state() == State::Running;
-    let spec = vm.spec()?;
     let restart_pending = running
         && vm
             .dom
@@ -242,7 +242,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
             Some(vm) => {
                 let current = vm.spec()?;
                 let desired = create::desired_spec(ctx, &req, &keys, base, current.ssh_port);
-                let act = actual(ctx, vm)?;
+                let act = actual(ctx, vm, &current)?;
                 let changes = diff(&current, &act, &desired);
                 let recreate = opts.recreate
                     && changes.iter().any(|c| matches!(c.class, Class::NeedsRecreate | Class::NotApplied));
