@@ -23,6 +23,10 @@ const READY_UNIT: &str = include_str!("../../cloud-init/project-vm-ready.service
 /// Formats the project disk when (and only when) it is blank.
 const FORMAT_SCRIPT: &str = include_str!("../../cloud-init/project-disk-format.sh");
 
+/// cloud-init system configuration installed in the guest on first boot.
+pub const SYSTEM_CFG_PATH: &str = "/etc/cloud/cloud.cfg.d/90-project-vm.cfg";
+const SYSTEM_CFG: &str = "# Written by project-vm: trust the cached instance once the seed is removed.\nmanual_cache_clean: true\n";
+
 pub const PROJECT_MOUNT: &str = "/project";
 pub const PROJECT_LABEL: &str = "project";
 
@@ -107,9 +111,6 @@ pub fn base_config(input: &SeedInput) -> Value {
     let mut cfg = json!({
         "hostname": hostname,
         "preserve_hostname": false,
-        // Once the seed is deleted (it holds secrets), later boots must not
-        // treat the VM as a new instance (which would regenerate host keys).
-        "manual_cache_clean": true,
         "manage_etc_hosts": true,
         "users": [{
             "name": user,
@@ -139,13 +140,19 @@ pub fn base_config(input: &SeedInput) -> Value {
             { "path": "/usr/local/libexec/project-vm-ready", "permissions": "0755", "content": READY_SCRIPT
                 .replace("@READY_CHANNEL@", READY_CHANNEL) },
             { "path": "/etc/systemd/system/project-vm-ready.service", "permissions": "0644", "content": READY_UNIT },
+            // System configuration, not a user-data key (cloud-init's schema
+            // rejects it there): once the seed is deleted (it holds secrets),
+            // later boots trust the cached instance instead of looking for a
+            // new one, so per-instance modules (host keys, users) never re-run.
+            { "path": SYSTEM_CFG_PATH, "permissions": "0644", "content": SYSTEM_CFG },
         ],
     });
     if let Some(key) = input.host_key {
         // Pinned host key: generated on the host at create, so `ssh` can verify
         // the guest from its first connection instead of trusting on first use.
+        // With `ssh_keys` given, cloud-init generates no other keys (an empty
+        // `ssh_genkeytypes` would fail its schema: the list needs an entry).
         cfg["ssh_deletekeys"] = json!(true);
-        cfg["ssh_genkeytypes"] = json!([]);
         cfg["ssh_keys"] = json!({
             "ed25519_private": key.private_openssh,
             "ed25519_public": key.public_openssh,

@@ -31,10 +31,18 @@ pub struct Message {
     pub result: Option<Value>,
     #[serde(default)]
     pub status: Option<Value>,
-    /// Guest clock: when this line was written.
+    /// Guest clock: when this line was written, seconds since the epoch.
     #[serde(default)]
     pub sent_at: Option<f64>,
+    /// The same moment in seconds since the guest booted (/proc/uptime).
+    #[serde(default)]
+    pub uptime: Option<f64>,
 }
+
+/// Stage times below this are seconds since boot (cloud-init 24+), above it
+/// seconds since the epoch (older releases). No guest has been up for 30
+/// years, and no clock that reads 1971 runs cloud-init.
+const EPOCH_THRESHOLD: f64 = 1.0e9;
 
 #[derive(Debug, Serialize)]
 pub struct ReadyReport {
@@ -104,6 +112,14 @@ impl Message {
     /// Guest clock: when cloud-init's final stage finished.
     pub fn final_finished(&self) -> Option<f64> {
         self.status.as_ref()?.pointer("/v1/modules-final/finished")?.as_f64()
+    }
+
+    /// Seconds from cloud-init finishing to this report, on whichever clock
+    /// cloud-init stamped its stages with.
+    pub fn report_latency(&self) -> Option<f64> {
+        let finished = self.final_finished()?;
+        let now = if finished >= EPOCH_THRESHOLD { self.sent_at? } else { self.uptime? };
+        (now >= finished).then(|| now - finished)
     }
 
     /// cloud-init's status in its own words.
@@ -188,10 +204,7 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
                     cloud_init_status: msg.status_word().into(),
                     errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
                     waited_s: t0.elapsed().as_secs_f64(),
-                    report_latency_s: match (msg.sent_at, msg.final_finished()) {
-                        (Some(s), Some(f)) if s >= f => Some(s - f),
-                        _ => None,
-                    },
+                    report_latency_s: msg.report_latency(),
                     boot_id: msg.boot_id,
                 };
                 tracing::info!(vm = %vm.name, result = report.result, "guest reported readiness");
@@ -272,6 +285,28 @@ mod tests {
         assert_eq!((m.status_word(), m.result()), ("done", "done"));
         assert_eq!(m.final_finished(), Some(100.0));
         assert_eq!(m.sent_at, Some(100.25));
+    }
+
+    #[test]
+    fn latency_on_both_timestamp_styles() {
+        // cloud-init 22.4: stage times are seconds since the epoch.
+        let old = Message::parse(
+            r#"{"project_vm_ready":2,"boot_id":"b","result":{"v1":{"errors":[]}},"status":{"v1":{"modules-final":{"errors":[],"finished":1763900000.5}}},"sent_at":1763900001.25,"uptime":40.0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.report_latency(), Some(0.75));
+        // cloud-init 24+: seconds since boot; the epoch clock would say 1.8e9 s.
+        let new = Message::parse(
+            r#"{"project_vm_ready":2,"boot_id":"b","result":{"v1":{"errors":[]}},"status":{"v1":{"modules-final":{"errors":[],"finished":38.5}}},"sent_at":1763900001.25,"uptime":39.0}"#,
+        )
+        .unwrap();
+        assert_eq!(new.report_latency(), Some(0.5));
+        // A reporter from before the uptime field: no figure rather than a wrong one.
+        let legacy = Message::parse(
+            r#"{"project_vm_ready":2,"boot_id":"b","result":{"v1":{}},"status":{"v1":{"modules-final":{"finished":38.5}}},"sent_at":1763900001.25}"#,
+        )
+        .unwrap();
+        assert_eq!(legacy.report_latency(), None);
     }
 
     #[test]
