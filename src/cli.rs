@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::images::checksum::Checksum;
 use crate::spec::{Size, VmName};
 
 fn vm_name(s: &str) -> Result<VmName, String> {
@@ -123,7 +124,7 @@ pub struct CreateArgs {
     /// A feature snippet to add (repeatable): base, devtools, docker, nix
     #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
     pub features: Vec<String>,
-    /// Base image (volume name or file); default: the base_image setting
+    /// Base image (an image name, pulled from the catalog on first use, or a file); default: the base_image setting
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
     /// Start the VM with the host (libvirt autostart)
@@ -227,17 +228,41 @@ pub struct ApplyArgs {
     pub wait: WaitArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// A catalog name (debian-12, debian-13, ubuntu-22.04, ubuntu-24.04, or one from the "images" setting) or a URL
+    #[arg(value_name = "NAME|URL")]
+    pub what: String,
+    /// Store it under this image name [default: the catalog name, or the URL's file name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The expected digest (sha256:HEX or sha512:HEX)
+    #[arg(long, value_name = "ALGO:HEX")]
+    pub checksum: Option<Checksum>,
+    /// A checksum file (SHA256SUMS, SHA512SUMS) that lists the image by its file name
+    #[arg(long, value_name = "URL", conflicts_with = "checksum")]
+    pub checksums: Option<String>,
+    /// Download again if the published image changed (otherwise a pulled image is reused)
+    #[arg(long)]
+    pub refresh: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// Download an image (a catalog name or a URL) into the pool, checked against its published checksum.
+    Pull(PullArgs),
     /// Upload an image file (qcow2 or raw) into the pool.
     Import {
         file: PathBuf,
-        /// Volume name [default: the file's name]
+        /// Image name [default: the file's name without .qcow2/.img/.raw]
         #[arg(long)]
         name: Option<String>,
+        /// The file's expected digest (sha256:HEX or sha512:HEX)
+        #[arg(long, value_name = "ALGO:HEX")]
+        checksum: Option<Checksum>,
     },
-    /// List images and the VMs built on them.
+    /// List images: where each came from, its checksum, and the VMs built on it.
     List,
-    /// Delete an image no VM is built on.
+    /// Delete an image no VM is built on (every generation of it).
     Rm { name: String },
 }

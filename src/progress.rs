@@ -41,7 +41,7 @@ impl Progress {
         }
         let bar = ProgressBar::new(len);
         bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} [{elapsed}]")
+            ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} [{elapsed}]")
                 .expect("template"),
         );
         bar.set_message(msg.into());
@@ -57,6 +57,14 @@ impl Progress {
     pub fn set_position(&self, pos: u64) {
         if let Some(b) = &self.bar {
             b.set_position(pos);
+        }
+    }
+
+    /// Runs `f` with the line cleared (another bar, or plain output, takes the terminal).
+    pub fn suspend<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.bar {
+            Some(b) => b.suspend(f),
+            None => f(),
         }
     }
 

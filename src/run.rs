@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, ImageCommand, WaitArgs};
-use crate::libvirt::{self, storage, vms};
+use crate::libvirt::{self, vms};
 use crate::ops::{self, create::CreateRequest, Ctx};
 use crate::output::{self, human};
 use crate::progress::Progress;
@@ -114,6 +114,27 @@ fn print_ready(ctx: &Ctx, report: &Option<ops::ready::ReadyReport>) {
             r.report_latency_s.map(|l| format!(", reported {l:.2}s after cloud-init finished")).unwrap_or_default();
         eprintln!("{}: ready (cloud-init {}) after {:.1}s{latency}", r.name, r.cloud_init_status, r.waited_s);
     }
+}
+
+fn print_pulled(ctx: &Ctx, r: &ops::pull::PullReport) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(r);
+    }
+    let how = match (r.cached, r.verified) {
+        (true, _) => "already in the pool",
+        (false, true) => "checksum verified",
+        (false, false) => "checksum computed, not verified",
+    };
+    println!(
+        "{}: {} ({}, {} virtual, {} file; {how}: {})",
+        r.name,
+        r.volume,
+        r.format,
+        human(r.capacity),
+        human(r.size),
+        r.checksum
+    );
+    Ok(())
 }
 
 fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
@@ -299,25 +320,22 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             let vm = vms::get(&ctx.conn, &a.name)?;
             ops::logs::logs(ctx, &vm, a.follow)?;
         }
-        Command::Image(ImageCommand::Import { file, name }) => {
-            let name = name.unwrap_or_else(|| ops::image::volume_name(&file));
-            let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
-            let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            let progress = Progress::bytes(ctx.json, len, format!("importing {name}"));
-            let vol = ops::image::import(ctx, &pool, &file, &name, &progress)?;
-            progress.finish();
-            let info = storage::VolumeInfo::of(&vol)?;
-            if ctx.json {
-                output::json(&info)?;
-            } else {
-                println!(
-                    "imported {} ({}, {} virtual, {} on disk)",
-                    info.name,
-                    info.format,
-                    human(info.capacity),
-                    human(info.allocation)
-                );
-            }
+        Command::Image(ImageCommand::Pull(a)) => {
+            crate::interrupt::install();
+            let req = ops::pull::PullRequest {
+                what: a.what,
+                name: a.name,
+                checksum: a.checksum,
+                checksums: a.checksums,
+                refresh: a.refresh,
+            };
+            let report = ops::pull::pull(ctx, &req)?;
+            print_pulled(ctx, &report)?;
+        }
+        Command::Image(ImageCommand::Import { file, name, checksum }) => {
+            crate::interrupt::install();
+            let report = ops::pull::import(ctx, &file.to_string_lossy(), name.as_deref(), checksum)?;
+            print_pulled(ctx, &report)?;
         }
         Command::Image(ImageCommand::List) => {
             let images = ops::image::list(ctx)?;
@@ -328,23 +346,36 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                     .iter()
                     .map(|i| {
                         vec![
-                            i.name.clone(),
+                            i.name.clone().unwrap_or_else(|| format!("({})", i.volume)),
+                            i.status.into(),
                             i.format.clone(),
                             human(i.capacity),
                             human(i.allocation),
+                            i.checksum
+                                .as_deref()
+                                .map(|c| {
+                                    let short = format!("{}…", &c[..c.find(':').map_or(0, |p| p + 13).min(c.len())]);
+                                    if i.verified {
+                                        short
+                                    } else {
+                                        format!("{short} (computed)")
+                                    }
+                                })
+                                .unwrap_or_else(|| "-".into()),
+                            i.source.clone().unwrap_or_else(|| "-".into()),
                             i.used_by.join(","),
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "FORMAT", "SIZE", "ON DISK", "USED BY"], &rows);
+                output::table(&["NAME", "STATUS", "FORMAT", "SIZE", "ON DISK", "CHECKSUM", "SOURCE", "USED BY"], &rows);
             }
         }
         Command::Image(ImageCommand::Rm { name }) => {
-            ops::image::remove(ctx, &name)?;
+            let removed = ops::image::remove(ctx, &name)?;
             if ctx.json {
-                output::json(&serde_json::json!({ "removed": name }))?;
+                output::json(&serde_json::json!({ "removed": name, "volumes": removed }))?;
             } else {
-                println!("removed image {name}");
+                println!("removed image {name} ({})", removed.join(", "));
             }
         }
         Command::Completions { .. } | Command::Plan(_) | Command::Apply(_) => unreachable!("handled in run"),

@@ -3,12 +3,14 @@
 //! Read from a JSON file (`--config`, `PROJECT_VM_CONFIG`, or the system file
 //! overlaid by the user's). Every key is optional; [`Settings`] is the resolved form.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::error::invalid;
+use crate::images::catalog::{ImageSource, DEFAULT_IMAGE};
 
 pub const SYSTEM_CONFIG: &str = "/etc/project-vm/config.json";
 
@@ -73,6 +75,9 @@ pub struct HostSettings {
     pub tailnet: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tailscale_auth_key_file: Option<PathBuf>,
+    /// Images to add to, or override in, the built-in catalog (mirrors, local files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<BTreeMap<String, ImageSource>>,
 }
 
 pub const HOST_SETTING_KEYS: &[&str] = &[
@@ -85,11 +90,20 @@ pub const HOST_SETTING_KEYS: &[&str] = &[
     "ssh_authorized_keys",
     "tailnet",
     "tailscale_auth_key_file",
+    "images",
 ];
 
 impl HostSettings {
     /// `other`'s keys win over ours.
+    /// `images` merges by name, the rest key by key.
     pub fn overlay(mut self, other: HostSettings) -> HostSettings {
+        let images = match (self.images.take(), other.images.clone()) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.extend(theirs);
+                Some(mine)
+            }
+            (mine, theirs) => theirs.or(mine),
+        };
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
@@ -104,6 +118,7 @@ impl HostSettings {
             tailnet,
             tailscale_auth_key_file
         );
+        self.images = images;
         self
     }
 
@@ -152,7 +167,8 @@ impl HostSettings {
         Ok(Settings {
             storage_dir: self.storage_dir.unwrap_or_else(|| PathBuf::from("/var/lib/project-vm")),
             pool,
-            base_image: self.base_image,
+            base_image: self.base_image.unwrap_or_else(|| DEFAULT_IMAGE.into()),
+            images: self.images.unwrap_or_default(),
             accel: self.accel.unwrap_or_default(),
             network: self.network.unwrap_or_default(),
             ssh_user,
@@ -186,7 +202,9 @@ fn default_paths() -> Vec<PathBuf> {
 pub struct Settings {
     pub storage_dir: PathBuf,
     pub pool: String,
-    pub base_image: Option<String>,
+    /// An image name (pulled from the catalog on first use) or an image file.
+    pub base_image: String,
+    pub images: BTreeMap<String, ImageSource>,
     pub accel: Accel,
     pub network: Network,
     pub ssh_user: String,
@@ -289,6 +307,7 @@ mod tests {
             ssh_authorized_keys: Some(vec![]),
             tailnet: Some("t".into()),
             tailscale_auth_key_file: Some("/k".into()),
+            images: Some(BTreeMap::new()),
         })
         .unwrap();
         let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();

@@ -150,7 +150,7 @@ fn bad_input_changes_nothing() {
     // No pool, no image: a missing base image is reported before anything is made.
     let err = ops::create::create(&ctx, &request("foo"), &Progress::hidden()).unwrap_err();
     assert_eq!(exit_code(&err), 2);
-    assert!(err.to_string().contains("base image \"base.qcow2\""), "{err}");
+    assert!(err.to_string().contains("no image base.qcow2 in pool pv"), "{err}");
     assert!(storage::find_pool(&ctx.conn, "pv").unwrap().is_none(), "pool created for a failing create");
 
     let pool = with_base_image(&ctx);

@@ -25,7 +25,8 @@ const FORMAT_SCRIPT: &str = include_str!("../../cloud-init/project-disk-format.s
 
 /// cloud-init system configuration installed in the guest on first boot.
 pub const SYSTEM_CFG_PATH: &str = "/etc/cloud/cloud.cfg.d/90-project-vm.cfg";
-const SYSTEM_CFG: &str = "# Written by project-vm: trust the cached instance once the seed is removed.\nmanual_cache_clean: true\n";
+const SYSTEM_CFG: &str =
+    "# Written by project-vm: trust the cached instance once the seed is removed.\nmanual_cache_clean: true\n";
 
 pub const PROJECT_MOUNT: &str = "/project";
 pub const PROJECT_LABEL: &str = "project";

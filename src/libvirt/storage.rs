@@ -270,6 +270,45 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
     }
 }
 
+/// Reads a small volume (an image record) whole through a libvirt stream.
+/// `None` when it is larger than `max` bytes: then it is not what we look for.
+pub fn download_small(conn: &Connect, vol: &StorageVol, max: u64) -> anyhow::Result<Option<Vec<u8>>> {
+    let info = vol.info().map_err(|e| explain(e, "reading volume info"))?;
+    if info.capacity > max {
+        return Ok(None);
+    }
+    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    vol.download(&stream, 0, 0, 0).map_err(|e| explain(e, "starting download"))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match stream.recv(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if n > 0 => {
+                out.extend_from_slice(&buf[..n as usize]);
+                if out.len() as u64 > max {
+                    let _ = stream.abort();
+                    return Ok(None);
+                }
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = stream.abort();
+                return Err(explain(e, "downloading volume"));
+            }
+        }
+    }
+    stream.finish().map_err(|e| explain(e, "finishing download"))?;
+    Ok(Some(out))
+}
+
+/// The names of every volume in the pool, sorted.
+pub fn volume_names(pool: &StoragePool) -> anyhow::Result<Vec<String>> {
+    let mut names = pool.list_volumes().map_err(|e| explain(e, "listing volumes"))?;
+    names.sort();
+    Ok(names)
+}
+
 pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
     match find_volume(pool, name)? {
         Some(v) => {
@@ -281,13 +320,36 @@ pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// The image format of a file, from its first bytes.
-pub fn sniff_format(head: &[u8]) -> &'static str {
+/// How many leading bytes [`sniff_format`] wants.
+pub const SNIFF_LEN: usize = 1024;
+
+/// The disk image format of a file from its first [`SNIFF_LEN`] bytes, or why
+/// it is not a disk image: a base image that is an HTML error page or a
+/// compressed archive would boot nothing, so it is refused up front.
+pub fn sniff_format(head: &[u8]) -> Result<&'static str, String> {
     if head.starts_with(b"QFI\xfb") {
-        "qcow2"
-    } else {
-        "raw"
+        return match head.get(4..8) {
+            Some([0, 0, 0, 2 | 3]) => Ok("qcow2"),
+            _ => Err("it has a qcow2 signature but no qcow2 version 2 or 3 header".into()),
+        };
     }
+    let compressed = [
+        (&b"\x1f\x8b"[..], "gzip"),
+        (&b"\xfd7zXZ\0"[..], "xz"),
+        (&b"\x28\xb5\x2f\xfd"[..], "zstd"),
+        (&b"BZh"[..], "bzip2"),
+    ];
+    if let Some((_, kind)) = compressed.iter().find(|(magic, _)| head.starts_with(magic)) {
+        return Err(format!("it is {kind}-compressed: decompress it first"));
+    }
+    // A raw disk starts with a partition table: an MBR boot signature, or a GPT header.
+    if head.get(510..512) == Some(&[0x55, 0xaa][..]) || head.get(512..520) == Some(&b"EFI PART"[..]) {
+        return Ok("raw");
+    }
+    if head.iter().take(64).all(|b| b.is_ascii() && *b != 0) && !head.is_empty() {
+        return Err("it is text (an error page?), not a disk image".into());
+    }
+    Err("it has neither a qcow2 header nor a partition table".into())
 }
 
 #[cfg(test)]
@@ -335,8 +397,19 @@ mod tests {
     }
 
     #[test]
-    fn sniffs_qcow2() {
-        assert_eq!(sniff_format(b"QFI\xfb\0\0\0\x03"), "qcow2");
-        assert_eq!(sniff_format(b"\0\0\0\0"), "raw");
+    fn sniffs_disk_images_and_refuses_the_rest() {
+        assert_eq!(sniff_format(b"QFI\xfb\0\0\0\x03"), Ok("qcow2"));
+        assert!(sniff_format(b"QFI\xfb\0\0\0\x09").is_err());
+        let mut mbr = vec![0u8; 1024];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert_eq!(sniff_format(&mbr), Ok("raw"));
+        let mut gpt = vec![0u8; 1024];
+        gpt[512..520].copy_from_slice(b"EFI PART");
+        assert_eq!(sniff_format(&gpt), Ok("raw"));
+        assert!(sniff_format(b"<html>404</html>").unwrap_err().contains("text"));
+        assert!(sniff_format(b"\x1f\x8b\x08").unwrap_err().contains("gzip"));
+        assert!(sniff_format(&[0u8; 1024]).unwrap_err().contains("partition table"));
+        assert!(sniff_format(b"").is_err());
     }
 }

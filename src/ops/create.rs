@@ -7,7 +7,6 @@
 //! phase flips to `ready`. Any failure (or Ctrl-C) undoes exactly what this run
 //! made; a reattached project disk is never part of that.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -35,7 +34,7 @@ pub use crate::cloudinit::Fingerprint;
 pub struct CreateRequest {
     pub name: VmName,
     pub resources: Resources,
-    /// Image volume name or path; `None`: the `base_image` setting.
+    /// Image name or file; `None`: the `base_image` setting.
     pub image: Option<String>,
     pub user_data: Option<(Value, String)>,
     /// Feature snippets (cloud-init/features) merged before the user-data.
@@ -100,57 +99,9 @@ impl Drop for Undo<'_> {
     }
 }
 
-/// Where the base image comes from, checked before anything is created.
-enum Base {
-    /// Already a volume in the pool.
-    Found(VolumeInfo),
-    /// A file to import into the pool under this name on first use.
-    File(PathBuf, String),
-}
-
-fn locate_base(ctx: &Ctx, requested: Option<&str>) -> anyhow::Result<Base> {
-    let Some(image) = requested.or(ctx.settings.base_image.as_deref()) else {
-        return Err(invalid(
-            "no base image: import one with `project-vm image import FILE` and set \"base_image\" in the settings file, or pass --image NAME",
-        ));
-    };
-    // A path is imported under its file name, so that name may already be there.
-    let name = super::image::volume_name(Path::new(image));
-    let existing = match storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
-        Some(pool) => storage::find_volume(&pool, &name)?,
-        None => None,
-    };
-    if let Some(vol) = existing {
-        return Ok(Base::Found(VolumeInfo::of(&vol)?));
-    }
-    if !image.contains('/') {
-        return Err(invalid(format!(
-            "base image {image:?} is not a volume in pool {}: import it with `project-vm image import FILE --name {image}` (see `project-vm image list`)",
-            ctx.settings.pool
-        )));
-    }
-    if !Path::new(image).is_file() {
-        return Err(invalid(format!(
-            "base image {image} does not exist: point base_image at a cloud image file, or at a volume name from `project-vm image list`"
-        )));
-    }
-    Ok(Base::File(PathBuf::from(image), name))
-}
-
-fn resolve_base(ctx: &Ctx, pool: &StoragePool, base: Base, progress: &Progress) -> anyhow::Result<VolumeInfo> {
-    match base {
-        Base::Found(info) => Ok(info),
-        Base::File(path, name) => {
-            progress.set_message(format!("importing base image {name}"));
-            let vol = super::image::import(ctx, pool, &path, &name, &Progress::hidden())?;
-            VolumeInfo::of(&vol)
-        }
-    }
-}
-
-/// The base image's volume name as the spec records it.
-pub fn base_name(ctx: &Ctx, requested: Option<&str>) -> Option<String> {
-    requested.or(ctx.settings.base_image.as_deref()).map(|image| super::image::volume_name(Path::new(image)))
+/// The base image's name as the spec records it.
+pub fn base_name(ctx: &Ctx, requested: Option<&str>) -> String {
+    super::pull::image_name(requested.unwrap_or(&ctx.settings.base_image))
 }
 
 /// The spec `create` would record for `req` (the ssh port aside), so `plan`
@@ -214,7 +165,6 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
             )))
         }
     }
-    let located = locate_base(ctx, req.image.as_deref())?;
     let authorized_keys = ctx.settings.authorized_keys()?;
     let tailscale_auth_key = match (&ctx.settings.tailnet, &ctx.settings.tailscale_auth_key_file) {
         (Some(_), Some(path)) => Some(
@@ -225,14 +175,14 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         _ => None,
     };
 
-    progress.set_message(format!("creating {name}: storage pool"));
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
-    let base = resolve_base(ctx, &pool, located, progress)?;
+    progress.set_message(format!("creating {name}: base image"));
+    let (pool, image) = super::pull::ensure(ctx, req.image.as_deref().unwrap_or(&ctx.settings.base_image), progress)?;
+    let base = &image.disk;
+    let base_image = image.record.name.clone();
     if req.resources.disk.bytes() < base.capacity {
         return Err(invalid(format!(
-            "disk {} is smaller than the base image {} ({} bytes): give a disk of at least {}",
+            "disk {} is smaller than the base image {base_image} ({} bytes): give a disk of at least {}",
             req.resources.disk,
-            base.name,
             base.capacity,
             crate::spec::Size(base.capacity.div_ceil(1 << 30) << 30)
         )));
@@ -260,7 +210,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         Network::User { ssh_port } => Some(pick_ssh_port(ctx, ssh_port)?),
         _ => None,
     };
-    let mut spec = desired_spec(ctx, req, &authorized_keys, base.name.clone(), ssh_port);
+    let mut spec = desired_spec(ctx, req, &authorized_keys, base_image.clone(), ssh_port);
     if let Some(d) = &existing_data {
         // A reattached disk keeps its size; record the truth.
         spec.resources.project_disk = crate::spec::Size(d.capacity);
@@ -303,8 +253,8 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let uuid = dom.uuid_string().unwrap_or_default();
 
     interrupt::check()?;
-    progress.set_message(format!("creating {name}: root disk (overlay on {})", base.name));
-    storage::create_overlay(&pool, &own.root_volume, req.resources.disk.bytes(), &base)?;
+    progress.set_message(format!("creating {name}: root disk (overlay on {base_image})"));
+    storage::create_overlay(&pool, &own.root_volume, req.resources.disk.bytes(), base)?;
     undo.volumes.push(own.root_volume.clone());
 
     interrupt::check()?;
@@ -357,7 +307,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         data_reattached: existing_data.is_some(),
         data_capacity,
         seed_volume: seed_name,
-        base_image: base.name,
+        base_image,
         ssh_port,
         elapsed_ms: started.elapsed().as_millis(),
     })

@@ -11,6 +11,7 @@ pub mod list;
 pub mod logs;
 pub mod plan;
 pub mod power;
+pub mod pull;
 pub mod ready;
 pub mod seed;
 pub mod ssh;

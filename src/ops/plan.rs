@@ -224,7 +224,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     let mut out = Vec::new();
     for decl in declared.vms.values() {
         let req = request(decl)?;
-        let base = create::base_name(ctx, decl.image.as_deref()).unwrap_or_default();
+        let base = create::base_name(ctx, decl.image.as_deref());
         match existing.iter().find(|vm| vm.name == decl.name) {
             None => {
                 // Fails here, before anything is made, when there is no base image etc.

@@ -119,7 +119,7 @@ impl Message {
     pub fn report_latency(&self) -> Option<f64> {
         let finished = self.final_finished()?;
         let now = if finished >= EPOCH_THRESHOLD { self.sent_at? } else { self.uptime? };
-        (now >= finished).then(|| now - finished)
+        (now >= finished).then_some(now - finished)
     }
 
     /// cloud-init's status in its own words.

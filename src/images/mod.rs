@@ -1,0 +1,9 @@
+//! Base images: where they come from ([`catalog`], [`fetch`]), how they are
+//! checked ([`checksum`]) and how they are kept in the pool ([`record`],
+//! [`store`]). The verbs that use them are `ops::pull` and `ops::image`.
+
+pub mod catalog;
+pub mod checksum;
+pub mod fetch;
+pub mod record;
+pub mod store;

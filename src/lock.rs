@@ -1,0 +1,116 @@
+//! Locks across project-vm processes on the machine that runs the CLI.
+//!
+//! libvirt has no lock a client can hold across several calls, so two
+//! project-vm processes that import the same image, or pick a port, would
+//! race. These are `flock(2)` locks on files under a runtime directory: the
+//! kernel drops them when the process dies (SIGKILL included), so a killed
+//! run never leaves a stale lock behind. The holder writes its pid into the
+//! file so a waiter can say whom it waits for.
+//!
+//! Scope: processes on this machine that share a lock directory (root uses
+//! /run/project-vm/locks, other users their XDG runtime directory). Two
+//! machines driving one remote libvirtd are not serialised by this.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{failure, Kind};
+
+/// A held lock; released when dropped (or when the process dies).
+pub struct Lock {
+    _file: Flock<File>,
+}
+
+fn dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/project-vm/locks");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("project-vm/locks"),
+        None => std::env::temp_dir().join(format!("project-vm-{}/locks", nix::unistd::geteuid())),
+    }
+}
+
+/// The lock file for `what` on libvirt `uri`: the name is a hash, so any
+/// URI or volume name makes a valid file name.
+fn path(uri: &str, what: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{uri}\n{what}").as_bytes());
+    dir().join(format!("{}.lock", hex::encode(&h[..12])))
+}
+
+fn open(uri: &str, what: &str) -> anyhow::Result<File> {
+    let p = path(uri, what);
+    let parent = p.parent().expect("lock files live in a directory");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|e| {
+        failure(Kind::Environment, format!("cannot create the lock directory {}: {e}", parent.display()))
+    })?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&p)
+        .map_err(|e| failure(Kind::Environment, format!("cannot open lock file {}: {e}", p.display())))
+}
+
+fn holder(file: &mut File) -> Option<u32> {
+    let mut s = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+fn claim(mut f: Flock<File>) -> Lock {
+    // Best effort: the pid only makes a waiter's message friendlier.
+    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
+    Lock { _file: f }
+}
+
+/// Takes the lock for `what`, waiting for another process that holds it.
+/// `waiting` is called once, with the holder's pid, if we have to wait.
+pub fn acquire(uri: &str, what: &str, waiting: impl FnOnce(Option<u32>)) -> anyhow::Result<Lock> {
+    let file = open(uri, what)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => Ok(claim(f)),
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            waiting(holder(&mut file));
+            let f = Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| failure(Kind::Environment, format!("cannot lock {what}: {e}")))?;
+            Ok(claim(f))
+        }
+        Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
+    }
+}
+
+/// Takes the lock for `what`, or says who holds it: `Err(Some(pid))`.
+pub fn try_acquire(uri: &str, what: &str) -> anyhow::Result<Result<Lock, Option<u32>>> {
+    let file = open(uri, what)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => Ok(Ok(claim(f))),
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => Ok(Err(holder(&mut file))),
+        Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_names_its_holder_and_frees_on_drop() {
+        let what = format!("test-{}", std::process::id());
+        let held = try_acquire("test:///lock", &what).unwrap().expect("free at first");
+        // flock locks belong to the open file description: a second open in
+        // this process contends like another process would.
+        assert_eq!(try_acquire("test:///lock", &what).unwrap().err(), Some(Some(std::process::id())));
+        drop(held);
+        assert!(try_acquire("test:///lock", &what).unwrap().is_ok());
+        let _ = std::fs::remove_file(path("test:///lock", &what));
+    }
+}

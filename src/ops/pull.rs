@@ -1,0 +1,269 @@
+//! `image pull`: bring an image from the catalog or a URL into the pool,
+//! checked against its published checksum. Also how `create` gets its base
+//! image on first use ([`ensure`]).
+
+use std::time::Instant;
+
+use serde::Serialize;
+use virt::storage_pool::StoragePool;
+
+use super::Ctx;
+use crate::error::{invalid, not_found};
+use crate::images::catalog::{self, Catalog, ImageSource};
+use crate::images::checksum::{self, Checksum};
+use crate::images::fetch;
+use crate::images::record;
+use crate::images::store::{self, Image, Incoming};
+use crate::libvirt::storage;
+use crate::lock;
+use crate::progress::Progress;
+
+#[derive(Debug, Clone, Default)]
+pub struct PullRequest {
+    /// A catalog name or a URL.
+    pub what: String,
+    /// The image name to store it under [default: the catalog name, or the URL's file name].
+    pub name: Option<String>,
+    pub checksum: Option<Checksum>,
+    pub checksums: Option<String>,
+    pub refresh: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PullReport {
+    pub name: String,
+    pub volume: String,
+    pub format: String,
+    pub source: String,
+    pub checksum: String,
+    /// The checksum matched a published or given one.
+    pub verified: bool,
+    /// Nothing was downloaded: the pool already had it.
+    pub cached: bool,
+    /// Bytes of the image file.
+    pub size: u64,
+    /// The disk's virtual size.
+    pub capacity: u64,
+    pub elapsed_ms: u128,
+}
+
+impl PullReport {
+    fn new(image: &Image, cached: bool, started: Instant) -> PullReport {
+        PullReport {
+            name: image.record.name.clone(),
+            volume: image.record.volume.clone(),
+            format: image.record.format.clone(),
+            source: image.record.source.clone(),
+            checksum: image.record.checksum.to_string(),
+            verified: image.record.verified,
+            cached,
+            size: image.record.size,
+            capacity: image.disk.capacity,
+            elapsed_ms: started.elapsed().as_millis(),
+        }
+    }
+}
+
+/// The image name a `base_image` or `--image` value stands for: a catalog or
+/// pool name as it is, a file or URL by its file name without extension.
+pub fn image_name(image: &str) -> String {
+    if catalog::is_location(image) {
+        catalog::name_for(image)
+    } else {
+        image.to_owned()
+    }
+}
+
+/// Serialises work on one image name across project-vm processes.
+fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
+    let json = ctx.json;
+    lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), |pid| {
+        if !json {
+            let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            eprintln!("waiting for another project-vm{who} that is storing image {name}");
+        }
+    })
+}
+
+/// The digest `source` promises, from the source itself or its checksum file.
+fn expected_checksum(source: &ImageSource) -> anyhow::Result<Option<Checksum>> {
+    if let Some(c) = &source.checksum {
+        return Ok(Some(c.clone()));
+    }
+    let Some(sums) = &source.checksums else { return Ok(None) };
+    let file = catalog::file_name(&source.url);
+    let text = fetch::text(sums)?;
+    checksum::find_in_sums(&text, file)
+        .map(Some)
+        .ok_or_else(|| invalid(format!("the checksum file {sums} lists no entry for {file}")))
+}
+
+/// Downloads `source` as `name` unless the pool has it (and, with `refresh`,
+/// unless it is still the published release). Call with the image's lock held.
+fn fetch_into(
+    ctx: &Ctx,
+    pool: &StoragePool,
+    name: &str,
+    source: &ImageSource,
+    refresh: bool,
+) -> anyhow::Result<(Image, bool)> {
+    let current = store::find(&ctx.conn, pool, name)?;
+    if let (Some(img), false) = (&current, refresh) {
+        return Ok((img.clone(), true));
+    }
+    let expected = expected_checksum(source)?;
+    if let (Some(img), Some(want)) = (&current, &expected) {
+        if img.record.checksum == *want {
+            return Ok((img.clone(), true));
+        }
+    }
+    if expected.is_none() && !ctx.json {
+        eprintln!("warning: {} has no checksum to verify against; its sha256 is recorded instead", source.url);
+    }
+    let download = fetch::open(&source.url)?;
+    let progress = Progress::bytes(ctx.json, download.len, format!("pulling {name}"));
+    let incoming = Incoming { name: name.to_owned(), source: source.url.clone(), download, expected };
+    let image = store::publish(&ctx.conn, pool, incoming, &progress)?;
+    progress.finish();
+    Ok((image, false))
+}
+
+pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
+    let started = Instant::now();
+    let catalog = Catalog::new(&ctx.settings.images);
+    let (name, mut source) = if catalog::is_location(&req.what) {
+        let url = match req.what.contains("://") {
+            true => req.what.clone(),
+            false => absolute(&req.what)?,
+        };
+        (
+            req.name.clone().unwrap_or_else(|| catalog::name_for(&url)),
+            ImageSource { url, checksums: None, checksum: None },
+        )
+    } else {
+        let source = catalog.get(&req.what).ok_or_else(|| {
+            not_found(format!(
+                "no image {:?} in the catalog{}: known images are {}; pull a URL instead, or add it under \"images\" in the settings",
+                req.what,
+                crate::config::did_you_mean(&req.what, &catalog.names().iter().map(String::as_str).collect::<Vec<_>>()),
+                catalog.names().join(", ")
+            ))
+        })?;
+        (req.name.clone().unwrap_or_else(|| req.what.clone()), source)
+    };
+    record::validate_name(&name)?;
+    if req.checksum.is_some() {
+        source.checksum = req.checksum.clone();
+    }
+    if req.checksums.is_some() {
+        source.checksums = req.checksums.clone();
+    }
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
+    let _lock = lock_image(ctx, &name)?;
+    let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
+    Ok(PullReport::new(&image, cached, started))
+}
+
+fn absolute(path: &str) -> anyhow::Result<String> {
+    std::path::absolute(path).map(|p| p.to_string_lossy().into_owned()).map_err(|e| invalid(format!("{path}: {e}")))
+}
+
+/// `image import FILE [--name N]`: a local file, stored like a pull (verified
+/// upload, then the record), refused if the name is taken.
+pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checksum>) -> anyhow::Result<PullReport> {
+    let started = Instant::now();
+    let path = absolute(file)?;
+    let name = name.map(str::to_owned).unwrap_or_else(|| catalog::name_for(&path));
+    record::validate_name(&name)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
+    let _lock = lock_image(ctx, &name)?;
+    if store::find(&ctx.conn, &pool, &name)?.is_some() {
+        return Err(invalid(format!(
+            "image {name} already exists: remove it with `project-vm image rm {name}` or pick another --name"
+        )));
+    }
+    let source = ImageSource { url: path, checksums: None, checksum };
+    let download = fetch::open(&source.url)?;
+    let progress = Progress::bytes(ctx.json, download.len, format!("importing {name}"));
+    let expected = source.checksum.clone();
+    let image = store::publish(&ctx.conn, &pool, Incoming { name, source: source.url, download, expected }, &progress)?;
+    progress.finish();
+    Ok(PullReport::new(&image, false, started))
+}
+
+/// The image `create` builds on, and the pool it lives in: the pool's
+/// current image of that name, or, on first use, pulled from the catalog (or
+/// imported from a file) with progress. Concurrent first uses wait for the
+/// one pull. Nothing (not even the pool) is made when there is nothing to pull.
+pub fn ensure(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Result<(StoragePool, Image)> {
+    let name = image_name(image);
+    record::validate_name(&name)?;
+    let pool = storage::find_pool(&ctx.conn, &ctx.settings.pool)?;
+    if let Some(pool) = &pool {
+        if let Some(found) = store::find(&ctx.conn, pool, &name)? {
+            return Ok((pool.clone(), found));
+        }
+        if let Some(found) = test_driver_image(ctx, pool, &name)? {
+            return Ok((pool.clone(), found));
+        }
+    }
+    let catalog = Catalog::new(&ctx.settings.images);
+    let source = if catalog::is_location(image) {
+        let path = match image.contains("://") {
+            true => image.to_owned(),
+            false => absolute(image)?,
+        };
+        ImageSource { url: path, checksums: None, checksum: None }
+    } else if let Some(source) = catalog.get(&name) {
+        source
+    } else if let Some(true) = pool.as_ref().map(|p| storage::find_volume(p, &name).map(|v| v.is_some())).transpose()? {
+        return Err(invalid(format!(
+            "volume {name} in pool {} has no project-vm image record, so nothing vouches that it is complete (it may be an interrupted upload, or an image imported by an older project-vm): import the file again with `project-vm image import FILE --name {name}`",
+            ctx.settings.pool
+        )));
+    } else {
+        return Err(invalid(format!(
+            "no image {name} in pool {} and none in the catalog: pull one with `project-vm image pull NAME|URL`, import a file with `project-vm image import FILE --name {name}`, or add it under \"images\" in the settings (catalog: {})",
+            ctx.settings.pool,
+            catalog.names().join(", ")
+        )));
+    };
+    let pool = match pool {
+        Some(p) => p,
+        None => storage::ensure_pool(&ctx.conn, &ctx.settings)?,
+    };
+    let lock = lock_image(ctx, &name)?;
+    // fetch_into looks again under the lock: another process may have just stored it.
+    let (found, cached) = progress.suspend(|| {
+        if !ctx.json {
+            eprintln!("base image {name} is not in pool {} yet: fetching it from {}", ctx.settings.pool, source.url);
+        }
+        fetch_into(ctx, &pool, &name, &source, false)
+    })?;
+    drop(lock);
+    tracing::info!(image = %name, cached, "base image ready");
+    Ok((pool, found))
+}
+
+/// libvirt's test driver cannot stream volume contents, so no image record
+/// can exist there; its tests (logic only, never the end-to-end path) stand a
+/// plain volume in for an image. Real connections never take this path.
+fn test_driver_image(ctx: &Ctx, pool: &StoragePool, name: &str) -> anyhow::Result<Option<Image>> {
+    if !ctx.uri.starts_with("test:") {
+        return Ok(None);
+    }
+    let Some(vol) = storage::find_volume(pool, name)? else { return Ok(None) };
+    let disk = crate::libvirt::storage::VolumeInfo::of(&vol)?;
+    let record = crate::images::record::ImageRecord {
+        project_vm_image: record::RECORD_VERSION,
+        name: name.to_owned(),
+        volume: name.to_owned(),
+        format: disk.format.clone(),
+        size: disk.allocation,
+        checksum: Checksum::parse(&format!("sha256:{}", "0".repeat(64))).expect("valid"),
+        verified: false,
+        source: ctx.uri.clone(),
+        created: 0,
+    };
+    Ok(Some(Image { record, disk }))
+}
