@@ -136,9 +136,12 @@ pub fn desired_spec(
     }
 }
 
-/// Serialises port choice and the define that records it, so parallel creates
-/// (apply --jobs) in this process never pick the same port.
-static DEFINE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Serialises port choice and the define that records it, across threads
+/// (apply --jobs) and processes, so no two VMs get the same forwarded port.
+/// (Each call opens the lock file anew, so threads contend like processes.)
+fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
+    crate::lock::acquire(&ctx.uri, "ssh-ports", |_| {})
+}
 
 /// For user networking: the first free forwarded port at or above the base.
 fn pick_ssh_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
@@ -205,7 +208,10 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         }
     }
 
-    let define_guard = DEFINE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let define_guard = match ctx.settings.network {
+        Network::User { .. } => Some(port_lock(ctx)?),
+        _ => None,
+    };
     let ssh_port = match ctx.settings.network {
         Network::User { ssh_port } => Some(pick_ssh_port(ctx, ssh_port)?),
         _ => None,
