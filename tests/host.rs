@@ -9,23 +9,29 @@ use common::*;
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn core_verbs_on_a_real_libvirtd() {
     require_root_libvirt();
-    let env = Env::new("core", 22100, serde_json::json!({"base_image": "tiny.qcow2"}));
+    let env = Env::new("core", 22100, serde_json::json!({"base_image": "tiny"}));
     let guard = Cleanup(&env, &["foo", "bar"]);
     let image = tiny_image(&env.dir);
 
-    env.run(&["image", "import", image.to_str().unwrap()]).ok();
+    let imported = env.run(&["image", "import", image.to_str().unwrap(), "--json"]).ok().json();
+    let tiny = imported["volume"].as_str().unwrap().to_owned();
     let images = env.run(&["image", "list", "--json"]).ok().json();
-    assert_eq!(images[0]["name"], "tiny.qcow2");
+    assert_eq!(images[0]["name"], "tiny");
     assert_eq!(images[0]["format"], "qcow2");
+    assert_eq!(images[0]["volume"], tiny.as_str());
+    assert_eq!(images[0]["verified"], false, "an imported file has no published checksum");
+    let sum = sh(&format!("sha256sum {} | cut -d' ' -f1", image.display()));
+    assert_eq!(images[0]["checksum"], format!("sha256:{}", sum.trim()));
 
     // create 1G / 1 CPU / 5G
     let created = env.run(&["create", "foo", "1G", "1", "5G", "--project-disk", "2G", "--json"]).ok();
     let report = &created.json()["create"];
+    let record = tiny.replace(".img", ".json");
     eprintln!("create: {} ms inside project-vm, {} ms for the whole process", report["elapsed_ms"], created.ms);
     assert_eq!(report["data_reattached"], false);
     assert_eq!(
         env.volumes(),
-        vec!["project-foo-data.qcow2", "project-foo-root.qcow2", "project-foo-seed.iso", "tiny.qcow2"]
+        vec!["project-foo-data.qcow2", "project-foo-root.qcow2", "project-foo-seed.iso", &tiny, &record]
     );
 
     // The domain XML is valid and wires the three disks.
@@ -45,7 +51,7 @@ fn core_verbs_on_a_real_libvirtd() {
     // The root disk is an overlay on the base image.
     let vol = String::from_utf8(virsh(&["vol-dumpxml", "--pool", &env.pool, "project-foo-root.qcow2"]).stdout).unwrap();
     assert!(
-        vol.contains("<backingStore>") && vol.contains(&env.pool_dir().join("tiny.qcow2").display().to_string()),
+        vol.contains("<backingStore>") && vol.contains(&env.pool_dir().join(&tiny).display().to_string()),
         "{vol}"
     );
     assert!(vol.contains("<capacity unit='bytes'>5368709120</capacity>"), "{vol}");
@@ -107,7 +113,7 @@ fn core_verbs_on_a_real_libvirtd() {
     let inode = sh(&format!("stat -c %i {}", data.display()));
     let d = env.run(&["destroy", "foo", "--keep-data", "--json"]).ok().json();
     assert_eq!(d["kept_data_volume"], "project-foo-data.qcow2");
-    assert_eq!(env.volumes(), vec!["project-foo-data.qcow2", "tiny.qcow2"]);
+    assert_eq!(env.volumes(), vec!["project-foo-data.qcow2", &tiny, &record]);
     let again = env.run(&["create", "foo", "1G", "1", "5G", "--json"]).ok().json();
     assert_eq!(again["create"]["data_reattached"], true);
     assert_eq!(sh(&format!("stat -c %i {}", data.display())), inode, "project disk was recreated");
@@ -126,14 +132,14 @@ fn core_verbs_on_a_real_libvirtd() {
     let _ = virsh(&["undefine", "project-hand"]);
 
     // image rm refuses an image a VM is built on.
-    let r = env.run(&["image", "rm", "tiny.qcow2"]);
+    let r = env.run(&["image", "rm", "tiny"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("foo"), "{}", r.stderr);
 
     env.run(&["destroy", "foo"]).ok();
-    assert_eq!(env.volumes(), vec!["tiny.qcow2"]);
+    assert_eq!(env.volumes(), vec![tiny.clone(), record.clone()]);
     assert!(!virsh(&["dominfo", "project-foo"]).status.success());
-    env.run(&["image", "rm", "tiny.qcow2"]).ok();
+    env.run(&["image", "rm", "tiny"]).ok();
     assert!(env.volumes().is_empty());
     drop(guard);
 }
