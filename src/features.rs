@@ -40,6 +40,19 @@ pub fn cloud_config(wanted: &[String]) -> anyhow::Result<Option<Value>> {
     Ok(merged)
 }
 
+/// What is merged into project-vm's own cloud-config: the features in order,
+/// then the user's cloud-config (which wins).
+pub fn user_config(wanted: &[String], user_data: Option<&Value>) -> anyhow::Result<Option<Value>> {
+    let mut merged = cloud_config(wanted)?;
+    if let Some(user) = user_data {
+        match &mut merged {
+            Some(m) => cloudinit::merge(m, user),
+            None => merged = Some(user.clone()),
+        }
+    }
+    Ok(merged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

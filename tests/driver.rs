@@ -80,6 +80,7 @@ fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phas
         xmlns: None,
         version: 1,
         name: n.to_string(),
+        uuid: None,
         phase,
         pool: ctx.settings.pool.clone(),
         root_volume: n.root_volume(),
@@ -133,7 +134,7 @@ fn a_domain_without_our_metadata_is_never_touched() {
     let ctx = ctx();
     let pool = with_base_image(&ctx);
     define_foreign(&ctx, "project-hand");
-    assert!(matches!(vms::lookup(&ctx.conn, &name("hand")).unwrap(), vms::Lookup::Foreign));
+    assert!(matches!(vms::lookup(&ctx.conn, &name("hand")).unwrap(), vms::Lookup::Foreign(None)));
     let err = vms::get(&ctx.conn, &name("hand")).err().unwrap();
     assert_eq!(exit_code(&err), 2);
     assert!(err.to_string().contains("not created by project-vm"), "{err}");

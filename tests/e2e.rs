@@ -55,6 +55,22 @@ fn wait_ready(env: &Env, name: &str) -> serde_json::Value {
     ready
 }
 
+/// `cloud-init schema --system` in the guest finds nothing wrong with the
+/// cloud-config project-vm generated, and cloud-init's status is a plain done.
+fn assert_schema_clean(env: &Env, name: &str) {
+    let r = env.run(&["ssh", name, "--", "sudo", "cloud-init", "schema", "--system", "2>&1"]);
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "cloud-init schema --system in {name}:\n{out}");
+    assert!(out.contains("Valid"), "{out}");
+    for bad in ["Error", "WARNING", "eprecat", "Invalid"] {
+        assert!(!out.contains(bad), "cloud-init schema --system in {name} says {bad}:\n{out}");
+    }
+    let status = env.ssh(name, "cloud-init status --long 2>&1 || true");
+    assert!(status.contains("status: done") && !status.contains("degraded"), "{status}");
+    let cfg = env.ssh(name, "cat /etc/cloud/cloud.cfg.d/90-project-vm.cfg");
+    assert!(cfg.contains("manual_cache_clean: true"), "{cfg}");
+}
+
 fn gib(s: &str) -> f64 {
     s.trim().parse::<f64>().unwrap() / (1u64 << 30) as f64
 }
@@ -64,9 +80,9 @@ fn gib(s: &str) -> f64 {
 fn guest_boots_provisions_and_keeps_its_project_disk() {
     require_root_libvirt();
     let img = image();
-    let env = Env::new("e2e", 22200, serde_json::json!({"base_image": "debian.qcow2"}));
+    let env = Env::new("e2e", 22200, serde_json::json!({"base_image": "debian"}));
     let _guard = Guard { env: &env, vms: &["e2e"] };
-    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+    env.run(&["image", "import", &img, "--name", "debian"]).ok();
 
     // 1. create, start, wait for cloud-init.
     let created = env.run(&["create", "e2e", "1G", "2", "8G", "--project-disk", "2G", "--json"]).ok().json();
@@ -77,6 +93,9 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
     let xml = String::from_utf8(virsh(&["dumpxml", "project-e2e"]).stdout).unwrap();
     assert!(!xml.contains("seed.iso"), "seed still attached");
     assert!(!xml.contains("PRIVATE KEY"), "secret in domain XML");
+
+    // cloud-init's own validator in the guest: project-vm's cloud-config is clean.
+    assert_schema_clean(&env, "e2e");
 
     // 2. The guest is what we asked for.
     assert_eq!(env.ssh("e2e", "hostname").trim(), "project-e2e");
@@ -141,7 +160,7 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
 
     // 5. destroy: nothing of it is left.
     env.run(&["destroy", "e2e"]).ok();
-    assert_eq!(env.volumes(), vec!["debian.qcow2"]);
+    assert_eq!(env.vm_volumes(), Vec::<String>::new());
     assert!(!virsh(&["dominfo", "project-e2e"]).status.success());
 }
 
@@ -150,9 +169,9 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
 fn cloud_init_failures_and_timeouts_have_their_own_exit_codes() {
     require_root_libvirt();
     let img = image();
-    let env = Env::new("fail", 22250, serde_json::json!({"base_image": "debian.qcow2"}));
+    let env = Env::new("fail", 22250, serde_json::json!({"base_image": "debian"}));
     let _guard = Guard { env: &env, vms: &["e2f"] };
-    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+    env.run(&["image", "import", &img, "--name", "debian"]).ok();
     let user_data = env.dir.join("user-data.yaml");
     std::fs::write(&user_data, "#cloud-config\nruncmd:\n  - [sh, -c, 'echo failing on purpose; exit 3']\n").unwrap();
     env.run(&["create", "e2f", "1G", "2", "8G", "--project-disk", "1G", "--user-data", user_data.to_str().unwrap()])
@@ -237,12 +256,12 @@ fn start_sshd(env: &Env, port: u16) -> (Sshd, String) {
 fn everything_goes_through_libvirt_over_qemu_ssh() {
     require_root_libvirt();
     let img = image();
-    let mut env = Env::new("remote", 22300, serde_json::json!({"base_image": "debian.qcow2"}));
+    let mut env = Env::new("remote", 22300, serde_json::json!({"base_image": "debian"}));
     let (_sshd, uri) = start_sshd(&env, 22399);
     env.uri = uri;
     let _guard = Guard { env: &env, vms: &["e2r"] };
     // Upload, create, seed, start, readiness and ssh, all through the remote protocol.
-    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+    env.run(&["image", "import", &img, "--name", "debian"]).ok();
     let created = env.run(&["create", "e2r", "1G", "2", "8G", "--project-disk", "1G", "--json"]).ok().json();
     timing("create over qemu+ssh", format!("{} ms", created["create"]["elapsed_ms"]));
     wait_ready(&env, "e2r");
@@ -250,7 +269,7 @@ fn everything_goes_through_libvirt_over_qemu_ssh() {
     let list = env.run(&["list", "--json"]).ok().json();
     assert_eq!(list[0]["state"], "running");
     env.run(&["destroy", "e2r"]).ok();
-    assert_eq!(env.volumes(), vec!["debian.qcow2"]);
+    assert_eq!(env.vm_volumes(), Vec::<String>::new());
 }
 
 #[test]
@@ -258,9 +277,9 @@ fn everything_goes_through_libvirt_over_qemu_ssh() {
 fn apply_converges_idempotently_grows_and_prunes() {
     require_root_libvirt();
     let img = image();
-    let env = Env::new("apply", 22350, serde_json::json!({"base_image": "debian.qcow2"}));
+    let env = Env::new("apply", 22350, serde_json::json!({"base_image": "debian"}));
     let _guard = Guard { env: &env, vms: &["ap-a", "ap-b"] };
-    env.run(&["image", "import", &img, "--name", "debian.qcow2"]).ok();
+    env.run(&["image", "import", &img, "--name", "debian"]).ok();
     let file = env.dir.join("vms.json");
     let write = |a_memory: &str, a_data: &str, with_b: bool| {
         let mut vms = serde_json::json!({ "ap-a": { "memory": a_memory, "project_disk": a_data, "autostart": true } });
@@ -330,4 +349,88 @@ fn apply_converges_idempotently_grows_and_prunes() {
     assert!(env.volumes().contains(&"project-ap-b-data.qcow2".to_string()));
     assert!(!env.volumes().contains(&"project-ap-b-root.qcow2".to_string()));
     let _ = virsh(&["vol-delete", "--pool", &env.pool, "project-ap-b-data.qcow2"]);
+}
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE_TRIXIE; run by scripts/test.sh"]
+fn a_trixie_genericcloud_style_image_is_ready_clean_and_survives_a_restart() {
+    require_root_libvirt();
+    let img = std::env::var("PROJECT_VM_TEST_IMAGE_TRIXIE").expect(
+        "PROJECT_VM_TEST_IMAGE_TRIXIE is not set: run scripts/test.sh, which builds it (tests/images/build-debian.sh trixie)",
+    );
+    let env = Env::new("trixie", 22450, serde_json::json!({"base_image": "trixie"}));
+    let _guard = Guard { env: &env, vms: &["tx", "txd"] };
+    env.run(&["image", "import", &img, "--name", "trixie"]).ok();
+
+    // create --start --wait: exit 0 on cloud-init 25 (it was 5: our own config failed its schema).
+    let r = env
+        .run(&[
+            "create",
+            "tx",
+            "1G",
+            "2",
+            "8G",
+            "--project-disk",
+            "1G",
+            "--start",
+            "--wait",
+            "--timeout",
+            "900",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let ready = &r["ready"];
+    assert_eq!((ready["result"].as_str(), ready["cloud_init_status"].as_str()), (Some("done"), Some("done")), "{r}");
+    // cloud-init 25 stamps stages in seconds since boot: the latency is seconds, not 1.8e9.
+    let latency = ready["report_latency_s"].as_f64().expect("latency figured from the uptime clock");
+    assert!((0.0..60.0).contains(&latency), "report latency {latency} s");
+    timing(
+        "trixie create --start --wait",
+        format!("{:.1} s (latency {latency:.2} s)", ready["waited_s"].as_f64().unwrap()),
+    );
+
+    let version = env.ssh("tx", "cloud-init --version 2>&1");
+    assert!(version.contains(" 25."), "not the cloud-init this test is for: {version}");
+    assert_schema_clean(&env, "tx");
+    assert_eq!(env.ssh("tx", "hostname").trim(), "project-tx");
+    let mnt = env.ssh("tx", "findmnt -no FSTYPE,LABEL /project");
+    assert_eq!(mnt.split_whitespace().collect::<Vec<_>>(), vec!["ext4", "project"], "{mnt}");
+    // Networking came from our network-config through netplan and networkd.
+    let netplan = env.ssh("tx", "sudo cat /etc/netplan/50-cloud-init.yaml");
+    assert!(netplan.contains("macaddress"), "{netplan}");
+    env.ssh("tx", "echo kept > /project/x && sync");
+
+    // Graceful stop without a guest agent, then a second ready boot with the seed gone.
+    let stop = env.run(&["stop", "tx", "--timeout", "120", "--json"]).ok().json();
+    assert_eq!(stop["result"], "graceful", "{stop}");
+    assert!(!env.volumes().contains(&"project-tx-seed.iso".to_string()));
+    let again = env.run(&["start", "tx", "--wait", "--timeout", "900", "--json"]).ok().json();
+    assert_eq!(again["ready"]["result"], "done", "{again}");
+    // ssh verifies the host key pinned at create: per-instance modules did not run again.
+    assert_eq!(env.ssh("tx", "cat /project/x").trim(), "kept");
+    env.run(&["destroy", "tx"]).ok();
+
+    // A degraded run caused by the user's own cloud-config is still exit 5, with the warning shown.
+    let bad = env.dir.join("bad.yaml");
+    std::fs::write(&bad, "#cloud-config\nmanual_cache_clean: true\n").unwrap();
+    let r = env.run(&[
+        "create",
+        "txd",
+        "1G",
+        "2",
+        "8G",
+        "--project-disk",
+        "1G",
+        "--user-data",
+        bad.to_str().unwrap(),
+        "--start",
+        "--wait",
+        "--timeout",
+        "900",
+    ]);
+    assert_eq!(r.code, 5, "stdout {} stderr {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("degraded") && r.stderr.contains("manual_cache_clean"), "{}", r.stderr);
+    env.run(&["destroy", "txd"]).ok();
+    assert_eq!(env.vm_volumes(), Vec::<String>::new());
 }

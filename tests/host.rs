@@ -50,10 +50,7 @@ fn core_verbs_on_a_real_libvirtd() {
     sh(&format!("virt-xml-validate {} domain", xml_file.display()));
     // The root disk is an overlay on the base image.
     let vol = String::from_utf8(virsh(&["vol-dumpxml", "--pool", &env.pool, "project-foo-root.qcow2"]).stdout).unwrap();
-    assert!(
-        vol.contains("<backingStore>") && vol.contains(&env.pool_dir().join(&tiny).display().to_string()),
-        "{vol}"
-    );
+    assert!(vol.contains("<backingStore>") && vol.contains(&env.pool_dir().join(&tiny).display().to_string()), "{vol}");
     assert!(vol.contains("<capacity unit='bytes'>5368709120</capacity>"), "{vol}");
 
     // The seed reads back with an independent reader: volume id cidata, a cloud-config.

@@ -383,7 +383,7 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -
     DomainXml {
         kind: spec.accel.domain_type(),
         name: spec.name.domain(),
-        uuid: None,
+        uuid: ownership.uuid.clone(),
         metadata: MetadataXml { vm: Ownership { xmlns: Some(super::metadata::NAMESPACE.into()), ..ownership.clone() } },
         memory: Memory { unit: "MiB", value: mib },
         current_memory: Memory { unit: "MiB", value: mib },
@@ -437,6 +437,7 @@ pub(crate) mod tests {
             xmlns: None,
             version: 1,
             name: spec.name.to_string(),
+            uuid: None,
             phase: Phase::Creating,
             pool: "project-vm".into(),
             root_volume: spec.name.root_volume(),

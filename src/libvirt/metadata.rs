@@ -35,6 +35,11 @@ pub struct Ownership {
     pub version: u32,
     #[serde(rename = "@name")]
     pub name: String,
+    /// The domain's uuid, chosen by project-vm before the domain is defined:
+    /// a record copied into another domain (`virsh dumpxml`, rename, define)
+    /// no longer matches, so that domain can never act on these volumes.
+    #[serde(rename = "@uuid", default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
     #[serde(rename = "@phase")]
     pub phase: Phase,
     #[serde(rename = "@pool")]
@@ -100,6 +105,31 @@ impl Ownership {
         .map_err(|e| anyhow::anyhow!("writing project-vm metadata: {}", e.message()))
     }
 
+    /// Why this record does not belong to domain `domain_name` (uuid
+    /// `domain_uuid`), if it does not: it must name that domain, carry its
+    /// uuid (records from before uuids are checked by name alone), and list
+    /// exactly the volumes that domain's name implies.
+    pub fn mismatch(&self, domain_name: &str, domain_uuid: &str) -> Option<String> {
+        let Ok(name) = crate::spec::VmName::parse(&self.name) else {
+            return Some(format!("its record names {:?}, not a VM name", self.name));
+        };
+        if name.domain() != domain_name {
+            return Some(format!("its record belongs to {} (a copied definition?)", name.domain()));
+        }
+        if let Some(u) = &self.uuid {
+            if !u.eq_ignore_ascii_case(domain_uuid) {
+                return Some(format!(
+                    "its record belongs to the domain with uuid {u}, not {domain_uuid} (a copied definition?)"
+                ));
+            }
+        }
+        let seed_ok = self.seed_volume.as_ref().is_none_or(|s| *s == name.seed_volume());
+        if self.root_volume != name.root_volume() || self.data_volume != name.data_volume() || !seed_ok {
+            return Some("its record lists volumes that are not this VM's".into());
+        }
+        None
+    }
+
     /// The volumes this VM owns (the data volume only when `with_data`).
     pub fn volumes(&self, with_data: bool) -> Vec<&str> {
         let mut v = vec![self.root_volume.as_str()];
@@ -122,6 +152,7 @@ mod tests {
             xmlns: None,
             version: 1,
             name: "foo".into(),
+            uuid: Some("0b5e4b1e-8f0c-4a5e-9d6b-2f1f1c7a9e01".into()),
             phase: Phase::Ready,
             pool: "project-vm".into(),
             root_volume: "project-foo-root.qcow2".into(),
@@ -140,6 +171,21 @@ mod tests {
         assert!(xml.starts_with("<vm "), "{xml}");
         assert!(!xml.contains("xmlns"), "{xml}");
         assert_eq!(Ownership::parse(&xml).unwrap(), o);
+    }
+
+    #[test]
+    fn a_record_binds_to_one_domain() {
+        let o = sample();
+        assert_eq!(o.mismatch("project-foo", "0B5E4B1E-8F0C-4A5E-9D6B-2F1F1C7A9E01"), None);
+        assert!(o
+            .mismatch("project-bar", "0b5e4b1e-8f0c-4a5e-9d6b-2f1f1c7a9e01")
+            .unwrap()
+            .contains("belongs to project-foo"));
+        assert!(o.mismatch("project-foo", "11111111-8f0c-4a5e-9d6b-2f1f1c7a9e01").unwrap().contains("uuid"));
+        let renamed = Ownership { name: "bar".into(), ..o.clone() };
+        assert!(renamed.mismatch("project-bar", "0b5e4b1e-8f0c-4a5e-9d6b-2f1f1c7a9e01").unwrap().contains("volumes"));
+        let legacy = Ownership { uuid: None, ..o };
+        assert_eq!(legacy.mismatch("project-foo", "anything"), None);
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub struct Vm {
 /// What a name refers to.
 pub enum Lookup {
     Absent,
-    /// A domain of that name exists without project-vm's metadata.
-    Foreign,
+    /// A domain of that name exists without project-vm's metadata, or with
+    /// a record that belongs to another domain (the reason).
+    Foreign(Option<String>),
     Owned(Box<Vm>),
 }
 
@@ -78,8 +79,11 @@ pub fn lookup(conn: &Connect, name: &VmName) -> anyhow::Result<Lookup> {
         Err(e) => return Err(explain(e, format!("looking up domain {}", name.domain()))),
     };
     Ok(match Ownership::read(&dom)? {
-        Some(own) => Lookup::Owned(Box::new(Vm { name: name.clone(), dom, own })),
-        None => Lookup::Foreign,
+        Some(own) => match own.mismatch(&name.domain(), &dom.uuid_string().unwrap_or_default()) {
+            None => Lookup::Owned(Box::new(Vm { name: name.clone(), dom, own })),
+            Some(why) => Lookup::Foreign(Some(why)),
+        },
+        None => Lookup::Foreign(None),
     })
 }
 
@@ -91,13 +95,16 @@ pub fn get(conn: &Connect, name: &VmName) -> anyhow::Result<Vm> {
             "no VM named {name} (no domain {}): see `project-vm list`, or create it with `project-vm create {name}`",
             name.domain()
         ))),
-        Lookup::Foreign => Err(foreign(name)),
+        Lookup::Foreign(why) => Err(foreign(name, why.as_deref())),
     }
 }
 
-pub fn foreign(name: &VmName) -> anyhow::Error {
+pub fn foreign(name: &VmName, why: Option<&str>) -> anyhow::Error {
+    let why = why
+        .map(|w| format!("its project-vm metadata is not its own: {w}"))
+        .unwrap_or_else(|| "it has no project-vm metadata".into());
     invalid(format!(
-        "domain {} exists but was not created by project-vm (it has no project-vm metadata); \
+        "domain {} exists but was not created by project-vm ({why}); \
          project-vm will not touch it. Pick another name, or remove it yourself with virsh if it is yours to remove",
         name.domain()
     ))
@@ -112,7 +119,10 @@ pub fn list(conn: &Connect) -> anyhow::Result<Vec<Vm>> {
         let Some(short) = dname.strip_prefix(DOMAIN_PREFIX) else { continue };
         let Ok(name) = VmName::parse(short) else { continue };
         match Ownership::read(&dom) {
-            Ok(Some(own)) => vms.push(Vm { name, dom, own }),
+            Ok(Some(own)) => match own.mismatch(&dname, &dom.uuid_string().unwrap_or_default()) {
+                None => vms.push(Vm { name, dom, own }),
+                Some(why) => tracing::warn!(domain = dname, "skipping domain: {why}"),
+            },
             Ok(None) => tracing::debug!(domain = dname, "skipping domain without project-vm metadata"),
             Err(e) => tracing::warn!(domain = dname, "skipping domain: {e:#}"),
         }

@@ -156,7 +156,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
 
     match vms::lookup(&ctx.conn, name)? {
         Lookup::Absent => {}
-        Lookup::Foreign => return Err(vms::foreign(name)),
+        Lookup::Foreign(why) => return Err(vms::foreign(name, why.as_deref())),
         Lookup::Owned(vm) if vm.own.phase == Phase::Creating => {
             return Err(invalid(format!(
                 "an earlier create of {name} did not finish: remove what it left with `project-vm destroy {name} --keep-data` (keeps the project disk), then create again"
@@ -221,18 +221,13 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         // A reattached disk keeps its size; record the truth.
         spec.resources.project_disk = crate::spec::Size(d.capacity);
     }
-    let mut user_config = crate::features::cloud_config(&req.features)?;
-    if let Some((v, _)) = &req.user_data {
-        match &mut user_config {
-            Some(c) => cloudinit::merge(c, v),
-            None => user_config = Some(v.clone()),
-        }
-    }
+    let user_config = crate::features::user_config(&req.features, req.user_data.as_ref().map(|(v, _)| v))?;
     let host_key = HostKey::generate(&name.domain())?;
     let mut own = Ownership {
         xmlns: None,
         version: 1,
         name: name.to_string(),
+        uuid: Some(uuid::Uuid::new_v4().to_string()),
         phase: Phase::Creating,
         pool: ctx.settings.pool.clone(),
         root_volume: name.root_volume(),

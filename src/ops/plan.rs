@@ -228,8 +228,8 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
         match existing.iter().find(|vm| vm.name == decl.name) {
             None => {
                 // Fails here, before anything is made, when there is no base image etc.
-                if let vms::Lookup::Foreign = vms::lookup(&ctx.conn, &decl.name)? {
-                    return Err(vms::foreign(&decl.name));
+                if let vms::Lookup::Foreign(why) = vms::lookup(&ctx.conn, &decl.name)? {
+                    return Err(vms::foreign(&decl.name, why.as_deref()));
                 }
                 let desired = create::desired_spec(ctx, &req, &keys, base, None);
                 out.push(VmPlan {

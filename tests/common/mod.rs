@@ -140,6 +140,11 @@ impl Env {
         v
     }
 
+    /// The pool's volumes other than images (`NAME@GEN.img` and their records).
+    pub fn vm_volumes(&self) -> Vec<String> {
+        self.volumes().into_iter().filter(|v| !v.contains('@')).collect()
+    }
+
     pub fn pool_dir(&self) -> PathBuf {
         self.dir.join("pool")
     }

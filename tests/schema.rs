@@ -1,0 +1,130 @@
+//! Every cloud-config project-vm generates passes cloud-init's own schema
+//! validator, on each cloud-init the project supports (22.4 from bookworm and
+//! 25.x from trixie: scripts/cloud-init-validators.sh fetches both from
+//! Debian's archive). Each feature alone and all together, with a pinned host
+//! key, Tailscale on, and a user's cloud-config merged in; network-config too.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use project_vm::cloudinit::{self, hostkey::HostKey, SeedInput};
+use project_vm::features;
+use project_vm::settings::{Accel, Network};
+use project_vm::spec::{Resources, Size, VmName, VmSpec};
+use serde_json::Value;
+
+fn validators() -> Vec<PathBuf> {
+    let list = std::env::var("PROJECT_VM_CLOUD_INIT_VALIDATORS").expect(
+        "PROJECT_VM_CLOUD_INIT_VALIDATORS is not set: run scripts/test.sh (scripts/cloud-init-validators.sh prints them)",
+    );
+    let v: Vec<PathBuf> = list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+    assert!(v.len() >= 2, "want cloud-init 22.4 and 25.x validators, got {v:?}");
+    v
+}
+
+fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
+    VmSpec {
+        name: VmName::parse("schema").unwrap(),
+        resources: Resources { memory: Size(1 << 30), cpus: 2, disk: Size(8 << 30), project_disk: Size(2 << 30) },
+        base_image: "debian-13".into(),
+        accel: Accel::Kvm,
+        network: Network::default(),
+        ssh_user: "dev".into(),
+        ssh_port: None,
+        tailnet: tailnet.map(String::from),
+        autostart: false,
+        features,
+        cloud_init_hash: String::new(),
+    }
+}
+
+/// Runs `validator schema -c FILE [extra]`: (exit code, everything it printed).
+fn validate(validator: &Path, file: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(validator).arg("schema").arg("-c").arg(file).args(extra).output().expect("run validator");
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+fn version(validator: &Path) -> String {
+    let out = Command::new(validator).arg("--version").output().expect("run validator");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_owned()
+}
+
+fn clean(code: i32, out: &str) -> bool {
+    code == 0 && out.contains("Valid") && !["WARNING", "eprecat", "Error", "Invalid"].iter().any(|w| out.contains(w))
+}
+
+#[test]
+#[ignore = "needs cloud-init validators (scripts/cloud-init-validators.sh); run by scripts/test.sh"]
+fn every_generated_seed_passes_cloud_init_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = HostKey::generate("project-schema").unwrap();
+    let keys =
+        vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGbNlmZ4sGeLhPylGd4cGMMThc3OHc3ULrMhtkdPRXw6 me@host".to_string()];
+    let user = cloudinit::parse_user_data(
+        "#cloud-config\npackages: [htop]\nruncmd:\n  - [sh, -c, 'echo hello > /tmp/hello']\nwrite_files:\n  - path: /etc/motd\n    content: hi\n",
+        "user.yaml",
+    )
+    .unwrap();
+    let all: Vec<String> = features::names().into_iter().map(String::from).collect();
+    let mut cases: Vec<(String, Vec<String>, Option<&Value>, bool)> = vec![("plain".into(), vec![], None, false)];
+    for f in &all {
+        cases.push((format!("feature {f}"), vec![f.clone()], None, false));
+    }
+    cases.push(("all features".into(), all.clone(), None, false));
+    cases.push(("tailscale".into(), vec![], None, true));
+    cases.push(("user-data".into(), vec![], Some(&user), false));
+    cases.push(("everything".into(), all.clone(), Some(&user), true));
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (i, (what, feats, user_data, tailscale)) in cases.iter().enumerate() {
+        let s = spec(tailscale.then_some("example.ts.net"), feats.clone());
+        let extra = features::user_config(feats, *user_data).unwrap();
+        let seed = cloudinit::render(&SeedInput {
+            spec: &s,
+            authorized_keys: &keys,
+            host_key: Some(&key),
+            user_data: extra.as_ref(),
+            instance_id: "project-schema-1",
+            tailscale_auth_key: tailscale.then_some("tskey-auth-test"),
+        });
+        let ud = dir.path().join(format!("user-data-{i}"));
+        let nc = dir.path().join(format!("network-config-{i}"));
+        std::fs::write(&ud, &seed.user_data).unwrap();
+        std::fs::write(&nc, &seed.network_config).unwrap();
+        for v in validators() {
+            let ver = version(&v);
+            let (code, out) = validate(&v, &ud, &[]);
+            if !clean(code, &out) {
+                failures.push(format!("{what} user-data on cloud-init {ver} (exit {code}):\n{out}"));
+            }
+            let (code, out) = validate(&v, &nc, &["--schema-type", "network-config"]);
+            if !clean(code, &out) {
+                failures.push(format!("{what} network-config on cloud-init {ver} (exit {code}):\n{out}"));
+            }
+            checked += 2;
+        }
+    }
+    assert!(failures.is_empty(), "{} of {checked} checks failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+#[ignore = "needs cloud-init validators (scripts/cloud-init-validators.sh); run by scripts/test.sh"]
+fn the_validators_catch_what_broke_cloud_init_25() {
+    // The keys our seed used to carry at the top level: each validator must
+    // object to them, or the test above proves nothing.
+    let dir = tempfile::tempdir().unwrap();
+    for (i, bad) in
+        ["#cloud-config\nmanual_cache_clean: true\n", "#cloud-config\nssh_genkeytypes: []\n"].iter().enumerate()
+    {
+        let f = dir.path().join(format!("bad-{i}"));
+        std::fs::write(&f, bad).unwrap();
+        for v in validators() {
+            let (code, out) = validate(&v, &f, &[]);
+            assert!(!clean(code, &out), "cloud-init {} accepted {bad:?}: {out}", version(&v));
+        }
+    }
+}
