@@ -160,6 +160,18 @@ impl HostSettings {
                 return Err(invalid(format!("tailnet {t:?} is not a domain name like \"example.ts.net\"")));
             }
         }
+        if let Some(dir) = &self.storage_dir {
+            // libvirtd would resolve a relative path against its own working directory.
+            if !dir.is_absolute() {
+                return Err(invalid(format!(
+                    "storage_dir {:?} is relative: give an absolute path on the libvirt host, e.g. \"/var/lib/project-vm\"",
+                    dir.display().to_string()
+                )));
+            }
+        }
+        if let Some(Network::User { ssh_port: 0 }) = &self.network {
+            return Err(invalid("network.ssh_port 0 is not a port: give the first port to forward, e.g. 22022"));
+        }
         let pool = self.pool.unwrap_or_else(|| "project-vm".into());
         if pool.is_empty() || pool.contains('/') {
             return Err(invalid(format!("pool {pool:?} is not a valid libvirt pool name")));
@@ -256,6 +268,35 @@ pub fn invoking_home() -> Option<PathBuf> {
     std::env::var_os("HOME").map(PathBuf::from)
 }
 
+/// Under sudo, hands `path` (and the directories above it, up to the
+/// invoking user's home, that root created) to the user who ran sudo, so
+/// project-vm never leaves root-owned files in someone's home.
+pub fn give_to_invoking_user(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Some(user) = std::env::var("SUDO_USER").ok().and_then(|n| nix::unistd::User::from_name(&n).ok().flatten())
+    else {
+        return;
+    };
+    if !path.starts_with(&user.dir) {
+        return;
+    }
+    let mut p = Some(path);
+    while let Some(cur) = p {
+        if cur == user.dir {
+            break;
+        }
+        if std::fs::metadata(cur).is_ok_and(|m| m.uid() == 0) {
+            if let Err(e) = nix::unistd::chown(cur, Some(user.uid), Some(user.gid)) {
+                tracing::warn!(path = %cur.display(), "cannot hand to {}: {e}", user.name);
+            }
+        }
+        p = cur.parent();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +334,11 @@ mod tests {
         assert!(e.contains("name"), "{e}");
         let e = HostSettings { ssh_user: Some("Root".into()), ..Default::default() }.resolve().unwrap_err();
         assert!(e.to_string().contains("ssh_user"));
+        let e = HostSettings { storage_dir: Some("pool".into()), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("relative"), "{e}");
+        let e =
+            HostSettings { network: Some(Network::User { ssh_port: 0 }), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("ssh_port 0"), "{e}");
     }
 
     #[test]

@@ -135,6 +135,12 @@ impl std::str::FromStr for Size {
 }
 
 pub const MIN_MEMORY: Size = Size(128 * MIB);
+/// Above what libvirt and QEMU accept on x86_64 hosts (and far above any
+/// real host): caught at input rather than as a libvirt error later.
+pub const MAX_MEMORY: Size = Size(16 << 40);
+/// qcow2's virtual size limit with default clusters is far higher; this is
+/// the largest disk project-vm will ask for.
+pub const MAX_DISK: Size = Size(64 << 40);
 
 /// The sizes of a VM, checked against each other and against sane minimums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +164,14 @@ impl Resources {
         }
         if self.memory.0 % MIB != 0 {
             return Err(format!("memory {} is not a whole number of MiB", self.memory));
+        }
+        if self.memory > MAX_MEMORY {
+            return Err(format!("memory {} is above the maximum of {MAX_MEMORY}", self.memory));
+        }
+        for (what, size) in [("disk", self.disk), ("project_disk", self.project_disk)] {
+            if size > MAX_DISK {
+                return Err(format!("{what} {size} is above the maximum of {MAX_DISK}"));
+            }
         }
         if self.cpus == 0 || self.cpus > 512 {
             return Err(format!("cpus {} is out of range: give 1 to 512", self.cpus));
@@ -243,6 +257,10 @@ mod tests {
         assert!(r.validate().is_ok());
         r.memory = Size(64 << 20);
         assert!(r.validate().unwrap_err().contains("minimum"));
+        r = Resources { memory: Size(32 << 40), ..Resources::default() };
+        assert!(r.validate().unwrap_err().contains("maximum"));
+        r = Resources { disk: Size(100 << 40), ..Resources::default() };
+        assert!(r.validate().unwrap_err().contains("disk"));
         r = Resources { cpus: 0, ..Resources::default() };
         assert!(r.validate().unwrap_err().contains("cpus"));
     }

@@ -33,6 +33,10 @@ pub fn destroy(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRep
         tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);
     }
     vm.dom.undefine().map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
+    // A later VM of this name gets a new host key: its pin goes with this one.
+    if let Err(e) = super::ssh::forget_host_key(&super::ssh::known_hosts_path(), &vm.name.domain()) {
+        tracing::warn!("could not remove {}'s pinned host key: {e:#}", vm.name);
+    }
     tracing::info!(vm = %vm.name, "destroyed");
     Ok(DestroyReport {
         name: vm.name.to_string(),

@@ -27,18 +27,34 @@ pub fn known_hosts_path() -> PathBuf {
 
 /// Replaces the line for `alias` in the known_hosts file with `key`.
 pub fn pin_host_key(path: &Path, alias: &str, key: &str) -> anyhow::Result<()> {
+    rewrite_known_hosts(path, alias, Some(key))
+}
+
+/// Removes `alias`'s line (`destroy`: a later VM of that name has a new key).
+pub fn forget_host_key(path: &Path, alias: &str) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    rewrite_known_hosts(path, alias, None)
+}
+
+fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let mut lines: Vec<String> =
         existing.lines().filter(|l| l.split_whitespace().next() != Some(alias)).map(String::from).collect();
-    // known_hosts wants "type base64" without the comment.
-    let key: Vec<&str> = key.split_whitespace().take(2).collect();
-    lines.push(format!("{alias} {}", key.join(" ")));
+    if let Some(key) = key {
+        // known_hosts wants "type base64" without the comment.
+        let key: Vec<&str> = key.split_whitespace().take(2).collect();
+        lines.push(format!("{alias} {}", key.join(" ")));
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, lines.join("\n") + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    let text = if lines.is_empty() { String::new() } else { lines.join("\n") + "\n" };
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    crate::settings::give_to_invoking_user(path);
     Ok(())
 }
 
@@ -111,6 +127,18 @@ pub fn config_block(vm: &Vm) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_removes_only_that_alias() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        pin_host_key(&kh, "project-a", "ssh-ed25519 AAAA a").unwrap();
+        pin_host_key(&kh, "project-b", "ssh-ed25519 BBBB b").unwrap();
+        forget_host_key(&kh, "project-a").unwrap();
+        assert_eq!(std::fs::read_to_string(&kh).unwrap(), "project-b ssh-ed25519 BBBB\n");
+        forget_host_key(&dir.path().join("absent"), "project-a").unwrap();
+        assert!(!dir.path().join("absent").exists());
+    }
 
     #[test]
     fn pinning_replaces_only_that_alias() {
