@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cloudinit;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod features;
 pub mod images;
 pub mod interrupt;

@@ -59,40 +59,57 @@ fn open(uri: &str, what: &str) -> anyhow::Result<File> {
         .map_err(|e| failure(Kind::Environment, format!("cannot open lock file {}: {e}", p.display())))
 }
 
-fn holder(file: &mut File) -> Option<u32> {
-    let mut s = String::new();
-    file.rewind().ok()?;
-    file.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+/// Who holds a lock, as far as its file says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Holder {
+    pub pid: Option<u32>,
+    /// What it is doing ("creating", "destroying"), if it said.
+    pub doing: Option<String>,
 }
 
-fn claim(mut f: Flock<File>) -> Lock {
-    // Best effort: the pid only makes a waiter's message friendlier.
-    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
+impl Holder {
+    /// ` (pid N)`, or nothing.
+    pub fn pid_note(&self) -> String {
+        self.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    }
+}
+
+fn holder(file: &mut File) -> Holder {
+    let mut s = String::new();
+    if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
+        return Holder::default();
+    }
+    let mut parts = s.trim().splitn(2, ' ');
+    Holder { pid: parts.next().and_then(|p| p.parse().ok()), doing: parts.next().map(String::from) }
+}
+
+fn claim(mut f: Flock<File>, doing: &str) -> Lock {
+    // Best effort: this only makes a waiter's message friendlier.
+    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{} {doing}", std::process::id()));
     Lock { _file: f }
 }
 
 /// Takes the lock for `what`, waiting for another process that holds it.
-/// `waiting` is called once, with the holder's pid, if we have to wait.
-pub fn acquire(uri: &str, what: &str, waiting: impl FnOnce(Option<u32>)) -> anyhow::Result<Lock> {
+/// `waiting` is called once, with the holder, if we have to wait.
+pub fn acquire(uri: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
     let file = open(uri, what)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(claim(f)),
+        Ok(f) => Ok(claim(f, doing)),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             waiting(holder(&mut file));
             let f = Flock::lock(file, FlockArg::LockExclusive)
                 .map_err(|(_, e)| failure(Kind::Environment, format!("cannot lock {what}: {e}")))?;
-            Ok(claim(f))
+            Ok(claim(f, doing))
         }
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }
 }
 
-/// Takes the lock for `what`, or says who holds it: `Err(Some(pid))`.
-pub fn try_acquire(uri: &str, what: &str) -> anyhow::Result<Result<Lock, Option<u32>>> {
+/// Takes the lock for `what`, or says who holds it.
+pub fn try_acquire(uri: &str, what: &str, doing: &str) -> anyhow::Result<Result<Lock, Holder>> {
     let file = open(uri, what)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(Ok(claim(f))),
+        Ok(f) => Ok(Ok(claim(f, doing))),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => Ok(Err(holder(&mut file))),
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }
@@ -105,12 +122,13 @@ mod tests {
     #[test]
     fn a_held_lock_names_its_holder_and_frees_on_drop() {
         let what = format!("test-{}", std::process::id());
-        let held = try_acquire("test:///lock", &what).unwrap().expect("free at first");
+        let held = try_acquire("test:///lock", &what, "testing").unwrap().expect("free at first");
         // flock locks belong to the open file description: a second open in
         // this process contends like another process would.
-        assert_eq!(try_acquire("test:///lock", &what).unwrap().err(), Some(Some(std::process::id())));
+        let holder = try_acquire("test:///lock", &what, "x").unwrap().err().expect("held");
+        assert_eq!(holder, Holder { pid: Some(std::process::id()), doing: Some("testing".into()) });
         drop(held);
-        assert!(try_acquire("test:///lock", &what).unwrap().is_ok());
+        assert!(try_acquire("test:///lock", &what, "x").unwrap().is_ok());
         let _ = std::fs::remove_file(path("test:///lock", &what));
     }
 }

@@ -110,10 +110,11 @@ fn core_verbs_on_a_real_libvirtd() {
     let inode = sh(&format!("stat -c %i {}", data.display()));
     let d = env.run(&["destroy", "foo", "--keep-data", "--json"]).ok().json();
     assert_eq!(d["kept_data_volume"], "project-foo-data.qcow2");
-    assert_eq!(env.volumes(), vec!["project-foo-data.qcow2", &tiny, &record]);
+    assert_eq!(env.volumes(), vec!["project-foo-data.qcow2", "project-foo-data.qcow2.kept", &tiny, &record]);
     let again = env.run(&["create", "foo", "1G", "1", "5G", "--json"]).ok().json();
     assert_eq!(again["create"]["data_reattached"], true);
     assert_eq!(sh(&format!("stat -c %i {}", data.display())), inode, "project disk was recreated");
+    assert!(!env.volumes().contains(&"project-foo-data.qcow2.kept".to_string()), "the marker outlived the reattach");
 
     // A hand-made domain with a project- name is refused, never touched.
     let hand = env.dir.join("hand.xml");

@@ -442,6 +442,7 @@ pub(crate) mod tests {
             pool: "project-vm".into(),
             root_volume: spec.name.root_volume(),
             data_volume: spec.name.data_volume(),
+            data_kept: false,
             seed_volume: Some(spec.name.seed_volume()),
             created: 1,
             host_key: None,

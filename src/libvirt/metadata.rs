@@ -48,6 +48,11 @@ pub struct Ownership {
     pub root_volume: String,
     #[serde(rename = "@data")]
     pub data_volume: String,
+    /// The project disk was kept by an earlier `destroy --keep-data` and
+    /// reattached by this create: until the create finishes it is not this
+    /// VM's to delete (a `destroy` of the half-made VM keeps it).
+    #[serde(rename = "@data-kept", default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_kept: bool,
     /// Removed once the guest has booted and the seed (which holds secrets) is deleted.
     #[serde(rename = "@seed", default, skip_serializing_if = "Option::is_none")]
     pub seed_volume: Option<String>,
@@ -102,7 +107,9 @@ impl Ownership {
             Some(NAMESPACE),
             flags,
         )
-        .map_err(|e| anyhow::anyhow!("writing project-vm metadata: {}", e.message()))
+        .map_err(|e| anyhow::anyhow!("writing project-vm metadata: {}", e.message()))?;
+        crate::fault::mutated("wrote metadata");
+        Ok(())
     }
 
     /// Why this record does not belong to domain `domain_name` (uuid
@@ -157,6 +164,7 @@ mod tests {
             pool: "project-vm".into(),
             root_volume: "project-foo-root.qcow2".into(),
             data_volume: "project-foo-data.qcow2".into(),
+            data_kept: true,
             seed_volume: Some("project-foo-seed.iso".into()),
             created: 1_700_000_000,
             host_key: Some("ssh-ed25519 AAAA project-foo".into()),
@@ -197,6 +205,7 @@ mod tests {
         let o = Ownership::parse(&xml).unwrap();
         assert_eq!(o.phase, Phase::Creating);
         assert_eq!(o.seed_volume, None);
+        assert!(!o.data_kept, "absent means not kept");
         assert_eq!(o.volumes(false), vec!["r"]);
         assert_eq!(o.volumes(true), vec!["r", "d"]);
     }

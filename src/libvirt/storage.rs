@@ -152,6 +152,7 @@ pub fn ensure_pool(conn: &Connect, settings: &Settings) -> anyhow::Result<Storag
         return Err(e);
     }
     let _ = pool.set_autostart(true);
+    crate::fault::mutated(&format!("defined pool {}", settings.pool));
     Ok(pool)
 }
 
@@ -166,7 +167,10 @@ pub fn find_volume(pool: &StoragePool, name: &str) -> anyhow::Result<Option<Stor
 fn create(pool: &StoragePool, xml: &VolumeXml) -> anyhow::Result<StorageVol> {
     let text = quick_xml::se::to_string(xml)?;
     tracing::debug!(xml = %text, "creating volume");
-    StorageVol::create_xml(pool, &text, 0).map_err(|e| explain(e, format!("creating volume {}", xml.name)))
+    let vol =
+        StorageVol::create_xml(pool, &text, 0).map_err(|e| explain(e, format!("creating volume {}", xml.name)))?;
+    crate::fault::mutated(&format!("created volume {}", xml.name));
+    Ok(vol)
 }
 
 /// A qcow2 overlay on `base`: copy-on-write, created in milliseconds.
@@ -262,7 +266,11 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
         Ok(())
     })();
     match result {
-        Ok(()) => stream.finish().map_err(|e| explain(e, "finishing upload")),
+        Ok(()) => {
+            stream.finish().map_err(|e| explain(e, "finishing upload"))?;
+            crate::fault::mutated("uploaded a volume");
+            Ok(())
+        }
         Err(e) => {
             let _ = stream.abort();
             Err(e)
@@ -314,10 +322,41 @@ pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
         Some(v) => {
             tracing::info!(volume = name, "deleting volume");
             v.delete(0).map_err(|e| explain(e, format!("deleting volume {name}")))?;
+            crate::fault::mutated(&format!("deleted volume {name}"));
             Ok(true)
         }
         None => Ok(false),
     }
+}
+
+/// The marker `destroy --keep-data` leaves beside a kept project disk: an
+/// empty volume whose name says "project-vm kept this on purpose". `create`
+/// reattaches a project disk only when its marker is there, so a volume that
+/// merely has the right name (made by hand, or by someone else) is never
+/// adopted, and later deleted with a VM that never owned it.
+pub fn kept_marker(data_volume: &str) -> String {
+    format!("{data_volume}.kept")
+}
+
+pub fn mark_kept(pool: &StoragePool, data_volume: &str) -> anyhow::Result<()> {
+    let marker = kept_marker(data_volume);
+    if find_volume(pool, &marker)?.is_none() {
+        create(
+            pool,
+            &VolumeXml {
+                name: marker,
+                capacity: amount(0),
+                allocation: Some(amount(0)),
+                target: VolumeTarget { format: Some(Format { kind: "raw".into() }), ..Default::default() },
+                backing_store: None,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+pub fn is_kept(pool: &StoragePool, data_volume: &str) -> anyhow::Result<bool> {
+    Ok(find_volume(pool, &kept_marker(data_volume))?.is_some())
 }
 
 /// How many leading bytes [`sniff_format`] wants.

@@ -178,8 +178,10 @@ fn apply_one(
             Ok(())
         }
         Action::Update => {
+            let lock = super::vm_lock(ctx, &name, "applying a change to")?;
             let vm = vms::get(&ctx.conn, &name)?;
             if p.recreate {
+                drop(lock);
                 let decl = p.decl.as_ref().expect("declared");
                 progress.set_message(format!("{name}: recreating (project disk kept)"));
                 destroy::destroy(ctx, &vm, true)?;
@@ -244,16 +246,19 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
             vm.dom
                 .block_resize(dev, bytes, virt::sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
                 .map_err(|e| explain(e, format!("growing {volume}")))?;
+            crate::fault::mutated("grew a disk");
         } else {
             let pool = ctx.vm_pool(vm)?.ok_or_else(|| anyhow::anyhow!("storage pool {} is gone", vm.own.pool))?;
             let vol = storage::find_volume(&pool, volume)?.ok_or_else(|| anyhow::anyhow!("volume {volume} is gone"))?;
             vol.resize(bytes, 0).map_err(|e| explain(e, format!("growing {volume}")))?;
+            crate::fault::mutated("grew a disk");
         }
         *size = wanted;
         done.push(format!("grew {field} to {wanted}"));
     }
     if applies("autostart") {
         vm.dom.set_autostart(desired.autostart).map_err(|e| explain(e, "setting autostart"))?;
+        crate::fault::mutated("set autostart");
         spec.autostart = desired.autostart;
         done.push(format!("autostart {}", if desired.autostart { "on" } else { "off" }));
     }
@@ -267,6 +272,7 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
         ctx.conn
             .define_domain_xml(&xml.to_xml())
             .map_err(|e| explain(e, format!("redefining {}", vm.name.domain())))?;
+        crate::fault::mutated("redefined the domain");
         done.push("redefined".into());
     } else if own != vm.own {
         own.write(&vm.dom)?;

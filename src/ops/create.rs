@@ -1,11 +1,18 @@
-//! `create`: volumes, seed and domain for a new VM.
+//! `create`: volumes, seed and domain for a new VM, in four named phases.
 //!
-//! Order matters for safety. The domain is defined *first*, with project-vm's
-//! metadata in phase `creating` naming every volume this run will make: that
-//! claims the name atomically (libvirt refuses a duplicate) and means there is
-//! never a volume without a record of its owner. Then the volumes, then the
-//! phase flips to `ready`. Any failure (or Ctrl-C) undoes exactly what this run
-//! made; a reattached project disk is never part of that.
+//! 1. **claim**: define the domain with project-vm's record in phase
+//!    `creating`, naming every volume this run will make. libvirt refuses a
+//!    duplicate name, so the name is claimed atomically, and there is never a
+//!    volume without a record of its owner.
+//! 2. **volumes**: the root overlay and (unless a kept one is reattached) the
+//!    project disk.
+//! 3. **seed**: the cloud-init ISO, uploaded through libvirt.
+//! 4. **finalize**: the record flips to `ready`.
+//!
+//! A failure (or Ctrl-C) undoes exactly what this run made. A SIGKILL leaves a
+//! `creating` record, and running `create` again undoes what it names and
+//! starts over ([`clear_leftovers`]). A reattached project disk is never
+//! deleted on the way: the record says it was kept.
 
 use std::time::Instant;
 
@@ -68,15 +75,15 @@ pub struct CreateReport {
     pub elapsed_ms: u128,
 }
 
-/// Undoes a partial create when dropped while armed.
-struct Undo<'a> {
+/// What this run has made so far; undone when dropped while armed.
+struct Made<'a> {
     pool: &'a StoragePool,
     dom: Option<Domain>,
     volumes: Vec<String>,
     armed: bool,
 }
 
-impl Drop for Undo<'_> {
+impl Drop for Made<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -88,15 +95,28 @@ impl Drop for Undo<'_> {
             }
         }
         if let Some(d) = &self.dom {
-            if let Err(e) = d.undefine() {
-                eprintln!(
+            match d.undefine() {
+                Ok(()) => crate::fault::mutated("undefined the domain"),
+                Err(e) => eprintln!(
                     "warning: could not undefine {} while undoing create: {}",
                     d.name().unwrap_or_default(),
                     e.message()
-                );
+                ),
             }
         }
     }
+}
+
+/// Everything checked and computed before the first change to libvirt.
+struct Prepared {
+    pool: StoragePool,
+    base: VolumeInfo,
+    base_image: String,
+    authorized_keys: Vec<String>,
+    tailscale_auth_key: Option<String>,
+    /// A project disk kept by `destroy --keep-data`, to reattach.
+    kept_data: Option<VolumeInfo>,
+    user_config: Option<Value>,
 }
 
 /// The base image's name as the spec records it.
@@ -140,7 +160,7 @@ pub fn desired_spec(
 /// (apply --jobs) and processes, so no two VMs get the same forwarded port.
 /// (Each call opens the lock file anew, so threads contend like processes.)
 fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
-    crate::lock::acquire(&ctx.uri, "ssh-ports", |_| {})
+    crate::lock::acquire(&ctx.uri, "ssh-ports", "choosing a port", |_| {})
 }
 
 /// For user networking: the first free forwarded port at or above the base.
@@ -153,21 +173,65 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let started = Instant::now();
     let name = &req.name;
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
+    let _lock = super::vm_lock(ctx, name, "creating")?;
+    clear_leftovers(ctx, name, progress)?;
+    let prep = prepare(ctx, req, progress)?;
+    let (mut made, spec, mut own, host_key) = claim(ctx, req, &prep, progress)?;
+    let data_capacity = volumes(req, &prep, &own, &mut made, progress)?;
+    let seed_volume = seed(ctx, &prep, &spec, &host_key, &mut made, progress)?;
+    finalize(req, &prep, &mut own, &mut made)?;
+    tracing::info!(vm = %name, "created");
+    Ok(CreateReport {
+        name: name.to_string(),
+        domain: name.domain(),
+        uuid: own.uuid.clone().unwrap_or_default(),
+        root_volume: own.root_volume,
+        data_volume: own.data_volume,
+        data_reattached: prep.kept_data.is_some(),
+        data_capacity,
+        seed_volume,
+        base_image: prep.base_image.clone(),
+        ssh_port: spec.ssh_port,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
+}
 
-    match vms::lookup(&ctx.conn, name)? {
-        Lookup::Absent => {}
+/// A half-made VM of this name (a `create` that was killed, or a `destroy`
+/// killed after it removed the root disk) is undone, keeping a project disk
+/// that was kept or may hold data; a whole VM is an error. Called with the
+/// VM's lock held, so no live project-vm is still working on it.
+fn clear_leftovers(ctx: &Ctx, name: &VmName, progress: &Progress) -> anyhow::Result<()> {
+    let vm = match vms::lookup(&ctx.conn, name)? {
+        Lookup::Absent => return Ok(()),
         Lookup::Foreign(why) => return Err(vms::foreign(name, why.as_deref())),
-        Lookup::Owned(vm) if vm.own.phase == Phase::Creating => {
-            return Err(invalid(format!(
-                "an earlier create of {name} did not finish: remove what it left with `project-vm destroy {name} --keep-data` (keeps the project disk), then create again"
-            )))
+        Lookup::Owned(vm) => vm,
+    };
+    let half_made = match vm.own.phase {
+        Phase::Creating => Some(vm.own.data_kept),
+        // The root disk goes first in a destroy: without it, this is what a killed destroy left.
+        Phase::Ready => match ctx.vm_pool(&vm)? {
+            Some(pool) if storage::find_volume(&pool, &vm.own.root_volume)?.is_none() => Some(true),
+            _ => None,
+        },
+    };
+    let Some(keep_data) = half_made else {
+        return Err(invalid(format!(
+            "VM {name} already exists: start it with `project-vm start {name}`, or remove it with `project-vm destroy {name}` first"
+        )));
+    };
+    progress.suspend(|| {
+        if !ctx.json {
+            eprintln!("{name}: an earlier create or destroy did not finish; undoing what it left, then creating again");
         }
-        Lookup::Owned(_) => {
-            return Err(invalid(format!(
-                "VM {name} already exists: start it with `project-vm start {name}`, or remove it with `project-vm destroy {name}` first"
-            )))
-        }
-    }
+    });
+    super::destroy::remove(ctx, &vm, keep_data)?;
+    Ok(())
+}
+
+/// Checks and reads everything the create needs; changes nothing but, on
+/// first use, the pool and its base image.
+fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<Prepared> {
+    let name = &req.name;
     let authorized_keys = ctx.settings.authorized_keys()?;
     let tailscale_auth_key = match (&ctx.settings.tailnet, &ctx.settings.tailscale_auth_key_file) {
         (Some(_), Some(path)) => Some(
@@ -177,11 +241,12 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         ),
         _ => None,
     };
+    let user_config = crate::features::user_config(&req.features, req.user_data.as_ref().map(|(v, _)| v))?;
 
     progress.set_message(format!("creating {name}: base image"));
     let (pool, image) = super::pull::ensure(ctx, req.image.as_deref().unwrap_or(&ctx.settings.base_image), progress)?;
-    let base = &image.disk;
-    let base_image = image.record.name.clone();
+    let base = image.disk;
+    let base_image = image.record.name;
     if req.resources.disk.bytes() < base.capacity {
         return Err(invalid(format!(
             "disk {} is smaller than the base image {base_image} ({} bytes): give a disk of at least {}",
@@ -198,17 +263,41 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
             )));
         }
     }
-    let existing_data = storage::find_volume(&pool, &name.data_volume())?.map(|v| VolumeInfo::of(&v)).transpose()?;
-    if let Some(d) = &existing_data {
-        if d.format != "qcow2" {
+    let data = storage::find_volume(&pool, &name.data_volume())?.map(|v| VolumeInfo::of(&v)).transpose()?;
+    let kept = storage::is_kept(&pool, &name.data_volume())?;
+    let kept_data = match (data, kept) {
+        (Some(d), true) if d.format != "qcow2" => {
             return Err(invalid(format!(
                 "volume {} exists but is {} rather than qcow2, so it cannot be reattached as {name}'s project disk",
                 d.name, d.format
-            )));
+            )))
         }
-    }
+        (Some(d), true) => Some(d),
+        (Some(d), false) => {
+            return Err(invalid(format!(
+                "volume {} already exists in pool {}, but project-vm has no record of keeping it (`destroy --keep-data` leaves one), so it is not adopted as {name}'s project disk: rename or remove it (`virsh vol-delete {} --pool {}`) if it is yours, or pick another VM name",
+                d.name, ctx.settings.pool, d.name, ctx.settings.pool
+            )))
+        }
+        (None, true) => {
+            // The disk it marked is gone: the marker means nothing now.
+            storage::delete(&pool, &storage::kept_marker(&name.data_volume()))?;
+            None
+        }
+        (None, false) => None,
+    };
+    Ok(Prepared { pool, base, base_image, authorized_keys, tailscale_auth_key, kept_data, user_config })
+}
 
-    let define_guard = match ctx.settings.network {
+/// Phase 1: the domain, with a `creating` record naming every volume to come.
+fn claim<'a>(
+    ctx: &Ctx,
+    req: &CreateRequest,
+    prep: &'a Prepared,
+    progress: &Progress,
+) -> anyhow::Result<(Made<'a>, VmSpec, Ownership, HostKey)> {
+    let name = &req.name;
+    let port_guard = match ctx.settings.network {
         Network::User { .. } => Some(port_lock(ctx)?),
         _ => None,
     };
@@ -216,14 +305,13 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         Network::User { ssh_port } => Some(pick_ssh_port(ctx, ssh_port)?),
         _ => None,
     };
-    let mut spec = desired_spec(ctx, req, &authorized_keys, base_image.clone(), ssh_port);
-    if let Some(d) = &existing_data {
+    let mut spec = desired_spec(ctx, req, &prep.authorized_keys, prep.base_image.clone(), ssh_port);
+    if let Some(d) = &prep.kept_data {
         // A reattached disk keeps its size; record the truth.
         spec.resources.project_disk = crate::spec::Size(d.capacity);
     }
-    let user_config = crate::features::user_config(&req.features, req.user_data.as_ref().map(|(v, _)| v))?;
     let host_key = HostKey::generate(&name.domain())?;
-    let mut own = Ownership {
+    let own = Ownership {
         xmlns: None,
         version: 1,
         name: name.to_string(),
@@ -232,13 +320,12 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
         pool: ctx.settings.pool.clone(),
         root_volume: name.root_volume(),
         data_volume: name.data_volume(),
+        data_kept: prep.kept_data.is_some(),
         seed_volume: Some(name.seed_volume()),
         created: now_unix(),
         host_key: Some(host_key.public_openssh.clone()),
         spec_json: serde_json::to_string(&spec)?,
     };
-
-    let mut undo = Undo { pool: &pool, dom: None, volumes: Vec::new(), armed: true };
     interrupt::check()?;
     progress.set_message(format!("creating {name}: domain"));
     let xml = domain_xml::build(&spec, &own, super::serial_log(ctx, &name.domain())).to_xml();
@@ -249,67 +336,87 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
             false => explain(e, format!("defining domain {}", name.domain())),
         }
     })?;
-    undo.dom = Some(dom.clone());
-    drop(define_guard);
-    let uuid = dom.uuid_string().unwrap_or_default();
+    crate::fault::mutated("defined the domain");
+    drop(port_guard);
+    let made = Made { pool: &prep.pool, dom: Some(dom), volumes: Vec::new(), armed: true };
+    Ok((made, spec, own, host_key))
+}
+
+/// Phase 2: the root overlay and the project disk (unless one is reattached).
+fn volumes(
+    req: &CreateRequest,
+    prep: &Prepared,
+    own: &Ownership,
+    made: &mut Made,
+    progress: &Progress,
+) -> anyhow::Result<u64> {
+    let name = &req.name;
+    interrupt::check()?;
+    progress.set_message(format!("creating {name}: root disk (overlay on {})", prep.base_image));
+    storage::create_overlay(&prep.pool, &own.root_volume, req.resources.disk.bytes(), &prep.base)?;
+    made.volumes.push(own.root_volume.clone());
 
     interrupt::check()?;
-    progress.set_message(format!("creating {name}: root disk (overlay on {base_image})"));
-    storage::create_overlay(&pool, &own.root_volume, req.resources.disk.bytes(), base)?;
-    undo.volumes.push(own.root_volume.clone());
-
-    interrupt::check()?;
-    let data_capacity = match &existing_data {
+    Ok(match &prep.kept_data {
         Some(d) => {
             tracing::info!(volume = %d.name, "reattaching project disk");
             d.capacity
         }
         None => {
             progress.set_message(format!("creating {name}: project disk"));
-            storage::create_qcow2(&pool, &own.data_volume, req.resources.project_disk.bytes())?;
-            undo.volumes.push(own.data_volume.clone());
+            storage::create_qcow2(&prep.pool, &own.data_volume, req.resources.project_disk.bytes())?;
+            made.volumes.push(own.data_volume.clone());
             req.resources.project_disk.bytes()
         }
-    };
+    })
+}
 
+/// Phase 3: the cloud-init seed, uploaded through libvirt.
+fn seed(
+    ctx: &Ctx,
+    prep: &Prepared,
+    spec: &VmSpec,
+    host_key: &HostKey,
+    made: &mut Made,
+    progress: &Progress,
+) -> anyhow::Result<String> {
+    let name = &spec.name;
     interrupt::check()?;
     progress.set_message(format!("creating {name}: cloud-init seed"));
+    let uuid = made.dom.as_ref().and_then(|d| d.uuid_string().ok()).unwrap_or_default();
     let seed = cloudinit::render(&SeedInput {
-        spec: &spec,
-        authorized_keys: &authorized_keys,
-        host_key: Some(&host_key),
-        user_data: user_config.as_ref(),
+        spec,
+        authorized_keys: &prep.authorized_keys,
+        host_key: Some(host_key),
+        user_data: prep.user_config.as_ref(),
         instance_id: &format!("{}-{uuid}", name.domain()),
-        tailscale_auth_key: tailscale_auth_key.as_deref(),
+        tailscale_auth_key: prep.tailscale_auth_key.as_deref(),
     });
     let iso = cloudinit::iso::build(&seed)?;
     // 0600: the seed carries the guest's private host key (and any auth key).
     // (upload removes its own volume if it fails part-way)
     let seed_name = name.seed_volume();
     let new = storage::NewVolume { name: &seed_name, format: "raw", len: iso.len() as u64, mode: "0600" };
-    storage::upload(&ctx.conn, &pool, new, &mut iso.as_slice(), &Progress::hidden())
+    storage::upload(&ctx.conn, &prep.pool, new, &mut iso.as_slice(), &Progress::hidden())
         .context("writing the cloud-init seed")?;
-    undo.volumes.push(seed_name.clone());
+    made.volumes.push(seed_name.clone());
+    Ok(seed_name)
+}
 
+/// Phase 4: the record says `ready`; a reattached disk is the VM's own now.
+fn finalize(req: &CreateRequest, prep: &Prepared, own: &mut Ownership, made: &mut Made) -> anyhow::Result<()> {
     interrupt::check()?;
+    let dom = made.dom.as_ref().expect("claimed");
     own.phase = Phase::Ready;
-    own.write(&dom)?;
+    own.data_kept = false;
+    own.write(dom)?;
     if req.autostart {
         dom.set_autostart(true).map_err(|e| explain(e, "setting autostart"))?;
+        crate::fault::mutated("set autostart");
     }
-    undo.armed = false;
-    tracing::info!(vm = %name, "created");
-    Ok(CreateReport {
-        name: name.to_string(),
-        domain: name.domain(),
-        uuid,
-        root_volume: own.root_volume,
-        data_volume: own.data_volume,
-        data_reattached: existing_data.is_some(),
-        data_capacity,
-        seed_volume: seed_name,
-        base_image,
-        ssh_port,
-        elapsed_ms: started.elapsed().as_millis(),
-    })
+    made.armed = false;
+    if prep.kept_data.is_some() {
+        storage::delete(&prep.pool, &storage::kept_marker(&own.data_volume))?;
+    }
+    Ok(())
 }

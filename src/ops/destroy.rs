@@ -1,12 +1,16 @@
 //! `destroy`: power off, delete the volumes this VM's record names, undefine.
 //!
-//! Volumes go first and the domain (with its record) last, so a failure
-//! part-way leaves the record in place and `destroy` can simply be run again.
+//! Volumes go first (the root disk before the others) and the domain, with
+//! its record, last: a destroy killed part-way leaves the record, and running
+//! `destroy` again finishes the job (a `create` of the same name undoes the
+//! rest instead, keeping the project disk). A kept project disk gets its
+//! marker before the record goes, so it is never left unrecorded.
 
 use serde::Serialize;
 
 use super::Ctx;
 use crate::libvirt::explain;
+use crate::libvirt::metadata::Phase;
 use crate::libvirt::storage;
 use crate::libvirt::vms::Vm;
 
@@ -19,20 +23,46 @@ pub struct DestroyReport {
 }
 
 pub fn destroy(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyReport> {
+    let _lock = super::vm_lock(ctx, &vm.name, "destroying")?;
+    // Re-read under the lock: the VM may have changed since the caller looked.
+    let vm = crate::libvirt::vms::get(&ctx.conn, &vm.name)?;
+    remove(ctx, &vm, keep_data)
+}
+
+/// The work of `destroy`, for callers that hold the VM's lock. A project disk
+/// that a half-made create reattached is kept whatever `keep_data` says: it
+/// was kept by an earlier `destroy --keep-data`, not made by that create.
+pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyReport> {
+    let keep_data = keep_data || (vm.own.phase == Phase::Creating && vm.own.data_kept);
     if vm.dom.is_active().unwrap_or(false) {
         vm.dom.destroy().map_err(|e| explain(e, format!("powering off {}", vm.name)))?;
+        crate::fault::mutated("powered off");
     }
     let mut deleted = Vec::new();
     if let Some(pool) = ctx.vm_pool(vm)? {
-        for vol in vm.own.volumes(!keep_data) {
+        for vol in vm.own.volumes(false) {
             if storage::delete(&pool, vol)? {
                 deleted.push(vol.to_owned());
+            }
+        }
+        let data = &vm.own.data_volume;
+        let marker = storage::kept_marker(data);
+        if keep_data {
+            if storage::find_volume(&pool, data)?.is_some() {
+                storage::mark_kept(&pool, data)?;
+            }
+        } else {
+            for vol in [data, &marker] {
+                if storage::delete(&pool, vol)? {
+                    deleted.push(vol.to_owned());
+                }
             }
         }
     } else {
         tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);
     }
     vm.dom.undefine().map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
+    crate::fault::mutated("undefined the domain");
     // A later VM of this name gets a new host key: its pin goes with this one.
     if let Err(e) = super::ssh::forget_host_key(&super::ssh::known_hosts_path(), &vm.name.domain()) {
         tracing::warn!("could not remove {}'s pinned host key: {e:#}", vm.name);

@@ -23,6 +23,7 @@ use virt::storage_pool::StoragePool;
 use crate::libvirt::storage;
 use crate::libvirt::vms::Vm;
 use crate::settings::Settings;
+use crate::spec::VmName;
 
 pub struct Ctx {
     pub conn: Connect,
@@ -53,6 +54,19 @@ impl Ctx {
 /// session daemon's log directory depends on the user's home there).
 pub fn serial_log(ctx: &Ctx, domain: &str) -> Option<String> {
     ctx.is_system().then(|| format!("/var/log/libvirt/qemu/{domain}-serial.log"))
+}
+
+/// The per-VM lock: one project-vm process at a time changes a VM. `doing`
+/// ("creating", "destroying", "applying") is what a loser is told.
+pub fn vm_lock(ctx: &Ctx, name: &VmName, doing: &str) -> anyhow::Result<crate::lock::Lock> {
+    match crate::lock::try_acquire(&ctx.uri, &format!("vm:{name}"), doing)? {
+        Ok(lock) => Ok(lock),
+        Err(holder) => Err(crate::error::invalid(format!(
+            "another project-vm{} is {} {name} right now: try again when it has finished",
+            holder.pid_note(),
+            holder.doing.as_deref().unwrap_or("working on"),
+        ))),
+    }
 }
 
 pub fn now_unix() -> u64 {

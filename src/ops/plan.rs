@@ -66,6 +66,9 @@ pub struct VmPlan {
     pub restart_pending: bool,
     /// It will be rebuilt (`--recreate` and a change that needs it).
     pub recreate: bool,
+    /// Half-made: a create (or destroy) was interrupted. `apply` undoes what
+    /// is left, keeping the project disk, and creates it again.
+    pub interrupted: bool,
     #[serde(skip)]
     pub desired: Option<VmSpec>,
     #[serde(skip)]
@@ -83,6 +86,7 @@ impl VmPlan {
             restart: false,
             restart_pending: false,
             recreate: false,
+            interrupted: false,
             desired: None,
             decl: None,
         }
@@ -225,7 +229,12 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     for decl in declared.vms.values() {
         let req = request(decl)?;
         let base = create::base_name(ctx, decl.image.as_deref());
-        match existing.iter().find(|vm| vm.name == decl.name) {
+        let found = existing.iter().find(|vm| vm.name == decl.name);
+        let interrupted = match found {
+            Some(vm) => half_made(ctx, vm)?,
+            None => false,
+        };
+        match found.filter(|_| !interrupted) {
             None => {
                 // Fails here, before anything is made, when there is no base image etc.
                 if let vms::Lookup::Foreign(why) = vms::lookup(&ctx.conn, &decl.name)? {
@@ -234,6 +243,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
                 let desired = create::desired_spec(ctx, &req, &keys, base, None);
                 out.push(VmPlan {
                     start: decl.autostart,
+                    interrupted,
                     desired: Some(desired),
                     decl: Some(decl.clone()),
                     ..VmPlan::new(decl.name.as_str(), Action::Create)
@@ -259,6 +269,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
                     restart,
                     restart_pending: act.restart_pending,
                     recreate,
+                    interrupted: false,
                     desired: Some(desired),
                     decl: Some(decl.clone()),
                 };
@@ -280,11 +291,28 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     Ok(Plan { vms: out, changes, not_applied, impossible })
 }
 
+/// A VM whose create was interrupted (its record still says `creating`), or
+/// whose destroy was (its root disk is gone): never "nothing to do".
+fn half_made(ctx: &Ctx, vm: &Vm) -> anyhow::Result<bool> {
+    if vm.own.phase == crate::libvirt::metadata::Phase::Creating {
+        return Ok(true);
+    }
+    Ok(match ctx.vm_pool(vm)? {
+        Some(pool) => storage::find_volume(&pool, &vm.own.root_volume)?.is_none(),
+        None => true,
+    })
+}
+
 /// One line per VM, for people.
 pub fn describe(p: &VmPlan) -> Vec<String> {
     let mut lines = Vec::new();
     let head = match p.action {
-        Action::Create => format!("{}: create{}", p.name, if p.start { ", start" } else { "" }),
+        Action::Create => format!(
+            "{}: create{}{}",
+            p.name,
+            if p.start { ", start" } else { "" },
+            if p.interrupted { " (half-made by an interrupted run: undone first, project disk kept)" } else { "" }
+        ),
         Action::Nothing => format!("{}: nothing to do", p.name),
         Action::Prune => format!("{}: destroy (not in the file; --prune)", p.name),
         Action::NotInFile => {

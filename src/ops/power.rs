@@ -16,6 +16,12 @@ pub struct StartReport {
 }
 
 pub fn start(_ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
+    if vm.own.phase == crate::libvirt::metadata::Phase::Creating {
+        return Err(crate::error::invalid(format!(
+            "{} is half-made: its create did not finish. Run the same `project-vm create {}` again (it undoes what was left and starts over), or `project-vm destroy {}`",
+            vm.name, vm.name, vm.name
+        )));
+    }
     match vm.state() {
         State::Running => return Ok(StartReport { name: vm.name.to_string(), result: "already-running" }),
         State::Paused => {
@@ -25,6 +31,7 @@ pub fn start(_ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
         _ => {}
     }
     vm.dom.create().map_err(|e| explain(e, format!("starting {}", vm.name.domain())))?;
+    crate::fault::mutated("started the domain");
     tracing::info!(vm = %vm.name, "started");
     Ok(StartReport { name: vm.name.to_string(), result: "started" })
 }

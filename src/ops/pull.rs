@@ -77,10 +77,9 @@ pub fn image_name(image: &str) -> String {
 /// Serialises work on one image name across project-vm processes.
 fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
     let json = ctx.json;
-    lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), |pid| {
+    lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), "storing", |holder| {
         if !json {
-            let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-            eprintln!("waiting for another project-vm{who} that is storing image {name}");
+            eprintln!("waiting for another project-vm{} that is storing image {name}", holder.pid_note());
         }
     })
 }

@@ -20,6 +20,7 @@ pub fn remove(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
             .detach_device_flags(&xml, virt::sys::VIR_DOMAIN_AFFECT_CONFIG)
             .map_err(|e| explain(e, format!("detaching the seed from {}", vm.name)))?;
     }
+    crate::fault::mutated("detached the seed");
     let mut own = vm.own.clone();
     own.seed_volume = None;
     own.write(&vm.dom)?;
