@@ -17,7 +17,7 @@ fn feature_name(s: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "unknown feature{}; known: {}",
-            crate::config::did_you_mean(s, &crate::features::names()),
+            crate::suggest::did_you_mean(s, &crate::features::names()),
             crate::features::names().join(", ")
         ))
     }

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::invalid;
 use crate::settings::{HostSettings, HOST_SETTING_KEYS};
 use crate::spec::{Resources, Size, VmName};
+use crate::suggest::did_you_mean;
 
 /// Keys a VM entry (and `defaults`) may have.
 pub const VM_KEYS: &[&str] =
@@ -60,17 +61,6 @@ impl Declared {
         }
         waves
     }
-}
-
-/// ` (did you mean "x"?)` when a known word is close.
-pub fn did_you_mean(word: &str, known: &[&str]) -> String {
-    known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(word, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
-        .min()
-        .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
-        .unwrap_or_default()
 }
 
 #[derive(Default)]
@@ -179,7 +169,7 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
 /// Parses and validates a declarative file. `origin` names it in messages;
 /// `base_dir` resolves relative `user_data` paths.
 pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declared> {
-    let root: Value = serde_json::from_str(text).map_err(|e| invalid(format!("{origin}: not valid JSON: {e}")))?;
+    let root: Value = crate::jsonfile::parse(text, origin)?;
     let Some(root) = root.as_object() else {
         return Err(invalid(format!("{origin}: expected a JSON object with \"vms\" (and optionally \"defaults\")")));
     };
@@ -187,21 +177,15 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
     let mut top_keys: Vec<&str> = vec!["defaults", "vms"];
     top_keys.extend(HOST_SETTING_KEYS);
 
-    let mut settings_obj = Map::new();
-    for (k, v) in root {
-        if HOST_SETTING_KEYS.contains(&k.as_str()) {
-            let one = Value::Object(Map::from_iter([(k.clone(), v.clone())]));
-            match serde_json::from_value::<HostSettings>(one) {
-                Ok(_) => {
-                    settings_obj.insert(k.clone(), v.clone());
-                }
-                Err(e) => p.add(k, e),
-            }
-        } else if k != "defaults" && k != "vms" {
+    for k in root.keys() {
+        if !HOST_SETTING_KEYS.contains(&k.as_str()) && k != "defaults" && k != "vms" {
             p.add(k, format!("unknown key{}; top-level keys are {}", did_you_mean(k, &top_keys), top_keys.join(", ")));
         }
     }
-    let settings: HostSettings = serde_json::from_value(Value::Object(settings_obj)).unwrap_or_default();
+    let mut setting_problems = Vec::new();
+    let settings = HostSettings::from_keys(root, &mut setting_problems);
+    setting_problems.extend(settings.problems());
+    p.0.extend(setting_problems);
 
     let defaults = root.get("defaults").map(|d| fields("defaults", d, &mut p, true)).unwrap_or_default();
     let mut raw: BTreeMap<VmName, (String, Fields)> = BTreeMap::new();
@@ -388,6 +372,14 @@ mod tests {
         ] {
             assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn duplicate_keys_and_bad_settings_are_problems_too() {
+        let e = problems(r#"{"vms": {"a": {"memory": "1G", "memory": "2G"}}}"#);
+        assert!(e.contains("written twice") && e.contains("vms.a.memory"), "{e}");
+        let e = problems(r#"{"storage_dir": "relative", "accel": "hvf", "vms": {"a": {"memory": "8X"}}}"#);
+        assert!(e.contains("3 problems") && e.contains("storage_dir:") && e.contains("accel:"), "{e}");
     }
 
     #[test]

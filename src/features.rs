@@ -27,7 +27,7 @@ pub fn cloud_config(wanted: &[String]) -> anyhow::Result<Option<Value>> {
         let (_, text) = FEATURES.iter().find(|(n, _)| n == name).ok_or_else(|| {
             crate::error::invalid(format!(
                 "unknown feature {name:?}{}: known features are {}",
-                crate::config::did_you_mean(name, &names()),
+                crate::suggest::did_you_mean(name, &names()),
                 names().join(", ")
             ))
         })?;

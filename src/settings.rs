@@ -122,8 +122,92 @@ impl HostSettings {
         self
     }
 
+    /// Parses a settings file, reporting every problem in it at once.
     pub fn from_json(text: &str, origin: &str) -> anyhow::Result<HostSettings> {
-        serde_json::from_str(text).map_err(|e| invalid(format!("{origin}: {e}")))
+        let root = crate::jsonfile::parse(text, origin)?;
+        let Some(obj) = root.as_object() else {
+            return Err(invalid(format!("{origin}: expected a JSON object of settings")));
+        };
+        let mut problems = Vec::new();
+        for k in obj.keys().filter(|k| !HOST_SETTING_KEYS.contains(&k.as_str())) {
+            problems.push(format!(
+                "{k}: unknown setting{}; settings are {}",
+                crate::suggest::did_you_mean(k, HOST_SETTING_KEYS),
+                HOST_SETTING_KEYS.join(", ")
+            ));
+        }
+        let settings = Self::from_keys(obj, &mut problems);
+        problems.extend(settings.problems());
+        if problems.is_empty() {
+            return Ok(settings);
+        }
+        problems.sort();
+        Err(invalid(format!(
+            "{origin}: {} problem{}; nothing was changed:\n  {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        )))
+    }
+
+    /// The settings keys of `obj`, each parsed on its own so that one bad
+    /// value does not hide the next; problems go to `problems` as `key: why`.
+    /// Keys that are not settings are ignored (the caller decides about them).
+    pub fn from_keys(obj: &serde_json::Map<String, serde_json::Value>, problems: &mut Vec<String>) -> HostSettings {
+        let mut good = serde_json::Map::new();
+        for (k, v) in obj.iter().filter(|(k, _)| HOST_SETTING_KEYS.contains(&k.as_str())) {
+            let one = serde_json::Value::Object(serde_json::Map::from_iter([(k.clone(), v.clone())]));
+            match serde_json::from_value::<HostSettings>(one) {
+                Ok(_) => {
+                    good.insert(k.clone(), v.clone());
+                }
+                Err(e) => problems.push(format!("{k}: {e}")),
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(good)).unwrap_or_default()
+    }
+
+    /// What is wrong with these values beyond their types, as `key: why`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(u) = &self.ssh_user {
+            if !valid_user_name(u) {
+                out.push(format!(
+                    "ssh_user: {u:?} is not a valid user name: use lowercase letters, digits, '-' and '_', starting with a letter"
+                ));
+            }
+        }
+        if let Some(t) = &self.tailnet {
+            if t.is_empty() || t.starts_with('.') || t.contains(char::is_whitespace) {
+                out.push(format!("tailnet: {t:?} is not a domain name like \"example.ts.net\""));
+            }
+        }
+        if let Some(dir) = &self.storage_dir {
+            // libvirtd would resolve a relative path against its own working directory.
+            if !dir.is_absolute() {
+                out.push(format!(
+                    "storage_dir: {:?} is relative: give an absolute path on the libvirt host, e.g. \"/var/lib/project-vm\"",
+                    dir.display().to_string()
+                ));
+            }
+        }
+        if let Some(Network::User { ssh_port: 0 }) = &self.network {
+            out.push("network.ssh_port: 0 is not a port: give the first port to forward, e.g. 22022".into());
+        }
+        if let Some(pool) = &self.pool {
+            let ok = !pool.is_empty()
+                && pool.len() <= 64
+                && pool.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                out.push(format!("pool: {pool:?} is not a valid pool name: use letters, digits, '-', '_' and '.'"));
+            }
+        }
+        for (name, _) in self.images.iter().flatten() {
+            if let Err(e) = crate::images::record::validate_name(name) {
+                out.push(format!("images.{name}: {e}"));
+            }
+        }
+        out
     }
 
     /// Loads the settings file(s). An explicit path must exist; the default
@@ -148,34 +232,14 @@ impl HostSettings {
         Ok(settings)
     }
 
+    /// The settings with defaults filled in; every problem reported at once.
     pub fn resolve(self) -> anyhow::Result<Settings> {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            return Err(invalid(format!("settings: {}", problems.join("; "))));
+        }
         let ssh_user = self.ssh_user.unwrap_or_else(|| "dev".into());
-        if !valid_user_name(&ssh_user) {
-            return Err(invalid(format!(
-                "ssh_user {ssh_user:?} is not a valid user name: use lowercase letters, digits, '-' and '_', starting with a letter"
-            )));
-        }
-        if let Some(t) = &self.tailnet {
-            if t.is_empty() || t.starts_with('.') || t.contains(char::is_whitespace) {
-                return Err(invalid(format!("tailnet {t:?} is not a domain name like \"example.ts.net\"")));
-            }
-        }
-        if let Some(dir) = &self.storage_dir {
-            // libvirtd would resolve a relative path against its own working directory.
-            if !dir.is_absolute() {
-                return Err(invalid(format!(
-                    "storage_dir {:?} is relative: give an absolute path on the libvirt host, e.g. \"/var/lib/project-vm\"",
-                    dir.display().to_string()
-                )));
-            }
-        }
-        if let Some(Network::User { ssh_port: 0 }) = &self.network {
-            return Err(invalid("network.ssh_port 0 is not a port: give the first port to forward, e.g. 22022"));
-        }
         let pool = self.pool.unwrap_or_else(|| "project-vm".into());
-        if pool.is_empty() || pool.contains('/') {
-            return Err(invalid(format!("pool {pool:?} is not a valid libvirt pool name")));
-        }
         Ok(Settings {
             storage_dir: self.storage_dir.unwrap_or_else(|| PathBuf::from("/var/lib/project-vm")),
             pool,
@@ -327,7 +391,19 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let e = HostSettings::from_json(r#"{"pol":"x"}"#, "cfg.json").unwrap_err().to_string();
-        assert!(e.contains("cfg.json") && e.contains("unknown field `pol`"), "{e}");
+        assert!(e.contains("cfg.json") && e.contains("pol: unknown setting (did you mean \"pool\"?)"), "{e}");
+        // Every problem of a file at once, duplicates refused.
+        let e = HostSettings::from_json(
+            r#"{"accel":"hvf","storage_dir":"rel","ssh_user":"Root","network":{"type":"user","ssh_port":0}}"#,
+            "all.json",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in ["4 problems", "accel:", "storage_dir:", "ssh_user:", "network.ssh_port"] {
+            assert!(e.contains(want), "{want} missing from {e}");
+        }
+        let e = HostSettings::from_json(r#"{"pool":"a","pool":"b"}"#, "dup.json").unwrap_err().to_string();
+        assert!(e.contains("written twice") && e.contains("pool"), "{e}");
         let e = HostSettings::from_json(r#"{"accel":"hvf"}"#, "cfg.json").unwrap_err().to_string();
         assert!(e.contains("hvf"), "{e}");
         let e = HostSettings::from_json(r#"{"network":{"type":"bridge"}}"#, "c").unwrap_err().to_string();
@@ -338,7 +414,7 @@ mod tests {
         assert!(e.to_string().contains("relative"), "{e}");
         let e =
             HostSettings { network: Some(Network::User { ssh_port: 0 }), ..Default::default() }.resolve().unwrap_err();
-        assert!(e.to_string().contains("ssh_port 0"), "{e}");
+        assert!(e.to_string().contains("ssh_port: 0"), "{e}");
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
             not_found(format!(
                 "no image {:?} in the catalog{}: known images are {}; pull a URL instead, or add it under \"images\" in the settings",
                 req.what,
-                crate::config::did_you_mean(&req.what, &catalog.names().iter().map(String::as_str).collect::<Vec<_>>()),
+                crate::suggest::did_you_mean(&req.what, &catalog.names().iter().map(String::as_str).collect::<Vec<_>>()),
                 catalog.names().join(", ")
             ))
         })?;
