@@ -405,3 +405,19 @@ fn a_failed_create_skips_its_dependents_and_leaves_nothing() {
     assert!(vms::list(&ctx.conn).unwrap().is_empty());
     assert_eq!(volumes(&pool), vec!["base.qcow2"]);
 }
+
+#[test]
+fn plan_checks_what_apply_will_need() {
+    let ctx = ctx();
+    let _pool = with_base_image(&ctx);
+    // One VM's image is nowhere; another's disk is smaller than its image (1G).
+    let file = r#"{"vms": {"lost": {"image": "nowhere"}, "tight": {"disk": "512M"}, "fine": {"disk": "5G"}}}"#;
+    let err = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap_err();
+    assert_eq!(exit_code(&err), 2);
+    let msg = err.to_string();
+    assert!(msg.contains("vms.lost: no image nowhere"), "{msg}");
+    assert!(msg.contains("vms.tight: disk 512M is smaller than its image base.qcow2"), "{msg}");
+    assert!(!msg.contains("vms.fine"), "{msg}");
+    let err = apply::apply(Arc::new(ctx), &declared(file), opts(false)).unwrap_err();
+    assert_eq!(exit_code(&err), 2);
+}

@@ -283,12 +283,43 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     for vm in existing.iter().filter(|vm| !declared.vms.contains_key(&vm.name)) {
         out.push(VmPlan::new(vm.name.as_str(), if opts.prune { Action::Prune } else { Action::NotInFile }));
     }
+    check_needs(ctx, declared, &out)?;
     let changes = out.iter().filter(|p| p.acts()).count();
     let count = |f: &dyn Fn(&Change) -> bool| out.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
     let not_applied =
         if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
     let impossible = count(&|c| c.class == Class::Impossible);
     Ok(Plan { vms: out, changes, not_applied, impossible })
+}
+
+/// Everything `apply` will need for the VMs it creates or rebuilds: an image
+/// it can use or fetch, and a disk at least as large as that image. Every
+/// problem is reported at once, before anything is changed.
+fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    let mut images: std::collections::BTreeMap<String, Result<Option<u64>, String>> = Default::default();
+    for p in plans.iter().filter(|p| p.action == Action::Create || p.recreate) {
+        let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
+        let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
+        if !images.contains_key(&image) {
+            images.insert(image.clone(), super::pull::check(ctx, &image)?);
+        }
+        match &images[&image] {
+            Err(why) => problems.push(format!("vms.{}: {why}", p.name)),
+            Ok(Some(capacity)) if decl.resources.disk.bytes() < *capacity => problems.push(format!(
+                "vms.{}: disk {} is smaller than its image {image} ({}): give at least {}",
+                p.name,
+                decl.resources.disk,
+                Size(*capacity),
+                Size(capacity.div_ceil(1 << 30) << 30)
+            )),
+            Ok(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(crate::error::invalid(format!("apply would fail; nothing was changed:\n  {}", problems.join("\n  "))))
 }
 
 /// A VM whose create was interrupted (its record still says `creating`), or

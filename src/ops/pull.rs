@@ -190,6 +190,40 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     Ok(PullReport::new(&image, false, started))
 }
 
+/// What `plan` needs to know about a VM's image before `apply` runs: its
+/// virtual size when the pool has it, `None` when it will be fetched on
+/// first use, or why it cannot be had.
+pub fn check(ctx: &Ctx, image: &str) -> anyhow::Result<Result<Option<u64>, String>> {
+    let name = image_name(image);
+    if let Err(e) = record::validate_name(&name) {
+        return Ok(Err(e.to_string()));
+    }
+    if let Some(pool) = storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
+        if let Some(found) = store::find(&ctx.conn, &pool, &name)? {
+            return Ok(Ok(Some(found.disk.capacity)));
+        }
+        if let Some(found) = test_driver_image(ctx, &pool, &name)? {
+            return Ok(Ok(Some(found.disk.capacity)));
+        }
+    }
+    if catalog::is_location(image) {
+        let path = image.strip_prefix("file://").unwrap_or(image);
+        return Ok(
+            match image.contains("://") && !image.starts_with("file://") || std::path::Path::new(path).is_file() {
+                true => Ok(None),
+                false => Err(format!("image file {path} does not exist")),
+            },
+        );
+    }
+    if Catalog::new(&ctx.settings.images).get(&name).is_some() {
+        return Ok(Ok(None));
+    }
+    Ok(Err(format!(
+        "no image {name} in pool {} and none in the catalog: pull or import it first (`project-vm image pull`, `project-vm image import`)",
+        ctx.settings.pool
+    )))
+}
+
 /// The image `create` builds on, and the pool it lives in: the pool's
 /// current image of that name, or, on first use, pulled from the catalog (or
 /// imported from a file) with progress. Concurrent first uses wait for the
