@@ -54,8 +54,8 @@ pub enum Command {
     Restart(RestartArgs),
     /// Delete a VM and its disks (the project disk too, unless --keep-data).
     Destroy(DestroyArgs),
-    /// List project-vm's VMs.
-    List,
+    /// List project-vm's VMs (those in the settings' pool).
+    List(ListArgs),
     /// Show one VM: state, disks, addresses, ssh target.
     Status(NameArg),
     /// ssh into a VM, verifying its pinned host key.
@@ -73,11 +73,32 @@ pub enum Command {
     Plan(PlanArgs),
     /// Bring VMs in line with a declarative file (idempotent).
     Apply(ApplyArgs),
+    /// List (and with --yes remove) what interrupted runs left: volumes without a record, half-made VMs, unverified images.
+    Gc(GcArgs),
+    /// Check what would make a create fail here, and how to fix it.
+    Doctor,
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// VMs in every storage pool, not only the settings' pool
+    #[arg(long)]
+    pub all_pools: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Remove what is listed (otherwise only list it)
+    #[arg(long)]
+    pub yes: bool,
+    /// Kept project disks to remove too (they are never removed unless named)
+    #[arg(value_name = "KEPT_DISK")]
+    pub kept_disks: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +233,9 @@ pub struct PlanArgs {
     /// Plan to rebuild VMs whose image or cloud-init changed (project disks are kept)
     #[arg(long)]
     pub recreate: bool,
+    /// With --prune: VMs in every storage pool are in scope, not only the settings' pool
+    #[arg(long)]
+    pub all_pools: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         .init();
     match project_vm::run::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`project-vm list | head -1`): not a failure.
+        Err(e) if project_vm::output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(project_vm::error::exit_code(&e))

@@ -204,7 +204,7 @@ fn destroy_deletes_exactly_the_recorded_volumes() {
     let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
     let bar = define_owned(&ctx, &pool, "bar", Phase::Ready);
 
-    let listed: Vec<String> = ops::list::list(&ctx).unwrap().into_iter().map(|e| e.name).collect();
+    let listed: Vec<String> = ops::list::list(&ctx, false).unwrap().0.into_iter().map(|e| e.name).collect();
     assert_eq!(listed, vec!["bar", "foo"]);
 
     let vm = vms::get(&ctx.conn, &foo).unwrap();
@@ -235,7 +235,7 @@ fn status_reports_disks_and_the_ssh_target() {
     assert!(s.disks.iter().all(|d| d.exists));
     let ssh = s.ssh.unwrap();
     assert_eq!((ssh.host.as_str(), ssh.port), ("127.0.0.1", 22022));
-    let json = serde_json::to_value(ops::list::list(&ctx).unwrap()).unwrap();
+    let json = serde_json::to_value(ops::list::list(&ctx, false).unwrap()).unwrap();
     assert_eq!(json[0]["name"], "foo");
     assert_eq!(json[0]["domain"], "project-foo");
     assert_eq!(json[0]["state"], "shutoff");
@@ -283,7 +283,7 @@ fn declared(json: &str) -> config::Declared {
 
 fn opts(prune: bool) -> ApplyOptions {
     ApplyOptions {
-        plan: plan::Options { prune, restart: false, recreate: false },
+        plan: plan::Options { prune, ..Default::default() },
         jobs: 4,
         wait: false,
         timeout: std::time::Duration::from_secs(5),

@@ -3,6 +3,7 @@
 //! `--jobs` at once (the libvirt API is synchronous; the connection is shared).
 //! A VM whose dependency failed is skipped, the others carry on.
 
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use crate::config::Declared;
 use crate::error::invalid;
 use crate::libvirt::vms::{self, State, Vm};
 use crate::libvirt::{domain_xml, explain, storage};
+use crate::output::Report;
 use crate::progress::{Multi, Progress};
 use crate::spec::VmName;
 
@@ -47,6 +49,38 @@ pub struct ApplyReport {
     /// VMs changed.
     pub changes: usize,
     pub failed: usize,
+}
+
+impl ApplyReport {
+    /// Exit non-zero when a VM failed to apply.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.failed > 0 {
+            anyhow::bail!("{} of the VMs failed to apply (see above)", self.failed);
+        }
+        Ok(())
+    }
+}
+
+impl Report for ApplyReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        for p in &self.plan.vms {
+            let lines = plan::describe(p);
+            match self.results.iter().find(|r| r.name == p.name) {
+                Some(r) if r.error.is_some() => {
+                    writeln!(out, "{}: FAILED: {}", p.name, r.error.as_deref().unwrap_or_default())?
+                }
+                Some(r) if !r.done.is_empty() => {
+                    writeln!(out, "{}: {} ({:.1}s)", p.name, r.done.join(", "), r.seconds)?
+                }
+                _ => writeln!(out, "{}", lines[0])?,
+            }
+            for l in lines.iter().skip(1) {
+                writeln!(out, "{l}")?;
+            }
+        }
+        let s = if self.changes == 1 { "" } else { "s" };
+        writeln!(out, "{} change{s}, {} failed", self.changes, self.failed)
+    }
 }
 
 pub fn apply(ctx: Arc<Ctx>, declared: &Declared, opts: ApplyOptions) -> anyhow::Result<ApplyReport> {

@@ -14,6 +14,7 @@
 //! starts over ([`clear_leftovers`]). A reattached project disk is never
 //! deleted on the way: the record says it was kept.
 
+use std::io::{self, Write};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -30,6 +31,7 @@ use crate::libvirt::metadata::{Ownership, Phase};
 use crate::libvirt::storage::{self, VolumeInfo};
 use crate::libvirt::vms::{self, Lookup};
 use crate::libvirt::{domain_xml, explain};
+use crate::output::{human, Report};
 use crate::progress::Progress;
 use crate::settings::Network;
 use crate::spec::{Resources, VmName, VmSpec};
@@ -73,6 +75,52 @@ pub struct CreateReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
     pub elapsed_ms: u128,
+}
+
+/// `create [--start] [--wait]`: the create, and the readiness report if waited for.
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub create: CreateReport,
+    pub ready: Option<super::ready::ReadyReport>,
+}
+
+impl Created {
+    /// Exit 5 or 6 when the guest did not come up clean.
+    pub fn check(&self) -> anyhow::Result<()> {
+        super::ready::check_opt(&self.ready)
+    }
+}
+
+impl Report for Created {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let r = &self.create;
+        let data = if r.data_reattached {
+            format!("reattached {} ({})", r.data_volume, human(r.data_capacity))
+        } else {
+            format!("{} ({})", r.data_volume, human(r.data_capacity))
+        };
+        writeln!(
+            out,
+            "created {} in {} ms: root {} on {}, project disk {data}",
+            r.domain, r.elapsed_ms, r.root_volume, r.base_image
+        )?;
+        super::ready::announce(&self.ready);
+        Ok(())
+    }
+}
+
+/// The `create` command: create, then start and wait if asked.
+pub fn run(ctx: &Ctx, req: &CreateRequest, start: bool, wait: Option<std::time::Duration>) -> anyhow::Result<Created> {
+    let progress = Progress::spinner(ctx.json, format!("creating {}", req.name));
+    let create = create(ctx, req, &progress)?;
+    progress.finish();
+    let mut ready = None;
+    if start || wait.is_some() {
+        let vm = vms::get(&ctx.conn, &req.name)?;
+        super::power::start(ctx, &vm)?;
+        ready = super::ready::wait_if(ctx, &vm, wait)?;
+    }
+    Ok(Created { create, ready })
 }
 
 /// What this run has made so far; undone when dropped while armed.

@@ -6,6 +6,8 @@
 //! rest instead, keeping the project disk). A kept project disk gets its
 //! marker before the record goes, so it is never left unrecorded.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
 use super::Ctx;
@@ -13,6 +15,7 @@ use crate::libvirt::explain;
 use crate::libvirt::metadata::Phase;
 use crate::libvirt::storage;
 use crate::libvirt::vms::Vm;
+use crate::output::Report;
 
 #[derive(Debug, Serialize)]
 pub struct DestroyReport {
@@ -73,4 +76,14 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
         deleted_volumes: deleted,
         kept_data_volume: keep_data.then(|| vm.own.data_volume.clone()),
     })
+}
+
+impl Report for DestroyReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "destroyed project-{} (deleted {})", self.name, self.deleted_volumes.join(", "))?;
+        if let Some(kept) = &self.kept_data_volume {
+            writeln!(out, "kept project disk {kept}: `project-vm create {}` reattaches it", self.name)?;
+        }
+        Ok(())
+    }
 }

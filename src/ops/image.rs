@@ -2,6 +2,8 @@
 //! verified upload with `pull`). Images are volumes in the pool with a record
 //! beside each (see `images::record`).
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
 use super::Ctx;
@@ -10,6 +12,7 @@ use crate::images::record;
 use crate::images::store;
 use crate::libvirt::storage::{self, VolumeInfo};
 use crate::libvirt::vms;
+use crate::output::{human, table, Report};
 
 #[derive(Debug, Serialize)]
 pub struct ImageEntry {
@@ -32,6 +35,63 @@ pub struct ImageEntry {
     pub verified: bool,
     /// VMs whose root disk is an overlay on this volume.
     pub used_by: Vec<String>,
+}
+
+/// `image list`: a JSON array, or a table.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ImageListing(pub Vec<ImageEntry>);
+
+impl Report for ImageListing {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|i| {
+                let checksum = match (&i.checksum, i.verified) {
+                    (Some(c), true) => short(c),
+                    (Some(c), false) => format!("{} (computed)", short(c)),
+                    (None, _) => "-".into(),
+                };
+                vec![
+                    i.name.clone().unwrap_or_else(|| format!("({})", i.volume)),
+                    i.status.into(),
+                    i.format.clone(),
+                    human(i.capacity),
+                    human(i.allocation),
+                    checksum,
+                    i.source.clone().unwrap_or_else(|| "-".into()),
+                    i.used_by.join(","),
+                ]
+            })
+            .collect();
+        table(out, &["NAME", "STATUS", "FORMAT", "SIZE", "ON DISK", "CHECKSUM", "SOURCE", "USED BY"], &rows)
+    }
+}
+
+/// `sha512:0123456789ab…`
+fn short(checksum: &str) -> String {
+    match checksum.split_once(':') {
+        Some((algo, hex)) if hex.len() > 12 => format!("{algo}:{}…", &hex[..12]),
+        _ => checksum.to_owned(),
+    }
+}
+
+/// `image rm`.
+#[derive(Debug, Serialize)]
+pub struct Removed {
+    pub removed: String,
+    pub volumes: Vec<String>,
+}
+
+impl Report for Removed {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "removed image {} ({})", self.removed, self.volumes.join(", "))
+    }
+}
+
+pub fn listing(ctx: &Ctx) -> anyhow::Result<ImageListing> {
+    list(ctx).map(ImageListing)
 }
 
 pub fn list(ctx: &Ctx) -> anyhow::Result<Vec<ImageEntry>> {
@@ -77,7 +137,7 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<Vec<ImageEntry>> {
 
 /// Removes every generation of image `name` (or one volume, by its volume
 /// name), refusing while a VM's root disk is an overlay on it.
-pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Vec<String>> {
+pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Removed> {
     let entries: Vec<ImageEntry> =
         list(ctx)?.into_iter().filter(|e| e.name.as_deref() == Some(name) || e.volume == name).collect();
     if entries.is_empty() {
@@ -97,5 +157,5 @@ pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Vec<String>> {
         store::remove(&pool, &e.volume)?;
         removed.push(e.volume);
     }
-    Ok(removed)
+    Ok(Removed { removed: name.to_owned(), volumes: removed })
 }

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 use virt::storage_pool::StoragePool;
 
@@ -9,11 +11,14 @@ use super::addresses;
 use super::Ctx;
 use crate::libvirt::storage;
 use crate::libvirt::vms::{self, State, Vm};
+use crate::output::{human, table, Report};
 
 #[derive(Debug, Serialize)]
 pub struct Entry {
     pub name: String,
     pub domain: String,
+    /// The storage pool its disks live in.
+    pub pool: String,
     pub state: State,
     pub vcpus: u32,
     /// Bytes.
@@ -46,6 +51,7 @@ fn entry(vm: &Vm, pool: Option<&StoragePool>) -> anyhow::Result<Entry> {
     Ok(Entry {
         name: vm.name.to_string(),
         domain: vm.name.domain(),
+        pool: vm.own.pool.clone(),
         state,
         vcpus: info.nr_virt_cpu,
         memory: info.max_mem * 1024,
@@ -55,15 +61,42 @@ fn entry(vm: &Vm, pool: Option<&StoragePool>) -> anyhow::Result<Entry> {
     })
 }
 
-pub fn list(ctx: &Ctx) -> anyhow::Result<Vec<Entry>> {
+/// `list`: a JSON array, or a table.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Listing(pub Vec<Entry>);
+
+impl Report for Listing {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    e.state.as_str().into(),
+                    e.vcpus.to_string(),
+                    human(e.memory),
+                    human(e.disk_usage),
+                    e.address.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        table(out, &["NAME", "STATE", "CPUS", "MEMORY", "DISK", "ADDRESS"], &rows)
+    }
+}
+
+/// The VMs whose disks are in the settings' pool (other users, or other
+/// settings files, keep theirs elsewhere), or every VM with `all_pools`.
+pub fn list(ctx: &Ctx, all_pools: bool) -> anyhow::Result<Listing> {
     // VMs almost always share one pool: look each pool up once.
     let mut pools: HashMap<String, Option<StoragePool>> = HashMap::new();
     let mut out = Vec::new();
-    for vm in vms::list(&ctx.conn)? {
+    for vm in vms::list(&ctx.conn)?.into_iter().filter(|vm| all_pools || vm.own.pool == ctx.settings.pool) {
         if !pools.contains_key(&vm.own.pool) {
             pools.insert(vm.own.pool.clone(), ctx.vm_pool(&vm)?);
         }
         out.push(entry(&vm, pools[&vm.own.pool].as_ref())?);
     }
-    Ok(out)
+    Ok(Listing(out))
 }

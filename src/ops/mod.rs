@@ -6,6 +6,8 @@ pub mod apply;
 pub mod console;
 pub mod create;
 pub mod destroy;
+pub mod doctor;
+pub mod gc;
 pub mod image;
 pub mod list;
 pub mod logs;
@@ -41,7 +43,11 @@ impl Ctx {
 
     /// True when the libvirt host is this machine (files it names are ours to read).
     pub fn is_local(&self) -> bool {
-        !self.uri.contains("://") || self.uri.split("://").nth(1).is_some_and(|rest| rest.starts_with('/'))
+        Self::uri_is_local(&self.uri)
+    }
+
+    pub fn uri_is_local(uri: &str) -> bool {
+        !uri.contains("://") || uri.split("://").nth(1).is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// True for a system (root) libvirt daemon, as opposed to a user session.

@@ -5,6 +5,8 @@
 //! libvirt returns is never compared, so its reordering and defaults cause
 //! no spurious changes, and an unchanged file plans nothing at all.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
 use super::create::{self, CreateRequest};
@@ -12,6 +14,7 @@ use super::Ctx;
 use crate::config::{Declared, VmDecl};
 use crate::libvirt::storage;
 use crate::libvirt::vms::{self, State, Vm};
+use crate::output::Report;
 use crate::spec::{Size, VmSpec};
 
 /// How a change reaches the VM.
@@ -116,6 +119,8 @@ pub struct Plan {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub prune: bool,
+    /// Prune (and report VMs not in the file) beyond the settings' pool.
+    pub all_pools: bool,
     pub restart: bool,
     pub recreate: bool,
 }
@@ -280,7 +285,10 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
             }
         }
     }
-    for vm in existing.iter().filter(|vm| !declared.vms.contains_key(&vm.name)) {
+    // Only VMs in this file's pool are this file's to prune: another user's,
+    // or another settings file's, live in other pools.
+    let in_scope = |vm: &&Vm| opts.all_pools || vm.own.pool == ctx.settings.pool;
+    for vm in existing.iter().filter(in_scope).filter(|vm| !declared.vms.contains_key(&vm.name)) {
         out.push(VmPlan::new(vm.name.as_str(), if opts.prune { Action::Prune } else { Action::NotInFile }));
     }
     check_needs(ctx, declared, &out)?;
@@ -389,6 +397,24 @@ pub fn describe(p: &VmPlan) -> Vec<String> {
         }
     }
     lines
+}
+
+impl Report for Plan {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        for p in &self.vms {
+            for line in describe(p) {
+                writeln!(out, "{line}")?;
+            }
+        }
+        writeln!(
+            out,
+            "{} change{}, {} not applied, {} impossible",
+            self.changes,
+            if self.changes == 1 { "" } else { "s" },
+            self.not_applied,
+            self.impossible
+        )
+    }
 }
 
 #[cfg(test)]

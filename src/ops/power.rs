@@ -4,9 +4,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use std::io::{self, Write};
+
+use super::ready::{self, ReadyReport};
 use super::Ctx;
 use crate::libvirt::explain;
 use crate::libvirt::vms::{State, Vm};
+use crate::output::Report;
 
 #[derive(Debug, Serialize)]
 pub struct StartReport {
@@ -87,4 +91,78 @@ pub fn stop(_ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Resu
         Err(_) if !vm.dom.is_active().unwrap_or(true) => Ok(report("graceful")),
         Err(e) => Err(explain(e, format!("powering off {}", vm.name))),
     }
+}
+
+/// `start [--wait]`.
+#[derive(Debug, Serialize)]
+pub struct Started {
+    pub start: StartReport,
+    pub ready: Option<ReadyReport>,
+}
+
+impl Started {
+    pub fn check(&self) -> anyhow::Result<()> {
+        ready::check_opt(&self.ready)
+    }
+}
+
+impl Report for Started {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}: {}", self.start.name, self.start.result.replace('-', " "))?;
+        ready::announce(&self.ready);
+        Ok(())
+    }
+}
+
+pub fn start_and_wait(ctx: &Ctx, vm: &Vm, wait: Option<Duration>) -> anyhow::Result<Started> {
+    let start = start(ctx, vm)?;
+    let ready = ready::wait_if(ctx, vm, wait)?;
+    Ok(Started { start, ready })
+}
+
+impl Report for StopReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let how = match self.result {
+            "graceful" => "shut down gracefully",
+            "forced" => "powered off (forced)",
+            _ => "already stopped",
+        };
+        writeln!(out, "{}: {how} in {:.1}s", self.name, self.seconds)
+    }
+}
+
+/// `stop`, with a spinner on a terminal.
+pub fn stop_reporting(ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Result<StopReport> {
+    let progress = crate::progress::Progress::spinner(ctx.json, format!("stopping {}", vm.name));
+    let report = stop(ctx, vm, timeout, force)?;
+    progress.finish();
+    Ok(report)
+}
+
+/// `restart [--wait]`.
+#[derive(Debug, Serialize)]
+pub struct Restarted {
+    pub stop: StopReport,
+    pub start: StartReport,
+    pub ready: Option<ReadyReport>,
+}
+
+impl Restarted {
+    pub fn check(&self) -> anyhow::Result<()> {
+        ready::check_opt(&self.ready)
+    }
+}
+
+impl Report for Restarted {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}: restarted (stop: {})", self.start.name, self.stop.result)?;
+        ready::announce(&self.ready);
+        Ok(())
+    }
+}
+
+pub fn restart(ctx: &Ctx, vm: &Vm, stop_timeout: Duration, wait: Option<Duration>) -> anyhow::Result<Restarted> {
+    let stop = stop(ctx, vm, stop_timeout, false)?;
+    let Started { start, ready } = start_and_wait(ctx, vm, wait)?;
+    Ok(Restarted { stop, start, ready })
 }

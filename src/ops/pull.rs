@@ -2,6 +2,7 @@
 //! checked against its published checksum. Also how `create` gets its base
 //! image on first use ([`ensure`]).
 
+use std::io::{self, Write};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -16,6 +17,7 @@ use crate::images::record;
 use crate::images::store::{self, Image, Incoming};
 use crate::libvirt::storage;
 use crate::lock;
+use crate::output::{human, Report};
 use crate::progress::Progress;
 
 #[derive(Debug, Clone, Default)]
@@ -45,6 +47,26 @@ pub struct PullReport {
     /// The disk's virtual size.
     pub capacity: u64,
     pub elapsed_ms: u128,
+}
+
+impl Report for PullReport {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let how = match (self.cached, self.verified) {
+            (true, _) => "already in the pool",
+            (false, true) => "checksum verified",
+            (false, false) => "checksum computed, not verified",
+        };
+        writeln!(
+            out,
+            "{}: {} ({}, {} virtual, {} file; {how}: {})",
+            self.name,
+            self.volume,
+            self.format,
+            human(self.capacity),
+            human(self.size),
+            self.checksum
+        )
+    }
 }
 
 impl PullReport {

@@ -249,7 +249,37 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
     }
 }
 
+impl ReadyReport {
+    /// One line for people: how long it took, and how fast the guest told us.
+    pub fn note(&self) -> String {
+        let latency =
+            self.report_latency_s.map(|l| format!(", reported {l:.2}s after cloud-init finished")).unwrap_or_default();
+        format!("{}: ready (cloud-init {}) after {:.1}s{latency}", self.name, self.cloud_init_status, self.waited_s)
+    }
+}
+
+/// `start --wait` and friends: waits (with a spinner on a terminal) when
+/// `timeout` is given.
+pub fn wait_if(ctx: &Ctx, vm: &Vm, timeout: Option<Duration>) -> anyhow::Result<Option<ReadyReport>> {
+    let Some(timeout) = timeout else { return Ok(None) };
+    let progress = Progress::spinner(ctx.json, format!("{}: booting", vm.name));
+    let report = wait(ctx, vm, timeout, &progress)?;
+    progress.finish();
+    Ok(Some(report))
+}
+
+/// Prints the readiness note on stderr (results go to stdout).
+pub fn announce(ready: &Option<ReadyReport>) {
+    if let Some(r) = ready {
+        eprintln!("{}", r.note());
+    }
+}
+
 /// Turns a non-`done` report into the documented exit code.
+pub fn check_opt(report: &Option<ReadyReport>) -> anyhow::Result<()> {
+    report.as_ref().map_or(Ok(()), check)
+}
+
 pub fn check(report: &ReadyReport) -> anyhow::Result<()> {
     if report.result == "done" {
         return Ok(());

@@ -108,6 +108,17 @@ pub fn exec(vm: &Vm, identity: Option<&Path>, command: &[String]) -> anyhow::Res
 }
 
 /// A block for `~/.ssh/config`.
+/// `ssh-config`: a block per VM; a VM without an address gets a comment.
+pub fn write_config(out: &mut dyn std::io::Write, vms: &[Vm]) -> anyhow::Result<()> {
+    for vm in vms {
+        match config_block(vm) {
+            Ok(block) => writeln!(out, "{block}")?,
+            Err(e) => writeln!(out, "# {}: {e:#}", vm.name)?,
+        }
+    }
+    Ok(())
+}
+
 pub fn config_block(vm: &Vm) -> anyhow::Result<String> {
     let (target, opts) = prepare(vm)?;
     let mut out = format!(

@@ -1,5 +1,7 @@
 //! `status`: everything project-vm knows about one VM.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
 use super::addresses::{self, Address, SshTarget};
@@ -7,6 +9,7 @@ use super::Ctx;
 use crate::libvirt::metadata::Phase;
 use crate::libvirt::storage;
 use crate::libvirt::vms::{State, Vm};
+use crate::output::{human, Report};
 
 #[derive(Debug, Serialize)]
 pub struct Disk {
@@ -75,4 +78,41 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
         tailnet_name: spec.tailnet.as_ref().map(|t| format!("{}.{t}", vm.name.domain())),
         ssh,
     })
+}
+
+impl Report for Status {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        let s = self;
+        writeln!(out, "{} ({})", s.name, s.domain)?;
+        let half = if s.phase == Phase::Creating { " (create did not finish)" } else { "" };
+        writeln!(out, "  state:     {}{half}", s.state.as_str())?;
+        writeln!(out, "  cpus:      {}", s.vcpus)?;
+        writeln!(out, "  memory:    {}", human(s.memory))?;
+        writeln!(out, "  autostart: {}", if s.autostart { "yes" } else { "no" })?;
+        writeln!(out, "  image:     {} (pool {})", s.base_image, s.pool)?;
+        for d in &s.disks {
+            if d.exists {
+                writeln!(
+                    out,
+                    "  disk {:<5} {}: {} used of {}",
+                    d.role,
+                    d.volume,
+                    human(d.allocation),
+                    human(d.capacity)
+                )?;
+            } else {
+                writeln!(out, "  disk {:<5} {}: missing", d.role, d.volume)?;
+            }
+        }
+        for a in &s.addresses {
+            writeln!(out, "  address:   {}/{} on {} ({})", a.address, a.prefix, a.interface, a.source)?;
+        }
+        if let Some(t) = &s.tailnet_name {
+            writeln!(out, "  tailnet:   {t}")?;
+        }
+        match &s.ssh {
+            Some(t) => writeln!(out, "  ssh:       {}@{} port {} (via {})", t.user, t.host, t.port, t.via),
+            None => writeln!(out, "  ssh:       no address yet"),
+        }
+    }
 }

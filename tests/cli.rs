@@ -1,0 +1,53 @@
+//! The binary as a shell sees it: a closed pipe is not a crash.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_project-vm");
+
+/// Runs `args`, reads one line of stdout, closes the pipe, and returns the
+/// exit code and stderr.
+fn head_1(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    // The reader (and so the pipe's read end) is dropped here.
+    let out = child.wait_with_output().unwrap();
+    assert!(!first.is_empty(), "no output from {args:?}");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn completions_into_a_closed_pipe_exit_0() {
+    // Tens of KB: more than a pipe holds, so the write after the close fails.
+    let (code, stderr) = head_1(&["completions", "bash"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_report_into_a_closed_pipe_exits_0() {
+    // Doctor against the test driver prints a report of several lines;
+    // writing them to a closed pipe must end quietly.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.json");
+    std::fs::write(&cfg, r#"{"accel":"tcg","ssh_authorized_keys":["ssh-ed25519 AAAA k"],"storage_dir":"/nonexistent/pv"}"#).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--connect", "test:///default", "--config", cfg.to_str().unwrap(), "doctor"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // closed before the first write
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
