@@ -37,7 +37,11 @@ fn a_report_into_a_closed_pipe_exits_0() {
     // writing them to a closed pipe must end quietly.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.json");
-    std::fs::write(&cfg, r#"{"accel":"tcg","ssh_authorized_keys":["ssh-ed25519 AAAA k"],"storage_dir":"/nonexistent/pv"}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        r#"{"accel":"tcg","ssh_authorized_keys":["ssh-ed25519 AAAA k"],"storage_dir":"/nonexistent/pv"}"#,
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args(["--connect", "test:///default", "--config", cfg.to_str().unwrap(), "doctor"])
         .stdin(Stdio::null())

@@ -1,0 +1,151 @@
+//! Commands that sweep stay in their pool, `gc` collects what interrupted
+//! runs left (and never a kept project disk unless named), and `doctor`
+//! names what would make a create fail. Real libvirtd, no guest boots.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+struct Cleanup<'a>(&'a [&'a Env], &'a [&'a str]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for env in self.0 {
+            env.cleanup(self.1);
+        }
+    }
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn list_and_prune_stay_in_their_pool() {
+    require_root_libvirt();
+    let a = Env::new("poola", 22600, json!({"base_image": "tiny"}));
+    let b = Env::new("poolb", 22620, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&[&a, &b], &["sa", "sb"]);
+    for env in [&a, &b] {
+        env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    }
+    a.run(&["create", "sa", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    // B declares only its own VM and prunes: A's VM is out of its reach.
+    let file = b.dir.join("vms.json");
+    std::fs::write(
+        &file,
+        json!({"defaults": {"disk": "5G", "project_disk": "1G", "memory": "1G"}, "vms": {"sb": {}}}).to_string(),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let p = b.run(&["plan", "-f", f, "--prune", "--json"]).ok().json();
+    assert_eq!(names(&p["vms"]), vec!["sb"], "{p}");
+    b.run(&["apply", "-f", f, "--prune"]).ok();
+    assert!(virsh(&["dominfo", "project-sa"]).status.success(), "apply --prune in pool B destroyed A's VM");
+    // list: each settings file sees its own pool; --all-pools sees both.
+    assert_eq!(names(&a.run(&["list", "--json"]).ok().json()), vec!["sa"]);
+    assert_eq!(names(&b.run(&["list", "--json"]).ok().json()), vec!["sb"]);
+    let all = names(&b.run(&["list", "--all-pools", "--json"]).ok().json());
+    assert!(all.contains(&"sa".to_string()) && all.contains(&"sb".to_string()), "{all:?}");
+    // And the explicit opt-in does reach it.
+    let p = b.run(&["plan", "-f", f, "--prune", "--all-pools", "--json"]).ok().json();
+    let sa = p["vms"].as_array().unwrap().iter().find(|v| v["name"] == "sa").expect("in scope with --all-pools");
+    assert_eq!(sa["action"], "prune");
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn gc_collects_leftovers_but_not_kept_disks_unless_named() {
+    require_root_libvirt();
+    let env = Env::new("gc", 22640, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&[&env], &["half", "keep", "live"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "live", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    // A create killed after its root disk; a kept project disk; a stray VM
+    // volume; an image volume without a record.
+    let out = env.cmd(&["create", "half", "1G", "1", "5G"]).env("PROJECT_VM_FAULT_AFTER", "2").output().unwrap();
+    assert!(!out.status.success());
+    env.run(&["create", "keep", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    env.run(&["destroy", "keep", "--keep-data"]).ok();
+    for vol in ["project-stray-root.qcow2", "legacy.qcow2"] {
+        let r = virsh(&["vol-create-as", &env.pool, vol, "1M", "--format", "qcow2"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let before = env.volumes();
+
+    let dry = env.run(&["gc", "--json"]).ok().json();
+    let found: Vec<(String, String)> = dry["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap().to_owned(), f["name"].as_str().unwrap().to_owned()))
+        .collect();
+    for want in [
+        ("half-made-vm", "half"),
+        ("orphan-volume", "project-stray-root.qcow2"),
+        ("unverified-image", "legacy.qcow2"),
+        ("kept-disk", "project-keep-data.qcow2"),
+    ] {
+        assert!(found.contains(&(want.0.into(), want.1.into())), "{want:?} not in {found:?}");
+    }
+    assert!(found.iter().all(|(_, n)| !n.contains("live")), "a whole VM listed: {found:?}");
+    assert_eq!(env.volumes(), before, "gc without --yes removed something");
+
+    env.run(&["gc", "--yes"]).ok();
+    let after = env.volumes();
+    assert!(!virsh(&["dominfo", "project-half"]).status.success());
+    for gone in ["project-stray-root.qcow2", "legacy.qcow2", "project-half-root.qcow2"] {
+        assert!(!after.contains(&gone.to_string()), "{gone} survived gc --yes: {after:?}");
+    }
+    for kept in ["project-keep-data.qcow2", "project-live-root.qcow2", "project-live-data.qcow2"] {
+        assert!(after.contains(&kept.to_string()), "gc --yes removed {kept}");
+    }
+    assert_eq!(env.run(&["status", "live", "--json"]).ok().json()["phase"], "ready");
+    // Named, the kept disk goes too; a name that is no kept disk is refused first.
+    assert_eq!(env.run(&["gc", "--yes", "project-live-data.qcow2"]).code, 2);
+    env.run(&["gc", "--yes", "project-keep-data.qcow2"]).ok();
+    assert!(!env.volumes().iter().any(|v| v.contains("keep")), "{:?}", env.volumes());
+    assert_eq!(env.run(&["gc", "--json"]).ok().json()["findings"], json!([]));
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn doctor_names_what_would_make_a_create_fail() {
+    require_root_libvirt();
+    let env = Env::new("doctor", 22660, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&[&env], &[]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let r = env.run(&["doctor", "--json"]).ok().json();
+    assert_eq!(r["ok"], true, "{r}");
+
+    // A storage directory QEMU cannot reach, and an image that is nowhere.
+    let locked = env.dir.join("locked");
+    std::fs::create_dir_all(locked.join("inner")).unwrap();
+    sh(&format!("chmod 0700 {}", locked.display()));
+    let cfg = env.dir.join("bad.json");
+    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    settings["storage_dir"] = json!(locked.join("inner/pool"));
+    settings["pool"] = json!(format!("{}-other", env.pool));
+    settings["base_image"] = json!("nowhere");
+    std::fs::write(&cfg, settings.to_string()).unwrap();
+    let r = env.cmd(&["doctor", "--json"]).env("PROJECT_VM_CONFIG", &cfg).output().unwrap();
+    assert_eq!(r.status.code(), Some(4), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["level"] == "error")
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, vec!["base image", "pool path"], "{report}");
+    let pool_path = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "pool path").unwrap();
+    assert!(pool_path["message"].as_str().unwrap().contains(&locked.display().to_string()), "{pool_path}");
+    assert!(pool_path["fix"].as_str().unwrap().contains("chmod o+x"), "{pool_path}");
+    // An unreachable libvirtd is a finding too, not a crash.
+    let r = env.cmd(&["doctor", "--connect", "qemu+unix:///system?socket=/nonexistent/sock"]).output().unwrap();
+    assert_eq!(r.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("FAIL  libvirt"), "{}", String::from_utf8_lossy(&r.stdout));
+}
