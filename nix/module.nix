@@ -101,6 +101,11 @@ let
     storage_dir = cfg.storageDir;
     pool = cfg.pool;
     base_image = if cfg.baseImage == null then null else toString cfg.baseImage;
+    images =
+      if cfg.images == { } then
+        null
+      else
+        lib.mapAttrs (_: i: lib.filterAttrs (_: x: x != null) i) cfg.images;
     accel = cfg.accel;
     network = cfg.network;
     ssh_user = cfg.sshUser;
@@ -150,15 +155,51 @@ in
     };
 
     baseImage = mkOption {
-      type = types.nullOr types.path;
+      type = types.nullOr (types.either types.path (types.strMatching "[A-Za-z0-9][A-Za-z0-9._-]*"));
       default = null;
       example = lib.literalExpression ''
         pkgs.fetchurl {
-          url = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2";
+          url = "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2";
           hash = "sha256-...";
         }
       '';
-      description = "Base cloud image (a file; imported into the pool on first use).";
+      description = ''
+        Base cloud image: an image name from the catalog (debian-12, debian-13,
+        ubuntu-22.04, ubuntu-24.04, or one from `images`), pulled and checked on
+        first use; or a file (a fetched store path), imported into the pool on
+        first use. Default (null): project-vm's default, debian-13.
+      '';
+    };
+
+    images = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            url = mkOption {
+              type = types.str;
+              description = "Where the image is: https://, http://, file:// or an absolute path.";
+            };
+            checksums = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "A checksum file (SHA256SUMS, SHA512SUMS) listing the image by its file name.";
+            };
+            checksum = mkOption {
+              type = types.nullOr (types.strMatching "(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})");
+              default = null;
+              description = "The image's digest, sha256:HEX or sha512:HEX.";
+            };
+          };
+        }
+      );
+      default = { };
+      example = {
+        debian-13 = {
+          url = "https://mirror.example.org/debian-13-genericcloud-amd64.qcow2";
+          checksums = "https://mirror.example.org/SHA512SUMS";
+        };
+      };
+      description = "Images added to, or overriding, project-vm's built-in catalog (mirrors, local images).";
     };
 
     accel = mkOption {

@@ -400,6 +400,9 @@ mod tests {
         assert_eq!(d.settings.tailnet.as_deref(), Some("example.ts.net"));
         assert_eq!(d.settings.tailscale_auth_key_file.as_deref(), Some(Path::new("/run/secrets/tailscale-auth-key")));
         assert_eq!(d.settings.network, Some(crate::settings::Network::Network { name: "default".into() }));
+        assert_eq!(d.settings.base_image.as_deref(), Some("debian-13"));
+        let mirror = &d.settings.images.as_ref().unwrap()["debian-13"];
+        assert!(mirror.url.ends_with("debian-13-genericcloud-amd64.qcow2") && mirror.checksums.is_some());
         let web = &d.vms[&VmName::parse("web").unwrap()];
         assert_eq!((web.resources.memory, web.resources.cpus, web.autostart), (Size(8 << 30), 4, true));
         assert_eq!(web.resources.project_disk, Size(50 << 30), "from defaults");

@@ -70,7 +70,11 @@ let
   example = {
     services.project-vm = {
       enable = true;
-      baseImage = "/var/lib/images/debian-12-genericcloud-amd64.qcow2";
+      baseImage = "debian-13";
+      images.debian-13 = {
+        url = "https://mirror.example.org/debian-13-genericcloud-amd64.qcow2";
+        checksums = "https://mirror.example.org/SHA512SUMS";
+      };
       tailnet = "example.ts.net";
       tailscaleAuthKeyFile = "/run/secrets/tailscale-auth-key";
       sshAuthorizedKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx3RkjeaGpVpc+E5Ij6BNd7ZfHu1i06XcvCGDBjJx6K me@laptop" ];

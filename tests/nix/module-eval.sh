@@ -50,5 +50,7 @@ expect_fail "an unknown feature" 'defaults.features = [ "dokcer" ];' 'services.p
 expect_fail "a relative key file" 'tailscaleAuthKeyFile = "key.txt";' 'services.project-vm.tailscaleAuthKeyFile'
 expect_fail "an unknown accel" 'accel = "hvf";' 'services.project-vm.accel'
 expect_fail "an unknown network kind" 'network = { wifi = "x"; };' 'services.project-vm.network'
+expect_fail "a bad image checksum" 'images.x = { url = "https://h/x.qcow2"; checksum = "md5:00"; };' 'services.project-vm.images.x.checksum'
+expect_fail "an image name with a slash" 'baseImage = "a b";' 'services.project-vm.baseImage'
 expect_fail "an unknown VM option" 'vms.web.memroy = "1G";' 'services.project-vm.vms.web.memroy'
 [[ $fails -eq 0 ]] || exit 1
