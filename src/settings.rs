@@ -191,8 +191,25 @@ impl HostSettings {
                 ));
             }
         }
-        if let Some(Network::User { ssh_port: 0 }) = &self.network {
-            out.push("network.ssh_port: 0 is not a port: give the first port to forward, e.g. 22022".into());
+        match &self.network {
+            Some(Network::User { ssh_port: 0 }) => {
+                out.push("network.ssh_port: 0 is not a port: give the first port to forward, e.g. 22022".into())
+            }
+            Some(Network::Network { name }) if name.is_empty() || name.contains(['/', ' ']) => {
+                out.push(format!("network.name: {name:?} is not a libvirt network name (see `virsh net-list --all`)"))
+            }
+            // Linux interface names: 1 to 15 characters, no '/', ':' or blanks.
+            Some(Network::Bridge { name })
+                if name.is_empty()
+                    || name.len() > 15
+                    || name.contains(['/', ':'])
+                    || name.contains(char::is_whitespace) =>
+            {
+                out.push(format!(
+                    "network.name: {name:?} is not a bridge interface name (1 to 15 characters, e.g. \"br0\")"
+                ))
+            }
+            _ => {}
         }
         if let Some(pool) = &self.pool {
             let ok = !pool.is_empty()
@@ -402,6 +419,10 @@ mod tests {
         for want in ["4 problems", "accel:", "storage_dir:", "ssh_user:", "network.ssh_port"] {
             assert!(e.contains(want), "{want} missing from {e}");
         }
+        let e = HostSettings::from_json(r#"{"network":{"type":"bridge","name":"a very long bridge"}}"#, "b.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a bridge interface name"), "{e}");
         let e = HostSettings::from_json(r#"{"pool":"a","pool":"b"}"#, "dup.json").unwrap_err().to_string();
         assert!(e.contains("written twice") && e.contains("pool"), "{e}");
         let e = HostSettings::from_json(r#"{"accel":"hvf"}"#, "cfg.json").unwrap_err().to_string();
