@@ -149,3 +149,70 @@ fn doctor_names_what_would_make_a_create_fail() {
     assert_eq!(r.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&r.stdout).contains("FAIL  libvirt"), "{}", String::from_utf8_lossy(&r.stdout));
 }
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn racing_creates_of_one_name_leave_one_whole_vm_and_no_harmful_advice() {
+    require_root_libvirt();
+    let env = Env::new("race", 22680, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&[&env], &["same"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            env.cmd(&["create", "same", "1G", "1", "5G", "--project-disk", "1G"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut won = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            won += 1;
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("another project-vm (pid") || stderr.contains("already exists"), "{stderr}");
+        // Advice that would damage the winner's half-made VM.
+        for harmful in ["vol-delete", "did not finish", "not made by this project-vm"] {
+            assert!(!stderr.contains(harmful), "a loser was told {harmful:?}: {stderr}");
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(env.vm_volumes(), vec!["project-same-data.qcow2", "project-same-root.qcow2", "project-same-seed.iso"]);
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_hand_made_data_volume_is_not_adopted_and_a_bad_storage_dir_is_exit_4() {
+    require_root_libvirt();
+    let env = Env::new("adopt", 22700, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&[&env], &["hand"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let r = virsh(&["vol-create-as", &env.pool, "project-hand-data.qcow2", "1M", "--format", "qcow2"]);
+    assert!(r.status.success());
+    let r = env.run(&["create", "hand", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no record of keeping it"), "{}", r.stderr);
+    assert_eq!(env.vm_volumes(), vec!["project-hand-data.qcow2"], "the hand-made volume was touched");
+    assert!(!virsh(&["dominfo", "project-hand"]).status.success());
+
+    // A storage directory libvirtd cannot make: exit 4, naming it; no pool left behind.
+    let cfg = env.dir.join("bad.json");
+    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    settings["storage_dir"] = json!("/proc/project-vm-cannot-be-here");
+    settings["pool"] = json!(format!("{}-bad", env.pool));
+    std::fs::write(&cfg, settings.to_string()).unwrap();
+    let out = env
+        .cmd(&["image", "import", tiny_image(&env.dir).to_str().unwrap()])
+        .env("PROJECT_VM_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("/proc/project-vm-cannot-be-here"), "{stderr}");
+    assert!(!virsh(&["pool-info", &format!("{}-bad", env.pool)]).status.success(), "a failed pool stayed defined");
+}

@@ -12,6 +12,7 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
 use super::{explain, is};
+use crate::error::{failure, Kind};
 use crate::progress::Progress;
 use crate::settings::Settings;
 
@@ -140,13 +141,22 @@ pub fn ensure_pool(conn: &Connect, settings: &Settings) -> anyhow::Result<Storag
         name: settings.pool.clone(),
         target: PoolTarget { path: dir.clone() },
     })?;
+    // Failures here are the host's (a directory libvirtd cannot create or
+    // write): exit 4, naming the directory.
+    let env = |e: virt::error::Error, doing: String| {
+        let e = explain(e, doing);
+        match crate::error::exit_code(&e) {
+            1 => failure(Kind::Environment, format!("{e:#}\nhint: storage_dir must be a directory libvirtd can create and write on the libvirt host; `project-vm doctor` checks it")),
+            _ => e,
+        }
+    };
     let pool = conn
         .define_storage_pool_xml(&xml, 0)
-        .map_err(|e| explain(e, format!("defining storage pool {} at {dir}", settings.pool)))?;
+        .map_err(|e| env(e, format!("defining storage pool {} at {dir}", settings.pool)))?;
     let started = pool
         .build(0)
         .and_then(|_| pool.create(0))
-        .map_err(|e| explain(e, format!("creating storage pool {} at {dir}", settings.pool)));
+        .map_err(|e| env(e, format!("creating storage pool {} at {dir}", settings.pool)));
     if let Err(e) = started {
         let _ = pool.undefine();
         return Err(e);
