@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, the libvirt test-driver tests, the real-host
-# tests and the end-to-end tests that boot guests (TCG, user networking).
-# Needs root and a running libvirtd (scripts/setup-host.sh does both).
+# Runs every test: unit and property tests, the libvirt test-driver tests,
+# cloud-init's and libvirt's own validators on what project-vm generates, the
+# real-host tests, and the end-to-end tests that boot guests (TCG, user
+# networking) on two images. Needs root and a running libvirtd
+# (scripts/setup-host.sh does both).
 #
 #   scripts/test.sh          everything
 #   scripts/test.sh fast     unit + test-driver tests only (no root, no libvirtd)
@@ -13,11 +15,36 @@ if [[ ${1:-} == fast ]]; then
 fi
 
 t0=$SECONDS
+log=${TMPDIR:-/tmp}/project-vm-test.$$
+mkdir -p "$log"
+# The guest images and validators come from Debian's archive (network and
+# disk bound): made while the tests compile (CPU bound). Each is cached and
+# reused when its script has not changed.
+prepare() {
+  local name=$1
+  shift
+  if ! "$@" >"$log/$name.out" 2>"$log/$name.err"; then
+    echo "preparing $name failed:" >&2
+    tail -30 "$log/$name.err" >&2
+    return 1
+  fi
+}
+pids=()
+if [[ -z ${PROJECT_VM_TEST_IMAGE:-} ]]; then prepare bookworm tests/images/build-debian.sh bookworm & pids+=($!); fi
+if [[ -z ${PROJECT_VM_TEST_IMAGE_TRIXIE:-} ]]; then prepare trixie tests/images/build-debian.sh trixie & pids+=($!); fi
+if [[ -z ${PROJECT_VM_CLOUD_INIT_VALIDATORS:-} ]]; then prepare validators scripts/cloud-init-validators.sh & pids+=($!); fi
+
 cargo fmt --check
 cargo clippy --locked --all-targets --quiet -- -D warnings
-export PROJECT_VM_TEST_IMAGE=${PROJECT_VM_TEST_IMAGE:-$(tests/images/build-debian.sh)}
-echo "test image: $PROJECT_VM_TEST_IMAGE ($((SECONDS - t0)) s)"
+cargo test --locked --no-run --quiet
+for p in "${pids[@]}"; do wait "$p"; done
+export PROJECT_VM_TEST_IMAGE=${PROJECT_VM_TEST_IMAGE:-$(cat "$log/bookworm.out")}
+export PROJECT_VM_TEST_IMAGE_TRIXIE=${PROJECT_VM_TEST_IMAGE_TRIXIE:-$(cat "$log/trixie.out")}
+export PROJECT_VM_CLOUD_INIT_VALIDATORS=${PROJECT_VM_CLOUD_INIT_VALIDATORS:-$(paste -sd: "$log/validators.out")}
+echo "test images: $PROJECT_VM_TEST_IMAGE $PROJECT_VM_TEST_IMAGE_TRIXIE"
+echo "cloud-init validators: $PROJECT_VM_CLOUD_INIT_VALIDATORS"
+echo "prepared in $((SECONDS - t0)) s"
 # The guest-booting tests run one at a time: each guest wants both cores.
-cargo test --locked -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee /tmp/project-vm-test.log
-grep '^TIMING' /tmp/project-vm-test.log || true
+cargo test --locked -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$log/test.log"
+grep '^TIMING' "$log/test.log" || true
 echo "all tests: $((SECONDS - t0)) s"
