@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,13 +17,15 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
+        // Its fallback for a failed write is eprintln!, which panics on a closed stderr.
+        .log_internal_errors(false)
         .init();
     match project_vm::run::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`project-vm list | head -1`): not a failure.
         Err(e) if project_vm::output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::from(project_vm::error::exit_code(&e))
         }
     }

@@ -37,8 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Doctor = cli.command {
         // Connects by itself: an unreachable libvirtd is a finding, not an error.
         let report = ops::doctor::doctor(&uri, &settings);
-        emit(cli.json, &report)?;
-        return report.check();
+        return checked(emit(cli.json, &report), report.check());
     }
     let conn = libvirt::connect(&uri)?;
     let ctx = Ctx { conn, uri, settings, json: cli.json };
@@ -68,8 +67,14 @@ fn apply(ctx: Ctx, declared: &crate::config::Declared, a: &crate::cli::ApplyArgs
     };
     let json = ctx.json;
     let report = ops::apply::apply(Arc::new(ctx), declared, opts)?;
-    emit(json, &report)?;
-    report.check()
+    checked(emit(json, &report), report.check())
+}
+
+/// The verdict of a report (cloud-init's result, failed VMs) wins over a
+/// closed stdout: `create --wait | head -1` still exits 5 when it failed.
+fn checked(printed: anyhow::Result<()>, verdict: anyhow::Result<()>) -> anyhow::Result<()> {
+    verdict?;
+    printed
 }
 
 fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
@@ -86,13 +91,11 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 autostart: a.autostart,
             };
             let report = ops::create::run(ctx, &req, a.start, wait(&a.wait))?;
-            emit(json, &report)?;
-            report.check()?;
+            checked(emit(json, &report), report.check())?;
         }
         Command::Start(a) => {
             let report = ops::power::start_and_wait(ctx, &vms::get(&ctx.conn, &a.name)?, wait(&a.wait))?;
-            emit(json, &report)?;
-            report.check()?;
+            checked(emit(json, &report), report.check())?;
         }
         Command::Stop(a) => {
             let vm = vms::get(&ctx.conn, &a.name)?;
@@ -101,8 +104,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Restart(a) => {
             let vm = vms::get(&ctx.conn, &a.name)?;
             let report = ops::power::restart(ctx, &vm, Duration::from_secs(a.stop_timeout), wait(&a.wait))?;
-            emit(json, &report)?;
-            report.check()?;
+            checked(emit(json, &report), report.check())?;
         }
         Command::Destroy(a) => {
             crate::interrupt::install();
