@@ -40,7 +40,26 @@ pub struct GcReport {
     pub dry_run: bool,
 }
 
-/// `keep_named`: kept project disks the user named for removal.
+impl GcReport {
+    /// Records `f`, removing it first unless this is a dry run.
+    fn collect(&mut self, mut f: Finding, remove: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        if self.dry_run {
+            f.action = "would remove".into();
+        } else {
+            remove()?;
+            f.action = "removed".into();
+            self.removed += 1;
+        }
+        self.findings.push(f);
+        Ok(())
+    }
+}
+
+fn finding(kind: &'static str, name: &str, detail: impl Into<String>, bytes: u64) -> Finding {
+    Finding { kind, name: name.to_owned(), detail: detail.into(), bytes, action: String::new() }
+}
+
+/// `named`: kept project disks the user named for removal.
 pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     let pool_name = ctx.settings.pool.clone();
     let mut report = GcReport { pool: pool_name.clone(), findings: Vec::new(), removed: 0, dry_run: !yes };
@@ -57,9 +76,10 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
             )));
         }
     }
-    let info = |n: &str| -> u64 {
+    let allocation = |n: &str| -> u64 {
         storage::find_volume(&pool, n).ok().flatten().and_then(|v| VolumeInfo::of(&v).ok()).map_or(0, |i| i.allocation)
     };
+    let delete = |n: &str| storage::delete(&pool, n).map(drop);
     let mut owned: BTreeSet<String> = BTreeSet::new();
     for vm in &vms {
         owned.extend([vm.own.root_volume.clone(), vm.own.data_volume.clone()]);
@@ -68,21 +88,14 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
 
     // Half-made VMs: a create or a destroy that was killed.
     for vm in &vms {
-        let root_gone = !names.contains(&vm.own.root_volume);
-        if vm.own.phase != Phase::Creating && !root_gone {
-            continue;
-        }
         let detail = match vm.own.phase {
             Phase::Creating => "its create did not finish",
-            Phase::Ready => "its destroy did not finish (the root disk is gone)",
+            Phase::Ready if !names.contains(&vm.own.root_volume) => {
+                "its destroy did not finish (the root disk is gone)"
+            }
+            Phase::Ready => continue,
         };
-        let mut f = Finding {
-            kind: "half-made-vm",
-            name: vm.name.to_string(),
-            detail: detail.into(),
-            bytes: 0,
-            action: String::new(),
-        };
+        let mut f = finding("half-made-vm", vm.name.as_str(), detail, 0);
         match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
             Err(e) => f.action = format!("skipped: {e}"),
             Ok(_lock) if yes => {
@@ -117,44 +130,24 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
             VolumeKind::Disk { image, .. } => image.to_owned(),
             _ => e.volume.clone(),
         };
-        let mut f = Finding {
-            kind,
-            name: e.volume.clone(),
-            detail: detail.into(),
-            bytes: e.disk.allocation,
-            action: String::new(),
-        };
+        let f = finding(kind, &e.volume, detail, e.disk.allocation);
         // An upload in progress holds its image's lock.
         match lock::try_acquire(&ctx.uri, &format!("image:{pool_name}/{image}"), "collecting garbage")? {
-            Err(h) => f.action = format!("skipped: another project-vm{} is storing {image}", h.pid_note()),
-            Ok(_lock) if yes => {
-                store::remove(&pool, &e.volume)?;
-                f.action = "removed".into();
-                report.removed += 1;
-            }
-            Ok(_) => f.action = "would remove".into(),
+            Err(h) => report.findings.push(Finding {
+                action: format!("skipped: another project-vm{} is storing {image}", h.pid_note()),
+                ..f
+            }),
+            Ok(_lock) => report.collect(f, || store::remove(&pool, &e.volume))?,
         }
-        report.findings.push(f);
     }
     // Image records whose disk is gone.
     for n in &names {
         if let VolumeKind::Record { image, generation } = record::classify(n) {
             if !names.contains(&record::disk_volume(image, generation)) {
-                let mut f = Finding {
-                    kind: "orphan-volume",
-                    name: n.clone(),
-                    detail: "an image record without its disk".into(),
-                    bytes: info(n),
-                    action: String::new(),
-                };
-                f.action = if yes {
-                    storage::delete(&pool, n)?;
-                    report.removed += 1;
-                    "removed".into()
-                } else {
-                    "would remove".into()
-                };
-                report.findings.push(f);
+                report
+                    .collect(finding("orphan-volume", n, "an image record without its disk", allocation(n)), || {
+                        delete(n)
+                    })?;
             }
         }
     }
@@ -162,66 +155,38 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     // VM volumes no record names: kept project disks (and their markers), or orphans.
     for n in names.iter().filter(|n| n.starts_with(DOMAIN_PREFIX) && !owned.contains(*n)) {
         if let Some(data) = n.strip_suffix(".kept") {
-            if names.contains(data) {
-                continue; // reported with its disk
+            if !names.contains(data) {
+                report.collect(finding("stale-marker", n, format!("marks {data}, which is gone"), 0), || delete(n))?;
             }
-            let mut f = Finding {
-                kind: "stale-marker",
-                name: n.clone(),
-                detail: format!("marks {data}, which is gone"),
-                bytes: 0,
-                action: String::new(),
-            };
-            f.action = if yes {
-                storage::delete(&pool, n)?;
-                report.removed += 1;
-                "removed".into()
-            } else {
-                "would remove".into()
-            };
-            report.findings.push(f);
+            continue; // otherwise reported with its disk
+        }
+        if !names.contains(&storage::kept_marker(n)) {
+            // A VM being created has its record before any volume, so nothing live owns this.
+            report
+                .collect(finding("orphan-volume", n, "a VM disk that no VM's record names", allocation(n)), || {
+                    delete(n)
+                })?;
             continue;
         }
-        let bytes = info(n);
-        if names.contains(&storage::kept_marker(n)) {
-            let wanted = named.iter().any(|w| w == n);
-            let mut f = Finding {
-                kind: "kept-disk",
-                name: n.clone(),
-                detail: "a project disk kept by `destroy --keep-data`; `create` of its VM reattaches it".into(),
-                bytes,
-                action: String::new(),
-            };
-            f.action = match (wanted, yes) {
-                (true, true) => {
-                    storage::delete(&pool, n)?;
-                    storage::delete(&pool, &storage::kept_marker(n))?;
-                    report.removed += 1;
-                    "removed (named)".into()
-                }
-                (true, false) => "would remove (named)".into(),
-                (false, _) => format!("kept: name it to remove it (`project-vm gc --yes {n}`)"),
-            };
-            report.findings.push(f);
-            continue;
-        }
-        // A VM volume without a record: a VM being created has its record
-        // before any volume, so nothing live can own this.
-        let mut f = Finding {
-            kind: "orphan-volume",
-            name: n.clone(),
-            detail: "a VM disk that no VM's record names".into(),
-            bytes,
-            action: String::new(),
-        };
-        f.action = if yes {
-            storage::delete(&pool, n)?;
-            report.removed += 1;
-            "removed".into()
+        let f = finding(
+            "kept-disk",
+            n,
+            "a project disk kept by `destroy --keep-data`; `create` of its VM reattaches it",
+            allocation(n),
+        );
+        if named.contains(n) {
+            report.collect(Finding { action: String::new(), ..f }, || {
+                delete(n)?;
+                delete(&storage::kept_marker(n))
+            })?;
+            if let Some(last) = report.findings.last_mut() {
+                last.action.push_str(" (named)");
+            }
         } else {
-            "would remove".into()
-        };
-        report.findings.push(f);
+            report
+                .findings
+                .push(Finding { action: format!("kept: name it to remove it (`project-vm gc --yes {n}`)"), ..f });
+        }
     }
     Ok(report)
 }
