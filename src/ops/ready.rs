@@ -37,6 +37,10 @@ pub struct Message {
     /// The same moment in seconds since the guest booted (/proc/uptime).
     #[serde(default)]
     pub uptime: Option<f64>,
+    /// `cloud-init schema --system` output, when cloud-init said the
+    /// cloud-config failed its schema (it does not say how).
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 /// Stage times below this are seconds since boot (cloud-init 24+), above it
@@ -85,8 +89,23 @@ impl Message {
         out
     }
 
-    /// Recoverable errors (cloud-init 23.4+ reports these as "degraded").
+    /// Recoverable errors (cloud-init 23.4+ reports these as "degraded"),
+    /// with the validator's own findings when the schema was the cause.
     pub fn recoverable_errors(&self) -> Vec<String> {
+        let mut out = self.stage_warnings();
+        let schema = self.schema.as_deref().unwrap_or_default();
+        out.extend(
+            schema
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.contains("Error") || l.contains("eprecat"))
+                .filter(|l| *l != "Error:")
+                .map(|l| format!("schema: {l}")),
+        );
+        out
+    }
+
+    fn stage_warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (name, stage) in self.stages() {
             if let Some(levels) = stage.get("recoverable_errors").and_then(Value::as_object) {
@@ -130,7 +149,7 @@ impl Message {
             "unknown"
         } else if !self.errors().is_empty() {
             "error"
-        } else if !self.recoverable_errors().is_empty() {
+        } else if !self.stage_warnings().is_empty() {
             "degraded done"
         } else {
             "done"
@@ -358,6 +377,18 @@ mod tests {
         );
         assert_eq!((m.status_word(), m.result()), ("degraded done", "degraded"));
         assert_eq!(m.recoverable_errors(), vec!["init: WARNING: Failed to set locale"]);
+    }
+
+    #[test]
+    fn schema_findings_say_what_failed() {
+        let m = Message::parse(
+            r#"{"project_vm_ready":2,"boot_id":"b","result":{"v1":{"errors":[]}},"status":{"v1":{"init":{"errors":[],"recoverable_errors":{"WARNING":["cloud-config failed schema validation! You may run 'sudo cloud-init schema --system' to check the details."]}}}},"schema":"Found cloud-config data types: user-data\n\n1. user-data at /var/lib/cloud/instances/i/cloud-config.txt:\n  Invalid user-data /var/lib/cloud/instances/i/cloud-config.txt\n  Error: Cloud config schema errors: manual_cache_clean: Additional properties are not allowed ('manual_cache_clean' was unexpected)\n\nError: Invalid schema: user-data\n"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.result(), "degraded");
+        let errs = m.recoverable_errors();
+        assert!(errs.iter().any(|e| e.contains("manual_cache_clean: Additional properties")), "{errs:?}");
+        assert!(errs.iter().all(|e| !e.ends_with("Error:")), "{errs:?}");
     }
 
     #[test]
