@@ -44,7 +44,7 @@ fn ctx() -> Ctx {
 }
 
 fn with_base_image(ctx: &Ctx) -> virt::storage_pool::StoragePool {
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.settings).unwrap();
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings).unwrap();
     storage::create_qcow2(&pool, "base.qcow2", 1 << 30).unwrap();
     pool
 }

@@ -120,7 +120,12 @@ pub fn find_pool(conn: &Connect, name: &str) -> anyhow::Result<Option<StoragePoo
     match conn.lookup_storage_pool_by_name(name) {
         Ok(p) => {
             if !p.is_active().unwrap_or(false) {
-                p.create(0).map_err(|e| explain(e, format!("starting storage pool {name}")))?;
+                // Another project-vm may be starting it right now: fine if it is up.
+                if let Err(e) = p.create(0) {
+                    if !p.is_active().unwrap_or(false) {
+                        return Err(explain(e, format!("starting storage pool {name}")));
+                    }
+                }
             }
             Ok(Some(p))
         }
@@ -130,7 +135,12 @@ pub fn find_pool(conn: &Connect, name: &str) -> anyhow::Result<Option<StoragePoo
 }
 
 /// The pool, defined (as a `dir` pool on `storage_dir`), built and started on first use.
-pub fn ensure_pool(conn: &Connect, settings: &Settings) -> anyhow::Result<StoragePool> {
+/// `uri` keys the lock that makes concurrent first uses define it once.
+pub fn ensure_pool(conn: &Connect, uri: &str, settings: &Settings) -> anyhow::Result<StoragePool> {
+    if let Some(p) = find_pool(conn, &settings.pool)? {
+        return Ok(p);
+    }
+    let _lock = crate::lock::acquire(uri, &format!("pool:{}", settings.pool), "defining the pool", |_| {})?;
     if let Some(p) = find_pool(conn, &settings.pool)? {
         return Ok(p);
     }

@@ -179,7 +179,7 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
     if req.checksums.is_some() {
         source.checksums = req.checksums.clone();
     }
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
     Ok(PullReport::new(&image, cached, started))
@@ -196,7 +196,7 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     let path = absolute(file)?;
     let name = name.map(str::to_owned).unwrap_or_else(|| catalog::name_for(&path));
     record::validate_name(&name)?;
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     if store::find(&ctx.conn, &pool, &name)?.is_some() {
         return Err(invalid(format!(
@@ -212,38 +212,71 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     Ok(PullReport::new(&image, false, started))
 }
 
+/// Where an image a VM asks for stands.
+enum Located {
+    /// In the pool, complete and verified.
+    Stored(StoragePool, Image),
+    /// Not in the pool yet: fetched on first use (the pool, if it exists yet).
+    Fetch(Option<StoragePool>, String, ImageSource),
+    /// Nowhere to be had, and why (a message that names the fix).
+    Missing(String),
+}
+
+/// `image`: a name (in the pool, or in the catalog), a URL or a file.
+fn locate(ctx: &Ctx, image: &str) -> anyhow::Result<Located> {
+    let name = image_name(image);
+    record::validate_name(&name)?;
+    let pool = storage::find_pool(&ctx.conn, &ctx.settings.pool)?;
+    if let Some(pool) = &pool {
+        if let Some(found) = store::find(&ctx.conn, pool, &name)? {
+            return Ok(Located::Stored(pool.clone(), found));
+        }
+        if let Some(found) = test_driver_image(ctx, pool, &name)? {
+            return Ok(Located::Stored(pool.clone(), found));
+        }
+    }
+    let catalog = Catalog::new(&ctx.settings.images);
+    if catalog::is_location(image) {
+        let url = match image.contains("://") {
+            true => image.to_owned(),
+            false => absolute(image)?,
+        };
+        if let Some(path) = url.strip_prefix("file://").or((!url.contains("://")).then_some(url.as_str())) {
+            if !std::path::Path::new(path).is_file() {
+                return Ok(Located::Missing(format!("image file {path} does not exist")));
+            }
+        }
+        return Ok(Located::Fetch(pool, name, ImageSource { url, checksums: None, checksum: None }));
+    }
+    if let Some(source) = catalog.get(&name) {
+        return Ok(Located::Fetch(pool, name, source));
+    }
+    let pool_name = &ctx.settings.pool;
+    if let Some(p) = &pool {
+        if storage::find_volume(p, &name)?.is_some() {
+            return Ok(Located::Missing(format!(
+                "volume {name} in pool {pool_name} has no project-vm image record, so nothing vouches that it is complete (it may be an interrupted upload, or an image imported by an older project-vm): import the file again with `project-vm image import FILE --name {name}`"
+            )));
+        }
+    }
+    Ok(Located::Missing(format!(
+        "no image {name} in pool {pool_name} and none in the catalog: pull one with `project-vm image pull NAME|URL`, import a file with `project-vm image import FILE --name {name}`, or add it under \"images\" in the settings (catalog: {})",
+        catalog.names().join(", ")
+    )))
+}
+
 /// What `plan` needs to know about a VM's image before `apply` runs: its
 /// virtual size when the pool has it, `None` when it will be fetched on
 /// first use, or why it cannot be had.
 pub fn check(ctx: &Ctx, image: &str) -> anyhow::Result<Result<Option<u64>, String>> {
-    let name = image_name(image);
-    if let Err(e) = record::validate_name(&name) {
+    if let Err(e) = record::validate_name(&image_name(image)) {
         return Ok(Err(e.to_string()));
     }
-    if let Some(pool) = storage::find_pool(&ctx.conn, &ctx.settings.pool)? {
-        if let Some(found) = store::find(&ctx.conn, &pool, &name)? {
-            return Ok(Ok(Some(found.disk.capacity)));
-        }
-        if let Some(found) = test_driver_image(ctx, &pool, &name)? {
-            return Ok(Ok(Some(found.disk.capacity)));
-        }
-    }
-    if catalog::is_location(image) {
-        let path = image.strip_prefix("file://").unwrap_or(image);
-        return Ok(
-            match image.contains("://") && !image.starts_with("file://") || std::path::Path::new(path).is_file() {
-                true => Ok(None),
-                false => Err(format!("image file {path} does not exist")),
-            },
-        );
-    }
-    if Catalog::new(&ctx.settings.images).get(&name).is_some() {
-        return Ok(Ok(None));
-    }
-    Ok(Err(format!(
-        "no image {name} in pool {} and none in the catalog: pull or import it first (`project-vm image pull`, `project-vm image import`)",
-        ctx.settings.pool
-    )))
+    Ok(match locate(ctx, image)? {
+        Located::Stored(_, found) => Ok(Some(found.disk.capacity)),
+        Located::Fetch(..) => Ok(None),
+        Located::Missing(why) => Err(why),
+    })
 }
 
 /// The image `create` builds on, and the pool it lives in: the pool's
@@ -251,41 +284,14 @@ pub fn check(ctx: &Ctx, image: &str) -> anyhow::Result<Result<Option<u64>, Strin
 /// imported from a file) with progress. Concurrent first uses wait for the
 /// one pull. Nothing (not even the pool) is made when there is nothing to pull.
 pub fn ensure(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Result<(StoragePool, Image)> {
-    let name = image_name(image);
-    record::validate_name(&name)?;
-    let pool = storage::find_pool(&ctx.conn, &ctx.settings.pool)?;
-    if let Some(pool) = &pool {
-        if let Some(found) = store::find(&ctx.conn, pool, &name)? {
-            return Ok((pool.clone(), found));
-        }
-        if let Some(found) = test_driver_image(ctx, pool, &name)? {
-            return Ok((pool.clone(), found));
-        }
-    }
-    let catalog = Catalog::new(&ctx.settings.images);
-    let source = if catalog::is_location(image) {
-        let path = match image.contains("://") {
-            true => image.to_owned(),
-            false => absolute(image)?,
-        };
-        ImageSource { url: path, checksums: None, checksum: None }
-    } else if let Some(source) = catalog.get(&name) {
-        source
-    } else if let Some(true) = pool.as_ref().map(|p| storage::find_volume(p, &name).map(|v| v.is_some())).transpose()? {
-        return Err(invalid(format!(
-            "volume {name} in pool {} has no project-vm image record, so nothing vouches that it is complete (it may be an interrupted upload, or an image imported by an older project-vm): import the file again with `project-vm image import FILE --name {name}`",
-            ctx.settings.pool
-        )));
-    } else {
-        return Err(invalid(format!(
-            "no image {name} in pool {} and none in the catalog: pull one with `project-vm image pull NAME|URL`, import a file with `project-vm image import FILE --name {name}`, or add it under \"images\" in the settings (catalog: {})",
-            ctx.settings.pool,
-            catalog.names().join(", ")
-        )));
+    let (pool, name, source) = match locate(ctx, image)? {
+        Located::Stored(pool, found) => return Ok((pool, found)),
+        Located::Missing(why) => return Err(invalid(why)),
+        Located::Fetch(pool, name, source) => (pool, name, source),
     };
     let pool = match pool {
         Some(p) => p,
-        None => storage::ensure_pool(&ctx.conn, &ctx.settings)?,
+        None => storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?,
     };
     let lock = lock_image(ctx, &name)?;
     // fetch_into looks again under the lock: another process may have just stored it.
