@@ -338,15 +338,27 @@ pub fn volume_names(pool: &StoragePool) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
-    match find_volume(pool, name)? {
-        Some(v) => {
-            tracing::info!(volume = name, "deleting volume");
-            v.delete(0).map_err(|e| explain(e, format!("deleting volume {name}")))?;
-            crate::fault::mutated(&format!("deleted volume {name}"));
-            Ok(true)
+    let Some(v) = find_volume(pool, name)? else { return Ok(false) };
+    tracing::info!(volume = name, "deleting volume");
+    // A client killed while libvirtd created this volume does not stop
+    // libvirtd: it finishes the allocation, and refuses a delete meanwhile.
+    let t0 = std::time::Instant::now();
+    loop {
+        match v.delete(0) {
+            Ok(()) => break,
+            Err(e)
+                if is(&e, ErrorNumber::OperationInvalid)
+                    && e.message().contains("being allocated")
+                    && t0.elapsed() < std::time::Duration::from_secs(120) =>
+            {
+                tracing::debug!(volume = name, "still being allocated; waiting");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(explain(e, format!("deleting volume {name}"))),
         }
-        None => Ok(false),
     }
+    crate::fault::mutated(&format!("deleted volume {name}"));
+    Ok(true)
 }
 
 /// The marker `destroy --keep-data` leaves beside a kept project disk: an
