@@ -66,6 +66,9 @@ pub enum Command {
     Console(NameArg),
     /// Show a VM's serial console log.
     Logs(LogsArgs),
+    /// Snapshots of a VM: both disks, and its memory when taken running.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Manage base images in the storage pool.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -250,6 +253,36 @@ pub struct ApplyArgs {
     pub jobs: u16,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot (running: disks and memory; stopped: disks).
+    Create {
+        #[arg(value_parser = vm_name)]
+        name: VmName,
+        /// Snapshot name [default: snap-N]
+        snapshot: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+    },
+    /// List a VM's snapshots.
+    List {
+        #[arg(value_parser = vm_name)]
+        name: VmName,
+    },
+    /// Go back to a snapshot (a running VM stays running).
+    Revert {
+        #[arg(value_parser = vm_name)]
+        name: VmName,
+        snapshot: String,
+    },
+    /// Delete a snapshot.
+    Delete {
+        #[arg(value_parser = vm_name)]
+        name: VmName,
+        snapshot: String,
+    },
 }
 
 #[derive(Debug, Args)]

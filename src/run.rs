@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, ImageCommand, WaitArgs};
+use crate::cli::{Cli, Command, ImageCommand, SnapshotCommand, WaitArgs};
 use crate::libvirt::{self, vms};
 use crate::ops::{self, create::CreateRequest, Ctx};
 use crate::output::emit;
@@ -139,6 +139,19 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         }
         Command::Image(ImageCommand::List) => emit(json, &ops::image::listing(ctx)?)?,
         Command::Image(ImageCommand::Rm { name }) => emit(json, &ops::image::remove(ctx, &name)?)?,
+        Command::Snapshot(SnapshotCommand::Create { name, snapshot, description }) => {
+            let vm = vms::get(&ctx.conn, &name)?;
+            emit(json, &ops::snapshot::create(ctx, &vm, snapshot.as_deref(), description.as_deref())?)?;
+        }
+        Command::Snapshot(SnapshotCommand::List { name }) => {
+            emit(json, &ops::snapshot::list(ctx, &vms::get(&ctx.conn, &name)?)?)?
+        }
+        Command::Snapshot(SnapshotCommand::Revert { name, snapshot }) => {
+            emit(json, &ops::snapshot::revert(ctx, &vms::get(&ctx.conn, &name)?, &snapshot)?)?
+        }
+        Command::Snapshot(SnapshotCommand::Delete { name, snapshot }) => {
+            emit(json, &ops::snapshot::delete(ctx, &vms::get(&ctx.conn, &name)?, &snapshot)?)?
+        }
         Command::Gc(a) => emit(json, &ops::gc::gc(ctx, a.yes, &a.kept_disks)?)?,
         Command::Completions { .. } | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
             unreachable!("handled in run")

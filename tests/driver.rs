@@ -421,3 +421,34 @@ fn plan_checks_what_apply_will_need() {
     let err = apply::apply(Arc::new(ctx), &declared(file), opts(false)).unwrap_err();
     assert_eq!(exit_code(&err), 2);
 }
+
+#[test]
+fn snapshots_list_delete_and_block_growing_disks() {
+    let ctx = ctx();
+    let pool = with_base_image(&ctx);
+    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let s1 = ops::snapshot::create(&ctx, &vm, None, Some("first")).unwrap();
+    assert_eq!((s1.name.as_str(), s1.memory), ("snap-1", false), "a stopped VM: disks only");
+    assert_eq!(s1.disks, vec!["vda", "vdb"], "the seed CD-ROM is never part of one");
+    let s2 = ops::snapshot::create(&ctx, &vm, None, None).unwrap();
+    assert_eq!(s2.name, "snap-2");
+    let e = ops::snapshot::create(&ctx, &vm, Some("snap-1"), None).unwrap_err();
+    assert_eq!(exit_code(&e), 2);
+    assert_eq!(exit_code(&ops::snapshot::create(&ctx, &vm, Some("bad name"), None).unwrap_err()), 2);
+    let names: Vec<String> = ops::snapshot::list(&ctx, &vm).unwrap().0.into_iter().map(|s| s.name).collect();
+    assert_eq!(names, vec!["snap-1", "snap-2"]);
+
+    // Growing a disk of a VM with snapshots is refused in the plan, with the reason.
+    let file = r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "3G"}}}"#;
+    let p = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
+    assert_eq!(p.impossible, 1, "{:?}", p.vms[0].changes);
+
+    ops::snapshot::delete(&ctx, &vm, "snap-2").unwrap();
+    assert_eq!(exit_code(&ops::snapshot::delete(&ctx, &vm, "snap-2").unwrap_err()), 3);
+    // destroy leaves no snapshot metadata: a new domain of that name starts clean.
+    ops::destroy::destroy(&ctx, &vm, false).unwrap();
+    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    assert!(ops::snapshot::list(&ctx, &vm).unwrap().0.is_empty());
+}

@@ -41,6 +41,12 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
         vm.dom.destroy().map_err(|e| explain(e, format!("powering off {}", vm.name)))?;
         crate::fault::mutated("powered off");
     }
+    // A kept disk carries no snapshot of a VM that is gone (they live in its
+    // qcow2); otherwise the volumes go, and the undefine drops the metadata.
+    let snapshots = vm.dom.num_snapshots(0).unwrap_or(0);
+    if keep_data && snapshots > 0 {
+        super::snapshot::delete_all(vm)?;
+    }
     let mut deleted = Vec::new();
     if let Some(pool) = ctx.vm_pool(vm)? {
         for vol in vm.own.volumes(false) {
@@ -64,7 +70,11 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     } else {
         tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);
     }
-    vm.dom.undefine().map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
+    let undefined = match snapshots {
+        0 => vm.dom.undefine(),
+        _ => vm.dom.undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA),
+    };
+    undefined.map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
     crate::fault::mutated("undefined the domain");
     // A later VM of this name gets a new host key: its pin goes with this one.
     if let Err(e) = super::ssh::forget_host_key(&super::ssh::known_hosts_path(), &vm.name.domain()) {

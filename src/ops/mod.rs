@@ -16,6 +16,7 @@ pub mod power;
 pub mod pull;
 pub mod ready;
 pub mod seed;
+pub mod snapshot;
 pub mod ssh;
 pub mod status;
 

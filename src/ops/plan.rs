@@ -134,11 +134,22 @@ pub struct Actual {
     pub running: bool,
     /// The running guest's memory and CPUs differ from the definition.
     pub restart_pending: bool,
+    /// Snapshots the VM has: qcow2 cannot grow a disk with internal snapshots.
+    pub snapshots: u32,
 }
 
-fn size_change(field: &'static str, actual: u64, desired: Size, note_grow: &'static str) -> Option<Change> {
+fn size_change(
+    field: &'static str,
+    actual: u64,
+    desired: Size,
+    snapshots: u32,
+    note_grow: &'static str,
+) -> Option<Change> {
     let (from, to) = (Size(actual).to_string(), desired.to_string());
-    if desired.bytes() > actual {
+    if desired.bytes() > actual && snapshots > 0 {
+        let note = "qcow2 cannot grow a disk that has snapshots: delete them first (`project-vm snapshot list`, `snapshot delete`)";
+        Some(Change { field, from, to, class: Class::Impossible, note })
+    } else if desired.bytes() > actual {
         Some(Change { field, from, to, class: Class::Now, note: note_grow })
     } else if desired.bytes() < actual {
         Some(Change { field, from, to, class: Class::Impossible, note: "disks only grow; shrinking would lose data" })
@@ -177,11 +188,18 @@ pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> 
     );
     compare("autostart", actual.autostart.to_string(), desired.autostart.to_string(), Class::Now, "");
     // Disks compare against the volumes' real capacity, and may only grow.
-    out.extend(size_change("disk", actual.root_capacity, want.disk, "the root filesystem grows at next boot"));
+    out.extend(size_change(
+        "disk",
+        actual.root_capacity,
+        want.disk,
+        actual.snapshots,
+        "the root filesystem grows at next boot",
+    ));
     out.extend(size_change(
         "project_disk",
         actual.data_capacity,
         want.project_disk,
+        actual.snapshots,
         "the filesystem on /project grows at next boot",
     ));
     out
@@ -224,6 +242,7 @@ fn actual(ctx: &Ctx, vm: &Vm, spec: &VmSpec) -> anyhow::Result<Actual> {
         data_capacity: cap(&vm.own.data_volume)?,
         autostart: vm.dom.autostart().unwrap_or(false),
         running,
+        snapshots: vm.dom.num_snapshots(0).unwrap_or(0),
     })
 }
 
@@ -430,7 +449,20 @@ mod tests {
             autostart: s.autostart,
             running: true,
             restart_pending: false,
+            snapshots: 0,
         }
+    }
+
+    #[test]
+    fn disks_with_snapshots_cannot_grow_and_say_why() {
+        let base = spec(Network::default(), Accel::Kvm);
+        let mut want = base.clone();
+        want.resources.project_disk = Size(4 << 30);
+        let act = Actual { snapshots: 2, ..actual_of(&base) };
+        let changes = diff(&base, &act, &want);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].class, Class::Impossible);
+        assert!(changes[0].note.contains("snapshot delete"), "{}", changes[0].note);
     }
 
     #[test]
