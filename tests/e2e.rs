@@ -434,3 +434,48 @@ fn a_trixie_genericcloud_style_image_is_ready_clean_and_survives_a_restart() {
     env.run(&["destroy", "txd"]).ok();
     assert_eq!(env.vm_volumes(), Vec::<String>::new());
 }
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
+fn snapshots_roll_a_vm_back_running_and_stopped() {
+    require_root_libvirt();
+    let img = image();
+    let env = Env::new("snap", 22470, serde_json::json!({"base_image": "debian"}));
+    let _guard = Guard { env: &env, vms: &["sn"] };
+    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    env.run(&["create", "sn", "1G", "2", "8G", "--project-disk", "1G"]).ok();
+    wait_ready(&env, "sn");
+
+    // Running: the snapshot holds memory too; a revert leaves the VM running.
+    env.ssh("sn", "echo one > ~/file && echo data > /project/file && sync");
+    let s = env.run(&["snapshot", "create", "sn", "live", "--description", "before rm", "--json"]).ok().json();
+    assert_eq!((s["memory"].as_bool(), s["state"].as_str()), (Some(true), Some("running")), "{s}");
+    assert_eq!(s["disks"], serde_json::json!(["vda", "vdb"]));
+    env.ssh("sn", "rm ~/file /project/file && sync");
+    let r = env.run(&["snapshot", "revert", "sn", "live", "--json"]).ok().json();
+    assert_eq!((r["state"].as_str(), r["stopped"].as_bool()), (Some("running"), Some(false)), "{r}");
+    assert_eq!(env.ssh("sn", "cat ~/file /project/file").split_whitespace().collect::<Vec<_>>(), vec!["one", "data"]);
+
+    // Stopped: disks only; the revert leaves it stopped.
+    env.run(&["stop", "sn", "--timeout", "120"]).ok();
+    let s = env.run(&["snapshot", "create", "sn", "--json"]).ok().json();
+    assert_eq!((s["name"].as_str(), s["memory"].as_bool()), (Some("snap-1"), Some(false)), "{s}");
+    wait_ready(&env, "sn");
+    env.ssh("sn", "rm ~/file && sync");
+    env.run(&["stop", "sn", "--timeout", "120"]).ok();
+    let r = env.run(&["snapshot", "revert", "sn", "snap-1", "--json"]).ok().json();
+    assert_eq!(r["state"], "shutoff", "{r}");
+    wait_ready(&env, "sn");
+    assert_eq!(env.ssh("sn", "cat ~/file").trim(), "one");
+
+    let list = env.run(&["snapshot", "list", "sn", "--json"]).ok().json();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["live", "snap-1"]);
+    env.run(&["snapshot", "delete", "sn", "live"]).ok();
+    assert_eq!(env.run(&["snapshot", "list", "sn", "--json"]).ok().json().as_array().unwrap().len(), 1);
+
+    // destroy takes the snapshots with it: no metadata left behind.
+    env.run(&["destroy", "sn"]).ok();
+    assert!(!std::path::Path::new("/var/lib/libvirt/qemu/snapshot/project-sn").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert_eq!(env.vm_volumes(), Vec::<String>::new());
+}
