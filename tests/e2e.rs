@@ -476,6 +476,8 @@ fn snapshots_roll_a_vm_back_running_and_stopped() {
 
     // destroy takes the snapshots with it: no metadata left behind.
     env.run(&["destroy", "sn"]).ok();
-    assert!(!std::path::Path::new("/var/lib/libvirt/qemu/snapshot/project-sn").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert!(!std::path::Path::new("/var/lib/libvirt/qemu/snapshot/project-sn")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some()));
     assert_eq!(env.vm_volumes(), Vec::<String>::new());
 }

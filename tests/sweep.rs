@@ -216,3 +216,42 @@ fn a_hand_made_data_volume_is_not_adopted_and_a_bad_storage_dir_is_exit_4() {
     assert!(stderr.contains("/proc/project-vm-cannot-be-here"), "{stderr}");
     assert!(!virsh(&["pool-info", &format!("{}-bad", env.pool)]).status.success(), "a failed pool stayed defined");
 }
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn under_sudo_files_in_the_users_home_are_the_users_and_destroy_forgets_the_host_key() {
+    require_root_libvirt();
+    let env = Env::new("sudo", 22720, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&[&env], &["sk"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "sk", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    // A user of our own, with a home in this test's directory.
+    let user = format!("pvt{}", std::process::id() % 100_000);
+    let home = env.dir.join("home");
+    sh(&format!("useradd -M -d {} {user}", home.display()));
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("userdel").arg(&self.0).status();
+        }
+    }
+    let _gone = Gone(user.clone());
+    // An earlier root run pinned keys in the user's home (root-owned, as sudo used to leave it).
+    let kh = home.join(".local/state/project-vm/known_hosts");
+    std::fs::create_dir_all(kh.parent().unwrap()).unwrap();
+    std::fs::write(&kh, "project-other ssh-ed25519 AAAAother\nproject-sk ssh-ed25519 AAAAsk\n").unwrap();
+    let out = env
+        .cmd(&["destroy", "sk"])
+        .env_remove("XDG_STATE_HOME")
+        .env("HOME", "/root")
+        .env("SUDO_USER", &user)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&kh).unwrap(), "project-other ssh-ed25519 AAAAother\n");
+    let uid = sh(&format!("id -u {user}")).trim().to_owned();
+    for p in [kh.clone(), home.join(".local/state/project-vm"), home.join(".local/state"), home.join(".local")] {
+        let owner = sh(&format!("stat -c %u {}", p.display()));
+        assert_eq!(owner.trim(), uid, "{} is not {user}'s", p.display());
+    }
+}
