@@ -318,6 +318,19 @@ pub enum ImageCommand {
         #[arg(long, value_name = "ALGO:HEX")]
         checksum: Option<Checksum>,
     },
+    /// Turn a prepared VM's root disk into a template image (a sealed, standalone copy).
+    Save {
+        #[arg(value_parser = vm_name)]
+        vm: VmName,
+        /// The new image's name
+        name: String,
+        /// Stop the VM for the copy if it runs (and start it again after)
+        #[arg(long)]
+        stop: bool,
+        /// Private key for the ssh that seals the copy
+        #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
     /// List images: where each came from, its checksum, and the VMs built on it.
     List,
     /// Delete an image no VM is built on (every generation of it).

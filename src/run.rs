@@ -137,6 +137,14 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
             crate::interrupt::install();
             emit(json, &ops::pull::import(ctx, &file.to_string_lossy(), name.as_deref(), checksum)?)?;
         }
+        Command::Image(ImageCommand::Save { vm, name, stop, identity }) => {
+            crate::interrupt::install();
+            let vm = vms::get(&ctx.conn, &vm)?;
+            let progress = crate::progress::Progress::spinner(json, format!("saving {}", vm.name));
+            let report = ops::save::save(ctx, &vm, &name, stop, identity.as_deref(), &progress)?;
+            progress.finish();
+            emit(json, &report)?;
+        }
         Command::Image(ImageCommand::List) => emit(json, &ops::image::listing(ctx)?)?,
         Command::Image(ImageCommand::Rm { name }) => emit(json, &ops::image::remove(ctx, &name)?)?,
         Command::Snapshot(SnapshotCommand::Create { name, snapshot, description }) => {

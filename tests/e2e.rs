@@ -481,3 +481,53 @@ fn snapshots_roll_a_vm_back_running_and_stopped() {
         .is_ok_and(|mut d| d.next().is_some()));
     assert_eq!(env.vm_volumes(), Vec::<String>::new());
 }
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
+fn a_saved_template_makes_new_machines() {
+    require_root_libvirt();
+    let img = image();
+    let env = Env::new("tmpl", 22480, serde_json::json!({"base_image": "debian"}));
+    let _guard = Guard { env: &env, vms: &["ta", "tb"] };
+    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    env.run(&["create", "ta", "1G", "2", "8G", "--project-disk", "1G"]).ok();
+    wait_ready(&env, "ta");
+    env.ssh("ta", "echo prepared | sudo tee /opt/marker >/dev/null && echo 'secret command' > ~/.bash_history && sync");
+    let a_machine = env.ssh("ta", "cat /etc/machine-id");
+    let a_key = env.ssh("ta", "cat /etc/ssh/ssh_host_ed25519_key.pub");
+
+    // Running: refused without --stop; with it, stopped for the copy and started again.
+    assert_eq!(env.run(&["image", "save", "ta", "tmpl"]).code, 2);
+    let r = env.run(&["image", "save", "ta", "tmpl", "--stop", "--json"]).ok().json();
+    assert_eq!((r["parent"].as_str(), r["restarted"].as_bool()), (Some("debian"), Some(true)), "{r}");
+    timing("image save (copy, seal boot, checksum)", format!("{} ms", r["elapsed_ms"]));
+    let list = env.run(&["image", "list", "--json"]).ok().json();
+    let t = list.as_array().unwrap().iter().find(|e| e["name"] == "tmpl").expect("listed");
+    assert_eq!((t["source"].as_str(), t["parent"].as_str()), (Some("vm:ta"), Some("debian")), "{t}");
+    // The copy is standalone: no backing file.
+    let vol = String::from_utf8(virsh(&["vol-dumpxml", "--pool", &env.pool, t["volume"].as_str().unwrap()]).stdout).unwrap();
+    assert!(!vol.contains("<backingStore>"), "{vol}");
+
+    // A VM from the template is a new machine with the template's contents.
+    env.run(&["create", "tb", "1G", "2", "8G", "--project-disk", "1G", "--image", "tmpl"]).ok();
+    wait_ready(&env, "tb");
+    assert_eq!(env.ssh("tb", "cat /opt/marker").trim(), "prepared");
+    assert_eq!(env.ssh("tb", "hostname").trim(), "project-tb");
+    let b_machine = env.ssh("tb", "cat /etc/machine-id");
+    assert!(!b_machine.trim().is_empty() && b_machine != a_machine, "machine-id {b_machine} (a: {a_machine})");
+    // ssh verified tb against its own pinned key; it is not ta's.
+    assert_ne!(env.ssh("tb", "cat /etc/ssh/ssh_host_ed25519_key.pub"), a_key);
+    let iid = env.ssh("tb", "cat /var/lib/cloud/data/instance-id");
+    let b_uuid = String::from_utf8(virsh(&["domuuid", "project-tb"]).stdout).unwrap();
+    assert!(iid.contains(b_uuid.trim()), "cloud-init instance {iid} is not tb's ({b_uuid})");
+    assert_eq!(env.ssh("tb", "test -e ~/.bash_history && echo kept || echo gone").trim(), "gone");
+    assert_eq!(env.ssh("tb", "wc -l < ~/.ssh/authorized_keys").trim(), "1");
+    // ta itself was left as it was.
+    wait_ready(&env, "ta");
+    assert_eq!(env.ssh("ta", "cat /etc/machine-id"), a_machine);
+
+    env.run(&["destroy", "tb"]).ok();
+    env.run(&["destroy", "ta"]).ok();
+    env.run(&["image", "rm", "tmpl"]).ok();
+    assert_eq!(env.vm_volumes(), Vec::<String>::new());
+}

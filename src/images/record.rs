@@ -39,6 +39,10 @@ pub struct ImageRecord {
     pub source: String,
     /// Seconds since the epoch.
     pub created: u64,
+    /// For an image saved from a VM: the image that VM was built on. The
+    /// saved image is a standalone copy; this is where it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// What a volume name says about itself.
@@ -126,6 +130,7 @@ mod tests {
             verified: true,
             source: "https://x/y.qcow2".into(),
             created: 1,
+            parent: None,
         }
     }
 

@@ -120,7 +120,8 @@ fn read_head(reader: &mut dyn Read) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
-fn random_generation(name: &str) -> String {
+/// A fresh generation id, for an image whose digest is not known in advance.
+pub fn new_generation(name: &str) -> String {
     use sha2::{Digest, Sha256};
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     hex::encode(&Sha256::digest(format!("{name}:{}:{nanos}", std::process::id()).as_bytes())[..6])
@@ -142,7 +143,7 @@ pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress:
     // pulled twice is found rather than stored twice.
     let generation = match &expected {
         Some(c) => c.hex[..12].to_owned(),
-        None => random_generation(&name),
+        None => new_generation(&name),
     };
     let disk_name = record::disk_volume(&name, &generation);
     let record_name = record::record_volume(&name, &generation);
@@ -207,12 +208,23 @@ pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress:
         verified: expected.is_some(),
         source,
         created: crate::ops::now_unix(),
+        parent: None,
     };
-    let json = rec.to_json();
-    let new = storage::NewVolume { name: &record_name, format: "raw", len: json.len() as u64, mode: "0644" };
-    storage::upload(conn, pool, new, &mut json.as_slice(), &Progress::hidden()).map_err(discard)?;
+    commit(conn, pool, &rec).map_err(discard)?;
     tracing::info!(image = %name, volume = %disk_name, "image published");
     Ok(Image { record: rec, disk })
+}
+
+/// Writes `rec`, the commit point that makes its disk usable.
+pub fn commit(conn: &Connect, pool: &StoragePool, rec: &ImageRecord) -> anyhow::Result<()> {
+    let VolumeKind::Disk { image, generation } = record::classify(&rec.volume) else {
+        anyhow::bail!("{} is not an image disk volume", rec.volume);
+    };
+    let record_name = record::record_volume(image, generation);
+    let json = rec.to_json();
+    let new = storage::NewVolume { name: &record_name, format: "raw", len: json.len() as u64, mode: "0644" };
+    storage::upload(conn, pool, new, &mut json.as_slice(), &Progress::hidden())?;
+    Ok(())
 }
 
 /// Removes one generation: the record first, so the disk is never usable

@@ -221,6 +221,47 @@ pub fn create_qcow2(pool: &StoragePool, name: &str, capacity: u64) -> anyhow::Re
     )
 }
 
+/// A standalone qcow2 copy of `source` (an overlay is flattened: libvirt
+/// copies through the backing chain), made by libvirt on its host.
+pub fn clone_flat(pool: &StoragePool, name: &str, source: &StorageVol) -> anyhow::Result<StorageVol> {
+    let capacity = source.info().map_err(|e| explain(e, "reading volume info"))?.capacity;
+    let xml = quick_xml::se::to_string(&VolumeXml {
+        name: name.into(),
+        capacity: amount(capacity),
+        allocation: None,
+        target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+        backing_store: None,
+    })?;
+    let vol = StorageVol::create_xml_from(pool, &xml, source, 0)
+        .map_err(|e| explain(e, format!("copying {} to {name}", source.name().unwrap_or_default())))?;
+    crate::fault::mutated(&format!("copied a volume to {name}"));
+    Ok(vol)
+}
+
+/// Reads a whole volume through a libvirt stream into `sink` (a hasher, say).
+pub fn download(conn: &Connect, vol: &StorageVol, sink: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    vol.download(&stream, 0, 0, 0).map_err(|e| explain(e, "starting download"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match stream.recv(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if n > 0 => {
+                sink.write_all(&buf[..n as usize])?;
+                total += n as u64;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = stream.abort();
+                return Err(explain(e, "downloading volume"));
+            }
+        }
+    }
+    stream.finish().map_err(|e| explain(e, "finishing download"))?;
+    Ok(total)
+}
+
 /// A volume to be filled by [`upload`].
 pub struct NewVolume<'a> {
     pub name: &'a str,

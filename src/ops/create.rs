@@ -211,10 +211,21 @@ fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
     crate::lock::acquire(&ctx.uri, "ssh-ports", "choosing a port", |_| {})
 }
 
-/// For user networking: the first free forwarded port at or above the base.
+/// For user networking: the first forwarded port at or above `base` that no
+/// VM records. Call with the port lock held.
 fn pick_ssh_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
     let used: Vec<u16> = vms::list(&ctx.conn)?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
-    (base..=u16::MAX).find(|p| !used.contains(p)).ok_or_else(|| invalid(format!("no free ssh port at or above {base}")))
+    (base..=u16::MAX)
+        // On a local host, a port something else already listens on is not free either.
+        .find(|p| !used.contains(p) && (!ctx.is_local() || std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
+        .ok_or_else(|| invalid(format!("no free ssh port at or above {base}")))
+}
+
+/// A forwarded port for a short-lived domain (`image save`'s sealing boot):
+/// free now, and recorded by no VM.
+pub fn free_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
+    let _lock = port_lock(ctx)?;
+    pick_ssh_port(ctx, base)
 }
 
 pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<CreateReport> {

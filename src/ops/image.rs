@@ -33,6 +33,9 @@ pub struct ImageEntry {
     pub checksum: Option<String>,
     /// The checksum matched a published or given one.
     pub verified: bool,
+    /// For an image saved from a VM: the image that VM was built on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// VMs whose root disk is an overlay on this volume.
     pub used_by: Vec<String>,
 }
@@ -60,7 +63,11 @@ impl Report for ImageListing {
                     human(i.capacity),
                     human(i.allocation),
                     checksum,
-                    i.source.clone().unwrap_or_else(|| "-".into()),
+                    match (&i.source, &i.parent) {
+                        (Some(s), Some(p)) => format!("{s} (from {p})"),
+                        (Some(s), None) => s.clone(),
+                        (None, _) => "-".into(),
+                    },
                     i.used_by.join(","),
                 ]
             })
@@ -127,6 +134,7 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<Vec<ImageEntry>> {
                 source: e.record.as_ref().map(|r| r.source.clone()),
                 checksum: e.record.as_ref().map(|r| r.checksum.to_string()),
                 verified: e.record.as_ref().is_some_and(|r| r.verified),
+                parent: e.record.as_ref().and_then(|r| r.parent.clone()),
                 used_by,
             }
         })

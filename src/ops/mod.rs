@@ -15,6 +15,7 @@ pub mod plan;
 pub mod power;
 pub mod pull;
 pub mod ready;
+pub mod save;
 pub mod seed;
 pub mod snapshot;
 pub mod ssh;

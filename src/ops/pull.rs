@@ -325,6 +325,7 @@ fn test_driver_image(ctx: &Ctx, pool: &StoragePool, name: &str) -> anyhow::Resul
         verified: false,
         source: ctx.uri.clone(),
         created: 0,
+        parent: None,
     };
     Ok(Some(Image { record, disk }))
 }

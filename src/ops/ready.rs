@@ -169,8 +169,8 @@ impl Message {
 
 /// Reads lines from the ready channel, reconnecting across reboots.
 struct Channel<'a> {
-    ctx: &'a Ctx,
-    vm: &'a Vm,
+    conn: &'a virt::connect::Connect,
+    dom: &'a virt::domain::Domain,
     stream: Option<Stream>,
     buf: Vec<u8>,
 }
@@ -178,8 +178,8 @@ struct Channel<'a> {
 impl Channel<'_> {
     fn poll_line(&mut self) -> Option<String> {
         if self.stream.is_none() {
-            let stream = Stream::new(&self.ctx.conn, sys::VIR_STREAM_NONBLOCK).ok()?;
-            match self.vm.dom.open_channel(Some(READY_CHANNEL), &stream, 0) {
+            let stream = Stream::new(self.conn, sys::VIR_STREAM_NONBLOCK).ok()?;
+            match self.dom.open_channel(Some(READY_CHANNEL), &stream, 0) {
                 Ok(()) => self.stream = Some(stream),
                 Err(e) => {
                     tracing::debug!("ready channel not open yet: {}", e.message());
@@ -208,8 +208,23 @@ impl Channel<'_> {
 
 /// Waits for the guest's report; once it has come, removes the seed.
 pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyhow::Result<ReadyReport> {
+    let report = await_report(ctx, &vm.dom, vm.name.as_str(), timeout, progress)?;
+    // cloud-init has run (whatever its result): the seed, which holds the
+    // private host key, is no longer needed.
+    super::seed::remove(ctx, vm)?;
+    Ok(report)
+}
+
+/// Waits for the report of the guest in `dom` (`name` for messages).
+pub fn await_report(
+    ctx: &Ctx,
+    dom: &virt::domain::Domain,
+    name: &str,
+    timeout: Duration,
+    progress: &Progress,
+) -> anyhow::Result<ReadyReport> {
     let t0 = Instant::now();
-    let mut channel = Channel { ctx, vm, stream: None, buf: Vec::new() };
+    let mut channel = Channel { conn: &ctx.conn, dom, stream: None, buf: Vec::new() };
     let mut phase = "booting";
     // The channel is polled every 50 ms; libvirt is asked about the domain once a second.
     let mut last_check = Instant::now() - Duration::from_secs(10);
@@ -218,7 +233,7 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
         while let Some(line) = channel.poll_line() {
             if let Some(msg) = Message::parse(&line) {
                 let report = ReadyReport {
-                    name: vm.name.to_string(),
+                    name: name.to_owned(),
                     result: msg.result(),
                     cloud_init_status: msg.status_word().into(),
                     errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
@@ -226,26 +241,21 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
                     report_latency_s: msg.report_latency(),
                     boot_id: msg.boot_id,
                 };
-                tracing::info!(vm = %vm.name, result = report.result, "guest reported readiness");
-                // cloud-init has run (whatever its result): the seed, which
-                // holds the private host key, is no longer needed.
-                super::seed::remove(ctx, vm)?;
+                tracing::info!(vm = name, result = report.result, "guest reported readiness");
                 return Ok(report);
             }
             tracing::debug!(%line, "ignoring line on ready channel");
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = Instant::now();
-            if !vm.dom.is_active().unwrap_or(false) {
+            if !dom.is_active().unwrap_or(false) {
                 return Err(anyhow::anyhow!(
-                    "{} stopped while waiting for it to become ready; see `project-vm logs {}`",
-                    vm.name,
-                    vm.name
+                    "{name} stopped while waiting for it to become ready; see `project-vm logs {name}`"
                 ));
             }
             // The guest agent answering means userspace is up: cloud-init is running.
             if phase == "booting"
-                && vm.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
+                && dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
             {
                 phase = "cloud-init running";
             }
@@ -254,16 +264,12 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
             return Err(failure(
                 Kind::Timeout,
                 format!(
-                    "{} did not report ready within {}s ({phase}); it is still running: follow it with `project-vm logs {} --follow` or `project-vm console {}`, then `project-vm start {} --wait` again",
-                    vm.name,
+                    "{name} did not report ready within {}s ({phase}); it is still running: follow it with `project-vm logs {name} --follow` or `project-vm console {name}`, then `project-vm start {name} --wait` again",
                     timeout.as_secs(),
-                    vm.name,
-                    vm.name,
-                    vm.name
                 ),
             ));
         }
-        progress.set_message(format!("{}: {phase}", vm.name));
+        progress.set_message(format!("{name}: {phase}"));
         std::thread::sleep(Duration::from_millis(50));
     }
 }
