@@ -494,7 +494,7 @@ fn a_saved_template_makes_new_machines() {
     wait_ready(&env, "ta");
     env.ssh("ta", "echo prepared | sudo tee /opt/marker >/dev/null && echo 'secret command' > ~/.bash_history && sync");
     let a_machine = env.ssh("ta", "cat /etc/machine-id");
-    let a_key = env.ssh("ta", "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    let a_key = env.ssh("ta", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub");
 
     // Running: refused without --stop; with it, stopped for the copy and started again.
     assert_eq!(env.run(&["image", "save", "ta", "tmpl"]).code, 2);
@@ -505,7 +505,8 @@ fn a_saved_template_makes_new_machines() {
     let t = list.as_array().unwrap().iter().find(|e| e["name"] == "tmpl").expect("listed");
     assert_eq!((t["source"].as_str(), t["parent"].as_str()), (Some("vm:ta"), Some("debian")), "{t}");
     // The copy is standalone: no backing file.
-    let vol = String::from_utf8(virsh(&["vol-dumpxml", "--pool", &env.pool, t["volume"].as_str().unwrap()]).stdout).unwrap();
+    let vol =
+        String::from_utf8(virsh(&["vol-dumpxml", "--pool", &env.pool, t["volume"].as_str().unwrap()]).stdout).unwrap();
     assert!(!vol.contains("<backingStore>"), "{vol}");
 
     // A VM from the template is a new machine with the template's contents.
@@ -516,7 +517,7 @@ fn a_saved_template_makes_new_machines() {
     let b_machine = env.ssh("tb", "cat /etc/machine-id");
     assert!(!b_machine.trim().is_empty() && b_machine != a_machine, "machine-id {b_machine} (a: {a_machine})");
     // ssh verified tb against its own pinned key; it is not ta's.
-    assert_ne!(env.ssh("tb", "cat /etc/ssh/ssh_host_ed25519_key.pub"), a_key);
+    assert_ne!(env.ssh("tb", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub"), a_key);
     let iid = env.ssh("tb", "cat /var/lib/cloud/data/instance-id");
     let b_uuid = String::from_utf8(virsh(&["domuuid", "project-tb"]).stdout).unwrap();
     assert!(iid.contains(b_uuid.trim()), "cloud-init instance {iid} is not tb's ({b_uuid})");

@@ -254,9 +254,7 @@ pub fn await_report(
                 ));
             }
             // The guest agent answering means userspace is up: cloud-init is running.
-            if phase == "booting"
-                && dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
-            {
+            if phase == "booting" && dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok() {
                 phase = "cloud-init running";
             }
         }

@@ -27,9 +27,9 @@ use crate::images::checksum::{Algo, Hasher};
 use crate::images::record::{self, ImageRecord};
 use crate::images::store;
 use crate::libvirt::domain_xml::{self, Device};
+use crate::libvirt::explain;
 use crate::libvirt::storage::{self, VolumeInfo};
 use crate::libvirt::vms::{State, Vm};
-use crate::libvirt::explain;
 use crate::output::{human, Report};
 use crate::progress::Progress;
 use crate::settings::Network;
@@ -84,13 +84,19 @@ pub fn save(
         )));
     }
     let Some(host_key) = vm.own.host_key.clone() else {
-        return Err(invalid(format!("{} has no pinned host key (made by an older project-vm): it cannot be sealed safely", vm.name)));
+        return Err(invalid(format!(
+            "{} has no pinned host key (made by an older project-vm): it cannot be sealed safely",
+            vm.name
+        )));
     };
     let _vm_lock = super::vm_lock(ctx, &vm.name, "saving")?;
     let _image_lock = crate::lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), "saving", |_| {})?;
-    let pool = ctx.vm_pool(vm)?.ok_or_else(|| anyhow::anyhow!("storage pool {} of {} is gone", vm.own.pool, vm.name))?;
+    let pool =
+        ctx.vm_pool(vm)?.ok_or_else(|| anyhow::anyhow!("storage pool {} of {} is gone", vm.own.pool, vm.name))?;
     if store::find(&ctx.conn, &pool, name)?.is_some() {
-        return Err(invalid(format!("image {name} already exists: pick another name, or `project-vm image rm {name}` first")));
+        return Err(invalid(format!(
+            "image {name} already exists: pick another name, or `project-vm image rm {name}` first"
+        )));
     }
     let running = vm.state() != State::Shutoff;
     if running && !stop {
@@ -192,10 +198,13 @@ fn seal(
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let mut spec = vm.spec()?;
-    let port = super::create::free_port(ctx, match ctx.settings.network {
-        Network::User { ssh_port } => ssh_port,
-        _ => 22022,
-    })?;
+    let port = super::create::free_port(
+        ctx,
+        match ctx.settings.network {
+            Network::User { ssh_port } => ssh_port,
+            _ => 22022,
+        },
+    )?;
     spec.network = Network::User { ssh_port: port };
     spec.ssh_port = Some(port);
     let mut own = vm.own.clone();
