@@ -48,3 +48,6 @@ echo "prepared in $((SECONDS - t0)) s"
 cargo test --locked -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$log/test.log"
 grep '^TIMING' "$log/test.log" || true
 echo "all tests: $((SECONDS - t0)) s"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log/test.log"
