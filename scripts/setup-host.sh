@@ -33,8 +33,9 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # Host stack.
 apt-get install -y -qq --no-install-recommends "${target[@]}" \
-  libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils passt \
-  ovmf- >/dev/null
+  libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils passt >/dev/null
+# OVMF for UEFI guests (firmware: efi), from the release itself.
+apt-get install -y -qq --no-install-recommends ovmf >/dev/null
 # Build and test tools: pkg-config for the virt crate, xorriso to read the seed
 # ISO back, debootstrap/extlinux/fdisk/e2fsprogs to build the test guest image,
 # openssh for the guest ssh and the qemu+ssh:// test.

@@ -154,11 +154,41 @@ pub struct CreateArgs {
     /// Start the VM with the host (libvirt autostart)
     #[arg(long)]
     pub autostart: bool,
+    /// Firmware: bios, or efi (UEFI through libvirt's firmware autoselection)
+    #[arg(long, value_enum, default_value = "bios")]
+    pub firmware: FirmwareArg,
+    /// A fixed address with its prefix instead of DHCP (first boot), e.g. 10.0.0.5/24
+    #[arg(long, value_name = "ADDRESS/PREFIX")]
+    pub ip: Option<ipnet::IpNet>,
+    /// With --ip: the default gateway
+    #[arg(long, value_name = "IP", requires = "ip")]
+    pub gateway: Option<std::net::IpAddr>,
+    /// With --ip: a DNS server (repeatable)
+    #[arg(long, value_name = "IP", requires = "ip")]
+    pub dns: Vec<std::net::IpAddr>,
+    /// A host PCI device to pass through, e.g. 0000:01:00.0 (repeatable; implies efi)
+    #[arg(long = "hostdev", value_name = "PCI_ADDRESS")]
+    pub hostdevs: Vec<crate::spec::PciAddress>,
     /// Start it after creating
     #[arg(long)]
     pub start: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FirmwareArg {
+    Bios,
+    Efi,
+}
+
+impl From<FirmwareArg> for crate::spec::Firmware {
+    fn from(f: FirmwareArg) -> Self {
+        match f {
+            FirmwareArg::Bios => crate::spec::Firmware::Bios,
+            FirmwareArg::Efi => crate::spec::Firmware::Efi,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -14,12 +14,24 @@ use serde_json::Value;
 
 use crate::error::invalid;
 use crate::settings::{HostSettings, HOST_SETTING_KEYS};
-use crate::spec::{Resources, Size, VmName};
+use crate::spec::{Firmware, PciAddress, Resources, Size, StaticNetwork, VmName};
 use crate::suggest::did_you_mean;
 
 /// Keys a VM entry (and `defaults`) may have.
-pub const VM_KEYS: &[&str] =
-    &["memory", "cpus", "disk", "project_disk", "autostart", "features", "user_data", "image", "depends_on"];
+pub const VM_KEYS: &[&str] = &[
+    "memory",
+    "cpus",
+    "disk",
+    "project_disk",
+    "autostart",
+    "features",
+    "user_data",
+    "image",
+    "depends_on",
+    "firmware",
+    "network_config",
+    "hostdevs",
+];
 
 /// One VM as the file describes it, defaults merged in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,6 +45,9 @@ pub struct VmDecl {
     pub user_data: Option<PathBuf>,
     pub image: Option<String>,
     pub depends_on: Vec<VmName>,
+    pub firmware: Firmware,
+    pub network_config: Option<StaticNetwork>,
+    pub hostdevs: Vec<PciAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,10 +99,18 @@ struct Fields {
     user_data: Option<PathBuf>,
     image: Option<String>,
     depends_on: Option<Vec<(usize, String)>>,
+    firmware: Option<Firmware>,
+    network_config: Option<StaticNetwork>,
+    hostdevs: Option<Vec<PciAddress>>,
 }
 
 fn show(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A value of a serde type, or a problem at `at`.
+fn typed<T: serde::de::DeserializeOwned>(at: &str, v: &Value, p: &mut Problems) -> Option<T> {
+    serde_json::from_value(v.clone()).map_err(|e| p.add(at, e)).ok()
 }
 
 fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields {
@@ -156,6 +179,21 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
                 Some(s) if !s.is_empty() => f.image = Some(s.to_owned()),
                 _ => p.add(&at, format!("expected an image volume name or path, found {}", show(v))),
             },
+            "firmware" => f.firmware = typed(&at, v, p),
+            "network_config" if in_defaults => {
+                p.add(&at, "network_config belongs in a VM's own entry (each VM needs its own address)")
+            }
+            "network_config" => {
+                f.network_config = typed::<StaticNetwork>(&at, v, p).filter(|n| match n.validate() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        p.add(&at, e);
+                        false
+                    }
+                })
+            }
+            "hostdevs" if in_defaults => p.add(&at, "hostdevs belong in a VM's own entry (a device goes to one VM)"),
+            "hostdevs" => f.hostdevs = typed(&at, v, p),
             "depends_on" if in_defaults => p.add(&at, "depends_on belongs in a VM's own entry, not in defaults"),
             "depends_on" => f.depends_on = strings(p),
             other => {
@@ -241,6 +279,9 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
                 user_data,
                 image: f.image.clone().or(d.image.clone()),
                 depends_on,
+                firmware: f.firmware.or(d.firmware).unwrap_or_default(),
+                network_config: f.network_config.clone(),
+                hostdevs: f.hostdevs.clone().unwrap_or_default(),
             },
         );
     }
@@ -380,6 +421,25 @@ mod tests {
         assert!(e.contains("written twice") && e.contains("vms.a.memory"), "{e}");
         let e = problems(r#"{"storage_dir": "relative", "accel": "hvf", "vms": {"a": {"memory": "8X"}}}"#);
         assert!(e.contains("3 problems") && e.contains("storage_dir:") && e.contains("accel:"), "{e}");
+    }
+
+    #[test]
+    fn devices_in_the_file() {
+        let d = ok(r#"{"defaults": {"firmware": "efi"}, "vms": {"a": {"hostdevs": ["0000:01:00.0"],
+            "network_config": {"address": "10.0.0.5/24", "gateway": "10.0.0.1", "dns": ["10.0.0.1"]}}}}"#);
+        let a = &d.vms[&VmName::parse("a").unwrap()];
+        assert_eq!(a.firmware, Firmware::Efi);
+        assert_eq!(a.hostdevs[0].to_string(), "0000:01:00.0");
+        assert_eq!(a.network_config.as_ref().unwrap().address.to_string(), "10.0.0.5/24");
+        let e = problems(
+            r#"{"defaults": {"network_config": {"address": "10.0.0.5/24"}, "firmware": "uefi"},
+                "vms": {"a": {"hostdevs": ["1:2:3"], "network_config": {"address": "10.0.0.5/24", "gateway": "10.1.0.1"}}}}"#,
+        );
+        for want in
+            ["defaults.network_config: network_config belongs", "defaults.firmware:", "vms.a.hostdevs:", "outside"]
+        {
+            assert!(e.contains(want), "{want} missing from {e}");
+        }
     }
 
     #[test]

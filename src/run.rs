@@ -89,6 +89,15 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 user_data: a.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?,
                 features: a.features,
                 autostart: a.autostart,
+                devices: ops::create::Devices {
+                    firmware: a.firmware.into(),
+                    network_config: a.ip.map(|address| crate::spec::StaticNetwork {
+                        address,
+                        gateway: a.gateway,
+                        dns: a.dns.clone(),
+                    }),
+                    hostdevs: a.hostdevs,
+                },
             };
             let report = ops::create::run(ctx, &req, a.start, wait(&a.wait))?;
             checked(emit(json, &report), report.check())?;

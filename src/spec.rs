@@ -180,6 +180,122 @@ impl Resources {
     }
 }
 
+/// The firmware a VM boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    /// UEFI (OVMF), chosen by libvirt's firmware autoselection, with a
+    /// per-VM NVRAM that `destroy` removes.
+    Efi,
+}
+
+/// A fixed address instead of DHCP, for the VM's one NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNetwork {
+    /// The address with its prefix, e.g. `10.0.0.5/24`.
+    pub address: ipnet::IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<std::net::IpAddr>,
+}
+
+impl StaticNetwork {
+    /// Problems that would make the guest unreachable, or cloud-init refuse it.
+    pub fn validate(&self) -> Result<(), String> {
+        let a = self.address;
+        let host = a.addr();
+        if a.prefix_len() == a.max_prefix_len() && a.prefix_len() != 32 && a.prefix_len() != 128 {
+            return Err(format!("address {a} has no room for a host"));
+        }
+        if a.prefix_len() < a.max_prefix_len() - 1 && (host == a.network() || host == a.broadcast()) {
+            return Err(format!(
+                "address {a} is the {} of its network, not a host in it",
+                if host == a.network() { "network address" } else { "broadcast address" }
+            ));
+        }
+        if let Some(gw) = self.gateway {
+            if !a.trunc().contains(&gw) {
+                return Err(format!("gateway {gw} is outside the VM's network {}", a.trunc()));
+            }
+            if gw == host {
+                return Err(format!("gateway {gw} is the VM's own address"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A host PCI device passed through to the VM, `DDDD:BB:SS.F`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    pub domain: u16,
+    pub bus: u8,
+    pub slot: u8,
+    pub function: u8,
+}
+
+impl PciAddress {
+    /// `0000:01:00.0`, or `01:00.0` (domain 0).
+    pub fn parse(s: &str) -> Result<PciAddress, String> {
+        let bad = || {
+            format!("{s:?} is not a PCI address like 0000:01:00.0 (see `lspci -D` or `virsh nodedev-list --cap pci`)")
+        };
+        let (rest, function) = s.rsplit_once('.').ok_or_else(bad)?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (domain, bus, slot) = match parts.as_slice() {
+            [d, b, sl] => (*d, *b, *sl),
+            [b, sl] => ("0", *b, *sl),
+            _ => return Err(bad()),
+        };
+        let hex = |v: &str, max: u32, digits: usize| -> Result<u32, String> {
+            if v.is_empty() || v.len() > digits {
+                return Err(bad());
+            }
+            u32::from_str_radix(v, 16).ok().filter(|n| *n <= max).ok_or_else(bad)
+        };
+        Ok(PciAddress {
+            domain: hex(domain, 0xffff, 4)? as u16,
+            bus: hex(bus, 0xff, 2)? as u8,
+            slot: hex(slot, 0x1f, 2)? as u8,
+            function: hex(function, 0x7, 1)? as u8,
+        })
+    }
+
+    /// libvirt's node device name: `pci_0000_01_00_0`.
+    pub fn node_device(&self) -> String {
+        format!("pci_{:04x}_{:02x}_{:02x}_{:x}", self.domain, self.bus, self.slot, self.function)
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.slot, self.function)
+    }
+}
+
+impl std::str::FromStr for PciAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PciAddress::parse(s)
+    }
+}
+
+impl Serialize for PciAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PciAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        PciAddress::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Everything needed to build a VM's volumes, seed and domain. Built from CLI
 /// args or a declarative file plus the host settings; stored (as JSON) in the
 /// domain's metadata so later commands know what was asked for.
@@ -200,6 +316,13 @@ pub struct VmSpec {
     pub autostart: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub firmware: Firmware,
+    /// A fixed address (first boot only, like all cloud-init network config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<StaticNetwork>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostdevs: Vec<PciAddress>,
     /// Fingerprint of everything that went into the guest's cloud-config
     /// (user, keys, features, user-data, tailnet), to notice a change without
     /// storing content that may hold secrets in domain metadata.
@@ -207,9 +330,39 @@ pub struct VmSpec {
     pub cloud_init_hash: String,
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_networks_are_checked() {
+        let net = |a: &str, g: Option<&str>| StaticNetwork {
+            address: a.parse().unwrap(),
+            gateway: g.map(|g| g.parse().unwrap()),
+            dns: vec![],
+        };
+        assert!(net("10.0.0.5/24", Some("10.0.0.1")).validate().is_ok());
+        assert!(net("fd00::5/64", Some("fd00::1")).validate().is_ok());
+        assert!(net("10.0.0.5/24", Some("10.0.1.1")).validate().unwrap_err().contains("outside"));
+        assert!(net("10.0.0.0/24", None).validate().unwrap_err().contains("network address"));
+        assert!(net("10.0.0.255/24", None).validate().unwrap_err().contains("broadcast"));
+        assert!(net("10.0.0.5/24", Some("10.0.0.5")).validate().unwrap_err().contains("own address"));
+        assert!(serde_json::from_str::<StaticNetwork>(r#"{"address":"10.0.0.5"}"#).is_err(), "a prefix is required");
+    }
+
+    #[test]
+    fn pci_addresses() {
+        let a = PciAddress::parse("0000:01:00.0").unwrap();
+        assert_eq!((a.to_string(), a.node_device()), ("0000:01:00.0".into(), "pci_0000_01_00_0".into()));
+        assert_eq!(PciAddress::parse("3b:00.1").unwrap().to_string(), "0000:3b:00.1");
+        for bad in ["", "01:00", "0000:01:20.0", "0000:01:00.8", "zz:00.0", "0000:100:00.0"] {
+            assert!(PciAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -61,6 +61,7 @@ fn request(n: &str) -> CreateRequest {
         user_data: None,
         features: vec![],
         autostart: false,
+        devices: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use project_vm::cloudinit::{self, SeedInput};
 use project_vm::libvirt::domain_xml;
 use project_vm::libvirt::metadata::{Ownership, Phase};
 use project_vm::settings::{Accel, Network};
-use project_vm::spec::{Resources, Size, VmName, VmSpec};
+use project_vm::spec::{Firmware, PciAddress, Resources, Size, StaticNetwork, VmName, VmSpec};
 
 fn network() -> impl Strategy<Value = (Network, Option<u16>)> {
     prop_oneof![
@@ -34,6 +34,9 @@ prop_compose! {
         tailnet in proptest::option::of("[a-z]{1,10}\\.ts\\.net"),
         autostart in any::<bool>(),
         features in proptest::sample::subsequence(vec!["base", "devtools", "docker", "nix"], 0..=4),
+        efi in any::<bool>(),
+        hostdevs in proptest::collection::vec((0u16..4, any::<u8>(), 0u8..32, 0u8..8), 0..3),
+        static_net in proptest::option::of((1u8..=254, 8u8..=30)),
     ) -> VmSpec {
         VmSpec {
             name: VmName::parse(&name).unwrap(),
@@ -51,6 +54,16 @@ prop_compose! {
             tailnet,
             autostart,
             features: features.into_iter().map(String::from).collect(),
+            firmware: if efi || !hostdevs.is_empty() { Firmware::Efi } else { Firmware::Bios },
+            network_config: static_net.map(|(host, prefix)| StaticNetwork {
+                address: format!("10.{host}.0.{host}/{prefix}").parse().unwrap(),
+                gateway: None,
+                dns: vec!["10.0.0.1".parse().unwrap()],
+            }),
+            hostdevs: hostdevs
+                .into_iter()
+                .map(|(domain, bus, slot, function)| PciAddress { domain, bus, slot, function })
+                .collect(),
             cloud_init_hash: String::new(),
         }
     }
@@ -122,6 +135,10 @@ proptest! {
         prop_assert_eq!(&md["instance-id"], &serde_json::json!("iid-prop"));
         let nc: serde_json::Value = serde_yaml_ng::from_str(&seed.network_config).unwrap();
         prop_assert_eq!(&nc["ethernets"]["primary"]["match"]["macaddress"], &serde_json::json!(s.name.mac()));
+        match &s.network_config {
+            Some(n) => prop_assert_eq!(&nc["ethernets"]["primary"]["addresses"][0], &serde_json::json!(n.address.to_string())),
+            None => prop_assert_eq!(&nc["ethernets"]["primary"]["dhcp4"], &serde_json::json!(true)),
+        }
         // The whole ISO reads back too (volume id and the three files).
         let iso = cloudinit::iso::build(&seed).unwrap();
         prop_assert!(iso.len() % 2048 == 0 && iso.windows(6).any(|w| w == b"cidata"));

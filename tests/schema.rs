@@ -10,8 +10,17 @@ use std::process::Command;
 use project_vm::cloudinit::{self, hostkey::HostKey, SeedInput};
 use project_vm::features;
 use project_vm::settings::{Accel, Network};
-use project_vm::spec::{Resources, Size, VmName, VmSpec};
+use project_vm::spec::{Resources, Size, StaticNetwork, VmName, VmSpec};
 use serde_json::Value;
+
+/// One seed to validate.
+struct Case {
+    what: String,
+    feats: Vec<String>,
+    user_data: Option<Value>,
+    tailscale: bool,
+    net: Option<StaticNetwork>,
+}
 
 fn validators() -> Vec<PathBuf> {
     let list = std::env::var("PROJECT_VM_CLOUD_INIT_VALIDATORS").expect(
@@ -34,6 +43,9 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         tailnet: tailnet.map(String::from),
         autostart: false,
         features,
+        firmware: Default::default(),
+        network_config: None,
+        hostdevs: vec![],
         cloud_init_hash: String::new(),
     }
 }
@@ -75,21 +87,36 @@ fn every_generated_seed_passes_cloud_init_schema() {
     )
     .unwrap();
     let all: Vec<String> = features::names().into_iter().map(String::from).collect();
-    let mut cases: Vec<(String, Vec<String>, Option<&Value>, bool)> = vec![("plain".into(), vec![], None, false)];
+    let case = |what: &str, feats: Vec<String>, user_data: Option<&Value>, tailscale: bool| Case {
+        what: what.to_owned(),
+        feats,
+        user_data: user_data.cloned(),
+        tailscale,
+        net: None,
+    };
+    let mut cases = vec![case("plain", vec![], None, false)];
     for f in &all {
-        cases.push((format!("feature {f}"), vec![f.clone()], None, false));
+        cases.push(case(&format!("feature {f}"), vec![f.clone()], None, false));
     }
-    cases.push(("all features".into(), all.clone(), None, false));
-    cases.push(("tailscale".into(), vec![], None, true));
-    cases.push(("user-data".into(), vec![], Some(&user), false));
-    cases.push(("everything".into(), all.clone(), Some(&user), true));
+    cases.push(case("all features", all.clone(), None, false));
+    cases.push(case("tailscale", vec![], None, true));
+    cases.push(case("user-data", vec![], Some(&user), false));
+    cases.push(case("everything", all.clone(), Some(&user), true));
+    for (what, net) in [
+        ("static IPv4", r#"{"address":"10.0.0.5/24","gateway":"10.0.0.1","dns":["10.0.0.1","9.9.9.9"]}"#),
+        ("static IPv6", r#"{"address":"fd00::5/64","gateway":"fd00::1"}"#),
+        ("static, no gateway", r#"{"address":"192.168.50.7/24"}"#),
+    ] {
+        cases.push(Case { net: Some(serde_json::from_str(net).unwrap()), ..case(what, vec![], None, false) });
+    }
 
     let mut failures = Vec::new();
     let mut checked = 0;
     let mut network_checked = 0;
-    for (i, (what, feats, user_data, tailscale)) in cases.iter().enumerate() {
-        let s = spec(tailscale.then_some("example.ts.net"), feats.clone());
-        let extra = features::user_config(feats, *user_data).unwrap();
+    for (i, Case { what, feats, user_data, tailscale, net }) in cases.iter().enumerate() {
+        let mut s = spec(tailscale.then_some("example.ts.net"), feats.clone());
+        s.network_config = net.clone();
+        let extra = features::user_config(feats, user_data.as_ref()).unwrap();
         let seed = cloudinit::render(&SeedInput {
             spec: &s,
             authorized_keys: &keys,

@@ -190,19 +190,33 @@ pub fn render(input: &SeedInput) -> Seed {
         "local-hostname": input.spec.name.domain(),
     }))
     .expect("json");
-    // Match the NIC by the MAC project-vm gave it, whatever the guest names it.
-    let network_config = serde_json::to_string_pretty(&json!({
-        "version": 2,
-        "ethernets": {
-            "primary": {
-                "match": { "macaddress": input.spec.name.mac() },
-                "set-name": "eth0",
-                "dhcp4": true,
+    let network_config = serde_json::to_string_pretty(&network_config(input.spec)).expect("json");
+    Seed { user_data, meta_data, network_config }
+}
+
+/// network-config v2 for the one NIC, matched by the MAC project-vm gave it
+/// (whatever the guest names it): DHCP, or the spec's fixed address.
+pub fn network_config(spec: &VmSpec) -> Value {
+    let mut nic = json!({
+        "match": { "macaddress": spec.name.mac() },
+        "set-name": "eth0",
+    });
+    match &spec.network_config {
+        None => nic["dhcp4"] = json!(true),
+        Some(net) => {
+            nic["dhcp4"] = json!(false);
+            nic["dhcp6"] = json!(false);
+            nic["addresses"] = json!([net.address.to_string()]);
+            if let Some(gw) = net.gateway {
+                let default = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+                nic["routes"] = json!([{ "to": default, "via": gw.to_string() }]);
+            }
+            if !net.dns.is_empty() {
+                nic["nameservers"] = json!({ "addresses": net.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>() });
             }
         }
-    }))
-    .expect("json");
-    Seed { user_data, meta_data, network_config }
+    }
+    json!({ "version": 2, "ethernets": { "primary": nic } })
 }
 
 #[cfg(test)]

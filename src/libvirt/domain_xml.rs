@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::metadata::Ownership;
 use crate::settings::{Accel, Network};
-use crate::spec::VmSpec;
+use crate::spec::{Firmware, VmSpec};
 
 /// Channel the guest writes its cloud-init result to (see `readiness`).
 pub const READY_CHANNEL: &str = "org.project-vm.ready.0";
@@ -57,9 +57,29 @@ pub struct Memory {
 
 #[derive(Debug, Serialize)]
 pub struct Os {
+    /// `efi`: libvirt picks the distribution's OVMF build and makes the VM
+    /// its own NVRAM from the template.
+    #[serde(rename = "@firmware", skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<&'static str>,
     #[serde(rename = "type")]
     pub os_type: OsType,
+    #[serde(rename = "firmware", skip_serializing_if = "Option::is_none")]
+    pub firmware_features: Option<FirmwareFeatures>,
     pub boot: Boot,
+}
+
+/// Constraints on the autoselected firmware.
+#[derive(Debug, Serialize)]
+pub struct FirmwareFeatures {
+    pub feature: Vec<FirmwareFeature>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FirmwareFeature {
+    #[serde(rename = "@enabled")]
+    pub enabled: &'static str,
+    #[serde(rename = "@name")]
+    pub name: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +105,45 @@ pub struct Empty {}
 pub struct Features {
     pub acpi: Empty,
     pub apic: Empty,
+    /// QEMU's own IOAPIC: what PCI passthrough on q35 wants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ioapic: Option<Ioapic>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ioapic {
+    #[serde(rename = "@driver")]
+    pub driver: &'static str,
+}
+
+/// A host PCI device, passed through; libvirt detaches it from its host
+/// driver when the VM starts (`managed`) and gives it back when it stops.
+#[derive(Debug, Serialize)]
+pub struct Hostdev {
+    #[serde(rename = "@mode")]
+    pub mode: &'static str,
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@managed")]
+    pub managed: &'static str,
+    pub source: HostdevSource,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostdevSource {
+    pub address: PciAddressXml,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PciAddressXml {
+    #[serde(rename = "@domain")]
+    pub domain: String,
+    #[serde(rename = "@bus")]
+    pub bus: String,
+    #[serde(rename = "@slot")]
+    pub slot: String,
+    #[serde(rename = "@function")]
+    pub function: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +174,7 @@ pub enum Device {
     Console(Console),
     Channel(Channel),
     Rng(Rng),
+    Hostdev(Hostdev),
 }
 
 #[derive(Debug, Serialize)]
@@ -379,6 +439,21 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -
         Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: READY_CHANNEL } }),
         Device::Rng(Rng { model: "virtio", backend: RngBackend { model: "random", source: "/dev/urandom" } }),
     ]);
+    items.extend(spec.hostdevs.iter().map(|a| {
+        Device::Hostdev(Hostdev {
+            mode: "subsystem",
+            kind: "pci",
+            managed: "yes",
+            source: HostdevSource {
+                address: PciAddressXml {
+                    domain: format!("0x{:04x}", a.domain),
+                    bus: format!("0x{:02x}", a.bus),
+                    slot: format!("0x{:02x}", a.slot),
+                    function: format!("0x{:x}", a.function),
+                },
+            },
+        })
+    }));
     let mib = spec.resources.memory.mib();
     DomainXml {
         kind: spec.accel.domain_type(),
@@ -388,8 +463,19 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -
         memory: Memory { unit: "MiB", value: mib },
         current_memory: Memory { unit: "MiB", value: mib },
         vcpu: spec.resources.cpus,
-        os: Os { os_type: OsType { arch: "x86_64", machine: "q35", value: "hvm" }, boot: Boot { dev: "hd" } },
-        features: Features { acpi: Empty {}, apic: Empty {} },
+        os: Os {
+            firmware: (spec.firmware == Firmware::Efi).then_some("efi"),
+            os_type: OsType { arch: "x86_64", machine: "q35", value: "hvm" },
+            // Cloud images boot without Secure Boot, which would also need SMM.
+            firmware_features: (spec.firmware == Firmware::Efi)
+                .then(|| FirmwareFeatures { feature: vec![FirmwareFeature { enabled: "no", name: "secure-boot" }] }),
+            boot: Boot { dev: "hd" },
+        },
+        features: Features {
+            acpi: Empty {},
+            apic: Empty {},
+            ioapic: (!spec.hostdevs.is_empty()).then_some(Ioapic { driver: "qemu" }),
+        },
         // With KVM the guest sees the host CPU; TCG emulates its default model.
         cpu: (spec.accel == Accel::Kvm).then_some(Cpu { mode: "host-passthrough" }),
         clock: Clock { offset: "utc" },
@@ -428,6 +514,9 @@ pub(crate) mod tests {
             tailnet: None,
             autostart: false,
             features: vec![],
+            firmware: Default::default(),
+            network_config: None,
+            hostdevs: vec![],
             cloud_init_hash: String::new(),
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod domain_xml;
 pub mod metadata;
+pub mod nodedev;
 pub mod snapshot_xml;
 pub mod storage;
 pub mod vms;

@@ -264,6 +264,10 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
         spec.network = desired.network.clone();
         redefine = true;
     }
+    if applies("hostdevs") {
+        spec.hostdevs = desired.hostdevs.clone();
+        redefine = true;
+    }
     let running = vm.state() == State::Running;
     let recorded = &mut spec.resources;
     for (field, volume, dev, size, wanted) in [

@@ -34,7 +34,7 @@ use crate::libvirt::{domain_xml, explain};
 use crate::output::{human, Report};
 use crate::progress::Progress;
 use crate::settings::Network;
-use crate::spec::{Resources, VmName, VmSpec};
+use crate::spec::{Firmware, PciAddress, Resources, StaticNetwork, VmName, VmSpec};
 
 pub use crate::cloudinit::Fingerprint;
 
@@ -49,6 +49,37 @@ pub struct CreateRequest {
     /// Feature snippets (cloud-init/features) merged before the user-data.
     pub features: Vec<String>,
     pub autostart: bool,
+    pub devices: Devices,
+}
+
+/// The VM's firmware and devices beyond the standard set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Devices {
+    pub firmware: Firmware,
+    pub network_config: Option<StaticNetwork>,
+    pub hostdevs: Vec<PciAddress>,
+}
+
+impl Devices {
+    /// What the libvirt host must have, and what must hold together.
+    pub fn check(&self, conn: &virt::connect::Connect) -> anyhow::Result<()> {
+        if let Some(net) = &self.network_config {
+            net.validate().map_err(|e| invalid(format!("network_config: {e}")))?;
+        }
+        for a in &self.hostdevs {
+            crate::libvirt::nodedev::pci(conn, a)?;
+        }
+        Ok(())
+    }
+
+    /// Passthrough wants UEFI: GPUs and their option ROMs expect it.
+    pub fn firmware(&self) -> Firmware {
+        if self.hostdevs.is_empty() {
+            self.firmware
+        } else {
+            Firmware::Efi
+        }
+    }
 }
 
 impl CreateRequest {
@@ -193,6 +224,9 @@ pub fn desired_spec(
         tailnet: ctx.settings.tailnet.clone(),
         autostart: req.autostart,
         features: req.features.clone(),
+        firmware: req.devices.firmware(),
+        network_config: req.devices.network_config.clone(),
+        hostdevs: req.devices.hostdevs.clone(),
         cloud_init_hash: cloudinit::fingerprint(&cloudinit::Fingerprint {
             ssh_user: &ctx.settings.ssh_user,
             authorized_keys: keys,
@@ -232,6 +266,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let started = Instant::now();
     let name = &req.name;
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
+    req.devices.check(&ctx.conn).map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;
     clear_leftovers(ctx, name, progress)?;
     let prep = prepare(ctx, req, progress)?;

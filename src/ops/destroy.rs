@@ -70,9 +70,18 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     } else {
         tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);
     }
-    let undefined = match snapshots {
+    // UEFI VMs have an NVRAM file of their own: it goes with the definition.
+    let efi = vm.spec().is_ok_and(|s| s.firmware == crate::spec::Firmware::Efi);
+    let mut flags = 0;
+    if snapshots > 0 {
+        flags |= virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+    }
+    if efi {
+        flags |= virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+    }
+    let undefined = match flags {
         0 => vm.dom.undefine(),
-        _ => vm.dom.undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA),
+        f => vm.dom.undefine_flags(f),
     };
     undefined.map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
     crate::fault::mutated("undefined the domain");

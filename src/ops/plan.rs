@@ -186,6 +186,27 @@ pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> 
         Class::NotApplied,
         "cloud-init (user, keys, features, user_data, tailnet) only runs on a VM's first boot; --recreate applies it and keeps the project disk",
     );
+    compare(
+        "firmware",
+        json(&current.firmware),
+        json(&desired.firmware),
+        Class::NeedsRecreate,
+        "the root disk must boot the new way; --recreate rebuilds it, keeping the project disk",
+    );
+    compare(
+        "hostdevs",
+        json(&current.hostdevs),
+        json(&desired.hostdevs),
+        Class::NextRestart,
+        "devices are attached when the VM starts",
+    );
+    compare(
+        "network_config",
+        json(&current.network_config),
+        json(&desired.network_config),
+        Class::NotApplied,
+        "cloud-init applies network config on the first boot only; --recreate applies it (project disk kept)",
+    );
     compare("autostart", actual.autostart.to_string(), desired.autostart.to_string(), Class::Now, "");
     // Disks compare against the volumes' real capacity, and may only grow.
     out.extend(size_change(
@@ -218,6 +239,11 @@ pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
         user_data: decl.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?,
         features: decl.features.clone(),
         autostart: decl.autostart,
+        devices: super::create::Devices {
+            firmware: decl.firmware,
+            network_config: decl.network_config.clone(),
+            hostdevs: decl.hostdevs.clone(),
+        },
     })
 }
 
@@ -330,6 +356,9 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
         let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
         if !images.contains_key(&image) {
             images.insert(image.clone(), super::pull::check(ctx, &image)?);
+        }
+        if let Err(e) = super::plan::request(decl).and_then(|r| r.devices.check(&ctx.conn)) {
+            problems.push(format!("vms.{}: {e:#}", p.name));
         }
         match &images[&image] {
             Err(why) => problems.push(format!("vms.{}: {why}", p.name)),
@@ -481,6 +510,14 @@ mod tests {
             ("autostart", |s| s.autostart = true, "autostart", Class::Now),
             ("accel", |s| s.accel = Accel::Tcg, "accel", Class::NextRestart),
             ("network", |s| s.network = Network::Bridge { name: "br0".into() }, "network", Class::NextRestart),
+            ("firmware", |s| s.firmware = crate::spec::Firmware::Efi, "firmware", Class::NeedsRecreate),
+            ("hostdevs", |s| s.hostdevs = vec!["0000:01:00.0".parse().unwrap()], "hostdevs", Class::NextRestart),
+            (
+                "static address",
+                |s| s.network_config = Some(serde_json::from_str(r#"{"address":"10.0.0.5/24"}"#).unwrap()),
+                "network_config",
+                Class::NotApplied,
+            ),
         ];
         for (what, edit, field, class) in cases {
             let mut desired = base.clone();

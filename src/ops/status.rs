@@ -39,6 +39,13 @@ pub struct Status {
     pub tailnet_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh: Option<SshTarget>,
+    pub firmware: crate::spec::Firmware,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<crate::spec::StaticNetwork>,
+    /// Passed-through PCI devices, as the host describes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostdevs: Vec<crate::libvirt::nodedev::PciDevice>,
+    pub snapshots: u32,
 }
 
 pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
@@ -77,6 +84,23 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
         addresses: addrs,
         tailnet_name: spec.tailnet.as_ref().map(|t| format!("{}.{t}", vm.name.domain())),
         ssh,
+        firmware: spec.firmware,
+        network_config: spec.network_config.clone(),
+        hostdevs: spec
+            .hostdevs
+            .iter()
+            .map(|a| {
+                // A device that has gone from the host is still listed, by address.
+                crate::libvirt::nodedev::pci(&ctx.conn, a).unwrap_or_else(|_| crate::libvirt::nodedev::PciDevice {
+                    address: a.to_string(),
+                    vendor_id: String::new(),
+                    vendor: None,
+                    product_id: String::new(),
+                    product: Some("(not on this host)".into()),
+                })
+            })
+            .collect(),
+        snapshots: vm.dom.num_snapshots(0).unwrap_or(0),
     })
 }
 
@@ -109,6 +133,22 @@ impl Report for Status {
         }
         if let Some(t) = &s.tailnet_name {
             writeln!(out, "  tailnet:   {t}")?;
+        }
+        if s.firmware == crate::spec::Firmware::Efi {
+            writeln!(out, "  firmware:  efi")?;
+        }
+        if let Some(n) = &s.network_config {
+            let gw = n.gateway.map(|g| format!(", gateway {g}")).unwrap_or_default();
+            let dns: Vec<String> = n.dns.iter().map(|d| d.to_string()).collect();
+            let dns = if dns.is_empty() { String::new() } else { format!(", dns {}", dns.join(" ")) };
+            writeln!(out, "  static:    {}{gw}{dns}", n.address)?;
+        }
+        for d in &s.hostdevs {
+            let what = [d.vendor.as_deref(), d.product.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+            writeln!(out, "  hostdev:   {} {}:{} {what}", d.address, d.vendor_id, d.product_id)?;
+        }
+        if s.snapshots > 0 {
+            writeln!(out, "  snapshots: {}", s.snapshots)?;
         }
         match &s.ssh {
             Some(t) => writeln!(out, "  ssh:       {}@{} port {} (via {})", t.user, t.host, t.port, t.via),
