@@ -78,6 +78,16 @@ let
       default = null;
       description = "Base image for this VM (volume name or path); default: baseImage.";
     };
+    firmware = mkOption {
+      type = types.nullOr (
+        types.enum [
+          "bios"
+          "efi"
+        ]
+      );
+      default = null;
+      description = "bios (default), or efi: UEFI through libvirt's firmware autoselection (the host needs OVMF).";
+    };
   }
   // lib.optionalAttrs (!isDefaults) {
     dependsOn = mkOption {
@@ -85,16 +95,53 @@ let
       default = [ ];
       description = "VMs created and started before this one.";
     };
+    hostdevs = mkOption {
+      type = types.listOf (types.strMatching "([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[01][0-9a-fA-F]\\.[0-7]");
+      default = [ ];
+      example = [ "0000:01:00.0" ];
+      description = "Host PCI devices passed through (managed; implies efi). The host needs IOMMU and vfio.";
+    };
+    networkConfig = mkOption {
+      type = types.nullOr (
+        types.submodule {
+          options = {
+            address = mkOption {
+              type = types.strMatching "[0-9a-fA-F.:]+/[0-9]+";
+              example = "10.0.0.5/24";
+              description = "The VM's address with its prefix.";
+            };
+            gateway = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Default gateway, inside the VM's network.";
+            };
+            dns = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              description = "DNS servers.";
+            };
+          };
+        }
+      );
+      default = null;
+      description = "A fixed address instead of DHCP (applied on the VM's first boot).";
+    };
   };
 
   # Option names -> the declarative file's keys, nulls dropped.
   vmJson =
     v:
     lib.filterAttrs (_: x: x != null && x != [ ]) {
-      inherit (v) memory cpus disk autostart features image;
+      inherit (v) memory cpus disk autostart features image firmware;
       project_disk = v.projectDisk;
       user_data = if v.userData == null then null else toString v.userData;
       depends_on = v.dependsOn or [ ];
+      hostdevs = v.hostdevs or [ ];
+      network_config =
+        if (v.networkConfig or null) == null then
+          null
+        else
+          lib.filterAttrs (_: x: x != null && x != [ ]) v.networkConfig;
     };
 
   settings = lib.filterAttrs (_: x: x != null && x != [ ]) {

@@ -470,6 +470,10 @@ mod tests {
         assert_eq!(db.depends_on, vec![VmName::parse("web").unwrap()]);
         assert_eq!(db.features, vec!["base"]);
         assert_eq!(db.resources.disk, Size(100 << 30));
+        assert_eq!(db.firmware, Firmware::Efi);
+        assert_eq!(db.network_config.as_ref().unwrap().gateway, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(db.firmware, Firmware::Efi);
+        assert_eq!(db.network_config.as_ref().unwrap().gateway, Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

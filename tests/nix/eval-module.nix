@@ -94,6 +94,12 @@ let
         db = {
           disk = "100G";
           dependsOn = [ "web" ];
+          firmware = "efi";
+          networkConfig = {
+            address = "10.0.0.5/24";
+            gateway = "10.0.0.1";
+            dns = [ "10.0.0.1" ];
+          };
         };
       };
     };

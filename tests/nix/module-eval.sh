@@ -52,5 +52,8 @@ expect_fail "an unknown accel" 'accel = "hvf";' 'services.project-vm.accel'
 expect_fail "an unknown network kind" 'network = { wifi = "x"; };' 'services.project-vm.network'
 expect_fail "a bad image checksum" 'images.x = { url = "https://h/x.qcow2"; checksum = "md5:00"; };' 'services.project-vm.images.x.checksum'
 expect_fail "an image name with a slash" 'baseImage = "a b";' 'services.project-vm.baseImage'
+expect_fail "a bad PCI address" 'vms.web.hostdevs = [ "1:2:3" ];' 'services.project-vm.vms.web.hostdevs'
+expect_fail "an unknown firmware" 'vms.web.firmware = "uefi";' 'services.project-vm.vms.web.firmware'
+expect_fail "an address without a prefix" 'vms.web.networkConfig.address = "10.0.0.5";' 'services.project-vm.vms.web.networkConfig.address'
 expect_fail "an unknown VM option" 'vms.web.memroy = "1G";' 'services.project-vm.vms.web.memroy'
 [[ $fails -eq 0 ]] || exit 1
