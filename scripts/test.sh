@@ -33,6 +33,7 @@ pids=()
 if [[ -z ${PROJECT_VM_TEST_IMAGE:-} ]]; then prepare bookworm tests/images/build-debian.sh bookworm & pids+=($!); fi
 if [[ -z ${PROJECT_VM_TEST_IMAGE_TRIXIE:-} ]]; then prepare trixie tests/images/build-debian.sh trixie & pids+=($!); fi
 if [[ -z ${PROJECT_VM_CLOUD_INIT_VALIDATORS:-} ]]; then prepare validators scripts/cloud-init-validators.sh & pids+=($!); fi
+prepare virtiofsd scripts/install-virtiofsd.sh & pids+=($!)
 
 cargo fmt --check
 cargo clippy --locked --all-targets --quiet -- -D warnings
@@ -43,6 +44,7 @@ export PROJECT_VM_TEST_IMAGE_TRIXIE=${PROJECT_VM_TEST_IMAGE_TRIXIE:-$(cat "$log/
 export PROJECT_VM_CLOUD_INIT_VALIDATORS=${PROJECT_VM_CLOUD_INIT_VALIDATORS:-$(paste -sd: "$log/validators.out")}
 echo "test images: $PROJECT_VM_TEST_IMAGE $PROJECT_VM_TEST_IMAGE_TRIXIE"
 echo "cloud-init validators: $PROJECT_VM_CLOUD_INIT_VALIDATORS"
+echo "virtiofsd: $(cat "$log/virtiofsd.out")"
 echo "prepared in $((SECONDS - t0)) s"
 # The guest-booting tests run one at a time: each guest wants both cores.
 cargo test --locked -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$log/test.log"

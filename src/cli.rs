@@ -166,6 +166,9 @@ pub struct CreateArgs {
     /// With --ip: a DNS server (repeatable)
     #[arg(long, value_name = "IP", requires = "ip")]
     pub dns: Vec<std::net::IpAddr>,
+    /// Share a host directory over virtiofs, mounted in the guest (repeatable): /host/dir:/mnt/x[:ro]
+    #[arg(long = "share", value_name = "SOURCE:TARGET[:ro]")]
+    pub shares: Vec<crate::spec::Share>,
     /// A host PCI device to pass through, e.g. 0000:01:00.0 (repeatable; implies efi)
     #[arg(long = "hostdev", value_name = "PCI_ADDRESS")]
     pub hostdevs: Vec<crate::spec::PciAddress>,

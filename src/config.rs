@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::invalid;
 use crate::settings::{HostSettings, HOST_SETTING_KEYS};
-use crate::spec::{Firmware, PciAddress, Resources, Size, StaticNetwork, VmName};
+use crate::spec::{Firmware, PciAddress, Resources, Share, Size, StaticNetwork, VmName};
 use crate::suggest::did_you_mean;
 
 /// Keys a VM entry (and `defaults`) may have.
@@ -31,6 +31,7 @@ pub const VM_KEYS: &[&str] = &[
     "firmware",
     "network_config",
     "hostdevs",
+    "shares",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -48,6 +49,7 @@ pub struct VmDecl {
     pub firmware: Firmware,
     pub network_config: Option<StaticNetwork>,
     pub hostdevs: Vec<PciAddress>,
+    pub shares: Vec<Share>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +104,7 @@ struct Fields {
     firmware: Option<Firmware>,
     network_config: Option<StaticNetwork>,
     hostdevs: Option<Vec<PciAddress>>,
+    shares: Option<Vec<Share>>,
 }
 
 fn show(v: &Value) -> String {
@@ -194,6 +197,13 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
             }
             "hostdevs" if in_defaults => p.add(&at, "hostdevs belong in a VM's own entry (a device goes to one VM)"),
             "hostdevs" => f.hostdevs = typed(&at, v, p),
+            "shares" => {
+                f.shares = typed::<Vec<Share>>(&at, v, p).filter(|list| {
+                    let bad: Vec<String> = list.iter().filter_map(|s| s.validate().err()).collect();
+                    bad.iter().for_each(|e| p.add(&at, e));
+                    bad.is_empty()
+                })
+            }
             "depends_on" if in_defaults => p.add(&at, "depends_on belongs in a VM's own entry, not in defaults"),
             "depends_on" => f.depends_on = strings(p),
             other => {
@@ -282,6 +292,7 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
                 firmware: f.firmware.or(d.firmware).unwrap_or_default(),
                 network_config: f.network_config.clone(),
                 hostdevs: f.hostdevs.clone().unwrap_or_default(),
+                shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
             },
         );
     }

@@ -97,6 +97,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                         dns: a.dns.clone(),
                     }),
                     hostdevs: a.hostdevs,
+                    shares: a.shares,
                 },
             };
             let report = ops::create::run(ctx, &req, a.start, wait(&a.wait))?;

@@ -229,6 +229,65 @@ impl StaticNetwork {
     }
 }
 
+/// A host directory shared into the VM through virtiofs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    /// The directory on the libvirt host.
+    pub source: std::path::PathBuf,
+    /// Where the guest mounts it.
+    pub target: std::path::PathBuf,
+    /// Mounted read-only in the guest.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl Share {
+    /// `/host/dir:/mnt/x[:ro]`, as `--share` takes it.
+    pub fn parse(s: &str) -> Result<Share, String> {
+        let bad = || format!("{s:?} is not SOURCE:TARGET[:ro], e.g. /srv/data:/mnt/data:ro");
+        let mut parts = s.split(':');
+        let (Some(source), Some(target)) = (parts.next(), parts.next()) else { return Err(bad()) };
+        let readonly = match parts.next() {
+            None => false,
+            Some("ro") => true,
+            Some("rw") => false,
+            Some(_) => return Err(bad()),
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let share = Share { source: source.into(), target: target.into(), readonly };
+        share.validate()?;
+        Ok(share)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.source.is_absolute() {
+            return Err(format!("share source {} is not an absolute path", self.source.display()));
+        }
+        let t = self.target.to_string_lossy();
+        if !self.target.is_absolute() || t.contains(char::is_whitespace) || t == "/" {
+            return Err(format!("share target {t:?} is not an absolute guest path (and not /) without blanks"));
+        }
+        Ok(())
+    }
+
+    /// The virtiofs tag the guest mounts by: stable for a target, at most 36 bytes.
+    pub fn tag(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(self.target.to_string_lossy().as_bytes());
+        format!("pv-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3], h[4], h[5])
+    }
+}
+
+impl std::str::FromStr for Share {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Share::parse(s)
+    }
+}
+
 /// A host PCI device passed through to the VM, `DDDD:BB:SS.F`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PciAddress {
@@ -323,6 +382,8 @@ pub struct VmSpec {
     pub network_config: Option<StaticNetwork>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostdevs: Vec<PciAddress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
     /// Fingerprint of everything that went into the guest's cloud-config
     /// (user, keys, features, user-data, tailnet), to notice a change without
     /// storing content that may hold secrets in domain metadata.
@@ -352,6 +413,18 @@ mod tests {
         assert!(net("10.0.0.255/24", None).validate().unwrap_err().contains("broadcast"));
         assert!(net("10.0.0.5/24", Some("10.0.0.5")).validate().unwrap_err().contains("own address"));
         assert!(serde_json::from_str::<StaticNetwork>(r#"{"address":"10.0.0.5"}"#).is_err(), "a prefix is required");
+    }
+
+    #[test]
+    fn shares_parse() {
+        let s = Share::parse("/srv/data:/mnt/data:ro").unwrap();
+        assert_eq!((s.source.to_str(), s.target.to_str(), s.readonly), (Some("/srv/data"), Some("/mnt/data"), true));
+        assert!(!Share::parse("/a:/b").unwrap().readonly);
+        assert_eq!(s.tag(), Share::parse("/x:/mnt/data").unwrap().tag(), "the tag follows the target");
+        assert!(s.tag().len() <= 36);
+        for bad in ["/a", "a:/b", "/a:b", "/a:/b:rx", "/a:/", "/a:/b:ro:x"] {
+            assert!(Share::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

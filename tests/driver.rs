@@ -95,7 +95,7 @@ fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phas
     storage::create_qcow2(pool, &n.root_volume(), spec.resources.disk.bytes()).unwrap();
     storage::create_qcow2(pool, &n.data_volume(), spec.resources.project_disk.bytes()).unwrap();
     storage::create_qcow2(pool, &n.seed_volume(), 1 << 20).unwrap();
-    ctx.conn.define_domain_xml(&domain_xml::build(&spec, &own, None).to_xml()).unwrap();
+    ctx.conn.define_domain_xml(&domain_xml::build(&spec, &own, &domain_xml::HostFiles::default()).to_xml()).unwrap();
     n
 }
 

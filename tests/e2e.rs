@@ -532,3 +532,40 @@ fn a_saved_template_makes_new_machines() {
     env.run(&["image", "rm", "tmpl"]).ok();
     assert_eq!(env.vm_volumes(), Vec::<String>::new());
 }
+
+#[test]
+#[ignore = "boots guests; needs root, libvirtd, virtiofsd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
+fn shared_folders_reach_the_guest_both_ways_and_read_only_ones_refuse_writes() {
+    require_root_libvirt();
+    let img = image();
+    let env = Env::new("share", 22490, serde_json::json!({"base_image": "debian"}));
+    let _guard = Guard { env: &env, vms: &["sh"] };
+    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    let (rw, ro) = (env.dir.join("share-rw"), env.dir.join("share-ro"));
+    for d in [&rw, &ro] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("from-host"), "written on the host\n").unwrap();
+    }
+    // A missing source is refused before anything is made.
+    let missing = format!("{}:/mnt/x", env.dir.join("nope").display());
+    let r = env.run(&["create", "sh", "1G", "2", "8G", "--share", &missing]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(env.vm_volumes().is_empty());
+
+    let share_rw = format!("{}:/mnt/rw", rw.display());
+    let share_ro = format!("{}:/mnt/ro:ro", ro.display());
+    env.run(&["create", "sh", "1G", "2", "8G", "--project-disk", "1G", "--share", &share_rw, "--share", &share_ro])
+        .ok();
+    wait_ready(&env, "sh");
+    assert_eq!(env.ssh("sh", "cat /mnt/rw/from-host").trim(), "written on the host");
+    env.ssh("sh", "echo written in the guest | sudo tee /mnt/rw/from-guest >/dev/null && sync");
+    assert_eq!(std::fs::read_to_string(rw.join("from-guest")).unwrap().trim(), "written in the guest");
+    assert_eq!(env.ssh("sh", "cat /mnt/ro/from-host").trim(), "written on the host");
+    let refused = env.ssh("sh", "sudo touch /mnt/ro/nope 2>&1 && echo wrote || echo refused");
+    assert!(refused.contains("refused") && refused.contains("Read-only"), "{refused}");
+    assert!(!ro.join("nope").exists());
+    let status = env.run(&["status", "sh"]).ok().stdout;
+    assert!(status.contains("/mnt/ro (read-only)"), "{status}");
+    env.run(&["destroy", "sh"]).ok();
+    assert!(rw.join("from-guest").exists(), "destroy touched a shared directory");
+}

@@ -10,7 +10,7 @@ use project_vm::cloudinit::{self, SeedInput};
 use project_vm::libvirt::domain_xml;
 use project_vm::libvirt::metadata::{Ownership, Phase};
 use project_vm::settings::{Accel, Network};
-use project_vm::spec::{Firmware, PciAddress, Resources, Size, StaticNetwork, VmName, VmSpec};
+use project_vm::spec::{Firmware, PciAddress, Resources, Share, Size, StaticNetwork, VmName, VmSpec};
 
 fn network() -> impl Strategy<Value = (Network, Option<u16>)> {
     prop_oneof![
@@ -37,6 +37,7 @@ prop_compose! {
         efi in any::<bool>(),
         hostdevs in proptest::collection::vec((0u16..4, any::<u8>(), 0u8..32, 0u8..8), 0..3),
         static_net in proptest::option::of((1u8..=254, 8u8..=30)),
+        shares in proptest::collection::vec(("[a-z]{1,12}", any::<bool>()), 0..3),
     ) -> VmSpec {
         VmSpec {
             name: VmName::parse(&name).unwrap(),
@@ -63,6 +64,11 @@ prop_compose! {
             hostdevs: hostdevs
                 .into_iter()
                 .map(|(domain, bus, slot, function)| PciAddress { domain, bus, slot, function })
+                .collect(),
+            shares: shares
+                .into_iter()
+                .enumerate()
+                .map(|(i, (dir, ro))| Share { source: format!("/srv/{dir}").into(), target: format!("/mnt/{dir}{i}").into(), readonly: ro })
                 .collect(),
             cloud_init_hash: String::new(),
         }
@@ -101,7 +107,8 @@ proptest! {
         let uuid = uuid::Uuid::new_v4().to_string();
         let own = ownership(&s, &pool, seed, &uuid);
         let log = serial_log.then(|| format!("/var/log/libvirt/qemu/{}-serial.log", s.name.domain()));
-        let xml = domain_xml::build(&s, &own, log).to_xml();
+        let files = domain_xml::HostFiles { serial_log: log, virtiofsd: Some("/usr/libexec/virtiofsd".into()) };
+        let xml = domain_xml::build(&s, &own, &files).to_xml();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("domain.xml");
         std::fs::write(&file, &xml).unwrap();

@@ -46,6 +46,7 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         firmware: Default::default(),
         network_config: None,
         hostdevs: vec![],
+        shares: vec![],
         cloud_init_hash: String::new(),
     }
 }

@@ -131,7 +131,12 @@ pub fn base_config(input: &SeedInput) -> Value {
             .replace("@LABEL@", PROJECT_LABEL)]],
         // x-systemd.growfs: after `apply` grows the disk, the filesystem
         // follows at the next boot (mount(8) ignores the option on first boot).
-        "mounts": [[format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail,x-systemd.growfs", "0", "2"]],
+        "mounts": std::iter::once(json!([format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail,x-systemd.growfs", "0", "2"]))
+            // Shares by their virtiofs tag; read-only ones mounted ro (virtiofs
+            // has no host-side read-only in libvirt).
+            .chain(spec.shares.iter().map(|s| json!([s.tag(), s.target.display().to_string(), "virtiofs",
+                if s.readonly { "defaults,nofail,ro" } else { "defaults,nofail" }, "0", "0"])))
+            .collect::<Vec<_>>(),
         "runcmd": [
             // Runs the readiness reporter after this (final) stage, and on every later boot.
             ["sh", "-c", "systemctl daemon-reload && systemctl enable project-vm-ready.service && systemctl start --no-block project-vm-ready.service"],

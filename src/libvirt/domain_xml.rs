@@ -29,6 +29,8 @@ pub struct DomainXml {
     pub memory: Memory,
     #[serde(rename = "currentMemory")]
     pub current_memory: Memory,
+    #[serde(rename = "memoryBacking", skip_serializing_if = "Option::is_none")]
+    pub memory_backing: Option<MemoryBacking>,
     pub vcpu: u32,
     pub os: Os,
     pub features: Features,
@@ -175,6 +177,64 @@ pub enum Device {
     Channel(Channel),
     Rng(Rng),
     Hostdev(Hostdev),
+    Filesystem(Filesystem),
+}
+
+/// A host directory shared over virtiofs (libvirt starts virtiofsd for it).
+#[derive(Debug, Serialize)]
+pub struct Filesystem {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@accessmode")]
+    pub accessmode: &'static str,
+    pub driver: FsDriver,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary: Option<FsBinary>,
+    pub source: FsSource,
+    pub target: FsTarget,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FsDriver {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FsBinary {
+    #[serde(rename = "@path")]
+    pub path: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FsSource {
+    #[serde(rename = "@dir")]
+    pub dir: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FsTarget {
+    #[serde(rename = "@dir")]
+    pub dir: String,
+}
+
+/// virtiofs needs the guest's memory shared with virtiofsd.
+#[derive(Debug, Serialize)]
+pub struct MemoryBacking {
+    pub source: MemorySource,
+    pub access: MemoryAccess,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemorySource {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemoryAccess {
+    #[serde(rename = "@mode")]
+    pub mode: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -402,9 +462,18 @@ fn interface(spec: &VmSpec) -> Interface {
     }
 }
 
-/// Builds the domain definition for `spec`. `serial_log` is a file on the
-/// libvirt host that receives the serial console (for `logs`).
-pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -> DomainXml {
+/// Files on the libvirt host that a definition names.
+#[derive(Debug, Clone, Default)]
+pub struct HostFiles {
+    /// Receives the serial console (for `logs`).
+    pub serial_log: Option<String>,
+    /// The virtiofsd binary for shares; `None`: libvirt's own choice.
+    pub virtiofsd: Option<String>,
+}
+
+/// Builds the domain definition for `spec`.
+pub fn build(spec: &VmSpec, ownership: &Ownership, files: &HostFiles) -> DomainXml {
+    let serial_log = files.serial_log.clone();
     let pool = &ownership.pool;
     let mut items = vec![
         Device::Disk(volume_disk(pool, &ownership.root_volume, "qcow2", "vda")),
@@ -439,6 +508,16 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -
         Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: READY_CHANNEL } }),
         Device::Rng(Rng { model: "virtio", backend: RngBackend { model: "random", source: "/dev/urandom" } }),
     ]);
+    items.extend(spec.shares.iter().map(|s| {
+        Device::Filesystem(Filesystem {
+            kind: "mount",
+            accessmode: "passthrough",
+            driver: FsDriver { kind: "virtiofs" },
+            binary: files.virtiofsd.clone().map(|path| FsBinary { path }),
+            source: FsSource { dir: s.source.display().to_string() },
+            target: FsTarget { dir: s.tag() },
+        })
+    }));
     items.extend(spec.hostdevs.iter().map(|a| {
         Device::Hostdev(Hostdev {
             mode: "subsystem",
@@ -462,6 +541,10 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, serial_log: Option<String>) -
         metadata: MetadataXml { vm: Ownership { xmlns: Some(super::metadata::NAMESPACE.into()), ..ownership.clone() } },
         memory: Memory { unit: "MiB", value: mib },
         current_memory: Memory { unit: "MiB", value: mib },
+        memory_backing: (!spec.shares.is_empty()).then_some(MemoryBacking {
+            source: MemorySource { kind: "memfd" },
+            access: MemoryAccess { mode: "shared" },
+        }),
         vcpu: spec.resources.cpus,
         os: Os {
             firmware: (spec.firmware == Firmware::Efi).then_some("efi"),
@@ -517,6 +600,7 @@ pub(crate) mod tests {
             firmware: Default::default(),
             network_config: None,
             hostdevs: vec![],
+            shares: vec![],
             cloud_init_hash: String::new(),
         }
     }
@@ -542,7 +626,8 @@ pub(crate) mod tests {
     #[test]
     fn renders_the_expected_devices() {
         let s = spec(Network::User { ssh_port: 22022 }, Accel::Tcg);
-        let xml = build(&s, &ownership(&s), Some("/var/log/x.log".into())).to_xml();
+        let files = HostFiles { serial_log: Some("/var/log/x.log".into()), virtiofsd: None };
+        let xml = build(&s, &ownership(&s), &files).to_xml();
         for needle in [
             r#"<domain type="qemu">"#,
             "<name>project-foo</name>",
@@ -573,7 +658,7 @@ pub(crate) mod tests {
         let s = spec(Network::Bridge { name: "br0".into() }, Accel::Kvm);
         let mut o = ownership(&s);
         o.seed_volume = None;
-        let xml = build(&s, &o, None).to_xml();
+        let xml = build(&s, &o, &HostFiles::default()).to_xml();
         assert!(xml.contains(r#"<domain type="kvm">"#));
         assert!(xml.contains(r#"<cpu mode="host-passthrough"/>"#));
         assert!(xml.contains(r#"<source bridge="br0"/>"#));

@@ -6,6 +6,7 @@ pub mod metadata;
 pub mod nodedev;
 pub mod snapshot_xml;
 pub mod storage;
+pub mod virtiofsd;
 pub mod vms;
 
 use virt::connect::Connect;

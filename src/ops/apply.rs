@@ -268,6 +268,10 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
         spec.hostdevs = desired.hostdevs.clone();
         redefine = true;
     }
+    if applies("shares") {
+        spec.shares = desired.shares.clone();
+        redefine = true;
+    }
     let running = vm.state() == State::Running;
     let recorded = &mut spec.resources;
     for (field, volume, dev, size, wanted) in [
@@ -305,7 +309,7 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
     if redefine {
         // Same builder as create, same uuid: libvirt updates the persistent
         // definition; a running guest sees it after its next restart.
-        let mut xml = domain_xml::build(&spec, &own, super::serial_log(ctx, &vm.name.domain()));
+        let mut xml = domain_xml::build(&spec, &own, &super::host_files(ctx, &spec)?);
         xml.uuid = Some(vm.dom.uuid_string().map_err(|e| explain(e, "reading uuid"))?);
         ctx.conn
             .define_domain_xml(&xml.to_xml())

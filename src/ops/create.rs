@@ -34,7 +34,7 @@ use crate::libvirt::{domain_xml, explain};
 use crate::output::{human, Report};
 use crate::progress::Progress;
 use crate::settings::Network;
-use crate::spec::{Firmware, PciAddress, Resources, StaticNetwork, VmName, VmSpec};
+use crate::spec::{Firmware, PciAddress, Resources, Share, StaticNetwork, VmName, VmSpec};
 
 pub use crate::cloudinit::Fingerprint;
 
@@ -58,16 +58,31 @@ pub struct Devices {
     pub firmware: Firmware,
     pub network_config: Option<StaticNetwork>,
     pub hostdevs: Vec<PciAddress>,
+    pub shares: Vec<Share>,
 }
 
 impl Devices {
     /// What the libvirt host must have, and what must hold together.
-    pub fn check(&self, conn: &virt::connect::Connect) -> anyhow::Result<()> {
+    /// `local`: the libvirt host is this machine (share sources can be checked).
+    pub fn check(&self, conn: &virt::connect::Connect, local: bool) -> anyhow::Result<()> {
         if let Some(net) = &self.network_config {
             net.validate().map_err(|e| invalid(format!("network_config: {e}")))?;
         }
         for a in &self.hostdevs {
             crate::libvirt::nodedev::pci(conn, a)?;
+        }
+        let mut targets = std::collections::BTreeSet::new();
+        for s in &self.shares {
+            s.validate().map_err(invalid)?;
+            if local && !s.source.is_dir() {
+                return Err(invalid(format!(
+                    "share source {} is not a directory on this host: create it, or fix the path",
+                    s.source.display()
+                )));
+            }
+            if !targets.insert(&s.target) {
+                return Err(invalid(format!("two shares mount at {}", s.target.display())));
+            }
         }
         Ok(())
     }
@@ -227,6 +242,7 @@ pub fn desired_spec(
         firmware: req.devices.firmware(),
         network_config: req.devices.network_config.clone(),
         hostdevs: req.devices.hostdevs.clone(),
+        shares: req.devices.shares.clone(),
         cloud_init_hash: cloudinit::fingerprint(&cloudinit::Fingerprint {
             ssh_user: &ctx.settings.ssh_user,
             authorized_keys: keys,
@@ -266,7 +282,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let started = Instant::now();
     let name = &req.name;
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
-    req.devices.check(&ctx.conn).map_err(|e| e.context(format!("VM {name}")))?;
+    req.devices.check(&ctx.conn, ctx.is_local()).map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;
     clear_leftovers(ctx, name, progress)?;
     let prep = prepare(ctx, req, progress)?;
@@ -422,7 +438,7 @@ fn claim<'a>(
     };
     interrupt::check()?;
     progress.set_message(format!("creating {name}: domain"));
-    let xml = domain_xml::build(&spec, &own, super::serial_log(ctx, &name.domain())).to_xml();
+    let xml = domain_xml::build(&spec, &own, &super::host_files(ctx, &spec)?).to_xml();
     tracing::debug!(%xml, "defining domain");
     let dom = ctx.conn.define_domain_xml(&xml).map_err(|e| {
         match e.code().is(virt::error::ErrorNumber::OperationFailed) && e.message().contains("already exists") {

@@ -72,6 +72,15 @@ pub fn doctor(uri: &str, settings: &Settings) -> DoctorReport {
         if let Network::User { .. } = settings.network {
             checks.push(passt());
         }
+        checks.push(match crate::libvirt::virtiofsd::find() {
+            Some(p) => check("virtiofsd", Level::Ok, format!("{} (for shares)", p.display()), None),
+            None => check(
+                "virtiofsd",
+                Level::Warn,
+                "virtiofsd is not installed: VMs with shares cannot be created",
+                Some(format!("{:#}", crate::libvirt::virtiofsd::missing())),
+            ),
+        });
     } else {
         checks.push(check(
             "host files",

@@ -58,10 +58,22 @@ impl Ctx {
     }
 }
 
-/// The serial console log on the libvirt host (system daemons only: a
-/// session daemon's log directory depends on the user's home there).
-pub fn serial_log(ctx: &Ctx, domain: &str) -> Option<String> {
-    ctx.is_system().then(|| format!("/var/log/libvirt/qemu/{domain}-serial.log"))
+/// Files on the libvirt host a domain definition names: the serial console
+/// log (system daemons only: a session daemon's log directory depends on the
+/// user's home there), and for shares the virtiofsd to run.
+pub fn host_files(ctx: &Ctx, spec: &crate::spec::VmSpec) -> anyhow::Result<crate::libvirt::domain_xml::HostFiles> {
+    let domain = spec.name.domain();
+    let virtiofsd = match (spec.shares.is_empty(), ctx.is_local()) {
+        (true, _) => None,
+        // On this machine: find it, or say how to get it.
+        (false, true) => Some(crate::libvirt::virtiofsd::find().ok_or_else(crate::libvirt::virtiofsd::missing)?),
+        // Elsewhere: libvirt finds the distribution's through its descriptors.
+        (false, false) => None,
+    };
+    Ok(crate::libvirt::domain_xml::HostFiles {
+        serial_log: ctx.is_system().then(|| format!("/var/log/libvirt/qemu/{domain}-serial.log")),
+        virtiofsd: virtiofsd.map(|p| p.display().to_string()),
+    })
 }
 
 /// The per-VM lock: one project-vm process at a time changes a VM. `doing`

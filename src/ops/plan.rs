@@ -201,6 +201,13 @@ pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> 
         "devices are attached when the VM starts",
     );
     compare(
+        "shares",
+        json(&current.shares),
+        json(&desired.shares),
+        Class::NextRestart,
+        "virtiofs devices come with the next start (mounted by fstab, nofail)",
+    );
+    compare(
         "network_config",
         json(&current.network_config),
         json(&desired.network_config),
@@ -243,6 +250,7 @@ pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
             firmware: decl.firmware,
             network_config: decl.network_config.clone(),
             hostdevs: decl.hostdevs.clone(),
+            shares: decl.shares.clone(),
         },
     })
 }
@@ -357,7 +365,7 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
         if !images.contains_key(&image) {
             images.insert(image.clone(), super::pull::check(ctx, &image)?);
         }
-        if let Err(e) = super::plan::request(decl).and_then(|r| r.devices.check(&ctx.conn)) {
+        if let Err(e) = super::plan::request(decl).and_then(|r| r.devices.check(&ctx.conn, ctx.is_local())) {
             problems.push(format!("vms.{}: {e:#}", p.name));
         }
         match &images[&image] {

@@ -210,7 +210,9 @@ fn seal(
     let mut own = vm.own.clone();
     own.root_volume = disk_name.to_owned();
     own.seed_volume = None;
-    let mut xml = domain_xml::build(&spec, &own, None);
+    // The copy boots without the VM's shares: it only needs its own disk.
+    spec.shares.clear();
+    let mut xml = domain_xml::build(&spec, &own, &domain_xml::HostFiles::default());
     // Only the copy: the VM's project disk stays out of it.
     xml.devices.items.retain(|d| !matches!(d, Device::Disk(disk) if disk.source.volume == own.data_volume));
     xml.name = format!("pvseal-{}", vm.name);

@@ -46,6 +46,8 @@ pub struct Status {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hostdevs: Vec<crate::libvirt::nodedev::PciDevice>,
     pub snapshots: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<crate::spec::Share>,
 }
 
 pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
@@ -101,6 +103,7 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
             })
             .collect(),
         snapshots: vm.dom.num_snapshots(0).unwrap_or(0),
+        shares: spec.shares.clone(),
     })
 }
 
@@ -146,6 +149,10 @@ impl Report for Status {
         for d in &s.hostdevs {
             let what = [d.vendor.as_deref(), d.product.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
             writeln!(out, "  hostdev:   {} {}:{} {what}", d.address, d.vendor_id, d.product_id)?;
+        }
+        for sh in &s.shares {
+            let ro = if sh.readonly { " (read-only)" } else { "" };
+            writeln!(out, "  share:     {} -> {}{ro}", sh.source.display(), sh.target.display())?;
         }
         if s.snapshots > 0 {
             writeln!(out, "  snapshots: {}", s.snapshots)?;
