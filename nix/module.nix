@@ -95,6 +95,36 @@ let
       default = [ ];
       description = "VMs created and started before this one.";
     };
+    shares = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            source = mkOption {
+              type = types.strMatching "/.*";
+              description = "The host directory.";
+            };
+            target = mkOption {
+              type = types.strMatching "/[^[:space:]]+";
+              description = "Where the guest mounts it.";
+            };
+            readonly = mkOption {
+              type = types.bool;
+              default = false;
+              description = "Mount it read-only in the guest.";
+            };
+          };
+        }
+      );
+      default = [ ];
+      example = [
+        {
+          source = "/srv/datasets";
+          target = "/mnt/datasets";
+          readonly = true;
+        }
+      ];
+      description = "Host directories shared over virtiofs (the host needs virtiofsd).";
+    };
     hostdevs = mkOption {
       type = types.listOf (types.strMatching "([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[01][0-9a-fA-F]\\.[0-7]");
       default = [ ];
@@ -137,6 +167,7 @@ let
       user_data = if v.userData == null then null else toString v.userData;
       depends_on = v.dependsOn or [ ];
       hostdevs = v.hostdevs or [ ];
+      shares = v.shares or [ ];
       network_config =
         if (v.networkConfig or null) == null then
           null

@@ -482,8 +482,10 @@ mod tests {
         assert_eq!(db.features, vec!["base"]);
         assert_eq!(db.resources.disk, Size(100 << 30));
         assert_eq!(db.firmware, Firmware::Efi);
+        assert!(db.shares[0].readonly && db.shares[0].target == Path::new("/mnt/data"));
         assert_eq!(db.network_config.as_ref().unwrap().gateway, Some("10.0.0.1".parse().unwrap()));
         assert_eq!(db.firmware, Firmware::Efi);
+        assert!(db.shares[0].readonly && db.shares[0].target == Path::new("/mnt/data"));
         assert_eq!(db.network_config.as_ref().unwrap().gateway, Some("10.0.0.1".parse().unwrap()));
     }
 

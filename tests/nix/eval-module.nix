@@ -95,6 +95,13 @@ let
           disk = "100G";
           dependsOn = [ "web" ];
           firmware = "efi";
+          shares = [
+            {
+              source = "/srv/data";
+              target = "/mnt/data";
+              readonly = true;
+            }
+          ];
           networkConfig = {
             address = "10.0.0.5/24";
             gateway = "10.0.0.1";
