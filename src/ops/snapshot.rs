@@ -111,6 +111,12 @@ fn ready(vm: &Vm) -> anyhow::Result<()> {
     if vm.own.phase == Phase::Creating {
         return Err(invalid(format!("{} is half-made (its create did not finish): nothing to snapshot", vm.name)));
     }
+    if vm.spec().is_ok_and(|s| s.firmware == crate::spec::Firmware::Efi) {
+        return Err(invalid(format!(
+            "{} boots UEFI: libvirt cannot take internal snapshots of its firmware variables (NVRAM), so project-vm snapshots are for BIOS VMs",
+            vm.name
+        )));
+    }
     Ok(())
 }
 
