@@ -15,7 +15,13 @@ if apt-cache show virtiofsd >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends virtiofsd >&2
   [[ -x /usr/libexec/virtiofsd ]] && { echo /usr/libexec/virtiofsd; exit 0; }
 fi
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libseccomp-dev libcap-ng-dev >&2
+missing=()
+for p in libseccomp-dev libcap-ng-dev; do
+  dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
 command -v cargo >/dev/null || { echo "install-virtiofsd.sh: cargo is needed to build virtiofsd here" >&2; exit 1; }
 cargo install --locked --quiet virtiofsd >&2
 echo "$HOME/.cargo/bin/virtiofsd"

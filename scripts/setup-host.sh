@@ -42,6 +42,13 @@ apt-get install -y -qq --no-install-recommends ovmf >/dev/null
 apt-get install -y -qq --no-install-recommends \
   pkg-config xorriso debootstrap extlinux syslinux-common fdisk e2fsprogs \
   openssh-client openssh-server libxml2-utils iproute2 procps nix-bin >/dev/null
+# What the test preparation needs, installed here so that its parallel steps
+# never contend for apt's lock: the libraries the unpacked cloud-init
+# validators import, and the build dependencies of virtiofsd (Debian 12 has no
+# package for it; scripts/install-virtiofsd.sh builds it).
+apt-get install -y -qq --no-install-recommends \
+  python3-yaml python3-jinja2 python3-jsonschema python3-configobj python3-requests python3-jsonpatch \
+  libseccomp-dev libcap-ng-dev >/dev/null
 
 start_daemons() {
   if [[ -d /run/systemd/system ]]; then
