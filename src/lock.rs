@@ -74,7 +74,7 @@ impl Holder {
     }
 }
 
-fn holder(file: &mut File) -> Holder {
+fn read_holder(file: &mut File) -> Holder {
     let mut s = String::new();
     if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
         return Holder::default();
@@ -83,9 +83,24 @@ fn holder(file: &mut File) -> Holder {
     Holder { pid: parts.next().and_then(|p| p.parse().ok()), doing: parts.next().map(String::from) }
 }
 
+/// Who holds the lock. The holder writes its line just after it got the
+/// lock: a reader that comes in between waits a moment for it.
+fn holder(file: &mut File) -> Holder {
+    for _ in 0..50 {
+        let h = read_holder(file);
+        if h.pid.is_some() {
+            return h;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    read_holder(file)
+}
+
 fn claim(mut f: Flock<File>, doing: &str) -> Lock {
-    // Best effort: this only makes a waiter's message friendlier.
-    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{} {doing}", std::process::id()));
+    // Best effort: this only makes a waiter's message friendlier. Written in
+    // place, then trimmed, so a reader never finds the file empty.
+    let line = format!("{} {doing}", std::process::id());
+    let _ = f.rewind().and_then(|_| f.write_all(line.as_bytes())).and_then(|_| f.set_len(line.len() as u64));
     Lock { _file: f }
 }
 
