@@ -346,28 +346,8 @@ pub fn download_small(conn: &Connect, vol: &StorageVol, max: u64) -> anyhow::Res
     if info.capacity > max {
         return Ok(None);
     }
-    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
-    vol.download(&stream, 0, 0, 0).map_err(|e| explain(e, "starting download"))?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match stream.recv(&mut buf) {
-            Ok(0) => break,
-            Ok(n) if n > 0 => {
-                out.extend_from_slice(&buf[..n as usize]);
-                if out.len() as u64 > max {
-                    let _ = stream.abort();
-                    return Ok(None);
-                }
-            }
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = stream.abort();
-                return Err(explain(e, "downloading volume"));
-            }
-        }
-    }
-    stream.finish().map_err(|e| explain(e, "finishing download"))?;
+    download(conn, vol, &mut out)?;
     Ok(Some(out))
 }
 

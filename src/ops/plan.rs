@@ -246,13 +246,17 @@ pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
         user_data: decl.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?,
         features: decl.features.clone(),
         autostart: decl.autostart,
-        devices: super::create::Devices {
-            firmware: decl.firmware,
-            network_config: decl.network_config.clone(),
-            hostdevs: decl.hostdevs.clone(),
-            shares: decl.shares.clone(),
-        },
+        devices: devices(decl),
     })
+}
+
+fn devices(decl: &VmDecl) -> super::create::Devices {
+    super::create::Devices {
+        firmware: decl.firmware,
+        network_config: decl.network_config.clone(),
+        hostdevs: decl.hostdevs.clone(),
+        shares: decl.shares.clone(),
+    }
 }
 
 /// `spec`: the VM's recorded spec, already read by the caller.
@@ -365,7 +369,7 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
         if !images.contains_key(&image) {
             images.insert(image.clone(), super::pull::check(ctx, &image)?);
         }
-        if let Err(e) = super::plan::request(decl).and_then(|r| r.devices.check(&ctx.conn, ctx.is_local())) {
+        if let Err(e) = devices(decl).check(&ctx.conn, ctx.is_local()) {
             problems.push(format!("vms.{}: {e:#}", p.name));
         }
         match &images[&image] {

@@ -141,12 +141,24 @@ fn fetch_into(
     if expected.is_none() && !ctx.json {
         eprintln!("warning: {} has no checksum to verify against; its sha256 is recorded instead", source.url);
     }
-    let download = fetch::open(&source.url)?;
-    let progress = Progress::bytes(ctx.json, download.len, format!("pulling {name}"));
-    let incoming = Incoming { name: name.to_owned(), source: source.url.clone(), download, expected };
+    Ok((download_into(ctx, pool, name, &source.url, expected, "pulling")?, false))
+}
+
+/// Streams `url` into the pool as image `name`, with a progress bar on a terminal.
+fn download_into(
+    ctx: &Ctx,
+    pool: &StoragePool,
+    name: &str,
+    url: &str,
+    expected: Option<Checksum>,
+    doing: &str,
+) -> anyhow::Result<Image> {
+    let download = fetch::open(url)?;
+    let progress = Progress::bytes(ctx.json, download.len, format!("{doing} {name}"));
+    let incoming = Incoming { name: name.to_owned(), source: url.to_owned(), download, expected };
     let image = store::publish(&ctx.conn, pool, incoming, &progress)?;
     progress.finish();
-    Ok((image, false))
+    Ok(image)
 }
 
 pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
@@ -203,12 +215,7 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
             "image {name} already exists: remove it with `project-vm image rm {name}` or pick another --name"
         )));
     }
-    let source = ImageSource { url: path, checksums: None, checksum };
-    let download = fetch::open(&source.url)?;
-    let progress = Progress::bytes(ctx.json, download.len, format!("importing {name}"));
-    let expected = source.checksum.clone();
-    let image = store::publish(&ctx.conn, &pool, Incoming { name, source: source.url, download, expected }, &progress)?;
-    progress.finish();
+    let image = download_into(ctx, &pool, &name, &path, checksum, "importing")?;
     Ok(PullReport::new(&image, false, started))
 }
 
