@@ -23,6 +23,7 @@ use crate::error::{failure, Kind};
 /// A held lock; released when dropped (or when the process dies).
 pub struct Lock {
     _file: Flock<File>,
+    path: PathBuf,
 }
 
 fn dir() -> PathBuf {
@@ -96,12 +97,37 @@ fn holder(file: &mut File) -> Holder {
     read_holder(file)
 }
 
-fn claim(mut f: Flock<File>, doing: &str) -> Lock {
+fn claim(mut f: Flock<File>, path: PathBuf, doing: &str) -> Lock {
     // Best effort: this only makes a waiter's message friendlier. Written in
     // place, then trimmed, so a reader never finds the file empty.
     let line = format!("{} {doing}", std::process::id());
     let _ = f.rewind().and_then(|_| f.write_all(line.as_bytes())).and_then(|_| f.set_len(line.len() as u64));
-    Lock { _file: f }
+    Lock { _file: f, path }
+}
+
+impl Lock {
+    fn stamp_path(&self) -> PathBuf {
+        self.path.with_extension("stamp")
+    }
+
+    /// A token that changes each time a holder of this lock calls
+    /// [`Lock::restamp`]. A process that cached what it read under the lock
+    /// compares tokens to know whether another process changed it since.
+    /// `None` when never stamped (or unreadable): then nothing cached holds.
+    pub fn stamp(&self) -> Option<String> {
+        std::fs::read_to_string(self.stamp_path()).ok().filter(|s| !s.is_empty())
+    }
+
+    /// Says "changed" to every other process's cache; returns the new token.
+    /// Written aside and renamed, so a reader never sees half a token.
+    pub fn restamp(&self) -> anyhow::Result<String> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let tmp = self.path.with_extension(format!("stamp.{}", std::process::id()));
+        std::fs::write(&tmp, &token)
+            .and_then(|_| std::fs::rename(&tmp, self.stamp_path()))
+            .map_err(|e| failure(Kind::Environment, format!("cannot write {}: {e}", self.stamp_path().display())))?;
+        Ok(token)
+    }
 }
 
 /// Takes the lock for `what`, waiting for another process that holds it.
@@ -109,12 +135,12 @@ fn claim(mut f: Flock<File>, doing: &str) -> Lock {
 pub fn acquire(uri: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
     let file = open(uri, what)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(claim(f, doing)),
+        Ok(f) => Ok(claim(f, path(uri, what), doing)),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             waiting(holder(&mut file));
             let f = Flock::lock(file, FlockArg::LockExclusive)
                 .map_err(|(_, e)| failure(Kind::Environment, format!("cannot lock {what}: {e}")))?;
-            Ok(claim(f, doing))
+            Ok(claim(f, path(uri, what), doing))
         }
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }
@@ -124,7 +150,7 @@ pub fn acquire(uri: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder))
 pub fn try_acquire(uri: &str, what: &str, doing: &str) -> anyhow::Result<Result<Lock, Holder>> {
     let file = open(uri, what)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(Ok(claim(f, doing))),
+        Ok(f) => Ok(Ok(claim(f, path(uri, what), doing))),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => Ok(Err(holder(&mut file))),
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }
@@ -143,7 +169,12 @@ mod tests {
         let holder = try_acquire("test:///lock", &what, "x").unwrap().err().expect("held");
         assert_eq!(holder, Holder { pid: Some(std::process::id()), doing: Some("testing".into()) });
         drop(held);
-        assert!(try_acquire("test:///lock", &what, "x").unwrap().is_ok());
+        let again = try_acquire("test:///lock", &what, "x").unwrap().expect("free after drop");
+        assert_eq!(again.stamp(), None, "never stamped");
+        let t = again.restamp().unwrap();
+        assert_eq!(again.stamp(), Some(t.clone()));
+        assert_ne!(again.restamp().unwrap(), t, "each stamp is new");
+        let _ = std::fs::remove_file(again.stamp_path());
         let _ = std::fs::remove_file(path("test:///lock", &what));
     }
 }

@@ -40,7 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return checked(emit(cli.json, &report), report.check());
     }
     let conn = libvirt::connect(&uri)?;
-    let ctx = Ctx { conn, uri, settings, json: cli.json };
+    let ctx = Ctx::new(conn, uri, settings, cli.json);
     match (cli.command, declared) {
         (Command::Plan(a), Some(d)) => emit(ctx.json, &ops::plan::plan(&ctx, &d, plan_options(&a))?),
         (Command::Apply(a), Some(d)) => apply(ctx, &d, &a),

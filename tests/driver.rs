@@ -40,7 +40,7 @@ fn ctx() -> Ctx {
     std::fs::write(&node, "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz></cpu><memory>8388608</memory></node>").unwrap();
     let uri = format!("test://{}", node.display());
     let conn = libvirt::connect(&uri).unwrap();
-    Ctx { conn, uri, settings, json: true }
+    Ctx::new(conn, uri, settings, true)
 }
 
 fn with_base_image(ctx: &Ctx) -> virt::storage_pool::StoragePool {

@@ -4,7 +4,9 @@
 pub mod domain_xml;
 pub mod metadata;
 pub mod nodedev;
+pub mod pool_listing;
 pub mod snapshot_xml;
+pub mod stats;
 pub mod storage;
 pub mod virtiofsd;
 pub mod vms;

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainState};
+use virt::domain::{Domain, DomainState, DomainStateEnum};
 use virt::error::ErrorNumber;
 
 use super::metadata::Ownership;
@@ -40,14 +40,23 @@ pub enum State {
 impl State {
     pub fn of(dom: &Domain) -> State {
         match dom.state() {
-            Ok((s, _)) => match s.known() {
-                Some(DomainState::Running | DomainState::Blocked) => State::Running,
-                Some(DomainState::Paused | DomainState::PMSuspended) => State::Paused,
-                Some(DomainState::Shutoff) => State::Shutoff,
-                Some(DomainState::Crashed) => State::Crashed,
-                _ => State::Other,
-            },
+            Ok((s, _)) => State::from_known(s.known()),
             Err(_) => State::Other,
+        }
+    }
+
+    /// From libvirt's number (`virDomainState`), as bulk statistics give it.
+    pub fn from_raw(raw: u32) -> State {
+        State::from_known(DomainStateEnum::from_raw(raw).known())
+    }
+
+    fn from_known(s: Option<DomainState>) -> State {
+        match s {
+            Some(DomainState::Running | DomainState::Blocked) => State::Running,
+            Some(DomainState::Paused | DomainState::PMSuspended) => State::Paused,
+            Some(DomainState::Shutoff) => State::Shutoff,
+            Some(DomainState::Crashed) => State::Crashed,
+            _ => State::Other,
         }
     }
 
@@ -111,22 +120,107 @@ pub fn foreign(name: &VmName, why: Option<&str>) -> anyhow::Error {
 }
 
 /// Every project-vm VM on this connection, sorted by name.
+///
+/// One call lists the domains; each `project-` domain's record then costs
+/// one more, and those are read on a few threads at once (libvirt's
+/// connection carries concurrent calls, and the daemon answers them on its
+/// worker pool), so a host with hundreds of VMs lists in tens of ms.
 pub fn list(conn: &Connect) -> anyhow::Result<Vec<Vm>> {
     let doms = conn.list_all_domains(0).map_err(|e| explain(e, "listing domains"))?;
-    let mut vms = Vec::new();
-    for dom in doms {
-        let Ok(dname) = dom.name() else { continue };
-        let Some(short) = dname.strip_prefix(DOMAIN_PREFIX) else { continue };
-        let Ok(name) = VmName::parse(short) else { continue };
-        match Ownership::read(&dom) {
-            Ok(Some(own)) => match own.mismatch(&dname, &dom.uuid_string().unwrap_or_default()) {
-                None => vms.push(Vm { name, dom, own }),
-                Some(why) => tracing::warn!(domain = dname, "skipping domain: {why}"),
-            },
-            Ok(None) => tracing::debug!(domain = dname, "skipping domain without project-vm metadata"),
-            Err(e) => tracing::warn!(domain = dname, "skipping domain: {e:#}"),
+    let candidates: Vec<(VmName, String, Domain)> = doms
+        .into_iter()
+        .filter_map(|dom| {
+            let dname = dom.name().ok()?;
+            let name = VmName::parse(dname.strip_prefix(DOMAIN_PREFIX)?).ok()?;
+            Some((name, dname, dom))
+        })
+        .collect();
+    let mut vms: Vec<Vm> = parallel(candidates, |(name, dname, dom)| match Ownership::read(&dom) {
+        Ok(Some(own)) => match own.mismatch(&dname, &dom.uuid_string().unwrap_or_default()) {
+            None => Some(Vm { name, dom, own }),
+            Some(why) => {
+                tracing::warn!(domain = dname, "skipping domain: {why}");
+                None
+            }
+        },
+        Ok(None) => {
+            tracing::debug!(domain = dname, "skipping domain without project-vm metadata");
+            None
         }
-    }
+        Err(e) => {
+            tracing::warn!(domain = dname, "skipping domain: {e:#}");
+            None
+        }
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     vms.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(vms)
+}
+
+/// Domains whose calls run at once: a few cover the round-trip latency; more
+/// only queue in the daemon.
+const LANES: usize = 4;
+
+/// `f` over `items` on up to [`LANES`] threads, results in input order. Small
+/// inputs stay on this thread (spawning costs more than it saves).
+pub fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if items.len() < 16 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(LANES);
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(per).collect());
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            chunks.into_iter().map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("lane panicked")).collect()
+    })
+}
+
+/// A VM with what bulk calls say of it: no call per VM beyond its record.
+pub struct Surveyed {
+    pub vm: Vm,
+    pub state: State,
+    pub vcpus: u32,
+    /// Maximum memory, bytes.
+    pub max_memory: u64,
+    pub autostart: bool,
+}
+
+/// Every VM with its state, CPUs, memory and autostart, in three calls plus
+/// one per VM (its record): see [`list`] and [`super::stats`].
+pub fn survey(conn: &Connect) -> anyhow::Result<Vec<Surveyed>> {
+    let vms = list(conn)?;
+    let doms: Vec<&Domain> = vms.iter().map(|v| &v.dom).collect();
+    let stats = super::stats::of(&doms)?;
+    let autostart: std::collections::HashSet<String> = conn
+        .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+        .map_err(|e| explain(e, "listing domains"))?
+        .iter()
+        .filter_map(|d| d.name().ok())
+        .collect();
+    Ok(vms
+        .into_iter()
+        .map(|vm| {
+            let domain = vm.name.domain();
+            let s = stats.get(&domain).copied().unwrap_or(super::stats::Stats {
+                state: State::Other,
+                vcpus: 0,
+                max_memory: 0,
+            });
+            Surveyed {
+                autostart: autostart.contains(&domain),
+                state: s.state,
+                vcpus: s.vcpus,
+                max_memory: s.max_memory,
+                vm,
+            }
+        })
+        .collect())
 }

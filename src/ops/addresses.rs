@@ -69,6 +69,13 @@ pub struct SshTarget {
     pub via: String,
 }
 
+/// True when [`ssh_target`] needs the addresses libvirt reports (a call or
+/// two to the daemon, one of them to the guest agent): not for a tailnet
+/// name, nor for user networking's forward.
+pub fn needs_lookup(spec: &VmSpec) -> bool {
+    spec.tailnet.is_none() && !matches!(spec.network, Network::User { .. })
+}
+
 /// The tailnet name when set, else the first usable IPv4 libvirt reports, else
 /// the loopback forward of user networking.
 pub fn ssh_target(spec: &VmSpec, addresses: &[Address]) -> Option<SshTarget> {

@@ -263,19 +263,46 @@ fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
 
 /// For user networking: the first forwarded port at or above `base` that no
 /// VM records. Call with the port lock held.
-fn pick_ssh_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
-    let used: Vec<u16> = vms::list(&ctx.conn)?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
+///
+/// Finding the ports VMs record reads every VM's record: done once per run,
+/// then kept in the cache together with the lock's stamp. A process that
+/// takes a port restamps the lock ([`ports_taken`]), so a cache whose stamp
+/// no longer matches was overtaken by another process and is read anew.
+/// (Ports freed by another process's destroy are only seen then: choosing
+/// around them is harmless.)
+fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16) -> anyhow::Result<u16> {
+    let stamp = lock.stamp();
+    let mut cache = ctx.cache.ports.lock().expect("port cache");
+    let used = match &mut *cache {
+        Some((s, used)) if stamp.is_some() && *s == stamp => used,
+        slot => {
+            let used = vms::list(&ctx.conn)?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
+            &mut slot.insert((stamp, used)).1
+        }
+    };
     (base..=u16::MAX)
         // On a local host, a port something else already listens on is not free either.
         .find(|p| !used.contains(p) && (!ctx.is_local() || std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
         .ok_or_else(|| invalid(format!("no free ssh port at or above {base}")))
 }
 
+/// Records that `port` is now taken (a VM's definition names it), in this
+/// run's cache and for every other process. Call with the port lock held.
+fn ports_taken(ctx: &Ctx, lock: &crate::lock::Lock, port: u16) -> anyhow::Result<()> {
+    let stamp = lock.restamp()?;
+    let mut cache = ctx.cache.ports.lock().expect("port cache");
+    if let Some((s, used)) = &mut *cache {
+        used.insert(port);
+        *s = Some(stamp);
+    }
+    Ok(())
+}
+
 /// A forwarded port for a short-lived domain (`image save`'s sealing boot):
 /// free now, and recorded by no VM.
 pub fn free_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
-    let _lock = port_lock(ctx)?;
-    pick_ssh_port(ctx, base)
+    let lock = port_lock(ctx)?;
+    pick_ssh_port(ctx, &lock, base)
 }
 
 pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<CreateReport> {
@@ -411,8 +438,8 @@ fn claim<'a>(
         Network::User { .. } => Some(port_lock(ctx)?),
         _ => None,
     };
-    let ssh_port = match ctx.settings.network {
-        Network::User { ssh_port } => Some(pick_ssh_port(ctx, ssh_port)?),
+    let ssh_port = match (ctx.settings.network.clone(), &port_guard) {
+        (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, ssh_port)?),
         _ => None,
     };
     let mut spec = desired_spec(ctx, req, &prep.authorized_keys, prep.base_image.clone(), ssh_port);
@@ -447,12 +474,19 @@ fn claim<'a>(
         }
     })?;
     crate::fault::mutated("defined the domain");
-    drop(port_guard);
     let made = Made { pool: &prep.pool, dom: Some(dom), volumes: Vec::new(), armed: true };
+    if let (Some(lock), Some(port)) = (&port_guard, ssh_port) {
+        ports_taken(ctx, lock, port)?;
+    }
+    drop(port_guard);
     Ok((made, spec, own, host_key))
 }
 
 /// Phase 2: the root overlay and the project disk (unless one is reattached).
+///
+/// libvirt makes each qcow2 volume by running `qemu-img create`, the bulk of
+/// a create's time; it runs them concurrently (the pool is not locked while
+/// a volume is built), so the two are asked for at once.
 fn volumes(
     req: &CreateRequest,
     prep: &Prepared,
@@ -462,22 +496,31 @@ fn volumes(
 ) -> anyhow::Result<u64> {
     let name = &req.name;
     interrupt::check()?;
-    progress.set_message(format!("creating {name}: root disk (overlay on {})", prep.base_image));
-    storage::create_overlay(&prep.pool, &own.root_volume, req.resources.disk.bytes(), &prep.base)?;
-    made.volumes.push(own.root_volume.clone());
-
-    interrupt::check()?;
-    Ok(match &prep.kept_data {
+    progress.set_message(format!("creating {name}: disks (overlay on {})", prep.base_image));
+    let root = || storage::create_overlay(&prep.pool, &own.root_volume, req.resources.disk.bytes(), &prep.base);
+    let data = || match &prep.kept_data {
         Some(d) => {
             tracing::info!(volume = %d.name, "reattaching project disk");
-            d.capacity
+            Ok(None)
         }
-        None => {
-            progress.set_message(format!("creating {name}: project disk"));
-            storage::create_qcow2(&prep.pool, &own.data_volume, req.resources.project_disk.bytes())?;
-            made.volumes.push(own.data_volume.clone());
-            req.resources.project_disk.bytes()
-        }
+        None => storage::create_qcow2(&prep.pool, &own.data_volume, req.resources.project_disk.bytes()).map(Some),
+    };
+    let (root, data) = std::thread::scope(|s| {
+        let data = s.spawn(data);
+        (root(), data.join().expect("project disk thread"))
+    });
+    // Whatever was made is recorded before any error is returned, so it is undone.
+    if root.is_ok() {
+        made.volumes.push(own.root_volume.clone());
+    }
+    if let Ok(Some(_)) = data {
+        made.volumes.push(own.data_volume.clone());
+    }
+    root?;
+    data?;
+    Ok(match &prep.kept_data {
+        Some(d) => d.capacity,
+        None => req.resources.project_disk.bytes(),
     })
 }
 

@@ -58,7 +58,7 @@ pub fn doctor(uri: &str, settings: &Settings) -> DoctorReport {
                 format!("{uri} answers (libvirt {})", version.unwrap_or_default()),
                 None,
             ));
-            let ctx = Ctx { conn, uri: uri.to_owned(), settings: settings.clone(), json: true };
+            let ctx = Ctx::new(conn, uri.to_owned(), settings.clone(), true);
             checks.push(privileges(uri));
             checks.push(acceleration(&ctx));
             checks.push(base_image(&ctx));

@@ -4,14 +4,12 @@ use std::collections::HashMap;
 
 use std::io::{self, Write};
 
-use serde::Serialize;
-use virt::storage_pool::StoragePool;
-
 use super::addresses;
 use super::Ctx;
-use crate::libvirt::storage;
-use crate::libvirt::vms::{self, State, Vm};
+use crate::libvirt::pool_listing::PoolListing;
+use crate::libvirt::vms::{self, State, Surveyed};
 use crate::output::{human, table, Report};
+use serde::Serialize;
 
 #[derive(Debug, Serialize)]
 pub struct Entry {
@@ -31,20 +29,20 @@ pub struct Entry {
 }
 
 /// `pool`: the VM's storage pool, if it still exists.
-fn entry(vm: &Vm, pool: Option<&StoragePool>) -> anyhow::Result<Entry> {
-    let info = vm.dom.info().map_err(|e| crate::libvirt::explain(e, "reading domain info"))?;
+fn entry(s: &Surveyed, pool: Option<&PoolListing>) -> anyhow::Result<Entry> {
+    let vm = &s.vm;
     let mut disk_usage = 0;
     if let Some(pool) = pool {
         for name in [&vm.own.root_volume, &vm.own.data_volume] {
-            if let Some(v) = storage::find_volume(pool, name)? {
-                disk_usage += v.info().map(|i| i.allocation).unwrap_or(0);
-            }
+            disk_usage += pool.sizes(name)?.map(|z| z.allocation).unwrap_or(0);
         }
     }
     // Only a running guest has an address (and user networking's forward).
-    let state = vm.state();
-    let address = vm.spec().ok().filter(|_| state == State::Running).and_then(|spec| {
-        let addrs = addresses::known(vm, &spec, state);
+    let address = vm.spec().ok().filter(|_| s.state == State::Running).and_then(|spec| {
+        let addrs = match addresses::needs_lookup(&spec) {
+            true => addresses::known(vm, &spec, s.state),
+            false => Vec::new(),
+        };
         addresses::ssh_target(&spec, &addrs)
             .map(|t| if t.port == 22 { t.host } else { format!("{}:{}", t.host, t.port) })
     });
@@ -52,12 +50,12 @@ fn entry(vm: &Vm, pool: Option<&StoragePool>) -> anyhow::Result<Entry> {
         name: vm.name.to_string(),
         domain: vm.name.domain(),
         pool: vm.own.pool.clone(),
-        state,
-        vcpus: info.nr_virt_cpu,
-        memory: info.max_mem * 1024,
+        state: s.state,
+        vcpus: s.vcpus,
+        memory: s.max_memory,
         disk_usage,
         address,
-        autostart: vm.dom.autostart().unwrap_or(false),
+        autostart: s.autostart,
     })
 }
 
@@ -88,15 +86,21 @@ impl Report for Listing {
 
 /// The VMs whose disks are in the settings' pool (other users, or other
 /// settings files, keep theirs elsewhere), or every VM with `all_pools`.
+///
+/// A fixed number of calls plus one per VM (its record): bulk statistics for
+/// state, CPUs and memory, one listing per pool for disk usage. A test
+/// counts them (tests/scale.rs).
 pub fn list(ctx: &Ctx, all_pools: bool) -> anyhow::Result<Listing> {
-    // VMs almost always share one pool: look each pool up once.
-    let mut pools: HashMap<String, Option<StoragePool>> = HashMap::new();
+    let surveyed = vms::survey(&ctx.conn)?;
+    let mut pools: HashMap<String, Option<PoolListing>> = HashMap::new();
     let mut out = Vec::new();
-    for vm in vms::list(&ctx.conn)?.into_iter().filter(|vm| all_pools || vm.own.pool == ctx.settings.pool) {
-        if !pools.contains_key(&vm.own.pool) {
-            pools.insert(vm.own.pool.clone(), ctx.vm_pool(&vm)?);
+    for s in surveyed.iter().filter(|s| all_pools || s.vm.own.pool == ctx.settings.pool) {
+        let pool = &s.vm.own.pool;
+        if !pools.contains_key(pool) {
+            let listing = ctx.pool(pool)?.map(|p| PoolListing::read(p, ctx.is_local())).transpose()?;
+            pools.insert(pool.clone(), listing);
         }
-        out.push(entry(&vm, pools[&vm.own.pool].as_ref())?);
+        out.push(entry(s, pools[pool].as_ref())?);
     }
     Ok(Listing(out))
 }

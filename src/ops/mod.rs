@@ -21,6 +21,9 @@ pub mod snapshot;
 pub mod ssh;
 pub mod status;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 
@@ -34,13 +37,43 @@ pub struct Ctx {
     pub uri: String,
     pub settings: Settings,
     pub json: bool,
+    /// What one run looks up once rather than once per VM.
+    pub cache: Cache,
+}
+
+/// Lookups a run repeats for every VM it works on (apply creates hundreds):
+/// pools and images do not change under a run; the ports in use are checked
+/// against the port lock's stamp before each use.
+#[derive(Default)]
+pub struct Cache {
+    pools: Mutex<HashMap<String, StoragePool>>,
+    /// Located images by the name or location asked for.
+    pub images: Mutex<HashMap<String, (StoragePool, crate::images::store::Image)>>,
+    /// The forwarded ssh ports VMs record, and the port lock's stamp when read.
+    pub ports: Mutex<Option<(Option<String>, std::collections::BTreeSet<u16>)>>,
 }
 
 impl Ctx {
+    pub fn new(conn: Connect, uri: String, settings: Settings, json: bool) -> Ctx {
+        Ctx { conn, uri, settings, json, cache: Cache::default() }
+    }
+
     /// The pool a VM's volumes live in (recorded at create, so a later change
     /// of the `pool` setting does not lose track of existing VMs).
     pub fn vm_pool(&self, vm: &Vm) -> anyhow::Result<Option<StoragePool>> {
-        storage::find_pool(&self.conn, &vm.own.pool)
+        self.pool(&vm.own.pool)
+    }
+
+    /// A pool by name, if it exists (looked up once per run).
+    pub fn pool(&self, name: &str) -> anyhow::Result<Option<StoragePool>> {
+        if let Some(p) = self.cache.pools.lock().expect("pool cache").get(name) {
+            return Ok(Some(p.clone()));
+        }
+        let found = storage::find_pool(&self.conn, name)?;
+        if let Some(p) = &found {
+            self.cache.pools.lock().expect("pool cache").insert(name.to_owned(), p.clone());
+        }
+        Ok(found)
     }
 
     /// True when the libvirt host is this machine (files it names are ours to read).

@@ -233,7 +233,7 @@ enum Located {
 fn locate(ctx: &Ctx, image: &str) -> anyhow::Result<Located> {
     let name = image_name(image);
     record::validate_name(&name)?;
-    let pool = storage::find_pool(&ctx.conn, &ctx.settings.pool)?;
+    let pool = ctx.pool(&ctx.settings.pool)?;
     if let Some(pool) = &pool {
         if let Some(found) = store::find(&ctx.conn, pool, &name)? {
             return Ok(Located::Stored(pool.clone(), found));
@@ -291,6 +291,16 @@ pub fn check(ctx: &Ctx, image: &str) -> anyhow::Result<Result<Option<u64>, Strin
 /// imported from a file) with progress. Concurrent first uses wait for the
 /// one pull. Nothing (not even the pool) is made when there is nothing to pull.
 pub fn ensure(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Result<(StoragePool, Image)> {
+    // apply creates many VMs from one image: locate it once per run.
+    if let Some(hit) = ctx.cache.images.lock().expect("image cache").get(image) {
+        return Ok(hit.clone());
+    }
+    let found = ensure_uncached(ctx, image, progress)?;
+    ctx.cache.images.lock().expect("image cache").insert(image.to_owned(), found.clone());
+    Ok(found)
+}
+
+fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Result<(StoragePool, Image)> {
     let (pool, name, source) = match locate(ctx, image)? {
         Located::Stored(pool, found) => return Ok((pool, found)),
         Located::Missing(why) => return Err(invalid(why)),
