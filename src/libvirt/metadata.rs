@@ -137,6 +137,19 @@ impl Ownership {
         None
     }
 
+    /// `Some(keep_data)` when the VM is half-made (its create or its destroy
+    /// was killed), saying whether undoing what is left must keep the project
+    /// disk: an unfinished create made it empty unless it reattached a kept
+    /// one; a destroy that got as far as removing the root disk was removing
+    /// a VM that ran. `None` for a whole VM. `root_exists`: its root volume is there.
+    pub fn half_made(&self, root_exists: bool) -> Option<bool> {
+        match self.phase {
+            Phase::Creating => Some(self.data_kept),
+            Phase::Ready if !root_exists => Some(true),
+            Phase::Ready => None,
+        }
+    }
+
     /// The volumes this VM owns (the data volume only when `with_data`).
     pub fn volumes(&self, with_data: bool) -> Vec<&str> {
         let mut v = vec![self.root_volume.as_str()];
@@ -194,6 +207,17 @@ mod tests {
         assert!(renamed.mismatch("project-bar", "0b5e4b1e-8f0c-4a5e-9d6b-2f1f1c7a9e01").unwrap().contains("volumes"));
         let legacy = Ownership { uuid: None, ..o };
         assert_eq!(legacy.mismatch("project-foo", "anything"), None);
+    }
+
+    #[test]
+    fn a_half_made_vm_keeps_only_a_disk_that_may_hold_data() {
+        let mut o = sample();
+        assert_eq!(o.half_made(true), None, "whole");
+        assert_eq!(o.half_made(false), Some(true), "a killed destroy: the VM ran");
+        o.phase = Phase::Creating;
+        assert_eq!(o.half_made(true), Some(true), "a create that reattached a kept disk");
+        o.data_kept = false;
+        assert_eq!(o.half_made(true), Some(false), "a create's own new disk is empty");
     }
 
     #[test]

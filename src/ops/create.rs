@@ -343,14 +343,11 @@ fn clear_leftovers(ctx: &Ctx, name: &VmName, progress: &Progress) -> anyhow::Res
         Lookup::Foreign(why) => return Err(vms::foreign(name, why.as_deref())),
         Lookup::Owned(vm) => vm,
     };
-    let half_made = match vm.own.phase {
-        Phase::Creating => Some(vm.own.data_kept),
-        // The root disk goes first in a destroy: without it, this is what a killed destroy left.
-        Phase::Ready => match ctx.vm_pool(&vm)? {
-            Some(pool) if storage::find_volume(&pool, &vm.own.root_volume)?.is_none() => Some(true),
-            _ => None,
-        },
+    let root_exists = match ctx.vm_pool(&vm)? {
+        Some(pool) => storage::find_volume(&pool, &vm.own.root_volume)?.is_some(),
+        None => false,
     };
+    let half_made = vm.own.half_made(root_exists);
     let Some(keep_data) = half_made else {
         return Err(invalid(format!(
             "VM {name} already exists: start it with `project-vm start {name}`, or remove it with `project-vm destroy {name}` first"

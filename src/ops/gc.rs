@@ -88,23 +88,25 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
 
     // Half-made VMs: a create or a destroy that was killed.
     for vm in &vms {
+        let Some(keep_data) = vm.own.half_made(names.contains(&vm.own.root_volume)) else { continue };
         let detail = match vm.own.phase {
             Phase::Creating => "its create did not finish",
-            Phase::Ready if !names.contains(&vm.own.root_volume) => {
-                "its destroy did not finish (the root disk is gone)"
-            }
-            Phase::Ready => continue,
+            Phase::Ready => "its destroy did not finish (the root disk is gone)",
+        };
+        let kept = match keep_data {
+            true => format!("project disk {} kept", vm.own.data_volume),
+            false => "its project disk was new and empty".into(),
         };
         let mut f = finding("half-made-vm", vm.name.as_str(), detail, 0);
         match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
             Err(e) => f.action = format!("skipped: {e}"),
             Ok(_lock) if yes => {
-                // Its project disk is kept: it may hold data (remove it by name).
-                super::destroy::remove(ctx, vm, true)?;
-                f.action = format!("removed (project disk {} kept)", vm.own.data_volume);
+                // A project disk that may hold data is kept (remove it by name).
+                super::destroy::remove(ctx, vm, keep_data)?;
+                f.action = format!("removed ({kept})");
                 report.removed += 1;
             }
-            Ok(_) => f.action = "would remove (keeping its project disk)".into(),
+            Ok(_) => f.action = format!("would remove ({kept})"),
         }
         report.findings.push(f);
     }
