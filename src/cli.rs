@@ -32,6 +32,9 @@ pub struct Cli {
     /// Host settings file (JSON) [default: /etc/project-vm/config.json, then $XDG_CONFIG_HOME/project-vm/config.json]
     #[arg(long, global = true, env = "PROJECT_VM_CONFIG")]
     pub config: Option<PathBuf>,
+    /// With "hosts" in the settings: the host to work on (list and find VMs on that one only)
+    #[arg(long, global = true, env = "PROJECT_VM_HOST", value_name = "NAME")]
+    pub host: Option<String>,
     /// Print the result as JSON.
     #[arg(long, global = true)]
     pub json: bool,

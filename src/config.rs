@@ -32,6 +32,7 @@ pub const VM_KEYS: &[&str] = &[
     "network_config",
     "hostdevs",
     "shares",
+    "host",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -50,6 +51,9 @@ pub struct VmDecl {
     pub network_config: Option<StaticNetwork>,
     pub hostdevs: Vec<PciAddress>,
     pub shares: Vec<Share>,
+    /// The fleet host it lives on (`hosts`); `None`: the one host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +109,7 @@ struct Fields {
     network_config: Option<StaticNetwork>,
     hostdevs: Option<Vec<PciAddress>>,
     shares: Option<Vec<Share>>,
+    host: Option<String>,
 }
 
 fn show(v: &Value) -> String {
@@ -204,6 +209,10 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
                     bad.is_empty()
                 })
             }
+            "host" => match v.as_str() {
+                Some(s) if !s.is_empty() => f.host = Some(s.to_owned()),
+                _ => p.add(&at, format!("expected the name of a host in \"hosts\", found {}", show(v))),
+            },
             "depends_on" if in_defaults => p.add(&at, "depends_on belongs in a VM's own entry, not in defaults"),
             "depends_on" => f.depends_on = strings(p),
             other => {
@@ -293,6 +302,7 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
                 network_config: f.network_config.clone(),
                 hostdevs: f.hostdevs.clone().unwrap_or_default(),
                 shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
+                host: f.host.clone().or(d.host.clone()),
             },
         );
     }

@@ -2,14 +2,13 @@
 //! verb does lives in its `ops` module, and its report prints itself.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, ImageCommand, SnapshotCommand, WaitArgs};
-use crate::libvirt::{self, vms};
-use crate::ops::{self, create::CreateRequest, Ctx};
+use crate::libvirt::vms;
+use crate::ops::{self, create::CreateRequest, fleet::Fleet};
 use crate::output::emit;
 use crate::settings::HostSettings;
 use crate::spec::Resources;
@@ -32,19 +31,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(d) = &declared {
         host = host.overlay(d.settings.clone());
     }
-    let settings = host.resolve()?;
-    let uri = cli.connect.clone().unwrap_or_else(|| libvirt::default_uri().to_owned());
+    let fleet = Fleet::new(host, cli.connect.clone(), cli.json)?;
+    let only = cli.host.as_deref();
     if let Command::Doctor = cli.command {
         // Connects by itself: an unreachable libvirtd is a finding, not an error.
-        let report = ops::doctor::doctor(&uri, &settings);
+        let h = match only {
+            Some(n) => fleet.host(n)?,
+            None => &fleet.hosts[0],
+        };
+        let report = ops::doctor::doctor(&h.uri, &h.settings);
         return checked(emit(cli.json, &report), report.check());
     }
-    let conn = libvirt::connect(&uri)?;
-    let ctx = Ctx::new(conn, uri, settings, cli.json);
     match (cli.command, declared) {
-        (Command::Plan(a), Some(d)) => emit(ctx.json, &ops::plan::plan(&ctx, &d, plan_options(&a))?),
-        (Command::Apply(a), Some(d)) => apply(ctx, &d, &a),
-        (command, _) => dispatch(&ctx, command),
+        (Command::Plan(a), Some(d)) => {
+            let plan = ops::plan::plan_fleet(&fleet, &d, plan_options(&a))?;
+            checked(emit(cli.json, &plan), plan.check())
+        }
+        (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, cli.json),
+        (command, _) => dispatch(&fleet, only, cli.json, command),
     }
 }
 
@@ -56,7 +60,12 @@ fn wait(w: &WaitArgs) -> Option<Duration> {
     w.wait.then(|| Duration::from_secs(w.timeout))
 }
 
-fn apply(ctx: Ctx, declared: &crate::config::Declared, a: &crate::cli::ApplyArgs) -> anyhow::Result<()> {
+fn apply(
+    fleet: &Fleet,
+    declared: &crate::config::Declared,
+    a: &crate::cli::ApplyArgs,
+    json: bool,
+) -> anyhow::Result<()> {
     crate::interrupt::install();
     let opts = ops::apply::ApplyOptions {
         plan: plan_options(&a.plan),
@@ -65,8 +74,7 @@ fn apply(ctx: Ctx, declared: &crate::config::Declared, a: &crate::cli::ApplyArgs
         timeout: Duration::from_secs(a.wait.timeout),
         delete_data: a.delete_data,
     };
-    let json = ctx.json;
-    let report = ops::apply::apply(Arc::new(ctx), declared, opts)?;
+    let report = ops::apply::apply(fleet, declared, opts)?;
     checked(emit(json, &report), report.check())
 }
 
@@ -77,8 +85,11 @@ fn checked(printed: anyhow::Result<()>, verdict: anyhow::Result<()>) -> anyhow::
     printed
 }
 
-fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
-    let json = ctx.json;
+/// `only`: `--host`. A verb on a VM finds it across the hosts; a verb that
+/// makes something needs one host.
+fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> anyhow::Result<()> {
+    let find = |name: &crate::spec::VmName| fleet.find(name, only);
+    let one = || fleet.one(only).map(|(_, ctx)| ctx);
     match command {
         Command::Create(a) => {
             crate::interrupt::install();
@@ -100,38 +111,58 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                     shares: a.shares,
                 },
             };
-            let report = ops::create::run(ctx, &req, a.start, wait(&a.wait))?;
+            let report = ops::create::run(&*one()?, &req, a.start, wait(&a.wait))?;
             checked(emit(json, &report), report.check())?;
         }
         Command::Start(a) => {
-            let report = ops::power::start_and_wait(ctx, &vms::get(&ctx.conn, &a.name)?, wait(&a.wait))?;
+            let (ctx, vm) = find(&a.name)?;
+            let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
             checked(emit(json, &report), report.check())?;
         }
         Command::Stop(a) => {
-            let vm = vms::get(&ctx.conn, &a.name)?;
-            emit(json, &ops::power::stop_reporting(ctx, &vm, Duration::from_secs(a.timeout), a.force)?)?;
+            let (ctx, vm) = find(&a.name)?;
+            emit(json, &ops::power::stop_reporting(&ctx, &vm, Duration::from_secs(a.timeout), a.force)?)?;
         }
         Command::Restart(a) => {
-            let vm = vms::get(&ctx.conn, &a.name)?;
-            let report = ops::power::restart(ctx, &vm, Duration::from_secs(a.stop_timeout), wait(&a.wait))?;
+            let (ctx, vm) = find(&a.name)?;
+            let report = ops::power::restart(&ctx, &vm, Duration::from_secs(a.stop_timeout), wait(&a.wait))?;
             checked(emit(json, &report), report.check())?;
         }
         Command::Destroy(a) => {
             crate::interrupt::install();
-            emit(json, &ops::destroy::destroy(ctx, &vms::get(&ctx.conn, &a.name)?, a.keep_data)?)?;
+            let (ctx, vm) = find(&a.name)?;
+            emit(json, &ops::destroy::destroy(&ctx, &vm, a.keep_data)?)?;
         }
-        Command::List(a) => emit(json, &ops::list::list(ctx, a.all_pools)?)?,
-        Command::Status(a) => emit(json, &ops::status::status(ctx, &vms::get(&ctx.conn, &a.name)?)?)?,
-        Command::Ssh(a) => ops::ssh::exec(&vms::get(&ctx.conn, &a.name)?, a.identity.as_deref(), &a.command)?,
+        Command::List(a) => {
+            let listing = ops::list::list_fleet(fleet, only, a.all_pools);
+            checked(emit(json, &listing), listing.check())?
+        }
+        Command::Status(a) => {
+            let (ctx, vm) = find(&a.name)?;
+            emit(json, &ops::status::status(&ctx, &vm)?)?
+        }
+        Command::Ssh(a) => ops::ssh::exec(&find(&a.name)?.1, a.identity.as_deref(), &a.command)?,
         Command::SshConfig(a) => {
             let vms = match a.name {
-                Some(n) => vec![vms::get(&ctx.conn, &n)?],
-                None => vms::list(&ctx.conn)?,
+                Some(n) => vec![find(&n)?.1],
+                None => {
+                    let mut all = Vec::new();
+                    for h in fleet.select(only)? {
+                        all.extend(vms::list(&fleet.ctx(h)?.conn)?);
+                    }
+                    all
+                }
             };
             ops::ssh::write_config(&mut std::io::stdout().lock(), &vms)?;
         }
-        Command::Console(a) => ops::console::console(ctx, &vms::get(&ctx.conn, &a.name)?)?,
-        Command::Logs(a) => ops::logs::logs(ctx, &vms::get(&ctx.conn, &a.name)?, a.follow)?,
+        Command::Console(a) => {
+            let (ctx, vm) = find(&a.name)?;
+            ops::console::console(&ctx, &vm)?
+        }
+        Command::Logs(a) => {
+            let (ctx, vm) = find(&a.name)?;
+            ops::logs::logs(&ctx, &vm, a.follow)?
+        }
         Command::Image(ImageCommand::Pull(a)) => {
             crate::interrupt::install();
             let req = ops::pull::PullRequest {
@@ -141,36 +172,39 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
                 checksums: a.checksums,
                 refresh: a.refresh,
             };
-            emit(json, &ops::pull::pull(ctx, &req)?)?;
+            emit(json, &ops::pull::pull(&*one()?, &req)?)?;
         }
         Command::Image(ImageCommand::Import { file, name, checksum }) => {
             crate::interrupt::install();
-            emit(json, &ops::pull::import(ctx, &file.to_string_lossy(), name.as_deref(), checksum)?)?;
+            emit(json, &ops::pull::import(&*one()?, &file.to_string_lossy(), name.as_deref(), checksum)?)?;
         }
         Command::Image(ImageCommand::Save { vm, name, stop, identity }) => {
             crate::interrupt::install();
-            let vm = vms::get(&ctx.conn, &vm)?;
+            let (ctx, vm) = find(&vm)?;
             let progress = crate::progress::Progress::spinner(json, format!("saving {}", vm.name));
-            let report = ops::save::save(ctx, &vm, &name, stop, identity.as_deref(), &progress)?;
+            let report = ops::save::save(&ctx, &vm, &name, stop, identity.as_deref(), &progress)?;
             progress.finish();
             emit(json, &report)?;
         }
-        Command::Image(ImageCommand::List) => emit(json, &ops::image::listing(ctx)?)?,
-        Command::Image(ImageCommand::Rm { name }) => emit(json, &ops::image::remove(ctx, &name)?)?,
+        Command::Image(ImageCommand::List) => emit(json, &ops::image::listing(&*one()?)?)?,
+        Command::Image(ImageCommand::Rm { name }) => emit(json, &ops::image::remove(&*one()?, &name)?)?,
         Command::Snapshot(SnapshotCommand::Create { name, snapshot, description }) => {
-            let vm = vms::get(&ctx.conn, &name)?;
-            emit(json, &ops::snapshot::create(ctx, &vm, snapshot.as_deref(), description.as_deref())?)?;
+            let (ctx, vm) = find(&name)?;
+            emit(json, &ops::snapshot::create(&ctx, &vm, snapshot.as_deref(), description.as_deref())?)?;
         }
         Command::Snapshot(SnapshotCommand::List { name }) => {
-            emit(json, &ops::snapshot::list(ctx, &vms::get(&ctx.conn, &name)?)?)?
+            let (ctx, vm) = find(&name)?;
+            emit(json, &ops::snapshot::list(&ctx, &vm)?)?
         }
         Command::Snapshot(SnapshotCommand::Revert { name, snapshot }) => {
-            emit(json, &ops::snapshot::revert(ctx, &vms::get(&ctx.conn, &name)?, &snapshot)?)?
+            let (ctx, vm) = find(&name)?;
+            emit(json, &ops::snapshot::revert(&ctx, &vm, &snapshot)?)?
         }
         Command::Snapshot(SnapshotCommand::Delete { name, snapshot }) => {
-            emit(json, &ops::snapshot::delete(ctx, &vms::get(&ctx.conn, &name)?, &snapshot)?)?
+            let (ctx, vm) = find(&name)?;
+            emit(json, &ops::snapshot::delete(&ctx, &vm, &snapshot)?)?
         }
-        Command::Gc(a) => emit(json, &ops::gc::gc(ctx, a.yes, &a.kept_disks)?)?,
+        Command::Gc(a) => emit(json, &ops::gc::gc(&*one()?, a.yes, &a.kept_disks)?)?,
         Command::Completions { .. } | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
             unreachable!("handled in run")
         }

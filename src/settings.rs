@@ -78,6 +78,19 @@ pub struct HostSettings {
     /// Images to add to, or override in, the built-in catalog (mirrors, local files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<BTreeMap<String, ImageSource>>,
+    /// Several libvirt hosts (a fleet), by name: each a URI and the settings
+    /// that differ there. Parsed by hand ([`HostSettings::from_keys`]): an
+    /// entry is a `uri` plus settings keys.
+    #[serde(skip)]
+    pub hosts: Option<BTreeMap<String, HostEntry>>,
+}
+
+/// One host of a fleet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostEntry {
+    pub uri: String,
+    /// Overlaid on the common settings.
+    pub settings: HostSettings,
 }
 
 pub const HOST_SETTING_KEYS: &[&str] = &[
@@ -91,12 +104,21 @@ pub const HOST_SETTING_KEYS: &[&str] = &[
     "tailnet",
     "tailscale_auth_key_file",
     "images",
+    "hosts",
 ];
 
 impl HostSettings {
     /// `other`'s keys win over ours.
     /// `images` merges by name, the rest key by key.
     pub fn overlay(mut self, other: HostSettings) -> HostSettings {
+        let hosts = match (self.hosts.take(), other.hosts.clone()) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.extend(theirs);
+                Some(mine)
+            }
+            (mine, theirs) => theirs.or(mine),
+        };
+        self.hosts = hosts;
         let images = match (self.images.take(), other.images.clone()) {
             (Some(mut mine), Some(theirs)) => {
                 mine.extend(theirs);
@@ -155,7 +177,8 @@ impl HostSettings {
     /// Keys that are not settings are ignored (the caller decides about them).
     pub fn from_keys(obj: &serde_json::Map<String, serde_json::Value>, problems: &mut Vec<String>) -> HostSettings {
         let mut good = serde_json::Map::new();
-        for (k, v) in obj.iter().filter(|(k, _)| HOST_SETTING_KEYS.contains(&k.as_str())) {
+        let hosts = obj.get("hosts").map(|v| parse_hosts(v, problems));
+        for (k, v) in obj.iter().filter(|(k, _)| HOST_SETTING_KEYS.contains(&k.as_str()) && *k != "hosts") {
             let one = serde_json::Value::Object(serde_json::Map::from_iter([(k.clone(), v.clone())]));
             match serde_json::from_value::<HostSettings>(one) {
                 Ok(_) => {
@@ -164,7 +187,8 @@ impl HostSettings {
                 Err(e) => problems.push(format!("{k}: {e}")),
             }
         }
-        serde_json::from_value(serde_json::Value::Object(good)).unwrap_or_default()
+        let settings: HostSettings = serde_json::from_value(serde_json::Value::Object(good)).unwrap_or_default();
+        HostSettings { hosts, ..settings }
     }
 
     /// What is wrong with these values beyond their types, as `key: why`.
@@ -270,6 +294,56 @@ impl HostSettings {
             tailscale_auth_key_file: self.tailscale_auth_key_file,
         })
     }
+}
+
+/// `hosts`: `{"NAME": {"uri": "qemu+ssh://...", SETTINGS...}}`; problems
+/// are named by their path (`hosts.gpu.pool: ...`).
+fn parse_hosts(v: &serde_json::Value, problems: &mut Vec<String>) -> BTreeMap<String, HostEntry> {
+    let mut out = BTreeMap::new();
+    let Some(obj) = v.as_object() else {
+        problems.push("hosts: expected an object of hosts by name, each {\"uri\": ...}".into());
+        return out;
+    };
+    for (name, entry) in obj {
+        let at = format!("hosts.{name}");
+        if !valid_host_name(name) {
+            problems.push(format!("{at}: {name:?} is not a host name: use letters, digits, '-' and '_'"));
+        }
+        let Some(e) = entry.as_object() else {
+            problems.push(format!("{at}: expected an object like {{\"uri\": \"qemu+ssh://root@host/system\"}}"));
+            continue;
+        };
+        let uri = match e.get("uri") {
+            Some(serde_json::Value::String(u)) if !u.trim().is_empty() => u.clone(),
+            Some(_) => {
+                problems.push(format!("{at}.uri: expected a libvirt URI like \"qemu+ssh://root@host/system\""));
+                String::new()
+            }
+            None => {
+                problems.push(format!(
+                    "{at}: no \"uri\": say which libvirt this host is, e.g. \"qemu+ssh://root@host/system\""
+                ));
+                String::new()
+            }
+        };
+        let keys: Vec<&str> = HOST_SETTING_KEYS.iter().copied().filter(|k| *k != "hosts").chain(["uri"]).collect();
+        for k in e.keys().filter(|k| !keys.contains(&k.as_str())) {
+            problems.push(format!(
+                "{at}.{k}: not a host setting{}; a host has \"uri\" and the settings that differ there",
+                crate::suggest::did_you_mean(k, &keys)
+            ));
+        }
+        let mut mine = Vec::new();
+        let settings = HostSettings::from_keys(e, &mut mine);
+        mine.extend(settings.problems());
+        problems.extend(mine.into_iter().map(|p| format!("{at}.{p}")));
+        out.insert(name.clone(), HostEntry { uri, settings });
+    }
+    out
+}
+
+fn valid_host_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
 fn valid_user_name(s: &str) -> bool {
@@ -439,6 +513,34 @@ mod tests {
     }
 
     #[test]
+    fn hosts_overlay_the_common_settings_and_report_every_problem() {
+        let s = HostSettings::from_json(
+            r#"{"pool": "common", "hosts": {"ws": {"uri": "qemu:///system"}, "gpu": {"uri": "qemu:///session", "pool": "gpu"}}}"#,
+            "t",
+        )
+        .unwrap();
+        let hosts = s.hosts.clone().unwrap();
+        assert_eq!(hosts["gpu"].uri, "qemu:///session");
+        assert_eq!(s.clone().overlay(hosts["gpu"].settings.clone()).resolve().unwrap().pool, "gpu");
+        assert_eq!(s.clone().overlay(hosts["ws"].settings.clone()).resolve().unwrap().pool, "common");
+        let e = HostSettings::from_json(
+            r#"{"hosts": {"a b": {"uri": "x"}, "gpu": {"pool": "bad name", "uir": "x"}, "c": 5}}"#,
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "hosts.a b: \"a b\" is not a host name",
+            "hosts.gpu: no \"uri\"",
+            "hosts.gpu.pool:",
+            "hosts.gpu.uir: not a host setting (did you mean \"uri\"?)",
+            "hosts.c: expected an object",
+        ] {
+            assert!(e.contains(want), "{want:?} not in {e}");
+        }
+    }
+
+    #[test]
     fn keys_listed_match_struct() {
         let json = serde_json::to_value(HostSettings {
             storage_dir: Some("/x".into()),
@@ -451,9 +553,11 @@ mod tests {
             tailnet: Some("t".into()),
             tailscale_auth_key_file: Some("/k".into()),
             images: Some(BTreeMap::new()),
+            hosts: None,
         })
         .unwrap();
-        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        // `hosts` is parsed by hand (see parse_hosts), not by serde.
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().chain(["hosts".to_string()]).collect();
         keys.sort();
         let mut listed: Vec<_> = HOST_SETTING_KEYS.iter().map(|s| s.to_string()).collect();
         listed.sort();

@@ -76,7 +76,11 @@ fn costs(env: &Env, n: usize, round: usize) -> Costs {
     let (_, create) = counted(env, &["create", &one, "256M", "1", "2G", "--project-disk", "1G", "--json"]);
     env.run(&["destroy", &one]).ok();
     // Five new VMs beside the n: the same work whatever n is, but one survey.
-    let more = file(env, &format!("more{n}"), (0..n).map(|i| format!("vm{i}")).chain((0..5).map(|i| format!("new{round}x{i}"))));
+    let more = file(
+        env,
+        &format!("more{n}"),
+        (0..n).map(|i| format!("vm{i}")).chain((0..5).map(|i| format!("new{round}x{i}"))),
+    );
     let (r, apply_new) = counted(env, &["apply", "-f", &more, "--json", "-j", "1"]);
     assert_eq!(r.json()["failed"], 0);
     env.run(&["apply", "-f", &base, "--prune", "--delete-data", "--json"]).ok();

@@ -3,6 +3,7 @@
 //! `--jobs` at once (the libvirt API is synchronous; the connection is shared).
 //! A VM whose dependency failed is skipped, the others carry on.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use super::fleet::Fleet;
 use super::plan::{self, Action, Class, Plan, VmPlan};
 use super::{create, destroy, power, ready, Ctx};
 use crate::config::Declared;
@@ -33,6 +35,8 @@ pub struct ApplyOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct VmResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub name: String,
     pub action: Action,
     /// What was done, in order (`created`, `redefined`, `resized disk`, `started`, `ready`, ...).
@@ -53,7 +57,18 @@ pub struct ApplyReport {
 
 impl ApplyReport {
     /// Exit non-zero when a VM failed to apply.
+    /// Exit 4 when a host did not answer (naming it and libvirt's error).
     pub fn check(&self) -> anyhow::Result<()> {
+        if !self.plan.hosts_down.is_empty() {
+            return Err(crate::error::failure(
+                crate::error::Kind::Environment,
+                format!(
+                    "{} of the VMs failed to apply; unreachable:\n  {}",
+                    self.failed,
+                    self.plan.hosts_down.join("\n  ")
+                ),
+            ));
+        }
         if self.failed > 0 {
             anyhow::bail!("{} of the VMs failed to apply (see above)", self.failed);
         }
@@ -65,12 +80,12 @@ impl Report for ApplyReport {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         for p in &self.plan.vms {
             let lines = plan::describe(p);
-            match self.results.iter().find(|r| r.name == p.name) {
+            match self.results.iter().find(|r| r.name == p.name && r.host == p.host) {
                 Some(r) if r.error.is_some() => {
-                    writeln!(out, "{}: FAILED: {}", p.name, r.error.as_deref().unwrap_or_default())?
+                    writeln!(out, "{}: FAILED: {}", p.label(), r.error.as_deref().unwrap_or_default())?
                 }
                 Some(r) if !r.done.is_empty() => {
-                    writeln!(out, "{}: {} ({:.1}s)", p.name, r.done.join(", "), r.seconds)?
+                    writeln!(out, "{}: {} ({:.1}s)", p.label(), r.done.join(", "), r.seconds)?
                 }
                 _ => writeln!(out, "{}", lines[0])?,
             }
@@ -83,8 +98,8 @@ impl Report for ApplyReport {
     }
 }
 
-pub fn apply(ctx: Arc<Ctx>, declared: &Declared, opts: ApplyOptions) -> anyhow::Result<ApplyReport> {
-    let plan = plan::plan(&ctx, declared, opts.plan)?;
+pub fn apply(fleet: &Fleet, declared: &Declared, opts: ApplyOptions) -> anyhow::Result<ApplyReport> {
+    let plan = plan::plan_fleet(fleet, declared, opts.plan)?;
     if plan.impossible > 0 {
         let refused: Vec<String> = plan
             .vms
@@ -98,16 +113,19 @@ pub fn apply(ctx: Arc<Ctx>, declared: &Declared, opts: ApplyOptions) -> anyhow::
             .collect();
         return Err(invalid(format!("refusing to apply, nothing was changed:\n  {}", refused.join("\n  "))));
     }
-    let multi = Arc::new(Multi::new(ctx.json));
+    let multi = Arc::new(Multi::new(fleet.json()));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let results = runtime.block_on(execute(ctx, declared, &plan, opts, multi));
+    // The hosts that answered (their connections are open already).
+    let ctxs: HashMap<Option<String>, Arc<Ctx>> =
+        fleet.hosts.iter().filter_map(|h| Some((h.name.clone(), fleet.ctx(h).ok()?))).collect();
+    let results = runtime.block_on(execute(&ctxs, declared, &plan, opts, multi));
     let changes = plan.changes;
     let failed = results.iter().filter(|r| r.error.is_some()).count();
     Ok(ApplyReport { plan, results, changes, failed })
 }
 
 async fn execute(
-    ctx: Arc<Ctx>,
+    ctxs: &HashMap<Option<String>, Arc<Ctx>>,
     declared: &Declared,
     plan: &Plan,
     opts: ApplyOptions,
@@ -115,7 +133,8 @@ async fn execute(
 ) -> Vec<VmResult> {
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let mut results: Vec<VmResult> = Vec::new();
-    let find = |name: &str| plan.vms.iter().find(|p| p.name == name).cloned();
+    // A VM moving between hosts has two entries: its create is the declared one.
+    let find = |name: &str| plan.vms.iter().find(|p| p.name == name && p.action != Action::Prune).cloned();
     let mut waves: Vec<Vec<VmPlan>> =
         declared.waves().into_iter().map(|w| w.iter().filter_map(|n| find(n.as_str())).collect()).collect();
     // Pruning comes last, after everything declared is in place.
@@ -129,17 +148,24 @@ async fn execute(
                     .find(|dep| results.iter().any(|r| r.name == dep.as_str() && r.error.is_some()))
                     .cloned()
             });
-            if let Some(dep) = failed_dep {
+            let ctx = ctxs.get(&p.host).cloned();
+            let refused = match (failed_dep, &ctx) {
+                (Some(dep), _) => Some(format!("skipped: its dependency {dep} failed")),
+                (None, None) => Some(p.error.clone().unwrap_or_else(|| "its host did not answer".into())),
+                (None, Some(_)) => None,
+            };
+            if let Some(error) = refused {
                 results.push(VmResult {
+                    host: p.host.clone(),
                     name: p.name.clone(),
                     action: p.action,
                     done: vec![],
-                    error: Some(format!("skipped: its dependency {dep} failed")),
+                    error: Some(error),
                     seconds: 0.0,
                 });
                 continue;
             }
-            let (ctx, jobs, multi) = (ctx.clone(), jobs.clone(), multi.clone());
+            let (ctx, jobs, multi) = (ctx.expect("checked"), jobs.clone(), multi.clone());
             handles.push(tokio::spawn(async move {
                 let _permit = jobs.acquire_owned().await.expect("semaphore");
                 tokio::task::spawn_blocking(move || {
@@ -149,6 +175,7 @@ async fn execute(
                     let outcome = apply_one(&ctx, &p, opts, &progress, &mut done);
                     progress.finish();
                     VmResult {
+                        host: p.host.clone(),
                         name: p.name.clone(),
                         action: p.action,
                         done,
@@ -195,11 +222,14 @@ fn apply_one(
     let name = VmName::parse(&p.name)?;
     match p.action {
         Action::Nothing | Action::NotInFile => Ok(()),
+        Action::Unreachable => Err(anyhow::anyhow!("{}", p.error.clone().unwrap_or_default())),
         Action::Prune => {
             let vm = vms::get(&ctx.conn, &name)?;
             progress.set_message(format!("{name}: destroying"));
-            destroy::destroy(ctx, &vm, !opts.delete_data)?;
-            done.push(if opts.delete_data { "destroyed".into() } else { "destroyed (project disk kept)".into() });
+            // A VM that moved keeps its project disk here: it does not travel.
+            let delete_data = opts.delete_data && p.moved.is_none();
+            destroy::destroy(ctx, &vm, !delete_data)?;
+            done.push(if delete_data { "destroyed".into() } else { "destroyed (project disk kept)".into() });
             Ok(())
         }
         Action::Create => {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use super::addresses;
+use super::fleet::{Fleet, Host};
 use super::Ctx;
 use crate::libvirt::pool_listing::PoolListing;
 use crate::libvirt::vms::{self, State, Surveyed};
@@ -13,6 +14,9 @@ use serde::Serialize;
 
 #[derive(Debug, Serialize)]
 pub struct Entry {
+    /// The fleet host it is on (only with `hosts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub name: String,
     pub domain: String,
     /// The storage pool its disks live in.
@@ -47,6 +51,7 @@ fn entry(s: &Surveyed, pool: Option<&PoolListing>) -> anyhow::Result<Entry> {
             .map(|t| if t.port == 22 { t.host } else { format!("{}:{}", t.host, t.port) })
     });
     Ok(Entry {
+        host: None,
         name: vm.name.to_string(),
         domain: vm.name.domain(),
         pool: vm.own.pool.clone(),
@@ -64,24 +69,86 @@ fn entry(s: &Surveyed, pool: Option<&PoolListing>) -> anyhow::Result<Entry> {
 #[serde(transparent)]
 pub struct Listing(pub Vec<Entry>);
 
+/// `list` across the fleet: every reachable host's VMs (with a HOST column
+/// when hosts are named), and the hosts that did not answer.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct FleetListing {
+    pub entries: Vec<Entry>,
+    #[serde(skip)]
+    pub down: Vec<String>,
+}
+
+impl FleetListing {
+    /// Exit 4 when a host did not answer (the others are listed).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.down.is_empty() {
+            return Ok(());
+        }
+        Err(crate::error::failure(
+            crate::error::Kind::Environment,
+            format!("not listed, unreachable:\n  {}", self.down.join("\n  ")),
+        ))
+    }
+}
+
+impl Report for FleetListing {
+    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
+        table_of(&self.entries, out)
+    }
+}
+
 impl Report for Listing {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
-        let rows: Vec<Vec<String>> = self
-            .0
-            .iter()
-            .map(|e| {
-                vec![
-                    e.name.clone(),
-                    e.state.as_str().into(),
-                    e.vcpus.to_string(),
-                    human(e.memory),
-                    human(e.disk_usage),
-                    e.address.clone().unwrap_or_else(|| "-".into()),
-                ]
-            })
-            .collect();
-        table(out, &["NAME", "STATE", "CPUS", "MEMORY", "DISK", "ADDRESS"], &rows)
+        table_of(&self.0, out)
     }
+}
+
+fn table_of(entries: &[Entry], out: &mut dyn Write) -> io::Result<()> {
+    let named = entries.iter().any(|e| e.host.is_some());
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                e.name.clone(),
+                e.state.as_str().into(),
+                e.vcpus.to_string(),
+                human(e.memory),
+                human(e.disk_usage),
+                e.address.clone().unwrap_or_else(|| "-".into()),
+            ];
+            if named {
+                row.insert(0, e.host.clone().unwrap_or_default());
+            }
+            row
+        })
+        .collect();
+    let mut head = vec!["NAME", "STATE", "CPUS", "MEMORY", "DISK", "ADDRESS"];
+    if named {
+        head.insert(0, "HOST");
+    }
+    table(out, &head, &rows)
+}
+
+/// `list` over the hosts `only` selects (all by default), asked at once.
+pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> FleetListing {
+    let hosts = match fleet.select(only) {
+        Ok(h) => h,
+        Err(e) => return FleetListing { entries: vec![], down: vec![format!("{e:#}")] },
+    };
+    let answers: Vec<(&Host, anyhow::Result<Listing>)> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            hosts.iter().map(|h| s.spawn(move || (*h, fleet.ctx(h).and_then(|ctx| list(&ctx, all_pools))))).collect();
+        handles.into_iter().map(|t| t.join().expect("list thread")).collect()
+    });
+    let mut out = FleetListing { entries: vec![], down: vec![] };
+    for (h, answer) in answers {
+        match answer {
+            Ok(listing) => out.entries.extend(listing.0.into_iter().map(|e| Entry { host: h.name.clone(), ..e })),
+            Err(e) => out.down.push(format!("{e:#}")),
+        }
+    }
+    out
 }
 
 /// The VMs whose disks are in the settings' pool (other users, or other

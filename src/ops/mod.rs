@@ -7,6 +7,7 @@ pub mod console;
 pub mod create;
 pub mod destroy;
 pub mod doctor;
+pub mod fleet;
 pub mod gc;
 pub mod image;
 pub mod list;

@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::create::{self, CreateRequest};
+use super::fleet::{Fleet, Host};
 use super::Ctx;
 use crate::config::{Declared, VmDecl};
 use crate::libvirt::pool_listing::PoolListing;
@@ -52,12 +53,24 @@ pub enum Action {
     Prune,
     /// Owned VM not in the file, left alone (no `--prune`).
     NotInFile,
+    /// Its host did not answer: nothing can be planned (the error says why).
+    Unreachable,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct VmPlan {
+    /// The fleet host (only with `hosts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub name: String,
     pub action: Action,
+    /// Why nothing could be planned (an unreachable host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Moving between hosts: `from HOST` on the create, `to HOST` on the
+    /// destroy. The project disk stays where it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<String>,
     pub changes: Vec<Change>,
     /// It will be started (autostart and not running).
     pub start: bool,
@@ -79,11 +92,22 @@ pub struct VmPlan {
 }
 
 impl VmPlan {
+    /// How reports name it: `web`, or `web (gpu)` on a fleet host.
+    pub fn label(&self) -> String {
+        match &self.host {
+            Some(h) => format!("{} ({h})", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// A plan with no changes and nothing to start.
     pub fn new(name: &str, action: Action) -> VmPlan {
         VmPlan {
+            host: None,
             name: name.into(),
             action,
+            error: None,
+            moved: None,
             changes: vec![],
             start: false,
             restart: false,
@@ -108,6 +132,9 @@ impl VmPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub vms: Vec<VmPlan>,
+    /// Hosts that did not answer, with libvirt's error: their VMs are not planned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts_down: Vec<String>,
     /// VMs `apply` would change.
     pub changes: usize,
     /// Changes reported but not applied (cloud-init, or needing --recreate).
@@ -342,8 +369,11 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
                     && (act.restart_pending || changes.iter().any(|c| c.class == Class::NextRestart));
                 let start = decl.autostart && !act.running && !recreate;
                 let mut p = VmPlan {
+                    host: None,
                     name: decl.name.to_string(),
                     action: Action::Nothing,
+                    error: None,
+                    moved: None,
                     changes,
                     start,
                     restart,
@@ -375,7 +405,149 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     let not_applied =
         if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
     let impossible = count(&|c| c.class == Class::Impossible);
-    Ok(Plan { vms: out, changes, not_applied, impossible })
+    Ok(Plan { vms: out, hosts_down: vec![], changes, not_applied, impossible })
+}
+
+impl Plan {
+    /// Exit 4 when a host did not answer (what could be planned is shown).
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.hosts_down.is_empty() {
+            true => Ok(()),
+            false => Err(crate::error::failure(
+                crate::error::Kind::Environment,
+                format!("unreachable, not planned:\n  {}", self.hosts_down.join("\n  ")),
+            )),
+        }
+    }
+
+    fn recount(&mut self, opts: Options) {
+        let count = |f: &dyn Fn(&Change) -> bool| self.vms.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
+        self.not_applied =
+            if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
+        self.impossible = count(&|c| c.class == Class::Impossible);
+        self.changes = self.vms.iter().filter(|p| p.acts()).count();
+    }
+}
+
+/// Every VM names a host of the fleet, and with named hosts every VM has one.
+fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
+    let names = fleet.names();
+    let mut problems = Vec::new();
+    for d in declared.vms.values() {
+        match (&d.host, fleet.is_named()) {
+            (Some(h), true) if !names.contains(&h.as_str()) => problems.push(format!(
+                "vms.{}.host: {h:?} is not a host{}; hosts are {}",
+                d.name,
+                crate::suggest::did_you_mean(h, &names),
+                names.join(", ")
+            )),
+            (Some(h), false) => problems.push(format!(
+                "vms.{}.host: {h:?}, but there are no \"hosts\": declare them in the file or the settings",
+                d.name
+            )),
+            (None, true) => problems.push(format!(
+                "vms.{}: no host: set \"host\" (one of {}) in the VM or in defaults",
+                d.name,
+                names.join(", ")
+            )),
+            _ => {}
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(crate::error::invalid(format!(
+            "{} problem(s); nothing was changed:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        ))),
+    }
+}
+
+/// The plan across the fleet: each host planned at once with its own VMs
+/// (and its own pool in scope for `--prune`). A host that does not answer
+/// fails only its VMs. A VM declared on one host but found on another is a
+/// move: it needs `--recreate`, and its project disk stays behind.
+pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options) -> anyhow::Result<Plan> {
+    check_hosts(fleet, declared)?;
+    let answers: Vec<(&Host, anyhow::Result<Plan>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = fleet
+            .hosts
+            .iter()
+            .map(|h| {
+                s.spawn(move || {
+                    let mine = Declared {
+                        settings: declared.settings.clone(),
+                        vms: declared
+                            .vms
+                            .iter()
+                            .filter(|(_, d)| d.host == h.name)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    };
+                    (h, fleet.ctx(h).and_then(|ctx| plan(&ctx, &mine, opts)))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().expect("plan thread")).collect()
+    });
+    let mut all = Plan { vms: vec![], hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 };
+    for (h, answer) in answers {
+        match answer {
+            Ok(p) => all.vms.extend(p.vms.into_iter().map(|v| VmPlan { host: h.name.clone(), ..v })),
+            // Only a host that cannot be reached fails alone; bad input anywhere stops everything.
+            Err(e) if crate::error::exit_code(&e) == crate::error::Kind::Environment.exit_code() => {
+                let why = format!("{e:#}");
+                for d in declared.vms.values().filter(|d| d.host == h.name) {
+                    all.vms.push(VmPlan {
+                        host: h.name.clone(),
+                        error: Some(why.clone()),
+                        decl: Some(d.clone()),
+                        ..VmPlan::new(d.name.as_str(), Action::Unreachable)
+                    });
+                }
+                all.hosts_down.push(why);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    moves(&mut all.vms, opts);
+    all.recount(opts);
+    Ok(all)
+}
+
+/// A VM to create on one host that another host has (not in the file there)
+/// is moving. Without `--recreate` nothing happens and the plan says so; with
+/// it, it is created on its new host and destroyed on the old one, keeping
+/// the project disk there (disks do not cross hosts by themselves).
+fn moves(vms: &mut Vec<VmPlan>, opts: Options) {
+    let mut gone = Vec::new();
+    for i in 0..vms.len() {
+        if vms[i].action != Action::Create {
+            continue;
+        }
+        let Some(j) = vms.iter().position(|o| {
+            o.name == vms[i].name && o.host != vms[i].host && matches!(o.action, Action::NotInFile | Action::Prune)
+        }) else {
+            continue;
+        };
+        let (from, to) = (vms[j].host.clone().unwrap_or_default(), vms[i].host.clone().unwrap_or_default());
+        let note = "the VM is rebuilt on its new host with a new project disk; the old project disk stays on the old host (copy what you need first)";
+        if opts.recreate {
+            vms[i].moved = Some(format!("from {from}"));
+            vms[j].action = Action::Prune;
+            vms[j].moved = Some(format!("to {to}"));
+        } else {
+            let p = &mut vms[i];
+            p.action = Action::Nothing;
+            p.start = false;
+            p.changes.push(Change { field: "host", from: from.clone(), to, class: Class::NeedsRecreate, note });
+            gone.push(j);
+        }
+    }
+    gone.sort_unstable();
+    for j in gone.into_iter().rev() {
+        vms.remove(j);
+    }
 }
 
 /// Everything `apply` will need for the VMs it creates or rebuilds: an image
@@ -420,17 +592,25 @@ fn half_made(vm: &Vm, pool: Option<&PoolListing>) -> bool {
 /// One line per VM, for people.
 pub fn describe(p: &VmPlan) -> Vec<String> {
     let mut lines = Vec::new();
+    let label = p.label();
     let head = match p.action {
         Action::Create => format!(
-            "{}: create{}{}",
-            p.name,
+            "{}: create{}{}{}",
+            label,
+            p.moved.as_ref().map(|m| format!(" (moved {m}; new project disk)")).unwrap_or_default(),
             if p.start { ", start" } else { "" },
             if p.interrupted { " (half-made by an interrupted run: undone first, project disk kept)" } else { "" }
         ),
-        Action::Nothing => format!("{}: nothing to do", p.name),
-        Action::Prune => format!("{}: destroy (not in the file; --prune)", p.name),
+        Action::Nothing => format!("{label}: nothing to do"),
+        Action::Prune if p.moved.is_some() => format!(
+            "{}: destroy (moved {}; its project disk is kept here)",
+            label,
+            p.moved.as_deref().unwrap_or_default()
+        ),
+        Action::Prune => format!("{label}: destroy (not in the file; --prune)"),
+        Action::Unreachable => format!("{}: not planned: {}", label, p.error.as_deref().unwrap_or("host unreachable")),
         Action::NotInFile => {
-            format!("{}: not in the file; kept (--prune would destroy it, keeping its project disk)", p.name)
+            format!("{label}: not in the file; kept (--prune would destroy it, keeping its project disk)")
         }
         Action::Update => {
             let mut what = vec![];
@@ -444,9 +624,9 @@ pub fn describe(p: &VmPlan) -> Vec<String> {
                 what.push("start");
             }
             if what.is_empty() {
-                format!("{}: update", p.name)
+                format!("{label}: update")
             } else {
-                format!("{}: update, {}", p.name, what.join(", "))
+                format!("{}: update, {}", label, what.join(", "))
             }
         }
     };

@@ -1,0 +1,206 @@
+//! Several libvirt hosts as one: the `hosts` of the settings (and of a
+//! declarative file), each a URI with the settings that differ there.
+//!
+//! Without `hosts`, the fleet is the one host of `--connect` (or the default
+//! URI), unnamed, and everything reads as before. Connections are opened
+//! lazily, once per host and run, so a verb that needs one host never waits
+//! for another, and a host that is down fails only what needs it.
+
+use std::sync::{Arc, OnceLock};
+
+use super::Ctx;
+use crate::error::{failure, invalid, not_found, Kind};
+use crate::libvirt::vms::{self, Lookup, Vm};
+use crate::settings::{HostSettings, Settings};
+use crate::spec::VmName;
+use crate::suggest::did_you_mean;
+
+pub struct Host {
+    /// `None` for the one host of a fleet without `hosts`.
+    pub name: Option<String>,
+    pub uri: String,
+    pub settings: Settings,
+    ctx: OnceLock<Result<Arc<Ctx>, String>>,
+}
+
+impl Host {
+    /// `name`, or the URI for the unnamed host: how messages name it.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("host {n} ({})", self.uri),
+            None => self.uri.clone(),
+        }
+    }
+}
+
+pub struct Fleet {
+    pub hosts: Vec<Host>,
+    json: bool,
+}
+
+impl Fleet {
+    /// The hosts of `common.hosts`, each with its settings overlaid on the
+    /// common ones; or, with none (or an explicit `--connect`), the one host
+    /// at `uri`. Every host's bad settings are reported at once.
+    pub fn new(mut common: HostSettings, uri: Option<String>, json: bool) -> anyhow::Result<Fleet> {
+        let hosts = common.hosts.take();
+        let one = |common: HostSettings| -> anyhow::Result<Fleet> {
+            let uri = uri.clone().unwrap_or_else(|| crate::libvirt::default_uri().to_owned());
+            Ok(Fleet { hosts: vec![host(None, uri, common.resolve()?)], json })
+        };
+        let hosts = match hosts {
+            // --connect talks to that one libvirt, as without hosts.
+            Some(h) if uri.is_none() && !h.is_empty() => h,
+            _ => return one(common),
+        };
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (name, entry) in hosts {
+            match common.clone().overlay(entry.settings).resolve() {
+                Ok(settings) => out.push(host(Some(name), entry.uri, settings)),
+                Err(e) => problems.push(format!("hosts.{name}: {e:#}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(invalid(problems.join("\n")));
+        }
+        Ok(Fleet { hosts: out, json })
+    }
+
+    /// The one-host fleet of an open connection.
+    pub fn of(ctx: Arc<Ctx>) -> Fleet {
+        let h = host(None, ctx.uri.clone(), ctx.settings.clone());
+        let json = ctx.json;
+        let _ = h.ctx.set(Ok(ctx));
+        Fleet { hosts: vec![h], json }
+    }
+
+    /// Reports are JSON (`--json`): progress stays quiet.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// True when hosts have names (a `hosts` map): reports show them.
+    pub fn is_named(&self) -> bool {
+        self.hosts.iter().any(|h| h.name.is_some())
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.hosts.iter().filter_map(|h| h.name.as_deref()).collect()
+    }
+
+    /// The host's connection, opened on first use; a failure is remembered,
+    /// so a host that is down is asked once per run.
+    pub fn ctx(&self, h: &Host) -> anyhow::Result<Arc<Ctx>> {
+        let got = h.ctx.get_or_init(|| {
+            crate::libvirt::connect(&h.uri)
+                .map(|conn| Arc::new(Ctx::new(conn, h.uri.clone(), h.settings.clone(), self.json)))
+                .map_err(|e| format!("{e:#}"))
+        });
+        match got {
+            Ok(ctx) => Ok(ctx.clone()),
+            Err(e) if h.name.is_some() => Err(failure(Kind::Environment, format!("{}: {e}", h.label()))),
+            Err(e) => Err(failure(Kind::Environment, e.clone())),
+        }
+    }
+
+    pub fn host(&self, name: &str) -> anyhow::Result<&Host> {
+        self.hosts.iter().find(|h| h.name.as_deref() == Some(name)).ok_or_else(|| {
+            let names = self.names();
+            match names.is_empty() {
+                true => invalid(format!("--host {name}: there are no hosts: add \"hosts\" to the settings")),
+                false => invalid(format!(
+                    "no host named {name}{}: hosts are {}",
+                    did_you_mean(name, &names),
+                    names.join(", ")
+                )),
+            }
+        })
+    }
+
+    /// The hosts `--host` selects: that one, or all.
+    pub fn select(&self, name: Option<&str>) -> anyhow::Result<Vec<&Host>> {
+        match name {
+            Some(n) => Ok(vec![self.host(n)?]),
+            None => Ok(self.hosts.iter().collect()),
+        }
+    }
+
+    /// The one host a verb that makes something works on: `--host`, or the
+    /// only host there is.
+    pub fn one(&self, name: Option<&str>) -> anyhow::Result<(&Host, Arc<Ctx>)> {
+        let h = match (name, self.hosts.as_slice()) {
+            (Some(n), _) => self.host(n)?,
+            (None, [only]) => only,
+            (None, _) => {
+                return Err(invalid(format!("which host? Pick one with --host ({})", self.names().join(", "))))
+            }
+        };
+        Ok((h, self.ctx(h)?))
+    }
+
+    /// The VM called `name`, wherever it is: the hosts are asked at once. A
+    /// name on two hosts is ambiguous (`--host` picks); a host that is down
+    /// matters only when the VM is found nowhere else.
+    pub fn find(&self, name: &VmName, host: Option<&str>) -> anyhow::Result<(Arc<Ctx>, Vm)> {
+        let hosts = self.select(host)?;
+        if let [h] = hosts.as_slice() {
+            let ctx = self.ctx(h)?;
+            let vm = vms::get(&ctx.conn, name)?;
+            return Ok((ctx, vm));
+        }
+        type Answer<'a> = (&'a Host, anyhow::Result<(Arc<Ctx>, Lookup)>);
+        let answers: Vec<Answer> = std::thread::scope(|s| {
+            let handles: Vec<_> = hosts
+                .iter()
+                .map(|h| {
+                    s.spawn(move || {
+                        let found = self.ctx(h).and_then(|ctx| vms::lookup(&ctx.conn, name).map(|l| (ctx, l)));
+                        (*h, found)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|t| t.join().expect("lookup thread")).collect()
+        });
+        let mut owned = Vec::new();
+        let mut down = Vec::new();
+        let mut foreign = None;
+        for (h, a) in answers {
+            match a {
+                Ok((ctx, Lookup::Owned(vm))) => owned.push((h, ctx, *vm)),
+                Ok((_, Lookup::Foreign(why))) => foreign = Some(why),
+                Ok((_, Lookup::Absent)) => {}
+                Err(e) => down.push(format!("{e:#}")),
+            }
+        }
+        match owned.len() {
+            1 => {
+                let (_, ctx, vm) = owned.pop().expect("one");
+                Ok((ctx, vm))
+            }
+            0 if !down.is_empty() => Err(failure(
+                Kind::Environment,
+                format!("no VM named {name} on the hosts that answered; not reachable:\n  {}", down.join("\n  ")),
+            )),
+            0 => match foreign {
+                Some(why) => Err(vms::foreign(name, why.as_deref())),
+                None => Err(not_found(format!(
+                    "no VM named {name} on any host ({}): see `project-vm list`",
+                    self.names().join(", ")
+                ))),
+            },
+            _ => {
+                let on: Vec<&str> = owned.iter().filter_map(|(h, _, _)| h.name.as_deref()).collect();
+                Err(invalid(format!(
+                    "VM {name} is on more than one host ({}): pick one with --host {}",
+                    on.join(", "),
+                    on[0]
+                )))
+            }
+        }
+    }
+}
+
+fn host(name: Option<String>, uri: String, settings: Settings) -> Host {
+    Host { name, uri, settings, ctx: OnceLock::new() }
+}
