@@ -67,3 +67,25 @@ start_daemons() {
 }
 start_daemons
 virsh -c qemu:///system version
+
+# A second, separate libvirt daemon for the fleet tests (tests/fleet.rs): the
+# session daemon of a dedicated user. (root's own qemu:///session is served
+# by the system daemon itself, with the same domains and pools.) It answers
+# on a fixed socket that root reaches with
+# qemu+unix:///session?socket=/run/project-vm-fleet/libvirt/libvirt-sock
+start_second_daemon() {
+  id pvfleet >/dev/null 2>&1 ||
+    useradd --system --create-home --home-dir /var/lib/pvfleet --shell /usr/sbin/nologin pvfleet
+  install -d -o pvfleet -g pvfleet -m 0700 /run/project-vm-fleet
+  install -d -o pvfleet -g pvfleet -m 0755 /var/lib/pvfleet /var/lib/pvfleet/pools
+  local uri="qemu+unix:///session?socket=/run/project-vm-fleet/libvirt/libvirt-sock"
+  virsh -c "$uri" version >/dev/null 2>&1 && return
+  runuser -u pvfleet -- env HOME=/var/lib/pvfleet XDG_RUNTIME_DIR=/run/project-vm-fleet libvirtd -d
+  for _ in $(seq 50); do
+    virsh -c "$uri" version >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  echo "setup-host.sh: the second libvirt daemon (user pvfleet) did not answer on $uri" >&2
+  return 1
+}
+start_second_daemon

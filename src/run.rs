@@ -134,7 +134,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             emit(json, &ops::destroy::destroy(&ctx, &vm, a.keep_data)?)?;
         }
         Command::List(a) => {
-            let listing = ops::list::list_fleet(fleet, only, a.all_pools);
+            let listing = ops::list::list_fleet(fleet, only, a.all_pools)?;
             checked(emit(json, &listing), listing.check())?
         }
         Command::Status(a) => {

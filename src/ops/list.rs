@@ -131,11 +131,8 @@ fn table_of(entries: &[Entry], out: &mut dyn Write) -> io::Result<()> {
 }
 
 /// `list` over the hosts `only` selects (all by default), asked at once.
-pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> FleetListing {
-    let hosts = match fleet.select(only) {
-        Ok(h) => h,
-        Err(e) => return FleetListing { entries: vec![], down: vec![format!("{e:#}")] },
-    };
+pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> anyhow::Result<FleetListing> {
+    let hosts = fleet.select(only)?;
     let answers: Vec<(&Host, anyhow::Result<Listing>)> = std::thread::scope(|s| {
         let handles: Vec<_> =
             hosts.iter().map(|h| s.spawn(move || (*h, fleet.ctx(h).and_then(|ctx| list(&ctx, all_pools))))).collect();
@@ -148,7 +145,7 @@ pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> FleetLi
             Err(e) => out.down.push(format!("{e:#}")),
         }
     }
-    out
+    Ok(out)
 }
 
 /// The VMs whose disks are in the settings' pool (other users, or other

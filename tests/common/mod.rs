@@ -97,12 +97,13 @@ impl Env {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args)
-            .env("PROJECT_VM_CONFIG", &self.config)
-            .env("PROJECT_VM_URI", &self.uri)
-            .env("PROJECT_VM_SSH_IDENTITY", &self.key)
-            .env("XDG_STATE_HOME", self.dir.join("state"))
-            .stdin(Stdio::null());
+        c.args(args).env("PROJECT_VM_CONFIG", &self.config);
+        // An empty URI: none given, as with a fleet of "hosts" in the settings.
+        match self.uri.is_empty() {
+            true => c.env_remove("PROJECT_VM_URI"),
+            false => c.env("PROJECT_VM_URI", &self.uri),
+        };
+        c.env("PROJECT_VM_SSH_IDENTITY", &self.key).env("XDG_STATE_HOME", self.dir.join("state")).stdin(Stdio::null());
         c
     }
 
