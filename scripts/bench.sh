@@ -27,9 +27,10 @@ usage: scripts/bench.sh [RUNS] [--runs N] [--list-sizes "10 100 500"] [--apply-s
                         [--jobs "1 2 4 8"] [--jobs-size N] [--jobs-runs N] [--rows 1,2,3,4,5]
                         [--boot] [--boot-runs N]
 Environment (same meaning): RUNS (5), LIST_SIZES, APPLY_SIZES, JOBS, JOBS_SIZE (largest apply
-size), JOBS_RUNS (1), ROWS, BOOT=1, BOOT_RUNS (1), PROJECT_VM_TEST_IMAGE (enables row 5),
-BENCH_SSH_PORT (24000), PROJECT_VM_BIN (binary to test; else cargo build --release into
-${CARGO_TARGET_DIR:-target}).
+size), JOBS_RUNS (1), ROWS, BOOT=1, BOOT_RUNS (1), PROJECT_VM_TEST_IMAGE (enables row 5; else
+--boot takes /var/cache/project-vm/test-images/debian-bookworm-*.qcow2), BOOT_MEM/BOOT_CPUS/
+BOOT_DISK (1G/2/8G), BENCH_SSH_PORT (24000), PROJECT_VM_BIN (the binary to test; else
+cargo build --release into ${CARGO_TARGET_DIR:-target}).
 EOF
 }
 
@@ -196,7 +197,8 @@ pv_version=$("$bin" --version)
 echo "machine:    $machine"
 echo "project-vm: $pv_version ($bin)"
 echo "runs:       $runs per row (medians); list at: $list_sizes VMs; apply of: $apply_sizes VMs;" \
-  "-j sweep: $jobs_list at $jobs_size VMs, $jobs_runs run(s) each; boot row: ${boot:+on, $boot_runs run(s)}${boot:-off}"
+  "-j sweep: $jobs_list at $jobs_size VMs, $jobs_runs run(s) each;" \
+  "boot row: $([[ -n $boot ]] && echo "on, $boot_runs run(s)" || echo "off (--boot)")"
 echo "peak RSS:   $([[ $rss_mode == time ]] && echo "GNU time %M" || { [[ $rss_mode == python ]] && echo "python3 wait4 ru_maxrss" || echo "not measured (no GNU time, no python3)"; })"
 other_doms=$(V list --all --name | grep -c . || true)
 echo "domains already on $URI (not ours, never touched): $other_doms"
@@ -211,7 +213,8 @@ row() { TABLE+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
 
 # The peer: the same objects the way shell-script tools make them.
 # peer_xml NAME MEM_MIB CPUS PORT: a domain like project-vm's (two virtio disks,
-# the seed as a CD-ROM, user networking through passt with a port forward).
+# the seed as a CD-ROM on virtio-scsi (cloud kernels may lack AHCI), user
+# networking through passt with a port forward).
 peer_xml() {
   local n=$1 mem=$2 cpus=$3 port=$4
   cat <<XML
@@ -220,7 +223,8 @@ peer_xml() {
 <devices>
 <disk type='volume' device='disk'><driver name='qemu' type='qcow2'/><source pool='$pool' volume='$n-root.qcow2'/><target dev='vda' bus='virtio'/></disk>
 <disk type='volume' device='disk'><driver name='qemu' type='qcow2'/><source pool='$pool' volume='$n-data.qcow2'/><target dev='vdb' bus='virtio'/><serial>project-data</serial></disk>
-<disk type='volume' device='cdrom'><driver name='qemu' type='raw'/><source pool='$pool' volume='$n-seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+<disk type='volume' device='cdrom'><driver name='qemu' type='raw'/><source pool='$pool' volume='$n-seed.iso'/><target dev='sda' bus='scsi'/><readonly/></disk>
+<controller type='scsi' model='virtio-scsi'/>
 <interface type='user'><backend type='passt'/><model type='virtio'/>
 <portForward proto='tcp' address='127.0.0.1'><range start='$port' to='22'/></portForward></interface>
 <serial type='pty'><log file='/var/log/libvirt/qemu/$n-serial.log' append='on'/></serial><console type='pty'/>
@@ -464,6 +468,10 @@ if row_on 5 && [[ -n $boot ]]; then
     deadline=$((SECONDS + 900))
     until ssh "${ssh_opts[@]}" -p "$port" dev@127.0.0.1 true 2>/dev/null; do
       ((SECONDS < deadline)) || { tail -40 "/var/log/libvirt/qemu/$n-serial.log" >&2; die "peer guest: no ssh after 900 s"; }
+      if grep -q 'DataSourceNone' "/var/log/libvirt/qemu/$n-serial.log" 2>/dev/null; then
+        tail -40 "/var/log/libvirt/qemu/$n-serial.log" >&2
+        die "peer guest: cloud-init did not find the seed"
+      fi
       sleep 1
     done
     tock; t=$T
@@ -483,11 +491,11 @@ if row_on 5 && [[ -n $boot ]]; then
     "$(fs "$m_ow") wall, $(fs "$m_ob") start to ready" \
     "virsh-defined domain, minimal seed, passt port forward, \`ssh true\` every 1 s until it answers" \
     "$(fs "$m_pw") wall, $(fs "$m_pb") start to ssh" \
-    "project-vm's guest-side overhead $(awk -v a="$m_ob" -v b="$m_pb" 'BEGIN { printf "%+.1f s", (a - b) / 1e6 }')" "$(fmib "$rss5")"
+    "project-vm's guest-side overhead $(awk -v a="$m_ob" -v b="$m_pb" 'BEGIN { printf "%+.1f s", (a - b) / 1e6 }') (it waits for cloud-init to finish, the peer only for sshd)" "$(fmib "$rss5")"
   row "start to cloud-init done (what --wait waits for)" \
     "$(fs "$m_ob"), host told $(awk -v s="$m_lat" 'BEGIN { printf "%.2f s", s }') after cloud-init finished" \
     "same peer guest, then \`ssh … cloud-init status --wait\`" "$(fs "$m_pc")" \
-    "$(awk -v a="$m_ob" -v b="$m_pc" 'BEGIN { printf "%+.1f s", (a - b) / 1e6 }')" "-"
+    "project-vm $(awk -v a="$m_ob" -v b="$m_pc" 'BEGIN { printf "%+.1f s", (a - b) / 1e6 }') vs the peer's cloud-init done" "-"
 fi
 
 # --- the table -----------------------------------------------------------------------------
