@@ -284,7 +284,7 @@ pub struct ApplyArgs {
     /// With --prune: delete the pruned VMs' project disks too
     #[arg(long, requires = "prune")]
     pub delete_data: bool,
-    /// VMs worked on at once
+    /// VMs worked on at once (on each host)
     #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
     #[command(flatten)]

@@ -141,14 +141,20 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             let (ctx, vm) = find(&a.name)?;
             emit(json, &ops::status::status(&ctx, &vm)?)?
         }
-        Command::Ssh(a) => ops::ssh::exec(&find(&a.name)?.1, a.identity.as_deref(), &a.command)?,
+        Command::Ssh(a) => {
+            let (ctx, vm) = find(&a.name)?;
+            ops::ssh::exec(&vm, &ctx.uri, a.identity.as_deref(), &a.command)?
+        }
         Command::SshConfig(a) => {
             let vms = match a.name {
-                Some(n) => vec![find(&n)?.1],
+                Some(n) => {
+                    let (ctx, vm) = find(&n)?;
+                    vec![(vm, ctx.uri.clone())]
+                }
                 None => {
                     let mut all = Vec::new();
                     for h in fleet.select(only)? {
-                        all.extend(vms::list(&fleet.ctx(h)?.conn)?);
+                        all.extend(vms::list(&fleet.ctx(h)?.conn)?.into_iter().map(|vm| (vm, h.uri.clone())));
                     }
                     all
                 }

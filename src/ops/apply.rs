@@ -1,6 +1,7 @@
 //! `apply`: carries out a [`Plan`]. VMs go in dependency waves (`depends_on`);
 //! within a wave they run in parallel on tokio's blocking pool, at most
-//! `--jobs` at once (the libvirt API is synchronous; the connection is shared).
+//! `--jobs` at once on each host (the libvirt API is synchronous; a host's
+//! connection is shared).
 //! A VM whose dependency failed is skipped, the others carry on.
 
 use std::collections::HashMap;
@@ -131,7 +132,10 @@ async fn execute(
     opts: ApplyOptions,
     multi: Arc<Multi>,
 ) -> Vec<VmResult> {
-    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    // --jobs is per host: each host's daemon does its own work, so hosts go
+    // side by side, and within a host VMs go as on a single host.
+    let jobs: HashMap<Option<String>, Arc<Semaphore>> =
+        ctxs.keys().map(|h| (h.clone(), Arc::new(Semaphore::new(opts.jobs.max(1))))).collect();
     let mut results: Vec<VmResult> = Vec::new();
     // A VM moving between hosts has two entries: its create is the declared one.
     let find = |name: &str| plan.vms.iter().find(|p| p.name == name && p.action != Action::Prune).cloned();
@@ -165,7 +169,7 @@ async fn execute(
                 });
                 continue;
             }
-            let (ctx, jobs, multi) = (ctx.expect("checked"), jobs.clone(), multi.clone());
+            let (ctx, jobs, multi) = (ctx.expect("checked"), jobs[&p.host].clone(), multi.clone());
             handles.push(tokio::spawn(async move {
                 let _permit = jobs.acquire_owned().await.expect("semaphore");
                 tokio::task::spawn_blocking(move || {

@@ -58,8 +58,21 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     Ok(())
 }
 
-/// The target and the ssh options that pin the host key.
-pub fn prepare(vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
+/// For `qemu+ssh://[user@]host[:port]/...`: the `ProxyJump` that reaches
+/// the libvirt host, where user networking's loopback forward listens.
+pub fn jump_host(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    if !scheme.ends_with("+ssh") && !scheme.ends_with("+libssh2") && !scheme.ends_with("+libssh") {
+        return None;
+    }
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    Some(authority.to_owned())
+}
+
+/// The target and the ssh options that pin the host key. `uri`: the VM's
+/// libvirt host. A loopback forward on a remote host is reached through it
+/// (`ProxyJump`) when libvirt is reached over ssh.
+pub fn prepare(vm: &Vm, uri: &str) -> anyhow::Result<(SshTarget, Vec<String>)> {
     let spec = vm.spec()?;
     let state = vm.state();
     let addrs = addresses::known(vm, &spec, state);
@@ -76,6 +89,20 @@ pub fn prepare(vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
     })?;
     let alias = vm.name.domain();
     let mut opts = vec![format!("HostKeyAlias={alias}")];
+    if target.via == "forward" && !super::Ctx::uri_is_local(uri) {
+        match jump_host(uri) {
+            Some(jump) => opts.push(format!("ProxyJump={jump}")),
+            None => {
+                return Err(failure(
+                    Kind::Environment,
+                    format!(
+                        "{}'s ssh forward listens on the loopback of its libvirt host ({uri}), which ssh can reach only through that host: connect to libvirt over qemu+ssh://, or give the VM a bridge or network, or a tailnet",
+                        vm.name
+                    ),
+                ))
+            }
+        }
+    }
     match &vm.own.host_key {
         Some(key) => {
             let kh = known_hosts_path();
@@ -89,8 +116,8 @@ pub fn prepare(vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
 }
 
 /// Replaces this process with ssh.
-pub fn exec(vm: &Vm, identity: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
-    let (target, opts) = prepare(vm)?;
+pub fn exec(vm: &Vm, uri: &str, identity: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
+    let (target, opts) = prepare(vm, uri)?;
     let mut cmd = Command::new("ssh");
     for o in &opts {
         cmd.arg("-o").arg(o);
@@ -108,10 +135,11 @@ pub fn exec(vm: &Vm, identity: Option<&Path>, command: &[String]) -> anyhow::Res
 }
 
 /// A block for `~/.ssh/config`.
-/// `ssh-config`: a block per VM; a VM without an address gets a comment.
-pub fn write_config(out: &mut dyn std::io::Write, vms: &[Vm]) -> anyhow::Result<()> {
-    for vm in vms {
-        match config_block(vm) {
+/// `ssh-config`: a block per VM (with the URI of its libvirt host); a VM
+/// without an address gets a comment.
+pub fn write_config(out: &mut dyn std::io::Write, vms: &[(Vm, String)]) -> anyhow::Result<()> {
+    for (vm, uri) in vms {
+        match config_block(vm, uri) {
             Ok(block) => writeln!(out, "{block}")?,
             Err(e) => writeln!(out, "# {}: {e:#}", vm.name)?,
         }
@@ -119,8 +147,8 @@ pub fn write_config(out: &mut dyn std::io::Write, vms: &[Vm]) -> anyhow::Result<
     Ok(())
 }
 
-pub fn config_block(vm: &Vm) -> anyhow::Result<String> {
-    let (target, opts) = prepare(vm)?;
+pub fn config_block(vm: &Vm, uri: &str) -> anyhow::Result<String> {
+    let (target, opts) = prepare(vm, uri)?;
     let mut out = format!(
         "Host {alias}\n  HostName {host}\n  Port {port}\n  User {user}\n",
         alias = vm.name.domain(),
@@ -138,6 +166,14 @@ pub fn config_block(vm: &Vm) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_forward_is_reached_through_the_libvirt_host() {
+        assert_eq!(jump_host("qemu+ssh://root@gpu-box/system").as_deref(), Some("root@gpu-box"));
+        assert_eq!(jump_host("qemu+ssh://gpu-box:2222/system?keyfile=x").as_deref(), Some("gpu-box:2222"));
+        assert_eq!(jump_host("qemu+tls://gpu-box/system"), None);
+        assert_eq!(jump_host("qemu:///system"), None);
+    }
 
     #[test]
     fn forgetting_removes_only_that_alias() {
