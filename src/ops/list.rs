@@ -98,12 +98,6 @@ impl Report for FleetListing {
     }
 }
 
-impl Report for Listing {
-    fn human(&self, out: &mut dyn Write) -> io::Result<()> {
-        table_of(&self.0, out)
-    }
-}
-
 fn table_of(entries: &[Entry], out: &mut dyn Write) -> io::Result<()> {
     let named = entries.iter().any(|e| e.host.is_some());
     let rows: Vec<Vec<String>> = entries
@@ -142,8 +136,13 @@ pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> anyhow:
     for (h, answer) in answers {
         match answer {
             Ok(listing) => out.entries.extend(listing.0.into_iter().map(|e| Entry { host: h.name.clone(), ..e })),
+            Err(e) if hosts.len() == 1 => return Err(e),
             Err(e) => out.down.push(format!("{e:#}")),
         }
+    }
+    if out.down.len() == hosts.len() {
+        // Nothing to list: the error alone, as with one host.
+        out.check()?;
     }
     Ok(out)
 }
