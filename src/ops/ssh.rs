@@ -58,20 +58,70 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     Ok(())
 }
 
-/// For `qemu+ssh://[user@]host[:port]/...`: the `ProxyJump` that reaches
-/// the libvirt host, where user networking's loopback forward listens.
-pub fn jump_host(uri: &str) -> Option<String> {
+/// For a libvirt URI over ssh (`qemu+ssh://[user@]host[:port]/...`), the
+/// `ProxyCommand` that reaches the libvirt host the way libvirt does: its
+/// `command` (default `ssh`), `keyfile` and `known_hosts` parameters, port
+/// and user. Through it, ssh reaches user networking's forward, which listens
+/// on that host's loopback. `None` for other transports.
+pub fn proxy_command(uri: &str) -> Option<String> {
     let (scheme, rest) = uri.split_once("://")?;
-    if !scheme.ends_with("+ssh") && !scheme.ends_with("+libssh2") && !scheme.ends_with("+libssh") {
+    if !["+ssh", "+libssh", "+libssh2"].iter().any(|t| scheme.ends_with(t)) {
         return None;
     }
-    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
-    Some(authority.to_owned())
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let param = |key: &str| {
+        query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == key).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+        })
+    };
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    // `host:port`, or `[v6]:port`.
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => (h, Some(p)),
+        _ => (host_port, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    let mut args = vec![param("command").unwrap_or_else(|| "ssh".into())];
+    if let Some(k) = param("keyfile") {
+        args.extend(["-i".into(), k]);
+    }
+    if let Some(kh) = param("known_hosts") {
+        args.extend(["-o".into(), format!("UserKnownHostsFile={kh}")]);
+    }
+    if let Some(p) = port {
+        args.extend(["-p".into(), p.into()]);
+    }
+    if let Some(u) = user {
+        args.extend(["-l".into(), u.into()]);
+    }
+    args.extend(["-W".into(), "%h:%p".into(), host.into()]);
+    // ssh runs it with the shell, and expands %-tokens first.
+    Some(
+        args.iter()
+            .map(|a| shell_quote(&a.replace('%', "%%")).replace("%%h:%%p", "%h:%p"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c)) {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The target and the ssh options that pin the host key. `uri`: the VM's
 /// libvirt host. A loopback forward on a remote host is reached through it
-/// (`ProxyJump`) when libvirt is reached over ssh.
+/// ([`proxy_command`]) when libvirt is reached over ssh.
 pub fn prepare(vm: &Vm, uri: &str) -> anyhow::Result<(SshTarget, Vec<String>)> {
     let spec = vm.spec()?;
     let state = vm.state();
@@ -90,8 +140,8 @@ pub fn prepare(vm: &Vm, uri: &str) -> anyhow::Result<(SshTarget, Vec<String>)> {
     let alias = vm.name.domain();
     let mut opts = vec![format!("HostKeyAlias={alias}")];
     if target.via == "forward" && !super::Ctx::uri_is_local(uri) {
-        match jump_host(uri) {
-            Some(jump) => opts.push(format!("ProxyJump={jump}")),
+        match proxy_command(uri) {
+            Some(proxy) => opts.push(format!("ProxyCommand={proxy}")),
             None => {
                 return Err(failure(
                     Kind::Environment,
@@ -168,11 +218,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_remote_forward_is_reached_through_the_libvirt_host() {
-        assert_eq!(jump_host("qemu+ssh://root@gpu-box/system").as_deref(), Some("root@gpu-box"));
-        assert_eq!(jump_host("qemu+ssh://gpu-box:2222/system?keyfile=x").as_deref(), Some("gpu-box:2222"));
-        assert_eq!(jump_host("qemu+tls://gpu-box/system"), None);
-        assert_eq!(jump_host("qemu:///system"), None);
+    fn a_remote_forward_is_reached_through_the_libvirt_host_as_libvirt_reaches_it() {
+        assert_eq!(proxy_command("qemu+ssh://root@gpu-box/system").unwrap(), "ssh -l root -W %h:%p gpu-box");
+        assert_eq!(
+            proxy_command("qemu+ssh://gpu-box:2222/system?keyfile=/k%20ey&known_hosts=/kh").unwrap(),
+            "ssh -i '/k ey' -o UserKnownHostsFile=/kh -p 2222 -W %h:%p gpu-box"
+        );
+        assert_eq!(
+            proxy_command("qemu+ssh://root@127.0.0.1:22399/system?command=/tmp/x/ssh").unwrap(),
+            "/tmp/x/ssh -p 22399 -l root -W %h:%p 127.0.0.1"
+        );
+        assert_eq!(proxy_command("qemu+ssh://[::1]:22/system").unwrap(), "ssh -p 22 -W %h:%p ::1");
+        assert_eq!(proxy_command("qemu+tls://gpu-box/system"), None);
+        assert_eq!(proxy_command("qemu:///system"), None);
     }
 
     #[test]
