@@ -44,10 +44,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match (cli.command, declared) {
         (Command::Plan(a), Some(d)) => {
-            let plan = ops::plan::plan_fleet(&fleet, &d, plan_options(&a))?;
+            let plan = ops::plan::plan_fleet(&fleet, &d, plan_options(&a), only)?;
             checked(emit(cli.json, &plan), plan.check())
         }
-        (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, cli.json),
+        (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, only, cli.json),
         (command, _) => dispatch(&fleet, only, cli.json, command),
     }
 }
@@ -64,6 +64,7 @@ fn apply(
     fleet: &Fleet,
     declared: &crate::config::Declared,
     a: &crate::cli::ApplyArgs,
+    only: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
     crate::interrupt::install();
@@ -74,7 +75,7 @@ fn apply(
         timeout: Duration::from_secs(a.wait.timeout),
         delete_data: a.delete_data,
     };
-    let report = ops::apply::apply(fleet, declared, opts)?;
+    let report = ops::apply::apply(fleet, declared, opts, only)?;
     checked(emit(json, &report), report.check())
 }
 
@@ -88,7 +89,9 @@ fn checked(printed: anyhow::Result<()>, verdict: anyhow::Result<()>) -> anyhow::
 /// `only`: `--host`. A verb on a VM finds it across the hosts; a verb that
 /// makes something needs one host.
 fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> anyhow::Result<()> {
-    let find = |name: &crate::spec::VmName| fleet.find(name, only);
+    // `find` for verbs that only look, `find_acting` for those that change the VM.
+    let find = |name: &crate::spec::VmName| fleet.find(name, only, false);
+    let find_acting = |name: &crate::spec::VmName| fleet.find(name, only, true);
     let one = || fleet.one(only).map(|(_, ctx)| ctx);
     match command {
         Command::Create(a) => {
@@ -115,22 +118,22 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             checked(emit(json, &report), report.check())?;
         }
         Command::Start(a) => {
-            let (ctx, vm) = find(&a.name)?;
+            let (ctx, vm) = find_acting(&a.name)?;
             let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
             checked(emit(json, &report), report.check())?;
         }
         Command::Stop(a) => {
-            let (ctx, vm) = find(&a.name)?;
+            let (ctx, vm) = find_acting(&a.name)?;
             emit(json, &ops::power::stop_reporting(&ctx, &vm, Duration::from_secs(a.timeout), a.force)?)?;
         }
         Command::Restart(a) => {
-            let (ctx, vm) = find(&a.name)?;
+            let (ctx, vm) = find_acting(&a.name)?;
             let report = ops::power::restart(&ctx, &vm, Duration::from_secs(a.stop_timeout), wait(&a.wait))?;
             checked(emit(json, &report), report.check())?;
         }
         Command::Destroy(a) => {
             crate::interrupt::install();
-            let (ctx, vm) = find(&a.name)?;
+            let (ctx, vm) = find_acting(&a.name)?;
             emit(json, &ops::destroy::destroy(&ctx, &vm, a.keep_data)?)?;
         }
         Command::List(a) => {
@@ -143,18 +146,16 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
         }
         Command::Ssh(a) => {
             let (ctx, vm) = find(&a.name)?;
-            ops::ssh::exec(&vm, &ctx.uri, a.identity.as_deref(), &a.command)?
+            ops::ssh::exec(&ctx, &vm, a.identity.as_deref(), &a.command)?
         }
         Command::SshConfig(a) => {
             let vms = match a.name {
-                Some(n) => {
-                    let (ctx, vm) = find(&n)?;
-                    vec![(vm, ctx.uri.clone())]
-                }
+                Some(n) => vec![find(&n)?],
                 None => {
                     let mut all = Vec::new();
                     for h in fleet.select(only)? {
-                        all.extend(vms::list(&fleet.ctx(h)?.conn)?.into_iter().map(|vm| (vm, h.uri.clone())));
+                        let ctx = fleet.ctx(h)?;
+                        all.extend(vms::list(&ctx.conn)?.into_iter().map(|vm| (ctx.clone(), vm)));
                     }
                     all
                 }
@@ -186,7 +187,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
         }
         Command::Image(ImageCommand::Save { vm, name, stop, identity }) => {
             crate::interrupt::install();
-            let (ctx, vm) = find(&vm)?;
+            let (ctx, vm) = find_acting(&vm)?;
             let progress = crate::progress::Progress::spinner(json, format!("saving {}", vm.name));
             let report = ops::save::save(&ctx, &vm, &name, stop, identity.as_deref(), &progress)?;
             progress.finish();
@@ -195,7 +196,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
         Command::Image(ImageCommand::List) => emit(json, &ops::image::listing(&*one()?)?)?,
         Command::Image(ImageCommand::Rm { name }) => emit(json, &ops::image::remove(&*one()?, &name)?)?,
         Command::Snapshot(SnapshotCommand::Create { name, snapshot, description }) => {
-            let (ctx, vm) = find(&name)?;
+            let (ctx, vm) = find_acting(&name)?;
             emit(json, &ops::snapshot::create(&ctx, &vm, snapshot.as_deref(), description.as_deref())?)?;
         }
         Command::Snapshot(SnapshotCommand::List { name }) => {
@@ -203,11 +204,11 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             emit(json, &ops::snapshot::list(&ctx, &vm)?)?
         }
         Command::Snapshot(SnapshotCommand::Revert { name, snapshot }) => {
-            let (ctx, vm) = find(&name)?;
+            let (ctx, vm) = find_acting(&name)?;
             emit(json, &ops::snapshot::revert(&ctx, &vm, &snapshot)?)?
         }
         Command::Snapshot(SnapshotCommand::Delete { name, snapshot }) => {
-            let (ctx, vm) = find(&name)?;
+            let (ctx, vm) = find_acting(&name)?;
             emit(json, &ops::snapshot::delete(&ctx, &vm, &snapshot)?)?
         }
         Command::Gc(a) => emit(json, &ops::gc::gc(&*one()?, a.yes, &a.kept_disks)?)?,

@@ -305,7 +305,7 @@ fn apply_is_idempotent_and_converges_changes() {
     // The same state: nothing to do, nothing redefined.
     let p = plan::plan(&ctx, &declared(FOO_1G), plan::Options::default()).unwrap();
     assert_eq!((p.changes, p.not_applied, p.impossible), (0, 0, 0), "{p:#?}");
-    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(false)).unwrap();
+    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(false), None).unwrap();
     assert_eq!(r.changes, 0);
     let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
     assert_eq!((dom.uuid_string().unwrap(), dom.xml_desc(0).unwrap()), (uuid.clone(), xml));
@@ -321,7 +321,7 @@ fn apply_is_idempotent_and_converges_changes() {
     // apply the rest here.
     let changed =
         r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "2G", "autostart": true}}}"#;
-    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(changed), opts(false)).unwrap();
+    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(changed), opts(false), None).unwrap();
     assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
     assert_eq!(r.results[0].done, vec!["autostart on", "redefined", "started"]);
     let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
@@ -344,7 +344,7 @@ fn impossible_changes_refuse_the_whole_apply() {
     let shrink = r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "1G"}}}"#;
     let p = plan::plan(&ctx, &declared(shrink), plan::Options::default()).unwrap();
     assert_eq!(p.impossible, 1);
-    let err = apply::apply(&Fleet::of(ctx.clone()), &declared(shrink), opts(false)).unwrap_err();
+    let err = apply::apply(&Fleet::of(ctx.clone()), &declared(shrink), opts(false), None).unwrap_err();
     assert_eq!(exit_code(&err), 2);
     assert!(err.to_string().contains("project_disk 2G -> 1G"), "{err}");
     assert_eq!(
@@ -380,7 +380,7 @@ fn prune_destroys_only_project_vms_not_in_the_file_and_keeps_their_data() {
     assert_eq!(bar.action, Action::NotInFile);
     assert_eq!(p.changes, 0, "without --prune nothing is removed");
 
-    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(true)).unwrap();
+    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(true), None).unwrap();
     assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
     assert!(matches!(vms::lookup(&ctx.conn, &name("bar")).unwrap(), vms::Lookup::Absent));
     assert!(volumes(&pool).contains(&"project-bar-data.qcow2".to_string()), "project disk kept");
@@ -398,7 +398,7 @@ fn a_failed_create_skips_its_dependents_and_leaves_nothing() {
     let p = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
     assert!(p.vms.iter().all(|v| v.action == Action::Create));
     // The test driver cannot upload the seed, so each create fails and rolls back.
-    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(file), opts(false)).unwrap();
+    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(file), opts(false), None).unwrap();
     let db = r.results.iter().find(|r| r.name == "db").unwrap();
     assert_eq!(db.error.as_deref(), Some("skipped: its dependency web failed"));
     assert!(r.results.iter().find(|r| r.name == "solo").unwrap().error.as_deref().unwrap().contains("seed"));
@@ -419,7 +419,7 @@ fn plan_checks_what_apply_will_need() {
     assert!(msg.contains("vms.lost: no image nowhere"), "{msg}");
     assert!(msg.contains("vms.tight: disk 512M is smaller than its image base.qcow2"), "{msg}");
     assert!(!msg.contains("vms.fine"), "{msg}");
-    let err = apply::apply(&Fleet::of(Arc::new(ctx)), &declared(file), opts(false)).unwrap_err();
+    let err = apply::apply(&Fleet::of(Arc::new(ctx)), &declared(file), opts(false), None).unwrap_err();
     assert_eq!(exit_code(&err), 2);
 }
 

@@ -123,7 +123,11 @@ fn one_file_places_vms_on_two_daemons_and_every_verb_finds_them() {
     env.run(&["create", "dup", "256M", "1", "2G", "--project-disk", "1G", "--host", "ses"]).ok();
     let amb = env.run(&["status", "dup"]);
     assert_eq!(amb.code, 2, "{}", amb.stderr);
-    assert!(amb.stderr.contains("more than one host") && amb.stderr.contains("--host"), "{}", amb.stderr);
+    assert!(amb.stderr.contains("more than one host") && amb.stderr.contains("--host (ses or sys)"), "{}", amb.stderr);
+    // Each keeps its own ssh identity: a host key pinned for one never vouches for the other.
+    let cfg = env.run(&["ssh-config"]).ok().stdout;
+    assert!(cfg.contains("Host project-dup.sys") && cfg.contains("Host project-dup.ses"), "{cfg}");
+    assert!(cfg.contains("HostKeyAlias project-dup.ses"), "{cfg}");
     env.run(&["destroy", "dup", "--host", "ses"]).ok();
     assert!(has_domain("qemu:///system", "project-dup") && !has_domain(SESSION, "project-dup"));
     env.run(&["destroy", "dup"]).ok();
@@ -146,6 +150,33 @@ fn one_file_places_vms_on_two_daemons_and_every_verb_finds_them() {
     assert!(result("d")["error"].as_str().unwrap().contains("dependency c failed"), "{report}");
     assert!(result("a")["error"].is_null() && result("b")["error"].is_null(), "{report}");
     assert!(!has_domain("qemu:///system", "project-d"));
+
+    // --prune never destroys a VM the file declares on a host that is down.
+    let mut to_down = vms.clone();
+    to_down["b"] = json!({"host": "down"});
+    let to_down =
+        write(&env, "to-down.json", json!({"hosts": {"down": {"uri": DOWN}}, "defaults": small, "vms": to_down}));
+    let r = env.run(&["apply", "-f", &to_down, "--prune"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stdout.contains("b (ses): declared on host down, which did not answer"), "{}", r.stdout);
+    assert!(has_domain(SESSION, "project-b"), "pruned a VM the file declares");
+    // --host plans that host alone.
+    let only = env.run(&["plan", "-f", &to_down, "--host", "sys", "--json"]).ok().json();
+    assert!(only["vms"].as_array().unwrap().iter().all(|v| v["host"] == "sys"), "{only}");
+    assert_eq!(env.run(&["plan", "-f", &to_down, "--host", "sess"]).code, 2);
+
+    // With a host down, a verb that changes a VM will not guess which one is meant.
+    let mut settings: Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    settings["hosts"]["down"] = json!({"uri": DOWN});
+    let with_down = env.dir.join("with-down.json");
+    std::fs::write(&with_down, settings.to_string()).unwrap();
+    let run_down = |args: &[&str]| env.cmd(args).env("PROJECT_VM_CONFIG", &with_down).output().unwrap();
+    let stop = run_down(&["stop", "a"]);
+    let err = String::from_utf8_lossy(&stop.stderr);
+    assert_eq!(stop.status.code(), Some(4), "{err}");
+    assert!(err.contains("host down") && err.contains("--host sys"), "{err}");
+    let look = run_down(&["status", "a", "--json"]);
+    assert!(look.status.success(), "{}", String::from_utf8_lossy(&look.stderr));
 
     // Moving b to the other host needs --recreate, and says the disk stays.
     vms["b"]["host"] = json!("sys");

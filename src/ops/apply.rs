@@ -99,8 +99,14 @@ impl Report for ApplyReport {
     }
 }
 
-pub fn apply(fleet: &Fleet, declared: &Declared, opts: ApplyOptions) -> anyhow::Result<ApplyReport> {
-    let plan = plan::plan_fleet(fleet, declared, opts.plan)?;
+/// `only` (`--host`): apply on that host alone.
+pub fn apply(
+    fleet: &Fleet,
+    declared: &Declared,
+    opts: ApplyOptions,
+    only: Option<&str>,
+) -> anyhow::Result<ApplyReport> {
+    let plan = plan::plan_fleet(fleet, declared, opts.plan, only)?;
     if plan.impossible > 0 {
         let refused: Vec<String> = plan
             .vms

@@ -86,7 +86,7 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     undefined.map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
     crate::fault::mutated("undefined the domain");
     // A later VM of this name gets a new host key: its pin goes with this one.
-    if let Err(e) = super::ssh::forget_host_key(&super::ssh::known_hosts_path(), &vm.name.domain()) {
+    if let Err(e) = super::ssh::forget_host_key(&super::ssh::known_hosts_path(), &ctx.ssh_alias(&vm.name)) {
         tracing::warn!("could not remove {}'s pinned host key: {e:#}", vm.name);
     }
     tracing::info!(vm = %vm.name, "destroyed");

@@ -36,7 +36,14 @@ impl Host {
 pub struct Fleet {
     pub hosts: Vec<Host>,
     json: bool,
+    /// `hosts` were declared but `--connect` (or `PROJECT_VM_URI`) chose one
+    /// libvirt instead: messages about hosts say so.
+    pub connect_overrides_hosts: bool,
 }
+
+/// Why `host` and `--host` cannot be used on a fleet of one unnamed host.
+pub const CONNECT_OVERRIDES: &str =
+    "--connect (or PROJECT_VM_URI) talks to one libvirt, so the settings' \"hosts\" are not used: drop it to use them";
 
 impl Fleet {
     /// The hosts of `common.hosts`, each with its settings overlaid on the
@@ -44,9 +51,10 @@ impl Fleet {
     /// at `uri`. Every host's bad settings are reported at once.
     pub fn new(mut common: HostSettings, uri: Option<String>, json: bool) -> anyhow::Result<Fleet> {
         let hosts = common.hosts.take();
+        let overridden = uri.is_some() && hosts.as_ref().is_some_and(|h| !h.is_empty());
         let one = |common: HostSettings| -> anyhow::Result<Fleet> {
             let uri = uri.clone().unwrap_or_else(|| crate::libvirt::default_uri().to_owned());
-            Ok(Fleet { hosts: vec![host(None, uri, common.resolve()?)], json })
+            Ok(Fleet { hosts: vec![host(None, uri, common.resolve()?)], json, connect_overrides_hosts: overridden })
         };
         let hosts = match hosts {
             // --connect talks to that one libvirt, as without hosts.
@@ -64,7 +72,7 @@ impl Fleet {
         if !problems.is_empty() {
             return Err(invalid(problems.join("\n")));
         }
-        Ok(Fleet { hosts: out, json })
+        Ok(Fleet { hosts: out, json, connect_overrides_hosts: false })
     }
 
     /// The one-host fleet of an open connection.
@@ -72,7 +80,7 @@ impl Fleet {
         let h = host(None, ctx.uri.clone(), ctx.settings.clone());
         let json = ctx.json;
         let _ = h.ctx.set(Ok(ctx));
-        Fleet { hosts: vec![h], json }
+        Fleet { hosts: vec![h], json, connect_overrides_hosts: false }
     }
 
     /// Reports are JSON (`--json`): progress stays quiet.
@@ -94,7 +102,10 @@ impl Fleet {
     pub fn ctx(&self, h: &Host) -> anyhow::Result<Arc<Ctx>> {
         let got = h.ctx.get_or_init(|| {
             crate::libvirt::connect(&h.uri)
-                .map(|conn| Arc::new(Ctx::new(conn, h.uri.clone(), h.settings.clone(), self.json)))
+                .map(|conn| {
+                    let ctx = Ctx::new(conn, h.uri.clone(), h.settings.clone(), self.json);
+                    Arc::new(Ctx { host_name: h.name.clone(), ..ctx })
+                })
                 .map_err(|e| format!("{e:#}"))
         });
         match got {
@@ -108,6 +119,7 @@ impl Fleet {
         self.hosts.iter().find(|h| h.name.as_deref() == Some(name)).ok_or_else(|| {
             let names = self.names();
             match names.is_empty() {
+                true if self.connect_overrides_hosts => invalid(format!("--host {name}: {CONNECT_OVERRIDES}")),
                 true => invalid(format!("--host {name}: there are no hosts: add \"hosts\" to the settings")),
                 false => invalid(format!(
                     "no host named {name}{}: hosts are {}",
@@ -140,9 +152,11 @@ impl Fleet {
     }
 
     /// The VM called `name`, wherever it is: the hosts are asked at once. A
-    /// name on two hosts is ambiguous (`--host` picks); a host that is down
-    /// matters only when the VM is found nowhere else.
-    pub fn find(&self, name: &VmName, host: Option<&str>) -> anyhow::Result<(Arc<Ctx>, Vm)> {
+    /// name on two hosts is ambiguous (`--host` picks). When a host does not
+    /// answer, it might hold a VM of that name too: a verb that changes the
+    /// VM (`acting`) then refuses and asks for `--host`; one that only looks
+    /// goes on with a warning.
+    pub fn find(&self, name: &VmName, host: Option<&str>, acting: bool) -> anyhow::Result<(Arc<Ctx>, Vm)> {
         let hosts = self.select(host)?;
         if let [h] = hosts.as_slice() {
             let ctx = self.ctx(h)?;
@@ -175,7 +189,20 @@ impl Fleet {
         }
         match owned.len() {
             1 => {
-                let (_, ctx, vm) = owned.pop().expect("one");
+                let (h, ctx, vm) = owned.pop().expect("one");
+                if !down.is_empty() {
+                    let there = h.name.as_deref().unwrap_or_default();
+                    let msg = format!(
+                        "VM {name} is on host {there}, but these hosts did not answer and may have one too:\n  {}",
+                        down.join("\n  ")
+                    );
+                    if acting {
+                        return Err(failure(Kind::Environment, format!("{msg}\nSay which with --host {there}")));
+                    }
+                    if !self.json {
+                        eprintln!("warning: {msg}");
+                    }
+                }
                 Ok((ctx, vm))
             }
             0 if !down.is_empty() => Err(failure(
@@ -191,11 +218,7 @@ impl Fleet {
             },
             _ => {
                 let on: Vec<&str> = owned.iter().filter_map(|(h, _, _)| h.name.as_deref()).collect();
-                Err(invalid(format!(
-                    "VM {name} is on more than one host ({}): pick one with --host {}",
-                    on.join(", "),
-                    on[0]
-                )))
+                Err(invalid(format!("VM {name} is on more than one host: pick one with --host ({})", on.join(" or "))))
             }
         }
     }

@@ -38,6 +38,8 @@ pub struct Ctx {
     pub uri: String,
     pub settings: Settings,
     pub json: bool,
+    /// The fleet host's name (with `hosts`); `None` for the one host.
+    pub host_name: Option<String>,
     /// What one run looks up once rather than once per VM.
     pub cache: Cache,
 }
@@ -56,7 +58,17 @@ pub struct Cache {
 
 impl Ctx {
     pub fn new(conn: Connect, uri: String, settings: Settings, json: bool) -> Ctx {
-        Ctx { conn, uri, settings, json, cache: Cache::default() }
+        Ctx { conn, uri, settings, json, host_name: None, cache: Cache::default() }
+    }
+
+    /// The name ssh knows a VM by (`HostKeyAlias`, `ssh-config`'s `Host`):
+    /// `project-NAME`, or `project-NAME.HOST` on a named fleet host, so that
+    /// VMs of one name on two hosts keep their own pinned keys.
+    pub fn ssh_alias(&self, name: &VmName) -> String {
+        match &self.host_name {
+            Some(h) => format!("{}.{h}", name.domain()),
+            None => name.domain(),
+        }
     }
 
     /// The pool a VM's volumes live in (recorded at create, so a later change

@@ -441,6 +441,9 @@ fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
                 crate::suggest::did_you_mean(h, &names),
                 names.join(", ")
             )),
+            (Some(h), false) if fleet.connect_overrides_hosts => {
+                problems.push(format!("vms.{}.host: {h:?}: {}", d.name, super::fleet::CONNECT_OVERRIDES))
+            }
             (Some(h), false) => problems.push(format!(
                 "vms.{}.host: {h:?}, but there are no \"hosts\": declare them in the file or the settings",
                 d.name
@@ -456,7 +459,7 @@ fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
     match problems.is_empty() {
         true => Ok(()),
         false => Err(crate::error::invalid(format!(
-            "{} problem(s); nothing was changed:\n  {}",
+            "the declarative file: {} problem(s); nothing was changed:\n  {}",
             problems.len(),
             problems.join("\n  ")
         ))),
@@ -467,13 +470,16 @@ fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
 /// (and its own pool in scope for `--prune`). A host that does not answer
 /// fails only its VMs. A VM declared on one host but found on another is a
 /// move: it needs `--recreate`, and its project disk stays behind.
-pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options) -> anyhow::Result<Plan> {
+///
+/// `only` (`--host`): plan that host alone; VMs declared elsewhere are left
+/// out, and a dependency on one of them is taken to be in place.
+pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Option<&str>) -> anyhow::Result<Plan> {
     check_hosts(fleet, declared)?;
+    let hosts = fleet.select(only)?;
     let answers: Vec<(&Host, anyhow::Result<Plan>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = fleet
-            .hosts
+        let handles: Vec<_> = hosts
             .iter()
-            .map(|h| {
+            .map(|&h| {
                 s.spawn(move || {
                     let mine = Declared {
                         settings: declared.settings.clone(),
@@ -511,6 +517,15 @@ pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options) -> anyhow::
         }
     }
     moves(&mut all.vms, opts);
+    // A VM the file declares on a host that did not answer is not "not in
+    // the file" where it lives now: it is left as it is, never pruned.
+    for p in all.vms.iter_mut().filter(|p| matches!(p.action, Action::NotInFile | Action::Prune) && p.moved.is_none()) {
+        if let Some(d) = declared.vms.values().find(|d| d.name.as_str() == p.name) {
+            let to = d.host.as_deref().unwrap_or_default();
+            p.action = Action::Nothing;
+            p.error = Some(format!("declared on host {to}, which did not answer: left as it is"));
+        }
+    }
     all.recount(opts);
     Ok(all)
 }
@@ -601,6 +616,7 @@ pub fn describe(p: &VmPlan) -> Vec<String> {
             if p.start { ", start" } else { "" },
             if p.interrupted { " (half-made by an interrupted run: undone first, project disk kept)" } else { "" }
         ),
+        Action::Nothing if p.error.is_some() => format!("{label}: {}", p.error.as_deref().unwrap_or_default()),
         Action::Nothing => format!("{label}: nothing to do"),
         Action::Prune if p.moved.is_some() => format!(
             "{}: destroy (moved {}; its project disk is kept here)",

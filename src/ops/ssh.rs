@@ -13,6 +13,7 @@ use std::process::Command;
 use anyhow::Context;
 
 use super::addresses::{self, SshTarget};
+use super::Ctx;
 use crate::error::{failure, Kind};
 use crate::libvirt::vms::Vm;
 
@@ -39,6 +40,10 @@ pub fn forget_host_key(path: &Path, alias: &str) -> anyhow::Result<()> {
 }
 
 fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Result<()> {
+    // One writer at a time (apply pins and forgets keys from parallel jobs):
+    // each rewrite reads what the last one wrote.
+    let _lock =
+        crate::lock::acquire("local", &format!("known-hosts:{}", path.display()), "updating known_hosts", |_| {})?;
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let mut lines: Vec<String> =
         existing.lines().filter(|l| l.split_whitespace().next() != Some(alias)).map(String::from).collect();
@@ -50,7 +55,7 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let text = if lines.is_empty() { String::new() } else { lines.join("\n") + "\n" };
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
@@ -119,10 +124,11 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The target and the ssh options that pin the host key. `uri`: the VM's
+/// The target and the ssh options that pin the host key. `ctx`: the VM's
 /// libvirt host. A loopback forward on a remote host is reached through it
 /// ([`proxy_command`]) when libvirt is reached over ssh.
-pub fn prepare(vm: &Vm, uri: &str) -> anyhow::Result<(SshTarget, Vec<String>)> {
+pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
+    let uri = ctx.uri.as_str();
     let spec = vm.spec()?;
     let state = vm.state();
     let addrs = addresses::known(vm, &spec, state);
@@ -137,7 +143,7 @@ pub fn prepare(vm: &Vm, uri: &str) -> anyhow::Result<(SshTarget, Vec<String>)> {
             ),
         )
     })?;
-    let alias = vm.name.domain();
+    let alias = ctx.ssh_alias(&vm.name);
     let mut opts = vec![format!("HostKeyAlias={alias}")];
     if target.via == "forward" && !super::Ctx::uri_is_local(uri) {
         match proxy_command(uri) {
@@ -166,8 +172,8 @@ pub fn prepare(vm: &Vm, uri: &str) -> anyhow::Result<(SshTarget, Vec<String>)> {
 }
 
 /// Replaces this process with ssh.
-pub fn exec(vm: &Vm, uri: &str, identity: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
-    let (target, opts) = prepare(vm, uri)?;
+pub fn exec(ctx: &Ctx, vm: &Vm, identity: Option<&Path>, command: &[String]) -> anyhow::Result<()> {
+    let (target, opts) = prepare(ctx, vm)?;
     let mut cmd = Command::new("ssh");
     for o in &opts {
         cmd.arg("-o").arg(o);
@@ -185,11 +191,11 @@ pub fn exec(vm: &Vm, uri: &str, identity: Option<&Path>, command: &[String]) -> 
 }
 
 /// A block for `~/.ssh/config`.
-/// `ssh-config`: a block per VM (with the URI of its libvirt host); a VM
-/// without an address gets a comment.
-pub fn write_config(out: &mut dyn std::io::Write, vms: &[(Vm, String)]) -> anyhow::Result<()> {
-    for (vm, uri) in vms {
-        match config_block(vm, uri) {
+/// `ssh-config`: a block per VM (with its libvirt host); a VM without an
+/// address gets a comment.
+pub fn write_config(out: &mut dyn std::io::Write, vms: &[(std::sync::Arc<Ctx>, Vm)]) -> anyhow::Result<()> {
+    for (ctx, vm) in vms {
+        match config_block(ctx, vm) {
             Ok(block) => writeln!(out, "{block}")?,
             Err(e) => writeln!(out, "# {}: {e:#}", vm.name)?,
         }
@@ -197,11 +203,11 @@ pub fn write_config(out: &mut dyn std::io::Write, vms: &[(Vm, String)]) -> anyho
     Ok(())
 }
 
-pub fn config_block(vm: &Vm, uri: &str) -> anyhow::Result<String> {
-    let (target, opts) = prepare(vm, uri)?;
+pub fn config_block(ctx: &Ctx, vm: &Vm) -> anyhow::Result<String> {
+    let (target, opts) = prepare(ctx, vm)?;
     let mut out = format!(
         "Host {alias}\n  HostName {host}\n  Port {port}\n  User {user}\n",
-        alias = vm.name.domain(),
+        alias = ctx.ssh_alias(&vm.name),
         host = target.host,
         port = target.port,
         user = target.user
@@ -231,6 +237,20 @@ mod tests {
         assert_eq!(proxy_command("qemu+ssh://[::1]:22/system").unwrap(), "ssh -p 22 -W %h:%p ::1");
         assert_eq!(proxy_command("qemu+tls://gpu-box/system"), None);
         assert_eq!(proxy_command("qemu:///system"), None);
+    }
+
+    #[test]
+    fn parallel_pins_lose_no_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let kh = &kh;
+                s.spawn(move || pin_host_key(kh, &format!("project-v{i}"), "ssh-ed25519 AAAA x").unwrap());
+            }
+        });
+        let text = std::fs::read_to_string(&kh).unwrap();
+        assert_eq!(text.lines().count(), 8, "{text}");
     }
 
     #[test]
