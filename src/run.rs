@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match (cli.command, declared) {
         (Command::Plan(a), Some(d)) => {
-            let plan = ops::plan::plan_fleet(&fleet, &d, plan_options(&a), only)?;
+            let plan = ops::fleet_plan::plan_fleet(&fleet, &d, plan_options(&a), only)?;
             checked(emit(cli.json, &plan), plan.check())
         }
         (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, only, cli.json),

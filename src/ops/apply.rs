@@ -106,7 +106,7 @@ pub fn apply(
     opts: ApplyOptions,
     only: Option<&str>,
 ) -> anyhow::Result<ApplyReport> {
-    let plan = plan::plan_fleet(fleet, declared, opts.plan, only)?;
+    let plan = super::fleet_plan::plan_fleet(fleet, declared, opts.plan, only)?;
     if plan.impossible > 0 {
         let refused: Vec<String> = plan
             .vms

@@ -8,6 +8,7 @@ pub mod create;
 pub mod destroy;
 pub mod doctor;
 pub mod fleet;
+pub mod fleet_plan;
 pub mod gc;
 pub mod image;
 pub mod list;

@@ -1,0 +1,143 @@
+//! `plan` across a fleet: every host planned at once over its own
+//! connection, then put together. A host that does not answer fails only its
+//! VMs; a VM declared on one host and found on another is a move.
+
+use super::fleet::{Fleet, Host};
+use super::plan::{plan, Action, Change, Class, Options, Plan, VmPlan};
+use crate::config::Declared;
+
+/// Every VM names a host of the fleet, and with named hosts every VM has one.
+fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
+    let names = fleet.names();
+    let mut problems = Vec::new();
+    for d in declared.vms.values() {
+        match (&d.host, fleet.is_named()) {
+            (Some(h), true) if !names.contains(&h.as_str()) => problems.push(format!(
+                "vms.{}.host: {h:?} is not a host{}; hosts are {}",
+                d.name,
+                crate::suggest::did_you_mean(h, &names),
+                names.join(", ")
+            )),
+            (Some(h), false) if fleet.connect_overrides_hosts => {
+                problems.push(format!("vms.{}.host: {h:?}: {}", d.name, super::fleet::CONNECT_OVERRIDES))
+            }
+            (Some(h), false) => problems.push(format!(
+                "vms.{}.host: {h:?}, but there are no \"hosts\": declare them in the file or the settings",
+                d.name
+            )),
+            (None, true) => problems.push(format!(
+                "vms.{}: no host: set \"host\" (one of {}) in the VM or in defaults",
+                d.name,
+                names.join(", ")
+            )),
+            _ => {}
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(crate::error::invalid(format!(
+            "the declarative file: {} problem(s); nothing was changed:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        ))),
+    }
+}
+
+/// The plan across the fleet: each host planned at once with its own VMs
+/// (and its own pool in scope for `--prune`). A host that does not answer
+/// fails only its VMs. A VM declared on one host but found on another is a
+/// move: it needs `--recreate`, and its project disk stays behind.
+///
+/// `only` (`--host`): plan that host alone; VMs declared elsewhere are left
+/// out, and a dependency on one of them is taken to be in place.
+pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Option<&str>) -> anyhow::Result<Plan> {
+    check_hosts(fleet, declared)?;
+    let hosts = fleet.select(only)?;
+    let answers: Vec<(&Host, anyhow::Result<Plan>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .map(|&h| {
+                s.spawn(move || {
+                    let mine = Declared {
+                        settings: declared.settings.clone(),
+                        vms: declared
+                            .vms
+                            .iter()
+                            .filter(|(_, d)| d.host == h.name)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    };
+                    (h, fleet.ctx(h).and_then(|ctx| plan(&ctx, &mine, opts)))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().expect("plan thread")).collect()
+    });
+    let mut all = Plan { vms: vec![], hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 };
+    for (h, answer) in answers {
+        match answer {
+            Ok(p) => all.vms.extend(p.vms.into_iter().map(|v| VmPlan { host: h.name.clone(), ..v })),
+            // Only a host that cannot be reached fails alone; bad input anywhere stops everything.
+            Err(e) if crate::error::exit_code(&e) == crate::error::Kind::Environment.exit_code() => {
+                let why = format!("{e:#}");
+                for d in declared.vms.values().filter(|d| d.host == h.name) {
+                    all.vms.push(VmPlan {
+                        host: h.name.clone(),
+                        error: Some(why.clone()),
+                        decl: Some(d.clone()),
+                        ..VmPlan::new(d.name.as_str(), Action::Unreachable)
+                    });
+                }
+                all.hosts_down.push(why);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    moves(&mut all.vms, opts);
+    // A VM the file declares on a host that did not answer is not "not in
+    // the file" where it lives now: it is left as it is, never pruned.
+    for p in all.vms.iter_mut().filter(|p| matches!(p.action, Action::NotInFile | Action::Prune) && p.moved.is_none()) {
+        if let Some(d) = declared.vms.values().find(|d| d.name.as_str() == p.name) {
+            let to = d.host.as_deref().unwrap_or_default();
+            p.action = Action::Nothing;
+            p.error = Some(format!("declared on host {to}, which did not answer: left as it is"));
+        }
+    }
+    all.recount(opts);
+    Ok(all)
+}
+
+/// A VM to create on one host that another host has (not in the file there)
+/// is moving. Without `--recreate` nothing happens and the plan says so; with
+/// it, it is created on its new host and destroyed on the old one, keeping
+/// the project disk there (disks do not cross hosts by themselves).
+fn moves(vms: &mut Vec<VmPlan>, opts: Options) {
+    let mut gone = Vec::new();
+    for i in 0..vms.len() {
+        if vms[i].action != Action::Create {
+            continue;
+        }
+        let Some(j) = vms.iter().position(|o| {
+            o.name == vms[i].name && o.host != vms[i].host && matches!(o.action, Action::NotInFile | Action::Prune)
+        }) else {
+            continue;
+        };
+        let (from, to) = (vms[j].host.clone().unwrap_or_default(), vms[i].host.clone().unwrap_or_default());
+        let note = "the VM is rebuilt on its new host with a new project disk; the old project disk stays on the old host (copy what you need first)";
+        if opts.recreate {
+            vms[i].moved = Some(format!("from {from}"));
+            vms[j].action = Action::Prune;
+            vms[j].moved = Some(format!("to {to}"));
+        } else {
+            let p = &mut vms[i];
+            p.action = Action::Nothing;
+            p.start = false;
+            p.changes.push(Change { field: "host", from: from.clone(), to, class: Class::NeedsRecreate, note });
+            gone.push(j);
+        }
+    }
+    gone.sort_unstable();
+    for j in gone.into_iter().rev() {
+        vms.remove(j);
+    }
+}
