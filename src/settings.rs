@@ -109,23 +109,23 @@ pub const HOST_SETTING_KEYS: &[&str] = &[
 
 impl HostSettings {
     /// `other`'s keys win over ours.
-    /// `images` merges by name, the rest key by key.
-    pub fn overlay(mut self, other: HostSettings) -> HostSettings {
-        let hosts = match (self.hosts.take(), other.hosts.clone()) {
-            (Some(mut mine), Some(theirs)) => {
-                mine.extend(theirs);
-                Some(mine)
+    /// `images` and `hosts` merge by name, the rest key by key.
+    pub fn overlay(mut self, mut other: HostSettings) -> HostSettings {
+        // Maps merge by name: theirs win.
+        fn merge<V>(
+            mine: Option<BTreeMap<String, V>>,
+            theirs: Option<BTreeMap<String, V>>,
+        ) -> Option<BTreeMap<String, V>> {
+            match (mine, theirs) {
+                (Some(mut mine), Some(theirs)) => {
+                    mine.extend(theirs);
+                    Some(mine)
+                }
+                (mine, theirs) => theirs.or(mine),
             }
-            (mine, theirs) => theirs.or(mine),
-        };
-        self.hosts = hosts;
-        let images = match (self.images.take(), other.images.clone()) {
-            (Some(mut mine), Some(theirs)) => {
-                mine.extend(theirs);
-                Some(mine)
-            }
-            (mine, theirs) => theirs.or(mine),
-        };
+        }
+        self.hosts = merge(self.hosts.take(), other.hosts.take());
+        self.images = merge(self.images.take(), other.images.take());
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
@@ -140,7 +140,6 @@ impl HostSettings {
             tailnet,
             tailscale_auth_key_file
         );
-        self.images = images;
         self
     }
 

@@ -63,10 +63,6 @@ impl PoolListing {
         Ok(PoolListing { pool, names, dir })
     }
 
-    pub fn pool(&self) -> &StoragePool {
-        &self.pool
-    }
-
     pub fn exists(&self, volume: &str) -> bool {
         self.names.contains(volume)
     }

@@ -72,8 +72,18 @@ pub struct SshTarget {
 /// True when [`ssh_target`] needs the addresses libvirt reports (a call or
 /// two to the daemon, one of them to the guest agent): not for a tailnet
 /// name, nor for user networking's forward.
-pub fn needs_lookup(spec: &VmSpec) -> bool {
+fn needs_lookup(spec: &VmSpec) -> bool {
     spec.tailnet.is_none() && !matches!(spec.network, Network::User { .. })
+}
+
+/// Where `ssh` connects to `vm`, asking libvirt for addresses only when
+/// the answer depends on them.
+pub fn ssh_target_of(vm: &Vm, spec: &VmSpec, state: State) -> Option<SshTarget> {
+    let addrs = match needs_lookup(spec) {
+        true => known(vm, spec, state),
+        false => Vec::new(),
+    };
+    ssh_target(spec, &addrs)
 }
 
 /// The tailnet name when set, else the first usable IPv4 libvirt reports, else

@@ -435,8 +435,8 @@ fn claim<'a>(
         Network::User { .. } => Some(port_lock(ctx)?),
         _ => None,
     };
-    let ssh_port = match (ctx.settings.network.clone(), &port_guard) {
-        (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, ssh_port)?),
+    let ssh_port = match (&ctx.settings.network, &port_guard) {
+        (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, *ssh_port)?),
         _ => None,
     };
     let mut spec = desired_spec(ctx, req, &prep.authorized_keys, prep.base_image.clone(), ssh_port);

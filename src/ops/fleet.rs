@@ -151,6 +151,21 @@ impl Fleet {
         Ok((h, self.ctx(h)?))
     }
 
+    /// `f` on each of `hosts` at once, with its connection (opened on first
+    /// use); a host that cannot be connected gets the error. In `hosts`' order.
+    pub fn ask<'a, R: Send>(
+        &self,
+        hosts: &[&'a Host],
+        f: impl Fn(&Host, Arc<Ctx>) -> anyhow::Result<R> + Sync,
+    ) -> Vec<(&'a Host, anyhow::Result<R>)> {
+        let f = &f;
+        std::thread::scope(|s| {
+            let handles: Vec<_> =
+                hosts.iter().map(|&h| s.spawn(move || (h, self.ctx(h).and_then(|ctx| f(h, ctx))))).collect();
+            handles.into_iter().map(|t| t.join().expect("host thread")).collect()
+        })
+    }
+
     /// The VM called `name`, wherever it is: the hosts are asked at once. A
     /// name on two hosts is ambiguous (`--host` picks). When a host does not
     /// answer, it might hold a VM of that name too: a verb that changes the
@@ -163,19 +178,7 @@ impl Fleet {
             let vm = vms::get(&ctx.conn, name)?;
             return Ok((ctx, vm));
         }
-        type Answer<'a> = (&'a Host, anyhow::Result<(Arc<Ctx>, Lookup)>);
-        let answers: Vec<Answer> = std::thread::scope(|s| {
-            let handles: Vec<_> = hosts
-                .iter()
-                .map(|h| {
-                    s.spawn(move || {
-                        let found = self.ctx(h).and_then(|ctx| vms::lookup(&ctx.conn, name).map(|l| (ctx, l)));
-                        (*h, found)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|t| t.join().expect("lookup thread")).collect()
-        });
+        let answers = self.ask(&hosts, |_, ctx| vms::lookup(&ctx.conn, name).map(|l| (ctx, l)));
         let mut owned = Vec::new();
         let mut down = Vec::new();
         let mut foreign = None;

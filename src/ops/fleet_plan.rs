@@ -2,7 +2,7 @@
 //! connection, then put together. A host that does not answer fails only its
 //! VMs; a VM declared on one host and found on another is a move.
 
-use super::fleet::{Fleet, Host};
+use super::fleet::Fleet;
 use super::plan::{plan, Action, Change, Class, Options, Plan, VmPlan};
 use crate::config::Declared;
 
@@ -53,25 +53,12 @@ fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
 pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Option<&str>) -> anyhow::Result<Plan> {
     check_hosts(fleet, declared)?;
     let hosts = fleet.select(only)?;
-    let answers: Vec<(&Host, anyhow::Result<Plan>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = hosts
-            .iter()
-            .map(|&h| {
-                s.spawn(move || {
-                    let mine = Declared {
-                        settings: declared.settings.clone(),
-                        vms: declared
-                            .vms
-                            .iter()
-                            .filter(|(_, d)| d.host == h.name)
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                    };
-                    (h, fleet.ctx(h).and_then(|ctx| plan(&ctx, &mine, opts)))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|t| t.join().expect("plan thread")).collect()
+    let answers = fleet.ask(&hosts, |h, ctx| {
+        let mine = Declared {
+            settings: declared.settings.clone(),
+            vms: declared.vms.iter().filter(|(_, d)| d.host == h.name).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        plan(&ctx, &mine, opts)
     });
     let mut all = Plan { vms: vec![], hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 };
     for (h, answer) in answers {

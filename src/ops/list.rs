@@ -1,12 +1,10 @@
 //! `list`: one line per project-vm VM.
 
-use std::collections::HashMap;
-
 use std::io::{self, Write};
 
 use super::addresses;
-use super::fleet::{Fleet, Host};
-use super::Ctx;
+use super::fleet::Fleet;
+use super::{Ctx, PoolListings};
 use crate::libvirt::pool_listing::PoolListing;
 use crate::libvirt::vms::{self, State, Surveyed};
 use crate::output::{human, table, Report};
@@ -43,12 +41,13 @@ fn entry(s: &Surveyed, pool: Option<&PoolListing>) -> anyhow::Result<Entry> {
     }
     // Only a running guest has an address (and user networking's forward).
     let address = vm.spec().ok().filter(|_| s.state == State::Running).and_then(|spec| {
-        let addrs = match addresses::needs_lookup(&spec) {
-            true => addresses::known(vm, &spec, s.state),
-            false => Vec::new(),
-        };
-        addresses::ssh_target(&spec, &addrs)
-            .map(|t| if t.port == 22 { t.host } else { format!("{}:{}", t.host, t.port) })
+        addresses::ssh_target_of(vm, &spec, s.state).map(|t| {
+            if t.port == 22 {
+                t.host
+            } else {
+                format!("{}:{}", t.host, t.port)
+            }
+        })
     });
     Ok(Entry {
         host: None,
@@ -127,11 +126,7 @@ fn table_of(entries: &[Entry], out: &mut dyn Write) -> io::Result<()> {
 /// `list` over the hosts `only` selects (all by default), asked at once.
 pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> anyhow::Result<FleetListing> {
     let hosts = fleet.select(only)?;
-    let answers: Vec<(&Host, anyhow::Result<Listing>)> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            hosts.iter().map(|h| s.spawn(move || (*h, fleet.ctx(h).and_then(|ctx| list(&ctx, all_pools))))).collect();
-        handles.into_iter().map(|t| t.join().expect("list thread")).collect()
-    });
+    let answers = fleet.ask(&hosts, |_, ctx| list(&ctx, all_pools));
     let mut out = FleetListing { entries: vec![], down: vec![] };
     for (h, answer) in answers {
         match answer {
@@ -155,15 +150,10 @@ pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> anyhow:
 /// counts them (tests/scale.rs).
 pub fn list(ctx: &Ctx, all_pools: bool) -> anyhow::Result<Listing> {
     let surveyed = vms::survey(&ctx.conn)?;
-    let mut pools: HashMap<String, Option<PoolListing>> = HashMap::new();
+    let mut pools = PoolListings::default();
     let mut out = Vec::new();
     for s in surveyed.iter().filter(|s| all_pools || s.vm.own.pool == ctx.settings.pool) {
-        let pool = &s.vm.own.pool;
-        if !pools.contains_key(pool) {
-            let listing = ctx.pool(pool)?.map(|p| PoolListing::read(p, ctx.is_local())).transpose()?;
-            pools.insert(pool.clone(), listing);
-        }
-        out.push(entry(s, pools[pool].as_ref())?);
+        out.push(entry(s, pools.get(ctx, &s.vm.own.pool)?)?);
     }
     Ok(Listing(out))
 }

@@ -29,6 +29,7 @@ use std::sync::Mutex;
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 
+use crate::libvirt::pool_listing::PoolListing;
 use crate::libvirt::storage;
 use crate::libvirt::vms::Vm;
 use crate::settings::Settings;
@@ -102,6 +103,21 @@ impl Ctx {
     /// True for a system (root) libvirt daemon, as opposed to a user session.
     pub fn is_system(&self) -> bool {
         self.uri.ends_with("/system")
+    }
+}
+
+/// Each pool's listing ([`PoolListing`]), read once for all the VMs in it.
+#[derive(Default)]
+pub struct PoolListings(HashMap<String, Option<PoolListing>>);
+
+impl PoolListings {
+    /// The listing of pool `name`, `None` when the pool is gone.
+    pub fn get(&mut self, ctx: &Ctx, name: &str) -> anyhow::Result<Option<&PoolListing>> {
+        if !self.0.contains_key(name) {
+            let listing = ctx.pool(name)?.map(|p| PoolListing::read(p, ctx.is_local())).transpose()?;
+            self.0.insert(name.to_owned(), listing);
+        }
+        Ok(self.0[name].as_ref())
     }
 }
 

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::create::{self, CreateRequest};
-use super::Ctx;
+use super::{Ctx, PoolListings};
 use crate::config::{Declared, VmDecl};
 use crate::libvirt::pool_listing::PoolListing;
 use crate::libvirt::vms::{self, State, Surveyed, Vm};
@@ -309,27 +309,13 @@ fn actual(s: &Surveyed, pool: Option<&PoolListing>, spec: &VmSpec, desired: &VmS
     })
 }
 
-/// Each pool's listing, read once for all the VMs in it.
-#[derive(Default)]
-struct Pools(std::collections::HashMap<String, Option<PoolListing>>);
-
-impl Pools {
-    fn get(&mut self, ctx: &Ctx, name: &str) -> anyhow::Result<Option<&PoolListing>> {
-        if !self.0.contains_key(name) {
-            let listing = ctx.pool(name)?.map(|p| PoolListing::read(p, ctx.is_local())).transpose()?;
-            self.0.insert(name.to_owned(), listing);
-        }
-        Ok(self.0[name].as_ref())
-    }
-}
-
 /// The plan: one survey of the host (a few bulk calls and one per VM),
 /// then a pure comparison per declared VM. A re-apply of an unchanged file
 /// costs about a millisecond per VM.
 pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Plan> {
     let existing: std::collections::HashMap<VmName, Surveyed> =
         vms::survey(&ctx.conn)?.into_iter().map(|s| (s.vm.name.clone(), s)).collect();
-    let mut pools = Pools::default();
+    let mut pools = PoolListings::default();
     let keys = ctx.settings.authorized_keys()?;
     let mut out = Vec::new();
     for decl in declared.vms.values() {
@@ -399,12 +385,9 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
         out.push(VmPlan::new(vm.name.as_str(), if opts.prune { Action::Prune } else { Action::NotInFile }));
     }
     check_needs(ctx, declared, &out)?;
-    let changes = out.iter().filter(|p| p.acts()).count();
-    let count = |f: &dyn Fn(&Change) -> bool| out.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
-    let not_applied =
-        if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
-    let impossible = count(&|c| c.class == Class::Impossible);
-    Ok(Plan { vms: out, hosts_down: vec![], changes, not_applied, impossible })
+    let mut plan = Plan { vms: out, hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 };
+    plan.recount(opts);
+    Ok(plan)
 }
 
 impl Plan {
@@ -419,6 +402,7 @@ impl Plan {
         }
     }
 
+    /// The totals, from the VMs' plans.
     pub(super) fn recount(&mut self, opts: Options) {
         let count = |f: &dyn Fn(&Change) -> bool| self.vms.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
         self.not_applied =

@@ -131,8 +131,7 @@ pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
     let uri = ctx.uri.as_str();
     let spec = vm.spec()?;
     let state = vm.state();
-    let addrs = addresses::known(vm, &spec, state);
-    let target = addresses::ssh_target(&spec, &addrs).ok_or_else(|| {
+    let target = addresses::ssh_target_of(vm, &spec, state).ok_or_else(|| {
         failure(
             Kind::NotFound,
             format!(
