@@ -96,9 +96,9 @@ NET
     ln -sfn ../run/systemd/resolve/stub-resolv.conf "$rootfs/etc/resolv.conf"
     ;;
 esac
-cat >"$rootfs/etc/cloud/cloud.cfg.d/90-project-vm-test.cfg" <<CFG
-datasource_list: [NoCloud, None]
-CFG
+# cloud-init keeps the configuration its package ships (Debian's full
+# datasource_list, ds-identify's default policy), as in Debian's cloud images:
+# no override here may hide what users' images do on a later boot.
 echo "en_US.UTF-8 UTF-8" >"$rootfs/etc/locale.gen"
 chroot "$rootfs" locale-gen >/dev/null
 # Fresh identity on first boot.
