@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::Ctx;
 use crate::error::{failure, invalid, not_found, Kind};
+use crate::libvirt::daemon::Daemon;
 use crate::libvirt::vms::{self, Lookup, Vm};
 use crate::settings::{HostSettings, Settings};
 use crate::spec::VmName;
@@ -54,7 +55,8 @@ impl Fleet {
         let overridden = uri.is_some() && hosts.as_ref().is_some_and(|h| !h.is_empty());
         let one = |common: HostSettings| -> anyhow::Result<Fleet> {
             let uri = uri.clone().unwrap_or_else(|| crate::libvirt::default_uri().to_owned());
-            Ok(Fleet { hosts: vec![host(None, uri, common.resolve()?)], json, connect_overrides_hosts: overridden })
+            let settings = common.resolve_for(&Daemon::of(&uri))?;
+            Ok(Fleet { hosts: vec![host(None, uri, settings)], json, connect_overrides_hosts: overridden })
         };
         let hosts = match hosts {
             // --connect talks to that one libvirt, as without hosts.
@@ -64,7 +66,7 @@ impl Fleet {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for (name, entry) in hosts {
-            match common.clone().overlay(entry.settings).resolve() {
+            match common.clone().overlay(entry.settings).resolve_for(&Daemon::of(&entry.uri)) {
                 Ok(settings) => out.push(host(Some(name), entry.uri, settings)),
                 Err(e) => problems.push(format!("hosts.{name}: {e:#}")),
             }
