@@ -38,6 +38,41 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
     Connect::open(Some(uri)).map_err(|e| connect_error(uri, &e))
 }
 
+/// [`connect`] for verbs that only look (`list`, `status`, `ssh`, ...): when
+/// a system daemon refuses a user read-write access (polkit, socket
+/// permissions), libvirt's read-only socket still shows domains, their
+/// metadata, pools and volumes.
+pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
+    virt::error::clear_error_callback();
+    let e = match Connect::open(Some(uri)) {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let system = !daemon::Daemon::of(uri).is_session() && !nix::unistd::geteuid().is_root();
+    if system && refused(&e) {
+        if let Ok(c) = Connect::open_read_only(Some(uri)) {
+            tracing::warn!(
+                "{uri} refused a read-write connection ({}): looking through its read-only socket",
+                e.message()
+            );
+            return Ok(c);
+        }
+    }
+    Err(connect_error(uri, &e))
+}
+
+/// libvirt said no to this user (as opposed to: nobody answered).
+fn refused(e: &virt::error::Error) -> bool {
+    let msg = e.message();
+    msg.contains("Permission denied")
+        || msg.contains("authentication")
+        || msg.contains("polkit")
+        || msg.contains("system bus")
+        || e.code().is(ErrorNumber::AuthFailed)
+        || e.code().is(ErrorNumber::AuthCancelled)
+        || e.code().is(ErrorNumber::AuthUnavailable)
+}
+
 fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
     let msg = e.message();
     if msg.contains("Permission denied")
@@ -62,6 +97,17 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
             false => format!("that socket is {}'s session daemon: it must be running (started as {})", u.name, u.name),
         };
         return failure(Kind::Environment, format!("cannot connect to libvirt at {uri}: {msg}\nhint: {how}"));
+    }
+    if !nix::unistd::geteuid().is_root() && (msg.contains("system bus") || msg.contains("polkit")) {
+        return failure(
+            Kind::Environment,
+            format!(
+                "libvirt at {uri} refused you: {msg}\n\
+                 hint: the system daemon checks users other than root with polkit, which needs the system D-Bus \
+                 (dbus-daemon --system) and polkitd running; with them, members of the 'libvirt' group are let in. \
+                 Otherwise run as root, or use your own session with --connect qemu:///session"
+            ),
+        );
     }
     let start = if std::path::Path::new("/run/systemd/system").exists() {
         "`systemctl start libvirtd` (or virtqemud)"

@@ -40,6 +40,9 @@ pub struct Fleet {
     /// `hosts` were declared but `--connect` (or `PROJECT_VM_URI`) chose one
     /// libvirt instead: messages about hosts say so.
     pub connect_overrides_hosts: bool,
+    /// The verb only looks (list, status, ssh...): where libvirt refuses a
+    /// read-write connection to a system daemon, a read-only one will do.
+    pub looking: bool,
 }
 
 /// Why `host` and `--host` cannot be used on a fleet of one unnamed host.
@@ -56,7 +59,12 @@ impl Fleet {
         let one = |common: HostSettings| -> anyhow::Result<Fleet> {
             let uri = uri.clone().unwrap_or_else(|| crate::libvirt::default_uri().to_owned());
             let settings = common.resolve_for(&Daemon::of(&uri))?;
-            Ok(Fleet { hosts: vec![host(None, uri, settings)], json, connect_overrides_hosts: overridden })
+            Ok(Fleet {
+                hosts: vec![host(None, uri, settings)],
+                json,
+                connect_overrides_hosts: overridden,
+                looking: false,
+            })
         };
         let hosts = match hosts {
             // --connect talks to that one libvirt, as without hosts.
@@ -74,7 +82,7 @@ impl Fleet {
         if !problems.is_empty() {
             return Err(invalid(problems.join("\n")));
         }
-        Ok(Fleet { hosts: out, json, connect_overrides_hosts: false })
+        Ok(Fleet { hosts: out, json, connect_overrides_hosts: false, looking: false })
     }
 
     /// The one-host fleet of an open connection.
@@ -82,7 +90,7 @@ impl Fleet {
         let h = host(None, ctx.uri.clone(), ctx.settings.clone());
         let json = ctx.json;
         let _ = h.ctx.set(Ok(ctx));
-        Fleet { hosts: vec![h], json, connect_overrides_hosts: false }
+        Fleet { hosts: vec![h], json, connect_overrides_hosts: false, looking: false }
     }
 
     /// Reports are JSON (`--json`): progress stays quiet.
@@ -103,12 +111,15 @@ impl Fleet {
     /// so a host that is down is asked once per run.
     pub fn ctx(&self, h: &Host) -> anyhow::Result<Arc<Ctx>> {
         let got = h.ctx.get_or_init(|| {
-            crate::libvirt::connect(&h.uri)
-                .map(|conn| {
-                    let ctx = Ctx::new(conn, h.uri.clone(), h.settings.clone(), self.json);
-                    Arc::new(Ctx { host_name: h.name.clone(), ..ctx })
-                })
-                .map_err(|e| format!("{e:#}"))
+            let conn = match self.looking {
+                true => crate::libvirt::connect_to_look(&h.uri),
+                false => crate::libvirt::connect(&h.uri),
+            };
+            conn.map(|conn| {
+                let ctx = Ctx::new(conn, h.uri.clone(), h.settings.clone(), self.json);
+                Arc::new(Ctx { host_name: h.name.clone(), ..ctx })
+            })
+            .map_err(|e| format!("{e:#}"))
         });
         match got {
             Ok(ctx) => Ok(ctx.clone()),
