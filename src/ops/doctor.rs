@@ -257,14 +257,35 @@ fn virtiofsd(daemon: &Daemon) -> Check {
     };
     match found {
         Ok(p) => {
-            let how = match daemon.user() {
-                Some(u) => format!(
-                    " (for shares; run as {} unprivileged: shares must be directories {} can read and write)",
-                    u.name, u.name
-                ),
-                None => " (for shares)".into(),
+            let Some(u) = daemon.user() else {
+                return check("virtiofsd", Level::Ok, format!("{} (for shares)", p.display()), None);
             };
-            check("virtiofsd", Level::Ok, format!("{}{how}", p.display()), None)
+            let lacks = crate::libvirt::virtiofsd::unprivileged_lacks(u);
+            if !lacks.is_empty() {
+                return check(
+                    "virtiofsd",
+                    Level::Warn,
+                    format!(
+                        "{} runs {} as {} in a user namespace, which this host cannot give: {}; VMs with shares cannot be created (VMs without work)",
+                        daemon.describe(),
+                        p.display(),
+                        u.name,
+                        lacks.join(", ")
+                    ),
+                    Some(format!("as root: `apt install uidmap` and `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}`", u.name)),
+                );
+            }
+            check(
+                "virtiofsd",
+                Level::Ok,
+                format!(
+                    "{} (for shares; run as {} unprivileged: shares must be directories {} can read and write)",
+                    p.display(),
+                    u.name,
+                    u.name
+                ),
+                None,
+            )
         }
         Err(why) => check(
             "virtiofsd",
