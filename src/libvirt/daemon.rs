@@ -266,6 +266,35 @@ mod tests {
     }
 
     #[test]
+    fn blocked_names_the_directory_a_user_cannot_pass_or_write() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let owner = std::fs::metadata(dir.path()).unwrap().uid();
+        let other = DaemonUser {
+            uid: owner + 4242,
+            gid: owner + 4242,
+            name: "alice".into(),
+            home: "/nonexistent".into(),
+            is_me: false,
+        };
+        let set = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        set(dir.path(), 0o755);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        set(&open, 0o777);
+        assert_eq!(other.blocked(&open.join("pool"), R | W | X), None, "creatable in a world-writable directory");
+        set(&open, 0o755);
+        let e = other.blocked(&open.join("pool"), R | W | X).unwrap();
+        assert!(e.contains("alice cannot create") && e.contains("not writable by alice"), "{e}");
+        let closed = dir.path().join("closed");
+        std::fs::create_dir_all(closed.join("inner")).unwrap();
+        set(&closed, 0o700);
+        let e = other.blocked(&closed.join("inner"), R | X).unwrap();
+        assert!(e.contains("cannot pass through") && e.contains("closed"), "{e}");
+        set(&closed, 0o755);
+    }
+
+    #[test]
     fn a_session_keeps_disks_and_logs_in_its_users_home() {
         let u = DaemonUser { uid: 4242, gid: 4242, name: "alice".into(), home: "/home/alice".into(), is_me: false };
         let d = Daemon::Session { user: Some(u) };
