@@ -45,6 +45,7 @@ impl TestUser {
         sh(&format!("useradd --create-home --home-dir {} --shell /bin/bash --user-group {name}", home.display()));
         std::fs::write(home.join(MARKER), "made by project-vm's tests/user.rs; removed with the user\n").unwrap();
         let user = TestUser { name, uid: uid_of(name), home };
+        user.run(&["mkdir", "-m", "0700", ".ssh"]).ok();
         user.run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ".ssh/id_ed25519"]).ok();
         user
     }
