@@ -87,6 +87,19 @@ pub struct HostSettings {
     /// entry is a `uri` plus settings keys.
     #[serde(skip)]
     pub hosts: Option<BTreeMap<String, HostEntry>>,
+    /// Which of the daemon-specific keys came from the system settings file
+    /// ([`SYSTEM_CONFIG`], which a NixOS host writes for its system daemon):
+    /// a session daemon ignores those and keeps its own defaults.
+    #[serde(skip)]
+    pub from_system_file: SystemKeys,
+}
+
+/// The keys of the system settings file that describe the system daemon
+/// only: its storage directory and its network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SystemKeys {
+    pub storage_dir: bool,
+    pub network: bool,
 }
 
 /// One host of a fleet.
@@ -127,6 +140,12 @@ impl HostSettings {
                 }
                 (mine, theirs) => theirs.or(mine),
             }
+        }
+        if other.storage_dir.is_some() {
+            self.from_system_file.storage_dir = other.from_system_file.storage_dir;
+        }
+        if other.network.is_some() {
+            self.from_system_file.network = other.from_system_file.network;
         }
         self.hosts = merge(self.hosts.take(), other.hosts.take());
         self.images = merge(self.images.take(), other.images.take());
@@ -267,7 +286,12 @@ impl HostSettings {
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     tracing::debug!(path = %path.display(), "reading settings");
-                    settings = settings.overlay(Self::from_json(&text, &path.display().to_string())?);
+                    let mut file = Self::from_json(&text, &path.display().to_string())?;
+                    if path == Path::new(SYSTEM_CONFIG) {
+                        file.from_system_file =
+                            SystemKeys { storage_dir: file.storage_dir.is_some(), network: file.network.is_some() };
+                    }
+                    settings = settings.overlay(file);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(invalid(format!("cannot read settings file {}: {e}", path.display()))),
@@ -292,7 +316,16 @@ impl HostSettings {
     /// `project-vm` on both: pools are named per daemon, and every user's
     /// session is a daemon of its own, so one user's pool can never meet
     /// another's (nor the system daemon's).
-    pub fn resolve_for(self, daemon: &Daemon) -> anyhow::Result<Settings> {
+    pub fn resolve_for(mut self, daemon: &Daemon) -> anyhow::Result<Settings> {
+        if daemon.is_session() {
+            // The system file's directory and network are the system daemon's.
+            if self.from_system_file.storage_dir {
+                self.storage_dir = None;
+            }
+            if self.from_system_file.network {
+                self.network = None;
+            }
+        }
         let problems = self.problems();
         if !problems.is_empty() {
             return Err(invalid(format!("settings: {}", problems.join("; "))));
@@ -525,6 +558,23 @@ mod tests {
         };
         let s = set.resolve_for(&session).unwrap();
         assert_eq!((s.storage_dir, s.network), (Some("/srv/vms".into()), Network::Bridge { name: "br0".into() }));
+        // The system settings file's directory and network are the system
+        // daemon's (a NixOS host writes them for it): a session keeps its own.
+        let system_file = HostSettings {
+            storage_dir: Some("/var/lib/project-vm".into()),
+            network: Some(Network::default()),
+            accel: Some(Accel::Tcg),
+            from_system_file: SystemKeys { storage_dir: true, network: true },
+            ..Default::default()
+        };
+        let s = system_file.clone().resolve_for(&session).unwrap();
+        assert_eq!(s.storage_dir, Some(PathBuf::from("/home/alice/.local/share/project-vm")));
+        assert_eq!((s.network, s.accel), (Network::User { ssh_port: DEFAULT_SSH_PORT }, Accel::Tcg));
+        assert_eq!(system_file.clone().resolve().unwrap().storage_dir, Some("/var/lib/project-vm".into()));
+        // The user's own file wins, also for a session.
+        let mine = HostSettings { storage_dir: Some("/srv/alice".into()), ..Default::default() };
+        let s = system_file.overlay(mine).resolve_for(&session).unwrap();
+        assert_eq!(s.storage_dir, Some("/srv/alice".into()));
         // A remote session: no default directory, and saying so names the setting.
         let s = HostSettings::default().resolve_for(&Daemon::Session { user: None }).unwrap();
         let e = s.storage_dir().unwrap_err();
@@ -620,6 +670,7 @@ mod tests {
             tailscale_auth_key_file: Some("/k".into()),
             images: Some(BTreeMap::new()),
             hosts: None,
+            from_system_file: SystemKeys::default(),
         })
         .unwrap();
         // `hosts` is parsed by hand (see parse_hosts), not by serde.
