@@ -28,6 +28,9 @@ pub const SYSTEM_CFG_PATH: &str = "/etc/cloud/cloud.cfg.d/90-project-vm.cfg";
 const SYSTEM_CFG: &str =
     "# Written by project-vm: trust the cached instance once the seed is removed.\nmanual_cache_clean: true\n";
 
+/// First boot, final stage: the manual-clean marker, then the reporter.
+const MANUAL_CLEAN_AND_REPORTER: &str = "touch /var/lib/cloud/instance/manual-clean && systemctl daemon-reload && systemctl enable project-vm-ready.service && systemctl start --no-block project-vm-ready.service";
+
 pub const PROJECT_MOUNT: &str = "/project";
 pub const PROJECT_LABEL: &str = "project";
 
@@ -138,8 +141,15 @@ pub fn base_config(input: &SeedInput) -> Value {
                 if s.readonly { "defaults,nofail,ro" } else { "defaults,nofail" }, "0", "0"])))
             .collect::<Vec<_>>(),
         "runcmd": [
-            // Runs the readiness reporter after this (final) stage, and on every later boot.
-            ["sh", "-c", "systemctl daemon-reload && systemctl enable project-vm-ready.service && systemctl start --no-block project-vm-ready.service"],
+            // The instance's manual-clean marker: what cloud-init itself writes
+            // for `manual_cache_clean`, had that been in its configuration
+            // before this boot read it. With it, ds-identify keeps cloud-init
+            // enabled on later boots once the seed is gone (else it finds no
+            // datasource and disables cloud-init for the boot), so per-boot
+            // modules (growpart after a disk grows) still run from the cache.
+            // Then the readiness reporter: after this (final) stage, and on
+            // every later boot, whether or not cloud-init runs on it.
+            ["sh", "-c", MANUAL_CLEAN_AND_REPORTER],
             ["chown", format!("{user}:{user}"), PROJECT_MOUNT],
         ],
         "write_files": [
