@@ -142,6 +142,12 @@ pub const MAX_MEMORY: Size = Size(16 << 40);
 /// the largest disk project-vm will ask for.
 pub const MAX_DISK: Size = Size(64 << 40);
 
+/// The smallest project disk: room for ext4 and its journal, formatted on first boot.
+pub const MIN_PROJECT_DISK: Size = Size(64 * MIB);
+/// The most vCPUs a VM gets: past 255, x86 guests need x2APIC with interrupt
+/// remapping (an emulated IOMMU), which project-vm does not set up.
+pub const MAX_CPUS: u32 = 255;
+
 /// The sizes of a VM, checked against each other and against sane minimums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
@@ -173,8 +179,17 @@ impl Resources {
                 return Err(format!("{what} {size} is above the maximum of {MAX_DISK}"));
             }
         }
-        if self.cpus == 0 || self.cpus > 512 {
-            return Err(format!("cpus {} is out of range: give 1 to 512", self.cpus));
+        if self.project_disk < MIN_PROJECT_DISK {
+            return Err(format!(
+                "project_disk {} is below the minimum of {MIN_PROJECT_DISK} (it holds an ext4 filesystem)",
+                self.project_disk
+            ));
+        }
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(format!(
+                "cpus {} is out of range: give 1 to {MAX_CPUS} (more needs x2APIC interrupt remapping, which project-vm does not set up)",
+                self.cpus
+            ));
         }
         Ok(())
     }

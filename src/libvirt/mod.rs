@@ -86,3 +86,33 @@ pub fn explain(e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::
     }
     anyhow::anyhow!("{doing}: {msg}")
 }
+
+/// The network a new VM is attached to must exist on the libvirt host, or its
+/// first start fails: a libvirt network by name, a bridge (checked on this
+/// machine only: libvirt has no portable way to ask a remote host about its
+/// bridges). Exit 2, naming it and the fix.
+pub fn check_network(conn: &Connect, net: &crate::settings::Network, local: bool) -> anyhow::Result<()> {
+    use crate::settings::Network;
+    match net {
+        Network::User { .. } => Ok(()),
+        Network::Network { name } => match conn.lookup_network_by_name(name) {
+            Ok(_) => Ok(()),
+            Err(e) if is(&e, ErrorNumber::NoNetwork) => Err(crate::error::invalid(format!(
+                "libvirt network {name:?} does not exist on this host: pick one of `virsh net-list --all`, define it, or set \"network\" in the settings (for instance {{\"type\": \"user\"}})"
+            ))),
+            // Drivers without a network driver (none here) cannot be asked.
+            Err(e) if is(&e, ErrorNumber::NoSupport) => Ok(()),
+            Err(e) => Err(explain(e, format!("looking up libvirt network {name}"))),
+        },
+        Network::Bridge { name } if local => {
+            if std::path::Path::new("/sys/class/net").join(name).join("bridge").is_dir() {
+                Ok(())
+            } else {
+                Err(crate::error::invalid(format!(
+                    "bridge {name:?} is not a bridge on this host (no /sys/class/net/{name}/bridge): create it (`ip link add {name} type bridge`), or set \"network\" to another bridge or network"
+                )))
+            }
+        }
+        Network::Bridge { .. } => Ok(()),
+    }
+}

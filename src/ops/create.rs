@@ -68,7 +68,11 @@ impl Devices {
         if let Some(net) = &self.network_config {
             net.validate().map_err(|e| invalid(format!("network_config: {e}")))?;
         }
+        let mut seen = std::collections::BTreeSet::new();
         for a in &self.hostdevs {
+            if !seen.insert(a.to_string()) {
+                return Err(invalid(format!("hostdev {a} is given twice: a device goes to a VM once")));
+            }
             crate::libvirt::nodedev::pci(conn, a)?;
         }
         let mut targets = std::collections::BTreeSet::new();
@@ -310,6 +314,8 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let name = &req.name;
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
     req.devices.check(&ctx.conn, ctx.is_local()).map_err(|e| e.context(format!("VM {name}")))?;
+    crate::libvirt::check_network(&ctx.conn, &ctx.settings.network, ctx.is_local())
+        .map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;
     clear_leftovers(ctx, name, progress)?;
     let prep = prepare(ctx, req, progress)?;

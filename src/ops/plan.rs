@@ -418,6 +418,11 @@ impl Plan {
 fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let mut images: std::collections::BTreeMap<String, Result<Option<u64>, String>> = Default::default();
+    if plans.iter().any(|p| p.action == Action::Create || p.recreate) {
+        if let Err(e) = crate::libvirt::check_network(&ctx.conn, &ctx.settings.network, ctx.is_local()) {
+            problems.push(format!("network: {e:#}"));
+        }
+    }
     for p in plans.iter().filter(|p| p.action == Action::Create || p.recreate) {
         let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
         let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
