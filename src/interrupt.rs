@@ -14,12 +14,21 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     }
 }
 
+/// Installs the handler for SIGINT and SIGTERM. Without `SA_RESTART`: a
+/// call blocked in the kernel (waiting for a lock, say) returns `EINTR`, so
+/// the signal is seen at once rather than when that call would have ended.
 pub fn install() {
-    let handler = SigHandler::Handler(on_signal);
+    let action =
+        signal::SigAction::new(SigHandler::Handler(on_signal), signal::SaFlags::empty(), signal::SigSet::empty());
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only touches an atomic and calls _exit.
-        let _ = unsafe { signal::signal(sig, handler) };
+        let _ = unsafe { signal::sigaction(sig, &action) };
     }
+}
+
+/// True once a SIGINT or SIGTERM has asked the operation to stop.
+pub fn requested() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Errors once an interrupt has been requested.
