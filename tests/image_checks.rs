@@ -378,6 +378,22 @@ fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() 
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success());
+    // And the first, blocked reading from a server that stalls: SIGINT ends
+    // it too (at a safe point, or after the grace period), keeping nothing usable.
+    let t0 = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = loop {
+        if let Some(s) = first.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            let _ = first.kill();
+            srv.release();
+            panic!("SIGINT did not end a pull stalled on its server");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     srv.release();
-    assert!(first.wait().unwrap().success());
+    assert!(!status.success());
+    assert!(image_volumes(&env, "slow").iter().all(|v| !v.ends_with(".json")), "a record was written");
 }
