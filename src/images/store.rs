@@ -167,7 +167,7 @@ pub fn check_volume(
     what: &str,
 ) -> anyhow::Result<()> {
     let len = storage::physical_len(vol)?;
-    let mut src = storage::VolumeReader { conn, vol };
+    let mut src = storage::VolumeReader::new(conn, vol, len);
     let head =
         inspect::read_head(&mut src, len).map_err(|e| failure(Kind::Environment, format!("reading {what}: {e}")))?;
     let sniffed =
@@ -280,9 +280,7 @@ pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress:
     // What was stored, read back through libvirt, before it counts.
     let vol = storage::find_volume(pool, &disk_name)?
         .ok_or_else(|| anyhow::anyhow!("volume {disk_name} vanished after its upload"))?;
-    check_volume(conn, &vol, format, &format!("{source} (uploaded as {disk_name})"))
-        .map_err(|e| e.context("it was discarded"))
-        .map_err(discard)?;
+    check_volume(conn, &vol, format, &format!("{source} (uploaded as {disk_name}, now discarded)")).map_err(discard)?;
     interrupt::check().map_err(discard)?;
     let rec = ImageRecord {
         project_vm_image: record::RECORD_VERSION,

@@ -364,18 +364,27 @@ pub fn physical_len(vol: &StorageVol) -> anyhow::Result<u64> {
 }
 
 /// Random access to a volume's bytes through libvirt streams (it works on a
-/// remote host): what the image check reads tables with.
+/// remote host): what the image check reads tables with. Reads ahead in
+/// windows, so a header and the tables qemu puts right after it cost one
+/// download.
 pub struct VolumeReader<'a> {
-    pub conn: &'a Connect,
-    pub vol: &'a StorageVol,
+    conn: &'a Connect,
+    vol: &'a StorageVol,
+    len: u64,
+    window: Option<(u64, Vec<u8>)>,
 }
 
-impl crate::images::inspect::Source for VolumeReader<'_> {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let err = |e: virt::error::Error| std::io::Error::other(e.message());
+/// How much a [`VolumeReader`] reads at once.
+const READ_AHEAD: u64 = 512 << 10;
+
+impl<'a> VolumeReader<'a> {
+    /// `len`: the volume file's length ([`physical_len`]).
+    pub fn new(conn: &'a Connect, vol: &'a StorageVol, len: u64) -> Self {
+        VolumeReader { conn, vol, len, window: None }
+    }
+
+    fn fetch(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let err = |e: virt::error::Error| std::io::Error::other(e.message().to_owned());
         let stream = Stream::new(self.conn, 0).map_err(err)?;
         self.vol.download(&stream, offset, buf.len() as u64, 0).map_err(err)?;
         let mut got = 0usize;
@@ -394,7 +403,7 @@ impl crate::images::inspect::Source for VolumeReader<'_> {
             let _ = stream.abort();
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the volume ended early"));
         }
-        // The stream has given all it was asked for: end it.
+        // All that was asked for has come: the stream's end follows.
         let mut rest = [0u8; 1];
         match stream.recv(&mut rest) {
             Ok(0) => stream.finish().map_err(err)?,
@@ -402,6 +411,32 @@ impl crate::images::inspect::Source for VolumeReader<'_> {
                 let _ = stream.abort();
             }
         }
+        Ok(())
+    }
+}
+
+impl crate::images::inspect::Source for VolumeReader<'_> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let want = buf.len() as u64;
+        if want == 0 {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(want)
+            .filter(|e| *e <= self.len)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        let hit = |w: &Option<(u64, Vec<u8>)>| {
+            w.as_ref().is_some_and(|(start, data)| offset >= *start && end <= start + data.len() as u64)
+        };
+        if !hit(&self.window) {
+            let size = want.max(READ_AHEAD).min(self.len - offset);
+            let mut data = vec![0u8; size as usize];
+            self.fetch(offset, &mut data)?;
+            self.window = Some((offset, data));
+        }
+        let (start, data) = self.window.as_ref().expect("filled above");
+        let at = (offset - start) as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
         Ok(())
     }
 }
