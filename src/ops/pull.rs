@@ -267,8 +267,12 @@ fn locate(ctx: &Ctx, image: &str) -> anyhow::Result<Located> {
             false => absolute(image)?,
         };
         if let Some(path) = url.strip_prefix("file://").or((!url.contains("://")).then_some(url.as_str())) {
-            if !std::path::Path::new(path).is_file() {
-                return Ok(Located::Missing(format!("image file {path} does not exist")));
+            let p = std::path::Path::new(path);
+            if !p.is_file() {
+                return Ok(Located::Missing(match p.exists() {
+                    true => format!("image file {path} is not a regular file"),
+                    false => format!("image file {path} does not exist"),
+                }));
             }
         }
         return Ok(Located::Fetch(pool, name, ImageSource { url, checksums: None, checksum: None }));
