@@ -343,15 +343,29 @@ pub fn check_tables(q: &Qcow2, src: &mut dyn Source, len: u64) -> Result<(), Str
     // Clusters shared between snapshots' tables are read once.
     let mut seen = std::collections::BTreeSet::new();
     let cbits = q.cluster_bits;
+    let mut seen_l1 = std::collections::BTreeSet::new();
+    // Tables lie within the file, so an honest image never makes us read
+    // much more than its length; a hostile one (snapshots whose tables
+    // overlap) is cut off here.
+    let budget = len.saturating_mul(2).saturating_add(64 << 20);
+    let mut spent = 0u64;
     for (what, off, size) in l1s {
-        if size == 0 {
+        if size == 0 || !seen_l1.insert((off, size)) {
             continue;
+        }
+        spent += size as u64 * 8;
+        if spent > budget {
+            return Err("its qcow2 tables overlap implausibly (more to read than twice the file)".into());
         }
         let l1 = read(src, off, size as u64 * 8, &what)?;
         for (i, e) in l1.chunks_exact(8).enumerate() {
             let l2_off = check_entry(u64::from_be_bytes(e.try_into().expect("8")), &|| format!("{what} entry {i}"))?;
             if l2_off == 0 || !seen.insert(l2_off) {
                 continue;
+            }
+            spent += cluster;
+            if spent > budget {
+                return Err("its qcow2 tables overlap implausibly (more to read than twice the file)".into());
             }
             let l2 = read(src, l2_off, cluster, "L2 table")?;
             for (j, e) in l2.chunks_exact(entry_bytes).enumerate() {
