@@ -256,7 +256,7 @@ fn a_failed_stream_write_aborts_the_stream_and_removes_the_partial_volume() {
 fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
     require_root_libvirt();
     let env = Env::new("img18rm", 23188, json!({}));
-    let names: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
     let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
     all.push("slow");
     let _c = Cleanup(&env, &all);

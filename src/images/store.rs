@@ -52,7 +52,12 @@ pub fn list(conn: &Connect, pool: &StoragePool) -> anyhow::Result<Vec<Entry>> {
             VolumeKind::Disk { image, generation } => {
                 let rv = record::record_volume(image, generation);
                 match names.binary_search(&rv) {
-                    Ok(_) => read_record(conn, pool, &rv)?,
+                    // A record removed while we read it: as if it were not there.
+                    Ok(_) => match read_record(conn, pool, &rv) {
+                        Ok(r) => r,
+                        Err(_) if storage::find_volume(pool, &rv)?.is_none() => None,
+                        Err(e) => return Err(e),
+                    },
                     Err(_) => None,
                 }
             }
@@ -60,7 +65,12 @@ pub fn list(conn: &Connect, pool: &StoragePool) -> anyhow::Result<Vec<Entry>> {
             VolumeKind::Other => None,
         };
         let Some(vol) = storage::find_volume(pool, name)? else { continue };
-        out.push(Entry { volume: name.clone(), disk: VolumeInfo::of(&vol)?, record, current: false });
+        let disk = match VolumeInfo::of(&vol) {
+            Ok(d) => d,
+            Err(_) if storage::find_volume(pool, name)?.is_none() => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(Entry { volume: name.clone(), disk, record, current: false });
     }
     // The current generation of each name: the newest record.
     let mut newest: std::collections::BTreeMap<String, (u64, usize)> = Default::default();
@@ -87,9 +97,23 @@ pub fn find(conn: &Connect, pool: &StoragePool, name: &str) -> anyhow::Result<Op
         if image != name || !vol.starts_with(&prefix) {
             continue;
         }
-        let Some(rec) = read_record(conn, pool, &vol)? else { continue };
-        let Some(disk) = storage::find_volume(pool, &record::disk_volume(image, generation))? else { continue };
-        let disk = VolumeInfo::of(&disk)?;
+        let disk_name = record::disk_volume(image, generation);
+        let read = || -> anyhow::Result<Option<(ImageRecord, VolumeInfo)>> {
+            let Some(rec) = read_record(conn, pool, &vol)? else { return Ok(None) };
+            let Some(disk) = storage::find_volume(pool, &disk_name)? else { return Ok(None) };
+            Ok(Some((rec, VolumeInfo::of(&disk)?)))
+        };
+        let (rec, disk) = match read() {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            // Removed while we read it (`image rm`, gc): as if it were not there.
+            Err(_)
+                if storage::find_volume(pool, &vol)?.is_none() || storage::find_volume(pool, &disk_name)?.is_none() =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         if best.as_ref().is_none_or(|b| rec.created >= b.record.created) {
             best = Some(Image { record: rec, disk });
         }
