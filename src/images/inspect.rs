@@ -438,7 +438,8 @@ pub fn check_raw(head: &[u8], len: u64) -> Result<(), String> {
     }
     let at = entries_lba.saturating_mul(512);
     // Entries beyond the first bytes read (an unusual layout): the headers' checks stand alone.
-    let Some(table) = usize::try_from(at).ok().and_then(|at| head.get(at..at + (n * entry_size) as usize)) else {
+    let Some(table) = usize::try_from(at).ok().and_then(|at| head.get(at..at.checked_add((n * entry_size) as usize)?))
+    else {
         return Ok(());
     };
     for (i, e) in table.chunks_exact(entry_size as usize).enumerate() {
@@ -615,6 +616,44 @@ mod tests {
     }
 
     #[test]
+    fn damaged_headers_and_tables_never_panic() {
+        // Random corruption of the header, the tables and the cut point: the
+        // reader answers Ok or Err, never panics, loops or allocates wildly.
+        let base = {
+            let mut b = image();
+            b.resize(5 * 65536, 0);
+            b[3 * 65536..3 * 65536 + 8].copy_from_slice(&(4 * 65536u64).to_be_bytes());
+            b
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut b = base.clone();
+            for _ in 0..(next() % 8 + 1) {
+                // Mostly the header, sometimes the tables.
+                let at = match next() % 4 {
+                    0 => (3 * 65536 + next() % 16) as usize,
+                    1 => (65536 + next() % 16) as usize,
+                    2 => (4 * 65536 + next() % 64) as usize,
+                    _ => (next() % 128) as usize,
+                };
+                b[at] = next() as u8;
+            }
+            let cut = match next() % 3 {
+                0 => (next() % b.len() as u64) as usize,
+                _ => b.len(),
+            };
+            let _ = full(&b[..cut]);
+            let _ = check_raw(&b[..cut.min(65536)], cut as u64);
+        }
+    }
+
+    #[test]
     fn raw_partition_tables_must_fit_the_file() {
         let mut mbr = vec![0u8; 65536];
         mbr[510] = 0x55;
@@ -644,5 +683,18 @@ mod tests {
         g[1024 + 40..1024 + 48].copy_from_slice(&(sectors - 34).to_le_bytes());
         assert_eq!(check_raw(&g, sectors * 512), Ok(()));
         assert!(check_raw(&g, (sectors - 1) * 512).unwrap_err().contains("backup GPT header"));
+        // Damaged tables never panic.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..3000 {
+            let mut d = g.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = [446, 512, 1024][(x % 3) as usize] + (x >> 8) as usize % 96;
+                d[at] = (x >> 32) as u8;
+            }
+            let _ = check_raw(&d, sectors * 512);
+        }
     }
 }
