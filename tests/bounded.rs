@@ -115,6 +115,10 @@ fn files_that_are_not_regular_or_too_large_are_refused_naming_them() {
     let huge = d.join("huge.json");
     std::fs::write(&huge, format!("{{\"vms\": {{}}, \"x\": \"{}\"}}", "y".repeat(5 << 20))).unwrap();
     refused(&run(d, &cfg, &["plan", "-f", huge.to_str().unwrap()]), huge.to_str().unwrap(), "over the limit");
+    // A declarative file's user_data.
+    let decl = d.join("vms.json");
+    std::fs::write(&decl, serde_json::json!({"vms": {"web": {"user_data": fifo}}}).to_string()).unwrap();
+    refused(&run(d, &cfg, &["plan", "-f", decl.to_str().unwrap()]), fifo, "a FIFO");
     // image import of a FIFO: refused at once, never a blocked open.
     let out = run(d, &cfg, &["image", "import", fifo, "--name", "p"]);
     refused(&out, fifo, "a FIFO");
