@@ -358,7 +358,7 @@ fn find_cycle(vms: &BTreeMap<VmName, VmDecl>) -> Option<Vec<String>> {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Declared> {
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let text = crate::files::read_text(path, "declarative file", crate::files::CONFIG_MAX)?;
     parse(&text, &path.display().to_string(), path.parent().unwrap_or(Path::new(".")))
 }
 

@@ -133,14 +133,49 @@ impl Lock {
 /// Takes the lock for `what`, waiting for another process that holds it.
 /// `waiting` is called once, with the holder, if we have to wait.
 pub fn acquire(uri: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
+    acquire_as(uri, what, doing, false, waiting)
+}
+
+/// Takes the lock for `what` shared: any number of shared holders at once,
+/// none while an exclusive holder has it (`create` reading an image shares
+/// it; `image rm` and a pull take it exclusively).
+pub fn acquire_shared(uri: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
+    acquire_as(uri, what, doing, true, waiting)
+}
+
+fn acquire_as(uri: &str, what: &str, doing: &str, shared: bool, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
+    let now = match shared {
+        true => FlockArg::LockSharedNonblock,
+        false => FlockArg::LockExclusiveNonblock,
+    };
     let file = open(uri, what)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    match Flock::lock(file, now) {
+        // A shared holder does not write its pid over the others'.
+        Ok(f) if shared => Ok(Lock { _file: f, path: path(uri, what) }),
         Ok(f) => Ok(claim(f, path(uri, what), doing)),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             waiting(holder(&mut file));
-            let f = Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, e)| failure(Kind::Environment, format!("cannot lock {what}: {e}")))?;
-            Ok(claim(f, path(uri, what), doing))
+            let mut file = file;
+            // Polled, so a SIGINT or SIGTERM ends the wait at once: the
+            // signal may be handled on another thread, which would not
+            // interrupt a blocking flock here.
+            let mut pause = std::time::Duration::from_millis(5);
+            let f = loop {
+                crate::interrupt::check()?;
+                match Flock::lock(file, now) {
+                    Ok(f) => break f,
+                    Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
+                        file = f;
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                    }
+                    Err((_, e)) => return Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
+                }
+            };
+            match shared {
+                true => Ok(Lock { _file: f, path: path(uri, what) }),
+                false => Ok(claim(f, path(uri, what), doing)),
+            }
         }
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }

@@ -254,18 +254,18 @@ impl HostSettings {
     /// locations are optional.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<HostSettings> {
         if let Some(path) = explicit {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| invalid(format!("cannot read settings file {}: {e}", path.display())))?;
+            let text = crate::files::read_text(path, "settings file", crate::files::CONFIG_MAX)?;
             return Self::from_json(&text, &path.display().to_string());
         }
         let mut settings = HostSettings::default();
         for path in default_paths() {
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
+            match path.try_exists() {
+                Ok(false) => {}
+                Ok(true) => {
+                    let text = crate::files::read_text(&path, "settings file", crate::files::CONFIG_MAX)?;
                     tracing::debug!(path = %path.display(), "reading settings");
                     settings = settings.overlay(Self::from_json(&text, &path.display().to_string())?);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(invalid(format!("cannot read settings file {}: {e}", path.display()))),
             }
         }
@@ -313,7 +313,12 @@ fn parse_hosts(v: &serde_json::Value, problems: &mut Vec<String>) -> BTreeMap<St
             continue;
         };
         let uri = match e.get("uri") {
-            Some(serde_json::Value::String(u)) if !u.trim().is_empty() => u.clone(),
+            Some(serde_json::Value::String(u)) if !u.trim().is_empty() => {
+                if let Err(why) = crate::libvirt::uri::check(u) {
+                    problems.push(format!("{at}.uri: {why}"));
+                }
+                u.clone()
+            }
             Some(_) => {
                 problems.push(format!("{at}.uri: expected a libvirt URI like \"qemu+ssh://root@host/system\""));
                 String::new()
@@ -395,7 +400,7 @@ impl Settings {
             let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
             paths.sort();
             for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
-                let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                let text = crate::files::read_text(&p, "ssh public key", crate::files::KEY_MAX)?;
                 keys.extend(
                     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
                 );

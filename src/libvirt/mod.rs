@@ -8,6 +8,7 @@ pub mod pool_listing;
 pub mod snapshot_xml;
 pub mod stats;
 pub mod storage;
+pub mod uri;
 pub mod virtiofsd;
 pub mod vms;
 
@@ -31,6 +32,8 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
     // libvirt otherwise prints every error on stderr itself, including the ones
     // we handle (a lookup of a name that does not exist, say).
     virt::error::clear_error_callback();
+    // A malformed URI is bad input, not an unreachable daemon.
+    uri::check(uri).map_err(crate::error::invalid)?;
     tracing::debug!(uri, "connecting to libvirt");
     Connect::open(Some(uri)).map_err(|e| connect_error(uri, &e))
 }

@@ -297,7 +297,10 @@ pub fn upload(
         },
     )?;
     if let Err(e) = send(conn, &vol, len, reader, progress) {
-        let _ = vol.delete(0);
+        // The stream was aborted: libvirtd has let go of the volume, so it can go.
+        if let Err(d) = delete(pool, name) {
+            eprintln!("warning: could not remove the partial volume {name}: {d:#}");
+        }
         return Err(e.context(format!("uploading volume {name}")));
     }
     Ok(vol)
@@ -310,12 +313,19 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
     let mut sent = 0u64;
     let result = (|| -> anyhow::Result<()> {
         loop {
-            let n = reader.read(&mut buf)?;
+            let n = match reader.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !crate::interrupt::requested() => continue,
+                Err(_) if crate::interrupt::requested() => anyhow::bail!("interrupted"),
+                // The source of the bytes failed (a server that hung up): the environment's, exit 4.
+                Err(e) => return Err(failure(Kind::Environment, format!("reading the data to upload: {e}"))),
+            };
             if n == 0 {
                 break;
             }
             let mut off = 0;
             while off < n {
+                crate::fault::stream_write(sent + off as u64)?;
                 let w = stream.send(&buf[off..n]).map_err(|e| explain(e, "sending data"))?;
                 anyhow::ensure!(w > 0, "libvirt stream accepted no data");
                 off += w as usize;
@@ -323,20 +333,118 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
             sent += n as u64;
             progress.set_position(sent);
         }
-        anyhow::ensure!(sent == len, "sent {sent} bytes, expected {len}");
+        if sent != len {
+            return Err(failure(
+                Kind::Environment,
+                format!("the data ended after {sent} bytes of the {len} announced (a download cut short?)"),
+            ));
+        }
         Ok(())
     })();
     match result {
-        Ok(()) => {
-            stream.finish().map_err(|e| explain(e, "finishing upload"))?;
-            crate::fault::mutated("uploaded a volume");
-            Ok(())
-        }
+        Ok(()) => match stream.finish() {
+            Ok(()) => {
+                crate::fault::mutated("uploaded a volume");
+                Ok(())
+            }
+            // finish() consumed the stream; libvirt aborts it on failure.
+            Err(e) => Err(explain(e, "finishing upload")),
+        },
         Err(e) => {
             let _ = stream.abort();
             Err(e)
         }
     }
+}
+
+/// The volume file's length on its host (for a qcow2, not its virtual size).
+pub fn physical_len(vol: &StorageVol) -> anyhow::Result<u64> {
+    // VIR_STORAGE_VOL_GET_PHYSICAL: `allocation` holds the file's length.
+    Ok(vol.info_flags(1).map_err(|e| explain(e, "reading volume info"))?.allocation)
+}
+
+/// Random access to a volume's bytes through libvirt streams (it works on a
+/// remote host): what the image check reads tables with. Reads ahead in
+/// windows, so a header and the tables qemu puts right after it cost one
+/// download.
+pub struct VolumeReader<'a> {
+    conn: &'a Connect,
+    vol: &'a StorageVol,
+    len: u64,
+    window: Option<(u64, Vec<u8>)>,
+}
+
+/// How much a [`VolumeReader`] reads at once.
+const READ_AHEAD: u64 = 512 << 10;
+
+impl<'a> VolumeReader<'a> {
+    /// `len`: the volume file's length ([`physical_len`]).
+    pub fn new(conn: &'a Connect, vol: &'a StorageVol, len: u64) -> Self {
+        VolumeReader { conn, vol, len, window: None }
+    }
+
+    fn fetch(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let err = |e: virt::error::Error| std::io::Error::other(e.message().to_owned());
+        let stream = Stream::new(self.conn, 0).map_err(err)?;
+        self.vol.download(&stream, offset, buf.len() as u64, 0).map_err(err)?;
+        let mut got = 0usize;
+        while got < buf.len() {
+            match stream.recv(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) if n > 0 => got += n as usize,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(err(e));
+                }
+            }
+        }
+        if got < buf.len() {
+            let _ = stream.abort();
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the volume ended early"));
+        }
+        // All that was asked for has come: the stream's end follows.
+        let mut rest = [0u8; 1];
+        match stream.recv(&mut rest) {
+            Ok(0) => stream.finish().map_err(err)?,
+            _ => {
+                let _ = stream.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::images::inspect::Source for VolumeReader<'_> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let want = buf.len() as u64;
+        if want == 0 {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(want)
+            .filter(|e| *e <= self.len)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        let hit = |w: &Option<(u64, Vec<u8>)>| {
+            w.as_ref().is_some_and(|(start, data)| offset >= *start && end <= start + data.len() as u64)
+        };
+        if !hit(&self.window) {
+            let size = want.max(READ_AHEAD).min(self.len - offset);
+            let mut data = vec![0u8; size as usize];
+            self.fetch(offset, &mut data)?;
+            self.window = Some((offset, data));
+        }
+        let (start, data) = self.window.as_ref().expect("filled above");
+        let at = (offset - start) as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Bytes the pool's filesystem has free, as libvirt sees it now.
+pub fn available(pool: &StoragePool) -> anyhow::Result<u64> {
+    let _ = pool.refresh(0);
+    Ok(pool.info().map_err(|e| explain(e, "reading storage pool info"))?.available)
 }
 
 /// Reads a small volume (an image record) whole through a libvirt stream.

@@ -26,6 +26,7 @@ use virt::storage_pool::StoragePool;
 use super::{now_unix, Ctx};
 use crate::cloudinit::{self, hostkey::HostKey, SeedInput};
 use crate::error::invalid;
+use crate::images::store::Image;
 use crate::interrupt;
 use crate::libvirt::metadata::{Ownership, Phase};
 use crate::libvirt::storage::{self, VolumeInfo};
@@ -103,8 +104,7 @@ impl Devices {
 
 impl CreateRequest {
     pub fn load_user_data(path: &std::path::Path) -> anyhow::Result<(Value, String)> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("cannot read user-data file {}: {e}", path.display())))?;
+        let text = crate::files::read_text(path, "user-data file", crate::files::USER_DATA_MAX)?;
         let value = cloudinit::parse_user_data(&text, &path.display().to_string())?;
         Ok((value, text))
     }
@@ -215,6 +215,8 @@ struct Prepared {
     /// A project disk kept by `destroy --keep-data`, to reattach.
     kept_data: Option<VolumeInfo>,
     user_config: Option<Value>,
+    /// The base image's lock, shared, until the overlay is made.
+    _image_lock: Option<crate::lock::Lock>,
 }
 
 /// The base image's name as the spec records it.
@@ -374,17 +376,16 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
     let name = &req.name;
     let authorized_keys = ctx.settings.authorized_keys()?;
     let tailscale_auth_key = match (&ctx.settings.tailnet, &ctx.settings.tailscale_auth_key_file) {
-        (Some(_), Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map(|s| s.trim().to_owned())
-                .map_err(|e| invalid(format!("cannot read tailscale_auth_key_file {}: {e}", path.display())))?,
-        ),
+        (Some(_), Some(path)) => {
+            Some(crate::files::read_text(path, "tailscale_auth_key_file", crate::files::KEY_MAX)?.trim().to_owned())
+        }
         _ => None,
     };
     let user_config = crate::features::user_config(&req.features, req.user_data.as_ref().map(|(v, _)| v))?;
 
     progress.set_message(format!("creating {name}: base image"));
     let (pool, image) = super::pull::ensure(ctx, req.image.as_deref().unwrap_or(&ctx.settings.base_image), progress)?;
+    let image_lock = image_in_hand(ctx, &pool, &image)?;
     let base = image.disk;
     let base_image = image.record.name;
     if req.resources.disk.bytes() < base.capacity {
@@ -426,7 +427,44 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
         }
         (None, false) => None,
     };
-    Ok(Prepared { pool, base, base_image, authorized_keys, tailscale_auth_key, kept_data, user_config })
+    Ok(Prepared {
+        pool,
+        base,
+        base_image,
+        authorized_keys,
+        tailscale_auth_key,
+        kept_data,
+        user_config,
+        _image_lock: image_lock,
+    })
+}
+
+/// Takes the image's lock (shared with other creates, exclusive of
+/// `image rm` and of a new generation being stored), then makes sure the
+/// image is still there and checks the volume the VM will be built on: no
+/// backing or external data file, every table within the file. The lock is
+/// held until the overlay exists.
+fn image_in_hand(ctx: &Ctx, pool: &StoragePool, image: &Image) -> anyhow::Result<Option<crate::lock::Lock>> {
+    if ctx.uri.starts_with("test:") {
+        // The test driver's stand-in images have no record and no contents to read.
+        return Ok(None);
+    }
+    let lock = super::pull::share_image(ctx, &image.record.name)?;
+    let rec = crate::images::record::record_volume_of(&image.record.volume);
+    if rec.as_deref().map(|r| storage::find_volume(pool, r)).transpose()?.flatten().is_none() {
+        return Err(invalid(format!(
+            "image {} was removed while this create was getting ready: pull or import it again",
+            image.record.name
+        )));
+    }
+    // apply builds many VMs on one image: it is read once per run.
+    let checked = ctx.cache.checked_images.lock().expect("checked images").contains(&image.record.volume);
+    if !checked {
+        crate::images::store::check_image(&ctx.conn, pool, image)?;
+        ctx.cache.checked_images.lock().expect("checked images").insert(image.record.volume.clone());
+    }
+    crate::fault::pause("create-image-checked");
+    Ok(Some(lock))
 }
 
 /// Phase 1: the domain, with a `creating` record naming every volume to come.

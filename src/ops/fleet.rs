@@ -51,6 +51,10 @@ impl Fleet {
     /// at `uri`. Every host's bad settings are reported at once.
     pub fn new(mut common: HostSettings, uri: Option<String>, json: bool) -> anyhow::Result<Fleet> {
         let hosts = common.hosts.take();
+        // A malformed URI is bad input (exit 2), said before anything connects.
+        if let Some(u) = &uri {
+            crate::libvirt::uri::check(u).map_err(|why| invalid(format!("--connect / PROJECT_VM_URI: {why}")))?;
+        }
         let overridden = uri.is_some() && hosts.as_ref().is_some_and(|h| !h.is_empty());
         let one = |common: HostSettings| -> anyhow::Result<Fleet> {
             let uri = uri.clone().unwrap_or_else(|| crate::libvirt::default_uri().to_owned());

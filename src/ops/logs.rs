@@ -23,12 +23,14 @@ pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
         ));
     }
     let path = path(vm);
-    let mut file = std::fs::File::open(&path).map_err(|e| {
-        failure(
+    if !path.exists() {
+        return Err(failure(
             Kind::NotFound,
-            format!("no serial log at {} ({e}): has {} been started since it was created?", path.display(), vm.name),
-        )
-    })?;
+            format!("no serial log at {}: has {} been started since it was created?", path.display(), vm.name),
+        ));
+    }
+    // Streamed, never held whole; opened without blocking and only if it is a regular file.
+    let mut file = crate::files::open_regular(&path, "serial log")?;
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

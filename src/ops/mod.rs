@@ -56,6 +56,8 @@ pub struct Cache {
     pub images: Mutex<HashMap<String, (StoragePool, crate::images::store::Image)>>,
     /// The forwarded ssh ports VMs record, and the port lock's stamp when read.
     pub ports: Mutex<Option<(Option<String>, std::collections::BTreeSet<u16>)>>,
+    /// Image volumes whose structure this run has checked (see `images::inspect`).
+    pub checked_images: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Ctx {
