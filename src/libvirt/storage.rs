@@ -115,14 +115,19 @@ impl VolumeInfo {
     }
 }
 
-/// The pool, if it exists (read-only commands never create it).
+/// The pool, if it exists (read-only commands never create it), started.
+///
+/// A `dir` pool that will not start because its directory is missing (a
+/// first use killed between defining the pool and building it, or a
+/// directory removed by hand) is built and started: setup converges rather
+/// than failing every later command.
 pub fn find_pool(conn: &Connect, name: &str) -> anyhow::Result<Option<StoragePool>> {
     match conn.lookup_storage_pool_by_name(name) {
         Ok(p) => {
             if !p.is_active().unwrap_or(false) {
                 // Another project-vm may be starting it right now: fine if it is up.
                 if let Err(e) = p.create(0) {
-                    if !p.is_active().unwrap_or(false) {
+                    if !p.is_active().unwrap_or(false) && !repair(&p, name) {
                         return Err(explain(e, format!("starting storage pool {name}")));
                     }
                 }
@@ -134,13 +139,40 @@ pub fn find_pool(conn: &Connect, name: &str) -> anyhow::Result<Option<StoragePoo
     }
 }
 
+/// Builds (makes the directory of) an inactive `dir` pool and starts it;
+/// true when it is active then.
+fn repair(pool: &StoragePool, name: &str) -> bool {
+    let is_dir = pool
+        .xml_desc(0)
+        .ok()
+        .and_then(|x| quick_xml::de::from_str::<PoolXml>(&x).ok())
+        .is_some_and(|x| x.kind == "dir");
+    if !is_dir {
+        return false;
+    }
+    tracing::info!(pool = name, "storage pool does not start: building its directory, then starting it");
+    if let Err(e) = pool.build(0) {
+        tracing::debug!(pool = name, "build failed: {}", e.message());
+        return false;
+    }
+    crate::fault::mutated(&format!("built pool {name}"));
+    if pool.create(0).is_err() && !pool.is_active().unwrap_or(false) {
+        return false;
+    }
+    crate::fault::mutated(&format!("started pool {name}"));
+    let _ = pool.set_autostart(true);
+    true
+}
+
 /// The pool, defined (as a `dir` pool on `storage_dir`), built and started on first use.
-/// `uri` keys the lock that makes concurrent first uses define it once.
-pub fn ensure_pool(conn: &Connect, uri: &str, settings: &Settings) -> anyhow::Result<StoragePool> {
+/// `scope` (the daemon's identity) keys the lock that makes concurrent first
+/// uses define it once. Each step is one change a kill can follow: a pool
+/// defined but not built (or not started) is finished by [`find_pool`].
+pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::Result<StoragePool> {
     if let Some(p) = find_pool(conn, &settings.pool)? {
         return Ok(p);
     }
-    let _lock = crate::lock::acquire(uri, &format!("pool:{}", settings.pool), "defining the pool", |_| {})?;
+    let _lock = crate::lock::acquire(scope, &format!("pool:{}", settings.pool), "defining the pool", |_| {})?;
     if let Some(p) = find_pool(conn, &settings.pool)? {
         return Ok(p);
     }
@@ -163,17 +195,31 @@ pub fn ensure_pool(conn: &Connect, uri: &str, settings: &Settings) -> anyhow::Re
     let pool = conn
         .define_storage_pool_xml(&xml, 0)
         .map_err(|e| env(e, format!("defining storage pool {} at {dir}", settings.pool)))?;
+    crate::fault::mutated(&format!("defined pool {}", settings.pool));
     let started = pool
         .build(0)
+        .inspect(|_| crate::fault::mutated(&format!("built pool {}", settings.pool)))
         .and_then(|_| pool.create(0))
         .map_err(|e| env(e, format!("creating storage pool {} at {dir}", settings.pool)));
     if let Err(e) = started {
         let _ = pool.undefine();
         return Err(e);
     }
+    crate::fault::mutated(&format!("started pool {}", settings.pool));
     let _ = pool.set_autostart(true);
-    crate::fault::mutated(&format!("defined pool {}", settings.pool));
     Ok(pool)
+}
+
+/// The directory of every storage pool on the connection (as its definition
+/// names it): places no share may reach.
+pub fn pool_dirs(conn: &Connect) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let pools = conn.list_all_storage_pools(0).map_err(|e| explain(e, "listing storage pools"))?;
+    Ok(pools
+        .iter()
+        .filter_map(|p| quick_xml::de::from_str::<PoolXml>(&p.xml_desc(0).ok()?).ok())
+        .map(|x| std::path::PathBuf::from(x.target.path))
+        .filter(|p| p.is_absolute())
+        .collect())
 }
 
 pub fn find_volume(pool: &StoragePool, name: &str) -> anyhow::Result<Option<StorageVol>> {
@@ -193,6 +239,20 @@ fn create(pool: &StoragePool, xml: &VolumeXml) -> anyhow::Result<StorageVol> {
     Ok(vol)
 }
 
+/// Mode of every volume that holds a guest's data or secrets (root and
+/// project disks, seeds, saved images, markers): the owner alone. libvirt
+/// sets it when it makes the file (`<permissions><mode>`), and its dynamic
+/// ownership hands the file to the QEMU user while a VM runs.
+pub const PRIVATE_MODE: &str = "0600";
+
+fn private_target(format: &str) -> VolumeTarget {
+    VolumeTarget {
+        format: Some(Format { kind: format.into() }),
+        permissions: Some(Permissions { mode: PRIVATE_MODE.into() }),
+        ..Default::default()
+    }
+}
+
 /// A qcow2 overlay on `base`: copy-on-write, created in milliseconds.
 pub fn create_overlay(pool: &StoragePool, name: &str, capacity: u64, base: &VolumeInfo) -> anyhow::Result<StorageVol> {
     create(
@@ -201,7 +261,7 @@ pub fn create_overlay(pool: &StoragePool, name: &str, capacity: u64, base: &Volu
             name: name.into(),
             capacity: amount(capacity),
             allocation: Some(amount(0)),
-            target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+            target: private_target("qcow2"),
             backing_store: Some(BackingStore { path: base.path.clone(), format: Format { kind: base.format.clone() } }),
         },
     )
@@ -215,7 +275,7 @@ pub fn create_qcow2(pool: &StoragePool, name: &str, capacity: u64) -> anyhow::Re
             name: name.into(),
             capacity: amount(capacity),
             allocation: Some(amount(0)),
-            target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+            target: private_target("qcow2"),
             backing_store: None,
         },
     )
@@ -229,7 +289,7 @@ pub fn clone_flat(pool: &StoragePool, name: &str, source: &StorageVol) -> anyhow
         name: name.into(),
         capacity: amount(capacity),
         allocation: None,
-        target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+        target: private_target("qcow2"),
         backing_store: None,
     })?;
     let vol = StorageVol::create_xml_from(pool, &xml, source, 0)
@@ -463,6 +523,19 @@ mod tests {
             xml.contains("<backingStore><path>/p/base.qcow2</path><format type=\"qcow2\"/></backingStore>"),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn guest_data_volumes_are_made_private() {
+        let xml = quick_xml::se::to_string(&VolumeXml {
+            name: "d.qcow2".into(),
+            capacity: amount(1 << 30),
+            allocation: None,
+            target: private_target("qcow2"),
+            backing_store: None,
+        })
+        .unwrap();
+        assert!(xml.contains("<permissions><mode>0600</mode></permissions>"), "{xml}");
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         };
         let f = finding(kind, &e.volume, detail, e.disk.allocation);
         // An upload in progress holds its image's lock.
-        match lock::try_acquire(&ctx.uri, &format!("image:{pool_name}/{image}"), "collecting garbage")? {
+        match lock::try_acquire(&ctx.lock_scope()?, &format!("image:{pool_name}/{image}"), "collecting garbage")? {
             Err(h) => report.findings.push(Finding {
                 action: format!("skipped: another project-vm{} is storing {image}", h.pid_note()),
                 ..f

@@ -319,7 +319,13 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     let keys = ctx.settings.authorized_keys()?;
     let mut out = Vec::new();
     for decl in declared.vms.values() {
-        let req = request(decl)?;
+        let mut req = request(decl)?;
+        if !req.devices.shares.is_empty() {
+            // As create records them (sources resolved); a refusal is reported by check_needs.
+            if let Ok(d) = req.devices.check(ctx) {
+                req.devices.shares = d.shares;
+            }
+        }
         let base = create::base_name(ctx, decl.image.as_deref());
         let found = existing.get(&decl.name);
         let interrupted = match found {
@@ -418,14 +424,23 @@ impl Plan {
 fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let mut images: std::collections::BTreeMap<String, Result<Option<u64>, String>> = Default::default();
+    // Devices, for every VM that gets them now or at its next start.
+    let devices_change = |p: &&VmPlan| {
+        p.action == Action::Create
+            || p.recreate
+            || p.changes.iter().any(|c| c.field == "shares" || c.field == "hostdevs")
+    };
+    for p in plans.iter().filter(devices_change) {
+        let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
+        if let Err(e) = devices(decl).check(ctx) {
+            problems.push(format!("vms.{}: {e:#}", p.name));
+        }
+    }
     for p in plans.iter().filter(|p| p.action == Action::Create || p.recreate) {
         let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
         let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
         if !images.contains_key(&image) {
             images.insert(image.clone(), super::pull::check(ctx, &image)?);
-        }
-        if let Err(e) = devices(decl).check(&ctx.conn, ctx.is_local()) {
-            problems.push(format!("vms.{}: {e:#}", p.name));
         }
         match &images[&image] {
             Err(why) => problems.push(format!("vms.{}: {why}", p.name)),

@@ -99,7 +99,7 @@ pub fn image_name(image: &str) -> String {
 /// Serialises work on one image name across project-vm processes.
 fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
     let json = ctx.json;
-    lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), "storing", |holder| {
+    lock::acquire(&ctx.lock_scope()?, &format!("image:{}/{name}", ctx.settings.pool), "storing", |holder| {
         if !json {
             eprintln!("waiting for another project-vm{} that is storing image {name}", holder.pid_note());
         }
@@ -191,7 +191,7 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
     if req.checksums.is_some() {
         source.checksums = req.checksums.clone();
     }
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
     Ok(PullReport::new(&image, cached, started))
@@ -208,7 +208,7 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     let path = absolute(file)?;
     let name = name.map(str::to_owned).unwrap_or_else(|| catalog::name_for(&path));
     record::validate_name(&name)?;
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     if store::find(&ctx.conn, &pool, &name)?.is_some() {
         return Err(invalid(format!(
@@ -308,7 +308,7 @@ fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Resul
     };
     let pool = match pool {
         Some(p) => p,
-        None => storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?,
+        None => storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?,
     };
     let lock = lock_image(ctx, &name)?;
     // fetch_into looks again under the lock: another process may have just stored it.

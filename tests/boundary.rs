@@ -1,0 +1,357 @@
+//! The boundary holds (issue 18), on a real libvirtd: shares cannot reach
+//! the host's secrets or the pool, files others could plant are refused,
+//! markers cannot be forged, gc and apply never reach what project-vm did
+//! not make or what lives elsewhere, locks follow the daemon rather than
+//! its URI's spelling, and interrupted first uses converge. No guest boots
+//! here: every VM is created and destroyed, never started.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::json;
+
+struct Cleanup<'a>(&'a Env, &'a [&'a str]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.0.cleanup(self.1);
+    }
+}
+
+/// The volumes of a whole VM called `name`.
+fn whole(name: &str) -> Vec<String> {
+    ["data.qcow2", "root.qcow2", "seed.iso"].iter().map(|v| format!("project-{name}-{v}")).collect()
+}
+
+fn domain_exists(domain: &str) -> bool {
+    virsh(&["dominfo", domain]).status.success()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o7777
+}
+
+/// Runs project-vm with the fault hook; true when the hook killed it.
+fn killed_after(env: &Env, n: usize, args: &[&str]) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let out = env.cmd(args).env("PROJECT_VM_FAULT_AFTER", n.to_string()).output().unwrap();
+    out.status.signal() == Some(9)
+}
+
+// Item 2: shares.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn shares_never_reach_host_secrets_the_pool_or_guest_system_paths() {
+    require_root_libvirt();
+    let env = Env::new("own18-share", 22700, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18s"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let data = env.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let to_etc = env.dir.join("to-etc");
+    std::os::unix::fs::symlink("/etc", &to_etc).unwrap();
+    let to_pool = env.dir.join("to-pool");
+    std::os::unix::fs::symlink(env.pool_dir(), &to_pool).unwrap();
+    let pool_dir = env.pool_dir();
+    let (d, p, e, tp) = (data.display(), pool_dir.display(), to_etc.display(), to_pool.display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["/:/mnt/host".into()], "whole filesystem"),
+        (vec![format!("{p}:/mnt/pool")], "storage pool directory"),
+        (vec![format!("{}:/mnt/above", env.dir.display())], "storage pool directory"),
+        (vec![format!("{p}/sub:/mnt/below")], "storage pool directory"),
+        (vec![format!("{e}:/mnt/etc")], "/etc"),
+        (vec![format!("{tp}:/mnt/pool")], "storage pool directory"),
+        (vec!["/var/lib/libvirt:/mnt/x".into()], "/var/lib"),
+        (vec!["/etc/libvirt:/mnt/x".into()], "/etc"),
+        (vec!["/root:/mnt/x".into()], "/root"),
+        (vec![format!("{d}:/project")], "/project"),
+        (vec![format!("{d}:/project/x")], "/project"),
+        (vec![format!("{d}:/mnt/../project")], "clean path"),
+        (vec![format!("{d}:/mnt//x")], "clean path"),
+        (vec![format!("{d}:mnt")], "absolute"),
+        (vec![format!("{d}:/etc")], "/etc"),
+        (vec![format!("{d}:/usr/bin")], "/usr"),
+        (vec![format!("{d}:/home")], "/home itself"),
+        (vec![format!("{d}:/home/dev")], "home of the ssh user"),
+        (vec![format!("{d}:/mnt/a"), format!("{d}:/mnt/a")], "two shares mount at /mnt/a"),
+    ];
+    for (shares, why) in &cases {
+        let mut args = vec!["create", "o18s", "1G", "1", "5G"];
+        for s in shares {
+            args.extend(["--share", s.as_str()]);
+        }
+        let r = env.run(&args);
+        assert_eq!(r.code, 2, "{shares:?} was not refused: {}", r.stderr);
+        assert!(r.stderr.contains(why), "{shares:?}: expected {why:?} in: {}", r.stderr);
+        assert!(r.stderr.contains("share "), "{shares:?}: the message names the share: {}", r.stderr);
+        assert!(!domain_exists("project-o18s"), "{shares:?}: a domain was defined");
+        assert_eq!(env.vm_volumes(), Vec::<String>::new(), "{shares:?}");
+    }
+
+    // The same through a declarative file: plan and apply refuse, for a new
+    // VM and for a share added to an existing one.
+    let file = env.dir.join("vms.json");
+    let write = |shares: serde_json::Value| {
+        let doc =
+            json!({"vms": {"o18s": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "1G", "shares": shares}}});
+        std::fs::write(&file, doc.to_string()).unwrap();
+    };
+    let f = file.to_str().unwrap();
+    for shares in [
+        json!([{"source": env.pool_dir(), "target": "/mnt/pool"}]),
+        json!([{"source": to_etc, "target": "/mnt/x"}]),
+        json!([{"source": data, "target": "/project"}]),
+        json!([{"source": "/", "target": "/mnt/host"}]),
+    ] {
+        write(shares.clone());
+        for verb in ["plan", "apply"] {
+            let r = env.run(&[verb, "-f", f]);
+            assert_eq!(r.code, 2, "{verb} {shares}: {} {}", r.stdout, r.stderr);
+            assert!(r.stderr.contains("share "), "{verb} {shares}: {}", r.stderr);
+        }
+        assert!(!domain_exists("project-o18s"));
+    }
+    write(json!([]));
+    env.run(&["apply", "-f", f]).ok();
+    let before = String::from_utf8(virsh(&["dumpxml", "--inactive", "project-o18s"]).stdout).unwrap();
+    write(json!([{"source": to_pool, "target": "/mnt/pool"}]));
+    let r = env.run(&["apply", "-f", f]);
+    assert_eq!(r.code, 2, "a share added to an existing VM: {} {}", r.stdout, r.stderr);
+    let after = String::from_utf8(virsh(&["dumpxml", "--inactive", "project-o18s"]).stdout).unwrap();
+    assert_eq!(before, after, "the refused share reached the definition");
+    assert!(!after.contains("<filesystem"), "{after}");
+}
+
+// Item 3: files others can read or plant.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn guest_data_volumes_are_private_files() {
+    require_root_libvirt();
+    let env = Env::new("own18-mode", 22710, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18mode"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "o18mode", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    for v in whole("o18mode") {
+        assert_eq!(mode(&env.pool_dir().join(&v)), 0o600, "{v}");
+    }
+    env.run(&["destroy", "o18mode", "--keep-data"]).ok();
+    for v in ["project-o18mode-data.qcow2".to_string(), "project-o18mode-data.qcow2.kept".to_string()] {
+        assert_eq!(mode(&env.pool_dir().join(&v)), 0o600, "{v}");
+    }
+    // What `image save` makes: a flat copy through libvirt.
+    let conn = virt::connect::Connect::open(Some("qemu:///system")).unwrap();
+    let pool = conn.lookup_storage_pool_by_name(&env.pool).unwrap();
+    let data = pool.lookup_storage_vol_by_name("project-o18mode-data.qcow2").unwrap();
+    project_vm::libvirt::storage::clone_flat(&pool, "saved@1.img", &data).unwrap();
+    assert_eq!(mode(&env.pool_dir().join("saved@1.img")), 0o600);
+    project_vm::libvirt::storage::delete(&pool, "saved@1.img").unwrap();
+}
+
+/// The user nobody, without XDG_RUNTIME_DIR, on libvirt's test driver (no
+/// daemon): its lock directory is planted as a symlink to a directory the
+/// planter chose, with the lock file a symlink to one of nobody's files.
+#[test]
+#[ignore = "needs root (to run as another user); run by scripts/test.sh"]
+fn a_planted_lock_directory_is_refused_and_truncates_nothing() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    let t = std::env::temp_dir().join(format!("pvtest-own18-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    std::fs::create_dir_all(&t).unwrap();
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    let chown = |p: &std::path::Path| nix::unistd::chown(p, Some(nobody), Some(nogroup)).unwrap();
+    chown(&t);
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = t.join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    chown(&victim);
+    let planted = t.join("planted");
+    std::fs::create_dir_all(planted.join("locks")).unwrap();
+    chown(&planted);
+    chown(&planted.join("locks"));
+    // The lock file the create takes points at the victim (named for the
+    // URI, as it was, and for the URI as the scope of a daemon without a
+    // host UUID).
+    use sha2::Digest;
+    for scope in ["test:///default", "uri|test:///default"] {
+        let h = sha2::Sha256::digest(format!("{scope}\nvm:o18x").as_bytes());
+        let lock = planted.join("locks").join(format!("{}.lock", hex::encode(&h[..12])));
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    }
+    let key = t.join("id");
+    sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", key.display()));
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let config = t.join("config.json");
+    // A base image that is nowhere: the create stops there, without the network.
+    let settings = json!({"ssh_authorized_keys": [pubkey.trim()], "base_image": t.join("missing.qcow2")});
+    std::fs::write(&config, settings.to_string()).unwrap();
+    let tmp = t.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    chown(&tmp);
+    // No home either: the fallback is a directory of nobody's own in TMPDIR.
+    std::os::unix::fs::symlink(&planted, tmp.join("project-vm-65534")).unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--connect", "test:///default"])
+            .args(["create", "o18x", "1G", "1", "5G"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PROJECT_VM_CONFIG", &config)
+            .env("TMPDIR", &tmp)
+            .stdin(Stdio::null());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "the victim was written through: {stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    // With a home, the state directory there; a planted one is refused too.
+    let home = t.join("home");
+    std::fs::create_dir_all(home.join(".local/state")).unwrap();
+    for p in [&home, &home.join(".local"), &home.join(".local/state")] {
+        chown(p);
+    }
+    std::os::unix::fs::symlink(&planted, home.join(".local/state/project-vm")).unwrap();
+    let out = run(&[("HOME", home.to_str().unwrap())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    // Its own, fresh: the directory is made 0700 and the create gets past its locks.
+    std::fs::remove_file(home.join(".local/state/project-vm")).unwrap();
+    let out = run(&[("HOME", home.to_str().unwrap())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("lock directory") && !stderr.contains("lock file"), "{stderr}");
+    assert_eq!(mode(&home.join(".local/state/project-vm/locks")), 0o700);
+    assert_eq!(mode(&home.join(".local/state/project-vm")), 0o700);
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+// Item 8: locks follow the daemon, not the URI's spelling.
+
+const SPELLINGS: [&str; 4] = [
+    "qemu:///system",
+    "qemu+unix:///system",
+    "qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock",
+    "qemu:///system?socket=/var/run/libvirt/libvirt-sock",
+];
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn parallel_creates_through_different_spellings_get_their_own_ports() {
+    require_root_libvirt();
+    let env = Env::new("own18-ports", 22730, json!({"base_image": "tiny"}));
+    let names = ["o18p0", "o18p1", "o18p2", "o18p3"];
+    let _c = Cleanup(&env, &names);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    for round in 0..3 {
+        let children: Vec<_> = names
+            .iter()
+            .zip(SPELLINGS)
+            .map(|(n, uri)| {
+                env.cmd(&["create", n, "256M", "1", "2G", "--project-disk", "1G", "--json"])
+                    .env("PROJECT_VM_URI", uri)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut ports = Vec::new();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            ports.push(r["create"]["ssh_port"].as_u64().unwrap());
+        }
+        let mut distinct = ports.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "round {round}: duplicate ssh ports {ports:?}");
+        for n in names {
+            env.run(&["destroy", n]).ok();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn same_name_races_through_different_spellings_leave_one_whole_vm() {
+    require_root_libvirt();
+    let env = Env::new("own18-race", 22740, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18race"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    for round in 0..6 {
+        let children: Vec<_> = SPELLINGS
+            .iter()
+            .map(|uri| {
+                env.cmd(&["create", "o18race", "256M", "1", "2G", "--project-disk", "1G"])
+                    .env("PROJECT_VM_URI", uri)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        let errs: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+        assert_eq!(won, 1, "round {round}: {won} creates exited 0: {errs:?}");
+        for o in outs.iter().filter(|o| !o.status.success()) {
+            assert_eq!(o.status.code(), Some(2), "round {round}: {errs:?}");
+        }
+        assert_eq!(env.vm_volumes(), whole("o18race"), "round {round}: {errs:?}");
+        assert_eq!(env.run(&["status", "o18race", "--json"]).ok().json()["phase"], "ready", "round {round}");
+        env.run(&["destroy", "o18race"]).ok();
+    }
+}
+
+// Item 11: a first use killed between defining the pool and building it.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_pool_defined_but_never_built_is_built_and_started() {
+    require_root_libvirt();
+    let env = Env::new("own18-pool", 22750, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18pool"]);
+    let image = tiny_image(&env.dir);
+    // What a first use killed right after defining the pool leaves.
+    let d = virsh(&["pool-define-as", &env.pool, "dir", "--target", env.pool_dir().to_str().unwrap()]);
+    assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+    assert!(!env.pool_dir().exists());
+    env.run(&["list"]).ok();
+    env.run(&["image", "import", image.to_str().unwrap()]).ok();
+    assert!(env.pool_dir().is_dir());
+    env.run(&["create", "o18pool", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    env.run(&["destroy", "o18pool"]).ok();
+    let _ = virsh(&["pool-destroy", &env.pool]);
+    assert!(virsh(&["pool-undefine", &env.pool]).status.success());
+    let _ = std::fs::remove_dir_all(env.pool_dir());
+
+    // The same through the fault hook, after each step of the first use.
+    let mut points = 0;
+    for n in 1..10 {
+        if !killed_after(&env, n, &["image", "import", image.to_str().unwrap()]) {
+            break;
+        }
+        points = n;
+        // Killed after its last change, the import was done: "already exists" is the honest answer.
+        let r = env.run(&["image", "import", image.to_str().unwrap()]);
+        assert!(r.code == 0 || r.stderr.contains("already exists"), "import after a kill at change {n}: {}", r.stderr);
+        env.run(&["create", "o18pool", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+        env.run(&["destroy", "o18pool"]).ok();
+        let _ = virsh(&["pool-destroy", &env.pool]);
+        let _ = virsh(&["pool-undefine", &env.pool]);
+        let _ = std::fs::remove_dir_all(env.pool_dir());
+    }
+    assert!(points >= 3, "the first use made only {points} changes?");
+}
