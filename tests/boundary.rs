@@ -355,3 +355,206 @@ fn a_pool_defined_but_never_built_is_built_and_started() {
     }
     assert!(points >= 3, "the first use made only {points} changes?");
 }
+
+fn virsh_ok(args: &[&str]) -> String {
+    let out = virsh(args);
+    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).ino()
+}
+
+// Item 4: a kept-disk marker cannot be forged.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_forged_kept_marker_adopts_nothing_and_nothing_deletes_the_disk() {
+    require_root_libvirt();
+    let env = Env::new("own18-mark", 22760, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18f", "o18g"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let pool = env.pool.as_str();
+    // A hand-made disk with the right name, and an empty hand-made marker.
+    virsh_ok(&["vol-create-as", pool, "project-o18f-data.qcow2", "1G", "--format", "qcow2"]);
+    virsh_ok(&["vol-create-as", pool, "project-o18f-data.qcow2.kept", "0", "--format", "raw"]);
+    let before = env.volumes();
+    let r = env.run(&["create", "o18f", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not adopted") && r.stderr.contains("empty"), "{}", r.stderr);
+    assert!(!domain_exists("project-o18f"));
+    assert_eq!(env.volumes(), before);
+    assert_eq!(env.run(&["destroy", "o18f"]).code, 3);
+    assert_eq!(env.run(&["destroy", "o18f", "--keep-data"]).code, 3);
+    let gc = env.run(&["gc", "--json"]).ok().json();
+    let kind = |gc: &serde_json::Value, n: &str| {
+        gc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == n)
+            .map(|f| f["kind"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(kind(&gc, "project-o18f-data.qcow2").as_deref(), Some("unrecorded-volume"), "{gc}");
+    env.run(&["gc", "--yes"]).ok();
+    assert_eq!(env.run(&["gc", "--yes", "project-o18f-data.qcow2"]).code, 2, "named, it is still no kept disk");
+    assert_eq!(env.volumes(), before, "gc removed the hand-made disk or its marker");
+
+    // A real disk kept by destroy --keep-data reattaches.
+    env.run(&["create", "o18g", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    env.run(&["destroy", "o18g", "--keep-data"]).ok();
+    let r = env.run(&["create", "o18g", "1G", "1", "5G", "--json"]).ok().json();
+    assert_eq!(r["create"]["data_reattached"], true);
+    env.run(&["destroy", "o18g", "--keep-data"]).ok();
+    // Its marker, copied beside the hand-made disk, names another VM and disk.
+    let copy = env.dir.join("marker.json");
+    virsh_ok(&["vol-download", "--pool", pool, "project-o18g-data.qcow2.kept", copy.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&copy).unwrap();
+    assert!(text.contains("\"vm\":\"o18g\""), "{text}");
+    virsh_ok(&["vol-delete", "--pool", pool, "project-o18f-data.qcow2.kept"]);
+    let len = text.len().to_string();
+    virsh_ok(&["vol-create-as", pool, "project-o18f-data.qcow2.kept", &len, "--format", "raw"]);
+    virsh_ok(&["vol-upload", "--pool", pool, "project-o18f-data.qcow2.kept", copy.to_str().unwrap()]);
+    let r = env.run(&["create", "o18f", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("left by VM o18g"), "{}", r.stderr);
+    // The same marker edited to name o18f still describes another disk.
+    let forged = text.replace("\"vm\":\"o18g\"", "\"vm\":\"o18f\"");
+    std::fs::write(&copy, &forged).unwrap();
+    virsh_ok(&["vol-upload", "--pool", pool, "project-o18f-data.qcow2.kept", copy.to_str().unwrap()]);
+    let r = env.run(&["create", "o18f", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("another disk"), "{}", r.stderr);
+    assert!(!domain_exists("project-o18f"));
+    // o18g's kept disk replaced by a hand-made one of the same name and size.
+    virsh_ok(&["vol-delete", "--pool", pool, "project-o18g-data.qcow2"]);
+    virsh_ok(&["vol-create-as", pool, "project-o18g-data.qcow2", "1G", "--format", "qcow2"]);
+    let r = env.run(&["create", "o18g", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("made again or written"), "{}", r.stderr);
+    let before = env.volumes();
+    env.run(&["gc", "--yes"]).ok();
+    assert_eq!(env.volumes(), before);
+}
+
+// Item 10: a reattaching create killed at its commit point.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_reattaching_create_killed_at_its_commit_point_keeps_the_disk_from_a_plain_destroy() {
+    require_root_libvirt();
+    let env = Env::new("own18-commit", 22770, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18k"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let create = ["create", "o18k", "1G", "1", "5G", "--project-disk", "1G"];
+    env.run(&create).ok();
+    env.run(&["destroy", "o18k", "--keep-data"]).ok();
+    let data = env.pool_dir().join("project-o18k-data.qcow2");
+    let marker = "project-o18k-data.qcow2.kept".to_string();
+    let mut at_commit = 0;
+    for n in 1..40 {
+        let before = inode(&data);
+        if !killed_after(&env, n, &create[..5]) {
+            // It ran to the end: the disk is the VM's; keep it again.
+            env.run(&["destroy", "o18k", "--keep-data"]).ok();
+            break;
+        }
+        let marked = env.vm_volumes().contains(&marker);
+        let ready = env.run(&["status", "o18k", "--json"]).json().get("phase").is_some_and(|p| p == "ready");
+        if ready && marked {
+            at_commit = n;
+        }
+        // What a user does after a create that did not say it finished.
+        if domain_exists("project-o18k") {
+            env.run(&["destroy", "o18k"]).ok();
+        }
+        if marked {
+            assert!(data.exists(), "a plain destroy after a kill at change {n} deleted the reattached disk");
+            assert_eq!(inode(&data), before, "after a kill at change {n}");
+            assert!(env.vm_volumes().contains(&marker), "the marker went after a kill at change {n}");
+        } else {
+            // The create had committed (its marker removed): the disk was the VM's.
+            env.run(&create).ok();
+            env.run(&["destroy", "o18k", "--keep-data"]).ok();
+        }
+    }
+    assert!(at_commit > 0, "no kill left a ready record beside the marker");
+    let r = env.run(&["create", "o18k", "1G", "1", "5G", "--json"]).ok().json();
+    assert_eq!(r["create"]["data_reattached"], true);
+}
+
+// Item 6: gc never removes what a domain uses, nor what project-vm did not record.
+
+struct Domains<'a>(&'a Env, Vec<String>);
+
+impl Drop for Domains<'_> {
+    fn drop(&mut self) {
+        for d in &self.1 {
+            let _ = virsh(&["undefine", d]);
+        }
+        self.0.cleanup(&["o18a", "o18r"]);
+    }
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn gc_never_removes_disks_in_use_or_unrecorded() {
+    require_root_libvirt();
+    let env = Env::new("own18-gc", 22780, json!({"base_image": "tiny"}));
+    let user = format!("pvtest-own18-user-{}", std::process::id());
+    let _c = Domains(&env, vec!["project-o18b".into(), user.clone()]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "o18a", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    virsh_ok(&["domrename", "project-o18a", "project-o18b"]);
+    // A hand-made project-* volume that a hand-made domain uses.
+    virsh_ok(&["vol-create-as", &env.pool, "project-o18h-root.qcow2", "1M", "--format", "qcow2"]);
+    let path = env.pool_dir().join("project-o18h-root.qcow2");
+    let xml = format!(
+        "<domain type='qemu'><name>{user}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+         <target dev='vda' bus='virtio'/></disk></devices></domain>",
+        path.display()
+    );
+    let file = env.dir.join("user.xml");
+    std::fs::write(&file, xml).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+    // A data volume create refused to adopt.
+    virsh_ok(&["vol-create-as", &env.pool, "project-o18r-data.qcow2", "1G", "--format", "qcow2"]);
+    let r = env.run(&["create", "o18r", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not adopted"), "{}", r.stderr);
+
+    let before = env.volumes();
+    let gc = env.run(&["gc", "--json"]).ok().json();
+    let found: Vec<(String, String, String)> = gc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().into(),
+                f["name"].as_str().unwrap().into(),
+                f["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (kind, name) in [
+        ("in-use-volume", "project-o18a-root.qcow2"),
+        ("in-use-volume", "project-o18a-data.qcow2"),
+        ("in-use-volume", "project-o18h-root.qcow2"),
+        ("unrecorded-volume", "project-o18r-data.qcow2"),
+    ] {
+        assert!(found.iter().any(|(k, n, _)| k == kind && n == name), "{kind} {name} not in {found:?}");
+    }
+    assert!(found.iter().all(|(k, _, _)| k != "orphan-volume"), "{found:?}");
+    env.run(&["gc", "--yes"]).ok();
+    assert_eq!(env.volumes(), before, "gc --yes removed a volume in use or not recorded");
+    // The renamed domain still has every disk it names.
+    let xml = virsh_ok(&["dumpxml", "project-o18b"]);
+    for v in whole("o18a") {
+        assert!(xml.contains(&v), "{v}");
+        assert!(env.volumes().contains(&v), "{v}");
+    }
+}

@@ -439,7 +439,17 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
                 d.name, d.format
             )))
         }
-        (Some(d), true) => Some(d),
+        (Some(d), true) => match storage::kept_mismatch(&ctx.conn, &pool, &d.name, name.as_str())? {
+            None => Some(d),
+            Some(why) => {
+                let marker = storage::kept_marker(&d.name);
+                let pool_name = &ctx.settings.pool;
+                return Err(invalid(format!(
+                    "volume {} has a kept-disk marker ({marker}), but {why}: project-vm did not keep this disk for {name} (`destroy --keep-data` leaves a marker that describes its disk), so it is not adopted as {name}'s project disk and nothing was changed. If the data is yours, rename the volume or copy it out; remove the marker with `virsh vol-delete {marker} --pool {pool_name}`, or pick another VM name",
+                    d.name
+                )));
+            }
+        },
         (Some(d), false) => {
             return Err(invalid(format!(
                 "volume {} already exists in pool {}, but project-vm has no record of keeping it (`destroy --keep-data` leaves one), so it is not adopted as {name}'s project disk: rename or remove it (`virsh vol-delete {} --pool {}`) if it is yours, or pick another VM name",
