@@ -558,3 +558,118 @@ fn gc_never_removes_disks_in_use_or_unrecorded() {
         assert!(env.volumes().contains(&v), "{v}");
     }
 }
+
+// Item 7: plan/apply never reach another pool; one daemon is one host.
+
+/// Cleans up a VM made with a second settings file (another pool), then the env.
+struct OtherPool<'a>(&'a Env, std::path::PathBuf, String, &'a [&'a str]);
+
+impl Drop for OtherPool<'_> {
+    fn drop(&mut self) {
+        for n in self.3 {
+            let _ = self.0.cmd(&["destroy", n]).env("PROJECT_VM_CONFIG", &self.1).output();
+        }
+        let _ = virsh(&["pool-destroy", &self.2]);
+        let _ = virsh(&["pool-undefine", &self.2]);
+        self.0.cleanup(&[]);
+    }
+}
+
+/// A copy of `env`'s settings with `edit` applied, written to `file`.
+fn settings_with(env: &Env, file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    edit(&mut s);
+    let path = env.dir.join(file);
+    std::fs::write(&path, s.to_string()).unwrap();
+    path
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn plan_and_apply_never_reach_a_vm_in_another_pool() {
+    require_root_libvirt();
+    let env = Env::new("own18-pools", 22790, json!({"base_image": "tiny"}));
+    let other_pool = format!("{}-other", env.pool);
+    let other = settings_with(&env, "other.json", |s| {
+        s["pool"] = json!(other_pool);
+        s["storage_dir"] = json!(env.dir.join("other"));
+    });
+    let _c = OtherPool(&env, other.clone(), other_pool.clone(), &["o18o"]);
+    let tiny = tiny_image(&env.dir);
+    let in_other = |args: &[&str]| {
+        let out = env.cmd(args).env("PROJECT_VM_CONFIG", &other).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    in_other(&["image", "import", tiny.to_str().unwrap()]);
+    in_other(&["create", "o18o", "1G", "1", "5G", "--project-disk", "1G"]);
+    let xml = || String::from_utf8(virsh(&["dumpxml", "--inactive", "project-o18o"]).stdout).unwrap();
+    let data_cap = || virsh_ok(&["vol-info", "--bytes", "--pool", &other_pool, "project-o18o-data.qcow2"]);
+    let (xml0, cap0) = (xml(), data_cap());
+
+    env.run(&["image", "import", tiny.to_str().unwrap()]).ok();
+    let file = env.dir.join("vms.json");
+    let doc = json!({"vms": {"o18o": {"memory": "2G", "cpus": 2, "disk": "6G", "project_disk": "2G"}}});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let f = file.to_str().unwrap();
+    let p = env.run(&["plan", "-f", f, "--json"]).ok().json();
+    let vm = &p["vms"][0];
+    assert_eq!(vm["changes"][0]["field"], "pool", "{p}");
+    assert_eq!(vm["changes"][0]["class"], "impossible", "{p}");
+    assert_eq!(vm["changes"].as_array().unwrap().len(), 1, "{p}");
+    for extra in [&[][..], &["--recreate"][..], &["--restart"][..]] {
+        let mut args = vec!["apply", "-f", f];
+        args.extend(extra);
+        let r = env.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {} {}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("another pool"), "{}", r.stderr);
+        assert_eq!(xml(), xml0, "{args:?} redefined the VM in the other pool");
+        assert_eq!(data_cap(), cap0, "{args:?} grew its project disk");
+        assert!(env.vm_volumes().is_empty(), "{args:?} made volumes in this pool: {:?}", env.vm_volumes());
+    }
+    // Told --all-pools, the plan manages it where it is.
+    let p = env.run(&["plan", "-f", f, "--all-pools", "--json"]).ok().json();
+    assert!(p["vms"][0]["changes"].as_array().unwrap().iter().all(|c| c["field"] != "pool"), "{p}");
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn two_fleet_hosts_that_are_one_daemon_are_refused() {
+    require_root_libvirt();
+    let env = Env::new("own18-hosts", 22800, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18x"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "o18x", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    let pool = env.pool.clone();
+    let fleet = settings_with(&env, "fleet.json", |s| {
+        s["hosts"] = json!({
+            "a": {"uri": "qemu+unix:///system", "pool": format!("{pool}-a")},
+            "b": {"uri": "qemu:///system", "pool": pool},
+        });
+    });
+    let run = |args: &[&str]| {
+        let out = env.cmd(args).env("PROJECT_VM_CONFIG", &fleet).env_remove("PROJECT_VM_URI").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for args in [
+        &["--host", "a", "destroy", "o18x"][..],
+        &["--host", "a", "stop", "o18x"][..],
+        &["destroy", "o18x"][..],
+        &["list"][..],
+        &["--host", "a", "create", "o18y", "1G", "1", "5G"][..],
+        &["--host", "a", "gc", "--yes"][..],
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("same libvirt daemon"), "{args:?}: {stderr}");
+        assert!(domain_exists("project-o18x"), "{args:?} destroyed the VM");
+    }
+    let file = env.dir.join("vms.json");
+    std::fs::write(&file, json!({"vms": {"o18x": {"host": "a"}}}).to_string()).unwrap();
+    for verb in ["plan", "apply"] {
+        let (code, stderr) = run(&[verb, "-f", file.to_str().unwrap(), "--prune"]);
+        assert_eq!(code, Some(2), "{verb}: {stderr}");
+        assert!(stderr.contains("same libvirt daemon"), "{verb}: {stderr}");
+    }
+    assert_eq!(env.vm_volumes(), whole("o18x"));
+    assert!(!domain_exists("project-o18y"));
+}

@@ -328,6 +328,22 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
         }
         let base = create::base_name(ctx, decl.image.as_deref());
         let found = existing.get(&decl.name);
+        // A VM of this name in another pool was made with other settings:
+        // never grown, redefined or rebuilt from here (nor undone when half-made).
+        if let Some(s) = found.filter(|s| !opts.all_pools && s.vm.own.pool != ctx.settings.pool) {
+            out.push(VmPlan {
+                changes: vec![Change {
+                    field: "pool",
+                    from: s.vm.own.pool.clone(),
+                    to: ctx.settings.pool.clone(),
+                    class: Class::Impossible,
+                    note: "a VM of this name lives in another pool (made with other settings): plan and apply never reach into another pool; manage it there, pass --all-pools to manage it from here, or give this one another name",
+                }],
+                decl: Some(decl.clone()),
+                ..VmPlan::new(decl.name.as_str(), Action::Nothing)
+            });
+            continue;
+        }
         let interrupted = match found {
             Some(s) => half_made(&s.vm, pools.get(ctx, &s.vm.own.pool)?),
             None => false,
