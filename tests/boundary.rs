@@ -162,6 +162,13 @@ fn a_planted_lock_directory_is_refused_and_truncates_nothing() {
     let t = std::env::temp_dir().join(format!("pvtest-own18-lock-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&t);
     std::fs::create_dir_all(&t).unwrap();
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(t.clone());
     let nobody = nix::unistd::Uid::from_raw(65534);
     let nogroup = nix::unistd::Gid::from_raw(65534);
     let chown = |p: &std::path::Path| nix::unistd::chown(p, Some(nobody), Some(nogroup)).unwrap();
@@ -233,7 +240,6 @@ fn a_planted_lock_directory_is_refused_and_truncates_nothing() {
     assert!(!stderr.contains("lock directory") && !stderr.contains("lock file"), "{stderr}");
     assert_eq!(mode(&home.join(".local/state/project-vm/locks")), 0o700);
     assert_eq!(mode(&home.join(".local/state/project-vm")), 0o700);
-    let _ = std::fs::remove_dir_all(&t);
 }
 
 // Item 8: locks follow the daemon, not the URI's spelling.
