@@ -526,6 +526,8 @@ fn gc_never_removes_disks_in_use_or_unrecorded() {
     let file = env.dir.join("user.xml");
     std::fs::write(&file, xml).unwrap();
     virsh_ok(&["define", file.to_str().unwrap()]);
+    // A volume of somebody else's in the pool, named like nothing of project-vm's.
+    virsh_ok(&["vol-create-as", &env.pool, "theirs.qcow2", "1M", "--format", "qcow2"]);
     // A data volume create refused to adopt.
     virsh_ok(&["vol-create-as", &env.pool, "project-o18r-data.qcow2", "1G", "--format", "qcow2"]);
     let r = env.run(&["create", "o18r", "1G", "1", "5G"]);
@@ -551,6 +553,7 @@ fn gc_never_removes_disks_in_use_or_unrecorded() {
         ("in-use-volume", "project-o18a-data.qcow2"),
         ("in-use-volume", "project-o18h-root.qcow2"),
         ("unrecorded-volume", "project-o18r-data.qcow2"),
+        ("unrecorded-volume", "theirs.qcow2"),
     ] {
         assert!(found.iter().any(|(k, n, _)| k == kind && n == name), "{kind} {name} not in {found:?}");
     }

@@ -136,9 +136,7 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         .collect();
     for e in store::list(&ctx.conn, &pool)? {
         let (kind, detail) = match (&e.record, e.current) {
-            (None, _) => {
-                ("unverified-image", "no record: an interrupted upload, or made by hand; create never uses it")
-            }
+            (None, _) => ("unverified-image", "no record: an interrupted upload; create never uses it"),
             (Some(_), false) => ("superseded-image", "an older generation of its image"),
             (Some(_), true) => continue,
         };
@@ -154,7 +152,23 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         }
         let image = match record::classify(&e.volume) {
             VolumeKind::Disk { image, .. } => image.to_owned(),
-            _ => e.volume.clone(),
+            // Not named as project-vm names its uploads (`NAME@GEN.img`):
+            // made by hand or by another tool, and not project-vm's to remove.
+            _ => {
+                report.findings.push(Finding {
+                    action: format!(
+                        "left alone: not project-vm's to remove (`virsh vol-delete {} --pool {pool_name}` if it is yours)",
+                        e.volume
+                    ),
+                    ..finding(
+                        "unrecorded-volume",
+                        &e.volume,
+                        "no project-vm record names it, nor is it named like an upload of project-vm's; create never uses it",
+                        e.disk.allocation,
+                    )
+                });
+                continue;
+            }
         };
         let f = finding(kind, &e.volume, detail, e.disk.allocation);
         // An upload in progress holds its image's lock.
