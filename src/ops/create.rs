@@ -63,9 +63,15 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// What the libvirt host must have, and what must hold together.
-    /// `local`: the libvirt host is this machine (share sources can be checked).
-    pub fn check(&self, conn: &virt::connect::Connect, local: bool) -> anyhow::Result<()> {
+    /// What the libvirt host must have, and what must hold together; the
+    /// devices as they are to be recorded (share sources resolved).
+    ///
+    /// Shares: each passes [`Share::validate`]; on a local libvirt host its
+    /// source must be a directory, and is resolved (symlinks) before it is
+    /// checked and recorded; the source may not be, lie in or contain any
+    /// storage pool's directory (nor `storage_dir`); no two shares mount at
+    /// one target, and none over the ssh user's home.
+    pub fn check(&self, ctx: &Ctx) -> anyhow::Result<Devices> {
         if let Some(net) = &self.network_config {
             net.validate().map_err(|e| invalid(format!("network_config: {e}")))?;
         }
@@ -74,22 +80,48 @@ impl Devices {
             if !seen.insert(a.to_string()) {
                 return Err(invalid(format!("hostdev {a} is given twice: a device goes to a VM once")));
             }
-            crate::libvirt::nodedev::pci(conn, a)?;
+            crate::libvirt::nodedev::pci(&ctx.conn, a)?;
         }
+        let mut out = self.clone();
+        if self.shares.is_empty() {
+            return Ok(out);
+        }
+        let mut pools = storage::pool_dirs(&ctx.conn)?;
+        pools.push(ctx.settings.storage_dir.clone());
+        if ctx.is_local() {
+            pools = pools.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+        }
+        let home = std::path::Path::new("/home").join(&ctx.settings.ssh_user);
         let mut targets = std::collections::BTreeSet::new();
-        for s in &self.shares {
+        for s in &mut out.shares {
+            let label = s.label();
             s.validate().map_err(invalid)?;
-            if local && !s.source.is_dir() {
+            crate::spec::check_source(&s.source, &pools).map_err(|e| invalid(format!("share {label}: {e}")))?;
+            if ctx.is_local() {
+                let real = std::fs::canonicalize(&s.source).ok().filter(|r| r.is_dir()).ok_or_else(|| {
+                    invalid(format!(
+                        "share {label}: the source {} is not a directory on this host: create it, or fix the path",
+                        s.source.display()
+                    ))
+                })?;
+                let via = match real != s.source {
+                    true => format!(" ({} resolves to {})", s.source.display(), real.display()),
+                    false => String::new(),
+                };
+                crate::spec::check_source(&real, &pools).map_err(|e| invalid(format!("share {label}: {e}{via}")))?;
+                s.source = real;
+            }
+            if s.target == home {
                 return Err(invalid(format!(
-                    "share source {} is not a directory on this host: create it, or fix the path",
-                    s.source.display()
+                    "share {label}: the target is the home of the ssh user {}: mount it in a directory below",
+                    ctx.settings.ssh_user
                 )));
             }
-            if !targets.insert(&s.target) {
-                return Err(invalid(format!("two shares mount at {}", s.target.display())));
+            if !targets.insert(s.target.clone()) {
+                return Err(invalid(format!("share {label}: two shares mount at {}", s.target.display())));
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Passthrough wants UEFI: GPUs and their option ROMs expect it.
@@ -264,7 +296,7 @@ pub fn desired_spec(
 /// (apply --jobs) and processes, so no two VMs get the same forwarded port.
 /// (Each call opens the lock file anew, so threads contend like processes.)
 fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
-    crate::lock::acquire(&ctx.uri, "ssh-ports", "choosing a port", |_| {})
+    crate::lock::acquire(&ctx.lock_scope()?, "ssh-ports", "choosing a port", |_| {})
 }
 
 /// For user networking: the first forwarded port at or above `base` that no
@@ -315,7 +347,8 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let started = Instant::now();
     let name = &req.name;
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
-    req.devices.check(&ctx.conn, ctx.is_local()).map_err(|e| e.context(format!("VM {name}")))?;
+    let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
+    let req = &CreateRequest { devices, ..req.clone() };
     crate::libvirt::check_network(&ctx.conn, &ctx.settings.network, ctx.is_local())
         .map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;
@@ -413,7 +446,17 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
                 d.name, d.format
             )))
         }
-        (Some(d), true) => Some(d),
+        (Some(d), true) => match storage::kept_mismatch(&ctx.conn, &pool, &d.name, name.as_str())? {
+            None => Some(d),
+            Some(why) => {
+                let marker = storage::kept_marker(&d.name);
+                let pool_name = &ctx.settings.pool;
+                return Err(invalid(format!(
+                    "volume {} has a kept-disk marker ({marker}), but {why}: project-vm did not keep this disk for {name} (`destroy --keep-data` leaves a marker that describes its disk), so it is not adopted as {name}'s project disk and nothing was changed. If the data is yours, rename the volume or copy it out; remove the marker with `virsh vol-delete {marker} --pool {pool_name}`, or pick another VM name",
+                    d.name
+                )));
+            }
+        },
         (Some(d), false) => {
             return Err(invalid(format!(
                 "volume {} already exists in pool {}, but project-vm has no record of keeping it (`destroy --keep-data` leaves one), so it is not adopted as {name}'s project disk: rename or remove it (`virsh vol-delete {} --pool {}`) if it is yours, or pick another VM name",

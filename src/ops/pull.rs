@@ -106,7 +106,7 @@ pub fn image_lock_name(ctx: &Ctx, name: &str) -> String {
 /// building its overlay on it shares it ([`share_image`]).
 pub fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
     let json = ctx.json;
-    lock::acquire(&ctx.uri, &image_lock_name(ctx, name), "storing", |holder| {
+    lock::acquire(&ctx.lock_scope()?, &image_lock_name(ctx, name), "storing", |holder| {
         if !json {
             eprintln!("waiting for another project-vm{} that is working on image {name}", holder.pid_note());
         }
@@ -117,7 +117,7 @@ pub fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
 /// its overlay exists, so `image rm` cannot remove it in between.
 pub fn share_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
     let json = ctx.json;
-    lock::acquire_shared(&ctx.uri, &image_lock_name(ctx, name), "using", |holder| {
+    lock::acquire_shared(&ctx.lock_scope()?, &image_lock_name(ctx, name), "using", |holder| {
         if !json {
             eprintln!("waiting for another project-vm{} that is storing or removing image {name}", holder.pid_note());
         }
@@ -209,7 +209,7 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
     if req.checksums.is_some() {
         source.checksums = req.checksums.clone();
     }
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
     Ok(PullReport::new(&image, cached, started))
@@ -226,7 +226,7 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     let path = absolute(file)?;
     let name = name.map(str::to_owned).unwrap_or_else(|| catalog::name_for(&path));
     record::validate_name(&name)?;
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     if store::find(&ctx.conn, &pool, &name)?.is_some() {
         return Err(invalid(format!(
@@ -354,7 +354,7 @@ fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Resul
     };
     let pool = match pool {
         Some(p) => p,
-        None => storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?,
+        None => storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?,
     };
     let lock = lock_image(ctx, &name)?;
     // fetch_into looks again under the lock: another process may have just stored it.

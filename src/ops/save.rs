@@ -102,7 +102,8 @@ pub fn save(
             vm.name, vm.name, vm.name
         )));
     }
-    let _image_lock = crate::lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), "saving", |_| {})?;
+    let _image_lock =
+        crate::lock::acquire(&ctx.lock_scope()?, &format!("image:{}/{name}", ctx.settings.pool), "saving", |_| {})?;
     let pool =
         ctx.vm_pool(vm)?.ok_or_else(|| anyhow::anyhow!("storage pool {} of {} is gone", vm.own.pool, vm.name))?;
     if store::find(&ctx.conn, &pool, name)?.is_some() {
