@@ -31,7 +31,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(d) = &declared {
         host = host.overlay(d.settings.clone());
     }
-    let fleet = Fleet::new(host, cli.connect.clone(), cli.json)?;
+    let mut fleet = Fleet::new(host, cli.connect.clone(), cli.json)?;
+    // Verbs that change nothing may look through a read-only connection
+    // where a system daemon refuses this user a read-write one.
+    fleet.looking = matches!(
+        cli.command,
+        Command::List(_)
+            | Command::Status(_)
+            | Command::Ssh(_)
+            | Command::SshConfig(_)
+            | Command::Logs(_)
+            | Command::Snapshot(SnapshotCommand::List { .. })
+            | Command::Image(ImageCommand::List)
+    );
     let only = cli.host.as_deref();
     if let Command::Doctor = cli.command {
         // Connects by itself: an unreachable libvirtd is a finding, not an error.

@@ -11,8 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::invalid;
 use crate::images::catalog::{ImageSource, DEFAULT_IMAGE};
+use crate::libvirt::daemon::Daemon;
 
 pub const SYSTEM_CONFIG: &str = "/etc/project-vm/config.json";
+pub const DEFAULT_POOL: &str = "project-vm";
+/// The first loopback port user networking forwards to a guest's ssh.
+pub const DEFAULT_SSH_PORT: u16 = 22022;
 
 /// The hypervisor acceleration. `tcg` is software emulation (libvirt domain type
 /// `qemu`), for hosts where KVM is missing or broken (nested virtualisation).
@@ -83,6 +87,19 @@ pub struct HostSettings {
     /// entry is a `uri` plus settings keys.
     #[serde(skip)]
     pub hosts: Option<BTreeMap<String, HostEntry>>,
+    /// Which of the daemon-specific keys came from the system settings file
+    /// ([`SYSTEM_CONFIG`], which a NixOS host writes for its system daemon):
+    /// a session daemon ignores those and keeps its own defaults.
+    #[serde(skip)]
+    pub from_system_file: SystemKeys,
+}
+
+/// The keys of the system settings file that describe the system daemon
+/// only: its storage directory and its network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SystemKeys {
+    pub storage_dir: bool,
+    pub network: bool,
 }
 
 /// One host of a fleet.
@@ -123,6 +140,12 @@ impl HostSettings {
                 }
                 (mine, theirs) => theirs.or(mine),
             }
+        }
+        if other.storage_dir.is_some() {
+            self.from_system_file.storage_dir = other.from_system_file.storage_dir;
+        }
+        if other.network.is_some() {
+            self.from_system_file.network = other.from_system_file.network;
         }
         self.hosts = merge(self.hosts.take(), other.hosts.take());
         self.images = merge(self.images.take(), other.images.take());
@@ -264,7 +287,12 @@ impl HostSettings {
                 Ok(true) => {
                     let text = crate::files::read_text(&path, "settings file", crate::files::CONFIG_MAX)?;
                     tracing::debug!(path = %path.display(), "reading settings");
-                    settings = settings.overlay(Self::from_json(&text, &path.display().to_string())?);
+                    let mut file = Self::from_json(&text, &path.display().to_string())?;
+                    if path == Path::new(SYSTEM_CONFIG) {
+                        file.from_system_file =
+                            SystemKeys { storage_dir: file.storage_dir.is_some(), network: file.network.is_some() };
+                    }
+                    settings = settings.overlay(file);
                 }
                 Err(e) => return Err(invalid(format!("cannot read settings file {}: {e}", path.display()))),
             }
@@ -272,21 +300,50 @@ impl HostSettings {
         Ok(settings)
     }
 
-    /// The settings with defaults filled in; every problem reported at once.
+    /// The settings with the system daemon's defaults filled in (see
+    /// [`HostSettings::resolve_for`]).
     pub fn resolve(self) -> anyhow::Result<Settings> {
+        self.resolve_for(&Daemon::System)
+    }
+
+    /// The settings with defaults filled in for the daemon they are used on;
+    /// every problem reported at once.
+    ///
+    /// The system daemon: disks in `/var/lib/project-vm`, libvirt's `default`
+    /// network. A session daemon (it and its VMs run as one user, who can
+    /// write only their own files and has no libvirt networks): disks in that
+    /// user's data directory, user networking. The pool's name stays
+    /// `project-vm` on both: pools are named per daemon, and every user's
+    /// session is a daemon of its own, so one user's pool can never meet
+    /// another's (nor the system daemon's).
+    pub fn resolve_for(mut self, daemon: &Daemon) -> anyhow::Result<Settings> {
+        if daemon.is_session() {
+            // The system file's directory and network are the system daemon's.
+            if self.from_system_file.storage_dir {
+                self.storage_dir = None;
+            }
+            if self.from_system_file.network {
+                self.network = None;
+            }
+        }
         let problems = self.problems();
         if !problems.is_empty() {
             return Err(invalid(format!("settings: {}", problems.join("; "))));
         }
         let ssh_user = self.ssh_user.unwrap_or_else(|| "dev".into());
-        let pool = self.pool.unwrap_or_else(|| "project-vm".into());
+        let pool = self.pool.unwrap_or_else(|| DEFAULT_POOL.into());
+        let network = self.network.unwrap_or_else(|| match daemon {
+            Daemon::System => Network::default(),
+            Daemon::Session { .. } => Network::User { ssh_port: DEFAULT_SSH_PORT },
+        });
         Ok(Settings {
-            storage_dir: self.storage_dir.unwrap_or_else(|| PathBuf::from("/var/lib/project-vm")),
+            storage_dir: self.storage_dir.or_else(|| daemon.default_storage_dir()),
             pool,
             base_image: self.base_image.unwrap_or_else(|| DEFAULT_IMAGE.into()),
             images: self.images.unwrap_or_default(),
             accel: self.accel.unwrap_or_default(),
-            network: self.network.unwrap_or_default(),
+            network,
+            daemon: daemon.clone(),
             ssh_user,
             ssh_authorized_keys: self.ssh_authorized_keys,
             tailnet: self.tailnet,
@@ -371,7 +428,10 @@ fn default_paths() -> Vec<PathBuf> {
 /// Resolved host settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub storage_dir: PathBuf,
+    /// The pool's directory on the libvirt host. `None`: not set, and no
+    /// default is known (a session daemon on another host: its user's home
+    /// is not ours to know); see [`Settings::storage_dir`].
+    pub storage_dir: Option<PathBuf>,
     pub pool: String,
     /// An image name (pulled from the catalog on first use) or an image file.
     pub base_image: String,
@@ -383,9 +443,21 @@ pub struct Settings {
     pub ssh_authorized_keys: Option<Vec<String>>,
     pub tailnet: Option<String>,
     pub tailscale_auth_key_file: Option<PathBuf>,
+    /// The daemon these settings were resolved for.
+    pub daemon: Daemon,
 }
 
 impl Settings {
+    /// The pool's directory, or why there is none to use.
+    pub fn storage_dir(&self) -> anyhow::Result<&Path> {
+        self.storage_dir.as_deref().ok_or_else(|| {
+            invalid(
+                "\"storage_dir\" is not set, and for a session daemon on another host project-vm cannot know its user's home: \
+                 set \"storage_dir\" to a directory that user can write there, e.g. \"/home/USER/.local/share/project-vm\"",
+            )
+        })
+    }
+
     /// The public keys to authorize in the guest. With none configured, the
     /// invoking user's `~/.ssh/*.pub` (under sudo, the user who ran sudo).
     pub fn authorized_keys(&self) -> anyhow::Result<Vec<String>> {
@@ -490,7 +562,10 @@ pub fn invoking_home() -> Option<PathBuf> {
             }
         }
     }
-    std::env::var_os("HOME").map(PathBuf::from)
+    std::env::var_os("HOME").map(PathBuf::from).or_else(|| {
+        // No HOME (a bare `env -i`): the passwd entry's, never a shared directory.
+        nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.dir)
+    })
 }
 
 /// Under sudo, hands `path` (and the directories above it, up to the
@@ -530,10 +605,52 @@ mod tests {
     fn defaults() {
         let s = HostSettings::default().resolve().unwrap();
         assert_eq!(s.pool, "project-vm");
-        assert_eq!(s.storage_dir, PathBuf::from("/var/lib/project-vm"));
+        assert_eq!(s.storage_dir, Some(PathBuf::from("/var/lib/project-vm")));
         assert_eq!(s.accel, Accel::Kvm);
         assert_eq!(s.network, Network::Network { name: "default".into() });
         assert_eq!(s.ssh_user, "dev");
+    }
+
+    #[test]
+    fn a_session_daemon_defaults_to_its_users_home_and_user_networking() {
+        use crate::libvirt::daemon::DaemonUser;
+        let alice = DaemonUser { uid: 4242, gid: 4242, name: "alice".into(), home: "/home/alice".into(), is_me: false };
+        let session = Daemon::Session { user: Some(alice) };
+        let s = HostSettings::default().resolve_for(&session).unwrap();
+        assert_eq!(s.storage_dir, Some(PathBuf::from("/home/alice/.local/share/project-vm")));
+        assert_eq!(s.network, Network::User { ssh_port: DEFAULT_SSH_PORT });
+        // The same pool name as on the system daemon: pools are per daemon.
+        assert_eq!((s.pool.as_str(), s.accel), ("project-vm", Accel::Kvm));
+        // What is set wins.
+        let set = HostSettings {
+            storage_dir: Some("/srv/vms".into()),
+            network: Some(Network::Bridge { name: "br0".into() }),
+            ..Default::default()
+        };
+        let s = set.resolve_for(&session).unwrap();
+        assert_eq!((s.storage_dir, s.network), (Some("/srv/vms".into()), Network::Bridge { name: "br0".into() }));
+        // The system settings file's directory and network are the system
+        // daemon's (a NixOS host writes them for it): a session keeps its own.
+        let system_file = HostSettings {
+            storage_dir: Some("/var/lib/project-vm".into()),
+            network: Some(Network::default()),
+            accel: Some(Accel::Tcg),
+            from_system_file: SystemKeys { storage_dir: true, network: true },
+            ..Default::default()
+        };
+        let s = system_file.clone().resolve_for(&session).unwrap();
+        assert_eq!(s.storage_dir, Some(PathBuf::from("/home/alice/.local/share/project-vm")));
+        assert_eq!((s.network, s.accel), (Network::User { ssh_port: DEFAULT_SSH_PORT }, Accel::Tcg));
+        assert_eq!(system_file.clone().resolve().unwrap().storage_dir, Some("/var/lib/project-vm".into()));
+        // The user's own file wins, also for a session.
+        let mine = HostSettings { storage_dir: Some("/srv/alice".into()), ..Default::default() };
+        let s = system_file.overlay(mine).resolve_for(&session).unwrap();
+        assert_eq!(s.storage_dir, Some("/srv/alice".into()));
+        // A remote session: no default directory, and saying so names the setting.
+        let s = HostSettings::default().resolve_for(&Daemon::Session { user: None }).unwrap();
+        let e = s.storage_dir().unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(e.to_string().contains("storage_dir"), "{e}");
     }
 
     #[test]
@@ -649,6 +766,7 @@ mod tests {
             tailscale_auth_key_file: Some("/k".into()),
             images: Some(BTreeMap::new()),
             hosts: None,
+            from_system_file: SystemKeys::default(),
         })
         .unwrap();
         // `hosts` is parsed by hand (see parse_hosts), not by serde.

@@ -172,6 +172,12 @@ fn repair(pool: &StoragePool, name: &str) -> bool {
     true
 }
 
+/// The directory of a defined pool (its definition's target path).
+pub fn pool_dir(pool: &StoragePool) -> Option<std::path::PathBuf> {
+    let xml = pool.xml_desc(0).ok()?;
+    quick_xml::de::from_str::<PoolXml>(&xml).ok().map(|p| p.target.path.into())
+}
+
 /// The pool, defined (as a `dir` pool on `storage_dir`), built and started on first use.
 /// `scope` (the daemon's identity) keys the lock that makes concurrent first
 /// uses define it once. Each step is one change a kill can follow: a pool
@@ -184,7 +190,7 @@ pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::
     if let Some(p) = find_pool(conn, &settings.pool)? {
         return Ok(p);
     }
-    let dir = settings.storage_dir.to_string_lossy().into_owned();
+    let dir = settings.storage_dir()?.to_string_lossy().into_owned();
     tracing::info!(pool = %settings.pool, %dir, "defining storage pool");
     let xml = quick_xml::se::to_string(&PoolXml {
         kind: "dir".into(),
@@ -194,9 +200,10 @@ pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::
     // Failures here are the host's (a directory libvirtd cannot create or
     // write): exit 4, naming the directory.
     let env = |e: virt::error::Error, doing: String| {
-        let e = explain(e, doing);
-        match crate::error::exit_code(&e) {
-            1 => failure(Kind::Environment, format!("{e:#}\nhint: storage_dir must be a directory libvirtd can create and write on the libvirt host; `project-vm doctor` checks it")),
+        let e = super::explain_for(&settings.daemon, e, doing);
+        match (crate::error::exit_code(&e), settings.daemon.user()) {
+            (1, None) => failure(Kind::Environment, format!("{e:#}\nhint: storage_dir must be a directory libvirtd can create and write on the libvirt host; `project-vm doctor` checks it")),
+            (1, Some(_)) => failure(Kind::Environment, format!("{e:#}\nhint: {}; `project-vm doctor` checks it", super::permission_hint(&settings.daemon))),
             _ => e,
         }
     };

@@ -87,7 +87,7 @@ impl Devices {
             return Ok(out);
         }
         let mut pools = storage::pool_dirs(&ctx.conn)?;
-        pools.push(ctx.settings.storage_dir.clone());
+        pools.extend(ctx.settings.storage_dir.clone());
         if ctx.is_local() {
             pools = pools.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
         }

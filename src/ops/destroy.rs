@@ -79,6 +79,14 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     } else {
         tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);
     }
+    // A session VM's serial log lives in its user's state directory, which
+    // project-vm chose: it goes with the VM (the system daemon's stays in
+    // libvirt's log directory, as libvirt keeps it).
+    let serial_log = match ctx.settings.daemon.is_session() && ctx.is_local() {
+        true => super::logs::configured_path(vm)
+            .filter(|p| ctx.settings.daemon.serial_log_dir().is_some_and(|d| p.parent() == Some(d.as_path()))),
+        false => None,
+    };
     // UEFI VMs have an NVRAM file of their own: it goes with the definition.
     let efi = vm.spec().is_ok_and(|s| s.firmware == crate::spec::Firmware::Efi);
     let mut flags = 0;
@@ -94,6 +102,13 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     };
     undefined.map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
     crate::fault::mutated("undefined the domain");
+    if let Some(log) = serial_log {
+        if let Err(e) = std::fs::remove_file(&log) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("could not remove {}'s serial log {}: {e}", vm.name, log.display());
+            }
+        }
+    }
     // A later VM of this name gets a new host key: its pin goes with this one.
     if let Err(e) = super::ssh::forget_host_key(&super::ssh::known_hosts_path(), &ctx.ssh_alias(&vm.name)) {
         tracing::warn!("could not remove {}'s pinned host key: {e:#}", vm.name);

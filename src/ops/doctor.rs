@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::Ctx;
+use crate::libvirt::daemon::{Daemon, DaemonUser, R, W, X};
 use crate::output::Report;
 use crate::settings::{Accel, Network, Settings};
 
@@ -45,9 +46,17 @@ fn check(check: &'static str, level: Level, message: impl Into<String>, fix: Opt
 
 /// Runs every check. `uri` and `settings` are checked even when libvirt
 /// cannot be reached (then the libvirt-side checks are skipped).
+///
+/// Each check asks what the daemon `settings` were resolved for will do, as
+/// the user it runs as: the system daemon creates the pool directory as root
+/// and runs QEMU as its QEMU user; a session daemon does both as its user.
 pub fn doctor(uri: &str, settings: &Settings) -> DoctorReport {
     let mut checks = Vec::new();
     let local = Ctx::uri_is_local(uri);
+    let daemon = &settings.daemon;
+    // The pool's directory: a pool already defined keeps its own, whatever
+    // "storage_dir" says now (that is the one a create uses).
+    let mut defined_dir: Option<Option<PathBuf>> = None;
     match crate::libvirt::connect(uri) {
         Err(e) => checks.push(check("libvirt", Level::Error, format!("{e:#}"), None)),
         Ok(conn) => {
@@ -59,29 +68,45 @@ pub fn doctor(uri: &str, settings: &Settings) -> DoctorReport {
                 None,
             ));
             let ctx = Ctx::new(conn, uri.to_owned(), settings.clone(), true);
-            checks.push(privileges(uri));
+            checks.push(privileges(daemon));
             checks.push(acceleration(&ctx));
+            checks.push(network(&ctx));
+            let (c, dir) = pool(&ctx);
+            checks.push(c);
+            defined_dir = dir;
             checks.push(base_image(&ctx));
         }
     }
     checks.push(keys(settings));
     if local {
-        checks.extend(pool_path(&settings.storage_dir));
-        checks.push(free_space(&settings.storage_dir));
+        let dir = match defined_dir {
+            Some(dir) => dir,
+            None => match settings.storage_dir() {
+                Ok(d) => Some(d.to_owned()),
+                Err(e) => {
+                    checks.push(check("pool path", Level::Error, format!("{e:#}"), None));
+                    None
+                }
+            },
+        };
+        if let Some(dir) = dir {
+            checks.extend(match daemon.user() {
+                Some(user) => session_pool_path(daemon, user, &dir),
+                None => pool_path(&dir),
+            });
+            checks.push(free_space(&dir));
+        }
         checks.extend(confinement());
         if let Network::User { .. } = settings.network {
-            checks.push(passt());
+            checks.push(passt(daemon));
         }
-        checks.push(match crate::libvirt::virtiofsd::find() {
-            Some(p) => check("virtiofsd", Level::Ok, format!("{} (for shares)", p.display()), None),
-            None => check(
-                "virtiofsd",
-                Level::Warn,
-                "virtiofsd is not installed: VMs with shares cannot be created",
-                Some(format!("{:#}", crate::libvirt::virtiofsd::missing())),
-            ),
-        });
+        checks.push(virtiofsd(daemon));
     } else {
+        if defined_dir.is_none() {
+            if let Err(e) = settings.storage_dir() {
+                checks.push(check("pool path", Level::Error, format!("{e:#}"), None));
+            }
+        }
         checks.push(check(
             "host files",
             Level::Warn,
@@ -93,18 +118,182 @@ pub fn doctor(uri: &str, settings: &Settings) -> DoctorReport {
     DoctorReport { uri: uri.to_owned(), checks, ok }
 }
 
-fn privileges(uri: &str) -> Check {
+fn privileges(daemon: &Daemon) -> Check {
     let root = nix::unistd::geteuid().is_root();
-    if uri.ends_with("/session") {
-        return check(
+    match daemon {
+        Daemon::Session { user: Some(u) } => check(
             "privileges",
             Level::Ok,
-            "a per-user session daemon: VMs run as you; only user networking (passt) is available",
+            format!(
+                "{}: VMs run as {}, with {}'s rights; no libvirt networks, user networking (passt) instead",
+                daemon.describe(),
+                u.name,
+                u.name
+            ),
             None,
-        );
+        ),
+        Daemon::Session { user: None } => check(
+            "privileges",
+            Level::Ok,
+            "a session daemon on another host: VMs run as its user there; user networking (passt)",
+            None,
+        ),
+        Daemon::System if root => check("privileges", Level::Ok, "the system daemon, as root", None),
+        Daemon::System => check(
+            "privileges",
+            Level::Ok,
+            "the system daemon, through your libvirt group membership (polkit): VMs, pools and networks are the host's",
+            None,
+        ),
     }
-    let who = if root { "as root".to_owned() } else { "through your libvirt group membership".to_owned() };
-    check("privileges", Level::Ok, format!("the system daemon, {who}"), None)
+}
+
+/// A libvirt network must exist on the daemon that will run the VM (a
+/// session daemon has none of the system's); a bridge needs the bridge helper.
+fn network(ctx: &Ctx) -> Check {
+    match &ctx.settings.network {
+        Network::User { ssh_port } => check(
+            "network",
+            Level::Ok,
+            format!("user networking (passt): each VM's ssh forwarded from 127.0.0.1, ports from {ssh_port}"),
+            None,
+        ),
+        Network::Network { name } => match ctx.conn.lookup_network_by_name(name) {
+            Ok(n) => match n.is_active() {
+                Ok(true) => check("network", Level::Ok, format!("libvirt network {name} is active"), None),
+                _ => check(
+                    "network",
+                    Level::Warn,
+                    format!("libvirt network {name} is defined but not active: VMs fail to start until it is"),
+                    Some(format!("`virsh -c {} net-start {name}` (and `net-autostart {name}`)", ctx.uri)),
+                ),
+            },
+            Err(_) => check(
+                "network",
+                Level::Error,
+                format!("{} has no libvirt network {name:?}, and \"network\" asks for it", ctx.settings.daemon.describe()),
+                Some(match ctx.settings.daemon.is_session() {
+                    true => "a session daemon has no libvirt networks: drop \"network\" to use user networking (the default on a session), or use qemu:///system as root".into(),
+                    false => format!("define it (`virsh net-list --all`), or set \"network\" to {{\"type\": \"user\", \"ssh_port\": {}}}", crate::settings::DEFAULT_SSH_PORT),
+                }),
+            ),
+        },
+        Network::Bridge { name } if ctx.settings.daemon.is_session() => check(
+            "network",
+            Level::Warn,
+            format!("bridge {name} from a session daemon: QEMU needs qemu-bridge-helper (setuid) and {name} allowed in /etc/qemu/bridge.conf"),
+            Some("user networking needs neither: drop \"network\"".into()),
+        ),
+        Network::Bridge { name } => check("network", Level::Ok, format!("host bridge {name}"), None),
+    }
+}
+
+/// The pool, when it is defined already: its directory is what a create
+/// uses. `(check, Some(dir))` when defined (`Some(None)`: its directory is
+/// not a local path), `(check, None)` when a create will define it.
+fn pool(ctx: &Ctx) -> (Check, Option<Option<PathBuf>>) {
+    let name = &ctx.settings.pool;
+    match ctx.conn.lookup_storage_pool_by_name(name) {
+        Ok(p) => {
+            let dir = crate::libvirt::storage::pool_dir(&p);
+            let active = p.is_active().unwrap_or(false);
+            let at = dir.as_ref().map(|d| format!(" at {}", d.display())).unwrap_or_default();
+            let differs = match (&dir, &ctx.settings.storage_dir) {
+                (Some(d), Some(s)) if d != s => {
+                    format!(" (not \"storage_dir\" {}: a defined pool keeps its directory)", s.display())
+                }
+                _ => String::new(),
+            };
+            let state = if active { "active" } else { "defined, not active (a create starts it)" };
+            (check("pool", Level::Ok, format!("pool {name}{at} is {state}{differs}"), None), Some(dir))
+        }
+        Err(_) => (
+            check(
+                "pool",
+                Level::Ok,
+                format!(
+                    "pool {name} is not defined yet: the first create defines it{}",
+                    ctx.settings.storage_dir.as_ref().map(|d| format!(" at {}", d.display())).unwrap_or_default()
+                ),
+                None,
+            ),
+            None,
+        ),
+    }
+}
+
+/// A session daemon makes the pool directory, and QEMU opens the disks in
+/// it, as the daemon's user: that user must be able to make (or write) it.
+fn session_pool_path(daemon: &Daemon, user: &DaemonUser, dir: &Path) -> Vec<Check> {
+    match user.blocked(dir, R | W | X) {
+        None => vec![check(
+            "pool path",
+            Level::Ok,
+            format!(
+                "{} {} by {}, whom the session daemon runs as",
+                dir.display(),
+                if dir.exists() { "is writable" } else { "can be created" },
+                user.name
+            ),
+            None,
+        )],
+        Some(why) => vec![check(
+            "pool path",
+            Level::Error,
+            format!("{why}, and {} creates the pool directory and opens its disks as {}", daemon.describe(), user.name),
+            Some(format!(
+                "drop \"storage_dir\" to use the default {} (or set it to a directory {} can write), or run as root on qemu:///system",
+                daemon.default_storage_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+                user.name
+            )),
+        )],
+    }
+}
+
+fn virtiofsd(daemon: &Daemon) -> Check {
+    let found = match daemon.user() {
+        Some(_) => crate::libvirt::virtiofsd::for_daemon(daemon, &[]).map_err(|e| format!("{e:#}")),
+        None => crate::libvirt::virtiofsd::find().ok_or_else(|| format!("{:#}", crate::libvirt::virtiofsd::missing())),
+    };
+    match found {
+        Ok(p) => {
+            let Some(u) = daemon.user() else {
+                return check("virtiofsd", Level::Ok, format!("{} (for shares)", p.display()), None);
+            };
+            let lacks = crate::libvirt::virtiofsd::unprivileged_lacks(u);
+            if !lacks.is_empty() {
+                return check(
+                    "virtiofsd",
+                    Level::Warn,
+                    format!(
+                        "{} runs {} as {} in a user namespace, which this host cannot give: {}; VMs with shares cannot be created (VMs without work)",
+                        daemon.describe(),
+                        p.display(),
+                        u.name,
+                        lacks.join(", ")
+                    ),
+                    Some(format!("as root: `apt install uidmap` and `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}`", u.name)),
+                );
+            }
+            check(
+                "virtiofsd",
+                Level::Ok,
+                format!(
+                    "{} (for shares; run as {} unprivileged: shares must be directories {} can read and write)",
+                    p.display(),
+                    u.name,
+                    u.name
+                ),
+                None,
+            )
+        }
+        Err(why) => check(
+            "virtiofsd",
+            Level::Warn,
+            "no virtiofsd to run for shares: VMs with shares cannot be created (VMs without work)",
+            Some(why),
+        ),
+    }
 }
 
 fn acceleration(ctx: &Ctx) -> Check {
@@ -112,12 +301,20 @@ fn acceleration(ctx: &Ctx) -> Check {
     let kvm = caps.contains("<domain type='kvm'");
     match (ctx.settings.accel, kvm) {
         (Accel::Kvm, true) => check("acceleration", Level::Ok, "KVM is available", None),
-        (Accel::Kvm, false) => check(
-            "acceleration",
-            Level::Error,
-            "KVM is not available on this host (no /dev/kvm, or the kvm module is not loaded), and \"accel\" is kvm",
-            Some("load kvm_intel or kvm_amd and enable virtualisation in the firmware, or set \"accel\": \"tcg\" (software emulation, much slower)".into()),
-        ),
+        (Accel::Kvm, false) => match ctx.settings.daemon.user() {
+            Some(u) if Path::new("/dev/kvm").exists() && ctx.is_local() => check(
+                "acceleration",
+                Level::Error,
+                format!("{} cannot use KVM: /dev/kvm is there, but {} may not open it; and \"accel\" is kvm", ctx.settings.daemon.describe(), u.name),
+                Some(format!("add {} to /dev/kvm's group (usually kvm: `usermod -aG kvm {}` as root, then log in again), or set \"accel\": \"tcg\" (software emulation, much slower)", u.name, u.name)),
+            ),
+            _ => check(
+                "acceleration",
+                Level::Error,
+                "KVM is not available on this host (no /dev/kvm, or the kvm module is not loaded), and \"accel\" is kvm",
+                Some("load kvm_intel or kvm_amd and enable virtualisation in the firmware, or set \"accel\": \"tcg\" (software emulation, much slower)".into()),
+            ),
+        },
         (Accel::Tcg, true) => check(
             "acceleration",
             Level::Warn,
@@ -272,8 +469,15 @@ fn on_path(program: &str) -> bool {
         || Path::new("/usr/bin").join(program).is_file()
 }
 
-fn passt() -> Check {
-    if on_path("passt") {
+fn passt(daemon: &Daemon) -> Check {
+    let runnable = match daemon.user() {
+        Some(u) => {
+            ["/usr/bin/passt", "/usr/local/bin/passt"].iter().any(|p| Path::new(p).is_file() && u.may(Path::new(p), X))
+                || on_path("passt")
+        }
+        None => on_path("passt"),
+    };
+    if runnable {
         check("passt", Level::Ok, "passt is installed (user networking)", None)
     } else {
         check(

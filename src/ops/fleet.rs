@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::Ctx;
 use crate::error::{failure, invalid, not_found, Kind};
+use crate::libvirt::daemon::Daemon;
 use crate::libvirt::vms::{self, Lookup, Vm};
 use crate::settings::{HostSettings, Settings};
 use crate::spec::VmName;
@@ -41,6 +42,9 @@ pub struct Fleet {
     pub connect_overrides_hosts: bool,
     /// Whether every host that answers is a daemon of its own ([`Fleet::check_distinct`]).
     distinct: OnceLock<Result<(), String>>,
+    /// The verb only looks (list, status, ssh...): where libvirt refuses a
+    /// read-write connection to a system daemon, a read-only one will do.
+    pub looking: bool,
 }
 
 /// Why `host` and `--host` cannot be used on a fleet of one unnamed host.
@@ -60,10 +64,12 @@ impl Fleet {
         let overridden = uri.is_some() && hosts.as_ref().is_some_and(|h| !h.is_empty());
         let one = |common: HostSettings| -> anyhow::Result<Fleet> {
             let uri = uri.clone().unwrap_or_else(|| crate::libvirt::default_uri().to_owned());
+            let settings = common.resolve_for(&Daemon::of(&uri))?;
             Ok(Fleet {
-                hosts: vec![host(None, uri, common.resolve()?)],
+                hosts: vec![host(None, uri, settings)],
                 json,
                 connect_overrides_hosts: overridden,
+                looking: false,
                 distinct: OnceLock::new(),
             })
         };
@@ -75,7 +81,7 @@ impl Fleet {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for (name, entry) in hosts {
-            match common.clone().overlay(entry.settings).resolve() {
+            match common.clone().overlay(entry.settings).resolve_for(&Daemon::of(&entry.uri)) {
                 Ok(settings) => out.push(host(Some(name), entry.uri, settings)),
                 Err(e) => problems.push(format!("hosts.{name}: {e:#}")),
             }
@@ -83,7 +89,7 @@ impl Fleet {
         if !problems.is_empty() {
             return Err(invalid(problems.join("\n")));
         }
-        Ok(Fleet { hosts: out, json, connect_overrides_hosts: false, distinct: OnceLock::new() })
+        Ok(Fleet { hosts: out, json, connect_overrides_hosts: false, looking: false, distinct: OnceLock::new() })
     }
 
     /// The one-host fleet of an open connection.
@@ -91,7 +97,7 @@ impl Fleet {
         let h = host(None, ctx.uri.clone(), ctx.settings.clone());
         let json = ctx.json;
         let _ = h.ctx.set(Ok(ctx));
-        Fleet { hosts: vec![h], json, connect_overrides_hosts: false, distinct: OnceLock::new() }
+        Fleet { hosts: vec![h], json, connect_overrides_hosts: false, looking: false, distinct: OnceLock::new() }
     }
 
     /// Reports are JSON (`--json`): progress stays quiet.
@@ -112,12 +118,15 @@ impl Fleet {
     /// so a host that is down is asked once per run.
     pub fn ctx(&self, h: &Host) -> anyhow::Result<Arc<Ctx>> {
         let got = h.ctx.get_or_init(|| {
-            crate::libvirt::connect(&h.uri)
-                .map(|conn| {
-                    let ctx = Ctx::new(conn, h.uri.clone(), h.settings.clone(), self.json);
-                    Arc::new(Ctx { host_name: h.name.clone(), ..ctx })
-                })
-                .map_err(|e| format!("{e:#}"))
+            let conn = match self.looking {
+                true => crate::libvirt::connect_to_look(&h.uri),
+                false => crate::libvirt::connect(&h.uri),
+            };
+            conn.map(|conn| {
+                let ctx = Ctx::new(conn, h.uri.clone(), h.settings.clone(), self.json);
+                Arc::new(Ctx { host_name: h.name.clone(), ..ctx })
+            })
+            .map_err(|e| format!("{e:#}"))
         });
         match got {
             Ok(ctx) => Ok(ctx.clone()),

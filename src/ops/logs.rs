@@ -1,4 +1,7 @@
-//! `logs`: the serial console log libvirt's virtlogd writes on the host.
+//! `logs`: the serial console log libvirt's virtlogd writes on the host:
+//! libvirt's log directory for the system daemon, the user's state directory
+//! (`~/.local/state/project-vm/logs`) for a session daemon. The path is the
+//! one the VM's definition names, so a VM keeps its log where it was made.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -8,29 +11,65 @@ use super::Ctx;
 use crate::error::{failure, Kind};
 use crate::libvirt::vms::Vm;
 
-pub fn path(vm: &Vm) -> PathBuf {
-    PathBuf::from(format!("/var/log/libvirt/qemu/{}-serial.log", vm.name.domain()))
+/// The serial log file the VM's definition names, if any.
+pub fn configured_path(vm: &Vm) -> Option<PathBuf> {
+    let xml = vm.dom.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).ok()?;
+    serial_log_in(&xml).map(PathBuf::from)
+}
+
+/// `<serial><log file='...'/></serial>`'s file, from libvirt's XML (which
+/// quotes attributes with `'`; the definition project-vm wrote has one serial).
+fn serial_log_in(xml: &str) -> Option<String> {
+    // The device `<serial type=...>`, not a disk's `<serial>` (its serial number).
+    let serial = &xml[xml.find("<serial ")?..];
+    let serial = &serial[..serial.find("</serial>").unwrap_or(serial.len())];
+    let log = &serial[serial.find("<log ")?..];
+    let log = &log[..log.find('>')?];
+    let at = log.find("file=")? + "file=".len();
+    let quote = log[at..].chars().next()?;
+    let value = &log[at + 1..];
+    let value = &value[..value.find(quote)?];
+    quick_xml::escape::unescape(value).ok().map(|v| v.into_owned())
 }
 
 pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
-    if !ctx.is_system() || !ctx.is_local() {
+    if !ctx.is_local() {
         return Err(failure(
             Kind::Environment,
             format!(
-                "the serial log is kept on the libvirt host for qemu:///system VMs only; on {} use `project-vm console {}`",
+                "the serial log is a file on the libvirt host ({}), not readable from here: use `project-vm console {}`",
                 ctx.uri, vm.name
             ),
         ));
     }
-    let path = path(vm);
-    if !path.exists() {
+    let Some(path) = configured_path(vm) else {
         return Err(failure(
             Kind::NotFound,
-            format!("no serial log at {}: has {} been started since it was created?", path.display(), vm.name),
+            format!(
+                "{} keeps no serial log (it was made without one, by an older project-vm or for a daemon whose user's home is not known here): use `project-vm console {}`",
+                vm.name, vm.name
+            ),
         ));
+    };
+    // Opened only if it is a regular file (a FIFO or a device there would block or never end).
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(crate::error::invalid(format!("{} is not a regular file: not a serial log", path.display())));
     }
-    // Streamed, never held whole; opened without blocking and only if it is a regular file.
-    let mut file = crate::files::open_regular(&path, "serial log")?;
+    let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => failure(
+            Kind::Environment,
+            format!(
+                "cannot read the serial log {} ({e}): {} writes it for its own user; read it as that user (root for qemu:///system), or use `project-vm console {}`",
+                path.display(),
+                ctx.settings.daemon.describe(),
+                vm.name
+            ),
+        ),
+        _ => failure(
+            Kind::NotFound,
+            format!("no serial log at {} ({e}): has {} been started since it was created?", path.display(), vm.name),
+        ),
+    })?;
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -49,5 +88,19 @@ pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
         if len < file.stream_position()? {
             file.seek(SeekFrom::Start(0))?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_serial_log_is_read_from_the_definition() {
+        let xml = "<domain><devices><disk><serial>project-data</serial></disk><console type='pty'><log file='/nope'/></console>\
+                   <serial type='pty'><target port='0'/><log file='/home/a/.local/state/project-vm/logs/project-x-serial.log' append='on'/></serial></devices></domain>";
+        assert_eq!(
+            super::serial_log_in(xml).as_deref(),
+            Some("/home/a/.local/state/project-vm/logs/project-x-serial.log")
+        );
+        assert_eq!(super::serial_log_in("<domain><devices><serial type='pty'/></devices></domain>"), None);
     }
 }

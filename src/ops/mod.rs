@@ -112,13 +112,15 @@ impl Ctx {
         Self::uri_is_local(&self.uri)
     }
 
+    /// True when `uri`'s daemon is on this machine. Names that are not URIs
+    /// (aliases from libvirt.conf) count as local, as libvirt's own default does.
     pub fn uri_is_local(uri: &str) -> bool {
-        !uri.contains("://") || uri.split("://").nth(1).is_some_and(|rest| rest.starts_with('/'))
+        crate::libvirt::uri::Uri::parse(uri).map_or(!uri.contains("://"), |u| u.is_local())
     }
 
-    /// True for a system (root) libvirt daemon, as opposed to a user session.
+    /// True for the system (root) libvirt daemon, as opposed to a user session.
     pub fn is_system(&self) -> bool {
-        self.uri.ends_with("/system")
+        !self.settings.daemon.is_session()
     }
 }
 
@@ -138,21 +140,78 @@ impl PoolListings {
 }
 
 /// Files on the libvirt host a domain definition names: the serial console
-/// log (system daemons only: a session daemon's log directory depends on the
-/// user's home there), and for shares the virtiofsd to run.
+/// log (libvirt's log directory on the system daemon; the user's state
+/// directory for a session daemon on this machine; none for a session daemon
+/// elsewhere, whose user's home we cannot know), and for shares the
+/// virtiofsd to run.
 pub fn host_files(ctx: &Ctx, spec: &crate::spec::VmSpec) -> anyhow::Result<crate::libvirt::domain_xml::HostFiles> {
     let domain = spec.name.domain();
     let virtiofsd = match (spec.shares.is_empty(), ctx.is_local()) {
         (true, _) => None,
-        // On this machine: find it, or say how to get it.
-        (false, true) => Some(crate::libvirt::virtiofsd::find().ok_or_else(crate::libvirt::virtiofsd::missing)?),
+        // On this machine: find one the daemon's user can run, or say why not.
+        (false, true) => Some(crate::libvirt::virtiofsd::for_daemon(&ctx.settings.daemon, &spec.shares)?),
         // Elsewhere: libvirt finds the distribution's through its descriptors.
         (false, false) => None,
     };
+    let serial_log = ctx.settings.daemon.serial_log_dir().map(|d| d.join(format!("{domain}-serial.log")));
+    if let (Some(log), true) = (&serial_log, ctx.settings.daemon.is_session()) {
+        make_log_dir(&ctx.settings.daemon, log)?;
+    }
     Ok(crate::libvirt::domain_xml::HostFiles {
-        serial_log: ctx.is_system().then(|| format!("/var/log/libvirt/qemu/{domain}-serial.log")),
+        serial_log: serial_log.map(|p| p.display().to_string()),
         virtiofsd: virtiofsd.map(|p| p.display().to_string()),
     })
+}
+
+/// A session daemon's virtlogd writes the serial log as its user but makes
+/// no directories: the log's directory must be there (the user's own) when
+/// the VM starts.
+fn make_log_dir(daemon: &crate::libvirt::daemon::Daemon, log: &std::path::Path) -> anyhow::Result<()> {
+    let (Some(dir), Some(user)) = (log.parent(), daemon.user()) else { return Ok(()) };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let me = nix::unistd::geteuid();
+    if !user.is_me && !me.is_root() {
+        // Another user's directory that is not there: nothing we may make.
+        return Ok(());
+    }
+    // Each directory made here belongs to the daemon's user (root made it
+    // for another user's session).
+    let mut missing: Vec<&std::path::Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    missing.reverse();
+    for d in missing {
+        std::fs::create_dir(d).or_else(|e| if d.is_dir() { Ok(()) } else { Err(e) }).map_err(|e| {
+            crate::error::failure(
+                crate::error::Kind::Environment,
+                format!(
+                    "cannot create {} for the serial log: {e}\nhint: {}",
+                    d.display(),
+                    crate::libvirt::permission_hint(daemon)
+                ),
+            )
+        })?;
+        if !user.is_me {
+            let _ = nix::unistd::chown(
+                d,
+                Some(nix::unistd::Uid::from_raw(user.uid)),
+                Some(nix::unistd::Gid::from_raw(user.gid)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Before a start: what the definition names on this machine is there (the
+/// serial log's directory, which the user may have cleaned up since).
+pub fn prepare_host_files(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
+    if !ctx.settings.daemon.is_session() || !ctx.is_local() {
+        return Ok(());
+    }
+    if let Some(log) = logs::configured_path(vm) {
+        make_log_dir(&ctx.settings.daemon, &log)?;
+    }
+    Ok(())
 }
 
 /// The per-VM lock: one project-vm process at a time changes a VM. `doing`

@@ -19,7 +19,7 @@ pub struct StartReport {
     pub result: &'static str,
 }
 
-pub fn start(_ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
+pub fn start(ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
     if vm.own.phase == crate::libvirt::metadata::Phase::Creating {
         return Err(crate::error::invalid(format!(
             "{} is half-made: its create did not finish. Run the same `project-vm create {}` again (it undoes what was left and starts over), or `project-vm destroy {}`",
@@ -34,7 +34,10 @@ pub fn start(_ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
         }
         _ => {}
     }
-    vm.dom.create().map_err(|e| explain(e, format!("starting {}", vm.name.domain())))?;
+    super::prepare_host_files(ctx, vm)?;
+    vm.dom
+        .create()
+        .map_err(|e| crate::libvirt::explain_for(&ctx.settings.daemon, e, format!("starting {}", vm.name.domain())))?;
     crate::fault::mutated("started the domain");
     tracing::info!(vm = %vm.name, "started");
     Ok(StartReport { name: vm.name.to_string(), result: "started" })

@@ -72,31 +72,13 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
 /// and user. Through it, ssh reaches user networking's forward, which listens
 /// on that host's loopback. `None` for other transports.
 pub fn proxy_command(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.split_once("://")?;
-    if !["+ssh", "+libssh", "+libssh2"].iter().any(|t| scheme.ends_with(t)) {
+    let u = crate::libvirt::uri::Uri::parse(uri).ok()?;
+    if !u.is_ssh() {
         return None;
     }
-    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let query = tail.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let param = |key: &str| {
-        query.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == key).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
-        })
-    };
-    let (user, host_port) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    // `host:port`, or `[v6]:port`.
-    let (host, port) = match host_port.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => (h, Some(p)),
-        _ => (host_port, None),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
+    let param = |key: &str| u.param(key).map(str::to_owned);
+    let (user, port) = (u.user.as_deref(), u.port.map(|p| p.to_string()));
+    let host = u.host.as_deref().filter(|h| !h.is_empty())?;
     let mut args = vec![param("command").unwrap_or_else(|| "ssh".into())];
     if let Some(k) = param("keyfile") {
         args.extend(["-i".into(), k]);
@@ -105,7 +87,7 @@ pub fn proxy_command(uri: &str) -> Option<String> {
         args.extend(["-o".into(), format!("UserKnownHostsFile={kh}")]);
     }
     if let Some(p) = port {
-        args.extend(["-p".into(), p.into()]);
+        args.extend(["-p".into(), p]);
     }
     if let Some(u) = user {
         args.extend(["-l".into(), u.into()]);
