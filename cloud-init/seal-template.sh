@@ -7,6 +7,8 @@
 # config that name the old VM. Then it powers the copy off.
 set -u
 rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data /var/lib/cloud/sem
+# The readiness reporter's record of this instance's first boot.
+rm -rf /var/lib/project-vm
 rm -f /var/log/cloud-init.log /var/log/cloud-init-output.log
 # The next boot must look for a new seed rather than trust this instance.
 rm -f /etc/cloud/cloud.cfg.d/90-project-vm.cfg

@@ -155,8 +155,15 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
             "disk" => f.disk = size(p),
             "project_disk" => f.project_disk = size(p),
             "cpus" => match v.as_u64() {
-                Some(n) if (1..=512).contains(&n) => f.cpus = Some(n as u32),
-                _ => p.add(&at, format!("{} is not a CPU count from 1 to 512", show(v))),
+                Some(n) if (1..=crate::spec::MAX_CPUS as u64).contains(&n) => f.cpus = Some(n as u32),
+                _ => p.add(
+                    &at,
+                    format!(
+                        "{} is not a CPU count from 1 to {} (more needs x2APIC interrupt remapping, which project-vm does not set up)",
+                        show(v),
+                        crate::spec::MAX_CPUS
+                    ),
+                ),
             },
             "autostart" => match v.as_bool() {
                 Some(b) => f.autostart = Some(b),
@@ -351,7 +358,7 @@ fn find_cycle(vms: &BTreeMap<VmName, VmDecl>) -> Option<Vec<String>> {
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Declared> {
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let text = crate::files::read_text(path, "declarative file", crate::files::CONFIG_MAX)?;
     parse(&text, &path.display().to_string(), path.parent().unwrap_or(Path::new(".")))
 }
 
@@ -423,7 +430,7 @@ mod tests {
             "defaults.memory: \"8X\" is not a size like 512M or 8G",
             "defaults.depends_on: depends_on belongs in a VM's own entry",
             "vms.db.memory: \"8X\" is not a size like 512M or 8G",
-            "vms.db.cpus: 0 is not a CPU count from 1 to 512",
+            "vms.db.cpus: 0 is not a CPU count from 1 to 255",
             "vms.db.depends_on[0]: \"wbe\" is not a VM in this file (did you mean \"web\"?)",
             "vms.db.featrues: unknown key (did you mean \"features\"?)",
             "vms.db.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?)",

@@ -24,3 +24,33 @@ pub fn mutated(what: &str) {
         let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// Test hook: with `PROJECT_VM_FAULT_STREAM_AT=N`, an upload's stream write
+/// fails once N bytes have been sent, as a write error from libvirtd would
+/// (ENOSPC, say): the crash tests check that the stream is aborted and the
+/// partial volume removed. Never makes a real write fail.
+pub fn stream_write(sent: u64) -> anyhow::Result<()> {
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    match *AT.get_or_init(|| std::env::var("PROJECT_VM_FAULT_STREAM_AT").ok()?.parse().ok()) {
+        Some(at) if sent >= at => anyhow::bail!("fault injection: stream write failed after {sent} bytes"),
+        _ => Ok(()),
+    }
+}
+
+/// Test hook: with `PROJECT_VM_PAUSE_AT=POINT:MS`, the process sleeps MS
+/// milliseconds when it reaches POINT, so a test can run another command
+/// inside a window that is otherwise too short to hit.
+pub fn pause(point: &str) {
+    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("PROJECT_VM_PAUSE_AT").ok()?;
+        let (p, ms) = v.split_once(':')?;
+        Some((p.to_owned(), ms.parse().ok()?))
+    });
+    if let Some((p, ms)) = at {
+        if p == point {
+            eprintln!("test hook: pausing {ms} ms at {point}");
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod features;
+pub mod files;
 pub mod images;
 pub mod interrupt;
 pub mod jsonfile;

@@ -7,14 +7,24 @@
 //! run never leaves a stale lock behind. The holder writes its pid into the
 //! file so a waiter can say whom it waits for.
 //!
-//! Scope: processes on this machine that share a lock directory (root uses
-//! /run/project-vm/locks, other users their XDG runtime directory). Two
+//! Scope: processes on this machine that share a lock directory, talking to
+//! one libvirt daemon. Locks are keyed by the daemon's identity (see
+//! [`crate::ops::Ctx::lock_scope`]), not by how its URI is spelled, so
+//! `qemu:///system` and `qemu+unix:///system?socket=...` share them. Two
 //! machines driving one remote libvirtd are not serialised by this.
+//!
+//! The directory: root uses /run/project-vm/locks; other users their
+//! `$XDG_RUNTIME_DIR`, else their state directory in their home (never a
+//! predictable name under a shared /tmp, where another user could plant it
+//! first). Whatever it is, project-vm's own directories must be real
+//! directories (not symlinks) owned by this user with mode 0700, or nothing
+//! is locked and the run stops; lock files are opened without following a
+//! symlink and never truncated.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -26,38 +36,116 @@ pub struct Lock {
     path: PathBuf,
 }
 
-fn dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/project-vm/locks");
+/// The lock directory and the directory below which project-vm made it
+/// (everything from there down must be ours).
+fn dir() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        let top = PathBuf::from("/run/project-vm");
+        return Ok((top.join("locks"), top));
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("project-vm/locks"),
-        None => std::env::temp_dir().join(format!("project-vm-{}/locks", nix::unistd::geteuid())),
-    }
+    let home_state = || -> Option<PathBuf> {
+        match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute()) {
+            Some(d) => Some(PathBuf::from(d)),
+            None => Some(
+                PathBuf::from(std::env::var_os("HOME").filter(|h| Path::new(h).is_absolute())?).join(".local/state"),
+            ),
+        }
+    };
+    let top = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
+        Some(d) => PathBuf::from(d).join("project-vm"),
+        None => match home_state() {
+            Some(d) => d.join("project-vm"),
+            // No home at all: a directory of our own under /tmp, checked below.
+            None => std::env::temp_dir().join(format!("project-vm-{uid}")),
+        },
+    };
+    Ok((top.join("locks"), top))
 }
 
-/// The lock file for `what` on libvirt `uri`: the name is a hash, so any
-/// URI or volume name makes a valid file name.
-fn path(uri: &str, what: &str) -> PathBuf {
+/// Makes `dir` (0700), and checks that it and every directory between `top`
+/// and it are real directories owned by this user that nobody else can
+/// write or list. A directory of ours that is too open is tightened; one
+/// that is someone else's, or a symlink, is refused.
+pub fn secure_dir(dir: &Path, top: &Path) -> anyhow::Result<()> {
+    let refuse = |p: &Path, why: String| {
+        failure(
+            Kind::Environment,
+            format!(
+                "refusing to use the lock directory {}: {} {why}; remove it (or set XDG_RUNTIME_DIR to a directory of your own)",
+                dir.display(),
+                p.display()
+            ),
+        )
+    };
+    let cannot = |p: &Path, e: std::io::Error| {
+        failure(Kind::Environment, format!("cannot create the lock directory {}: {e}", p.display()))
+    };
+    if let Some(parent) = top.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| cannot(parent, e))?;
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    // Top down, each checked before anything is made inside it.
+    let below: Vec<_> = dir.strip_prefix(top).map(|r| r.components().collect()).unwrap_or_default();
+    let mut p = top.to_path_buf();
+    for next in std::iter::once(None).chain(below.into_iter().map(Some)) {
+        if let Some(c) = next {
+            p.push(c);
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(cannot(&p, e)),
+            _ => {}
+        }
+        let m = std::fs::symlink_metadata(&p)
+            .map_err(|e| failure(Kind::Environment, format!("cannot inspect {}: {e}", p.display())))?;
+        if m.file_type().is_symlink() {
+            return Err(refuse(&p, "is a symlink".into()));
+        }
+        if !m.is_dir() {
+            return Err(refuse(&p, "is not a directory".into()));
+        }
+        if m.uid() != uid {
+            return Err(refuse(&p, format!("belongs to uid {}, not to you (uid {uid})", m.uid())));
+        }
+        if m.mode() & 0o077 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| refuse(&p, format!("has mode {:o} and cannot be made 0700: {e}", m.mode() & 0o7777)))?;
+        }
+    }
+    Ok(())
+}
+
+/// The lock file for `what` on the daemon `scope`: the name is a hash, so
+/// any scope or volume name makes a valid file name.
+fn path(scope: &str, what: &str) -> anyhow::Result<PathBuf> {
     use sha2::{Digest, Sha256};
-    let h = Sha256::digest(format!("{uri}\n{what}").as_bytes());
-    dir().join(format!("{}.lock", hex::encode(&h[..12])))
+    let h = Sha256::digest(format!("{scope}\n{what}").as_bytes());
+    let (dir, top) = dir()?;
+    secure_dir(&dir, &top)?;
+    Ok(dir.join(format!("{}.lock", hex::encode(&h[..12]))))
 }
 
-fn open(uri: &str, what: &str) -> anyhow::Result<File> {
-    let p = path(uri, what);
-    let parent = p.parent().expect("lock files live in a directory");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|e| {
-        failure(Kind::Environment, format!("cannot create the lock directory {}: {e}", parent.display()))
-    })?;
-    OpenOptions::new()
+/// Opens (or makes, 0600) a lock file: never through a symlink, never truncated.
+pub fn open_file(p: &Path) -> anyhow::Result<File> {
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&p)
-        .map_err(|e| failure(Kind::Environment, format!("cannot open lock file {}: {e}", p.display())))
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| failure(Kind::Environment, format!("cannot open lock file {}: {e}", p.display())))?;
+    let m = f.metadata().map_err(|e| failure(Kind::Environment, format!("cannot inspect {}: {e}", p.display())))?;
+    if !m.is_file() {
+        return Err(failure(Kind::Environment, format!("lock file {} is not a regular file", p.display())));
+    }
+    Ok(f)
+}
+
+fn open(scope: &str, what: &str) -> anyhow::Result<(File, PathBuf)> {
+    let p = path(scope, what)?;
+    Ok((open_file(&p)?, p))
 }
 
 /// Who holds a lock, as far as its file says.
@@ -119,38 +207,87 @@ impl Lock {
     }
 
     /// Says "changed" to every other process's cache; returns the new token.
-    /// Written aside and renamed, so a reader never sees half a token.
+    /// Written aside (a new file, never through a symlink) and renamed, so a
+    /// reader never sees half a token.
     pub fn restamp(&self) -> anyhow::Result<String> {
         let token = uuid::Uuid::new_v4().to_string();
         let tmp = self.path.with_extension(format!("stamp.{}", std::process::id()));
-        std::fs::write(&tmp, &token)
+        let _ = std::fs::remove_file(&tmp);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(token.as_bytes()))
             .and_then(|_| std::fs::rename(&tmp, self.stamp_path()))
             .map_err(|e| failure(Kind::Environment, format!("cannot write {}: {e}", self.stamp_path().display())))?;
         Ok(token)
     }
 }
 
-/// Takes the lock for `what`, waiting for another process that holds it.
+/// Takes the lock for `what` on the daemon `scope`, waiting for another process that holds it.
 /// `waiting` is called once, with the holder, if we have to wait.
-pub fn acquire(uri: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
-    let file = open(uri, what)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(claim(f, path(uri, what), doing)),
+pub fn acquire(scope: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
+    acquire_as(scope, what, doing, false, waiting)
+}
+
+/// Takes the lock for `what` shared: any number of shared holders at once,
+/// none while an exclusive holder has it (`create` reading an image shares
+/// it; `image rm` and a pull take it exclusively).
+pub fn acquire_shared(scope: &str, what: &str, doing: &str, waiting: impl FnOnce(Holder)) -> anyhow::Result<Lock> {
+    acquire_as(scope, what, doing, true, waiting)
+}
+
+fn acquire_as(
+    scope: &str,
+    what: &str,
+    doing: &str,
+    shared: bool,
+    waiting: impl FnOnce(Holder),
+) -> anyhow::Result<Lock> {
+    let now = match shared {
+        true => FlockArg::LockSharedNonblock,
+        false => FlockArg::LockExclusiveNonblock,
+    };
+    let (file, path) = open(scope, what)?;
+    match Flock::lock(file, now) {
+        // A shared holder does not write its pid over the others'.
+        Ok(f) if shared => Ok(Lock { _file: f, path }),
+        Ok(f) => Ok(claim(f, path, doing)),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             waiting(holder(&mut file));
-            let f = Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, e)| failure(Kind::Environment, format!("cannot lock {what}: {e}")))?;
-            Ok(claim(f, path(uri, what), doing))
+            let mut file = file;
+            // Polled, so a SIGINT or SIGTERM ends the wait at once: the
+            // signal may be handled on another thread, which would not
+            // interrupt a blocking flock here.
+            let mut pause = std::time::Duration::from_millis(5);
+            let f = loop {
+                crate::interrupt::check()?;
+                match Flock::lock(file, now) {
+                    Ok(f) => break f,
+                    Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
+                        file = f;
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                    }
+                    Err((_, e)) => return Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
+                }
+            };
+            match shared {
+                true => Ok(Lock { _file: f, path }),
+                false => Ok(claim(f, path, doing)),
+            }
         }
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }
 }
 
-/// Takes the lock for `what`, or says who holds it.
-pub fn try_acquire(uri: &str, what: &str, doing: &str) -> anyhow::Result<Result<Lock, Holder>> {
-    let file = open(uri, what)?;
+/// Takes the lock for `what` on the daemon `scope`, or says who holds it.
+pub fn try_acquire(scope: &str, what: &str, doing: &str) -> anyhow::Result<Result<Lock, Holder>> {
+    let (file, path) = open(scope, what)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(f) => Ok(Ok(claim(f, path(uri, what), doing))),
+        Ok(f) => Ok(Ok(claim(f, path, doing))),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => Ok(Err(holder(&mut file))),
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }
@@ -175,6 +312,53 @@ mod tests {
         assert_eq!(again.stamp(), Some(t.clone()));
         assert_ne!(again.restamp().unwrap(), t, "each stamp is new");
         let _ = std::fs::remove_file(again.stamp_path());
-        let _ = std::fs::remove_file(path("test:///lock", &what));
+        let _ = std::fs::remove_file(path("test:///lock", &what).unwrap());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_followed_nor_a_file_truncated() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let lock = t.path().join("x.lock");
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+        let err = open_file(&lock).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), 4, "{err:#}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // An existing lock file is opened as it is: never truncated.
+        std::fs::write(t.path().join("y.lock"), "123 creating").unwrap();
+        drop(open_file(&t.path().join("y.lock")).unwrap());
+        assert_eq!(std::fs::read_to_string(t.path().join("y.lock")).unwrap(), "123 creating");
+    }
+
+    #[test]
+    fn the_lock_directory_must_be_ours_and_closed() {
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path().join("project-vm-1");
+        // Made fresh: 0700.
+        secure_dir(&top.join("locks"), &top).unwrap();
+        for d in [&top, &top.join("locks")] {
+            assert_eq!(std::fs::metadata(d).unwrap().mode() & 0o777, 0o700, "{}", d.display());
+        }
+        // Ours but too open: tightened.
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
+        secure_dir(&top.join("locks"), &top).unwrap();
+        assert_eq!(std::fs::metadata(&top).unwrap().mode() & 0o777, 0o700);
+        // A planted symlink (to a directory the planter chose) is refused.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let planted = t.path().join("project-vm-2");
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        let err = secure_dir(&planted.join("locks"), &planted).unwrap_err();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        assert_eq!(crate::error::exit_code(&err), 4);
+        // Someone else's directory is refused (only root can make one here).
+        if nix::unistd::geteuid().is_root() {
+            let theirs = t.path().join("project-vm-3");
+            std::fs::create_dir(&theirs).unwrap();
+            nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let err = secure_dir(&theirs.join("locks"), &theirs).unwrap_err();
+            assert!(format!("{err:#}").contains("belongs to uid 65534"), "{err:#}");
+        }
     }
 }

@@ -277,14 +277,15 @@ impl HostSettings {
     /// locations are optional.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<HostSettings> {
         if let Some(path) = explicit {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| invalid(format!("cannot read settings file {}: {e}", path.display())))?;
+            let text = crate::files::read_text(path, "settings file", crate::files::CONFIG_MAX)?;
             return Self::from_json(&text, &path.display().to_string());
         }
         let mut settings = HostSettings::default();
         for path in default_paths() {
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
+            match path.try_exists() {
+                Ok(false) => {}
+                Ok(true) => {
+                    let text = crate::files::read_text(&path, "settings file", crate::files::CONFIG_MAX)?;
                     tracing::debug!(path = %path.display(), "reading settings");
                     let mut file = Self::from_json(&text, &path.display().to_string())?;
                     if path == Path::new(SYSTEM_CONFIG) {
@@ -293,7 +294,6 @@ impl HostSettings {
                     }
                     settings = settings.overlay(file);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(invalid(format!("cannot read settings file {}: {e}", path.display()))),
             }
         }
@@ -370,7 +370,12 @@ fn parse_hosts(v: &serde_json::Value, problems: &mut Vec<String>) -> BTreeMap<St
             continue;
         };
         let uri = match e.get("uri") {
-            Some(serde_json::Value::String(u)) if !u.trim().is_empty() => u.clone(),
+            Some(serde_json::Value::String(u)) if !u.trim().is_empty() => {
+                if let Err(why) = crate::libvirt::uri::check(u) {
+                    problems.push(format!("{at}.uri: {why}"));
+                }
+                u.clone()
+            }
             Some(_) => {
                 problems.push(format!("{at}.uri: expected a libvirt URI like \"qemu+ssh://root@host/system\""));
                 String::new()
@@ -457,6 +462,7 @@ impl Settings {
     /// invoking user's `~/.ssh/*.pub` (under sudo, the user who ran sudo).
     pub fn authorized_keys(&self) -> anyhow::Result<Vec<String>> {
         if let Some(keys) = &self.ssh_authorized_keys {
+            check_public_keys(keys)?;
             return Ok(keys.clone());
         }
         let home = invoking_home().context("cannot find the invoking user's home directory for ~/.ssh/*.pub")?;
@@ -466,7 +472,7 @@ impl Settings {
             let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
             paths.sort();
             for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
-                let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                let text = crate::files::read_text(&p, "ssh public key", crate::files::KEY_MAX)?;
                 keys.extend(
                     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
                 );
@@ -479,6 +485,71 @@ impl Settings {
             )));
         }
         Ok(keys)
+    }
+}
+
+/// `ssh_authorized_keys` must let someone in: at least one key, each an
+/// OpenSSH public key line (`TYPE BASE64 [COMMENT]`).
+pub fn check_public_keys(keys: &[String]) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        return Err(invalid(
+            "ssh_authorized_keys is empty: nobody could log in to the VM; give at least one public key, or leave the key out to use your ~/.ssh/*.pub",
+        ));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let parsed = match ssh_key::PublicKey::from_openssh(key.trim()) {
+            // Algorithms this build does not decode (ECDSA): the line's shape
+            // and its blob's own algorithm name still have to agree.
+            Err(ssh_key::Error::AlgorithmUnknown) => blob_names_its_type(key.trim()).map_err(str::to_owned),
+            other => other.map(|_| ()).map_err(|e| e.to_string()),
+        };
+        if let Err(why) = parsed {
+            let shown: String = key.chars().take(40).collect();
+            return Err(invalid(format!(
+                "ssh_authorized_keys[{i}]: {shown:?} is not an OpenSSH public key ({why}): give a line like those in ~/.ssh/id_ed25519.pub"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `TYPE BASE64 [COMMENT]` whose base64 blob starts with the SSH string TYPE.
+fn blob_names_its_type(line: &str) -> Result<(), &'static str> {
+    let mut words = line.split_whitespace();
+    let (Some(kind), Some(blob)) = (words.next(), words.next()) else { return Err("expected TYPE BASE64") };
+    let mut bytes = Vec::with_capacity(blob.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in blob.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err("the key is not base64"),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((acc >> bits) as u8);
+        }
+    }
+    // The blob is a run of length-prefixed strings that ends exactly where it
+    // does: the type, then the key's own fields (for ECDSA: curve, point).
+    let mut fields = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let len = rest.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let Some(field) = len.and_then(|n| rest.get(4..4 + n)) else {
+            return Err("the key's data does not match its type");
+        };
+        fields.push(field);
+        rest = &rest[4 + field.len()..];
+    }
+    match fields.first() {
+        Some(name) if *name == kind.as_bytes() && fields.len() >= 2 => Ok(()),
+        _ => Err("the key's data does not match its type"),
     }
 }
 
@@ -653,6 +724,31 @@ mod tests {
             "hosts.c: expected an object",
         ] {
             assert!(e.contains(want), "{want:?} not in {e}");
+        }
+    }
+
+    #[test]
+    fn authorized_keys_must_be_public_keys() {
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for good in ["ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC9cXOCxK/5L+7FvkZ7uHvVMEWBNqKGRc84oQMdbpitTaqgJprKNzj8O58Z5PRxvM3WEW4lvPtfXILa9Yypo5WW/X4B6lgWiNG56gc9734zXDgYrk/tvy9Xj530WJQG7zXHzgg1vcESG4vrwWiFZUBI8X7zLFUjq1o7fXv5h0zI3BFDoI+bG+Jmewn5sQxq4ik52kTHsGLVTHDtj8vMW8HrHYM1bWty1d/1pt12BLVbV2nr/kK9UrZhhxVOdrraUhtHgWbHkGrALuSHuy78lvrKNrnClzyF7asnPxfPgRb6JWP3KozfZCT7N87IeesHh6TZz+Bvc1TY19v+UiEiIKLlHZaJjC7qTOXmCWjgaZCS3zMdrdQpStnsdQku+u15+GRRM3BJXDtVJQtw+tvbqS99AbdNCYk7zyx2npRwBPxD3YoB1JA/y8sMg7bYvelBSCrtDab6qPUJUS+piLKn9fUJ69eTUnncOzC+Y+K+ssX4x1v9+KkLOccm2NiUe7efR48= root@vm", "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJ96oQfP14v1kSE8KORhvZGiRHL9dScb6l750kP3WOefhBWlLr8YMiX1Z0I6U+rPALBd61jFcq+LhzlULbr+eT4= root@vm", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILQyz10G13SCStbKhpI5cg+ZzEPLvSCEZwuwLmszAU7E root@vm"] {
+            check_public_keys(&keys(&[good])).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (bad, says) in [
+            (keys(&[]), "is empty"),
+            (keys(&["not a key"]), "ssh_authorized_keys[0]"),
+            (keys(&["ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAy"]), "does not match"),
+            (keys(&["ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABB"]), "does not match"),
+            (
+                keys(&[
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILQyz10G13SCStbKhpI5cg+ZzEPLvSCEZwuwLmszAU7E root@vm",
+                    "ssh-ed25519 AAAA",
+                ]),
+                "ssh_authorized_keys[1]",
+            ),
+        ] {
+            let e = check_public_keys(&bad).unwrap_err();
+            assert_eq!(crate::error::exit_code(&e), 2);
+            assert!(e.to_string().contains(says), "{e}");
         }
     }
 

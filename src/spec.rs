@@ -142,6 +142,12 @@ pub const MAX_MEMORY: Size = Size(16 << 40);
 /// the largest disk project-vm will ask for.
 pub const MAX_DISK: Size = Size(64 << 40);
 
+/// The smallest project disk: room for ext4 and its journal, formatted on first boot.
+pub const MIN_PROJECT_DISK: Size = Size(64 * MIB);
+/// The most vCPUs a VM gets: past 255, x86 guests need x2APIC with interrupt
+/// remapping (an emulated IOMMU), which project-vm does not set up.
+pub const MAX_CPUS: u32 = 255;
+
 /// The sizes of a VM, checked against each other and against sane minimums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
@@ -173,8 +179,17 @@ impl Resources {
                 return Err(format!("{what} {size} is above the maximum of {MAX_DISK}"));
             }
         }
-        if self.cpus == 0 || self.cpus > 512 {
-            return Err(format!("cpus {} is out of range: give 1 to 512", self.cpus));
+        if self.project_disk < MIN_PROJECT_DISK {
+            return Err(format!(
+                "project_disk {} is below the minimum of {MIN_PROJECT_DISK} (it holds an ext4 filesystem)",
+                self.project_disk
+            ));
+        }
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(format!(
+                "cpus {} is out of range: give 1 to {MAX_CPUS} (more needs x2APIC interrupt remapping, which project-vm does not set up)",
+                self.cpus
+            ));
         }
         Ok(())
     }
@@ -262,13 +277,33 @@ impl Share {
         Ok(share)
     }
 
+    /// `SOURCE:TARGET`, as messages name the share.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.source.display(), self.target.display())
+    }
+
+    /// What can be checked from the paths alone, anywhere: both are clean
+    /// absolute paths; the source is not `/`, a system directory that holds
+    /// secrets, or libvirt's own; the target is not `/project` (the project
+    /// disk), above or below it, nor one of the guest system's own
+    /// directories. [`check_source`] adds what only the libvirt host knows.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.source.is_absolute() {
-            return Err(format!("share source {} is not an absolute path", self.source.display()));
+        let why = |what: String| format!("share {}: {what}", self.label());
+        clean_absolute(&self.source).map_err(|e| why(format!("source {e}")))?;
+        clean_absolute(&self.target).map_err(|e| why(format!("target {e}")))?;
+        check_source(&self.source, &[]).map_err(why)?;
+        let t = self.target.as_path();
+        if t == std::path::Path::new("/") {
+            return Err(why("the target is the guest's root directory".into()));
         }
-        let t = self.target.to_string_lossy();
-        if !self.target.is_absolute() || t.contains(char::is_whitespace) || t == "/" {
-            return Err(format!("share target {t:?} is not an absolute guest path (and not /) without blanks"));
+        if t.starts_with("/project") {
+            return Err(why("the target is /project or inside it, where the project disk is mounted".into()));
+        }
+        if let Some(d) = GUEST_SYSTEM_TREES.iter().find(|d| t.starts_with(d)) {
+            return Err(why(format!("the target is the guest's system directory {d} or inside it")));
+        }
+        if let Some(d) = GUEST_SYSTEM_DIRS.iter().find(|d| t == std::path::Path::new(d)) {
+            return Err(why(format!("the target is the guest's {d} itself: mount it in a directory of its own below")));
         }
         Ok(())
     }
@@ -279,6 +314,83 @@ impl Share {
         let h = Sha256::digest(self.target.to_string_lossy().as_bytes());
         format!("pv-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3], h[4], h[5])
     }
+}
+
+/// Host directories no share may be, lie in, or contain: the host's secrets
+/// and system state, and libvirt's own (its disks, its configuration, its
+/// sockets).
+pub const HOST_PRIVATE_DIRS: &[&str] = &[
+    "/etc",
+    "/root",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/lib",
+    "/var/run",
+    "/var/log",
+    "/var/cache/libvirt",
+    "/var/lib/libvirt",
+    "/etc/libvirt",
+    "/run/libvirt",
+];
+
+/// Guest directories a share may neither be nor lie in.
+const GUEST_SYSTEM_TREES: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev", "/proc", "/sys", "/run",
+    "/var/lib", "/var/run", "/var/log",
+];
+
+/// Guest directories a share may lie in but not be.
+const GUEST_SYSTEM_DIRS: &[&str] = &["/var", "/home", "/root", "/tmp", "/var/tmp", "/srv", "/opt", "/mnt", "/media"];
+
+/// `/a/b`: absolute, no `.` or `..`, no `//`, no trailing `/`, no blanks.
+pub fn clean_absolute(p: &std::path::Path) -> Result<(), String> {
+    let s = p.to_string_lossy();
+    let bad = |why: &str| Err(format!("{s:?} {why}"));
+    if !s.starts_with('/') {
+        return bad("is not an absolute path");
+    }
+    if s.contains("//") || (s.len() > 1 && s.ends_with('/')) {
+        return bad("is not a clean path (no `//`, no trailing `/`)");
+    }
+    if s.split('/').any(|c| c == "." || c == "..") {
+        return bad("is not a clean path (no `.` or `..`)");
+    }
+    if s.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return bad("contains blanks or control characters");
+    }
+    Ok(())
+}
+
+/// Why a share source (a clean absolute path, resolved on the libvirt host
+/// when that is this machine) may not be shared: `/`, or the same as, inside
+/// or above a host directory that holds secrets, libvirt's own, or one of
+/// `pools` (the storage pools' directories: a guest that can write there
+/// can write every VM's disks).
+pub fn check_source(source: &std::path::Path, pools: &[std::path::PathBuf]) -> Result<(), String> {
+    if source == std::path::Path::new("/") {
+        return Err("the source is the host's whole filesystem (/)".into());
+    }
+    let clash = |d: &std::path::Path| source.starts_with(d) || d.starts_with(source);
+    for d in pools {
+        if clash(d) {
+            return Err(format!(
+                "the source {} is, lies in or contains the storage pool directory {}: the guest could reach VM disks",
+                source.display(),
+                d.display()
+            ));
+        }
+    }
+    if let Some(d) = HOST_PRIVATE_DIRS.iter().map(std::path::Path::new).find(|d| clash(d)) {
+        return Err(format!(
+            "the source {} is, lies in or contains the host's {}, which holds the host's secrets or libvirt's own state",
+            source.display(),
+            d.display()
+        ));
+    }
+    Ok(())
 }
 
 impl std::str::FromStr for Share {
@@ -425,6 +537,57 @@ mod tests {
         for bad in ["/a", "a:/b", "/a:b", "/a:/b:rx", "/a:/", "/a:/b:ro:x"] {
             assert!(Share::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn shares_refuse_host_secrets_and_guest_system_paths() {
+        let refused = [
+            ("/:/mnt/host", "whole filesystem"),
+            ("/etc:/mnt/etc", "/etc"),
+            ("/etc/ssh:/mnt/x", "/etc"),
+            ("/root:/mnt/x", "/root"),
+            ("/var:/mnt/x", "/var/lib"),
+            ("/var/lib/libvirt/images:/mnt/x", "/var/lib"),
+            ("/run/libvirt:/mnt/x", "/run"),
+            ("/proc:/mnt/x", "/proc"),
+            ("/dev/sda:/mnt/x", "/dev"),
+            ("/boot:/mnt/x", "/boot"),
+            ("/sys:/mnt/x", "/sys"),
+            ("/srv/../etc:/mnt/x", "clean path"),
+            ("/srv/./d:/mnt/x", "clean path"),
+            ("/srv//d:/mnt/x", "clean path"),
+            ("/srv/d/:/mnt/x", "clean path"),
+            ("/srv/d:/project", "/project"),
+            ("/srv/d:/project/sub", "/project"),
+            ("/srv/d:/mnt/../project", "clean path"),
+            ("/srv/d:/mnt/./x", "clean path"),
+            ("/srv/d:/mnt//x", "clean path"),
+            ("/srv/d:mnt/x", "absolute"),
+            ("/srv/d:/etc", "system directory /etc"),
+            ("/srv/d:/usr/local/x", "system directory /usr"),
+            ("/srv/d:/bin", "/bin"),
+            ("/srv/d:/boot", "/boot"),
+            ("/srv/d:/dev/x", "/dev"),
+            ("/srv/d:/proc", "/proc"),
+            ("/srv/d:/sys", "/sys"),
+            ("/srv/d:/run", "/run"),
+            ("/srv/d:/var", "/var itself"),
+            ("/srv/d:/home", "/home itself"),
+            ("/srv/d:/var/lib/cloud", "/var/lib"),
+        ];
+        for (s, why) in refused {
+            let e = Share::parse(s).unwrap_err();
+            assert!(e.contains(why), "{s}: {e}");
+            assert!(e.starts_with("share "), "{s}: the message names the share: {e}");
+        }
+        for ok in ["/srv/data:/mnt/data", "/home/me/src:/home/dev/src", "/var/www:/var/www/site", "/data:/projects"] {
+            assert!(Share::parse(ok).is_ok(), "{ok}: {:?}", Share::parse(ok));
+        }
+        let pools = [std::path::PathBuf::from("/srv/vms")];
+        for bad in ["/srv", "/srv/vms", "/srv/vms/x"] {
+            assert!(check_source(std::path::Path::new(bad), &pools).unwrap_err().contains("pool"), "{bad}");
+        }
+        assert!(check_source(std::path::Path::new("/srv/other"), &pools).is_ok());
     }
 
     #[test]

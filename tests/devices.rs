@@ -73,6 +73,10 @@ fn hostdevs_are_checked_against_the_host_and_shown_but_never_started() {
     let node = list.lines().next().expect("the host has PCI devices").trim().to_owned();
     let parts: Vec<&str> = node.trim_start_matches("pci_").split('_').collect();
     let addr = format!("{}:{}:{}.{}", parts[0], parts[1], parts[2], parts[3]);
+    let r = env.run(&["create", "hd", "1G", "1", "5G", "--hostdev", &addr, "--hostdev", &addr]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is given twice"), "{}", r.stderr);
+    assert_eq!(env.volumes(), before, "a refused create made something");
     env.run(&["create", "hd", "1G", "1", "5G", "--project-disk", "1G", "--hostdev", &addr]).ok();
     let xml = validate_domain(&env, "project-hd");
     assert!(

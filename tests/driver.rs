@@ -453,3 +453,15 @@ fn snapshots_list_delete_and_block_growing_disks() {
     let vm = vms::get(&ctx.conn, &foo).unwrap();
     assert!(ops::snapshot::list(&ctx, &vm).unwrap().0.is_empty());
 }
+
+#[test]
+fn default_snapshot_names_go_on_after_the_largest_number() {
+    let ctx = ctx();
+    let pool = with_base_image(&ctx);
+    let foo = define_owned(&ctx, &pool, "big", Phase::Ready);
+    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    ops::snapshot::create(&ctx, &vm, Some("snap-18446744073709551615"), None).unwrap();
+    // Nothing above u64::MAX: the lowest free number instead, every time.
+    assert_eq!(ops::snapshot::create(&ctx, &vm, None, None).unwrap().name, "snap-1");
+    assert_eq!(ops::snapshot::create(&ctx, &vm, None, None).unwrap().name, "snap-2");
+}

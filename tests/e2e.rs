@@ -55,6 +55,34 @@ fn wait_ready(env: &Env, name: &str) -> serde_json::Value {
     ready
 }
 
+/// A later boot of a stopped VM: `start --wait` within a first-boot-sized
+/// bound (a reporter that waits for a cloud-init that never comes cannot meet
+/// it), reported as a later boot with `cloud_init` as expected ("ran": from
+/// the cached instance; "disabled": its generator turned it off for the boot).
+/// Leaves it running.
+fn later_boot(env: &Env, name: &str, cloud_init: &str) -> serde_json::Value {
+    let r = env.run(&["start", name, "--wait", "--timeout", "240", "--json"]);
+    assert_eq!(r.code, 0, "a later start --wait of {name}: stdout {} stderr {}", r.stdout, r.stderr);
+    let ready = r.json()["ready"].clone();
+    assert_eq!(
+        (ready["result"].as_str(), ready["boot"].as_str(), ready["cloud_init"].as_str()),
+        (Some("done"), Some("later"), Some(cloud_init)),
+        "{ready}"
+    );
+    // The pinned host key still matches (ssh checks it): no per-instance module ran again.
+    assert_eq!(env.ssh(name, "cat /proc/sys/kernel/random/boot_id").trim(), ready["boot_id"].as_str().unwrap());
+    timing(
+        &format!("later start {name} to ready (cloud-init {cloud_init})"),
+        format!("{:.1} s", ready["waited_s"].as_f64().unwrap()),
+    );
+    ready
+}
+
+fn graceful_stop(env: &Env, name: &str) {
+    let stop = env.run(&["stop", name, "--timeout", "120", "--json"]).ok().json();
+    assert_eq!(stop["result"], "graceful", "{stop}");
+}
+
 /// `cloud-init schema --system` in the guest finds nothing wrong with the
 /// cloud-config project-vm generated, and cloud-init's status is a plain done.
 fn assert_schema_clean(env: &Env, name: &str) {
@@ -148,6 +176,17 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
     let stop = env.run(&["stop", "e2e", "--timeout", "120", "--json"]).ok().json();
     assert_eq!(stop["result"], "graceful", "{stop}");
     timing("stop", format!("{:.1} s", stop["seconds"].as_f64().unwrap()));
+
+    // Later boots with cloud-init's packaged configuration (ds-identify finds
+    // no seed now): the second from the cached instance, the third with
+    // cloud-init disabled in the guest. Both report; nothing is provisioned again.
+    later_boot(&env, "e2e", "ran");
+    assert_eq!(env.ssh("e2e", "cat /project/keep.txt").trim(), content);
+    env.ssh("e2e", "sudo touch /etc/cloud/cloud-init.disabled");
+    graceful_stop(&env, "e2e");
+    later_boot(&env, "e2e", "disabled");
+    assert_eq!(env.ssh("e2e", "findmnt -no LABEL /project").trim(), "project", "fstab mounts it without cloud-init");
+    graceful_stop(&env, "e2e");
 
     // 4. destroy --keep-data, create again: same data, new root disk.
     env.run(&["destroy", "e2e", "--keep-data"]).ok();
@@ -359,7 +398,7 @@ fn a_trixie_genericcloud_style_image_is_ready_clean_and_survives_a_restart() {
         "PROJECT_VM_TEST_IMAGE_TRIXIE is not set: run scripts/test.sh, which builds it (tests/images/build-debian.sh trixie)",
     );
     let env = Env::new("trixie", 22450, serde_json::json!({"base_image": "trixie"}));
-    let _guard = Guard { env: &env, vms: &["tx", "txd"] };
+    let _guard = Guard { env: &env, vms: &["tx", "txd", "txt"] };
     env.run(&["image", "import", &img, "--name", "trixie"]).ok();
 
     // create --start --wait: exit 0 on cloud-init 25 (it was 5: our own config failed its schema).
@@ -401,13 +440,64 @@ fn a_trixie_genericcloud_style_image_is_ready_clean_and_survives_a_restart() {
     assert!(netplan.contains("macaddress"), "{netplan}");
     env.ssh("tx", "echo kept > /project/x && sync");
 
-    // Graceful stop without a guest agent, then a second ready boot with the seed gone.
-    let stop = env.run(&["stop", "tx", "--timeout", "120", "--json"]).ok().json();
-    assert_eq!(stop["result"], "graceful", "{stop}");
+    // What status says the guest reaches on the host is what libvirt handed
+    // passt: without --no-map-gw, passt maps the gateway to the host's loopback.
+    let status = env.run(&["status", "tx", "--json"]).ok().json();
+    let ours = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|p| std::fs::read(p.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .find(|c| c.contains("passt") && c.contains("--socket") && c.contains("-project-tx-net0"))
+        .expect("the passt process of tx");
+    assert_eq!(
+        status["host_reach"]["host_loopback"].as_bool(),
+        Some(!ours.contains("--no-map-gw")),
+        "{ours} vs {status}"
+    );
+
+    // Graceful stop without a guest agent, then a second ready boot with the
+    // seed gone: cloud-init's packaged ds-identify finds no datasource, and
+    // the instance's manual-clean marker keeps it running from the cache.
+    graceful_stop(&env, "tx");
     assert!(!env.volumes().contains(&"project-tx-seed.iso".to_string()));
-    let again = env.run(&["start", "tx", "--wait", "--timeout", "900", "--json"]).ok().json();
-    assert_eq!(again["ready"]["result"], "done", "{again}");
+    later_boot(&env, "tx", "ran");
     // ssh verifies the host key pinned at create: per-instance modules did not run again.
+    assert_eq!(env.ssh("tx", "cat /project/x").trim(), "kept");
+    assert_eq!(env.ssh("tx", "test -e /var/lib/cloud/instance/manual-clean && echo marked").trim(), "marked");
+
+    // A template of it: the sealing boot has no seed (cloud-init disabled on
+    // it) and still reports; a VM made from it is provisioned as a new machine.
+    let r = env.run(&["image", "save", "tx", "txtmpl", "--stop", "--json"]);
+    assert_eq!(r.code, 0, "image save on trixie: stdout {} stderr {}", r.stdout, r.stderr);
+    let r = env.run(&[
+        "create",
+        "txt",
+        "1G",
+        "2",
+        "8G",
+        "--project-disk",
+        "1G",
+        "--image",
+        "txtmpl",
+        "--start",
+        "--wait",
+        "--timeout",
+        "900",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "a VM from the trixie template: stdout {} stderr {}", r.stdout, r.stderr);
+    let ready = r.json()["ready"].clone();
+    assert_eq!((ready["boot"].as_str(), ready["cloud_init"].as_str()), (Some("first"), Some("ran")), "{ready}");
+    assert_eq!(env.ssh("txt", "hostname").trim(), "project-txt");
+    env.run(&["destroy", "txt"]).ok();
+    env.run(&["image", "rm", "txtmpl"]).ok();
+
+    // A fourth boot with cloud-init disabled in the guest: reported at once.
+    // (`image save --stop` started tx again: its third boot.)
+    env.run(&["start", "tx", "--wait", "--timeout", "240"]).ok();
+    env.ssh("tx", "sudo touch /etc/cloud/cloud-init.disabled");
+    graceful_stop(&env, "tx");
+    later_boot(&env, "tx", "disabled");
     assert_eq!(env.ssh("tx", "cat /project/x").trim(), "kept");
     env.run(&["destroy", "tx"]).ok();
 

@@ -64,12 +64,13 @@ fn gc_collects_leftovers_but_not_kept_disks_unless_named() {
     env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
     env.run(&["create", "live", "1G", "1", "5G", "--project-disk", "1G"]).ok();
     // A create killed after its root disk; a kept project disk; a stray VM
-    // volume; an image volume without a record.
+    // volume and an image-like volume made by hand; an image upload without
+    // its record.
     let out = env.cmd(&["create", "half", "1G", "1", "5G"]).env("PROJECT_VM_FAULT_AFTER", "2").output().unwrap();
     assert!(!out.status.success());
     env.run(&["create", "keep", "1G", "1", "5G", "--project-disk", "1G"]).ok();
     env.run(&["destroy", "keep", "--keep-data"]).ok();
-    for vol in ["project-stray-root.qcow2", "legacy.qcow2"] {
+    for vol in ["project-stray-root.qcow2", "legacy.qcow2", "cut@1.img"] {
         let r = virsh(&["vol-create-as", &env.pool, vol, "1M", "--format", "qcow2"]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }
@@ -84,8 +85,10 @@ fn gc_collects_leftovers_but_not_kept_disks_unless_named() {
         .collect();
     for want in [
         ("half-made-vm", "half"),
-        ("orphan-volume", "project-stray-root.qcow2"),
-        ("unverified-image", "legacy.qcow2"),
+        // Not recorded by project-vm (made by hand here): never removed.
+        ("unrecorded-volume", "project-stray-root.qcow2"),
+        ("unrecorded-volume", "legacy.qcow2"),
+        ("unverified-image", "cut@1.img"),
         ("kept-disk", "project-keep-data.qcow2"),
     ] {
         assert!(found.contains(&(want.0.into(), want.1.into())), "{want:?} not in {found:?}");
@@ -96,10 +99,16 @@ fn gc_collects_leftovers_but_not_kept_disks_unless_named() {
     env.run(&["gc", "--yes"]).ok();
     let after = env.volumes();
     assert!(!virsh(&["dominfo", "project-half"]).status.success());
-    for gone in ["project-stray-root.qcow2", "legacy.qcow2", "project-half-root.qcow2"] {
+    for gone in ["cut@1.img", "project-half-root.qcow2"] {
         assert!(!after.contains(&gone.to_string()), "{gone} survived gc --yes: {after:?}");
     }
-    for kept in ["project-keep-data.qcow2", "project-live-root.qcow2", "project-live-data.qcow2"] {
+    for kept in [
+        "project-keep-data.qcow2",
+        "project-live-root.qcow2",
+        "project-live-data.qcow2",
+        "project-stray-root.qcow2",
+        "legacy.qcow2",
+    ] {
         assert!(after.contains(&kept.to_string()), "gc --yes removed {kept}");
     }
     assert_eq!(env.run(&["status", "live", "--json"]).ok().json()["phase"], "ready");
@@ -107,6 +116,9 @@ fn gc_collects_leftovers_but_not_kept_disks_unless_named() {
     assert_eq!(env.run(&["gc", "--yes", "project-live-data.qcow2"]).code, 2);
     env.run(&["gc", "--yes", "project-keep-data.qcow2"]).ok();
     assert!(!env.volumes().iter().any(|v| v.contains("keep")), "{:?}", env.volumes());
+    for hand_made in ["project-stray-root.qcow2", "legacy.qcow2"] {
+        assert!(virsh(&["vol-delete", hand_made, "--pool", &env.pool]).status.success());
+    }
     assert_eq!(env.run(&["gc", "--json"]).ok().json()["findings"], json!([]));
 }
 

@@ -28,7 +28,12 @@ pub const SYSTEM_CFG_PATH: &str = "/etc/cloud/cloud.cfg.d/90-project-vm.cfg";
 const SYSTEM_CFG: &str =
     "# Written by project-vm: trust the cached instance once the seed is removed.\nmanual_cache_clean: true\n";
 
+/// First boot, final stage: the manual-clean marker, then the reporter.
+const MANUAL_CLEAN_AND_REPORTER: &str = "touch /var/lib/cloud/instance/manual-clean && systemctl daemon-reload && systemctl enable project-vm-ready.service && systemctl start --no-block project-vm-ready.service";
+
 pub const PROJECT_MOUNT: &str = "/project";
+/// Where the Tailscale auth key waits in the guest (root only, removed once used).
+const TS_AUTHKEY_PATH: &str = "/run/project-vm/ts-authkey";
 pub const PROJECT_LABEL: &str = "project";
 
 /// What goes into the seed besides the spec.
@@ -77,11 +82,86 @@ pub fn parse_user_data(text: &str, origin: &str) -> anyhow::Result<Value> {
         )));
     }
     let value: Value = serde_yaml_ng::from_str(text).map_err(|e| invalid(format!("{origin}: not valid YAML: {e}")))?;
-    match value {
-        Value::Object(_) => Ok(value),
-        Value::Null => Ok(Value::Object(Map::new())),
-        _ => Err(invalid(format!("{origin}: a cloud-config must be a mapping of module keys"))),
+    let value = match value {
+        Value::Object(_) => value,
+        Value::Null => Value::Object(Map::new()),
+        _ => return Err(invalid(format!("{origin}: a cloud-config must be a mapping of module keys"))),
+    };
+    guard(&value, origin)?;
+    Ok(value)
+}
+
+/// Keys of a user's cloud-config that would take away what project-vm
+/// itself needs in the guest, and why each is refused.
+const OWN_KEYS: &[(&str, &str)] = &[
+    (
+        "ssh_keys",
+        "project-vm sets the guest's host key itself and pins it, so ssh verifies the guest from its first connection",
+    ),
+    ("ssh_deletekeys", "project-vm's pinned host key depends on it"),
+    ("ssh_genkeytypes", "the guest keeps the one host key project-vm pinned"),
+    (
+        "cloud_init_modules",
+        "project-vm's own setup (users, host key, mounts, its readiness reporter) runs in cloud-init's module lists",
+    ),
+    (
+        "cloud_config_modules",
+        "project-vm's own setup (users, host key, mounts, its readiness reporter) runs in cloud-init's module lists",
+    ),
+    (
+        "cloud_final_modules",
+        "project-vm's own setup (users, host key, mounts, its readiness reporter) runs in cloud-init's module lists",
+    ),
+];
+
+/// Files project-vm writes in the guest; a user's `write_files` entry for
+/// one of them would replace it.
+fn own_files() -> [&'static str; 4] {
+    [
+        "/usr/local/libexec/project-vm-ready",
+        "/etc/systemd/system/project-vm-ready.service",
+        SYSTEM_CFG_PATH,
+        TS_AUTHKEY_PATH,
+    ]
+}
+
+/// Refuses (exit 2, naming the key) a user's cloud-config that would take away
+/// what project-vm needs: its pinned host key, its module lists, its files
+/// (the readiness reporter, cloud-init's system configuration), and the
+/// project disk's mount. Everything else merges, the user's value winning.
+pub fn guard(user: &Value, origin: &str) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (key, why) in OWN_KEYS {
+        if user.get(*key).is_some() {
+            problems.push(format!("{key}: not allowed: {why}"));
+        }
     }
+    for (i, f) in user.get("write_files").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let path = f.get("path").and_then(Value::as_str).unwrap_or_default();
+        let clean = std::path::Path::new(path).components().collect::<std::path::PathBuf>();
+        if own_files().iter().any(|own| clean == std::path::Path::new(own)) {
+            problems.push(format!(
+                "write_files[{i}].path: {path} is project-vm's own file in the guest; write another path"
+            ));
+        }
+    }
+    for (i, m) in user.get("mounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let field = |n: usize| m.get(n).and_then(Value::as_str).unwrap_or_default().trim_end_matches('/').to_owned();
+        let (source, target) = (field(0), field(1));
+        if target == PROJECT_MOUNT || source == format!("LABEL={PROJECT_LABEL}") || source.ends_with(DATA_DISK_SERIAL) {
+            problems.push(format!(
+                "mounts[{i}]: the project disk is mounted at {PROJECT_MOUNT} by project-vm; mount other things elsewhere"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "{origin}: {} in the cloud-config would take away what project-vm needs in the guest:\n  {}",
+        if problems.len() == 1 { "1 key".to_string() } else { format!("{} keys", problems.len()) },
+        problems.join("\n  ")
+    )))
 }
 
 /// Merges `extra` into `base`: mappings recursively, lists appended, other
@@ -138,8 +218,15 @@ pub fn base_config(input: &SeedInput) -> Value {
                 if s.readonly { "defaults,nofail,ro" } else { "defaults,nofail" }, "0", "0"])))
             .collect::<Vec<_>>(),
         "runcmd": [
-            // Runs the readiness reporter after this (final) stage, and on every later boot.
-            ["sh", "-c", "systemctl daemon-reload && systemctl enable project-vm-ready.service && systemctl start --no-block project-vm-ready.service"],
+            // The instance's manual-clean marker: what cloud-init itself writes
+            // for `manual_cache_clean`, had that been in its configuration
+            // before this boot read it. With it, ds-identify keeps cloud-init
+            // enabled on later boots once the seed is gone (else it finds no
+            // datasource and disables cloud-init for the boot), so per-boot
+            // modules (growpart after a disk grows) still run from the cache.
+            // Then the readiness reporter: after this (final) stage, and on
+            // every later boot, whether or not cloud-init runs on it.
+            ["sh", "-c", MANUAL_CLEAN_AND_REPORTER],
             ["chown", format!("{user}:{user}"), PROJECT_MOUNT],
         ],
         "write_files": [
@@ -172,7 +259,7 @@ pub fn base_config(input: &SeedInput) -> Value {
             "curl -fsSL https://tailscale.com/install.sh | sh && tailscale up --auth-key=\"$(cat /run/project-vm/ts-authkey)\" --hostname={hostname} --ssh=false && rm -f /run/project-vm/ts-authkey"
         );
         cfg["write_files"].as_array_mut().unwrap().push(json!({
-            "path": "/run/project-vm/ts-authkey", "permissions": "0600", "content": auth_key,
+            "path": TS_AUTHKEY_PATH, "permissions": "0600", "content": auth_key,
         }));
         cfg["runcmd"].as_array_mut().unwrap().push(json!(["sh", "-c", join]));
     }
@@ -296,6 +383,40 @@ mod tests {
         assert!(e.to_string().contains("bad.yaml: not valid YAML"), "{e}");
         assert!(parse_user_data("#cloud-config\n- a\n", "l.yaml").is_err());
         assert!(parse_user_data("#cloud-config\n", "empty.yaml").unwrap().as_object().unwrap().is_empty());
+    }
+
+    #[test]
+    fn user_data_cannot_take_away_what_project_vm_needs() {
+        let err = |text: &str| parse_user_data(text, "u.yaml").unwrap_err();
+        for (text, key) in [
+            ("#cloud-config\nssh_keys:\n  ed25519_private: x\n", "ssh_keys"),
+            ("#cloud-config\nssh_deletekeys: false\n", "ssh_deletekeys"),
+            ("#cloud-config\nssh_genkeytypes: [rsa]\n", "ssh_genkeytypes"),
+            ("#cloud-config\ncloud_final_modules: [final_message]\n", "cloud_final_modules"),
+            (
+                "#cloud-config\nwrite_files:\n- path: /etc/cloud/cloud.cfg.d//90-project-vm.cfg\n  content: x\n",
+                "write_files[0].path",
+            ),
+            (
+                "#cloud-config\nwrite_files:\n- {path: /tmp/ok}\n- {path: /usr/local/libexec/project-vm-ready}\n",
+                "write_files[1].path",
+            ),
+            ("#cloud-config\nmounts:\n- [/dev/vdc, /project/]\n", "mounts[0]"),
+            ("#cloud-config\nmounts:\n- [LABEL=project, /mnt]\n", "mounts[0]"),
+        ] {
+            let e = err(text);
+            assert_eq!(crate::error::exit_code(&e), 2, "{text}");
+            assert!(e.to_string().contains(&format!("{key}:")) && e.to_string().starts_with("u.yaml: "), "{text}: {e}");
+        }
+        // Several at once, all named.
+        let e = err("#cloud-config\nssh_keys: {}\ncloud_init_modules: []\n").to_string();
+        assert!(e.contains("2 keys") && e.contains("ssh_keys:") && e.contains("cloud_init_modules:"), "{e}");
+        // What merges stays allowed: other files, mounts, packages, runcmd, the hostname.
+        let ok = "#cloud-config\nhostname: other\nwrite_files:\n- {path: /etc/motd, content: hi}\nmounts:\n- [/dev/vdc, /srv]\nruncmd: [true]\n";
+        assert!(parse_user_data(ok, "ok.yaml").is_ok());
+        // Every shipped feature passes the guard.
+        let all: Vec<String> = crate::features::names().into_iter().map(String::from).collect();
+        crate::features::cloud_config(&all).unwrap();
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::error::{failure, invalid, Kind};
 pub struct Download {
     pub len: u64,
     pub reader: Box<dyn Read + Send>,
+    /// A local file, for the image check to read its tables before the upload.
+    pub local: Option<File>,
 }
 
 fn agent() -> ureq::Agent {
@@ -41,14 +43,24 @@ fn http_error(location: &str, e: ureq::Error) -> anyhow::Error {
     }
 }
 
+/// Only these schemes are fetched; any other (`ftp://`, say) is bad input.
+fn check_scheme(location: &str) -> anyhow::Result<()> {
+    match location.split_once("://") {
+        Some(("http" | "https" | "file", _)) | None => Ok(()),
+        Some((scheme, _)) => Err(invalid(format!(
+            "{location}: {scheme}:// is not supported: images and checksum files come from https://, http://, file:// or a path"
+        ))),
+    }
+}
+
 pub fn open(location: &str) -> anyhow::Result<Download> {
+    check_scheme(location)?;
     if let Some(path) = local_path(location) {
-        let file = File::open(&path).map_err(|e| invalid(format!("cannot open image file {}: {e}", path.display())))?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(invalid(format!("{} is not a file", path.display())));
-        }
-        return Ok(Download { len: meta.len(), reader: Box::new(file) });
+        // Opened without blocking and refused unless a regular file: a FIFO never hangs the import.
+        let file = crate::files::open_regular(&path, "image file")?;
+        let len = file.metadata()?.len();
+        let local = file.try_clone().ok();
+        return Ok(Download { len, reader: Box::new(file), local });
     }
     tracing::info!(url = location, "downloading");
     let resp = agent().get(location).call().map_err(|e| http_error(location, e))?;
@@ -61,17 +73,48 @@ pub fn open(location: &str) -> anyhow::Result<Download> {
         )
     })?;
     let (_, body) = resp.into_parts();
-    Ok(Download { len, reader: Box::new(body.into_reader()) })
+    Ok(Download { len, reader: Box::new(body.into_reader()), local: None })
+}
+
+/// What a cheap look at `location` found, for `plan`: `Ok(Ok(()))` it
+/// answers (a local file exists and is a regular file, a server answers the
+/// HEAD request with success); `Ok(Err(why))` it certainly cannot be had (an
+/// unsupported scheme, an HTTP error status such as 404); `Err(why)` it
+/// could not be checked (the server did not answer): the caller says so.
+pub fn probe(location: &str) -> Result<Result<(), String>, String> {
+    if let Err(e) = check_scheme(location) {
+        return Ok(Err(e.to_string()));
+    }
+    if let Some(path) = local_path(location) {
+        return Ok(crate::files::open_regular(&path, "image file").map(|_| ()).map_err(|e| e.to_string()));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(15)))
+        .user_agent(concat!("project-vm/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let status = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| match r {
+        Ok(_) => Ok(None),
+        Err(ureq::Error::StatusCode(code)) => Ok(Some(code)),
+        Err(e) => Err(format!("could not check {location}: {e}")),
+    };
+    let code = match status(agent.head(location).call())? {
+        // A server that does not do HEAD: ask for the body and hang up after the headers.
+        Some(405 | 501) => status(agent.get(location).call())?,
+        other => other,
+    };
+    Ok(match code {
+        None => Ok(()),
+        Some(code) => Err(format!("{location} answered HTTP {code}: it cannot be downloaded")),
+    })
 }
 
 /// A small text file (a checksum list), at most 4 MiB.
 pub fn text(location: &str) -> anyhow::Result<String> {
+    check_scheme(location)?;
     let mut out = String::new();
     if let Some(path) = local_path(location) {
-        File::open(&path)
-            .and_then(|f| f.take(4 << 20).read_to_string(&mut out))
-            .map_err(|e| invalid(format!("cannot read checksum file {}: {e}", path.display())))?;
-        return Ok(out);
+        return crate::files::read_text(&path, "checksum file", crate::files::SUMS_MAX);
     }
     let mut resp = agent().get(location).call().map_err(|e| http_error(location, e))?;
     resp.body_mut()

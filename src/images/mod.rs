@@ -5,5 +5,6 @@
 pub mod catalog;
 pub mod checksum;
 pub mod fetch;
+pub mod inspect;
 pub mod record;
 pub mod store;

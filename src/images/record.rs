@@ -65,6 +65,14 @@ fn split(stem: &str) -> Option<(&str, &str)> {
     (validate_name(image).is_ok() && !generation.is_empty()).then_some((image, generation))
 }
 
+/// The record volume of image disk volume `volume` (`None` if it is not one).
+pub fn record_volume_of(volume: &str) -> Option<String> {
+    match classify(volume) {
+        VolumeKind::Disk { image, generation } => Some(record_volume(image, generation)),
+        _ => None,
+    }
+}
+
 pub fn classify(volume: &str) -> VolumeKind<'_> {
     if let Some((image, generation)) = volume.strip_suffix(DISK_SUFFIX).and_then(split) {
         return VolumeKind::Disk { image, generation };

@@ -8,6 +8,7 @@ use virt::storage_pool::StoragePool;
 
 use super::checksum::{Algo, Checksum, HashingReader};
 use super::fetch::Download;
+use super::inspect;
 use super::record::{self, ImageRecord, VolumeKind};
 use crate::error::{failure, invalid, Kind};
 use crate::interrupt;
@@ -51,7 +52,12 @@ pub fn list(conn: &Connect, pool: &StoragePool) -> anyhow::Result<Vec<Entry>> {
             VolumeKind::Disk { image, generation } => {
                 let rv = record::record_volume(image, generation);
                 match names.binary_search(&rv) {
-                    Ok(_) => read_record(conn, pool, &rv)?,
+                    // A record removed while we read it: as if it were not there.
+                    Ok(_) => match read_record(conn, pool, &rv) {
+                        Ok(r) => r,
+                        Err(_) if storage::find_volume(pool, &rv)?.is_none() => None,
+                        Err(e) => return Err(e),
+                    },
                     Err(_) => None,
                 }
             }
@@ -59,7 +65,12 @@ pub fn list(conn: &Connect, pool: &StoragePool) -> anyhow::Result<Vec<Entry>> {
             VolumeKind::Other => None,
         };
         let Some(vol) = storage::find_volume(pool, name)? else { continue };
-        out.push(Entry { volume: name.clone(), disk: VolumeInfo::of(&vol)?, record, current: false });
+        let disk = match VolumeInfo::of(&vol) {
+            Ok(d) => d,
+            Err(_) if storage::find_volume(pool, name)?.is_none() => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(Entry { volume: name.clone(), disk, record, current: false });
     }
     // The current generation of each name: the newest record.
     let mut newest: std::collections::BTreeMap<String, (u64, usize)> = Default::default();
@@ -86,9 +97,23 @@ pub fn find(conn: &Connect, pool: &StoragePool, name: &str) -> anyhow::Result<Op
         if image != name || !vol.starts_with(&prefix) {
             continue;
         }
-        let Some(rec) = read_record(conn, pool, &vol)? else { continue };
-        let Some(disk) = storage::find_volume(pool, &record::disk_volume(image, generation))? else { continue };
-        let disk = VolumeInfo::of(&disk)?;
+        let disk_name = record::disk_volume(image, generation);
+        let read = || -> anyhow::Result<Option<(ImageRecord, VolumeInfo)>> {
+            let Some(rec) = read_record(conn, pool, &vol)? else { return Ok(None) };
+            let Some(disk) = storage::find_volume(pool, &disk_name)? else { return Ok(None) };
+            Ok(Some((rec, VolumeInfo::of(&disk)?)))
+        };
+        let (rec, disk) = match read() {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            // Removed while we read it (`image rm`, gc): as if it were not there.
+            Err(_)
+                if storage::find_volume(pool, &vol)?.is_none() || storage::find_volume(pool, &disk_name)?.is_none() =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         if best.as_ref().is_none_or(|b| rec.created >= b.record.created) {
             best = Some(Image { record: rec, disk });
         }
@@ -106,18 +131,91 @@ pub struct Incoming {
     pub expected: Option<Checksum>,
 }
 
-/// Reads the first bytes of `reader`, to sniff the format before uploading.
-fn read_head(reader: &mut dyn Read) -> std::io::Result<Vec<u8>> {
-    let mut head = vec![0u8; storage::SNIFF_LEN];
-    let mut n = 0;
+/// Fills `head` from `reader` up to `want` bytes (fewer at its end).
+fn fill(reader: &mut dyn Read, head: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
+    let mut n = head.len();
+    head.resize(want.max(n), 0);
     while n < head.len() {
-        match reader.read(&mut head[n..])? {
-            0 => break,
-            k => n += k,
+        match reader.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                interrupt::check().map_err(std::io::Error::other)?
+            }
+            Err(e) => return Err(e),
         }
     }
     head.truncate(n);
+    Ok(())
+}
+
+/// Reads the first bytes of `reader`: enough to sniff the format, and for a
+/// qcow2 its whole first cluster (the header and its extensions), so the
+/// image is checked before any byte is uploaded.
+fn read_head(reader: &mut dyn Read, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    fill(reader, &mut head, storage::SNIFF_LEN)?;
+    let want = (inspect::header_len(&head) as u64).min(len) as usize;
+    fill(reader, &mut head, want)?;
     Ok(head)
+}
+
+/// Room for the image in the pool, asked before the upload: a stream that
+/// runs out of space part-way has taken libvirtd down, so it is never started.
+/// (The record and libvirt's own bookkeeping want a little more.)
+const SPACE_MARGIN: u64 = 4 << 20;
+
+fn check_space(pool: &StoragePool, name: &str, len: u64) -> anyhow::Result<()> {
+    let free = storage::available(pool)?;
+    if free < len.saturating_add(SPACE_MARGIN) {
+        let pool_name = pool.name().unwrap_or_default();
+        return Err(failure(
+            Kind::Environment,
+            format!(
+                "not enough space in pool {pool_name} for image {name}: it needs {} ({len} bytes) and {} ({free} bytes) are free; nothing was uploaded",
+                crate::output::human(len.saturating_add(SPACE_MARGIN)),
+                crate::output::human(free)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a stored image volume as [`inspect`] describes: self-contained
+/// (no backing or external data file) and sound (its tables within the file).
+/// `what` names it in the message; exit 2.
+pub fn check_volume(
+    conn: &Connect,
+    vol: &virt::storage_vol::StorageVol,
+    format: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let len = storage::physical_len(vol)?;
+    let mut src = storage::VolumeReader::new(conn, vol, len);
+    let head =
+        inspect::read_head(&mut src, len).map_err(|e| failure(Kind::Environment, format!("reading {what}: {e}")))?;
+    let sniffed =
+        storage::sniff_format(&head).map_err(|why| invalid(format!("{what} cannot be a base image: {why}")))?;
+    if sniffed != format {
+        return Err(invalid(format!("{what} is recorded as {format} but its contents are {sniffed}")));
+    }
+    inspect::check(format, &head, &mut src, len).map_err(|why| invalid(format!("{what} cannot be a base image: {why}")))
+}
+
+/// The check `create` makes on the image it builds on, just before it does:
+/// the volume is still what was recorded (same length) and passes [`check_volume`].
+pub fn check_image(conn: &Connect, pool: &StoragePool, image: &Image) -> anyhow::Result<()> {
+    let what = format!("image {} (volume {})", image.record.name, image.record.volume);
+    let vol = storage::find_volume(pool, &image.record.volume)?
+        .ok_or_else(|| invalid(format!("{what} is gone from the pool (removed meanwhile?)")))?;
+    let len = storage::physical_len(&vol)?;
+    if len != image.record.size {
+        return Err(invalid(format!(
+            "{what} is {len} bytes, but {} were stored: it changed since it was verified, so it is not used",
+            image.record.size
+        )));
+    }
+    check_volume(conn, &vol, &image.record.format, &what)
 }
 
 /// A fresh generation id, for an image whose digest is not known in advance.
@@ -135,10 +233,15 @@ pub fn new_generation(name: &str) -> String {
 pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress: &Progress) -> anyhow::Result<Image> {
     let Incoming { name, source, download, expected } = incoming;
     record::validate_name(&name)?;
-    let Download { len, mut reader } = download;
-    let head = read_head(&mut reader).map_err(|e| failure(Kind::Environment, format!("reading {source}: {e}")))?;
-    let format =
-        storage::sniff_format(&head).map_err(|why| invalid(format!("{source} cannot be a base image: {why}")))?;
+    let Download { len, mut reader, local } = download;
+    let head = read_head(&mut reader, len).map_err(|e| failure(Kind::Environment, format!("reading {source}: {e}")))?;
+    let refuse = |why: String| invalid(format!("{source} cannot be a base image: {why}; nothing was stored"));
+    let format = storage::sniff_format(&head).map_err(refuse)?;
+    // Before any byte is uploaded: the header (and, for a local file, every table).
+    inspect::check_head(format, &head, len).map_err(refuse)?;
+    if let Some(mut file) = local {
+        inspect::check(format, &head, &mut file, len).map_err(refuse)?;
+    }
     // Known digest: the generation is named for it, so the same release
     // pulled twice is found rather than stored twice.
     let generation = match &expected {
@@ -157,6 +260,7 @@ pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress:
         storage::delete(pool, &disk_name)?;
     }
     storage::delete(pool, &record_name)?;
+    check_space(pool, &name, len)?;
 
     let algo = expected.as_ref().map(|c| c.algo).unwrap_or(Algo::Sha256);
     let mut hashing = HashingReader::new(std::io::Read::chain(&head[..], reader), algo, |n| {
@@ -197,6 +301,10 @@ pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress:
             disk.format, disk.capacity
         ))));
     }
+    // What was stored, read back through libvirt, before it counts.
+    let vol = storage::find_volume(pool, &disk_name)?
+        .ok_or_else(|| anyhow::anyhow!("volume {disk_name} vanished after its upload"))?;
+    check_volume(conn, &vol, format, &format!("{source} (uploaded as {disk_name}, now discarded)")).map_err(discard)?;
     interrupt::check().map_err(discard)?;
     let rec = ImageRecord {
         project_vm_image: record::RECORD_VERSION,

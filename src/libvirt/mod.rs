@@ -34,6 +34,8 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
     // libvirt otherwise prints every error on stderr itself, including the ones
     // we handle (a lookup of a name that does not exist, say).
     virt::error::clear_error_callback();
+    // A malformed URI is bad input, not an unreachable daemon.
+    uri::check(uri).map_err(crate::error::invalid)?;
     tracing::debug!(uri, "connecting to libvirt");
     Connect::open(Some(uri)).map_err(|e| connect_error(uri, &e))
 }
@@ -123,6 +125,48 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
     )
 }
 
+/// Who a connection talks to, whatever the URI's spelling: the driver, the
+/// host UUID from the daemon's capabilities, and the URI's path (`/system`,
+/// `/session`). `qemu:///system`, `qemu+unix:///system` and
+/// `qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock` give one
+/// identity; a user's session daemon another.
+pub fn daemon_identity(conn: &Connect, uri: &str) -> anyhow::Result<String> {
+    let caps = conn.capabilities().map_err(|e| explain(e, "reading the libvirt host's capabilities"))?;
+    let (driver, path) = uri_driver_and_path(uri);
+    Ok(match host_uuid(&caps) {
+        Some(uuid) => format!("{driver}|{}|{path}", uuid.to_ascii_lowercase()),
+        // No host UUID (test driver): the URI itself, as spelled.
+        None => format!("uri|{uri}"),
+    })
+}
+
+/// The `<host><uuid>` of a capabilities document.
+pub fn host_uuid(caps: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Caps {
+        host: CapsHost,
+    }
+    #[derive(serde::Deserialize)]
+    struct CapsHost {
+        uuid: Option<String>,
+    }
+    let c: Caps = quick_xml::de::from_str(caps).ok()?;
+    c.host.uuid.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty())
+}
+
+/// `qemu+ssh://h/system?x` -> (`qemu`, `/system`).
+pub fn uri_driver_and_path(uri: &str) -> (String, String) {
+    let (scheme, rest) = uri.split_once("://").unwrap_or((uri, ""));
+    let driver = scheme.split('+').next().unwrap_or(scheme).to_ascii_lowercase();
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+    let path = match path.trim_end_matches('/') {
+        "" => "/",
+        p => p,
+    };
+    (driver, path.to_owned())
+}
+
 /// True when `e` is a libvirt error with code `n`.
 pub fn is(e: &virt::error::Error, n: ErrorNumber) -> bool {
     e.code().is(n)
@@ -162,5 +206,59 @@ pub fn permission_hint(d: &daemon::Daemon) -> String {
              qemu:///system), and every parent directory needs +x for that user; AppArmor or SELinux \
              may also deny it (see the host's audit log)"
             .into(),
+    }
+}
+
+/// The network a new VM is attached to must exist on the libvirt host, or its
+/// first start fails: a libvirt network by name, a bridge (checked on this
+/// machine only: libvirt has no portable way to ask a remote host about its
+/// bridges). Exit 2, naming it and the fix.
+pub fn check_network(conn: &Connect, net: &crate::settings::Network, local: bool) -> anyhow::Result<()> {
+    use crate::settings::Network;
+    match net {
+        Network::User { .. } => Ok(()),
+        Network::Network { name } => match conn.lookup_network_by_name(name) {
+            Ok(_) => Ok(()),
+            Err(e) if is(&e, ErrorNumber::NoNetwork) => Err(crate::error::invalid(format!(
+                "libvirt network {name:?} does not exist on this host: pick one of `virsh net-list --all`, define it, or set \"network\" in the settings (for instance {{\"type\": \"user\"}})"
+            ))),
+            // Drivers without a network driver (none here) cannot be asked.
+            Err(e) if is(&e, ErrorNumber::NoSupport) => Ok(()),
+            Err(e) => Err(explain(e, format!("looking up libvirt network {name}"))),
+        },
+        Network::Bridge { name } if local => {
+            if std::path::Path::new("/sys/class/net").join(name).join("bridge").is_dir() {
+                Ok(())
+            } else {
+                Err(crate::error::invalid(format!(
+                    "bridge {name:?} is not a bridge on this host (no /sys/class/net/{name}/bridge): create it (`ip link add {name} type bridge`), or set \"network\" to another bridge or network"
+                )))
+            }
+        }
+        Network::Bridge { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_spellings_of_one_daemon_agree() {
+        let system = uri_driver_and_path("qemu:///system");
+        for u in ["qemu+unix:///system", "qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock", "qemu:///system/"]
+        {
+            assert_eq!(uri_driver_and_path(u), system, "{u}");
+        }
+        assert_eq!(uri_driver_and_path("qemu+ssh://root@h:22/system?keyfile=/k"), system);
+        assert_ne!(uri_driver_and_path("qemu:///session"), system);
+        assert_eq!(uri_driver_and_path("test:///default"), ("test".into(), "/default".into()));
+    }
+
+    #[test]
+    fn reads_the_host_uuid() {
+        let caps = "<capabilities><host><uuid>3B7F81D0-cfa6-453f-bd4e-21ae7cbc67f7</uuid><cpu><arch>x86_64</arch></cpu></host><guest/></capabilities>";
+        assert_eq!(host_uuid(caps).as_deref(), Some("3B7F81D0-cfa6-453f-bd4e-21ae7cbc67f7"));
+        assert_eq!(host_uuid("<capabilities><host><cpu/></host></capabilities>"), None);
     }
 }

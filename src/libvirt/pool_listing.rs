@@ -84,7 +84,8 @@ impl PoolListing {
 /// A volume's sizes from its file: qcow2's virtual size is the big-endian
 /// u64 at byte 24 of its header; any other file's capacity is its length.
 fn from_file(path: &std::path::Path) -> Option<Sizes> {
-    let mut f = std::fs::File::open(path).ok()?;
+    // Never blocks: a FIFO someone left in the pool directory is not a volume to size.
+    let mut f = crate::files::open_regular(path, "volume").ok()?;
     let meta = f.metadata().ok()?;
     let allocation = meta.blocks() * 512;
     let mut head = [0u8; 32];

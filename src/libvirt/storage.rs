@@ -62,6 +62,14 @@ struct VolumeTarget {
     format: Option<Format>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     permissions: Option<Permissions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timestamps: Option<Timestamps>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct Timestamps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtime: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -115,14 +123,19 @@ impl VolumeInfo {
     }
 }
 
-/// The pool, if it exists (read-only commands never create it).
+/// The pool, if it exists (read-only commands never create it), started.
+///
+/// A `dir` pool that will not start because its directory is missing (a
+/// first use killed between defining the pool and building it, or a
+/// directory removed by hand) is built and started: setup converges rather
+/// than failing every later command.
 pub fn find_pool(conn: &Connect, name: &str) -> anyhow::Result<Option<StoragePool>> {
     match conn.lookup_storage_pool_by_name(name) {
         Ok(p) => {
             if !p.is_active().unwrap_or(false) {
                 // Another project-vm may be starting it right now: fine if it is up.
                 if let Err(e) = p.create(0) {
-                    if !p.is_active().unwrap_or(false) {
+                    if !p.is_active().unwrap_or(false) && !repair(&p, name) {
                         return Err(explain(e, format!("starting storage pool {name}")));
                     }
                 }
@@ -134,6 +147,31 @@ pub fn find_pool(conn: &Connect, name: &str) -> anyhow::Result<Option<StoragePoo
     }
 }
 
+/// Builds (makes the directory of) an inactive `dir` pool and starts it;
+/// true when it is active then.
+fn repair(pool: &StoragePool, name: &str) -> bool {
+    let is_dir = pool
+        .xml_desc(0)
+        .ok()
+        .and_then(|x| quick_xml::de::from_str::<PoolXml>(&x).ok())
+        .is_some_and(|x| x.kind == "dir");
+    if !is_dir {
+        return false;
+    }
+    tracing::info!(pool = name, "storage pool does not start: building its directory, then starting it");
+    if let Err(e) = pool.build(0) {
+        tracing::debug!(pool = name, "build failed: {}", e.message());
+        return false;
+    }
+    crate::fault::mutated(&format!("built pool {name}"));
+    if pool.create(0).is_err() && !pool.is_active().unwrap_or(false) {
+        return false;
+    }
+    crate::fault::mutated(&format!("started pool {name}"));
+    let _ = pool.set_autostart(true);
+    true
+}
+
 /// The directory of a defined pool (its definition's target path).
 pub fn pool_dir(pool: &StoragePool) -> Option<std::path::PathBuf> {
     let xml = pool.xml_desc(0).ok()?;
@@ -141,12 +179,14 @@ pub fn pool_dir(pool: &StoragePool) -> Option<std::path::PathBuf> {
 }
 
 /// The pool, defined (as a `dir` pool on `storage_dir`), built and started on first use.
-/// `uri` keys the lock that makes concurrent first uses define it once.
-pub fn ensure_pool(conn: &Connect, uri: &str, settings: &Settings) -> anyhow::Result<StoragePool> {
+/// `scope` (the daemon's identity) keys the lock that makes concurrent first
+/// uses define it once. Each step is one change a kill can follow: a pool
+/// defined but not built (or not started) is finished by [`find_pool`].
+pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::Result<StoragePool> {
     if let Some(p) = find_pool(conn, &settings.pool)? {
         return Ok(p);
     }
-    let _lock = crate::lock::acquire(uri, &format!("pool:{}", settings.pool), "defining the pool", |_| {})?;
+    let _lock = crate::lock::acquire(scope, &format!("pool:{}", settings.pool), "defining the pool", |_| {})?;
     if let Some(p) = find_pool(conn, &settings.pool)? {
         return Ok(p);
     }
@@ -170,17 +210,31 @@ pub fn ensure_pool(conn: &Connect, uri: &str, settings: &Settings) -> anyhow::Re
     let pool = conn
         .define_storage_pool_xml(&xml, 0)
         .map_err(|e| env(e, format!("defining storage pool {} at {dir}", settings.pool)))?;
+    crate::fault::mutated(&format!("defined pool {}", settings.pool));
     let started = pool
         .build(0)
+        .inspect(|_| crate::fault::mutated(&format!("built pool {}", settings.pool)))
         .and_then(|_| pool.create(0))
         .map_err(|e| env(e, format!("creating storage pool {} at {dir}", settings.pool)));
     if let Err(e) = started {
         let _ = pool.undefine();
         return Err(e);
     }
+    crate::fault::mutated(&format!("started pool {}", settings.pool));
     let _ = pool.set_autostart(true);
-    crate::fault::mutated(&format!("defined pool {}", settings.pool));
     Ok(pool)
+}
+
+/// The directory of every storage pool on the connection (as its definition
+/// names it): places no share may reach.
+pub fn pool_dirs(conn: &Connect) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let pools = conn.list_all_storage_pools(0).map_err(|e| explain(e, "listing storage pools"))?;
+    Ok(pools
+        .iter()
+        .filter_map(|p| quick_xml::de::from_str::<PoolXml>(&p.xml_desc(0).ok()?).ok())
+        .map(|x| std::path::PathBuf::from(x.target.path))
+        .filter(|p| p.is_absolute())
+        .collect())
 }
 
 pub fn find_volume(pool: &StoragePool, name: &str) -> anyhow::Result<Option<StorageVol>> {
@@ -200,6 +254,20 @@ fn create(pool: &StoragePool, xml: &VolumeXml) -> anyhow::Result<StorageVol> {
     Ok(vol)
 }
 
+/// Mode of every volume that holds a guest's data or secrets (root and
+/// project disks, seeds, saved images, markers): the owner alone. libvirt
+/// sets it when it makes the file (`<permissions><mode>`), and its dynamic
+/// ownership hands the file to the QEMU user while a VM runs.
+pub const PRIVATE_MODE: &str = "0600";
+
+fn private_target(format: &str) -> VolumeTarget {
+    VolumeTarget {
+        format: Some(Format { kind: format.into() }),
+        permissions: Some(Permissions { mode: PRIVATE_MODE.into() }),
+        ..Default::default()
+    }
+}
+
 /// A qcow2 overlay on `base`: copy-on-write, created in milliseconds.
 pub fn create_overlay(pool: &StoragePool, name: &str, capacity: u64, base: &VolumeInfo) -> anyhow::Result<StorageVol> {
     create(
@@ -208,7 +276,7 @@ pub fn create_overlay(pool: &StoragePool, name: &str, capacity: u64, base: &Volu
             name: name.into(),
             capacity: amount(capacity),
             allocation: Some(amount(0)),
-            target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+            target: private_target("qcow2"),
             backing_store: Some(BackingStore { path: base.path.clone(), format: Format { kind: base.format.clone() } }),
         },
     )
@@ -222,7 +290,7 @@ pub fn create_qcow2(pool: &StoragePool, name: &str, capacity: u64) -> anyhow::Re
             name: name.into(),
             capacity: amount(capacity),
             allocation: Some(amount(0)),
-            target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+            target: private_target("qcow2"),
             backing_store: None,
         },
     )
@@ -236,7 +304,7 @@ pub fn clone_flat(pool: &StoragePool, name: &str, source: &StorageVol) -> anyhow
         name: name.into(),
         capacity: amount(capacity),
         allocation: None,
-        target: VolumeTarget { format: Some(Format { kind: "qcow2".into() }), ..Default::default() },
+        target: private_target("qcow2"),
         backing_store: None,
     })?;
     let vol = StorageVol::create_xml_from(pool, &xml, source, 0)
@@ -304,7 +372,10 @@ pub fn upload(
         },
     )?;
     if let Err(e) = send(conn, &vol, len, reader, progress) {
-        let _ = vol.delete(0);
+        // The stream was aborted: libvirtd has let go of the volume, so it can go.
+        if let Err(d) = delete(pool, name) {
+            eprintln!("warning: could not remove the partial volume {name}: {d:#}");
+        }
         return Err(e.context(format!("uploading volume {name}")));
     }
     Ok(vol)
@@ -312,17 +383,27 @@ pub fn upload(
 
 fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progress: &Progress) -> anyhow::Result<()> {
     let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
-    vol.upload(&stream, 0, len, 0).map_err(|e| explain(e, "starting upload"))?;
+    vol.upload(&stream, 0, len, 0).map_err(|e| match is(&e, ErrorNumber::NoSupport) {
+        true => anyhow::Error::new(Unsupported(e.message().to_owned())),
+        false => explain(e, "starting upload"),
+    })?;
     let mut buf = vec![0u8; 1 << 20];
     let mut sent = 0u64;
     let result = (|| -> anyhow::Result<()> {
         loop {
-            let n = reader.read(&mut buf)?;
+            let n = match reader.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !crate::interrupt::requested() => continue,
+                Err(_) if crate::interrupt::requested() => anyhow::bail!("interrupted"),
+                // The source of the bytes failed (a server that hung up): the environment's, exit 4.
+                Err(e) => return Err(failure(Kind::Environment, format!("reading the data to upload: {e}"))),
+            };
             if n == 0 {
                 break;
             }
             let mut off = 0;
             while off < n {
+                crate::fault::stream_write(sent + off as u64)?;
                 let w = stream.send(&buf[off..n]).map_err(|e| explain(e, "sending data"))?;
                 anyhow::ensure!(w > 0, "libvirt stream accepted no data");
                 off += w as usize;
@@ -330,20 +411,118 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
             sent += n as u64;
             progress.set_position(sent);
         }
-        anyhow::ensure!(sent == len, "sent {sent} bytes, expected {len}");
+        if sent != len {
+            return Err(failure(
+                Kind::Environment,
+                format!("the data ended after {sent} bytes of the {len} announced (a download cut short?)"),
+            ));
+        }
         Ok(())
     })();
     match result {
-        Ok(()) => {
-            stream.finish().map_err(|e| explain(e, "finishing upload"))?;
-            crate::fault::mutated("uploaded a volume");
-            Ok(())
-        }
+        Ok(()) => match stream.finish() {
+            Ok(()) => {
+                crate::fault::mutated("uploaded a volume");
+                Ok(())
+            }
+            // finish() consumed the stream; libvirt aborts it on failure.
+            Err(e) => Err(explain(e, "finishing upload")),
+        },
         Err(e) => {
             let _ = stream.abort();
             Err(e)
         }
     }
+}
+
+/// The volume file's length on its host (for a qcow2, not its virtual size).
+pub fn physical_len(vol: &StorageVol) -> anyhow::Result<u64> {
+    // VIR_STORAGE_VOL_GET_PHYSICAL: `allocation` holds the file's length.
+    Ok(vol.info_flags(1).map_err(|e| explain(e, "reading volume info"))?.allocation)
+}
+
+/// Random access to a volume's bytes through libvirt streams (it works on a
+/// remote host): what the image check reads tables with. Reads ahead in
+/// windows, so a header and the tables qemu puts right after it cost one
+/// download.
+pub struct VolumeReader<'a> {
+    conn: &'a Connect,
+    vol: &'a StorageVol,
+    len: u64,
+    window: Option<(u64, Vec<u8>)>,
+}
+
+/// How much a [`VolumeReader`] reads at once.
+const READ_AHEAD: u64 = 512 << 10;
+
+impl<'a> VolumeReader<'a> {
+    /// `len`: the volume file's length ([`physical_len`]).
+    pub fn new(conn: &'a Connect, vol: &'a StorageVol, len: u64) -> Self {
+        VolumeReader { conn, vol, len, window: None }
+    }
+
+    fn fetch(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let err = |e: virt::error::Error| std::io::Error::other(e.message().to_owned());
+        let stream = Stream::new(self.conn, 0).map_err(err)?;
+        self.vol.download(&stream, offset, buf.len() as u64, 0).map_err(err)?;
+        let mut got = 0usize;
+        while got < buf.len() {
+            match stream.recv(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) if n > 0 => got += n as usize,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(err(e));
+                }
+            }
+        }
+        if got < buf.len() {
+            let _ = stream.abort();
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the volume ended early"));
+        }
+        // All that was asked for has come: the stream's end follows.
+        let mut rest = [0u8; 1];
+        match stream.recv(&mut rest) {
+            Ok(0) => stream.finish().map_err(err)?,
+            _ => {
+                let _ = stream.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::images::inspect::Source for VolumeReader<'_> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let want = buf.len() as u64;
+        if want == 0 {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(want)
+            .filter(|e| *e <= self.len)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        let hit = |w: &Option<(u64, Vec<u8>)>| {
+            w.as_ref().is_some_and(|(start, data)| offset >= *start && end <= start + data.len() as u64)
+        };
+        if !hit(&self.window) {
+            let size = want.max(READ_AHEAD).min(self.len - offset);
+            let mut data = vec![0u8; size as usize];
+            self.fetch(offset, &mut data)?;
+            self.window = Some((offset, data));
+        }
+        let (start, data) = self.window.as_ref().expect("filled above");
+        let at = (offset - start) as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Bytes the pool's filesystem has free, as libvirt sees it now.
+pub fn available(pool: &StoragePool) -> anyhow::Result<u64> {
+    let _ = pool.refresh(0);
+    Ok(pool.info().map_err(|e| explain(e, "reading storage pool info"))?.available)
 }
 
 /// Reads a small volume (an image record) whole through a libvirt stream.
@@ -389,35 +568,160 @@ pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// The marker `destroy --keep-data` leaves beside a kept project disk: an
-/// empty volume whose name says "project-vm kept this on purpose". `create`
-/// reattaches a project disk only when its marker is there, so a volume that
-/// merely has the right name (made by hand, or by someone else) is never
-/// adopted, and later deleted with a VM that never owned it.
+/// The marker `destroy --keep-data` leaves beside a kept project disk
+/// (`NAME-data.qcow2.kept`). `create` reattaches a project disk only when its
+/// marker is there *and* describes that very disk ([`KeptMarker`]), so a
+/// volume that merely has the right name (made by hand, or by someone else),
+/// with or without a hand-made marker, is never adopted, and never later
+/// deleted with a VM that never owned it.
 pub fn kept_marker(data_volume: &str) -> String {
     format!("{data_volume}.kept")
 }
 
-pub fn mark_kept(pool: &StoragePool, data_volume: &str) -> anyhow::Result<()> {
-    let marker = kept_marker(data_volume);
-    if find_volume(pool, &marker)?.is_none() {
-        create(
-            pool,
-            &VolumeXml {
-                name: marker,
-                capacity: amount(0),
-                allocation: Some(amount(0)),
-                target: VolumeTarget { format: Some(Format { kind: "raw".into() }), ..Default::default() },
-                backing_store: None,
-            },
-        )?;
-    }
-    Ok(())
+/// What a kept-disk marker says, as JSON: which VM kept which disk, and that
+/// disk's identity when it was kept (libvirt's key, its size, and its
+/// modification time: a disk made again under the same name, or changed,
+/// does not match).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptMarker {
+    pub project_vm_kept: u32,
+    /// The VM whose project disk it was.
+    pub vm: String,
+    /// The uuid of that VM's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_uuid: Option<String>,
+    pub volume: String,
+    /// libvirt's key of the volume (its path, for a `dir` pool).
+    pub key: String,
+    pub capacity: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<String>,
 }
 
+impl KeptMarker {
+    /// The marker for `vol` as it is now, kept from VM `vm` (record `uuid`).
+    pub fn of(vol: &StorageVol, vm: &str, uuid: Option<&str>) -> anyhow::Result<KeptMarker> {
+        let xml = vol.xml_desc(0).map_err(|e| explain(e, "reading volume"))?;
+        let parsed: VolumeXml = quick_xml::de::from_str(&xml).context("parsing volume XML")?;
+        let info = vol.info().map_err(|e| explain(e, "reading volume info"))?;
+        Ok(KeptMarker {
+            project_vm_kept: 1,
+            vm: vm.to_owned(),
+            record_uuid: uuid.map(String::from),
+            key: vol.key().map_err(|e| explain(e, "reading the volume's key"))?,
+            volume: parsed.name,
+            capacity: info.capacity,
+            mtime: parsed.target.timestamps.and_then(|t| t.mtime),
+        })
+    }
+
+    /// Why this marker does not vouch for `now` (the disk as it is) as VM
+    /// `vm`'s kept project disk, if it does not.
+    pub fn mismatch(&self, now: &KeptMarker) -> Option<String> {
+        if self.vm != now.vm {
+            return Some(format!("the marker was left by VM {}, not {}", self.vm, now.vm));
+        }
+        if self.volume != now.volume || self.key != now.key {
+            return Some(format!("the marker describes another disk ({})", self.key));
+        }
+        if self.capacity != now.capacity {
+            return Some(format!(
+                "the disk's size changed since it was kept ({} -> {} bytes)",
+                self.capacity, now.capacity
+            ));
+        }
+        if self.mtime.is_some() && now.mtime.is_some() && self.mtime != now.mtime {
+            return Some("the disk was made again or written since it was kept".into());
+        }
+        None
+    }
+}
+
+/// Marks `data_volume` (the project disk of VM `vm`, record `uuid`) kept. A
+/// marker already there that describes this disk stays; any other is
+/// replaced: the record says the disk is this VM's.
+pub fn mark_kept(
+    conn: &Connect,
+    pool: &StoragePool,
+    data_volume: &str,
+    vm: &str,
+    uuid: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(data) = find_volume(pool, data_volume)? else { return Ok(()) };
+    let want = KeptMarker::of(&data, vm, uuid)?;
+    let name = kept_marker(data_volume);
+    if let Some(m) = find_volume(pool, &name)? {
+        if read_marker(conn, &m).is_some_and(|got| got.mismatch(&want).is_none()) {
+            return Ok(());
+        }
+        delete(pool, &name)?;
+    }
+    let json = serde_json::to_vec(&want)?;
+    let new = NewVolume { name: &name, format: "raw", len: json.len() as u64, mode: PRIVATE_MODE };
+    match upload(conn, pool, new, &mut json.as_slice(), &Progress::hidden()) {
+        Ok(_) => Ok(()),
+        // A driver without uploads (libvirt's test driver): an empty marker,
+        // which keeps the disk but never lets a create adopt it.
+        Err(e) if e.chain().any(|c| c.is::<Unsupported>()) => {
+            tracing::warn!(volume = data_volume, "this libvirt cannot upload: the kept disk's marker is empty");
+            create(
+                pool,
+                &VolumeXml {
+                    name,
+                    capacity: amount(0),
+                    allocation: Some(amount(0)),
+                    target: private_target("raw"),
+                    backing_store: None,
+                },
+            )
+            .map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The marker's content, if it is one project-vm wrote.
+fn read_marker(conn: &Connect, vol: &StorageVol) -> Option<KeptMarker> {
+    let bytes = download_small(conn, vol, 64 << 10).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether a marker stands beside `data_volume` (whatever it says).
 pub fn is_kept(pool: &StoragePool, data_volume: &str) -> anyhow::Result<bool> {
     Ok(find_volume(pool, &kept_marker(data_volume))?.is_some())
 }
+
+/// `None` when `data_volume` is VM `vm`'s kept project disk: its marker is
+/// there and describes it as it is; else why not.
+pub fn kept_mismatch(
+    conn: &Connect,
+    pool: &StoragePool,
+    data_volume: &str,
+    vm: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(data) = find_volume(pool, data_volume)? else { return Ok(Some(format!("{data_volume} is gone"))) };
+    let Some(marker) = find_volume(pool, &kept_marker(data_volume))? else {
+        return Ok(Some("there is no marker".into()));
+    };
+    let now = KeptMarker::of(&data, vm, None)?;
+    Ok(match read_marker(conn, &marker) {
+        None => Some("the marker is empty or not one project-vm wrote".into()),
+        Some(m) => m.mismatch(&now),
+    })
+}
+
+/// An upload the driver does not do (libvirt's test driver).
+#[derive(Debug)]
+pub struct Unsupported(String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "this libvirt cannot upload volumes: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
 
 /// How many leading bytes [`sniff_format`] wants.
 pub const SNIFF_LEN: usize = 1024;
@@ -470,6 +774,19 @@ mod tests {
             xml.contains("<backingStore><path>/p/base.qcow2</path><format type=\"qcow2\"/></backingStore>"),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn guest_data_volumes_are_made_private() {
+        let xml = quick_xml::se::to_string(&VolumeXml {
+            name: "d.qcow2".into(),
+            capacity: amount(1 << 30),
+            allocation: None,
+            target: private_target("qcow2"),
+            backing_store: None,
+        })
+        .unwrap();
+        assert!(xml.contains("<permissions><mode>0600</mode></permissions>"), "{xml}");
     }
 
     #[test]

@@ -224,3 +224,97 @@ pub fn survey(conn: &Connect) -> anyhow::Result<Vec<Surveyed>> {
         })
         .collect())
 }
+
+/// The files and block devices domain XML's disks read, backing files given
+/// in the XML included: `file` and `dev` sources as paths, `pool`/`volume`
+/// sources as `(pool, volume)`.
+pub fn disk_sources(xml: &str) -> (Vec<String>, Vec<(String, String)>) {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let (mut paths, mut volumes) = (Vec::new(), Vec::new());
+    let mut in_disk = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.name().into_inner() == "disk" => in_disk += 1,
+            Ok(Event::End(e)) if e.name().into_inner() == "disk" => in_disk = in_disk.saturating_sub(1),
+            Ok(Event::Start(e) | Event::Empty(e)) if in_disk > 0 && e.name().into_inner() == "source" => {
+                let mut attr = std::collections::HashMap::new();
+                for a in e.attributes().flatten() {
+                    let raw = a.value.to_string();
+                    let value = quick_xml::escape::unescape(&raw).map(|v| v.into_owned()).unwrap_or(raw);
+                    attr.insert(a.key.into_inner().to_string(), value);
+                }
+                paths.extend(attr.get("file").cloned());
+                paths.extend(attr.get("dev").cloned());
+                if let (Some(p), Some(v)) = (attr.get("pool"), attr.get("volume")) {
+                    volumes.push((p.clone(), v.clone()));
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    (paths, volumes)
+}
+
+/// Every file a domain defined on this connection uses as a disk, with the
+/// domain that uses it: each disk's source and its whole backing chain.
+/// Any domain, project-vm's or not, renamed or copied: `gc` never removes
+/// what is in use.
+pub fn disks_in_use(conn: &Connect) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let doms = conn.list_all_domains(0).map_err(|e| explain(e, "listing domains"))?;
+    let mut used = std::collections::BTreeMap::new();
+    for dom in doms {
+        let Ok(dname) = dom.name() else { continue };
+        let mut xmls: Vec<String> = Vec::new();
+        xmls.extend(dom.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).ok());
+        if dom.is_active().unwrap_or(false) {
+            xmls.extend(dom.xml_desc(0).ok());
+        }
+        let mut queue = Vec::new();
+        for xml in &xmls {
+            let (paths, volumes) = disk_sources(xml);
+            queue.extend(paths);
+            for (pool, vol) in volumes {
+                let path = conn
+                    .lookup_storage_pool_by_name(&pool)
+                    .and_then(|p| p.lookup_storage_vol_by_name(&vol))
+                    .and_then(|v| v.path());
+                queue.extend(path.ok());
+            }
+        }
+        // Backing chains, as libvirt reads them from each image.
+        while let Some(path) = queue.pop() {
+            if used.contains_key(&path) {
+                continue;
+            }
+            let backing = conn
+                .lookup_storage_vol_by_path(&path)
+                .ok()
+                .and_then(|v| super::storage::VolumeInfo::of(&v).ok())
+                .and_then(|i| i.backing);
+            used.insert(path, dname.clone());
+            queue.extend(backing);
+        }
+    }
+    Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_every_disk_source() {
+        let xml = r#"<domain><name>x</name><devices>
+  <disk type='file'><source file='/p/a.qcow2'/><backingStore type='file'><source file='/p/base.img'/></backingStore></disk>
+  <disk type='block'><source dev='/dev/vg/x'/></disk>
+  <disk type='volume'><source pool='pv' volume='d.qcow2'/></disk>
+  <interface type='user'><source dev='ignored'/></interface>
+  <filesystem><source dir='/srv'/></filesystem>
+</devices></domain>"#;
+        let (paths, volumes) = disk_sources(xml);
+        assert_eq!(paths, vec!["/p/a.qcow2", "/p/base.img", "/dev/vg/x"]);
+        assert_eq!(volumes, vec![("pv".to_owned(), "d.qcow2".to_owned())]);
+    }
+}

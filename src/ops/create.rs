@@ -26,6 +26,7 @@ use virt::storage_pool::StoragePool;
 use super::{now_unix, Ctx};
 use crate::cloudinit::{self, hostkey::HostKey, SeedInput};
 use crate::error::invalid;
+use crate::images::store::Image;
 use crate::interrupt;
 use crate::libvirt::metadata::{Ownership, Phase};
 use crate::libvirt::storage::{self, VolumeInfo};
@@ -62,29 +63,65 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// What the libvirt host must have, and what must hold together.
-    /// `local`: the libvirt host is this machine (share sources can be checked).
-    pub fn check(&self, conn: &virt::connect::Connect, local: bool) -> anyhow::Result<()> {
+    /// What the libvirt host must have, and what must hold together; the
+    /// devices as they are to be recorded (share sources resolved).
+    ///
+    /// Shares: each passes [`Share::validate`]; on a local libvirt host its
+    /// source must be a directory, and is resolved (symlinks) before it is
+    /// checked and recorded; the source may not be, lie in or contain any
+    /// storage pool's directory (nor `storage_dir`); no two shares mount at
+    /// one target, and none over the ssh user's home.
+    pub fn check(&self, ctx: &Ctx) -> anyhow::Result<Devices> {
         if let Some(net) = &self.network_config {
             net.validate().map_err(|e| invalid(format!("network_config: {e}")))?;
         }
+        let mut seen = std::collections::BTreeSet::new();
         for a in &self.hostdevs {
-            crate::libvirt::nodedev::pci(conn, a)?;
+            if !seen.insert(a.to_string()) {
+                return Err(invalid(format!("hostdev {a} is given twice: a device goes to a VM once")));
+            }
+            crate::libvirt::nodedev::pci(&ctx.conn, a)?;
         }
+        let mut out = self.clone();
+        if self.shares.is_empty() {
+            return Ok(out);
+        }
+        let mut pools = storage::pool_dirs(&ctx.conn)?;
+        pools.extend(ctx.settings.storage_dir.clone());
+        if ctx.is_local() {
+            pools = pools.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+        }
+        let home = std::path::Path::new("/home").join(&ctx.settings.ssh_user);
         let mut targets = std::collections::BTreeSet::new();
-        for s in &self.shares {
+        for s in &mut out.shares {
+            let label = s.label();
             s.validate().map_err(invalid)?;
-            if local && !s.source.is_dir() {
+            crate::spec::check_source(&s.source, &pools).map_err(|e| invalid(format!("share {label}: {e}")))?;
+            if ctx.is_local() {
+                let real = std::fs::canonicalize(&s.source).ok().filter(|r| r.is_dir()).ok_or_else(|| {
+                    invalid(format!(
+                        "share {label}: the source {} is not a directory on this host: create it, or fix the path",
+                        s.source.display()
+                    ))
+                })?;
+                let via = match real != s.source {
+                    true => format!(" ({} resolves to {})", s.source.display(), real.display()),
+                    false => String::new(),
+                };
+                crate::spec::check_source(&real, &pools).map_err(|e| invalid(format!("share {label}: {e}{via}")))?;
+                s.source = real;
+            }
+            if s.target == home {
                 return Err(invalid(format!(
-                    "share source {} is not a directory on this host: create it, or fix the path",
-                    s.source.display()
+                    "share {label}: the target is the home of the ssh user {}: mount it in a directory below",
+                    ctx.settings.ssh_user
                 )));
             }
-            if !targets.insert(&s.target) {
-                return Err(invalid(format!("two shares mount at {}", s.target.display())));
+            if !targets.insert(s.target.clone()) {
+                return Err(invalid(format!("share {label}: two shares mount at {}", s.target.display())));
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Passthrough wants UEFI: GPUs and their option ROMs expect it.
@@ -99,8 +136,7 @@ impl Devices {
 
 impl CreateRequest {
     pub fn load_user_data(path: &std::path::Path) -> anyhow::Result<(Value, String)> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("cannot read user-data file {}: {e}", path.display())))?;
+        let text = crate::files::read_text(path, "user-data file", crate::files::USER_DATA_MAX)?;
         let value = cloudinit::parse_user_data(&text, &path.display().to_string())?;
         Ok((value, text))
     }
@@ -211,6 +247,8 @@ struct Prepared {
     /// A project disk kept by `destroy --keep-data`, to reattach.
     kept_data: Option<VolumeInfo>,
     user_config: Option<Value>,
+    /// The base image's lock, shared, until the overlay is made.
+    _image_lock: Option<crate::lock::Lock>,
 }
 
 /// The base image's name as the spec records it.
@@ -258,7 +296,7 @@ pub fn desired_spec(
 /// (apply --jobs) and processes, so no two VMs get the same forwarded port.
 /// (Each call opens the lock file anew, so threads contend like processes.)
 fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
-    crate::lock::acquire(&ctx.uri, "ssh-ports", "choosing a port", |_| {})
+    crate::lock::acquire(&ctx.lock_scope()?, "ssh-ports", "choosing a port", |_| {})
 }
 
 /// For user networking: the first forwarded port at or above `base` that no
@@ -309,7 +347,10 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let started = Instant::now();
     let name = &req.name;
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
-    req.devices.check(&ctx.conn, ctx.is_local()).map_err(|e| e.context(format!("VM {name}")))?;
+    let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
+    let req = &CreateRequest { devices, ..req.clone() };
+    crate::libvirt::check_network(&ctx.conn, &ctx.settings.network, ctx.is_local())
+        .map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;
     clear_leftovers(ctx, name, progress)?;
     let prep = prepare(ctx, req, progress)?;
@@ -368,17 +409,16 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
     let name = &req.name;
     let authorized_keys = ctx.settings.authorized_keys()?;
     let tailscale_auth_key = match (&ctx.settings.tailnet, &ctx.settings.tailscale_auth_key_file) {
-        (Some(_), Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map(|s| s.trim().to_owned())
-                .map_err(|e| invalid(format!("cannot read tailscale_auth_key_file {}: {e}", path.display())))?,
-        ),
+        (Some(_), Some(path)) => {
+            Some(crate::files::read_text(path, "tailscale_auth_key_file", crate::files::KEY_MAX)?.trim().to_owned())
+        }
         _ => None,
     };
     let user_config = crate::features::user_config(&req.features, req.user_data.as_ref().map(|(v, _)| v))?;
 
     progress.set_message(format!("creating {name}: base image"));
     let (pool, image) = super::pull::ensure(ctx, req.image.as_deref().unwrap_or(&ctx.settings.base_image), progress)?;
+    let image_lock = image_in_hand(ctx, &pool, &image)?;
     let base = image.disk;
     let base_image = image.record.name;
     if req.resources.disk.bytes() < base.capacity {
@@ -406,7 +446,17 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
                 d.name, d.format
             )))
         }
-        (Some(d), true) => Some(d),
+        (Some(d), true) => match storage::kept_mismatch(&ctx.conn, &pool, &d.name, name.as_str())? {
+            None => Some(d),
+            Some(why) => {
+                let marker = storage::kept_marker(&d.name);
+                let pool_name = &ctx.settings.pool;
+                return Err(invalid(format!(
+                    "volume {} has a kept-disk marker ({marker}), but {why}: project-vm did not keep this disk for {name} (`destroy --keep-data` leaves a marker that describes its disk), so it is not adopted as {name}'s project disk and nothing was changed. If the data is yours, rename the volume or copy it out; remove the marker with `virsh vol-delete {marker} --pool {pool_name}`, or pick another VM name",
+                    d.name
+                )));
+            }
+        },
         (Some(d), false) => {
             return Err(invalid(format!(
                 "volume {} already exists in pool {}, but project-vm has no record of keeping it (`destroy --keep-data` leaves one), so it is not adopted as {name}'s project disk: rename or remove it (`virsh vol-delete {} --pool {}`) if it is yours, or pick another VM name",
@@ -420,7 +470,44 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
         }
         (None, false) => None,
     };
-    Ok(Prepared { pool, base, base_image, authorized_keys, tailscale_auth_key, kept_data, user_config })
+    Ok(Prepared {
+        pool,
+        base,
+        base_image,
+        authorized_keys,
+        tailscale_auth_key,
+        kept_data,
+        user_config,
+        _image_lock: image_lock,
+    })
+}
+
+/// Takes the image's lock (shared with other creates, exclusive of
+/// `image rm` and of a new generation being stored), then makes sure the
+/// image is still there and checks the volume the VM will be built on: no
+/// backing or external data file, every table within the file. The lock is
+/// held until the overlay exists.
+fn image_in_hand(ctx: &Ctx, pool: &StoragePool, image: &Image) -> anyhow::Result<Option<crate::lock::Lock>> {
+    if ctx.uri.starts_with("test:") {
+        // The test driver's stand-in images have no record and no contents to read.
+        return Ok(None);
+    }
+    let lock = super::pull::share_image(ctx, &image.record.name)?;
+    let rec = crate::images::record::record_volume_of(&image.record.volume);
+    if rec.as_deref().map(|r| storage::find_volume(pool, r)).transpose()?.flatten().is_none() {
+        return Err(invalid(format!(
+            "image {} was removed while this create was getting ready: pull or import it again",
+            image.record.name
+        )));
+    }
+    // apply builds many VMs on one image: it is read once per run.
+    let checked = ctx.cache.checked_images.lock().expect("checked images").contains(&image.record.volume);
+    if !checked {
+        crate::images::store::check_image(&ctx.conn, pool, image)?;
+        ctx.cache.checked_images.lock().expect("checked images").insert(image.record.volume.clone());
+    }
+    crate::fault::pause("create-image-checked");
+    Ok(Some(lock))
 }
 
 /// Phase 1: the domain, with a `creating` record naming every volume to come.

@@ -35,8 +35,17 @@ pub fn destroy(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRep
 /// The work of `destroy`, for callers that hold the VM's lock. A project disk
 /// that a half-made create reattached is kept whatever `keep_data` says: it
 /// was kept by an earlier `destroy --keep-data`, not made by that create.
+/// So is one whose kept-disk marker is still there: a reattaching create
+/// removes the marker last, so a create killed after its record said
+/// `ready` (but before it could say so to its user) has not yet made the
+/// disk the VM's to delete.
 pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyReport> {
-    let keep_data = keep_data || (vm.own.phase == Phase::Creating && vm.own.data_kept);
+    let pool = ctx.vm_pool(vm)?;
+    let marked = match &pool {
+        Some(p) => storage::is_kept(p, &vm.own.data_volume)?,
+        None => false,
+    };
+    let keep_data = keep_data || (vm.own.phase == Phase::Creating && vm.own.data_kept) || marked;
     if vm.dom.is_active().unwrap_or(false) {
         vm.dom.destroy().map_err(|e| explain(e, format!("powering off {}", vm.name)))?;
         crate::fault::mutated("powered off");
@@ -48,7 +57,7 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
         super::snapshot::delete_all(vm)?;
     }
     let mut deleted = Vec::new();
-    if let Some(pool) = ctx.vm_pool(vm)? {
+    if let Some(pool) = pool {
         for vol in vm.own.volumes(false) {
             if storage::delete(&pool, vol)? {
                 deleted.push(vol.to_owned());
@@ -58,7 +67,7 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
         let marker = storage::kept_marker(data);
         if keep_data {
             if storage::find_volume(&pool, data)?.is_some() {
-                storage::mark_kept(&pool, data)?;
+                storage::mark_kept(&ctx.conn, &pool, data, vm.name.as_str(), vm.own.uuid.as_deref())?;
             }
         } else {
             for vol in [data, &marker] {

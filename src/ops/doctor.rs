@@ -354,7 +354,12 @@ fn keys(settings: &Settings) -> Check {
 
 /// The user QEMU runs as under the system daemon.
 fn qemu_user() -> Option<nix::unistd::User> {
-    let conf = std::fs::read_to_string("/etc/libvirt/qemu.conf").unwrap_or_default();
+    let conf = crate::files::read_text(
+        std::path::Path::new("/etc/libvirt/qemu.conf"),
+        "libvirt's qemu.conf",
+        crate::files::CONFIG_MAX,
+    )
+    .unwrap_or_default();
     let configured = conf.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|l| {
         let (k, v) = l.split_once('=')?;
         (k.trim() == "user").then(|| v.trim().trim_matches('"').to_owned())
@@ -429,7 +434,11 @@ fn free_space(dir: &Path) -> Check {
 
 fn confinement() -> Vec<Check> {
     let mut out = Vec::new();
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let read = |p: &str| {
+        crate::files::read_text(std::path::Path::new(p), "file", crate::files::KEY_MAX)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
     if read("/sys/module/apparmor/parameters/enabled") == "Y" {
         out.push(check(
             "confinement",

@@ -40,6 +40,8 @@ pub struct Fleet {
     /// `hosts` were declared but `--connect` (or `PROJECT_VM_URI`) chose one
     /// libvirt instead: messages about hosts say so.
     pub connect_overrides_hosts: bool,
+    /// Whether every host that answers is a daemon of its own ([`Fleet::check_distinct`]).
+    distinct: OnceLock<Result<(), String>>,
     /// The verb only looks (list, status, ssh...): where libvirt refuses a
     /// read-write connection to a system daemon, a read-only one will do.
     pub looking: bool,
@@ -55,6 +57,10 @@ impl Fleet {
     /// at `uri`. Every host's bad settings are reported at once.
     pub fn new(mut common: HostSettings, uri: Option<String>, json: bool) -> anyhow::Result<Fleet> {
         let hosts = common.hosts.take();
+        // A malformed URI is bad input (exit 2), said before anything connects.
+        if let Some(u) = &uri {
+            crate::libvirt::uri::check(u).map_err(|why| invalid(format!("--connect / PROJECT_VM_URI: {why}")))?;
+        }
         let overridden = uri.is_some() && hosts.as_ref().is_some_and(|h| !h.is_empty());
         let one = |common: HostSettings| -> anyhow::Result<Fleet> {
             let uri = uri.clone().unwrap_or_else(|| crate::libvirt::default_uri().to_owned());
@@ -64,6 +70,7 @@ impl Fleet {
                 json,
                 connect_overrides_hosts: overridden,
                 looking: false,
+                distinct: OnceLock::new(),
             })
         };
         let hosts = match hosts {
@@ -82,7 +89,7 @@ impl Fleet {
         if !problems.is_empty() {
             return Err(invalid(problems.join("\n")));
         }
-        Ok(Fleet { hosts: out, json, connect_overrides_hosts: false, looking: false })
+        Ok(Fleet { hosts: out, json, connect_overrides_hosts: false, looking: false, distinct: OnceLock::new() })
     }
 
     /// The one-host fleet of an open connection.
@@ -90,7 +97,7 @@ impl Fleet {
         let h = host(None, ctx.uri.clone(), ctx.settings.clone());
         let json = ctx.json;
         let _ = h.ctx.set(Ok(ctx));
-        Fleet { hosts: vec![h], json, connect_overrides_hosts: false, looking: false }
+        Fleet { hosts: vec![h], json, connect_overrides_hosts: false, looking: false, distinct: OnceLock::new() }
     }
 
     /// Reports are JSON (`--json`): progress stays quiet.
@@ -143,8 +150,42 @@ impl Fleet {
         })
     }
 
-    /// The hosts `--host` selects: that one, or all.
+    /// Two host entries that reach one libvirt daemon (the same host UUID,
+    /// driver and system or session, however their URIs are spelled) would
+    /// let `--host a destroy x` destroy a VM listed under host b: such a
+    /// fleet is refused (exit 2) before any verb acts. Every host is asked
+    /// once per run, at once; a host that does not answer is not compared.
+    pub fn check_distinct(&self) -> anyhow::Result<()> {
+        if self.hosts.len() < 2 {
+            return Ok(());
+        }
+        let got = self.distinct.get_or_init(|| {
+            let all: Vec<&Host> = self.hosts.iter().collect();
+            let mut seen: Vec<(String, &Host)> = Vec::new();
+            let mut problems = Vec::new();
+            for (h, id) in self.ask(&all, |_, ctx| ctx.lock_scope()) {
+                let Ok(id) = id else { continue };
+                match seen.iter().find(|(i, _)| *i == id) {
+                    Some((_, other)) => problems.push(format!(
+                        "{} and {} are the same libvirt daemon ({id}): give each host entry a daemon of its own",
+                        other.label(),
+                        h.label()
+                    )),
+                    None => seen.push((id, h)),
+                }
+            }
+            match problems.is_empty() {
+                true => Ok(()),
+                false => Err(format!("hosts: {}; nothing was done", problems.join("; "))),
+            }
+        });
+        got.clone().map_err(invalid)
+    }
+
+    /// The hosts `--host` selects: that one, or all (once the fleet's hosts
+    /// are known to be distinct daemons).
     pub fn select(&self, name: Option<&str>) -> anyhow::Result<Vec<&Host>> {
+        self.check_distinct()?;
         match name {
             Some(n) => Ok(vec![self.host(n)?]),
             None => Ok(self.hosts.iter().collect()),
@@ -154,6 +195,7 @@ impl Fleet {
     /// The one host a verb that makes something works on: `--host`, or the
     /// only host there is.
     pub fn one(&self, name: Option<&str>) -> anyhow::Result<(&Host, Arc<Ctx>)> {
+        self.check_distinct()?;
         let h = match (name, self.hosts.as_slice()) {
             (Some(n), _) => self.host(n)?,
             (None, [only]) => only,

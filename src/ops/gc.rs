@@ -21,7 +21,8 @@ use crate::spec::DOMAIN_PREFIX;
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// `orphan-volume`, `half-made-vm`, `unverified-image`, `superseded-image`,
-    /// `stale-marker`, `kept-disk`.
+    /// `stale-marker`, `kept-disk` (all removable), `unrecorded-volume` and
+    /// `in-use-volume` (never removed).
     pub kind: &'static str,
     /// The volume, or the VM for `half-made-vm`.
     pub name: String,
@@ -66,11 +67,18 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     let Some(pool) = storage::find_pool(&ctx.conn, &pool_name)? else { return Ok(report) };
     let _ = pool.refresh(0);
     let all_vms = vms::list(&ctx.conn)?;
+    // Whatever any domain uses (its disks and their backing chains), whoever
+    // made it, is never removed: a renamed or copied domain keeps its disks.
+    let in_use = vms::disks_in_use(&ctx.conn)?;
+    let user_of = |n: &str| -> Option<String> {
+        let path = storage::find_volume(&pool, n).ok().flatten()?.path().ok()?;
+        in_use.get(&path).cloned()
+    };
     let vms: Vec<_> = all_vms.iter().filter(|vm| vm.own.pool == pool_name).collect();
     let names: BTreeSet<String> = storage::volume_names(&pool)?.into_iter().collect();
     // Named disks first: a typo must not be found out after removals.
     for n in named {
-        if !names.contains(n) || !names.contains(&storage::kept_marker(n)) {
+        if !names.contains(n) || kept_disk_of(ctx, &pool, n)?.is_none() {
             return Err(crate::error::invalid(format!(
                 "{n} is not a kept project disk in pool {pool_name}: `project-vm gc` lists what it can remove"
             )));
@@ -98,6 +106,15 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
             false => "its project disk was new and empty".into(),
         };
         let mut f = finding("half-made-vm", vm.name.as_str(), detail, 0);
+        let foreign_user = vm.own.volumes(true).into_iter().find_map(|v| {
+            let d = user_of(v)?;
+            (d != vm.name.domain()).then(|| format!("{v} is in use by domain {d}"))
+        });
+        if let Some(why) = foreign_user {
+            f.action = format!("kept: {why}");
+            report.findings.push(f);
+            continue;
+        }
         match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
             Err(e) => f.action = format!("skipped: {e}"),
             Ok(_lock) if yes => {
@@ -119,22 +136,43 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         .collect();
     for e in store::list(&ctx.conn, &pool)? {
         let (kind, detail) = match (&e.record, e.current) {
-            (None, _) => {
-                ("unverified-image", "no record: an interrupted upload, or made by hand; create never uses it")
-            }
+            (None, _) => ("unverified-image", "no record: an interrupted upload; create never uses it"),
             (Some(_), false) => ("superseded-image", "an older generation of its image"),
             (Some(_), true) => continue,
         };
         if backing.contains(&e.disk.path) {
             continue;
         }
+        if let Some(d) = in_use.get(&e.disk.path) {
+            report.findings.push(Finding {
+                action: format!("kept: in use by domain {d}"),
+                ..finding(kind, &e.volume, detail, e.disk.allocation)
+            });
+            continue;
+        }
         let image = match record::classify(&e.volume) {
             VolumeKind::Disk { image, .. } => image.to_owned(),
-            _ => e.volume.clone(),
+            // Not named as project-vm names its uploads (`NAME@GEN.img`):
+            // made by hand or by another tool, and not project-vm's to remove.
+            _ => {
+                report.findings.push(Finding {
+                    action: format!(
+                        "left alone: not project-vm's to remove (`virsh vol-delete {} --pool {pool_name}` if it is yours)",
+                        e.volume
+                    ),
+                    ..finding(
+                        "unrecorded-volume",
+                        &e.volume,
+                        "no project-vm record names it, nor is it named like an upload of project-vm's; create never uses it",
+                        e.disk.allocation,
+                    )
+                });
+                continue;
+            }
         };
         let f = finding(kind, &e.volume, detail, e.disk.allocation);
         // An upload in progress holds its image's lock.
-        match lock::try_acquire(&ctx.uri, &format!("image:{pool_name}/{image}"), "collecting garbage")? {
+        match lock::try_acquire(&ctx.lock_scope()?, &format!("image:{pool_name}/{image}"), "collecting garbage")? {
             Err(h) => report.findings.push(Finding {
                 action: format!("skipped: another project-vm{} is storing {image}", h.pid_note()),
                 ..f
@@ -154,26 +192,51 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         }
     }
 
-    // VM volumes no record names: kept project disks (and their markers), or orphans.
+    // VM volumes no record names: kept project disks (and their markers), a
+    // seed whose removal after the first boot was interrupted, or volumes
+    // project-vm has no record of making, which it leaves alone.
     for n in names.iter().filter(|n| n.starts_with(DOMAIN_PREFIX) && !owned.contains(*n)) {
+        if let Some(d) = user_of(n) {
+            report.findings.push(Finding {
+                action: format!("kept: in use by domain {d}"),
+                ..finding("in-use-volume", n, "no project-vm record names it, but a domain uses it", allocation(n))
+            });
+            continue;
+        }
         if let Some(data) = n.strip_suffix(".kept") {
             if !names.contains(data) {
                 report.collect(finding("stale-marker", n, format!("marks {data}, which is gone"), 0), || delete(n))?;
             }
             continue; // otherwise reported with its disk
         }
-        if !names.contains(&storage::kept_marker(n)) {
-            // A VM being created has its record before any volume, so nothing live owns this.
-            report
-                .collect(finding("orphan-volume", n, "a VM disk that no VM's record names", allocation(n)), || {
-                    delete(n)
-                })?;
+        // A seed detached from its VM (the record says so) but not yet deleted.
+        let seed_of = vms.iter().find(|vm| vm.name.seed_volume() == *n && vm.own.seed_volume.is_none());
+        if let Some(vm) = seed_of {
+            let detail = format!("the cloud-init seed of {}, detached after its first boot but not deleted", vm.name);
+            report.collect(finding("orphan-volume", n, detail, allocation(n)), || delete(n))?;
             continue;
         }
+        let kept_for = match names.contains(&storage::kept_marker(n)) {
+            true => kept_disk_of(ctx, &pool, n)?,
+            false => None,
+        };
+        let Some(vm) = kept_for else {
+            let detail = match names.contains(&storage::kept_marker(n)) {
+                true => "a marker stands beside it, but it does not describe this disk: project-vm did not keep it",
+                false => "no project-vm record names it (made by hand, by another tool, or refused by create)",
+            };
+            report.findings.push(Finding {
+                action: format!(
+                    "left alone: not project-vm's to remove (`virsh vol-delete {n} --pool {pool_name}` if it is yours)"
+                ),
+                ..finding("unrecorded-volume", n, detail, allocation(n))
+            });
+            continue;
+        };
         let f = finding(
             "kept-disk",
             n,
-            "a project disk kept by `destroy --keep-data`; `create` of its VM reattaches it",
+            format!("the project disk of {vm}, kept by `destroy --keep-data`; `create {vm}` reattaches it"),
             allocation(n),
         );
         if named.contains(n) {
@@ -191,6 +254,18 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         }
     }
     Ok(report)
+}
+
+/// The VM whose kept project disk `volume` is: its name says whose, and its
+/// marker describes it as it is now.
+fn kept_disk_of(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, volume: &str) -> anyhow::Result<Option<String>> {
+    let Some(vm) = volume.strip_prefix(DOMAIN_PREFIX).and_then(|v| v.strip_suffix("-data.qcow2")) else {
+        return Ok(None);
+    };
+    if crate::spec::VmName::parse(vm).is_err() {
+        return Ok(None);
+    }
+    Ok(storage::kept_mismatch(&ctx.conn, pool, volume, vm)?.is_none().then(|| vm.to_owned()))
 }
 
 impl Report for GcReport {

@@ -146,11 +146,31 @@ pub fn list(ctx: &Ctx) -> anyhow::Result<Vec<ImageEntry>> {
 /// Removes every generation of image `name` (or one volume, by its volume
 /// name), refusing while a VM's root disk is an overlay on it.
 pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Removed> {
-    let entries: Vec<ImageEntry> =
-        list(ctx)?.into_iter().filter(|e| e.name.as_deref() == Some(name) || e.volume == name).collect();
-    if entries.is_empty() {
+    let matching = |ctx: &Ctx| -> anyhow::Result<Vec<ImageEntry>> {
+        Ok(list(ctx)?.into_iter().filter(|e| e.name.as_deref() == Some(name) || e.volume == name).collect())
+    };
+    let found = matching(ctx)?;
+    if found.is_empty() {
         record::validate_name(name)?;
         return Err(not_found(format!("no image {name} in pool {}: see `project-vm image list`", ctx.settings.pool)));
+    }
+    // The image's lock (by its name: a volume name stands for its image),
+    // then its users again: a `create` holds the lock from reading the image
+    // until its overlay exists, so no VM can start using it after this look.
+    let mut image_names: Vec<String> = found
+        .iter()
+        .filter_map(|e| match (&e.name, record::classify(&e.volume)) {
+            (Some(n), _) => Some(n.clone()),
+            (None, record::VolumeKind::Disk { image, .. }) => Some(image.to_owned()),
+            (None, _) => None,
+        })
+        .collect();
+    image_names.sort();
+    image_names.dedup();
+    let _locks = image_names.iter().map(|n| super::pull::lock_image(ctx, n)).collect::<anyhow::Result<Vec<_>>>()?;
+    let entries = matching(ctx)?;
+    if entries.is_empty() {
+        return Err(not_found(format!("no image {name} in pool {} (removed meanwhile)", ctx.settings.pool)));
     }
     let users: Vec<String> = entries.iter().flat_map(|e| e.used_by.iter().cloned()).collect();
     if !users.is_empty() {

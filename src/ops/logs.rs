@@ -51,6 +51,10 @@ pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
             ),
         ));
     };
+    // Opened only if it is a regular file (a FIFO or a device there would block or never end).
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(crate::error::invalid(format!("{} is not a regular file: not a serial log", path.display())));
+    }
     let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => failure(
             Kind::Environment,

@@ -29,6 +29,7 @@ use std::sync::Mutex;
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 
+use crate::error::{failure, Kind};
 use crate::libvirt::pool_listing::PoolListing;
 use crate::libvirt::storage;
 use crate::libvirt::vms::Vm;
@@ -44,6 +45,8 @@ pub struct Ctx {
     pub host_name: Option<String>,
     /// What one run looks up once rather than once per VM.
     pub cache: Cache,
+    /// The daemon's identity, read on first use ([`Ctx::lock_scope`]).
+    scope: std::sync::OnceLock<Result<String, String>>,
 }
 
 /// Lookups a run repeats for every VM it works on (apply creates hundreds):
@@ -56,11 +59,24 @@ pub struct Cache {
     pub images: Mutex<HashMap<String, (StoragePool, crate::images::store::Image)>>,
     /// The forwarded ssh ports VMs record, and the port lock's stamp when read.
     pub ports: Mutex<Option<(Option<String>, std::collections::BTreeSet<u16>)>>,
+    /// Image volumes whose structure this run has checked (see `images::inspect`).
+    pub checked_images: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Ctx {
     pub fn new(conn: Connect, uri: String, settings: Settings, json: bool) -> Ctx {
-        Ctx { conn, uri, settings, json, host_name: None, cache: Cache::default() }
+        Ctx { conn, uri, settings, json, host_name: None, cache: Cache::default(), scope: Default::default() }
+    }
+
+    /// What keys this run's locks: the libvirt daemon itself (its host UUID,
+    /// driver and system or session), however its URI is spelled, so
+    /// `qemu:///system` and `qemu+unix:///system?socket=...` share locks.
+    /// Read from the daemon once per run.
+    pub fn lock_scope(&self) -> anyhow::Result<String> {
+        let got = self
+            .scope
+            .get_or_init(|| crate::libvirt::daemon_identity(&self.conn, &self.uri).map_err(|e| format!("{e:#}")));
+        got.clone().map_err(|e| failure(Kind::Environment, e))
     }
 
     /// The name ssh knows a VM by (`HostKeyAlias`, `ssh-config`'s `Host`):
@@ -201,7 +217,7 @@ pub fn prepare_host_files(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
 /// The per-VM lock: one project-vm process at a time changes a VM. `doing`
 /// ("creating", "destroying", "applying") is what a loser is told.
 pub fn vm_lock(ctx: &Ctx, name: &VmName, doing: &str) -> anyhow::Result<crate::lock::Lock> {
-    match crate::lock::try_acquire(&ctx.uri, &format!("vm:{name}"), doing)? {
+    match crate::lock::try_acquire(&ctx.lock_scope()?, &format!("vm:{name}"), doing)? {
         Ok(lock) => Ok(lock),
         Err(holder) => Err(crate::error::invalid(format!(
             "another project-vm{} is {} {name} right now: try again when it has finished",

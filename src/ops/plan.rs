@@ -319,9 +319,31 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
     let keys = ctx.settings.authorized_keys()?;
     let mut out = Vec::new();
     for decl in declared.vms.values() {
-        let req = request(decl)?;
+        let mut req = request(decl)?;
+        if !req.devices.shares.is_empty() {
+            // As create records them (sources resolved); a refusal is reported by check_needs.
+            if let Ok(d) = req.devices.check(ctx) {
+                req.devices.shares = d.shares;
+            }
+        }
         let base = create::base_name(ctx, decl.image.as_deref());
         let found = existing.get(&decl.name);
+        // A VM of this name in another pool was made with other settings:
+        // never grown, redefined or rebuilt from here (nor undone when half-made).
+        if let Some(s) = found.filter(|s| !opts.all_pools && s.vm.own.pool != ctx.settings.pool) {
+            out.push(VmPlan {
+                changes: vec![Change {
+                    field: "pool",
+                    from: s.vm.own.pool.clone(),
+                    to: ctx.settings.pool.clone(),
+                    class: Class::Impossible,
+                    note: "a VM of this name lives in another pool (made with other settings): plan and apply never reach into another pool; manage it there, pass --all-pools to manage it from here, or give this one another name",
+                }],
+                decl: Some(decl.clone()),
+                ..VmPlan::new(decl.name.as_str(), Action::Nothing)
+            });
+            continue;
+        }
         let interrupted = match found {
             Some(s) => half_made(&s.vm, pools.get(ctx, &s.vm.own.pool)?),
             None => false,
@@ -418,14 +440,28 @@ impl Plan {
 fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let mut images: std::collections::BTreeMap<String, Result<Option<u64>, String>> = Default::default();
+    if plans.iter().any(|p| p.action == Action::Create || p.recreate) {
+        if let Err(e) = crate::libvirt::check_network(&ctx.conn, &ctx.settings.network, ctx.is_local()) {
+            problems.push(format!("network: {e:#}"));
+        }
+    }
+    // Devices, for every VM that gets them now or at its next start.
+    let devices_change = |p: &&VmPlan| {
+        p.action == Action::Create
+            || p.recreate
+            || p.changes.iter().any(|c| c.field == "shares" || c.field == "hostdevs")
+    };
+    for p in plans.iter().filter(devices_change) {
+        let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
+        if let Err(e) = devices(decl).check(ctx) {
+            problems.push(format!("vms.{}: {e:#}", p.name));
+        }
+    }
     for p in plans.iter().filter(|p| p.action == Action::Create || p.recreate) {
         let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
         let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
         if !images.contains_key(&image) {
             images.insert(image.clone(), super::pull::check(ctx, &image)?);
-        }
-        if let Err(e) = devices(decl).check(&ctx.conn, ctx.is_local()) {
-            problems.push(format!("vms.{}: {e:#}", p.name));
         }
         match &images[&image] {
             Err(why) => problems.push(format!("vms.{}: {why}", p.name)),

@@ -96,12 +96,30 @@ pub fn image_name(image: &str) -> String {
     }
 }
 
-/// Serialises work on one image name across project-vm processes.
-fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
+/// What the lock of image `name` in the settings' pool is called.
+pub fn image_lock_name(ctx: &Ctx, name: &str) -> String {
+    format!("image:{}/{name}", ctx.settings.pool)
+}
+
+/// Serialises work on one image name across project-vm processes: storing
+/// and removing it take this exclusively; a `create` reading it and
+/// building its overlay on it shares it ([`share_image`]).
+pub fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
     let json = ctx.json;
-    lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), "storing", |holder| {
+    lock::acquire(&ctx.lock_scope()?, &image_lock_name(ctx, name), "storing", |holder| {
         if !json {
-            eprintln!("waiting for another project-vm{} that is storing image {name}", holder.pid_note());
+            eprintln!("waiting for another project-vm{} that is working on image {name}", holder.pid_note());
+        }
+    })
+}
+
+/// The image's lock, shared: held by `create` from reading the image until
+/// its overlay exists, so `image rm` cannot remove it in between.
+pub fn share_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
+    let json = ctx.json;
+    lock::acquire_shared(&ctx.lock_scope()?, &image_lock_name(ctx, name), "using", |holder| {
+        if !json {
+            eprintln!("waiting for another project-vm{} that is storing or removing image {name}", holder.pid_note());
         }
     })
 }
@@ -191,7 +209,7 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
     if req.checksums.is_some() {
         source.checksums = req.checksums.clone();
     }
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
     Ok(PullReport::new(&image, cached, started))
@@ -208,7 +226,7 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     let path = absolute(file)?;
     let name = name.map(str::to_owned).unwrap_or_else(|| catalog::name_for(&path));
     record::validate_name(&name)?;
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     if store::find(&ctx.conn, &pool, &name)?.is_some() {
         return Err(invalid(format!(
@@ -249,8 +267,12 @@ fn locate(ctx: &Ctx, image: &str) -> anyhow::Result<Located> {
             false => absolute(image)?,
         };
         if let Some(path) = url.strip_prefix("file://").or((!url.contains("://")).then_some(url.as_str())) {
-            if !std::path::Path::new(path).is_file() {
-                return Ok(Located::Missing(format!("image file {path} does not exist")));
+            let p = std::path::Path::new(path);
+            if !p.is_file() {
+                return Ok(Located::Missing(match p.exists() {
+                    true => format!("image file {path} is not a regular file"),
+                    false => format!("image file {path} does not exist"),
+                }));
             }
         }
         return Ok(Located::Fetch(pool, name, ImageSource { url, checksums: None, checksum: None }));
@@ -281,9 +303,33 @@ pub fn check(ctx: &Ctx, image: &str) -> anyhow::Result<Result<Option<u64>, Strin
     }
     Ok(match locate(ctx, image)? {
         Located::Stored(_, found) => Ok(Some(found.disk.capacity)),
+        // URLs the user gave (a URL or file, an `images` entry) are probed;
+        // the built-in catalog's are project-vm's own, and not asked here.
+        Located::Fetch(_, name, source) if catalog::is_location(image) || ctx.settings.images.contains_key(&name) => {
+            probe(ctx, &name, &source).map(|()| None)
+        }
         Located::Fetch(..) => Ok(None),
         Located::Missing(why) => Err(why),
     })
+}
+
+/// `plan`'s look at an image still to be fetched: its URL (and its checksum
+/// file) must answer. A URL that answers with an error (404) is a problem;
+/// one that cannot be reached now is said, not counted: the host that runs
+/// `apply` may well reach it.
+fn probe(ctx: &Ctx, name: &str, source: &ImageSource) -> Result<(), String> {
+    for url in std::iter::once(&source.url).chain(source.checksums.as_ref()) {
+        match fetch::probe(url) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(format!("image {name}: {why}")),
+            Err(why) => {
+                if !ctx.json {
+                    eprintln!("warning: image {name}: {why}; plan could not check that it can be fetched");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The image `create` builds on, and the pool it lives in: the pool's
@@ -308,7 +354,7 @@ fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Resul
     };
     let pool = match pool {
         Some(p) => p,
-        None => storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings)?,
+        None => storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?,
     };
     let lock = lock_image(ctx, &name)?;
     // fetch_into looks again under the lock: another process may have just stored it.

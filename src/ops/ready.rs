@@ -1,8 +1,10 @@
-//! `start --wait`: the guest says when cloud-init is done.
+//! `start --wait`: the guest says when it is up, and how cloud-init went.
 //!
-//! The generated cloud-config installs a reporter that, after cloud-init's
-//! final stage, writes one JSON line with cloud-init's result to a
-//! virtio-serial channel. We read that channel through libvirt
+//! The generated cloud-config installs a reporter that runs on every boot
+//! (whether or not cloud-init runs on it) and writes one JSON line to a
+//! virtio-serial channel: on a boot where cloud-init runs, once its final
+//! stage is done, with cloud-init's result; on a boot where it does not (its
+//! generator disabled it, or it is gone), at once. We read that channel through libvirt
 //! (virDomainOpenChannel), so this works over qemu+ssh:// with no network path
 //! to the guest, no guest agent and no polling of ssh.
 
@@ -25,6 +27,12 @@ use crate::progress::Progress;
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
     pub boot_id: String,
+    /// The boot id of the instance's first report (reporter version 3+).
+    #[serde(default)]
+    pub first_boot_id: Option<String>,
+    /// Whether cloud-init ran on this boot (reporter version 3+).
+    #[serde(default)]
+    pub cloud_init: Option<CloudInitRun>,
     #[serde(default)]
     pub disabled: bool,
     #[serde(default)]
@@ -41,6 +49,29 @@ pub struct Message {
     /// cloud-config failed its schema (it does not say how).
     #[serde(default)]
     pub schema: Option<String>,
+}
+
+/// Whether cloud-init ran on the reported boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudInitRun {
+    /// It ran: the report carries its result.
+    Ran,
+    /// Installed, but its generator disabled it on this boot (no datasource
+    /// found, or `/etc/cloud/cloud-init.disabled`).
+    Disabled,
+    /// Not installed (any more).
+    Absent,
+}
+
+/// Which boot of the instance a report is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Boot {
+    /// The boot that provisioned it (or a report that cannot tell).
+    First,
+    /// A later boot of the same instance: nothing is provisioned again.
+    Later,
 }
 
 /// Stage times below this are seconds since boot (cloud-init 24+), above it
@@ -61,6 +92,8 @@ pub struct ReadyReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_latency_s: Option<f64>,
     pub boot_id: String,
+    pub boot: Boot,
+    pub cloud_init: CloudInitRun,
 }
 
 impl Message {
@@ -141,9 +174,29 @@ impl Message {
         (now >= finished).then_some(now - finished)
     }
 
+    /// Whether cloud-init ran on this boot (older reporters only said
+    /// `disabled`).
+    pub fn cloud_init_run(&self) -> CloudInitRun {
+        match (self.cloud_init, self.disabled) {
+            (Some(run), _) => run,
+            (None, true) => CloudInitRun::Disabled,
+            (None, false) => CloudInitRun::Ran,
+        }
+    }
+
+    /// A later boot of the instance: its first report came from another boot.
+    pub fn boot(&self) -> Boot {
+        match &self.first_boot_id {
+            Some(first) if *first != self.boot_id => Boot::Later,
+            _ => Boot::First,
+        }
+    }
+
     /// cloud-init's status in its own words.
     pub fn status_word(&self) -> &'static str {
-        if self.disabled {
+        if self.cloud_init_run() == CloudInitRun::Absent {
+            "absent"
+        } else if self.cloud_init_run() == CloudInitRun::Disabled {
             "disabled"
         } else if self.result.is_none() {
             "unknown"
@@ -157,7 +210,9 @@ impl Message {
     }
 
     /// `done`, `degraded` or `error`. A guest without a result (cloud-init
-    /// disabled on this boot) counts as done: it booted and is not provisioning.
+    /// disabled on this boot, or absent) counts as done: it booted and is not
+    /// provisioning. (Whether that is right for the VM's first boot is for
+    /// [`wait`] to say: it knows whether the seed was ever used.)
     pub fn result(&self) -> &'static str {
         match self.status_word() {
             "error" => "error",
@@ -206,9 +261,24 @@ impl Channel<'_> {
     }
 }
 
-/// Waits for the guest's report; once it has come, removes the seed.
+/// Waits for the guest's report; once cloud-init has used the seed, removes it.
 pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyhow::Result<ReadyReport> {
-    let report = await_report(ctx, &vm.dom, vm.name.as_str(), timeout, progress)?;
+    let mut report = await_report(ctx, &vm.dom, vm.name.as_str(), timeout, progress)?;
+    if vm.own.seed_volume.is_some() && report.cloud_init != CloudInitRun::Ran {
+        // The seed is still there, so this VM was never provisioned, and
+        // cloud-init did not run to do it: its verdict is what this wait
+        // reports. The seed stays for a boot that does read it.
+        report.result = "error";
+        report.errors.push(format!(
+            "cloud-init did not run on {}'s first boot ({}): the seed was not read, so the VM is not provisioned",
+            vm.name,
+            match report.cloud_init {
+                CloudInitRun::Absent => "the image has no cloud-init",
+                _ => "cloud-init is disabled in the image (its generator or /etc/cloud/cloud-init.disabled)",
+            }
+        ));
+        return Ok(report);
+    }
     // cloud-init has run (whatever its result): the seed, which holds the
     // private host key, is no longer needed.
     super::seed::remove(ctx, vm)?;
@@ -239,6 +309,8 @@ pub fn await_report(
                     errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
                     waited_s: t0.elapsed().as_secs_f64(),
                     report_latency_s: msg.report_latency(),
+                    boot: msg.boot(),
+                    cloud_init: msg.cloud_init_run(),
                     boot_id: msg.boot_id,
                 };
                 tracing::info!(vm = name, result = report.result, "guest reported readiness");
@@ -277,7 +349,16 @@ impl ReadyReport {
     pub fn note(&self) -> String {
         let latency =
             self.report_latency_s.map(|l| format!(", reported {l:.2}s after cloud-init finished")).unwrap_or_default();
-        format!("{}: ready (cloud-init {}) after {:.1}s{latency}", self.name, self.cloud_init_status, self.waited_s)
+        let boot = match self.boot {
+            Boot::First => "",
+            Boot::Later => "later boot; ",
+        };
+        let cloud_init = match self.cloud_init {
+            CloudInitRun::Ran => format!("cloud-init {}", self.cloud_init_status),
+            CloudInitRun::Disabled => "cloud-init not re-run: disabled on this boot".into(),
+            CloudInitRun::Absent => "cloud-init not re-run: not installed".into(),
+        };
+        format!("{}: ready ({boot}{cloud_init}) after {:.1}s{latency}", self.name, self.waited_s)
     }
 }
 
@@ -407,6 +488,53 @@ mod tests {
     }
 
     #[test]
+    fn a_later_boot_says_so_and_whether_cloud_init_ran() {
+        // The first boot: its first report is from this boot.
+        let first = Message::parse(
+            r#"{"project_vm_ready":3,"boot_id":"b1","first_boot_id":"b1","cloud_init":"ran","disabled":false,"result":{"v1":{"errors":[]}},"status":{"v1":{"modules-final":{"errors":[],"finished":38.5}}},"schema":null,"sent_at":1763900001.25,"uptime":39.0}"#,
+        )
+        .unwrap();
+        assert_eq!((first.boot(), first.cloud_init_run(), first.result()), (Boot::First, CloudInitRun::Ran, "done"));
+        // A later boot on which ds-identify disabled cloud-init: done, nothing to wait for.
+        let later = Message::parse(
+            r#"{"project_vm_ready":3,"boot_id":"b2","first_boot_id":"b1","cloud_init":"disabled","disabled":true,"result":null,"status":null,"schema":null,"sent_at":1763900100.0,"uptime":9.5}"#,
+        )
+        .unwrap();
+        assert_eq!((later.boot(), later.cloud_init_run()), (Boot::Later, CloudInitRun::Disabled));
+        assert_eq!((later.status_word(), later.result(), later.report_latency()), ("disabled", "done", None));
+        let absent = Message::parse(
+            r#"{"project_vm_ready":3,"boot_id":"b3","first_boot_id":"b1","cloud_init":"absent","disabled":true,"result":null,"status":null,"schema":null,"sent_at":1,"uptime":1}"#,
+        )
+        .unwrap();
+        assert_eq!((absent.boot(), absent.status_word(), absent.result()), (Boot::Later, "absent", "done"));
+        // A version-2 reporter (VMs made before): no boot ids, `disabled` only.
+        let old = Message::parse(r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null}"#)
+            .unwrap();
+        assert_eq!((old.boot(), old.cloud_init_run()), (Boot::First, CloudInitRun::Disabled));
+    }
+
+    #[test]
+    fn the_note_names_a_later_boot() {
+        let mut r = ReadyReport {
+            name: "foo".into(),
+            result: "done",
+            cloud_init_status: "disabled".into(),
+            errors: vec![],
+            waited_s: 9.14,
+            report_latency_s: None,
+            boot_id: "b2".into(),
+            boot: Boot::Later,
+            cloud_init: CloudInitRun::Disabled,
+        };
+        assert_eq!(r.note(), "foo: ready (later boot; cloud-init not re-run: disabled on this boot) after 9.1s");
+        r.cloud_init = CloudInitRun::Ran;
+        r.cloud_init_status = "done".into();
+        assert_eq!(r.note(), "foo: ready (later boot; cloud-init done) after 9.1s");
+        r.boot = Boot::First;
+        assert_eq!(r.note(), "foo: ready (cloud-init done) after 9.1s");
+    }
+
+    #[test]
     fn failure_names_the_module() {
         let r = ReadyReport {
             name: "foo".into(),
@@ -416,6 +544,8 @@ mod tests {
             waited_s: 1.0,
             report_latency_s: None,
             boot_id: "b".into(),
+            boot: Boot::First,
+            cloud_init: CloudInitRun::Ran,
         };
         let e = check(&r).unwrap_err();
         assert_eq!(crate::error::exit_code(&e), 5);

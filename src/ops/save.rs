@@ -90,7 +90,20 @@ pub fn save(
         )));
     };
     let _vm_lock = super::vm_lock(ctx, &vm.name, "saving")?;
-    let _image_lock = crate::lock::acquire(&ctx.uri, &format!("image:{}/{name}", ctx.settings.pool), "saving", |_| {})?;
+    // A half-made VM (its create, or its destroy, did not finish) has no
+    // prepared disk to save: bad input, exit 2, like `start` and `snapshot`.
+    let root_exists = match ctx.vm_pool(vm)? {
+        Some(pool) => storage::find_volume(&pool, &vm.own.root_volume)?.is_some(),
+        None => false,
+    };
+    if vm.own.half_made(root_exists).is_some() {
+        return Err(invalid(format!(
+            "{} is half-made (its create or destroy did not finish): there is no prepared disk to save. Run `project-vm create {}` again, or `project-vm destroy {}`",
+            vm.name, vm.name, vm.name
+        )));
+    }
+    let _image_lock =
+        crate::lock::acquire(&ctx.lock_scope()?, &format!("image:{}/{name}", ctx.settings.pool), "saving", |_| {})?;
     let pool =
         ctx.vm_pool(vm)?.ok_or_else(|| anyhow::anyhow!("storage pool {} of {} is gone", vm.own.pool, vm.name))?;
     if store::find(&ctx.conn, &pool, name)?.is_some() {

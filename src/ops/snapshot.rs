@@ -107,6 +107,21 @@ fn find(vm: &Vm, name: &str) -> anyhow::Result<virt::domain_snapshot::DomainSnap
     })
 }
 
+/// The default snapshot name: `snap-N`, one more than the highest taken so
+/// far; past `snap-18446744073709551615` (or any number too large to add to)
+/// the lowest free `snap-N` instead, so a default name is always found.
+pub fn default_name<'a>(existing: impl Iterator<Item = &'a str>) -> String {
+    let taken: std::collections::BTreeSet<u128> =
+        existing.filter_map(|n| n.strip_prefix("snap-")?.parse::<u128>().ok()).collect();
+    let next = match taken.last() {
+        None => 1,
+        Some(&n) if n < u64::MAX as u128 => n + 1,
+        // No room above: the first gap from 1 (there is one: libvirt holds far fewer than 2^64 snapshots).
+        Some(_) => (1..).find(|n| !taken.contains(n)).expect("a free number"),
+    };
+    format!("snap-{next}")
+}
+
 fn ready(vm: &Vm) -> anyhow::Result<()> {
     if vm.own.phase == Phase::Creating {
         return Err(invalid(format!("{} is half-made (its create did not finish): nothing to snapshot", vm.name)));
@@ -132,12 +147,7 @@ pub fn create(ctx: &Ctx, vm: &Vm, name: Option<&str>, description: Option<&str>)
             }
             n.to_owned()
         }
-        // snap-1, snap-2, ...: one more than the highest so far.
-        None => {
-            let n =
-                existing.iter().filter_map(|s| s.name.strip_prefix("snap-")?.parse::<u64>().ok()).max().unwrap_or(0);
-            format!("snap-{}", n + 1)
-        }
+        None => default_name(existing.iter().map(|s| s.name.as_str())),
     };
     let running = matches!(vm.state(), State::Running | State::Paused);
     let mut disks = vec![
@@ -243,5 +253,21 @@ impl Report for Reverted {
 impl Report for Deleted {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "{}: deleted snapshot {}", self.vm, self.snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_count_up_and_never_overflow() {
+        assert_eq!(default_name([].into_iter()), "snap-1");
+        assert_eq!(default_name(["snap-1", "snap-7", "mine"].into_iter()), "snap-8");
+        assert_eq!(default_name(["snap-18446744073709551614"].into_iter()), "snap-18446744073709551615");
+        assert_eq!(default_name(["snap-18446744073709551615"].into_iter()), "snap-1");
+        assert_eq!(default_name(["snap-18446744073709551615", "snap-1", "snap-2"].into_iter()), "snap-3");
+        let huge = "snap-99999999999999999999999999999999999999999";
+        assert_eq!(default_name([huge, "snap-1"].into_iter()), "snap-2");
     }
 }

@@ -44,7 +44,10 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     // each rewrite reads what the last one wrote.
     let _lock =
         crate::lock::acquire("local", &format!("known-hosts:{}", path.display()), "updating known_hosts", |_| {})?;
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let existing = match path.try_exists() {
+        Ok(true) => crate::files::read_text(path, "known_hosts file", crate::files::CONFIG_MAX)?,
+        _ => String::new(),
+    };
     let mut lines: Vec<String> =
         existing.lines().filter(|l| l.split_whitespace().next() != Some(alias)).map(String::from).collect();
     if let Some(key) = key {

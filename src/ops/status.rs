@@ -10,6 +10,7 @@ use crate::libvirt::metadata::Phase;
 use crate::libvirt::storage;
 use crate::libvirt::vms::{State, Vm};
 use crate::output::{human, Report};
+use crate::settings::Network;
 
 #[derive(Debug, Serialize)]
 pub struct Disk {
@@ -48,6 +49,41 @@ pub struct Status {
     pub snapshots: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<crate::spec::Share>,
+    /// What the guest reaches on the libvirt host over its network.
+    pub host_reach: HostReach,
+}
+
+/// What a guest reaches on the libvirt host over its network, by network type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostReach {
+    /// Services the host keeps on its loopback (127.0.0.1, ::1) for itself
+    /// answer the guest.
+    pub host_loopback: bool,
+    pub note: &'static str,
+}
+
+impl HostReach {
+    pub fn of(network: &Network) -> HostReach {
+        match network {
+            // libvirt starts passt with --one-off, --socket, --pid and the
+            // forwarded ports only: not with --no-map-gw, and the domain XML
+            // has no way to ask for it, so passt maps the guest's gateway
+            // address to the host's loopback (tests/e2e.rs reads passt's
+            // command line to keep this true).
+            Network::User { .. } => HostReach {
+                host_loopback: true,
+                note: "user networking (passt): the guest reaches this host's loopback services at its gateway address; libvirt offers no way to turn that mapping off, so use a libvirt network or a bridge for a VM that must not",
+            },
+            Network::Network { .. } => HostReach {
+                host_loopback: false,
+                note: "libvirt network: the guest reaches this host at the network's own address (services listening there or on all addresses), never its loopback",
+            },
+            Network::Bridge { .. } => HostReach {
+                host_loopback: false,
+                note: "bridge: the guest is a machine on the bridged network and reaches this host as any machine there does, never its loopback",
+            },
+        }
+    }
 }
 
 pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
@@ -104,6 +140,7 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
             .collect(),
         snapshots: vm.dom.num_snapshots(0).unwrap_or(0),
         shares: spec.shares.clone(),
+        host_reach: HostReach::of(&spec.network),
     })
 }
 
@@ -157,6 +194,7 @@ impl Report for Status {
         if s.snapshots > 0 {
             writeln!(out, "  snapshots: {}", s.snapshots)?;
         }
+        writeln!(out, "  host:      {}", s.host_reach.note)?;
         match &s.ssh {
             Some(t) => writeln!(out, "  ssh:       {}@{} port {} (via {})", t.user, t.host, t.port, t.via),
             None => writeln!(out, "  ssh:       no address yet"),

@@ -1,0 +1,700 @@
+//! Is this image sound and self-contained? Our own reader of the two formats
+//! project-vm accepts, run before an image counts (on a local file before its
+//! upload, on a download's first bytes before any byte is streamed, on the
+//! stored volume before its record is written) and again at `create` on the
+//! volume a VM is built on.
+//!
+//! A qcow2 is refused when its header names a backing file or an external
+//! data file (the guest would read a host file through it), when it is
+//! encrypted, marked corrupt or dirty, or uses features we do not know, and
+//! when any of its tables points past the end of the file: the L1 table, the
+//! refcount table, the snapshot table and each snapshot's L1 table, every L2
+//! table and refcount block the tables name, and every data cluster the L2
+//! tables name. That is what a truncated file or a short download looks like.
+//!
+//! A raw image has no tables of its own; "sound" means its partition table
+//! describes a disk that fits in the file: every MBR partition ends within it,
+//! and with GPT the primary header's backup header, last usable block and
+//! every partition end within it. The file is a whole number of 512-byte
+//! sectors. (A raw file cut inside free space after its last partition is
+//! not detectable, and loses nothing.)
+
+use std::io;
+
+/// Random access to an image's bytes: a local file, a libvirt volume, or memory.
+pub trait Source {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl Source for &[u8] {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+impl Source for std::fs::File {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+/// The largest cluster qemu makes (2 MiB): the header and its extensions fit in the first cluster.
+pub const MAX_CLUSTER: u64 = 2 << 20;
+/// qemu's own limits on the tables it will load.
+const MAX_L1_BYTES: u64 = 32 << 20;
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+const MAX_SNAPSHOTS: u32 = 65536;
+/// Incompatible feature bits: dirty, corrupt, external data file, compression type, extended L2.
+const INCOMPAT_DIRTY: u64 = 1;
+const INCOMPAT_CORRUPT: u64 = 1 << 1;
+const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+const INCOMPAT_EXTL2: u64 = 1 << 4;
+const EXT_END: u32 = 0;
+const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Host cluster offset bits of an L1/L2/refcount table entry (bits 9..55).
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+const L2_COMPRESSED: u64 = 1 << 62;
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
+/// What a qcow2 header says, once it has been found self-contained and
+/// its tables found within the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2 {
+    pub version: u32,
+    pub cluster_bits: u32,
+    /// Virtual size, bytes.
+    pub size: u64,
+    pub l1_size: u32,
+    pub l1_table_offset: u64,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
+    pub extended_l2: bool,
+}
+
+impl Qcow2 {
+    fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+}
+
+/// How many bytes of the file's start [`check_header`] wants: the first
+/// cluster, which holds the header and its extensions (at most 2 MiB).
+pub fn header_len(head: &[u8]) -> usize {
+    if head.len() >= 24 && head.starts_with(QCOW2_MAGIC) {
+        let bits = be32(head, 20);
+        if (9..=21).contains(&bits) {
+            return 1 << bits;
+        }
+    }
+    crate::libvirt::storage::SNIFF_LEN.max(64 << 10)
+}
+
+/// `a + b <= len`, without overflow.
+fn within(a: u64, b: u64, len: u64) -> bool {
+    a.checked_add(b).is_some_and(|end| end <= len)
+}
+
+/// Checks a qcow2 header from the file's first bytes (at least the first
+/// cluster, or the whole file if shorter) against the file's length `len`.
+pub fn check_header(head: &[u8], len: u64) -> Result<Qcow2, String> {
+    if head.len() < 72 {
+        return Err(format!("its qcow2 header is cut short ({} bytes)", head.len()));
+    }
+    let version = be32(head, 4);
+    if version != 2 && version != 3 {
+        return Err(format!("qcow2 version {version} is not 2 or 3"));
+    }
+    let backing_file_offset = be64(head, 8);
+    if backing_file_offset != 0 {
+        let size = be32(head, 16) as usize;
+        let name = usize::try_from(backing_file_offset)
+            .ok()
+            .and_then(|at| head.get(at..at.checked_add(size.min(1023))?))
+            .map(|b| format!(" ({})", String::from_utf8_lossy(b)))
+            .unwrap_or_default();
+        return Err(format!(
+            "its qcow2 header names a backing file{name}: a VM built on it would read that file from the host; flatten it first (`qemu-img convert -O qcow2 IN OUT`)"
+        ));
+    }
+    let cluster_bits = be32(head, 20);
+    if !(9..=21).contains(&cluster_bits) {
+        return Err(format!("its qcow2 cluster size 2^{cluster_bits} is not between 512 bytes and 2 MiB"));
+    }
+    let cluster = 1u64 << cluster_bits;
+    let size = be64(head, 24);
+    if size == 0 {
+        return Err("its qcow2 header gives a virtual size of 0".into());
+    }
+    let crypt_method = be32(head, 32);
+    if crypt_method != 0 {
+        return Err("it is an encrypted qcow2: project-vm has no key for it".into());
+    }
+    let mut q = Qcow2 {
+        version,
+        cluster_bits,
+        size,
+        l1_size: be32(head, 36),
+        l1_table_offset: be64(head, 40),
+        refcount_table_offset: be64(head, 48),
+        refcount_table_clusters: be32(head, 56),
+        nb_snapshots: be32(head, 60),
+        snapshots_offset: be64(head, 64),
+        extended_l2: false,
+    };
+    let mut header_length = 72usize;
+    if version == 3 {
+        if head.len() < 104 {
+            return Err(format!("its qcow2 v3 header is cut short ({} bytes)", head.len()));
+        }
+        let incompatible = be64(head, 72);
+        if incompatible & INCOMPAT_DATA_FILE != 0 {
+            return Err("its qcow2 header says its data lives in an external data file: a VM built on it would read that file from the host".into());
+        }
+        if incompatible & INCOMPAT_CORRUPT != 0 {
+            return Err("its qcow2 header marks it corrupt (`qemu-img check -r all` may repair it)".into());
+        }
+        if incompatible & INCOMPAT_DIRTY != 0 {
+            return Err(
+                "its qcow2 header marks it dirty (not closed cleanly): repair it with `qemu-img check -r all` first"
+                    .into(),
+            );
+        }
+        let unknown = incompatible & !(INCOMPAT_COMPRESSION | INCOMPAT_EXTL2);
+        if unknown != 0 {
+            return Err(format!(
+                "its qcow2 header uses incompatible features project-vm does not know (bits {unknown:#x})"
+            ));
+        }
+        q.extended_l2 = incompatible & INCOMPAT_EXTL2 != 0;
+        let refcount_order = be32(head, 96);
+        if refcount_order > 6 {
+            return Err(format!("its qcow2 refcount order {refcount_order} is over 6"));
+        }
+        header_length = be32(head, 100) as usize;
+        if header_length < 104 || header_length as u64 > cluster || header_length % 8 != 0 {
+            return Err(format!("its qcow2 header length {header_length} is not a multiple of 8 in 104..cluster size"));
+        }
+    }
+    check_extensions(head, header_length, cluster, len)?;
+
+    let name = "its qcow2";
+    let past = |what: &str| {
+        format!("{name} {what} points past the end of the file ({len} bytes): the file is truncated or damaged")
+    };
+    let aligned = |off: u64| off % cluster == 0;
+    // The L1 table must cover the virtual size.
+    let l2_entries = cluster / if q.extended_l2 { 16 } else { 8 };
+    let needed = size.div_ceil(cluster * l2_entries);
+    if (q.l1_size as u64) < needed {
+        return Err(format!(
+            "{name} L1 table has {} entries, too few for its virtual size ({needed} needed)",
+            q.l1_size
+        ));
+    }
+    let l1_bytes = q.l1_size as u64 * 8;
+    if l1_bytes > MAX_L1_BYTES {
+        return Err(format!("{name} L1 table is {l1_bytes} bytes, over qemu's limit"));
+    }
+    if q.l1_size > 0 && (!aligned(q.l1_table_offset) || q.l1_table_offset == 0) {
+        return Err(format!("{name} L1 table offset {:#x} is not cluster-aligned", q.l1_table_offset));
+    }
+    if q.l1_size > 0 && !within(q.l1_table_offset, l1_bytes, len) {
+        return Err(past("L1 table"));
+    }
+    let rt_bytes = q.refcount_table_clusters as u64 * cluster;
+    if q.refcount_table_clusters == 0 || rt_bytes > MAX_REFTABLE_BYTES.max(cluster) {
+        return Err(format!("{name} refcount table of {} clusters is out of range", q.refcount_table_clusters));
+    }
+    if !aligned(q.refcount_table_offset) || q.refcount_table_offset == 0 {
+        return Err(format!("{name} refcount table offset {:#x} is not cluster-aligned", q.refcount_table_offset));
+    }
+    if !within(q.refcount_table_offset, rt_bytes, len) {
+        return Err(past("refcount table"));
+    }
+    if q.nb_snapshots > MAX_SNAPSHOTS {
+        return Err(format!("{name} header lists {} snapshots, over qemu's limit", q.nb_snapshots));
+    }
+    if q.nb_snapshots > 0 {
+        if !aligned(q.snapshots_offset) || q.snapshots_offset == 0 {
+            return Err(format!("{name} snapshot table offset {:#x} is not cluster-aligned", q.snapshots_offset));
+        }
+        // Each entry is at least 40 bytes.
+        if !within(q.snapshots_offset, q.nb_snapshots as u64 * 40, len) {
+            return Err(past("snapshot table"));
+        }
+    }
+    Ok(q)
+}
+
+/// Header extensions: refused when one names an external data file; each
+/// must lie within the first cluster (and the file).
+fn check_extensions(head: &[u8], start: usize, cluster: u64, len: u64) -> Result<(), String> {
+    let end = (cluster.min(len) as usize).min(head.len());
+    let mut at = start;
+    loop {
+        if at + 8 > end {
+            // No end marker within the first cluster: only an error when we had the whole cluster.
+            return match head.len() as u64 >= cluster.min(len) {
+                true => Err("its qcow2 header extensions run past the first cluster".into()),
+                false => Ok(()),
+            };
+        }
+        let (kind, size) = (be32(head, at), be32(head, at + 4) as usize);
+        match kind {
+            EXT_END => return Ok(()),
+            EXT_DATA_FILE => {
+                let name = head.get(at + 8..at + 8 + size).map(String::from_utf8_lossy).unwrap_or_default();
+                return Err(format!(
+                    "its qcow2 header names an external data file ({name}): a VM built on it would read that file from the host"
+                ));
+            }
+            _ => {}
+        }
+        at = at.saturating_add(8).saturating_add(size.div_ceil(8) * 8);
+    }
+}
+
+/// Checks the tables the header names: every entry of the L1 table (and of
+/// each snapshot's), of the refcount table and of every L2 table must point
+/// within the file.
+pub fn check_tables(q: &Qcow2, src: &mut dyn Source, len: u64) -> Result<(), String> {
+    let cluster = q.cluster_size();
+    let read = |src: &mut dyn Source, off: u64, n: u64, what: &str| -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; n as usize];
+        src.read_at(off, &mut buf).map_err(|e| format!("cannot read its qcow2 {what} at {off:#x}: {e}"))?;
+        Ok(buf)
+    };
+    let past = |what: String| {
+        format!("its qcow2 {what} points past the end of the file ({len} bytes): the file is truncated or damaged")
+    };
+    let check_entry = |entry: u64, what: &dyn Fn() -> String| -> Result<u64, String> {
+        let off = entry & OFFSET_MASK;
+        if off == 0 {
+            return Ok(0);
+        }
+        if off % cluster != 0 {
+            return Err(format!("its qcow2 {} is not cluster-aligned", what()));
+        }
+        if !within(off, cluster, len) {
+            return Err(past(what()));
+        }
+        Ok(off)
+    };
+
+    // Refcount blocks.
+    let rt = read(src, q.refcount_table_offset, q.refcount_table_clusters as u64 * cluster, "refcount table")?;
+    for (i, e) in rt.chunks_exact(8).enumerate() {
+        check_entry(u64::from_be_bytes(e.try_into().expect("8")), &|| format!("refcount block {i}"))?;
+    }
+
+    // The active L1 table, then each snapshot's.
+    let mut l1s = vec![("L1 table".to_owned(), q.l1_table_offset, q.l1_size)];
+    if q.nb_snapshots > 0 {
+        let mut at = q.snapshots_offset;
+        for n in 0..q.nb_snapshots {
+            if !within(at, 40, len) {
+                return Err(past(format!("snapshot table entry {n}")));
+            }
+            let fixed = read(src, at, 40, "snapshot table")?;
+            let (l1_off, l1_size) = (be64(&fixed, 0), be32(&fixed, 8));
+            let (id_len, name_len, extra) = (be16(&fixed, 12) as u64, be16(&fixed, 14) as u64, be32(&fixed, 36) as u64);
+            let entry = (40 + extra + id_len + name_len).div_ceil(8) * 8;
+            if !within(at, entry, len) {
+                return Err(past(format!("snapshot table entry {n}")));
+            }
+            if l1_size as u64 * 8 > MAX_L1_BYTES {
+                return Err(format!("its qcow2 snapshot {n} has an L1 table over qemu's limit"));
+            }
+            if l1_size > 0 {
+                if l1_off % cluster != 0 {
+                    return Err(format!("its qcow2 snapshot {n}'s L1 table is not cluster-aligned"));
+                }
+                if !within(l1_off, l1_size as u64 * 8, len) {
+                    return Err(past(format!("snapshot {n}'s L1 table")));
+                }
+            }
+            l1s.push((format!("snapshot {n}'s L1 table"), l1_off, l1_size));
+            at += entry;
+        }
+    }
+    let entry_bytes = if q.extended_l2 { 16 } else { 8 };
+    // Clusters shared between snapshots' tables are read once.
+    let mut seen = std::collections::BTreeSet::new();
+    let cbits = q.cluster_bits;
+    let mut seen_l1 = std::collections::BTreeSet::new();
+    // Tables lie within the file, so an honest image never makes us read
+    // much more than its length; a hostile one (snapshots whose tables
+    // overlap) is cut off here.
+    let budget = len.saturating_mul(2).saturating_add(64 << 20);
+    let mut spent = 0u64;
+    for (what, off, size) in l1s {
+        if size == 0 || !seen_l1.insert((off, size)) {
+            continue;
+        }
+        spent += size as u64 * 8;
+        if spent > budget {
+            return Err("its qcow2 tables overlap implausibly (more to read than twice the file)".into());
+        }
+        let l1 = read(src, off, size as u64 * 8, &what)?;
+        for (i, e) in l1.chunks_exact(8).enumerate() {
+            let l2_off = check_entry(u64::from_be_bytes(e.try_into().expect("8")), &|| format!("{what} entry {i}"))?;
+            if l2_off == 0 || !seen.insert(l2_off) {
+                continue;
+            }
+            spent += cluster;
+            if spent > budget {
+                return Err("its qcow2 tables overlap implausibly (more to read than twice the file)".into());
+            }
+            let l2 = read(src, l2_off, cluster, "L2 table")?;
+            for (j, e) in l2.chunks_exact(entry_bytes).enumerate() {
+                let entry = be64(e, 0);
+                if entry & L2_COMPRESSED != 0 {
+                    // Compressed: the offset takes the low 62 - (cluster_bits - 8) bits.
+                    let off = entry & ((1u64 << (62 - (cbits - 8))) - 1);
+                    if off >= len {
+                        return Err(past(format!("compressed cluster (L2 table at {l2_off:#x}, entry {j})")));
+                    }
+                } else {
+                    check_entry(entry, &|| format!("data cluster (L2 table at {l2_off:#x}, entry {j})"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a raw image's partition table against the file's length, from
+/// the file's first bytes (at least 64 KiB, or the whole file).
+pub fn check_raw(head: &[u8], len: u64) -> Result<(), String> {
+    if len % 512 != 0 {
+        return Err(format!("it is {len} bytes, not a whole number of 512-byte sectors: truncated?"));
+    }
+    let past = |what: String| {
+        format!("its partition table puts {what} past the end of the file ({len} bytes): the file is truncated")
+    };
+    let mut gpt = false;
+    if head.get(510..512) == Some(&[0x55, 0xaa][..]) {
+        for i in 0..4 {
+            let e = &head[446 + 16 * i..462 + 16 * i];
+            let kind = e[4];
+            if kind == 0 {
+                continue;
+            }
+            if kind == 0xee {
+                gpt = true;
+                continue;
+            }
+            let start = u32::from_le_bytes(e[8..12].try_into().expect("4")) as u64;
+            let count = u32::from_le_bytes(e[12..16].try_into().expect("4")) as u64;
+            if (start + count) * 512 > len {
+                return Err(past(format!("partition {}", i + 1)));
+            }
+        }
+    }
+    if head.get(512..520) == Some(&b"EFI PART"[..]) {
+        gpt = true;
+    }
+    if !gpt {
+        return Ok(());
+    }
+    let h = head.get(512..604).ok_or("its GPT header is cut short")?;
+    if &h[..8] != b"EFI PART" {
+        return Err("its protective MBR announces a GPT, but there is no GPT header".into());
+    }
+    let le64 = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8"));
+    let le32 = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4")) as u64;
+    let (backup, last_usable, entries_lba) = (le64(32), le64(48), le64(72));
+    let (n, entry_size) = (le32(80), le32(84));
+    if backup.saturating_add(1).saturating_mul(512) > len {
+        return Err(past("the backup GPT header".into()));
+    }
+    if last_usable.saturating_add(1).saturating_mul(512) > len {
+        return Err(past("the last usable sector".into()));
+    }
+    if !(128..=4096).contains(&entry_size) || n > 1024 {
+        return Err(format!("its GPT has {n} partition entries of {entry_size} bytes: not a GPT we can read"));
+    }
+    let at = entries_lba.saturating_mul(512);
+    // Entries beyond the first bytes read (an unusual layout): the headers' checks stand alone.
+    let Some(table) = usize::try_from(at).ok().and_then(|at| head.get(at..at.checked_add((n * entry_size) as usize)?))
+    else {
+        return Ok(());
+    };
+    for (i, e) in table.chunks_exact(entry_size as usize).enumerate() {
+        if e[..16].iter().all(|b| *b == 0) {
+            continue;
+        }
+        let last = u64::from_le_bytes(e[40..48].try_into().expect("8"));
+        if last.saturating_add(1).saturating_mul(512) > len {
+            return Err(past(format!("partition {}", i + 1)));
+        }
+    }
+    Ok(())
+}
+
+/// The whole check of an image of `format` (as sniffed) and length `len`:
+/// the header from `head`, then (qcow2) the tables through `src`.
+pub fn check(format: &str, head: &[u8], src: &mut dyn Source, len: u64) -> Result<(), String> {
+    match format {
+        "qcow2" => {
+            let q = check_header(head, len)?;
+            check_tables(&q, src, len)
+        }
+        _ => check_raw(head, len),
+    }
+}
+
+/// The check before any byte is uploaded, from the first bytes alone.
+pub fn check_head(format: &str, head: &[u8], len: u64) -> Result<(), String> {
+    match format {
+        "qcow2" => check_header(head, len).map(|_| ()),
+        _ => check_raw(head, len),
+    }
+}
+
+/// Reads the first [`header_len`] bytes of `src` (fewer if the file is shorter).
+pub fn read_head(src: &mut dyn Source, len: u64) -> io::Result<Vec<u8>> {
+    let mut first = vec![0u8; (crate::libvirt::storage::SNIFF_LEN as u64).min(len) as usize];
+    src.read_at(0, &mut first)?;
+    let want = (header_len(&first) as u64).min(len) as usize;
+    if want > first.len() {
+        let mut rest = vec![0u8; want - first.len()];
+        src.read_at(first.len() as u64, &mut rest)?;
+        first.extend_from_slice(&rest);
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A qcow2 v3 like `qemu-img create -f qcow2 X 1G` makes: 64 KiB clusters,
+    /// refcount table at cluster 1, a refcount block at 2, the L1 table at 3.
+    fn image() -> Vec<u8> {
+        let c = 65536usize;
+        let mut b = vec![0u8; 3 * c + 16];
+        b[..4].copy_from_slice(QCOW2_MAGIC);
+        b[4..8].copy_from_slice(&3u32.to_be_bytes());
+        b[20..24].copy_from_slice(&16u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
+        b[36..40].copy_from_slice(&2u32.to_be_bytes());
+        b[40..48].copy_from_slice(&(3 * c as u64).to_be_bytes());
+        b[48..56].copy_from_slice(&(c as u64).to_be_bytes());
+        b[56..60].copy_from_slice(&1u32.to_be_bytes());
+        b[96..100].copy_from_slice(&4u32.to_be_bytes());
+        b[100..104].copy_from_slice(&112u32.to_be_bytes());
+        // Refcount table entry 0 -> block at cluster 2.
+        b[c..c + 8].copy_from_slice(&(2 * c as u64).to_be_bytes());
+        b
+    }
+
+    fn full(b: &[u8]) -> Result<(), String> {
+        let len = b.len() as u64;
+        let head = &b[..(header_len(b) as u64).min(len) as usize];
+        check("qcow2", head, &mut &b[..], len)
+    }
+
+    #[test]
+    fn a_plain_qcow2_passes() {
+        let b = image();
+        assert_eq!(full(&b), Ok(()));
+        assert_eq!(check_header(&b, b.len() as u64).unwrap().size, 1 << 30);
+    }
+
+    #[test]
+    fn a_backing_file_is_refused_and_named() {
+        let mut b = image();
+        b[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+        b[16..20].copy_from_slice(&11u32.to_be_bytes());
+        b[0x200..0x20b].copy_from_slice(b"/etc/shadow");
+        let e = full(&b).unwrap_err();
+        assert!(e.contains("backing file (/etc/shadow)"), "{e}");
+    }
+
+    #[test]
+    fn an_external_data_file_is_refused() {
+        let mut b = image();
+        b[72..80].copy_from_slice(&INCOMPAT_DATA_FILE.to_be_bytes());
+        assert!(full(&b).unwrap_err().contains("external data file"));
+        // The extension alone, without the feature bit, is refused as well.
+        let mut b = image();
+        b[112..116].copy_from_slice(&EXT_DATA_FILE.to_be_bytes());
+        b[116..120].copy_from_slice(&8u32.to_be_bytes());
+        b[120..128].copy_from_slice(b"/dev/sda");
+        assert!(full(&b).unwrap_err().contains("external data file (/dev/sda)"));
+    }
+
+    #[test]
+    fn flags_and_unknown_features_are_refused() {
+        for (bit, says) in [(INCOMPAT_DIRTY, "dirty"), (INCOMPAT_CORRUPT, "corrupt"), (1 << 9, "does not know")] {
+            let mut b = image();
+            b[72..80].copy_from_slice(&bit.to_be_bytes());
+            assert!(full(&b).unwrap_err().contains(says), "{says}");
+        }
+        let mut b = image();
+        b[32..36].copy_from_slice(&1u32.to_be_bytes());
+        assert!(full(&b).unwrap_err().contains("encrypted"));
+    }
+
+    #[test]
+    fn truncation_is_found_in_every_table() {
+        let b = image();
+        // Cut inside the L1 table.
+        assert!(full(&b[..b.len() - 8]).unwrap_err().contains("L1 table points past"));
+        // Cut before the refcount table.
+        let mut c = image();
+        c[40..48].copy_from_slice(&65536u64.to_be_bytes());
+        assert!(full(&c[..65536 + 16]).unwrap_err().contains("refcount table points past"));
+        // A refcount block past the end.
+        let mut c = image();
+        c[65536..65544].copy_from_slice(&(9 * 65536u64).to_be_bytes());
+        assert!(full(&c).unwrap_err().contains("refcount block 0 points past"));
+        // An L2 table past the end, then a data cluster past the end.
+        let mut c = image();
+        let l1 = 3 * 65536;
+        c[l1..l1 + 8].copy_from_slice(&((1u64 << 63) | (9 * 65536)).to_be_bytes());
+        assert!(full(&c).unwrap_err().contains("L1 table entry 0 points past"));
+        let mut c = image();
+        c.resize(5 * 65536, 0);
+        c[l1..l1 + 8].copy_from_slice(&(4 * 65536u64).to_be_bytes());
+        assert_eq!(full(&c), Ok(()));
+        c[4 * 65536 + 8..4 * 65536 + 16].copy_from_slice(&(7 * 65536u64).to_be_bytes());
+        assert!(full(&c).unwrap_err().contains("data cluster (L2 table at 0x40000, entry 1) points past"));
+        // Snapshots: the table, then a snapshot's L1 table.
+        let mut c = image();
+        c[60..64].copy_from_slice(&1u32.to_be_bytes());
+        c[64..72].copy_from_slice(&(8 * 65536u64).to_be_bytes());
+        assert!(full(&c).unwrap_err().contains("snapshot table points past"));
+        let mut c = image();
+        c.resize(5 * 65536, 0);
+        c[60..64].copy_from_slice(&1u32.to_be_bytes());
+        c[64..72].copy_from_slice(&(4 * 65536u64).to_be_bytes());
+        let s = 4 * 65536;
+        c[s..s + 8].copy_from_slice(&(9 * 65536u64).to_be_bytes());
+        c[s + 8..s + 12].copy_from_slice(&2u32.to_be_bytes());
+        assert!(full(&c).unwrap_err().contains("snapshot 0's L1 table points past"));
+    }
+
+    #[test]
+    fn nonsense_headers_are_refused_without_panicking() {
+        let b = image();
+        for cut in [0, 10, 71, 80, 103] {
+            assert!(check_header(&b[..cut], b.len() as u64).is_err(), "{cut}");
+        }
+        let mut c = image();
+        c[36..40].copy_from_slice(&0u32.to_be_bytes());
+        assert!(full(&c).unwrap_err().contains("too few"));
+        let mut c = image();
+        c[20..24].copy_from_slice(&40u32.to_be_bytes());
+        assert!(full(&c).is_err());
+        let mut c = image();
+        c[40..48].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(full(&c).is_err());
+    }
+
+    #[test]
+    fn damaged_headers_and_tables_never_panic() {
+        // Random corruption of the header, the tables and the cut point: the
+        // reader answers Ok or Err, never panics, loops or allocates wildly.
+        let base = {
+            let mut b = image();
+            b.resize(5 * 65536, 0);
+            b[3 * 65536..3 * 65536 + 8].copy_from_slice(&(4 * 65536u64).to_be_bytes());
+            b
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut b = base.clone();
+            for _ in 0..(next() % 8 + 1) {
+                // Mostly the header, sometimes the tables.
+                let at = match next() % 4 {
+                    0 => (3 * 65536 + next() % 16) as usize,
+                    1 => (65536 + next() % 16) as usize,
+                    2 => (4 * 65536 + next() % 64) as usize,
+                    _ => (next() % 128) as usize,
+                };
+                b[at] = next() as u8;
+            }
+            let cut = match next() % 3 {
+                0 => (next() % b.len() as u64) as usize,
+                _ => b.len(),
+            };
+            let _ = full(&b[..cut]);
+            let _ = check_raw(&b[..cut.min(65536)], cut as u64);
+        }
+    }
+
+    #[test]
+    fn raw_partition_tables_must_fit_the_file() {
+        let mut mbr = vec![0u8; 65536];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&2048u32.to_le_bytes());
+        let len = 4096 * 512;
+        assert_eq!(check_raw(&mbr, len), Ok(()));
+        assert!(check_raw(&mbr, len - 512).unwrap_err().contains("partition 1 past the end"));
+        assert!(check_raw(&mbr, len - 1).unwrap_err().contains("512-byte sectors"));
+
+        // GPT: protective MBR, header at LBA 1, entries at LBA 2, backup at the last sector.
+        let sectors = 4096u64;
+        let mut g = vec![0u8; 65536];
+        g[510] = 0x55;
+        g[511] = 0xaa;
+        g[446 + 4] = 0xee;
+        g[512..520].copy_from_slice(b"EFI PART");
+        g[512 + 32..512 + 40].copy_from_slice(&(sectors - 1).to_le_bytes());
+        g[512 + 48..512 + 56].copy_from_slice(&(sectors - 34).to_le_bytes());
+        g[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+        g[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
+        g[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        g[1024] = 1; // a partition type GUID
+        g[1024 + 32..1024 + 40].copy_from_slice(&2048u64.to_le_bytes());
+        g[1024 + 40..1024 + 48].copy_from_slice(&(sectors - 34).to_le_bytes());
+        assert_eq!(check_raw(&g, sectors * 512), Ok(()));
+        assert!(check_raw(&g, (sectors - 1) * 512).unwrap_err().contains("backup GPT header"));
+        // Damaged tables never panic.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..3000 {
+            let mut d = g.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = [446, 512, 1024][(x % 3) as usize] + (x >> 8) as usize % 96;
+                d[at] = (x >> 32) as u8;
+            }
+            let _ = check_raw(&d, sectors * 512);
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! The boundary holds (issue 18), on a real libvirtd: shares cannot reach
+//! the host's secrets or the pool, files others could plant are refused,
+//! markers cannot be forged, gc and apply never reach what project-vm did
+//! not make or what lives elsewhere, locks follow the daemon rather than
+//! its URI's spelling, and interrupted first uses converge. No guest boots
+//! here: every VM is created and destroyed, never started.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::json;
+
+struct Cleanup<'a>(&'a Env, &'a [&'a str]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.0.cleanup(self.1);
+    }
+}
+
+/// The volumes of a whole VM called `name`.
+fn whole(name: &str) -> Vec<String> {
+    ["data.qcow2", "root.qcow2", "seed.iso"].iter().map(|v| format!("project-{name}-{v}")).collect()
+}
+
+fn domain_exists(domain: &str) -> bool {
+    virsh(&["dominfo", domain]).status.success()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o7777
+}
+
+/// Runs project-vm with the fault hook; true when the hook killed it.
+fn killed_after(env: &Env, n: usize, args: &[&str]) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let out = env.cmd(args).env("PROJECT_VM_FAULT_AFTER", n.to_string()).output().unwrap();
+    out.status.signal() == Some(9)
+}
+
+// Item 2: shares.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn shares_never_reach_host_secrets_the_pool_or_guest_system_paths() {
+    require_root_libvirt();
+    let env = Env::new("own18-share", 22700, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18s"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let data = env.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let to_etc = env.dir.join("to-etc");
+    std::os::unix::fs::symlink("/etc", &to_etc).unwrap();
+    let to_pool = env.dir.join("to-pool");
+    std::os::unix::fs::symlink(env.pool_dir(), &to_pool).unwrap();
+    let pool_dir = env.pool_dir();
+    let (d, p, e, tp) = (data.display(), pool_dir.display(), to_etc.display(), to_pool.display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["/:/mnt/host".into()], "whole filesystem"),
+        (vec![format!("{p}:/mnt/pool")], "storage pool directory"),
+        (vec![format!("{}:/mnt/above", env.dir.display())], "storage pool directory"),
+        (vec![format!("{p}/sub:/mnt/below")], "storage pool directory"),
+        (vec![format!("{e}:/mnt/etc")], "/etc"),
+        (vec![format!("{tp}:/mnt/pool")], "storage pool directory"),
+        (vec!["/var/lib/libvirt:/mnt/x".into()], "/var/lib"),
+        (vec!["/etc/libvirt:/mnt/x".into()], "/etc"),
+        (vec!["/root:/mnt/x".into()], "/root"),
+        (vec![format!("{d}:/project")], "/project"),
+        (vec![format!("{d}:/project/x")], "/project"),
+        (vec![format!("{d}:/mnt/../project")], "clean path"),
+        (vec![format!("{d}:/mnt//x")], "clean path"),
+        (vec![format!("{d}:mnt")], "absolute"),
+        (vec![format!("{d}:/etc")], "/etc"),
+        (vec![format!("{d}:/usr/bin")], "/usr"),
+        (vec![format!("{d}:/home")], "/home itself"),
+        (vec![format!("{d}:/home/dev")], "home of the ssh user"),
+        (vec![format!("{d}:/mnt/a"), format!("{d}:/mnt/a")], "two shares mount at /mnt/a"),
+    ];
+    for (shares, why) in &cases {
+        let mut args = vec!["create", "o18s", "1G", "1", "5G"];
+        for s in shares {
+            args.extend(["--share", s.as_str()]);
+        }
+        let r = env.run(&args);
+        assert_eq!(r.code, 2, "{shares:?} was not refused: {}", r.stderr);
+        assert!(r.stderr.contains(why), "{shares:?}: expected {why:?} in: {}", r.stderr);
+        assert!(r.stderr.contains("share "), "{shares:?}: the message names the share: {}", r.stderr);
+        assert!(!domain_exists("project-o18s"), "{shares:?}: a domain was defined");
+        assert_eq!(env.vm_volumes(), Vec::<String>::new(), "{shares:?}");
+    }
+
+    // The same through a declarative file: plan and apply refuse, for a new
+    // VM and for a share added to an existing one.
+    let file = env.dir.join("vms.json");
+    let write = |shares: serde_json::Value| {
+        let doc =
+            json!({"vms": {"o18s": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "1G", "shares": shares}}});
+        std::fs::write(&file, doc.to_string()).unwrap();
+    };
+    let f = file.to_str().unwrap();
+    for shares in [
+        json!([{"source": env.pool_dir(), "target": "/mnt/pool"}]),
+        json!([{"source": to_etc, "target": "/mnt/x"}]),
+        json!([{"source": data, "target": "/project"}]),
+        json!([{"source": "/", "target": "/mnt/host"}]),
+    ] {
+        write(shares.clone());
+        for verb in ["plan", "apply"] {
+            let r = env.run(&[verb, "-f", f]);
+            assert_eq!(r.code, 2, "{verb} {shares}: {} {}", r.stdout, r.stderr);
+            assert!(r.stderr.contains("share "), "{verb} {shares}: {}", r.stderr);
+        }
+        assert!(!domain_exists("project-o18s"));
+    }
+    write(json!([]));
+    env.run(&["apply", "-f", f]).ok();
+    let before = String::from_utf8(virsh(&["dumpxml", "--inactive", "project-o18s"]).stdout).unwrap();
+    write(json!([{"source": to_pool, "target": "/mnt/pool"}]));
+    let r = env.run(&["apply", "-f", f]);
+    assert_eq!(r.code, 2, "a share added to an existing VM: {} {}", r.stdout, r.stderr);
+    let after = String::from_utf8(virsh(&["dumpxml", "--inactive", "project-o18s"]).stdout).unwrap();
+    assert_eq!(before, after, "the refused share reached the definition");
+    assert!(!after.contains("<filesystem"), "{after}");
+}
+
+// Item 3: files others can read or plant.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn guest_data_volumes_are_private_files() {
+    require_root_libvirt();
+    let env = Env::new("own18-mode", 22710, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18mode"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "o18mode", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    for v in whole("o18mode") {
+        assert_eq!(mode(&env.pool_dir().join(&v)), 0o600, "{v}");
+    }
+    env.run(&["destroy", "o18mode", "--keep-data"]).ok();
+    for v in ["project-o18mode-data.qcow2".to_string(), "project-o18mode-data.qcow2.kept".to_string()] {
+        assert_eq!(mode(&env.pool_dir().join(&v)), 0o600, "{v}");
+    }
+    // What `image save` makes: a flat copy through libvirt.
+    let conn = virt::connect::Connect::open(Some("qemu:///system")).unwrap();
+    let pool = conn.lookup_storage_pool_by_name(&env.pool).unwrap();
+    let data = pool.lookup_storage_vol_by_name("project-o18mode-data.qcow2").unwrap();
+    project_vm::libvirt::storage::clone_flat(&pool, "saved@1.img", &data).unwrap();
+    assert_eq!(mode(&env.pool_dir().join("saved@1.img")), 0o600);
+    project_vm::libvirt::storage::delete(&pool, "saved@1.img").unwrap();
+}
+
+/// The user nobody, without XDG_RUNTIME_DIR, on libvirt's test driver (no
+/// daemon): its lock directory is planted as a symlink to a directory the
+/// planter chose, with the lock file a symlink to one of nobody's files.
+#[test]
+#[ignore = "needs root (to run as another user); run by scripts/test.sh"]
+fn a_planted_lock_directory_is_refused_and_truncates_nothing() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    let t = std::env::temp_dir().join(format!("pvtest-own18-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    std::fs::create_dir_all(&t).unwrap();
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(t.clone());
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    let chown = |p: &std::path::Path| nix::unistd::chown(p, Some(nobody), Some(nogroup)).unwrap();
+    chown(&t);
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = t.join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    chown(&victim);
+    let planted = t.join("planted");
+    std::fs::create_dir_all(planted.join("locks")).unwrap();
+    chown(&planted);
+    chown(&planted.join("locks"));
+    // The lock file the create takes points at the victim (named for the
+    // URI, as it was, and for the URI as the scope of a daemon without a
+    // host UUID).
+    use sha2::Digest;
+    for scope in ["test:///default", "uri|test:///default"] {
+        let h = sha2::Sha256::digest(format!("{scope}\nvm:o18x").as_bytes());
+        let lock = planted.join("locks").join(format!("{}.lock", hex::encode(&h[..12])));
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    }
+    let key = t.join("id");
+    sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", key.display()));
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let config = t.join("config.json");
+    // A base image that is nowhere: the create stops there, without the network.
+    let settings = json!({"ssh_authorized_keys": [pubkey.trim()], "base_image": t.join("missing.qcow2")});
+    std::fs::write(&config, settings.to_string()).unwrap();
+    let tmp = t.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    chown(&tmp);
+    // No home either: the fallback is a directory of nobody's own in TMPDIR.
+    std::os::unix::fs::symlink(&planted, tmp.join("project-vm-65534")).unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--connect", "test:///default"])
+            .args(["create", "o18x", "1G", "1", "5G"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PROJECT_VM_CONFIG", &config)
+            .env("TMPDIR", &tmp)
+            .stdin(Stdio::null());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "the victim was written through: {stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    // With a home, the state directory there; a planted one is refused too.
+    let home = t.join("home");
+    std::fs::create_dir_all(home.join(".local/state")).unwrap();
+    for p in [&home, &home.join(".local"), &home.join(".local/state")] {
+        chown(p);
+    }
+    std::os::unix::fs::symlink(&planted, home.join(".local/state/project-vm")).unwrap();
+    let out = run(&[("HOME", home.to_str().unwrap())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    // Its own, fresh: the directory is made 0700 and the create gets past its locks.
+    std::fs::remove_file(home.join(".local/state/project-vm")).unwrap();
+    let out = run(&[("HOME", home.to_str().unwrap())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("lock directory") && !stderr.contains("lock file"), "{stderr}");
+    assert_eq!(mode(&home.join(".local/state/project-vm/locks")), 0o700);
+    assert_eq!(mode(&home.join(".local/state/project-vm")), 0o700);
+}
+
+// Item 8: locks follow the daemon, not the URI's spelling.
+
+const SPELLINGS: [&str; 4] = [
+    "qemu:///system",
+    "qemu+unix:///system",
+    "qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock",
+    "qemu:///system?socket=/var/run/libvirt/libvirt-sock",
+];
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn parallel_creates_through_different_spellings_get_their_own_ports() {
+    require_root_libvirt();
+    let env = Env::new("own18-ports", 22730, json!({"base_image": "tiny"}));
+    let names = ["o18p0", "o18p1", "o18p2", "o18p3"];
+    let _c = Cleanup(&env, &names);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    for round in 0..3 {
+        let children: Vec<_> = names
+            .iter()
+            .zip(SPELLINGS)
+            .map(|(n, uri)| {
+                env.cmd(&["create", n, "256M", "1", "2G", "--project-disk", "1G", "--json"])
+                    .env("PROJECT_VM_URI", uri)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut ports = Vec::new();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            ports.push(r["create"]["ssh_port"].as_u64().unwrap());
+        }
+        let mut distinct = ports.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "round {round}: duplicate ssh ports {ports:?}");
+        for n in names {
+            env.run(&["destroy", n]).ok();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn same_name_races_through_different_spellings_leave_one_whole_vm() {
+    require_root_libvirt();
+    let env = Env::new("own18-race", 22740, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18race"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    for round in 0..6 {
+        let children: Vec<_> = SPELLINGS
+            .iter()
+            .map(|uri| {
+                env.cmd(&["create", "o18race", "256M", "1", "2G", "--project-disk", "1G"])
+                    .env("PROJECT_VM_URI", uri)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        let errs: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+        assert_eq!(won, 1, "round {round}: {won} creates exited 0: {errs:?}");
+        for o in outs.iter().filter(|o| !o.status.success()) {
+            assert_eq!(o.status.code(), Some(2), "round {round}: {errs:?}");
+        }
+        assert_eq!(env.vm_volumes(), whole("o18race"), "round {round}: {errs:?}");
+        assert_eq!(env.run(&["status", "o18race", "--json"]).ok().json()["phase"], "ready", "round {round}");
+        env.run(&["destroy", "o18race"]).ok();
+    }
+}
+
+// Item 11: a first use killed between defining the pool and building it.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_pool_defined_but_never_built_is_built_and_started() {
+    require_root_libvirt();
+    let env = Env::new("own18-pool", 22750, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18pool"]);
+    let image = tiny_image(&env.dir);
+    // What a first use killed right after defining the pool leaves.
+    let d = virsh(&["pool-define-as", &env.pool, "dir", "--target", env.pool_dir().to_str().unwrap()]);
+    assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+    assert!(!env.pool_dir().exists());
+    env.run(&["list"]).ok();
+    env.run(&["image", "import", image.to_str().unwrap()]).ok();
+    assert!(env.pool_dir().is_dir());
+    env.run(&["create", "o18pool", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    env.run(&["destroy", "o18pool"]).ok();
+    let _ = virsh(&["pool-destroy", &env.pool]);
+    assert!(virsh(&["pool-undefine", &env.pool]).status.success());
+    let _ = std::fs::remove_dir_all(env.pool_dir());
+
+    // The same through the fault hook, after each step of the first use.
+    let mut points = 0;
+    for n in 1..10 {
+        if !killed_after(&env, n, &["image", "import", image.to_str().unwrap()]) {
+            break;
+        }
+        points = n;
+        // Killed after its last change, the import was done: "already exists" is the honest answer.
+        let r = env.run(&["image", "import", image.to_str().unwrap()]);
+        assert!(r.code == 0 || r.stderr.contains("already exists"), "import after a kill at change {n}: {}", r.stderr);
+        env.run(&["create", "o18pool", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+        env.run(&["destroy", "o18pool"]).ok();
+        let _ = virsh(&["pool-destroy", &env.pool]);
+        let _ = virsh(&["pool-undefine", &env.pool]);
+        let _ = std::fs::remove_dir_all(env.pool_dir());
+    }
+    assert!(points >= 3, "the first use made only {points} changes?");
+}
+
+fn virsh_ok(args: &[&str]) -> String {
+    let out = virsh(args);
+    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).ino()
+}
+
+// Item 4: a kept-disk marker cannot be forged.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_forged_kept_marker_adopts_nothing_and_nothing_deletes_the_disk() {
+    require_root_libvirt();
+    let env = Env::new("own18-mark", 22760, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18f", "o18g"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let pool = env.pool.as_str();
+    // A hand-made disk with the right name, and an empty hand-made marker.
+    virsh_ok(&["vol-create-as", pool, "project-o18f-data.qcow2", "1G", "--format", "qcow2"]);
+    virsh_ok(&["vol-create-as", pool, "project-o18f-data.qcow2.kept", "0", "--format", "raw"]);
+    let before = env.volumes();
+    let r = env.run(&["create", "o18f", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not adopted") && r.stderr.contains("empty"), "{}", r.stderr);
+    assert!(!domain_exists("project-o18f"));
+    assert_eq!(env.volumes(), before);
+    assert_eq!(env.run(&["destroy", "o18f"]).code, 3);
+    assert_eq!(env.run(&["destroy", "o18f", "--keep-data"]).code, 3);
+    let gc = env.run(&["gc", "--json"]).ok().json();
+    let kind = |gc: &serde_json::Value, n: &str| {
+        gc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == n)
+            .map(|f| f["kind"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(kind(&gc, "project-o18f-data.qcow2").as_deref(), Some("unrecorded-volume"), "{gc}");
+    env.run(&["gc", "--yes"]).ok();
+    assert_eq!(env.run(&["gc", "--yes", "project-o18f-data.qcow2"]).code, 2, "named, it is still no kept disk");
+    assert_eq!(env.volumes(), before, "gc removed the hand-made disk or its marker");
+
+    // A real disk kept by destroy --keep-data reattaches.
+    env.run(&["create", "o18g", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    env.run(&["destroy", "o18g", "--keep-data"]).ok();
+    let r = env.run(&["create", "o18g", "1G", "1", "5G", "--json"]).ok().json();
+    assert_eq!(r["create"]["data_reattached"], true);
+    env.run(&["destroy", "o18g", "--keep-data"]).ok();
+    // Its marker, copied beside the hand-made disk, names another VM and disk.
+    let copy = env.dir.join("marker.json");
+    virsh_ok(&["vol-download", "--pool", pool, "project-o18g-data.qcow2.kept", copy.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&copy).unwrap();
+    assert!(text.contains("\"vm\":\"o18g\""), "{text}");
+    virsh_ok(&["vol-delete", "--pool", pool, "project-o18f-data.qcow2.kept"]);
+    let len = text.len().to_string();
+    virsh_ok(&["vol-create-as", pool, "project-o18f-data.qcow2.kept", &len, "--format", "raw"]);
+    virsh_ok(&["vol-upload", "--pool", pool, "project-o18f-data.qcow2.kept", copy.to_str().unwrap()]);
+    let r = env.run(&["create", "o18f", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("left by VM o18g"), "{}", r.stderr);
+    // The same marker edited to name o18f still describes another disk.
+    let forged = text.replace("\"vm\":\"o18g\"", "\"vm\":\"o18f\"");
+    std::fs::write(&copy, &forged).unwrap();
+    virsh_ok(&["vol-upload", "--pool", pool, "project-o18f-data.qcow2.kept", copy.to_str().unwrap()]);
+    let r = env.run(&["create", "o18f", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("another disk"), "{}", r.stderr);
+    assert!(!domain_exists("project-o18f"));
+    // o18g's kept disk replaced by a hand-made one of the same name and size.
+    virsh_ok(&["vol-delete", "--pool", pool, "project-o18g-data.qcow2"]);
+    virsh_ok(&["vol-create-as", pool, "project-o18g-data.qcow2", "1G", "--format", "qcow2"]);
+    let r = env.run(&["create", "o18g", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("made again or written"), "{}", r.stderr);
+    let before = env.volumes();
+    env.run(&["gc", "--yes"]).ok();
+    assert_eq!(env.volumes(), before);
+}
+
+// Item 10: a reattaching create killed at its commit point.
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_reattaching_create_killed_at_its_commit_point_keeps_the_disk_from_a_plain_destroy() {
+    require_root_libvirt();
+    let env = Env::new("own18-commit", 22770, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18k"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let create = ["create", "o18k", "1G", "1", "5G", "--project-disk", "1G"];
+    env.run(&create).ok();
+    env.run(&["destroy", "o18k", "--keep-data"]).ok();
+    let data = env.pool_dir().join("project-o18k-data.qcow2");
+    let marker = "project-o18k-data.qcow2.kept".to_string();
+    let mut at_commit = 0;
+    for n in 1..40 {
+        let before = inode(&data);
+        if !killed_after(&env, n, &create[..5]) {
+            // It ran to the end: the disk is the VM's; keep it again.
+            env.run(&["destroy", "o18k", "--keep-data"]).ok();
+            break;
+        }
+        let marked = env.vm_volumes().contains(&marker);
+        let ready = env.run(&["status", "o18k", "--json"]).json().get("phase").is_some_and(|p| p == "ready");
+        if ready && marked {
+            at_commit = n;
+        }
+        // What a user does after a create that did not say it finished.
+        if domain_exists("project-o18k") {
+            env.run(&["destroy", "o18k"]).ok();
+        }
+        if marked {
+            assert!(data.exists(), "a plain destroy after a kill at change {n} deleted the reattached disk");
+            assert_eq!(inode(&data), before, "after a kill at change {n}");
+            assert!(env.vm_volumes().contains(&marker), "the marker went after a kill at change {n}");
+        } else {
+            // The create had committed (its marker removed): the disk was the VM's.
+            env.run(&create).ok();
+            env.run(&["destroy", "o18k", "--keep-data"]).ok();
+        }
+    }
+    assert!(at_commit > 0, "no kill left a ready record beside the marker");
+    let r = env.run(&["create", "o18k", "1G", "1", "5G", "--json"]).ok().json();
+    assert_eq!(r["create"]["data_reattached"], true);
+}
+
+// Item 6: gc never removes what a domain uses, nor what project-vm did not record.
+
+struct Domains<'a>(&'a Env, Vec<String>);
+
+impl Drop for Domains<'_> {
+    fn drop(&mut self) {
+        for d in &self.1 {
+            let _ = virsh(&["undefine", d]);
+        }
+        self.0.cleanup(&["o18a", "o18r"]);
+    }
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn gc_never_removes_disks_in_use_or_unrecorded() {
+    require_root_libvirt();
+    let env = Env::new("own18-gc", 22780, json!({"base_image": "tiny"}));
+    let user = format!("pvtest-own18-user-{}", std::process::id());
+    let _c = Domains(&env, vec!["project-o18b".into(), user.clone()]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "o18a", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    virsh_ok(&["domrename", "project-o18a", "project-o18b"]);
+    // A hand-made project-* volume that a hand-made domain uses.
+    virsh_ok(&["vol-create-as", &env.pool, "project-o18h-root.qcow2", "1M", "--format", "qcow2"]);
+    let path = env.pool_dir().join("project-o18h-root.qcow2");
+    let xml = format!(
+        "<domain type='qemu'><name>{user}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+         <target dev='vda' bus='virtio'/></disk></devices></domain>",
+        path.display()
+    );
+    let file = env.dir.join("user.xml");
+    std::fs::write(&file, xml).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+    // A volume of somebody else's in the pool, named like nothing of project-vm's.
+    virsh_ok(&["vol-create-as", &env.pool, "theirs.qcow2", "1M", "--format", "qcow2"]);
+    // A data volume create refused to adopt.
+    virsh_ok(&["vol-create-as", &env.pool, "project-o18r-data.qcow2", "1G", "--format", "qcow2"]);
+    let r = env.run(&["create", "o18r", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not adopted"), "{}", r.stderr);
+
+    let before = env.volumes();
+    let gc = env.run(&["gc", "--json"]).ok().json();
+    let found: Vec<(String, String, String)> = gc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().into(),
+                f["name"].as_str().unwrap().into(),
+                f["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (kind, name) in [
+        ("in-use-volume", "project-o18a-root.qcow2"),
+        ("in-use-volume", "project-o18a-data.qcow2"),
+        ("in-use-volume", "project-o18h-root.qcow2"),
+        ("unrecorded-volume", "project-o18r-data.qcow2"),
+        ("unrecorded-volume", "theirs.qcow2"),
+    ] {
+        assert!(found.iter().any(|(k, n, _)| k == kind && n == name), "{kind} {name} not in {found:?}");
+    }
+    assert!(found.iter().all(|(k, _, _)| k != "orphan-volume"), "{found:?}");
+    env.run(&["gc", "--yes"]).ok();
+    assert_eq!(env.volumes(), before, "gc --yes removed a volume in use or not recorded");
+    // The renamed domain still has every disk it names.
+    let xml = virsh_ok(&["dumpxml", "project-o18b"]);
+    for v in whole("o18a") {
+        assert!(xml.contains(&v), "{v}");
+        assert!(env.volumes().contains(&v), "{v}");
+    }
+}
+
+// Item 7: plan/apply never reach another pool; one daemon is one host.
+
+/// Cleans up a VM made with a second settings file (another pool), then the env.
+struct OtherPool<'a>(&'a Env, std::path::PathBuf, String, &'a [&'a str]);
+
+impl Drop for OtherPool<'_> {
+    fn drop(&mut self) {
+        for n in self.3 {
+            let _ = self.0.cmd(&["destroy", n]).env("PROJECT_VM_CONFIG", &self.1).output();
+        }
+        let _ = virsh(&["pool-destroy", &self.2]);
+        let _ = virsh(&["pool-undefine", &self.2]);
+        self.0.cleanup(&[]);
+    }
+}
+
+/// A copy of `env`'s settings with `edit` applied, written to `file`.
+fn settings_with(env: &Env, file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    edit(&mut s);
+    let path = env.dir.join(file);
+    std::fs::write(&path, s.to_string()).unwrap();
+    path
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn plan_and_apply_never_reach_a_vm_in_another_pool() {
+    require_root_libvirt();
+    let env = Env::new("own18-pools", 22790, json!({"base_image": "tiny"}));
+    let other_pool = format!("{}-other", env.pool);
+    let other = settings_with(&env, "other.json", |s| {
+        s["pool"] = json!(other_pool);
+        s["storage_dir"] = json!(env.dir.join("other"));
+    });
+    let _c = OtherPool(&env, other.clone(), other_pool.clone(), &["o18o"]);
+    let tiny = tiny_image(&env.dir);
+    let in_other = |args: &[&str]| {
+        let out = env.cmd(args).env("PROJECT_VM_CONFIG", &other).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    in_other(&["image", "import", tiny.to_str().unwrap()]);
+    in_other(&["create", "o18o", "1G", "1", "5G", "--project-disk", "1G"]);
+    let xml = || String::from_utf8(virsh(&["dumpxml", "--inactive", "project-o18o"]).stdout).unwrap();
+    let data_cap = || virsh_ok(&["vol-info", "--bytes", "--pool", &other_pool, "project-o18o-data.qcow2"]);
+    let (xml0, cap0) = (xml(), data_cap());
+
+    env.run(&["image", "import", tiny.to_str().unwrap()]).ok();
+    let file = env.dir.join("vms.json");
+    let doc = json!({"vms": {"o18o": {"memory": "2G", "cpus": 2, "disk": "6G", "project_disk": "2G"}}});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let f = file.to_str().unwrap();
+    let p = env.run(&["plan", "-f", f, "--json"]).ok().json();
+    let vm = &p["vms"][0];
+    assert_eq!(vm["changes"][0]["field"], "pool", "{p}");
+    assert_eq!(vm["changes"][0]["class"], "impossible", "{p}");
+    assert_eq!(vm["changes"].as_array().unwrap().len(), 1, "{p}");
+    for extra in [&[][..], &["--recreate"][..], &["--restart"][..]] {
+        let mut args = vec!["apply", "-f", f];
+        args.extend(extra);
+        let r = env.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {} {}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("another pool"), "{}", r.stderr);
+        assert_eq!(xml(), xml0, "{args:?} redefined the VM in the other pool");
+        assert_eq!(data_cap(), cap0, "{args:?} grew its project disk");
+        assert!(env.vm_volumes().is_empty(), "{args:?} made volumes in this pool: {:?}", env.vm_volumes());
+    }
+    // Told --all-pools, the plan manages it where it is.
+    let p = env.run(&["plan", "-f", f, "--all-pools", "--json"]).ok().json();
+    assert!(p["vms"][0]["changes"].as_array().unwrap().iter().all(|c| c["field"] != "pool"), "{p}");
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn two_fleet_hosts_that_are_one_daemon_are_refused() {
+    require_root_libvirt();
+    let env = Env::new("own18-hosts", 22800, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["o18x"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    env.run(&["create", "o18x", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    let pool = env.pool.clone();
+    let fleet = settings_with(&env, "fleet.json", |s| {
+        s["hosts"] = json!({
+            "a": {"uri": "qemu+unix:///system", "pool": format!("{pool}-a")},
+            "b": {"uri": "qemu:///system", "pool": pool},
+        });
+    });
+    let run = |args: &[&str]| {
+        let out = env.cmd(args).env("PROJECT_VM_CONFIG", &fleet).env_remove("PROJECT_VM_URI").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for args in [
+        &["--host", "a", "destroy", "o18x"][..],
+        &["--host", "a", "stop", "o18x"][..],
+        &["destroy", "o18x"][..],
+        &["list"][..],
+        &["--host", "a", "create", "o18y", "1G", "1", "5G"][..],
+        &["--host", "a", "gc", "--yes"][..],
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("same libvirt daemon"), "{args:?}: {stderr}");
+        assert!(domain_exists("project-o18x"), "{args:?} destroyed the VM");
+    }
+    let file = env.dir.join("vms.json");
+    std::fs::write(&file, json!({"vms": {"o18x": {"host": "a"}}}).to_string()).unwrap();
+    for verb in ["plan", "apply"] {
+        let (code, stderr) = run(&[verb, "-f", file.to_str().unwrap(), "--prune"]);
+        assert_eq!(code, Some(2), "{verb}: {stderr}");
+        assert!(stderr.contains("same libvirt daemon"), "{verb}: {stderr}");
+    }
+    assert_eq!(env.vm_volumes(), whole("o18x"));
+    assert!(!domain_exists("project-o18y"));
+}
