@@ -244,6 +244,31 @@ fn a_plain_user_creates_uses_and_destroys_a_vm_in_its_own_session() {
     assert!(r.stderr.contains("Permission denied") && r.stderr.contains(&format!("running as {USER}")), "{}", r.stderr);
     assert!(user.virsh(&["list", "--all", "--name"]).is_empty(), "a failed create left a domain");
 
+    // Shares: the session runs virtiofsd as the user, unprivileged. A
+    // directory the user cannot reach is refused (exit 2), naming it; one of
+    // the user's own is refused (exit 4, saying what is missing) where this
+    // host cannot run an unprivileged virtiofsd, or made (and removed again).
+    let closed = std::env::temp_dir().join(format!("project-vm-u23-closed-{}", std::process::id()));
+    std::fs::create_dir(&closed).unwrap();
+    sh(&format!("chmod 0700 {}", closed.display()));
+    let r = user.pv(&["create", "u23s", "--share", &format!("{}:/mnt/s", closed.display())]);
+    let _ = std::fs::remove_dir(&closed);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("{USER} cannot read, write and enter {}", closed.display())), "{}", r.stderr);
+    user.run(&["mkdir", "shared"]).ok();
+    let own = format!("{}/shared:/mnt/s", user.home.display());
+    let r = user.pv(&["create", "u23s", "--share", &own]);
+    match r.code {
+        4 => {
+            assert!(r.stderr.contains("virtiofsd") && r.stderr.contains(&format!("running as {USER}")), "{}", r.stderr)
+        }
+        0 => {
+            user.pv(&["destroy", "u23s"]).ok();
+        }
+        _ => panic!("create with a share of the user's own: {}", r.stderr),
+    };
+    assert!(user.virsh(&["list", "--all", "--name"]).is_empty(), "a refused create left a domain");
+
     // create --start --wait: exit 0, with no settings about disks, pools or networks.
     let r = user.pv(&[
         "create",

@@ -188,12 +188,16 @@ impl DaemonUser {
                 return Some(format!("{} cannot pass through {} (no +x for {})", self.name, p.display(), self.name));
             }
             if last && !self.may(&p, want) {
-                let what = [(R, "read"), (W, "write"), (X, if p.is_dir() { "enter" } else { "run" })]
+                let what: Vec<&str> = [(R, "read"), (W, "write"), (X, if p.is_dir() { "enter" } else { "run" })]
                     .iter()
                     .filter(|(b, _)| want & b != 0)
                     .map(|(_, w)| *w)
-                    .collect::<Vec<_>>()
-                    .join(" and ");
+                    .collect();
+                let what = match what.split_last() {
+                    Some((last, [])) => last.to_string(),
+                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                    None => "use".into(),
+                };
                 return Some(format!("{} cannot {what} {}", self.name, p.display()));
             }
         }

@@ -121,6 +121,11 @@ impl Devices {
                 return Err(invalid(format!("share {label}: two shares mount at {}", s.target.display())));
             }
         }
+        if ctx.is_local() {
+            // Who runs virtiofsd, and whether it can serve these: refused
+            // before anything is made (a session's is unprivileged).
+            crate::libvirt::virtiofsd::for_daemon(&ctx.settings.daemon, &out.shares)?;
+        }
         Ok(out)
     }
 
