@@ -548,14 +548,17 @@ pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
     let Some(v) = find_volume(pool, name)? else { return Ok(false) };
     tracing::info!(volume = name, "deleting volume");
     // A client killed while libvirtd created this volume does not stop
-    // libvirtd: it finishes the allocation, and refuses a delete meanwhile.
+    // libvirtd: it finishes the allocation, and refuses a delete meanwhile
+    // (OPERATION_INVALID; so does a volume a stream still holds). The other
+    // OPERATION_INVALID refusal here is an inactive pool, which waiting does
+    // not mend: the pool's state, not the (translated) message, tells them apart.
     let t0 = std::time::Instant::now();
     loop {
         match v.delete(0) {
             Ok(()) => break,
             Err(e)
                 if is(&e, ErrorNumber::OperationInvalid)
-                    && e.message().contains("being allocated")
+                    && pool.is_active().unwrap_or(false)
                     && t0.elapsed() < std::time::Duration::from_secs(120) =>
             {
                 tracing::debug!(volume = name, "still being allocated; waiting");

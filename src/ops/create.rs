@@ -552,7 +552,11 @@ fn claim<'a>(
     let xml = domain_xml::build(&spec, &own, &super::host_files(ctx, &spec)?).to_xml();
     tracing::debug!(%xml, "defining domain");
     let dom = ctx.conn.define_domain_xml(&xml).map_err(|e| {
-        match e.code().is(virt::error::ErrorNumber::OperationFailed) && e.message().contains("already exists") {
+        // libvirt says "already exists" in the daemon's language: ask instead
+        // whether a domain of that name is there now (made concurrently).
+        let taken = e.code().is(virt::error::ErrorNumber::OperationFailed)
+            && ctx.conn.lookup_domain_by_name(&name.domain()).is_ok();
+        match taken {
             true => invalid(format!("VM {name} already exists (created concurrently?): {}", e.message())),
             false => explain(e, format!("defining domain {}", name.domain())),
         }
