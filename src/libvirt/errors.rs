@@ -31,9 +31,25 @@ pub fn errno(e: &Error) -> Option<i32> {
 /// The operating system refused a file or socket (EACCES, EPERM), or
 /// libvirt's access control refused the call.
 pub fn permission_denied(e: &Error) -> bool {
-    e.code().is(ErrorNumber::AccessDenied)
+    qemu_permission_denied(e)
+        || e.code().is(ErrorNumber::AccessDenied)
         || e.code().is(ErrorNumber::OperationDenied)
         || matches!(errno(e), Some(n) if n == nix::libc::EACCES || n == nix::libc::EPERM)
+}
+
+/// A program libvirt ran could not open a file: QEMU (a disk, a backing
+/// file) or `qemu-img` (a volume in a pool directory it may not write).
+/// libvirt relays the program's own words in an internal error, and runs
+/// these programs with `LC_ALL=C`, so those words are the same whatever the
+/// daemon's or the client's language (tests/daemons.rs shows it against a
+/// daemon that speaks German): this is the one place a message is read, and
+/// only the program's part of it.
+pub fn qemu_permission_denied(e: &Error) -> bool {
+    // QEMU's errors come from its driver; a helper's from libvirt's command
+    // runner, which names no domain.
+    (e.domain().is(ErrorDomain::Qemu) || e.domain().is(ErrorDomain::Storage) || e.domain().is(ErrorDomain::None))
+        && (e.code().is(ErrorNumber::InternalError) || e.code().is(ErrorNumber::OperationFailed))
+        && e.message().contains(": Permission denied")
 }
 
 /// The daemon (or its socket) said no to this user, as opposed to nobody

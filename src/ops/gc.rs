@@ -64,12 +64,12 @@ fn finding(kind: &'static str, name: &str, detail: impl Into<String>, bytes: u64
 pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     let pool_name = ctx.settings.pool.clone();
     let mut report = GcReport { pool: pool_name.clone(), findings: Vec::new(), removed: 0, dry_run: !yes };
-    let Some(pool) = storage::find_pool(&ctx.conn, &pool_name)? else { return Ok(report) };
+    let Some(pool) = storage::find_pool(&ctx.conn(), &pool_name)? else { return Ok(report) };
     let _ = pool.refresh(0);
-    let all_vms = vms::list(&ctx.conn)?;
+    let all_vms = vms::list(&ctx.conn())?;
     // Whatever any domain uses (its disks and their backing chains), whoever
     // made it, is never removed: a renamed or copied domain keeps its disks.
-    let in_use = vms::disks_in_use(&ctx.conn)?;
+    let in_use = vms::disks_in_use(&ctx.conn())?;
     let user_of = |n: &str| -> Option<String> {
         let path = storage::find_volume(&pool, n).ok().flatten()?.path().ok()?;
         in_use.get(&path).cloned()
@@ -134,7 +134,7 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         .filter_map(|vm| storage::find_volume(&pool, &vm.own.root_volume).ok().flatten())
         .filter_map(|v| VolumeInfo::of(&v).ok()?.backing)
         .collect();
-    for e in store::list(&ctx.conn, &pool)? {
+    for e in store::list(&ctx.conn(), &pool)? {
         let (kind, detail) = match (&e.record, e.current) {
             (None, _) => ("unverified-image", "no record: an interrupted upload; create never uses it"),
             (Some(_), false) => ("superseded-image", "an older generation of its image"),
@@ -265,7 +265,7 @@ fn kept_disk_of(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, volume: &str)
     if crate::spec::VmName::parse(vm).is_err() {
         return Ok(None);
     }
-    Ok(storage::kept_mismatch(&ctx.conn, pool, volume, vm)?.is_none().then(|| vm.to_owned()))
+    Ok(storage::kept_mismatch(&ctx.conn(), pool, volume, vm)?.is_none().then(|| vm.to_owned()))
 }
 
 impl Report for GcReport {
