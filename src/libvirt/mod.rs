@@ -145,17 +145,19 @@ pub fn host_uuid(caps: &str) -> Option<String> {
     c.host.uuid.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty())
 }
 
-/// `qemu+ssh://h/system?x` -> (`qemu`, `/system`).
+/// `qemu+ssh://h/system?x` -> (`qemu`, `/system`), from the parsed URI (an
+/// alias or an unparsable name stands for itself).
 pub fn uri_driver_and_path(uri: &str) -> (String, String) {
-    let (scheme, rest) = uri.split_once("://").unwrap_or((uri, ""));
-    let driver = scheme.split('+').next().unwrap_or(scheme).to_ascii_lowercase();
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
-    let path = match path.trim_end_matches('/') {
-        "" => "/",
-        p => p,
-    };
-    (driver, path.to_owned())
+    match uri::Uri::parse(uri) {
+        Ok(u) => {
+            let path = match u.path.trim_end_matches('/') {
+                "" => "/".to_owned(),
+                p => p.to_owned(),
+            };
+            (u.driver.to_ascii_lowercase(), path)
+        }
+        Err(_) => (uri.to_owned(), "/".to_owned()),
+    }
 }
 
 /// True when `e` is a libvirt error with code `n`.
