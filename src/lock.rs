@@ -150,8 +150,7 @@ fn acquire_as(uri: &str, what: &str, doing: &str, shared: bool, waiting: impl Fn
     };
     let file = open(uri, what)?;
     match Flock::lock(file, now) {
-        // A shared holder does not write its pid over the others'.
-        Ok(f) if shared => Ok(Lock { _file: f, path: path(uri, what) }),
+        // Shared holders write their pid too (the last one's stays): a waiter names one of them.
         Ok(f) => Ok(claim(f, path(uri, what), doing)),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             waiting(holder(&mut file));
@@ -172,10 +171,7 @@ fn acquire_as(uri: &str, what: &str, doing: &str, shared: bool, waiting: impl Fn
                     Err((_, e)) => return Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
                 }
             };
-            match shared {
-                true => Ok(Lock { _file: f, path: path(uri, what) }),
-                false => Ok(claim(f, path(uri, what), doing)),
-            }
+            Ok(claim(f, path(uri, what), doing))
         }
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }
