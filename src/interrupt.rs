@@ -75,7 +75,7 @@ pub fn requested() -> bool {
 /// Errors once an interrupt has been requested.
 pub fn check() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        anyhow::bail!("interrupted");
+        return Err(crate::error::failure(crate::error::Kind::Interrupted, "interrupted"));
     }
     Ok(())
 }
