@@ -158,7 +158,7 @@ fn acquire_as(uri: &str, what: &str, doing: &str, shared: bool, waiting: impl Fn
             // Polled, so a SIGINT or SIGTERM ends the wait at once: the
             // signal may be handled on another thread, which would not
             // interrupt a blocking flock here.
-            let mut pause = std::time::Duration::from_millis(5);
+            let mut pause = std::time::Duration::from_millis(1);
             let f = loop {
                 crate::interrupt::check()?;
                 match Flock::lock(file, now) {
@@ -166,7 +166,7 @@ fn acquire_as(uri: &str, what: &str, doing: &str, shared: bool, waiting: impl Fn
                     Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
                         file = f;
                         std::thread::sleep(pause);
-                        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                        pause = (pause * 2).min(std::time::Duration::from_millis(10));
                     }
                     Err((_, e)) => return Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
                 }
