@@ -252,8 +252,7 @@ fn acquire_as(
     };
     let (file, path) = open(scope, what)?;
     match Flock::lock(file, now) {
-        // A shared holder does not write its pid over the others'.
-        Ok(f) if shared => Ok(Lock { _file: f, path }),
+        // Shared holders write their pid too (the last one's stays): a waiter names one of them.
         Ok(f) => Ok(claim(f, path, doing)),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             waiting(holder(&mut file));
@@ -261,7 +260,7 @@ fn acquire_as(
             // Polled, so a SIGINT or SIGTERM ends the wait at once: the
             // signal may be handled on another thread, which would not
             // interrupt a blocking flock here.
-            let mut pause = std::time::Duration::from_millis(5);
+            let mut pause = std::time::Duration::from_millis(1);
             let f = loop {
                 crate::interrupt::check()?;
                 match Flock::lock(file, now) {
@@ -269,15 +268,12 @@ fn acquire_as(
                     Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
                         file = f;
                         std::thread::sleep(pause);
-                        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                        pause = (pause * 2).min(std::time::Duration::from_millis(10));
                     }
                     Err((_, e)) => return Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
                 }
             };
-            match shared {
-                true => Ok(Lock { _file: f, path }),
-                false => Ok(claim(f, path, doing)),
-            }
+            Ok(claim(f, path, doing))
         }
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }

@@ -236,12 +236,15 @@ fn seal(
         .create_domain_xml(&xml.to_xml(), 0)
         .map_err(|e| explain(e, format!("booting the copy of {} to seal it", vm.name)))?;
     crate::fault::mutated("started the sealing domain");
+    // Until the throwaway domain is gone, a signal is handled here, not by the grace exit.
+    let _hold = crate::interrupt::hold();
     let sealed = (|| -> anyhow::Result<()> {
         super::ready::await_report(ctx, &dom, &xml.name, Duration::from_secs(900), progress)?;
         progress.set_message(format!("{}: sealing the copy", vm.name));
         run_seal(vm, &spec.ssh_user, port, host_key, identity)?;
         let t0 = Instant::now();
         while dom.is_active().unwrap_or(false) {
+            crate::interrupt::check()?;
             if t0.elapsed() > Duration::from_secs(180) {
                 anyhow::bail!("the sealed copy of {} did not power off", vm.name);
             }
