@@ -1,7 +1,11 @@
 //! `gc`: what crashes, kills and full disks can leave in the pool, listed and
 //! (with `--yes`) removed. It never removes a kept project disk unless that
-//! disk is named, never touches a VM another project-vm is working on, nor an
-//! image that is being uploaded, and stays within the settings' pool.
+//! disk is named, never touches a VM another project-vm is working on (and
+//! re-reads a VM under its lock before undoing it), nor an image that is
+//! being uploaded, and stays within the settings' pool. It never removes a
+//! volume that any domain on the connection uses (whoever made it, renamed
+//! or copied), nor one project-vm has no record of making: those are listed
+//! and left alone.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
