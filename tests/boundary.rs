@@ -371,6 +371,37 @@ fn gc_through_another_spelling_never_takes_parts_of_vms_being_created() {
     assert_eq!(env.vm_volumes(), want, "gc took parts of VMs that were reported as made");
 }
 
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn imports_of_one_image_through_different_spellings_store_it_once() {
+    require_root_libvirt();
+    let env = Env::new("own18-img", 22830, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &[]);
+    let tiny = tiny_image(&env.dir);
+    // The pool first, so every import races on the image alone.
+    env.run(&["list"]).ok();
+    env.run(&["image", "import", tiny.to_str().unwrap(), "--name", "warm"]).ok();
+    for round in 0..3 {
+        let name = format!("t{round}");
+        let children: Vec<_> = SPELLINGS
+            .iter()
+            .map(|uri| {
+                env.cmd(&["image", "import", tiny.to_str().unwrap(), "--name", &name])
+                    .env("PROJECT_VM_URI", uri)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let errs: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+        assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 1, "round {round}: {errs:?}");
+        let stored = env.volumes().iter().filter(|v| v.starts_with(&format!("{name}@"))).count();
+        assert_eq!(stored, 2, "round {round}: one disk and one record: {:?}", env.volumes());
+    }
+}
+
 // Item 11: a first use killed between defining the pool and building it.
 
 #[test]
