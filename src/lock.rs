@@ -38,11 +38,11 @@ pub struct Lock {
 
 /// The lock directory and the directory below which project-vm made it
 /// (everything from there down must be ours).
-fn dir() -> anyhow::Result<(PathBuf, PathBuf)> {
+fn dir() -> (PathBuf, PathBuf) {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
         let top = PathBuf::from("/run/project-vm");
-        return Ok((top.join("locks"), top));
+        return (top.join("locks"), top);
     }
     let home_state = || -> Option<PathBuf> {
         match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute()) {
@@ -60,7 +60,7 @@ fn dir() -> anyhow::Result<(PathBuf, PathBuf)> {
             None => std::env::temp_dir().join(format!("project-vm-{uid}")),
         },
     };
-    Ok((top.join("locks"), top))
+    (top.join("locks"), top)
 }
 
 /// Makes `dir` (0700), and checks that it and every directory between `top`
@@ -120,7 +120,7 @@ pub fn secure_dir(dir: &Path, top: &Path) -> anyhow::Result<()> {
 fn path(scope: &str, what: &str) -> anyhow::Result<PathBuf> {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(format!("{scope}\n{what}").as_bytes());
-    let (dir, top) = dir()?;
+    let (dir, top) = dir();
     secure_dir(&dir, &top)?;
     Ok(dir.join(format!("{}.lock", hex::encode(&h[..12]))))
 }

@@ -780,6 +780,32 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_vouches_only_for_the_disk_it_describes() {
+        let kept = KeptMarker {
+            project_vm_kept: 1,
+            vm: "foo".into(),
+            record_uuid: Some("u".into()),
+            volume: "project-foo-data.qcow2".into(),
+            key: "/p/project-foo-data.qcow2".into(),
+            capacity: 1 << 30,
+            mtime: Some("1700000000.1".into()),
+        };
+        let now = KeptMarker { record_uuid: None, ..kept.clone() };
+        assert_eq!(kept.mismatch(&now), None, "the record uuid is the marker's own");
+        let other_vm = KeptMarker { vm: "bar".into(), ..now.clone() };
+        assert!(kept.mismatch(&other_vm).unwrap().contains("left by VM foo"));
+        let other_disk = KeptMarker { key: "/q/project-foo-data.qcow2".into(), ..now.clone() };
+        assert!(kept.mismatch(&other_disk).unwrap().contains("another disk"));
+        let grown = KeptMarker { capacity: 2 << 30, ..now.clone() };
+        assert!(kept.mismatch(&grown).unwrap().contains("size changed"));
+        let remade = KeptMarker { mtime: Some("1700000001.5".into()), ..now };
+        assert!(kept.mismatch(&remade).unwrap().contains("made again"));
+        let json = serde_json::to_string(&kept).unwrap();
+        assert_eq!(serde_json::from_str::<KeptMarker>(&json).unwrap(), kept);
+        assert!(serde_json::from_str::<KeptMarker>("").is_err(), "an empty marker is no marker");
+    }
+
+    #[test]
     fn guest_data_volumes_are_made_private() {
         let xml = quick_xml::se::to_string(&VolumeXml {
             name: "d.qcow2".into(),
