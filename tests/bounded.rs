@@ -70,7 +70,9 @@ fn setup(extra: serde_json::Value) -> (tempfile::TempDir, std::path::PathBuf) {
     let mut settings = serde_json::json!({
         "storage_dir": dir.path().join("pool"),
         "accel": "tcg",
-        "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGt0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0a2V5 t"],
+        // The test driver's node file has no libvirt networks.
+        "network": {"type": "user", "ssh_port": 22022},
+        "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk t"],
     });
     for (k, v) in extra.as_object().unwrap() {
         settings[k] = v.clone();
@@ -136,8 +138,8 @@ fn key_files_are_bounded_too() {
     std::fs::create_dir_all(dir.path().join("run")).unwrap();
     let pubkey = fifo(&dir.path().join(".ssh"), "id_evil.pub");
     let cfg = dir.path().join("config.json");
-    std::fs::write(&cfg, serde_json::json!({"storage_dir": dir.path().join("pool"), "accel": "tcg"}).to_string())
-        .unwrap();
+    let settings = serde_json::json!({"storage_dir": dir.path().join("pool"), "accel": "tcg", "network": {"type": "user", "ssh_port": 22022}});
+    std::fs::write(&cfg, settings.to_string()).unwrap();
     refused(&run(dir.path(), &cfg, &["create", "x"]), pubkey.to_str().unwrap(), "a FIFO");
 }
 

@@ -39,7 +39,7 @@ fn a_report_into_a_closed_pipe_exits_0() {
     let cfg = dir.path().join("c.json");
     std::fs::write(
         &cfg,
-        r#"{"accel":"tcg","ssh_authorized_keys":["ssh-ed25519 AAAA k"],"storage_dir":"/nonexistent/pv"}"#,
+        r#"{"accel":"tcg","ssh_authorized_keys":["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk k"],"storage_dir":"/nonexistent/pv"}"#,
     )
     .unwrap();
     let mut child = Command::new(BIN)

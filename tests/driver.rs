@@ -28,7 +28,9 @@ fn ctx() -> Ctx {
         base_image: Some("base.qcow2".into()),
         accel: Some(Accel::Tcg),
         network: Some(Network::User { ssh_port: 22022 }),
-        ssh_authorized_keys: Some(vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake test".into()]),
+        ssh_authorized_keys: Some(vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk test".into(),
+        ]),
         ..Default::default()
     }
     .resolve()
