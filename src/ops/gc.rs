@@ -239,7 +239,7 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
             match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
                 Err(e) => report.findings.push(Finding { action: format!("skipped: {e}"), ..f }),
                 // Still that VM, still without its seed (a new VM of the name has one).
-                Ok(_lock) => report.collect(f, || match vms::lookup(&ctx.conn, &vm.name)? {
+                Ok(_lock) => report.collect(f, || match vms::lookup(&ctx.conn(), &vm.name)? {
                     vms::Lookup::Owned(now) if now.own.uuid == vm.own.uuid && now.own.seed_volume.is_none() => {
                         delete(n)
                     }
@@ -296,7 +296,7 @@ fn still_half_made(
     pool: &virt::storage_pool::StoragePool,
     vm: &vms::Vm,
 ) -> anyhow::Result<Option<(vms::Vm, bool)>> {
-    let vms::Lookup::Owned(now) = vms::lookup(&ctx.conn, &vm.name)? else { return Ok(None) };
+    let vms::Lookup::Owned(now) = vms::lookup(&ctx.conn(), &vm.name)? else { return Ok(None) };
     if now.own.uuid != vm.own.uuid {
         return Ok(None);
     }
