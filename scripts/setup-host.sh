@@ -33,7 +33,14 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # Host stack.
 apt-get install -y -qq --no-install-recommends "${target[@]}" \
-  libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils passt >/dev/null
+  libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils passt libvirt-l10n >/dev/null
+# A locale libvirt translates into (tests/daemons.rs runs a daemon that speaks
+# German: project-vm must decide the same in every language).
+apt-get install -y -qq --no-install-recommends locales >/dev/null
+if ! locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$'; then
+  grep -q '^de_DE.UTF-8 UTF-8' /etc/locale.gen 2>/dev/null || echo 'de_DE.UTF-8 UTF-8' >>/etc/locale.gen
+  locale-gen >/dev/null
+fi
 # OVMF for UEFI guests (firmware: efi), from the release itself.
 apt-get install -y -qq --no-install-recommends ovmf >/dev/null
 # Build and test tools: pkg-config for the virt crate, xorriso to read the seed

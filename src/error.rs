@@ -19,6 +19,8 @@ pub enum Kind {
     CloudInit = 5,
     /// `start --wait`: timed out; the VM keeps running.
     Timeout = 6,
+    /// Stopped by SIGINT or SIGTERM (after undoing what it had made), as a shell reports a signal.
+    Interrupted = 130,
 }
 
 impl Kind {
@@ -69,5 +71,6 @@ mod tests {
         assert_eq!(exit_code(&err), 2);
         assert_eq!(exit_code(&anyhow::anyhow!("plain")), 1);
         assert_eq!(exit_code(&failure(Kind::Timeout, "t")), 6);
+        assert_eq!(exit_code(&failure(Kind::Interrupted, "interrupted")), 130);
     }
 }

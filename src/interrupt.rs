@@ -30,6 +30,10 @@ pub fn install() {
         let _ = std::thread::Builder::new().name("interrupt-watchdog".into()).spawn(|| loop {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 std::thread::sleep(GRACE);
+                // A step that a kill would leave worse off holds the exit off ([`hold`]).
+                while HELD.load(Ordering::SeqCst) > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
                 eprintln!("interrupted: no safe point within {} s, exiting now", GRACE.as_secs());
                 // SAFETY: ends the process, as a second signal does.
                 unsafe { nix::libc::_exit(130) };
@@ -45,6 +49,24 @@ pub fn install() {
     }
 }
 
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// While held, the grace period's exit waits: for a step whose own cleanup
+/// must run (a throwaway domain to destroy). Such a step checks [`check`]
+/// often, so it ends soon after a signal. A second signal still exits.
+pub struct Hold(());
+
+pub fn hold() -> Hold {
+    HELD.fetch_add(1, Ordering::SeqCst);
+    Hold(())
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// True once a SIGINT or SIGTERM has asked the operation to stop.
 pub fn requested() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
@@ -53,7 +75,7 @@ pub fn requested() -> bool {
 /// Errors once an interrupt has been requested.
 pub fn check() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        anyhow::bail!("interrupted");
+        return Err(crate::error::failure(crate::error::Kind::Interrupted, "interrupted"));
     }
     Ok(())
 }

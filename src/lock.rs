@@ -38,11 +38,11 @@ pub struct Lock {
 
 /// The lock directory and the directory below which project-vm made it
 /// (everything from there down must be ours).
-fn dir() -> anyhow::Result<(PathBuf, PathBuf)> {
+fn dir() -> (PathBuf, PathBuf) {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
         let top = PathBuf::from("/run/project-vm");
-        return Ok((top.join("locks"), top));
+        return (top.join("locks"), top);
     }
     let home_state = || -> Option<PathBuf> {
         match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute()) {
@@ -60,7 +60,7 @@ fn dir() -> anyhow::Result<(PathBuf, PathBuf)> {
             None => std::env::temp_dir().join(format!("project-vm-{uid}")),
         },
     };
-    Ok((top.join("locks"), top))
+    (top.join("locks"), top)
 }
 
 /// Makes `dir` (0700), and checks that it and every directory between `top`
@@ -120,7 +120,7 @@ pub fn secure_dir(dir: &Path, top: &Path) -> anyhow::Result<()> {
 fn path(scope: &str, what: &str) -> anyhow::Result<PathBuf> {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(format!("{scope}\n{what}").as_bytes());
-    let (dir, top) = dir()?;
+    let (dir, top) = dir();
     secure_dir(&dir, &top)?;
     Ok(dir.join(format!("{}.lock", hex::encode(&h[..12]))))
 }
@@ -252,8 +252,7 @@ fn acquire_as(
     };
     let (file, path) = open(scope, what)?;
     match Flock::lock(file, now) {
-        // A shared holder does not write its pid over the others'.
-        Ok(f) if shared => Ok(Lock { _file: f, path }),
+        // Shared holders write their pid too (the last one's stays): a waiter names one of them.
         Ok(f) => Ok(claim(f, path, doing)),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             waiting(holder(&mut file));
@@ -261,7 +260,7 @@ fn acquire_as(
             // Polled, so a SIGINT or SIGTERM ends the wait at once: the
             // signal may be handled on another thread, which would not
             // interrupt a blocking flock here.
-            let mut pause = std::time::Duration::from_millis(5);
+            let mut pause = std::time::Duration::from_millis(1);
             let f = loop {
                 crate::interrupt::check()?;
                 match Flock::lock(file, now) {
@@ -269,15 +268,12 @@ fn acquire_as(
                     Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
                         file = f;
                         std::thread::sleep(pause);
-                        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                        pause = (pause * 2).min(std::time::Duration::from_millis(10));
                     }
                     Err((_, e)) => return Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
                 }
             };
-            match shared {
-                true => Ok(Lock { _file: f, path }),
-                false => Ok(claim(f, path, doing)),
-            }
+            Ok(claim(f, path, doing))
         }
         Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
     }

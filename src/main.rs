@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; piped or logged, plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // Its fallback for a failed write is eprintln!, which panics on a closed stderr.
         .log_internal_errors(false)
         .init();

@@ -167,7 +167,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
                     let mut all = Vec::new();
                     for h in fleet.select(only)? {
                         let ctx = fleet.ctx(h)?;
-                        all.extend(vms::list(&ctx.conn)?.into_iter().map(|vm| (ctx.clone(), vm)));
+                        all.extend(vms::list(&ctx.conn())?.into_iter().map(|vm| (ctx.clone(), vm)));
                     }
                     all
                 }

@@ -321,6 +321,87 @@ fn same_name_races_through_different_spellings_leave_one_whole_vm() {
     }
 }
 
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn gc_through_another_spelling_never_takes_parts_of_vms_being_created() {
+    require_root_libvirt();
+    let env = Env::new("own18-gcrace", 22820, json!({"base_image": "tiny"}));
+    let names: Vec<String> = (0..6).map(|i| format!("o18c{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let _c = Cleanup(&env, &refs);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // The gc loop stops however the creates end (a failed assertion too).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = env.cmd(&["gc", "--yes"]).env("PROJECT_VM_URI", SPELLINGS[2]).output().unwrap();
+                assert!(
+                    out.status.success() || out.status.code() == Some(2),
+                    "gc: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                runs += 1;
+            }
+            runs
+        });
+        let _stop = Stop(&stop);
+        for (i, n) in names.iter().enumerate() {
+            let uri = SPELLINGS[i % 2];
+            let out = env
+                .cmd(&["create", n, "256M", "1", "2G", "--project-disk", "1G"])
+                .env("PROJECT_VM_URI", uri)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "create {n}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(env.run(&["status", n, "--json"]).ok().json()["phase"], "ready");
+        }
+        drop(_stop);
+        assert!(gc.join().unwrap() > 0);
+    });
+    let mut want: Vec<String> = names.iter().flat_map(|n| whole(n)).collect();
+    want.sort();
+    assert_eq!(env.vm_volumes(), want, "gc took parts of VMs that were reported as made");
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn imports_of_one_image_through_different_spellings_store_it_once() {
+    require_root_libvirt();
+    let env = Env::new("own18-img", 22830, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &[]);
+    let tiny = tiny_image(&env.dir);
+    // The pool first, so every import races on the image alone.
+    env.run(&["list"]).ok();
+    env.run(&["image", "import", tiny.to_str().unwrap(), "--name", "warm"]).ok();
+    for round in 0..3 {
+        let name = format!("t{round}");
+        let children: Vec<_> = SPELLINGS
+            .iter()
+            .map(|uri| {
+                env.cmd(&["image", "import", tiny.to_str().unwrap(), "--name", &name])
+                    .env("PROJECT_VM_URI", uri)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let errs: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+        assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 1, "round {round}: {errs:?}");
+        let stored = env.volumes().iter().filter(|v| v.starts_with(&format!("{name}@"))).count();
+        assert_eq!(stored, 2, "round {round}: one disk and one record: {:?}", env.volumes());
+    }
+}
+
 // Item 11: a first use killed between defining the pool and building it.
 
 #[test]

@@ -46,7 +46,7 @@ fn ctx() -> Ctx {
 }
 
 fn with_base_image(ctx: &Ctx) -> virt::storage_pool::StoragePool {
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.uri, &ctx.settings).unwrap();
+    let pool = storage::ensure_pool(&ctx.conn(), &ctx.uri, &ctx.settings).unwrap();
     storage::create_qcow2(&pool, "base.qcow2", 1 << 30).unwrap();
     pool
 }
@@ -97,12 +97,12 @@ fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phas
     storage::create_qcow2(pool, &n.root_volume(), spec.resources.disk.bytes()).unwrap();
     storage::create_qcow2(pool, &n.data_volume(), spec.resources.project_disk.bytes()).unwrap();
     storage::create_qcow2(pool, &n.seed_volume(), 1 << 20).unwrap();
-    ctx.conn.define_domain_xml(&domain_xml::build(&spec, &own, &domain_xml::HostFiles::default()).to_xml()).unwrap();
+    ctx.conn().define_domain_xml(&domain_xml::build(&spec, &own, &domain_xml::HostFiles::default()).to_xml()).unwrap();
     n
 }
 
 fn define_foreign(ctx: &Ctx, domain: &str) {
-    ctx.conn
+    ctx.conn()
         .define_domain_xml(&format!(
             "<domain type='test'><name>{domain}</name><memory unit='MiB'>128</memory><os><type arch='x86_64'>hvm</type></os></domain>"
         ))
@@ -118,7 +118,7 @@ fn a_create_that_fails_part_way_removes_what_it_made() {
     // The test driver refuses uploads, so the seed step fails after the domain,
     // the root overlay and the project disk were made.
     assert!(format!("{err:#}").contains("seed"), "{err:#}");
-    assert!(matches!(vms::lookup(&ctx.conn, &name("foo")).unwrap(), vms::Lookup::Absent), "domain left behind");
+    assert!(matches!(vms::lookup(&ctx.conn(), &name("foo")).unwrap(), vms::Lookup::Absent), "domain left behind");
     assert_eq!(volumes(&pool), before, "volumes left behind");
 }
 
@@ -138,14 +138,14 @@ fn a_domain_without_our_metadata_is_never_touched() {
     let ctx = ctx();
     let pool = with_base_image(&ctx);
     define_foreign(&ctx, "project-hand");
-    assert!(matches!(vms::lookup(&ctx.conn, &name("hand")).unwrap(), vms::Lookup::Foreign(None)));
-    let err = vms::get(&ctx.conn, &name("hand")).err().unwrap();
+    assert!(matches!(vms::lookup(&ctx.conn(), &name("hand")).unwrap(), vms::Lookup::Foreign(None)));
+    let err = vms::get(&ctx.conn(), &name("hand")).err().unwrap();
     assert_eq!(exit_code(&err), 2);
     assert!(err.to_string().contains("not created by project-vm"), "{err}");
     let err = ops::create::create(&ctx, &request("hand"), &Progress::hidden()).unwrap_err();
     assert_eq!(exit_code(&err), 2, "{err:#}");
-    assert!(vms::list(&ctx.conn).unwrap().is_empty(), "list shows only project-vm's VMs");
-    assert!(ctx.conn.lookup_domain_by_name("project-hand").is_ok(), "still there");
+    assert!(vms::list(&ctx.conn()).unwrap().is_empty(), "list shows only project-vm's VMs");
+    assert!(ctx.conn().lookup_domain_by_name("project-hand").is_ok(), "still there");
     assert_eq!(volumes(&pool), vec!["base.qcow2".to_string()]);
 }
 
@@ -156,7 +156,7 @@ fn bad_input_changes_nothing() {
     let err = ops::create::create(&ctx, &request("foo"), &Progress::hidden()).unwrap_err();
     assert_eq!(exit_code(&err), 2);
     assert!(err.to_string().contains("no image base.qcow2 in pool pv"), "{err}");
-    assert!(storage::find_pool(&ctx.conn, "pv").unwrap().is_none(), "pool created for a failing create");
+    assert!(storage::find_pool(&ctx.conn(), "pv").unwrap().is_none(), "pool created for a failing create");
 
     let pool = with_base_image(&ctx);
     let mut req = request("foo");
@@ -177,7 +177,7 @@ fn bad_input_changes_nothing() {
     assert_eq!(exit_code(&err), 2);
     assert!(err.to_string().contains("no VM foo owns it"), "{err}");
     assert!(volumes(&pool).contains(&"project-foo-root.qcow2".to_string()));
-    assert!(matches!(vms::lookup(&ctx.conn, &name("foo")).unwrap(), vms::Lookup::Absent));
+    assert!(matches!(vms::lookup(&ctx.conn(), &name("foo")).unwrap(), vms::Lookup::Absent));
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn duplicate_creates_are_refused_and_interrupted_ones_are_redone() {
     define_owned(&ctx, &pool, "half", Phase::Creating);
     let err = ops::create::create(&ctx, &request("half"), &Progress::hidden()).unwrap_err();
     assert!(format!("{err:#}").contains("seed"), "{err:#}");
-    assert!(matches!(vms::lookup(&ctx.conn, &name("half")).unwrap(), vms::Lookup::Absent));
+    assert!(matches!(vms::lookup(&ctx.conn(), &name("half")).unwrap(), vms::Lookup::Absent));
     assert!(volumes(&pool).iter().all(|v| !v.contains("half")), "{:?}", volumes(&pool));
 }
 
@@ -210,13 +210,13 @@ fn destroy_deletes_exactly_the_recorded_volumes() {
     let listed: Vec<String> = ops::list::list(&ctx, false).unwrap().0.into_iter().map(|e| e.name).collect();
     assert_eq!(listed, vec!["bar", "foo"]);
 
-    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let vm = vms::get(&ctx.conn(), &foo).unwrap();
     let report = ops::destroy::destroy(&ctx, &vm, true).unwrap();
     assert_eq!(report.deleted_volumes, vec!["project-foo-root.qcow2", "project-foo-seed.iso"]);
     assert_eq!(report.kept_data_volume.as_deref(), Some("project-foo-data.qcow2"));
-    assert!(matches!(vms::lookup(&ctx.conn, &foo).unwrap(), vms::Lookup::Absent));
+    assert!(matches!(vms::lookup(&ctx.conn(), &foo).unwrap(), vms::Lookup::Absent));
 
-    let vm = vms::get(&ctx.conn, &bar).unwrap();
+    let vm = vms::get(&ctx.conn(), &bar).unwrap();
     ops::destroy::destroy(&ctx, &vm, false).unwrap();
     // The kept disk carries its marker; someone else's volume is untouched.
     assert_eq!(
@@ -230,7 +230,7 @@ fn status_reports_disks_and_the_ssh_target() {
     let ctx = ctx();
     let pool = with_base_image(&ctx);
     let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let vm = vms::get(&ctx.conn(), &foo).unwrap();
     let s = ops::status::status(&ctx, &vm).unwrap();
     assert_eq!(s.vcpus, 1);
     assert_eq!(s.memory, 1 << 30);
@@ -249,7 +249,7 @@ fn stop_and_start_report_what_happened() {
     let ctx = ctx();
     let pool = with_base_image(&ctx);
     let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let vm = vms::get(&ctx.conn(), &foo).unwrap();
     assert_eq!(ops::power::start(&ctx, &vm).unwrap().result, "started");
     assert_eq!(ops::power::start(&ctx, &vm).unwrap().result, "already-running");
     // The test driver's guests obey ACPI shutdown at once.
@@ -268,13 +268,13 @@ fn metadata_round_trips_through_libvirt() {
     let ctx = ctx();
     let pool = with_base_image(&ctx);
     let foo = define_owned(&ctx, &pool, "foo", Phase::Creating);
-    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let vm = vms::get(&ctx.conn(), &foo).unwrap();
     assert_eq!(vm.own.phase, Phase::Creating);
     let mut own = vm.own.clone();
     own.phase = Phase::Ready;
     own.seed_volume = None;
     own.write(&vm.dom).unwrap();
-    let again = vms::get(&ctx.conn, &foo).unwrap();
+    let again = vms::get(&ctx.conn(), &foo).unwrap();
     assert_eq!(again.own.phase, Phase::Ready);
     assert_eq!(again.own.seed_volume, None);
     assert_eq!(again.spec().unwrap().name, foo);
@@ -301,7 +301,7 @@ fn apply_is_idempotent_and_converges_changes() {
     let ctx = Arc::new(ctx());
     let pool = with_base_image(&ctx);
     let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
+    let dom = ctx.conn().lookup_domain_by_name("project-foo").unwrap();
     let (uuid, xml) = (dom.uuid_string().unwrap(), dom.xml_desc(0).unwrap());
 
     // The same state: nothing to do, nothing redefined.
@@ -309,7 +309,7 @@ fn apply_is_idempotent_and_converges_changes() {
     assert_eq!((p.changes, p.not_applied, p.impossible), (0, 0, 0), "{p:#?}");
     let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(false), None).unwrap();
     assert_eq!(r.changes, 0);
-    let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
+    let dom = ctx.conn().lookup_domain_by_name("project-foo").unwrap();
     assert_eq!((dom.uuid_string().unwrap(), dom.xml_desc(0).unwrap()), (uuid.clone(), xml));
 
     // More memory, a bigger project disk, autostart.
@@ -326,7 +326,7 @@ fn apply_is_idempotent_and_converges_changes() {
     let r = apply::apply(&Fleet::of(ctx.clone()), &declared(changed), opts(false), None).unwrap();
     assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
     assert_eq!(r.results[0].done, vec!["autostart on", "redefined", "started"]);
-    let dom = ctx.conn.lookup_domain_by_name("project-foo").unwrap();
+    let dom = ctx.conn().lookup_domain_by_name("project-foo").unwrap();
     assert_eq!(dom.uuid_string().unwrap(), uuid, "redefined in place");
     assert!(dom.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).unwrap().contains("<memory unit='KiB'>2097152</memory>"));
     assert!(dom.autostart().unwrap());
@@ -334,7 +334,7 @@ fn apply_is_idempotent_and_converges_changes() {
     // Converged: a second apply changes nothing.
     let again = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
     assert_eq!(again.changes, 0, "{:#?}", again.vms);
-    assert_eq!(vms::get(&ctx.conn, &foo).unwrap().spec().unwrap().resources.memory, Size(2 << 30));
+    assert_eq!(vms::get(&ctx.conn(), &foo).unwrap().spec().unwrap().resources.memory, Size(2 << 30));
 }
 
 #[test]
@@ -342,7 +342,7 @@ fn impossible_changes_refuse_the_whole_apply() {
     let ctx = Arc::new(ctx());
     let pool = with_base_image(&ctx);
     define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let xml = ctx.conn.lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap();
+    let xml = ctx.conn().lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap();
     let shrink = r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "1G"}}}"#;
     let p = plan::plan(&ctx, &declared(shrink), plan::Options::default()).unwrap();
     assert_eq!(p.impossible, 1);
@@ -350,7 +350,7 @@ fn impossible_changes_refuse_the_whole_apply() {
     assert_eq!(exit_code(&err), 2);
     assert!(err.to_string().contains("project_disk 2G -> 1G"), "{err}");
     assert_eq!(
-        ctx.conn.lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap(),
+        ctx.conn().lookup_domain_by_name("project-foo").unwrap().xml_desc(0).unwrap(),
         xml,
         "the memory change was not applied either"
     );
@@ -384,11 +384,11 @@ fn prune_destroys_only_project_vms_not_in_the_file_and_keeps_their_data() {
 
     let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(true), None).unwrap();
     assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
-    assert!(matches!(vms::lookup(&ctx.conn, &name("bar")).unwrap(), vms::Lookup::Absent));
+    assert!(matches!(vms::lookup(&ctx.conn(), &name("bar")).unwrap(), vms::Lookup::Absent));
     assert!(volumes(&pool).contains(&"project-bar-data.qcow2".to_string()), "project disk kept");
     assert!(!volumes(&pool).contains(&"project-bar-root.qcow2".to_string()));
-    assert!(ctx.conn.lookup_domain_by_name("project-hand").is_ok(), "foreign domain untouched");
-    assert!(matches!(vms::lookup(&ctx.conn, &name("foo")).unwrap(), vms::Lookup::Owned(_)));
+    assert!(ctx.conn().lookup_domain_by_name("project-hand").is_ok(), "foreign domain untouched");
+    assert!(matches!(vms::lookup(&ctx.conn(), &name("foo")).unwrap(), vms::Lookup::Owned(_)));
 }
 
 #[test]
@@ -405,7 +405,7 @@ fn a_failed_create_skips_its_dependents_and_leaves_nothing() {
     assert_eq!(db.error.as_deref(), Some("skipped: its dependency web failed"));
     assert!(r.results.iter().find(|r| r.name == "solo").unwrap().error.as_deref().unwrap().contains("seed"));
     assert_eq!(r.failed, 3);
-    assert!(vms::list(&ctx.conn).unwrap().is_empty());
+    assert!(vms::list(&ctx.conn()).unwrap().is_empty());
     assert_eq!(volumes(&pool), vec!["base.qcow2"]);
 }
 
@@ -430,7 +430,7 @@ fn snapshots_list_delete_and_block_growing_disks() {
     let ctx = ctx();
     let pool = with_base_image(&ctx);
     let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let vm = vms::get(&ctx.conn(), &foo).unwrap();
     let s1 = ops::snapshot::create(&ctx, &vm, None, Some("first")).unwrap();
     assert_eq!((s1.name.as_str(), s1.memory), ("snap-1", false), "a stopped VM: disks only");
     assert_eq!(s1.disks, vec!["vda", "vdb"], "the seed CD-ROM is never part of one");
@@ -452,7 +452,7 @@ fn snapshots_list_delete_and_block_growing_disks() {
     // destroy leaves no snapshot metadata: a new domain of that name starts clean.
     ops::destroy::destroy(&ctx, &vm, false).unwrap();
     let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let vm = vms::get(&ctx.conn(), &foo).unwrap();
     assert!(ops::snapshot::list(&ctx, &vm).unwrap().0.is_empty());
 }
 
@@ -461,7 +461,7 @@ fn default_snapshot_names_go_on_after_the_largest_number() {
     let ctx = ctx();
     let pool = with_base_image(&ctx);
     let foo = define_owned(&ctx, &pool, "big", Phase::Ready);
-    let vm = vms::get(&ctx.conn, &foo).unwrap();
+    let vm = vms::get(&ctx.conn(), &foo).unwrap();
     ops::snapshot::create(&ctx, &vm, Some("snap-18446744073709551615"), None).unwrap();
     // Nothing above u64::MAX: the lowest free number instead, every time.
     assert_eq!(ops::snapshot::create(&ctx, &vm, None, None).unwrap().name, "snap-1");

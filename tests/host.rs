@@ -205,3 +205,29 @@ fn input_that_would_fail_later_is_refused_at_create() {
     std::fs::write(&ud, "#cloud-config\nssh_keys:\n  ed25519_private: mine\n").unwrap();
     refused(&["create", "bad", "1G", "1", "5G", "--user-data", ud.to_str().unwrap()], "ssh_keys: not allowed", &env);
 }
+
+/// Item 21 of "the boundary holds": a URI is parsed, not read by its suffix.
+/// `qemu+unix:///system?socket=...` is the system daemon: the VM gets the
+/// system daemon's serial log, `logs` looks for it, and `doctor` names that
+/// daemon.
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
+    require_root_libvirt();
+    let mut env = Env::new("sockuri", 22150, serde_json::json!({"base_image": "tiny"}));
+    env.uri = "qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock".into();
+    let _guard = Cleanup(&env, &["su"]);
+    let image = tiny_image(&env.dir);
+    env.run(&["image", "import", image.to_str().unwrap()]).ok();
+    env.run(&["create", "su", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    let xml = String::from_utf8(virsh(&["dumpxml", "--inactive", "project-su"]).stdout).unwrap();
+    assert!(xml.contains("/var/log/libvirt/qemu/project-su-serial.log"), "no system serial log: {xml}");
+    // Never started: logs says so, rather than refusing the daemon.
+    let r = env.run(&["logs", "su"]);
+    assert!(r.stderr.contains("has su been started"), "{}", r.stderr);
+    let doctor = env.run(&["doctor", "--json"]);
+    let text = format!("{}{}", doctor.stdout, doctor.stderr);
+    assert!(text.contains("system daemon") || text.contains("qemu:///system"), "{text}");
+    assert!(!text.contains("session daemon"), "doctor took it for a session: {text}");
+    env.run(&["destroy", "su"]).ok();
+}

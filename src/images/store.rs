@@ -269,9 +269,9 @@ pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress:
     });
     let new = storage::NewVolume { name: &disk_name, format, len, mode: "0644" };
     storage::upload(conn, pool, new, &mut hashing, progress).map_err(|e| {
-        let interrupted = e.chain().any(|c| c.to_string() == "interrupted");
+        let interrupted = interrupt::requested() || e.chain().any(|c| c.to_string() == "interrupted");
         match interrupted {
-            true => anyhow::anyhow!("interrupted: nothing of {name} was kept"),
+            true => failure(Kind::Interrupted, format!("interrupted: nothing of {name} was kept")),
             false => e.context(format!("storing image {name} from {source} (nothing was kept)")),
         }
     })?;

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod domain_xml;
+pub mod errors;
 pub mod metadata;
 pub mod nodedev;
 pub mod pool_listing;
@@ -65,22 +66,12 @@ pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
 
 /// libvirt said no to this user (as opposed to: nobody answered).
 fn refused(e: &virt::error::Error) -> bool {
-    let msg = e.message();
-    msg.contains("Permission denied")
-        || msg.contains("authentication")
-        || msg.contains("polkit")
-        || msg.contains("system bus")
-        || e.code().is(ErrorNumber::AuthFailed)
-        || e.code().is(ErrorNumber::AuthCancelled)
-        || e.code().is(ErrorNumber::AuthUnavailable)
+    errors::refused(e)
 }
 
 fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
     let msg = e.message();
-    if msg.contains("Permission denied")
-        || e.code().is(ErrorNumber::AuthFailed)
-        || e.code().is(ErrorNumber::AuthCancelled)
-    {
+    if errors::permission_denied(e) || e.code().is(ErrorNumber::AuthFailed) || e.code().is(ErrorNumber::AuthCancelled) {
         return failure(
             Kind::Environment,
             format!(
@@ -100,7 +91,7 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
         };
         return failure(Kind::Environment, format!("cannot connect to libvirt at {uri}: {msg}\nhint: {how}"));
     }
-    if !nix::unistd::geteuid().is_root() && (msg.contains("system bus") || msg.contains("polkit")) {
+    if !nix::unistd::geteuid().is_root() && errors::polkit(e) {
         return failure(
             Kind::Environment,
             format!(
@@ -154,17 +145,19 @@ pub fn host_uuid(caps: &str) -> Option<String> {
     c.host.uuid.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty())
 }
 
-/// `qemu+ssh://h/system?x` -> (`qemu`, `/system`).
+/// `qemu+ssh://h/system?x` -> (`qemu`, `/system`), from the parsed URI (an
+/// alias or an unparsable name stands for itself).
 pub fn uri_driver_and_path(uri: &str) -> (String, String) {
-    let (scheme, rest) = uri.split_once("://").unwrap_or((uri, ""));
-    let driver = scheme.split('+').next().unwrap_or(scheme).to_ascii_lowercase();
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
-    let path = match path.trim_end_matches('/') {
-        "" => "/",
-        p => p,
-    };
-    (driver, path.to_owned())
+    match uri::Uri::parse(uri) {
+        Ok(u) => {
+            let path = match u.path.trim_end_matches('/') {
+                "" => "/".to_owned(),
+                p => p.to_owned(),
+            };
+            (u.driver.to_ascii_lowercase(), path)
+        }
+        Err(_) => (uri.to_owned(), "/".to_owned()),
+    }
 }
 
 /// True when `e` is a libvirt error with code `n`.
@@ -182,7 +175,7 @@ pub fn explain(e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::
 /// needed the file.
 pub fn explain_for(d: &daemon::Daemon, e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
     let msg = e.message().to_owned();
-    if msg.contains("Permission denied") {
+    if errors::permission_denied(&e) {
         return failure(Kind::Environment, format!("{doing}: {msg}\nhint: {}", permission_hint(d)));
     }
     anyhow::anyhow!("{doing}: {msg}")

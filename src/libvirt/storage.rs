@@ -394,7 +394,7 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
             let n = match reader.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !crate::interrupt::requested() => continue,
-                Err(_) if crate::interrupt::requested() => anyhow::bail!("interrupted"),
+                Err(_) if crate::interrupt::requested() => return Err(failure(Kind::Interrupted, "interrupted")),
                 // The source of the bytes failed (a server that hung up): the environment's, exit 4.
                 Err(e) => return Err(failure(Kind::Environment, format!("reading the data to upload: {e}"))),
             };
@@ -548,14 +548,17 @@ pub fn delete(pool: &StoragePool, name: &str) -> anyhow::Result<bool> {
     let Some(v) = find_volume(pool, name)? else { return Ok(false) };
     tracing::info!(volume = name, "deleting volume");
     // A client killed while libvirtd created this volume does not stop
-    // libvirtd: it finishes the allocation, and refuses a delete meanwhile.
+    // libvirtd: it finishes the allocation, and refuses a delete meanwhile
+    // (OPERATION_INVALID; so does a volume a stream still holds). The other
+    // OPERATION_INVALID refusal here is an inactive pool, which waiting does
+    // not mend: the pool's state, not the (translated) message, tells them apart.
     let t0 = std::time::Instant::now();
     loop {
         match v.delete(0) {
             Ok(()) => break,
             Err(e)
                 if is(&e, ErrorNumber::OperationInvalid)
-                    && e.message().contains("being allocated")
+                    && pool.is_active().unwrap_or(false)
                     && t0.elapsed() < std::time::Duration::from_secs(120) =>
             {
                 tracing::debug!(volume = name, "still being allocated; waiting");
@@ -774,6 +777,32 @@ mod tests {
             xml.contains("<backingStore><path>/p/base.qcow2</path><format type=\"qcow2\"/></backingStore>"),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn a_marker_vouches_only_for_the_disk_it_describes() {
+        let kept = KeptMarker {
+            project_vm_kept: 1,
+            vm: "foo".into(),
+            record_uuid: Some("u".into()),
+            volume: "project-foo-data.qcow2".into(),
+            key: "/p/project-foo-data.qcow2".into(),
+            capacity: 1 << 30,
+            mtime: Some("1700000000.1".into()),
+        };
+        let now = KeptMarker { record_uuid: None, ..kept.clone() };
+        assert_eq!(kept.mismatch(&now), None, "the record uuid is the marker's own");
+        let other_vm = KeptMarker { vm: "bar".into(), ..now.clone() };
+        assert!(kept.mismatch(&other_vm).unwrap().contains("left by VM foo"));
+        let other_disk = KeptMarker { key: "/q/project-foo-data.qcow2".into(), ..now.clone() };
+        assert!(kept.mismatch(&other_disk).unwrap().contains("another disk"));
+        let grown = KeptMarker { capacity: 2 << 30, ..now.clone() };
+        assert!(kept.mismatch(&grown).unwrap().contains("size changed"));
+        let remade = KeptMarker { mtime: Some("1700000001.5".into()), ..now };
+        assert!(kept.mismatch(&remade).unwrap().contains("made again"));
+        let json = serde_json::to_string(&kept).unwrap();
+        assert_eq!(serde_json::from_str::<KeptMarker>(&json).unwrap(), kept);
+        assert!(serde_json::from_str::<KeptMarker>("").is_err(), "an empty marker is no marker");
     }
 
     #[test]

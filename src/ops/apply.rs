@@ -234,7 +234,7 @@ fn apply_one(
         Action::Nothing | Action::NotInFile => Ok(()),
         Action::Unreachable => Err(anyhow::anyhow!("{}", p.error.clone().unwrap_or_default())),
         Action::Prune => {
-            let vm = vms::get(&ctx.conn, &name)?;
+            let vm = vms::get(&ctx.conn(), &name)?;
             progress.set_message(format!("{name}: destroying"));
             // A VM that moved keeps its project disk here: it does not travel.
             let delete_data = opts.delete_data && p.moved.is_none();
@@ -247,13 +247,13 @@ fn apply_one(
             create::create(ctx, &plan::request(decl)?, progress)?;
             done.push("created".into());
             if p.start {
-                start_and_wait(ctx, &vms::get(&ctx.conn, &name)?, opts, progress, done)?;
+                start_and_wait(ctx, &vms::get(&ctx.conn(), &name)?, opts, progress, done)?;
             }
             Ok(())
         }
         Action::Update => {
             let lock = super::vm_lock(ctx, &name, "applying a change to")?;
-            let vm = vms::get(&ctx.conn, &name)?;
+            let vm = vms::get(&ctx.conn(), &name)?;
             if p.recreate {
                 drop(lock);
                 let decl = p.decl.as_ref().expect("declared");
@@ -262,12 +262,12 @@ fn apply_one(
                 create::create(ctx, &plan::request(decl)?, progress)?;
                 done.push("recreated (project disk kept)".into());
                 if decl.autostart {
-                    start_and_wait(ctx, &vms::get(&ctx.conn, &name)?, opts, progress, done)?;
+                    start_and_wait(ctx, &vms::get(&ctx.conn(), &name)?, opts, progress, done)?;
                 }
                 return Ok(());
             }
             update(ctx, &vm, p, progress, done)?;
-            let vm = vms::get(&ctx.conn, &name)?;
+            let vm = vms::get(&ctx.conn(), &name)?;
             if p.restart {
                 progress.set_message(format!("{name}: restarting"));
                 let stop = power::stop(ctx, &vm, Duration::from_secs(120), false)?;
@@ -351,7 +351,7 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
         // definition; a running guest sees it after its next restart.
         let mut xml = domain_xml::build(&spec, &own, &super::host_files(ctx, &spec)?);
         xml.uuid = Some(vm.dom.uuid_string().map_err(|e| explain(e, "reading uuid"))?);
-        ctx.conn
+        ctx.conn()
             .define_domain_xml(&xml.to_xml())
             .map_err(|e| explain(e, format!("redefining {}", vm.name.domain())))?;
         crate::fault::mutated("redefined the domain");

@@ -17,7 +17,7 @@ pub fn console(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     if vm.state() != State::Running {
         anyhow::bail!("{} is not running: start it with `project-vm start {}`", vm.name, vm.name);
     }
-    let stream = Stream::new(&ctx.conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    let stream = Stream::new(&ctx.conn(), 0).map_err(|e| explain(e, "opening stream"))?;
     vm.dom.open_console(None, &stream, 0).map_err(|e| explain(e, format!("opening the console of {}", vm.name)))?;
     eprintln!("Connected to the console of {} (Ctrl-] to leave)", vm.name);
 

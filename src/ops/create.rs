@@ -80,13 +80,13 @@ impl Devices {
             if !seen.insert(a.to_string()) {
                 return Err(invalid(format!("hostdev {a} is given twice: a device goes to a VM once")));
             }
-            crate::libvirt::nodedev::pci(&ctx.conn, a)?;
+            crate::libvirt::nodedev::pci(&ctx.conn(), a)?;
         }
         let mut out = self.clone();
         if self.shares.is_empty() {
             return Ok(out);
         }
-        let mut pools = storage::pool_dirs(&ctx.conn)?;
+        let mut pools = storage::pool_dirs(&ctx.conn())?;
         pools.extend(ctx.settings.storage_dir.clone());
         if ctx.is_local() {
             pools = pools.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
@@ -203,7 +203,7 @@ pub fn run(ctx: &Ctx, req: &CreateRequest, start: bool, wait: Option<std::time::
     progress.finish();
     let mut ready = None;
     if start || wait.is_some() {
-        let vm = vms::get(&ctx.conn, &req.name)?;
+        let vm = vms::get(&ctx.conn(), &req.name)?;
         super::power::start(ctx, &vm)?;
         ready = super::ready::wait_if(ctx, &vm, wait)?;
     }
@@ -319,7 +319,7 @@ fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16) -> anyhow::Resu
     let used = match &mut *cache {
         Some((s, used)) if stamp.is_some() && *s == stamp => used,
         slot => {
-            let used = vms::list(&ctx.conn)?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
+            let used = vms::list(&ctx.conn())?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
             &mut slot.insert((stamp, used)).1
         }
     };
@@ -354,7 +354,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
     let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
     let req = &CreateRequest { devices, ..req.clone() };
-    crate::libvirt::check_network(&ctx.conn, &ctx.settings.network, ctx.is_local())
+    crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local())
         .map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;
     clear_leftovers(ctx, name, progress)?;
@@ -384,7 +384,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
 /// that was kept or may hold data; a whole VM is an error. Called with the
 /// VM's lock held, so no live project-vm is still working on it.
 fn clear_leftovers(ctx: &Ctx, name: &VmName, progress: &Progress) -> anyhow::Result<()> {
-    let vm = match vms::lookup(&ctx.conn, name)? {
+    let vm = match vms::lookup(&ctx.conn(), name)? {
         Lookup::Absent => return Ok(()),
         Lookup::Foreign(why) => return Err(vms::foreign(name, why.as_deref())),
         Lookup::Owned(vm) => vm,
@@ -451,7 +451,7 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
                 d.name, d.format
             )))
         }
-        (Some(d), true) => match storage::kept_mismatch(&ctx.conn, &pool, &d.name, name.as_str())? {
+        (Some(d), true) => match storage::kept_mismatch(&ctx.conn(), &pool, &d.name, name.as_str())? {
             None => Some(d),
             Some(why) => {
                 let marker = storage::kept_marker(&d.name);
@@ -508,7 +508,7 @@ fn image_in_hand(ctx: &Ctx, pool: &StoragePool, image: &Image) -> anyhow::Result
     // apply builds many VMs on one image: it is read once per run.
     let checked = ctx.cache.checked_images.lock().expect("checked images").contains(&image.record.volume);
     if !checked {
-        crate::images::store::check_image(&ctx.conn, pool, image)?;
+        crate::images::store::check_image(&ctx.conn(), pool, image)?;
         ctx.cache.checked_images.lock().expect("checked images").insert(image.record.volume.clone());
     }
     crate::fault::pause("create-image-checked");
@@ -556,8 +556,12 @@ fn claim<'a>(
     progress.set_message(format!("creating {name}: domain"));
     let xml = domain_xml::build(&spec, &own, &super::host_files(ctx, &spec)?).to_xml();
     tracing::debug!(%xml, "defining domain");
-    let dom = ctx.conn.define_domain_xml(&xml).map_err(|e| {
-        match e.code().is(virt::error::ErrorNumber::OperationFailed) && e.message().contains("already exists") {
+    let dom = ctx.conn().define_domain_xml(&xml).map_err(|e| {
+        // libvirt says "already exists" in the daemon's language: ask instead
+        // whether a domain of that name is there now (made concurrently).
+        let taken = e.code().is(virt::error::ErrorNumber::OperationFailed)
+            && ctx.conn().lookup_domain_by_name(&name.domain()).is_ok();
+        match taken {
             true => invalid(format!("VM {name} already exists (created concurrently?): {}", e.message())),
             false => explain(e, format!("defining domain {}", name.domain())),
         }
@@ -639,7 +643,7 @@ fn seed(
     // (upload removes its own volume if it fails part-way)
     let seed_name = name.seed_volume();
     let new = storage::NewVolume { name: &seed_name, format: "raw", len: iso.len() as u64, mode: "0600" };
-    storage::upload(&ctx.conn, &prep.pool, new, &mut iso.as_slice(), &Progress::hidden())
+    storage::upload(&ctx.conn(), &prep.pool, new, &mut iso.as_slice(), &Progress::hidden())
         .context("writing the cloud-init seed")?;
     made.volumes.push(seed_name.clone());
     Ok(seed_name)

@@ -28,7 +28,7 @@ pub struct DestroyReport {
 pub fn destroy(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyReport> {
     let _lock = super::vm_lock(ctx, &vm.name, "destroying")?;
     // Re-read under the lock: the VM may have changed since the caller looked.
-    let vm = crate::libvirt::vms::get(&ctx.conn, &vm.name)?;
+    let vm = crate::libvirt::vms::get(&ctx.conn(), &vm.name)?;
     remove(ctx, &vm, keep_data)
 }
 
@@ -67,7 +67,7 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
         let marker = storage::kept_marker(data);
         if keep_data {
             if storage::find_volume(&pool, data)?.is_some() {
-                storage::mark_kept(&ctx.conn, &pool, data, vm.name.as_str(), vm.own.uuid.as_deref())?;
+                storage::mark_kept(&ctx.conn(), &pool, data, vm.name.as_str(), vm.own.uuid.as_deref())?;
             }
         } else {
             for vol in [data, &marker] {

@@ -158,7 +158,7 @@ fn network(ctx: &Ctx) -> Check {
             format!("user networking (passt): each VM's ssh forwarded from 127.0.0.1, ports from {ssh_port}"),
             None,
         ),
-        Network::Network { name } => match ctx.conn.lookup_network_by_name(name) {
+        Network::Network { name } => match ctx.conn().lookup_network_by_name(name) {
             Ok(n) => match n.is_active() {
                 Ok(true) => check("network", Level::Ok, format!("libvirt network {name} is active"), None),
                 _ => check(
@@ -193,7 +193,7 @@ fn network(ctx: &Ctx) -> Check {
 /// not a local path), `(check, None)` when a create will define it.
 fn pool(ctx: &Ctx) -> (Check, Option<Option<PathBuf>>) {
     let name = &ctx.settings.pool;
-    match ctx.conn.lookup_storage_pool_by_name(name) {
+    match ctx.conn().lookup_storage_pool_by_name(name) {
         Ok(p) => {
             let dir = crate::libvirt::storage::pool_dir(&p);
             let active = p.is_active().unwrap_or(false);
@@ -297,7 +297,7 @@ fn virtiofsd(daemon: &Daemon) -> Check {
 }
 
 fn acceleration(ctx: &Ctx) -> Check {
-    let caps = ctx.conn.capabilities().unwrap_or_default();
+    let caps = ctx.conn().capabilities().unwrap_or_default();
     let kvm = caps.contains("<domain type='kvm'");
     match (ctx.settings.accel, kvm) {
         (Accel::Kvm, true) => check("acceleration", Level::Ok, "KVM is available", None),

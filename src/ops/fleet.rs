@@ -230,10 +230,10 @@ impl Fleet {
         let hosts = self.select(host)?;
         if let [h] = hosts.as_slice() {
             let ctx = self.ctx(h)?;
-            let vm = vms::get(&ctx.conn, name)?;
+            let vm = vms::get(&ctx.conn(), name)?;
             return Ok((ctx, vm));
         }
-        let answers = self.ask(&hosts, |_, ctx| vms::lookup(&ctx.conn, name).map(|l| (ctx, l)));
+        let answers = self.ask(&hosts, |_, ctx| vms::lookup(&ctx.conn(), name).map(|l| (ctx, l)));
         let mut owned = Vec::new();
         let mut down = Vec::new();
         let mut foreign = None;

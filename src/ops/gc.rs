@@ -1,7 +1,11 @@
 //! `gc`: what crashes, kills and full disks can leave in the pool, listed and
 //! (with `--yes`) removed. It never removes a kept project disk unless that
-//! disk is named, never touches a VM another project-vm is working on, nor an
-//! image that is being uploaded, and stays within the settings' pool.
+//! disk is named, never touches a VM another project-vm is working on (and
+//! re-reads a VM under its lock before undoing it), nor an image that is
+//! being uploaded, and stays within the settings' pool. It never removes a
+//! volume that any domain on the connection uses (whoever made it, renamed
+//! or copied), nor one project-vm has no record of making: those are listed
+//! and left alone.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -64,12 +68,12 @@ fn finding(kind: &'static str, name: &str, detail: impl Into<String>, bytes: u64
 pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     let pool_name = ctx.settings.pool.clone();
     let mut report = GcReport { pool: pool_name.clone(), findings: Vec::new(), removed: 0, dry_run: !yes };
-    let Some(pool) = storage::find_pool(&ctx.conn, &pool_name)? else { return Ok(report) };
+    let Some(pool) = storage::find_pool(&ctx.conn(), &pool_name)? else { return Ok(report) };
     let _ = pool.refresh(0);
-    let all_vms = vms::list(&ctx.conn)?;
+    let all_vms = vms::list(&ctx.conn())?;
     // Whatever any domain uses (its disks and their backing chains), whoever
     // made it, is never removed: a renamed or copied domain keeps its disks.
-    let in_use = vms::disks_in_use(&ctx.conn)?;
+    let in_use = vms::disks_in_use(&ctx.conn())?;
     let user_of = |n: &str| -> Option<String> {
         let path = storage::find_volume(&pool, n).ok().flatten()?.path().ok()?;
         in_use.get(&path).cloned()
@@ -117,12 +121,17 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         }
         match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
             Err(e) => f.action = format!("skipped: {e}"),
-            Ok(_lock) if yes => {
-                // A project disk that may hold data is kept (remove it by name).
-                super::destroy::remove(ctx, vm, keep_data)?;
-                f.action = format!("removed ({kept})");
-                report.removed += 1;
-            }
+            Ok(_lock) if yes => match still_half_made(ctx, &pool, vm)? {
+                // The create (or destroy) it was listed in finished since:
+                // what is there now is not the half-made VM that was seen.
+                None => f.action = "skipped: it changed since it was listed (its run finished)".into(),
+                Some((now, keep_data)) => {
+                    // A project disk that may hold data is kept (remove it by name).
+                    super::destroy::remove(ctx, &now, keep_data)?;
+                    f.action = format!("removed ({kept})");
+                    report.removed += 1;
+                }
+            },
             Ok(_) => f.action = format!("would remove ({kept})"),
         }
         report.findings.push(f);
@@ -134,7 +143,7 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         .filter_map(|vm| storage::find_volume(&pool, &vm.own.root_volume).ok().flatten())
         .filter_map(|v| VolumeInfo::of(&v).ok()?.backing)
         .collect();
-    for e in store::list(&ctx.conn, &pool)? {
+    for e in store::list(&ctx.conn(), &pool)? {
         let (kind, detail) = match (&e.record, e.current) {
             (None, _) => ("unverified-image", "no record: an interrupted upload; create never uses it"),
             (Some(_), false) => ("superseded-image", "an older generation of its image"),
@@ -205,7 +214,20 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         }
         if let Some(data) = n.strip_suffix(".kept") {
             if !names.contains(data) {
-                report.collect(finding("stale-marker", n, format!("marks {data}, which is gone"), 0), || delete(n))?;
+                // Under its VM's lock, and only if its disk is still gone
+                // (a destroy --keep-data or a create may be at work).
+                let owner = data.strip_prefix(DOMAIN_PREFIX).and_then(|v| v.strip_suffix("-data.qcow2"));
+                let lock = owner
+                    .and_then(|o| crate::spec::VmName::parse(o).ok())
+                    .map(|o| super::vm_lock(ctx, &o, "collecting garbage of"));
+                let f = finding("stale-marker", n, format!("marks {data}, which is gone"), 0);
+                match lock {
+                    Some(Err(e)) => report.findings.push(Finding { action: format!("skipped: {e}"), ..f }),
+                    _ => report.collect(f, || match storage::find_volume(&pool, data)? {
+                        None => delete(n),
+                        Some(_) => Ok(()),
+                    })?,
+                }
             }
             continue; // otherwise reported with its disk
         }
@@ -213,7 +235,17 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         let seed_of = vms.iter().find(|vm| vm.name.seed_volume() == *n && vm.own.seed_volume.is_none());
         if let Some(vm) = seed_of {
             let detail = format!("the cloud-init seed of {}, detached after its first boot but not deleted", vm.name);
-            report.collect(finding("orphan-volume", n, detail, allocation(n)), || delete(n))?;
+            let f = finding("orphan-volume", n, detail, allocation(n));
+            match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
+                Err(e) => report.findings.push(Finding { action: format!("skipped: {e}"), ..f }),
+                // Still that VM, still without its seed (a new VM of the name has one).
+                Ok(_lock) => report.collect(f, || match vms::lookup(&ctx.conn(), &vm.name)? {
+                    vms::Lookup::Owned(now) if now.own.uuid == vm.own.uuid && now.own.seed_volume.is_none() => {
+                        delete(n)
+                    }
+                    _ => Ok(()),
+                })?,
+            }
             continue;
         }
         let kept_for = match names.contains(&storage::kept_marker(n)) {
@@ -256,6 +288,22 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     Ok(report)
 }
 
+/// `vm` as it is now (read under its lock), with what undoing it must keep,
+/// if it is still the half-made VM that was listed; `None` when its run
+/// finished (or it went) since.
+fn still_half_made(
+    ctx: &Ctx,
+    pool: &virt::storage_pool::StoragePool,
+    vm: &vms::Vm,
+) -> anyhow::Result<Option<(vms::Vm, bool)>> {
+    let vms::Lookup::Owned(now) = vms::lookup(&ctx.conn(), &vm.name)? else { return Ok(None) };
+    if now.own.uuid != vm.own.uuid {
+        return Ok(None);
+    }
+    let root_exists = storage::find_volume(pool, &now.own.root_volume)?.is_some();
+    Ok(now.own.half_made(root_exists).map(|keep| (*now, keep)))
+}
+
 /// The VM whose kept project disk `volume` is: its name says whose, and its
 /// marker describes it as it is now.
 fn kept_disk_of(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, volume: &str) -> anyhow::Result<Option<String>> {
@@ -265,7 +313,7 @@ fn kept_disk_of(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, volume: &str)
     if crate::spec::VmName::parse(vm).is_err() {
         return Ok(None);
     }
-    Ok(storage::kept_mismatch(&ctx.conn, pool, volume, vm)?.is_none().then(|| vm.to_owned()))
+    Ok(storage::kept_mismatch(&ctx.conn(), pool, volume, vm)?.is_none().then(|| vm.to_owned()))
 }
 
 impl Report for GcReport {

@@ -102,20 +102,20 @@ pub fn listing(ctx: &Ctx) -> anyhow::Result<ImageListing> {
 }
 
 pub fn list(ctx: &Ctx) -> anyhow::Result<Vec<ImageEntry>> {
-    let Some(pool) = storage::find_pool(&ctx.conn, &ctx.settings.pool)? else {
+    let Some(pool) = storage::find_pool(&ctx.conn(), &ctx.settings.pool)? else {
         return Ok(Vec::new());
     };
     let _ = pool.refresh(0);
     // Root overlays name their backing file; that is what "used by" means.
     let mut backing: Vec<(String, String)> = Vec::new();
-    for vm in vms::list(&ctx.conn)?.iter().filter(|vm| vm.own.pool == ctx.settings.pool) {
+    for vm in vms::list(&ctx.conn())?.iter().filter(|vm| vm.own.pool == ctx.settings.pool) {
         if let Some(v) = storage::find_volume(&pool, &vm.own.root_volume)? {
             if let Some(b) = VolumeInfo::of(&v)?.backing {
                 backing.push((b, vm.name.to_string()));
             }
         }
     }
-    let mut out: Vec<ImageEntry> = store::list(&ctx.conn, &pool)?
+    let mut out: Vec<ImageEntry> = store::list(&ctx.conn(), &pool)?
         .into_iter()
         .map(|e| {
             let used_by = backing.iter().filter(|(b, _)| *b == e.disk.path).map(|(_, vm)| vm.clone()).collect();
@@ -179,7 +179,7 @@ pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Removed> {
             users.join(", ")
         )));
     }
-    let pool = storage::find_pool(&ctx.conn, &ctx.settings.pool)?.expect("listed above");
+    let pool = storage::find_pool(&ctx.conn(), &ctx.settings.pool)?.expect("listed above");
     let mut removed = Vec::new();
     for e in entries {
         store::remove(&pool, &e.volume)?;

@@ -149,7 +149,7 @@ pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> anyhow:
 /// state, CPUs and memory, one listing per pool for disk usage. A test
 /// counts them (tests/scale.rs).
 pub fn list(ctx: &Ctx, all_pools: bool) -> anyhow::Result<Listing> {
-    let surveyed = vms::survey(&ctx.conn)?;
+    let surveyed = vms::survey(&ctx.conn())?;
     let mut pools = PoolListings::default();
     let mut out = Vec::new();
     for s in surveyed.iter().filter(|s| all_pools || s.vm.own.pool == ctx.settings.pool) {

@@ -37,7 +37,9 @@ use crate::settings::Settings;
 use crate::spec::VmName;
 
 pub struct Ctx {
-    pub conn: Connect,
+    /// The connection ([`Ctx::conn`]); replaced when the daemon restarts
+    /// under a long wait ([`Ctx::reconnect`]).
+    link: std::sync::RwLock<Connect>,
     pub uri: String,
     pub settings: Settings,
     pub json: bool,
@@ -65,7 +67,33 @@ pub struct Cache {
 
 impl Ctx {
     pub fn new(conn: Connect, uri: String, settings: Settings, json: bool) -> Ctx {
-        Ctx { conn, uri, settings, json, host_name: None, cache: Cache::default(), scope: Default::default() }
+        Ctx {
+            link: std::sync::RwLock::new(conn),
+            uri,
+            settings,
+            json,
+            host_name: None,
+            cache: Cache::default(),
+            scope: Default::default(),
+        }
+    }
+
+    /// The connection to the host's libvirt daemon.
+    pub fn conn(&self) -> Connect {
+        self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// After the daemon went away (a restart: a package upgrade,
+    /// `nixos-rebuild switch`): a new connection for the rest of the run, if
+    /// the daemon answers again. Everything looked up through the old one
+    /// (pools, images) is forgotten; domains must be looked up again.
+    pub fn reconnect(&self) -> anyhow::Result<Connect> {
+        let conn = crate::libvirt::connect(&self.uri)?;
+        *self.link.write().unwrap_or_else(|p| p.into_inner()) = conn.clone();
+        self.cache.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache.images.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        tracing::info!(uri = %self.uri, "reconnected to libvirt");
+        Ok(conn)
     }
 
     /// What keys this run's locks: the libvirt daemon itself (its host UUID,
@@ -75,7 +103,7 @@ impl Ctx {
     pub fn lock_scope(&self) -> anyhow::Result<String> {
         let got = self
             .scope
-            .get_or_init(|| crate::libvirt::daemon_identity(&self.conn, &self.uri).map_err(|e| format!("{e:#}")));
+            .get_or_init(|| crate::libvirt::daemon_identity(&self.conn(), &self.uri).map_err(|e| format!("{e:#}")));
         got.clone().map_err(|e| failure(Kind::Environment, e))
     }
 
@@ -100,7 +128,7 @@ impl Ctx {
         if let Some(p) = self.cache.pools.lock().expect("pool cache").get(name) {
             return Ok(Some(p.clone()));
         }
-        let found = storage::find_pool(&self.conn, name)?;
+        let found = storage::find_pool(&self.conn(), name)?;
         if let Some(p) = &found {
             self.cache.pools.lock().expect("pool cache").insert(name.to_owned(), p.clone());
         }

@@ -314,7 +314,7 @@ fn actual(s: &Surveyed, pool: Option<&PoolListing>, spec: &VmSpec, desired: &VmS
 /// costs about a millisecond per VM.
 pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Plan> {
     let existing: std::collections::HashMap<VmName, Surveyed> =
-        vms::survey(&ctx.conn)?.into_iter().map(|s| (s.vm.name.clone(), s)).collect();
+        vms::survey(&ctx.conn())?.into_iter().map(|s| (s.vm.name.clone(), s)).collect();
     let mut pools = PoolListings::default();
     let keys = ctx.settings.authorized_keys()?;
     let mut out = Vec::new();
@@ -351,7 +351,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
         match found.filter(|_| !interrupted) {
             None => {
                 // Fails here, before anything is made, when there is no base image etc.
-                if let vms::Lookup::Foreign(why) = vms::lookup(&ctx.conn, &decl.name)? {
+                if let vms::Lookup::Foreign(why) = vms::lookup(&ctx.conn(), &decl.name)? {
                     return Err(vms::foreign(&decl.name, why.as_deref()));
                 }
                 let desired = create::desired_spec(ctx, &req, &keys, base, None);
@@ -441,7 +441,7 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
     let mut problems = Vec::new();
     let mut images: std::collections::BTreeMap<String, Result<Option<u64>, String>> = Default::default();
     if plans.iter().any(|p| p.action == Action::Create || p.recreate) {
-        if let Err(e) = crate::libvirt::check_network(&ctx.conn, &ctx.settings.network, ctx.is_local()) {
+        if let Err(e) = crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local()) {
             problems.push(format!("network: {e:#}"));
         }
     }

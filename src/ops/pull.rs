@@ -146,7 +146,7 @@ fn fetch_into(
     source: &ImageSource,
     refresh: bool,
 ) -> anyhow::Result<(Image, bool)> {
-    let current = store::find(&ctx.conn, pool, name)?;
+    let current = store::find(&ctx.conn(), pool, name)?;
     if let (Some(img), false) = (&current, refresh) {
         return Ok((img.clone(), true));
     }
@@ -174,7 +174,7 @@ fn download_into(
     let download = fetch::open(url)?;
     let progress = Progress::bytes(ctx.json, download.len, format!("{doing} {name}"));
     let incoming = Incoming { name: name.to_owned(), source: url.to_owned(), download, expected };
-    let image = store::publish(&ctx.conn, pool, incoming, &progress)?;
+    let image = store::publish(&ctx.conn(), pool, incoming, &progress)?;
     progress.finish();
     Ok(image)
 }
@@ -209,7 +209,7 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
     if req.checksums.is_some() {
         source.checksums = req.checksums.clone();
     }
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn(), &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
     Ok(PullReport::new(&image, cached, started))
@@ -226,9 +226,9 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     let path = absolute(file)?;
     let name = name.map(str::to_owned).unwrap_or_else(|| catalog::name_for(&path));
     record::validate_name(&name)?;
-    let pool = storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?;
+    let pool = storage::ensure_pool(&ctx.conn(), &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
-    if store::find(&ctx.conn, &pool, &name)?.is_some() {
+    if store::find(&ctx.conn(), &pool, &name)?.is_some() {
         return Err(invalid(format!(
             "image {name} already exists: remove it with `project-vm image rm {name}` or pick another --name"
         )));
@@ -253,7 +253,7 @@ fn locate(ctx: &Ctx, image: &str) -> anyhow::Result<Located> {
     record::validate_name(&name)?;
     let pool = ctx.pool(&ctx.settings.pool)?;
     if let Some(pool) = &pool {
-        if let Some(found) = store::find(&ctx.conn, pool, &name)? {
+        if let Some(found) = store::find(&ctx.conn(), pool, &name)? {
             return Ok(Located::Stored(pool.clone(), found));
         }
         if let Some(found) = test_driver_image(ctx, pool, &name)? {
@@ -354,7 +354,7 @@ fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Resul
     };
     let pool = match pool {
         Some(p) => p,
-        None => storage::ensure_pool(&ctx.conn, &ctx.lock_scope()?, &ctx.settings)?,
+        None => storage::ensure_pool(&ctx.conn(), &ctx.lock_scope()?, &ctx.settings)?,
     };
     let lock = lock_image(ctx, &name)?;
     // fetch_into looks again under the lock: another process may have just stored it.

@@ -222,18 +222,25 @@ impl Message {
     }
 }
 
-/// Reads lines from the ready channel, reconnecting across reboots.
-struct Channel<'a> {
-    conn: &'a virt::connect::Connect,
-    dom: &'a virt::domain::Domain,
+/// Reads lines from the ready channel, reconnecting across reboots (and,
+/// through [`Channel::relink`], across a restart of the daemon).
+struct Channel {
+    conn: virt::connect::Connect,
+    dom: virt::domain::Domain,
     stream: Option<Stream>,
     buf: Vec<u8>,
 }
 
-impl Channel<'_> {
+impl Channel {
+    /// Watches the same domain through a new connection.
+    fn relink(&mut self, conn: virt::connect::Connect, dom: virt::domain::Domain) {
+        (self.conn, self.dom, self.stream) = (conn, dom, None);
+        self.buf.clear();
+    }
+
     fn poll_line(&mut self) -> Option<String> {
         if self.stream.is_none() {
-            let stream = Stream::new(self.conn, sys::VIR_STREAM_NONBLOCK).ok()?;
+            let stream = Stream::new(&self.conn, sys::VIR_STREAM_NONBLOCK).ok()?;
             match self.dom.open_channel(Some(READY_CHANNEL), &stream, 0) {
                 Ok(()) => self.stream = Some(stream),
                 Err(e) => {
@@ -294,13 +301,16 @@ pub fn await_report(
     progress: &Progress,
 ) -> anyhow::Result<ReadyReport> {
     let t0 = Instant::now();
-    let mut channel = Channel { conn: &ctx.conn, dom, stream: None, buf: Vec::new() };
+    let uuid = dom.uuid_string().map_err(|e| crate::libvirt::explain(e, format!("reading {name}'s uuid")))?;
+    let mut channel = Channel { conn: ctx.conn(), dom: dom.clone(), stream: None, buf: Vec::new() };
+    // Since when the daemon has been gone (a restart under the wait).
+    let mut lost: Option<Instant> = None;
     let mut phase = "booting";
     // The channel is polled every 50 ms; libvirt is asked about the domain once a second.
     let mut last_check = Instant::now() - Duration::from_secs(10);
     loop {
         interrupt::check()?;
-        while let Some(line) = channel.poll_line() {
+        while let Some(line) = lost.is_none().then(|| channel.poll_line()).flatten() {
             if let Some(msg) = Message::parse(&line) {
                 let report = ReadyReport {
                     name: name.to_owned(),
@@ -320,14 +330,53 @@ pub fn await_report(
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = Instant::now();
-            if !dom.is_active().unwrap_or(false) {
-                return Err(anyhow::anyhow!(
-                    "{name} stopped while waiting for it to become ready; see `project-vm logs {name}`"
-                ));
-            }
-            // The guest agent answering means userspace is up: cloud-init is running.
-            if phase == "booting" && dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok() {
-                phase = "cloud-init running";
+            if lost.is_some() {
+                // The daemon went away: connect again once it answers, and
+                // find the same domain (by uuid) through the new connection.
+                match ctx.reconnect().map(|c| (c.lookup_domain_by_uuid_string(&uuid), c)) {
+                    Ok((Ok(dom), conn)) => {
+                        tracing::warn!(vm = name, "libvirt answers again at {}: still waiting for {name}", ctx.uri);
+                        progress.set_message(format!("{name}: {phase}"));
+                        channel.relink(conn, dom);
+                        lost = None;
+                    }
+                    Ok((Err(e), _)) if crate::libvirt::is(&e, virt::error::ErrorNumber::NoDomain) => {
+                        return Err(anyhow::anyhow!(
+                            "{name} is gone: libvirt restarted under the wait and no longer has it"
+                        ));
+                    }
+                    Ok((Err(e), _)) => tracing::debug!("looking {name} up again: {}", e.message()),
+                    Err(e) => tracing::debug!("libvirt does not answer yet: {e:#}"),
+                }
+            } else {
+                match channel.dom.is_active() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(anyhow::anyhow!(
+                            "{name} stopped while waiting for it to become ready; see `project-vm logs {name}`"
+                        ))
+                    }
+                    // A restart of the daemon (a package upgrade, `nixos-rebuild
+                    // switch`) closes our connection, not the VM: wait for the
+                    // daemon rather than report the VM stopped.
+                    Err(_) if !channel.conn.is_alive().unwrap_or(false) => {
+                        tracing::warn!(
+                            vm = name,
+                            "lost the connection to libvirt at {} (the daemon restarted?): {name} keeps running; reconnecting",
+                            ctx.uri
+                        );
+                        progress.set_message(format!("{name}: {phase} (reconnecting to libvirt)"));
+                        lost = Some(Instant::now());
+                    }
+                    Err(e) => return Err(crate::libvirt::explain(e, format!("asking libvirt about {name}"))),
+                }
+                // The guest agent answering means userspace is up: cloud-init is running.
+                if lost.is_none()
+                    && phase == "booting"
+                    && channel.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
+                {
+                    phase = "cloud-init running";
+                }
             }
         }
         if t0.elapsed() >= timeout {

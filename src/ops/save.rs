@@ -106,7 +106,7 @@ pub fn save(
         crate::lock::acquire(&ctx.lock_scope()?, &format!("image:{}/{name}", ctx.settings.pool), "saving", |_| {})?;
     let pool =
         ctx.vm_pool(vm)?.ok_or_else(|| anyhow::anyhow!("storage pool {} of {} is gone", vm.own.pool, vm.name))?;
-    if store::find(&ctx.conn, &pool, name)?.is_some() {
+    if store::find(&ctx.conn(), &pool, name)?.is_some() {
         return Err(invalid(format!(
             "image {name} already exists: pick another name, or `project-vm image rm {name}` first"
         )));
@@ -163,7 +163,7 @@ fn copy_seal_record(
         crate::interrupt::check()?;
         progress.set_message(format!("{name}: checksum"));
         let mut hasher = HashSink(Hasher::new(Algo::Sha256));
-        let size = storage::download(&ctx.conn, &disk, &mut hasher)?;
+        let size = storage::download(&ctx.conn(), &disk, &mut hasher)?;
         let _ = pool.refresh(0);
         let info = VolumeInfo::of(&storage::find_volume(pool, &disk_name)?.expect("just made"))?;
         let rec = ImageRecord {
@@ -178,7 +178,7 @@ fn copy_seal_record(
             created: super::now_unix(),
             parent: Some(spec.base_image.clone()),
         };
-        store::commit(&ctx.conn, pool, &rec)?;
+        store::commit(&ctx.conn(), pool, &rec)?;
         Ok((rec, info))
     })();
     if outcome.is_err() {
@@ -232,16 +232,19 @@ fn seal(
     xml.uuid = None;
     progress.set_message(format!("{}: booting the copy to seal it", vm.name));
     let dom = ctx
-        .conn
+        .conn()
         .create_domain_xml(&xml.to_xml(), 0)
         .map_err(|e| explain(e, format!("booting the copy of {} to seal it", vm.name)))?;
     crate::fault::mutated("started the sealing domain");
+    // Until the throwaway domain is gone, a signal is handled here, not by the grace exit.
+    let _hold = crate::interrupt::hold();
     let sealed = (|| -> anyhow::Result<()> {
         super::ready::await_report(ctx, &dom, &xml.name, Duration::from_secs(900), progress)?;
         progress.set_message(format!("{}: sealing the copy", vm.name));
         run_seal(vm, &spec.ssh_user, port, host_key, identity)?;
         let t0 = Instant::now();
         while dom.is_active().unwrap_or(false) {
+            crate::interrupt::check()?;
             if t0.elapsed() > Duration::from_secs(180) {
                 anyhow::bail!("the sealed copy of {} did not power off", vm.name);
             }

@@ -10,7 +10,7 @@ use crate::libvirt::vms::{self, Vm};
 
 pub fn remove(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     // Re-read: the record may have changed since `vm` was looked up.
-    let vm = vms::get(&ctx.conn, &vm.name)?;
+    let vm = vms::get(&ctx.conn(), &vm.name)?;
     let Some(seed) = vm.own.seed_volume.clone() else { return Ok(()) };
     let xml = cdrom_xml(&vm.own.pool, &seed);
     let live_and_config = virt::sys::VIR_DOMAIN_AFFECT_CONFIG | virt::sys::VIR_DOMAIN_AFFECT_LIVE;

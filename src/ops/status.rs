@@ -129,7 +129,7 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
             .iter()
             .map(|a| {
                 // A device that has gone from the host is still listed, by address.
-                crate::libvirt::nodedev::pci(&ctx.conn, a).unwrap_or_else(|_| crate::libvirt::nodedev::PciDevice {
+                crate::libvirt::nodedev::pci(&ctx.conn(), a).unwrap_or_else(|_| crate::libvirt::nodedev::PciDevice {
                     address: a.to_string(),
                     vendor_id: String::new(),
                     vendor: None,

@@ -4,6 +4,7 @@
 //! assertion fails.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod http;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,84 @@
+//! Deciding on libvirt's failures from what libvirt says in numbers: the error
+//! code, the error domain and, for system errors, the errno libvirt carries
+//! beside them. Never from the message: libvirt translates it (the daemon by
+//! its own locale, the client library by the client's), so a decision made on
+//! its words would change with the host's language. The message is only ever
+//! shown.
+
+use virt::error::{Error, ErrorDomain, ErrorNumber};
+
+/// The errno of a system error (`VIR_ERR_SYSTEM_ERROR`): libvirt keeps it in
+/// the error's `int1`, also across its remote protocol. The virt crate does not
+/// copy that field, so it is read from libvirt's thread-local last error,
+/// which is this same error as long as no other libvirt call came in between
+/// (checked: the code and the message must be the same).
+pub fn errno(e: &Error) -> Option<i32> {
+    if !e.code().is(ErrorNumber::SystemError) {
+        return None;
+    }
+    // SAFETY: virGetLastError returns libvirt's thread-local error or null;
+    // it is only read here, on the thread that made the failed call.
+    unsafe {
+        let last = virt::sys::virGetLastError();
+        if last.is_null() || (*last).code != virt::sys::VIR_ERR_SYSTEM_ERROR as i32 || (*last).message.is_null() {
+            return None;
+        }
+        let same = std::ffi::CStr::from_ptr((*last).message).to_string_lossy() == e.message();
+        same.then_some((*last).int1).filter(|n| *n > 0)
+    }
+}
+
+/// The operating system refused a file or socket (EACCES, EPERM), or
+/// libvirt's access control refused the call.
+pub fn permission_denied(e: &Error) -> bool {
+    qemu_permission_denied(e)
+        || e.code().is(ErrorNumber::AccessDenied)
+        || e.code().is(ErrorNumber::OperationDenied)
+        || matches!(errno(e), Some(n) if n == nix::libc::EACCES || n == nix::libc::EPERM)
+}
+
+/// A program libvirt ran could not open a file: QEMU (a disk, a backing
+/// file) or `qemu-img` (a volume in a pool directory it may not write).
+/// libvirt relays the program's own words in an internal error, and runs
+/// these programs with `LC_ALL=C`, so those words are the same whatever the
+/// daemon's or the client's language (tests/daemons.rs shows it against a
+/// daemon that speaks German): this is the one place a message is read, and
+/// only the program's part of it.
+pub fn qemu_permission_denied(e: &Error) -> bool {
+    // QEMU's errors come from its driver; a helper's from libvirt's command
+    // runner, which names no domain.
+    (e.domain().is(ErrorDomain::Qemu) || e.domain().is(ErrorDomain::Storage) || e.domain().is(ErrorDomain::None))
+        && (e.code().is(ErrorNumber::InternalError) || e.code().is(ErrorNumber::OperationFailed))
+        && e.message().contains(": Permission denied")
+}
+
+/// The daemon (or its socket) said no to this user, as opposed to nobody
+/// answering: a permission, authentication or polkit refusal.
+pub fn refused(e: &Error) -> bool {
+    permission_denied(e)
+        || e.code().is(ErrorNumber::AuthFailed)
+        || e.code().is(ErrorNumber::AuthCancelled)
+        || e.code().is(ErrorNumber::AuthUnavailable)
+        || polkit(e)
+}
+
+/// The refusal came from polkit, or from the system D-Bus it needs.
+pub fn polkit(e: &Error) -> bool {
+    e.domain().is(ErrorDomain::Polkit) || e.domain().is(ErrorDomain::Dbus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_nobody_may_open_is_permission_denied_by_errno() {
+        // The client library's own system error: a socket that is not there.
+        // (EACCES is tested against a daemon of a test's own: tests/locale.rs.)
+        virt::error::clear_error_callback();
+        let missing =
+            virt::connect::Connect::open(Some("qemu+unix:///session?socket=/nonexistent-pv/sock")).unwrap_err();
+        assert_eq!(errno(&missing), Some(nix::libc::ENOENT), "{missing:?}");
+        assert!(!permission_denied(&missing) && !refused(&missing));
+    }
+}
