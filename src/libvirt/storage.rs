@@ -216,6 +216,9 @@ pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::
         .inspect(|_| crate::fault::mutated(&format!("built pool {}", settings.pool)))
         .and_then(|_| pool.create(0))
         .map_err(|e| env(e, format!("creating storage pool {} at {dir}", settings.pool)));
+    // Another project-vm's lookup (outside the lock, `find_pool`) may have
+    // started the pool we just defined: then it is up, which is all we want.
+    let started = started.or_else(|e| if pool.is_active().unwrap_or(false) { Ok(()) } else { Err(e) });
     if let Err(e) = started {
         let _ = pool.undefine();
         return Err(e);
