@@ -202,9 +202,15 @@ fn a_planted_lock_directory_is_refused_and_truncates_nothing() {
     chown(&tmp);
     // No home either: the fallback is a directory of nobody's own in TMPDIR.
     std::os::unix::fs::symlink(&planted, tmp.join("project-vm-65534")).unwrap();
+    // A copy nobody can run wherever the build lives (a checkout under /root, say).
+    let bin = t.join("project-vm");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let run = |extra: &[(&str, &str)]| {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--connect", "test:///default"])
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(["--connect", "test:///default"])
             .args(["create", "o18x", "1G", "1", "5G"])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
