@@ -467,17 +467,35 @@ impl Settings {
         }
         let home = invoking_home().context("cannot find the invoking user's home directory for ~/.ssh/*.pub")?;
         let dir = home.join(".ssh");
-        let mut keys = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-            paths.sort();
-            for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
-                let text = crate::files::read_text(&p, "ssh public key", crate::files::KEY_MAX)?;
-                keys.extend(
-                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
-                );
+        // Read with the invoking user's rights (under sudo), and every line
+        // must be a public key: nothing else in that directory, nor a file a
+        // link there points at, reaches a guest. A bad line is named by file
+        // and line, never quoted.
+        let keys = as_invoking_user(|| {
+            let mut keys = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+                paths.sort();
+                for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "pub")) {
+                    let text = crate::files::read_text(&p, "ssh public key", crate::files::KEY_MAX)?;
+                    for (n, line) in text.lines().enumerate() {
+                        let line = line.trim();
+                        if line.is_empty() || line.starts_with('#') {
+                            continue;
+                        }
+                        if check_public_keys(&[line.to_owned()]).is_err() {
+                            return Err(invalid(format!(
+                                "{} line {}: not an OpenSSH public key: fix or remove it, or set \"ssh_authorized_keys\" in the settings file",
+                                p.display(),
+                                n + 1
+                            )));
+                        }
+                        keys.push(line.to_owned());
+                    }
+                }
             }
-        }
+            Ok(keys)
+        })?;
         if keys.is_empty() {
             return Err(invalid(format!(
                 "no ssh public key in {}/*.pub and ssh_authorized_keys is not set: create a key with `ssh-keygen -t ed25519` or set \"ssh_authorized_keys\" in the settings file",
@@ -571,6 +589,56 @@ pub fn invoking_home() -> Option<PathBuf> {
 /// Under sudo, hands `path` (and the directories above it, up to the
 /// invoking user's home, that root created) to the user who ran sudo, so
 /// project-vm never leaves root-owned files in someone's home.
+/// Runs `f` with the file-system rights of the user who ran `sudo` (a plain
+/// run, or root's own, runs it as is). Files project-vm keeps in that user's
+/// home (the pinned `known_hosts`) and the keys it reads there (`~/.ssh/*.pub`)
+/// are reached as that user would reach them: a symlink the user planted
+/// can point only at what the user may read or write, and what is made
+/// belongs to the user. `f` runs on a thread of its own whose file-system ids
+/// and groups are the user's (Linux keeps them per thread: the rest of the
+/// process stays root); the thread ends with `f`.
+pub fn as_invoking_user<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    let Some(user) = sudo_user() else { return f() };
+    let name = user.name.clone();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+            let groups = [gid];
+            // SAFETY: raw syscalls change only this thread's credentials (the
+            // C library's wrappers would change every thread's).
+            let ok = unsafe {
+                nix::libc::syscall(nix::libc::SYS_setgroups, 1, groups.as_ptr()) == 0
+                    && {
+                        nix::libc::syscall(nix::libc::SYS_setfsgid, gid);
+                        nix::libc::syscall(nix::libc::SYS_setfsgid, u32::MAX) == gid as i64
+                    }
+                    && {
+                        nix::libc::syscall(nix::libc::SYS_setfsuid, uid);
+                        nix::libc::syscall(nix::libc::SYS_setfsuid, u32::MAX) == uid as i64
+                    }
+            };
+            if !ok {
+                return Err(crate::error::failure(
+                    crate::error::Kind::Environment,
+                    format!("cannot take {}'s file-system rights to reach files in their home", user.name),
+                ));
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("a worker reaching {name}'s files panicked")))
+    })
+}
+
+/// Under `sudo` as root: the user who ran it (not root itself).
+fn sudo_user() -> Option<nix::unistd::User> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name(&std::env::var("SUDO_USER").ok()?).ok()??;
+    (!user.uid.is_root()).then_some(user)
+}
+
 pub fn give_to_invoking_user(path: &Path) {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {
@@ -588,8 +656,16 @@ pub fn give_to_invoking_user(path: &Path) {
         if cur == user.dir {
             break;
         }
-        if std::fs::metadata(cur).is_ok_and(|m| m.uid() == 0) {
-            if let Err(e) = nix::unistd::chown(cur, Some(user.uid), Some(user.gid)) {
+        // Never through a symlink: a link the user planted must not hand
+        // them whatever it points at.
+        if std::fs::symlink_metadata(cur).is_ok_and(|m| m.uid() == 0 && !m.file_type().is_symlink()) {
+            if let Err(e) = nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                cur,
+                Some(user.uid),
+                Some(user.gid),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
                 tracing::warn!(path = %cur.display(), "cannot hand to {}: {e}", user.name);
             }
         }

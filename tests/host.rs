@@ -231,3 +231,95 @@ fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
     assert!(!text.contains("session daemon"), "doctor took it for a session: {text}");
     env.run(&["destroy", "su"]).ok();
 }
+
+/// Under `sudo`, files project-vm keeps in the invoking user's home, and the
+/// keys it reads there, are reached with that user's rights only: links the
+/// user plants reach nothing of root's (the boundary holds; found by a
+/// hostile pass).
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn under_sudo_links_in_the_users_home_reach_nothing_of_roots() {
+    require_root_libvirt();
+    let env = Env::new("sudo", 22160, serde_json::json!({"base_image": "tiny"}));
+    let _guard = Cleanup(&env, &["sd1", "sd2", "sd3"]);
+    let user = "pvtestsudo";
+    let home = env.dir.join("home");
+    let _ = std::process::Command::new("userdel").arg(user).output();
+    sh(&format!("useradd --no-create-home --home-dir {} --shell /bin/sh {user}", home.display()));
+    struct User(&'static str);
+    impl Drop for User {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("userdel").arg(self.0).output();
+        }
+    }
+    let _user = User(user);
+    sh(&format!(
+        "install -d -o {user} -g {user} -m 0755 {h} {h}/.ssh {h}/.local {h}/.local/state {h}/.local/state/project-vm",
+        h = home.display()
+    ));
+    let secret = env.dir.join("rootsecret");
+    std::fs::write(&secret, "root-only-secret-line\n").unwrap();
+    sh(&format!("chmod 0600 {}", secret.display()));
+    let image = tiny_image(&env.dir);
+    env.run(&["image", "import", image.to_str().unwrap()]).ok();
+    let as_sudo = |args: &[&str], config: &std::path::Path| {
+        let out = env
+            .cmd(args)
+            .env("PROJECT_VM_CONFIG", config)
+            .env("SUDO_USER", user)
+            .env_remove("XDG_STATE_HOME")
+            .output()
+            .unwrap();
+        eprintln!("$ sudo project-vm {} -> {:?}", args.join(" "), out.status.code());
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let untouched = |what: &str| {
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root-only-secret-line\n", "{what}");
+        let owner = sh(&format!("stat -c %U:%a {}", secret.display()));
+        assert_eq!(owner.trim(), "root:600", "{what}");
+        let leaked = sh(&format!("grep -rl root-only-secret-line {} 2>/dev/null || true", home.display()));
+        assert!(leaked.trim().is_empty(), "{what}: the secret reached the user's home: {leaked}");
+    };
+
+    // Keys from ~/.ssh: a link to a root-only file is read as the user (refused).
+    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    settings.as_object_mut().unwrap().remove("ssh_authorized_keys");
+    let no_keys = env.dir.join("no-keys.json");
+    std::fs::write(&no_keys, settings.to_string()).unwrap();
+    sh(&format!("ln -s {} {}/.ssh/id_x.pub", secret.display(), home.display()));
+    let (code, stderr) = as_sudo(&["create", "sd3", "1G", "1", "5G", "--project-disk", "1G"], &no_keys);
+    assert_ne!(code, 0, "a linked root-only file was taken as a key: {stderr}");
+    assert!(!stderr.contains("root-only-secret-line"), "{stderr}");
+    assert!(!virsh(&["dominfo", "project-sd3"]).status.success());
+    // And a line that is not a key is named by file and line, not quoted.
+    sh(&format!("rm {h}/.ssh/id_x.pub && echo 'not a key' > {h}/.ssh/id_x.pub", h = home.display()));
+    let (code, stderr) = as_sudo(&["create", "sd3", "1G", "1", "5G", "--project-disk", "1G"], &no_keys);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("id_x.pub line 1: not an OpenSSH public key") && !stderr.contains("not a key\""),
+        "{stderr}"
+    );
+
+    // known_hosts linked to a root-only file: destroy (which forgets the
+    // VM's pinned key) neither copies it to the user nor follows the link.
+    let kh = home.join(".local/state/project-vm/known_hosts");
+    sh(&format!("ln -s {} {}", secret.display(), kh.display()));
+    env.run(&["create", "sd1", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    let (code, stderr) = as_sudo(&["destroy", "sd1"], &env.config);
+    assert_eq!(code, 0, "{stderr}");
+    untouched("known_hosts linked to it");
+    assert!(std::fs::symlink_metadata(&kh).unwrap().file_type().is_symlink(), "the link was replaced");
+
+    // Links planted at the temporary names an older release used.
+    sh(&format!("rm {}", kh.display()));
+    sh(&format!("printf 'project-old ssh-ed25519 AAAA\\n' > {k} && chown {user}: {k}", k = kh.display()));
+    let pid_now: u32 = sh("cat /proc/sys/kernel/ns_last_pid").trim().parse().unwrap();
+    for pid in pid_now..pid_now + 300 {
+        let _ = std::os::unix::fs::symlink(&secret, kh.with_extension(format!("tmp.{pid}")));
+    }
+    env.run(&["create", "sd2", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    let (code, stderr) = as_sudo(&["destroy", "sd2"], &env.config);
+    assert_eq!(code, 0, "{stderr}");
+    untouched("temporary names linked to it");
+    assert_eq!(sh(&format!("stat -c %U {}", kh.display())).trim(), user, "known_hosts is the user's");
+}

@@ -44,6 +44,26 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     // each rewrite reads what the last one wrote.
     let _lock =
         crate::lock::acquire("local", &format!("known-hosts:{}", path.display()), "updating known_hosts", |_| {})?;
+    // Under sudo the file is the invoking user's: read and written with their
+    // rights only, so a link they planted (at the file, or at a temporary
+    // name) reaches nothing they could not reach themselves.
+    crate::settings::as_invoking_user(|| write_known_hosts(path, alias, key))?;
+    crate::settings::give_to_invoking_user(path);
+    Ok(())
+}
+
+fn write_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(crate::error::failure(
+            crate::error::Kind::Environment,
+            format!(
+                "{} is a symbolic link: project-vm keeps its pinned host keys in a file of its own; remove the link",
+                path.display()
+            ),
+        ));
+    }
     let existing = match path.try_exists() {
         Ok(true) => crate::files::read_text(path, "known_hosts file", crate::files::CONFIG_MAX)?,
         _ => String::new(),
@@ -58,11 +78,19 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // A new file of an unguessable name, never through a link.
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     let text = if lines.is_empty() { String::new() } else { lines.join("\n") + "\n" };
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    crate::settings::give_to_invoking_user(path);
     Ok(())
 }
 
