@@ -122,3 +122,71 @@ fn start_wait_survives_a_restart_of_the_daemon() {
     let _ = d.virsh(&["pool-undefine", &env.pool]);
     env.cleanup(&[]);
 }
+
+/// Two uploads that each fit into a pool but not together: one is stored and
+/// the other refused before a byte is streamed (exit 4), and the daemon keeps
+/// answering. (Found by a hostile pass: both started, the stream ran the pool
+/// full and the daemon died.) On a daemon of the test's own, with its pool on
+/// a small tmpfs of the test's own: never the host's daemon.
+#[test]
+#[ignore = "needs root and libvirtd (scripts/setup-host.sh); run by scripts/test.sh"]
+fn concurrent_uploads_never_overfill_a_pool() {
+    require_root_libvirt();
+    let d = OwnDaemon::start("pvspace", "C.UTF-8");
+    let pool_dir = d.home.join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    sh(&format!("mount -t tmpfs -o size=64M,mode=0755 tmpfs {}", pool_dir.display()));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).output();
+        }
+    }
+    let _mount = Unmount(pool_dir.clone());
+    sh(&format!("chown {u}:{u} {}", pool_dir.display(), u = d.user));
+    let mut env = Env::new(
+        "space",
+        22680,
+        serde_json::json!({"base_image": "a", "storage_dir": pool_dir, "network": {"type": "user", "ssh_port": 22680}}),
+    );
+    env.uri = d.uri.clone();
+    // Two 36 MiB raw disks with a partition table each: either fits, both do not.
+    for n in ["a", "b"] {
+        let p = env.dir.join(format!("{n}.raw"));
+        sh(&format!(
+            "head -c 37748736 /dev/urandom > {p} && echo 'start=2048, type=83' | sfdisk -q {p}",
+            p = p.display()
+        ));
+    }
+    let pid = d.pid();
+    for round in 0..6 {
+        let spawn = |n: &str| {
+            env.cmd(&["image", "import", env.dir.join(format!("{n}.raw")).to_str().unwrap(), "--name", n])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn("a"), spawn("b"));
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap_or(-1)).collect();
+        let stderr: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 4], "round {round}: {codes:?} {stderr:?}");
+        let loser = &stderr[codes.iter().position(|c| *c == 4).unwrap()];
+        assert!(loser.contains("not enough space") && loser.contains("nothing was uploaded"), "{loser}");
+        assert_eq!(d.pid(), pid, "round {round}: the daemon was replaced");
+        let vols = String::from_utf8_lossy(&d.virsh(&["vol-list", &env.pool]).stdout).into_owned();
+        assert_eq!(
+            vols.lines().filter(|l| l.contains(".img")).count(),
+            1,
+            "round {round}: one image and nothing half-made: {vols}"
+        );
+        let kept = if codes[0] == 0 { "a" } else { "b" };
+        env.run(&["image", "rm", kept]).ok();
+    }
+    let _ = d.virsh(&["pool-destroy", &env.pool]);
+    let _ = d.virsh(&["pool-undefine", &env.pool]);
+    env.cleanup(&[]);
+}

@@ -229,8 +229,16 @@ pub fn new_generation(name: &str) -> String {
 /// writes the record that makes it usable. Any failure (a checksum mismatch,
 /// a server that hangs up, a full disk, Ctrl-C) removes what was uploaded;
 /// a SIGKILL leaves a disk without a record, which nothing uses. The caller
-/// holds the image's lock.
-pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress: &Progress) -> anyhow::Result<Image> {
+/// holds the image's lock; `scope` (the daemon's identity) keys the pool's
+/// upload lock, which makes the room check and the upload one step among
+/// concurrent uploads into the same pool.
+pub fn publish(
+    conn: &Connect,
+    scope: &str,
+    pool: &StoragePool,
+    incoming: Incoming,
+    progress: &Progress,
+) -> anyhow::Result<Image> {
     let Incoming { name, source, download, expected } = incoming;
     record::validate_name(&name)?;
     let Download { len, mut reader, local } = download;
@@ -260,6 +268,13 @@ pub fn publish(conn: &Connect, pool: &StoragePool, incoming: Incoming, progress:
         storage::delete(pool, &disk_name)?;
     }
     storage::delete(pool, &record_name)?;
+    // Two uploads that each fit but not together must not both start: the
+    // second would run the pool full mid-stream (which has taken libvirtd
+    // down). One upload into a pool at a time, the room checked under it.
+    let pool_name = pool.name().unwrap_or_default();
+    let _uploading = crate::lock::acquire(scope, &format!("uploads:{pool_name}"), "uploading an image", |holder| {
+        progress.set_message(format!("{name}: waiting for another upload into pool {pool_name}{}", holder.pid_note()));
+    })?;
     check_space(pool, &name, len)?;
 
     let algo = expected.as_ref().map(|c| c.algo).unwrap_or(Algo::Sha256);

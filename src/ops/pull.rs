@@ -174,7 +174,7 @@ fn download_into(
     let download = fetch::open(url)?;
     let progress = Progress::bytes(ctx.json, download.len, format!("{doing} {name}"));
     let incoming = Incoming { name: name.to_owned(), source: url.to_owned(), download, expected };
-    let image = store::publish(&ctx.conn(), pool, incoming, &progress)?;
+    let image = store::publish(&ctx.conn(), &ctx.lock_scope()?, pool, incoming, &progress)?;
     progress.finish();
     Ok(image)
 }
