@@ -78,7 +78,7 @@ pub fn parse_user_data(text: &str, origin: &str) -> anyhow::Result<Value> {
     let first = text.lines().next().unwrap_or("").trim_end();
     if first != "#cloud-config" {
         return Err(invalid(format!(
-            "{origin}: user-data must be a cloud-config whose first line is \"#cloud-config\" (found {first:?})"
+            "{origin}: user-data must be a cloud-config whose first line is \"#cloud-config\" (its first line is not; the file's contents are not shown)"
         )));
     }
     let value: Value = serde_yaml_ng::from_str(text).map_err(|e| invalid(format!("{origin}: not valid YAML: {e}")))?;
