@@ -769,3 +769,68 @@ fn two_fleet_hosts_that_are_one_daemon_are_refused() {
     assert_eq!(env.vm_volumes(), whole("o18x"));
     assert!(!domain_exists("project-o18y"));
 }
+
+/// Bind mounts this test made, under a directory of its own; unmounted
+/// (and their empty mount points removed, never recursively) when dropped.
+struct Binds(std::path::PathBuf, Vec<std::path::PathBuf>);
+
+impl Binds {
+    fn bind(&mut self, from: &std::path::Path, at: &str) -> std::path::PathBuf {
+        let point = self.0.join(at);
+        std::fs::create_dir_all(&point).unwrap();
+        let ok = Command::new("mount").arg("--bind").arg(from).arg(&point).status().unwrap().success();
+        assert!(ok, "mount --bind {} {}", from.display(), point.display());
+        self.1.push(point.clone());
+        point
+    }
+}
+
+impl Drop for Binds {
+    fn drop(&mut self) {
+        for p in self.1.iter().rev() {
+            if !Command::new("umount").arg(p).status().is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(p).status();
+            }
+        }
+        for p in self.1.iter().rev() {
+            let _ = std::fs::remove_dir(p);
+        }
+        let _ = std::fs::remove_dir(self.0.join("data"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn shares_through_bind_mounts_of_protected_directories_are_refused() {
+    require_root_libvirt();
+    let env = Env::new("fixshare-bind", 22710, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["fsb"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    // Outside env.dir, so nothing removes that directory recursively while mounted.
+    let root = std::env::temp_dir().join(format!("pvtest-fixshare-binds-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let mut binds = Binds(root.clone(), Vec::new());
+    let etc = binds.bind(std::path::Path::new("/etc"), "bindetc");
+    let ssh = binds.bind(std::path::Path::new("/etc/ssh"), "bindssh");
+    let pool = binds.bind(&env.pool_dir(), "bindpool");
+    let _below = binds.bind(std::path::Path::new("/etc/ssh"), "data/ssh");
+    let cases = [
+        (etc.display().to_string(), "/etc"),
+        (ssh.display().to_string(), "/etc"),
+        (pool.display().to_string(), "pool"),
+        (root.join("data").display().to_string(), "below the source"),
+    ];
+    for (source, why) in &cases {
+        let share = format!("{source}:/mnt/x");
+        let r = env.run(&["create", "fsb", "1G", "1", "5G", "--share", &share]);
+        assert_eq!(r.code, 2, "{share} was not refused: {}", r.stderr);
+        assert!(r.stderr.contains(why), "{share}: expected {why:?} in: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("share {share}")), "{share}: the message names the share: {}", r.stderr);
+        assert!(!domain_exists("project-fsb"), "{share}: a domain was defined");
+        assert_eq!(env.vm_volumes(), Vec::<String>::new(), "{share}");
+    }
+    drop(binds);
+    assert!(!root.exists(), "the test's mount points were left behind");
+    assert!(std::path::Path::new("/etc/ssh").is_dir(), "/etc/ssh is still there");
+}
