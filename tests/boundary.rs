@@ -834,3 +834,37 @@ fn shares_through_bind_mounts_of_protected_directories_are_refused() {
     assert!(!root.exists(), "the test's mount points were left behind");
     assert!(std::path::Path::new("/etc/ssh").is_dir(), "/etc/ssh is still there");
 }
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn plan_checks_image_files_before_apply_imports_them() {
+    require_root_libvirt();
+    let env = Env::new("fixshare-plan", 22720, json!({}));
+    let _c = Cleanup(&env, &["fsp"]);
+    let tiny = tiny_image(&env.dir);
+    let overlay = env.dir.join("overlay.qcow2");
+    sh(&format!("qemu-img create -q -f qcow2 -b {} -F qcow2 {}", tiny.display(), overlay.display()));
+    let file = env.dir.join("vms.json");
+    let f = file.to_str().unwrap();
+    let no_pool = || !virsh(&["pool-info", &env.pool]).status.success() || env.volumes().is_empty();
+    // An image file with a backing file: refused at plan, and apply imports nothing.
+    let doc = json!({"vms": {"fsp": {"memory": "1G", "cpus": 1, "disk": "5G", "image": overlay}}});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    for verb in ["plan", "apply"] {
+        let r = env.run(&[verb, "-f", f]);
+        assert_eq!(r.code, 2, "{verb} with a backing file: {}", r.stderr);
+        assert!(r.stderr.contains("backing"), "{verb}: {}", r.stderr);
+        assert!(!domain_exists("project-fsp") && no_pool(), "{verb} changed something");
+    }
+    // A disk smaller than the default base image, a file not yet imported.
+    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    settings["base_image"] = json!(tiny);
+    std::fs::write(&env.config, settings.to_string()).unwrap();
+    std::fs::write(&file, json!({"vms": {"fsp": {"disk": "1K"}}}).to_string()).unwrap();
+    for verb in ["plan", "apply"] {
+        let r = env.run(&[verb, "-f", f]);
+        assert_eq!(r.code, 2, "{verb} with a disk smaller than the image: {}", r.stderr);
+        assert!(r.stderr.contains("smaller than its image"), "{verb}: {}", r.stderr);
+        assert!(!domain_exists("project-fsp") && no_pool(), "{verb} changed something");
+    }
+}
