@@ -868,3 +868,79 @@ fn plan_checks_image_files_before_apply_imports_them() {
         assert!(!domain_exists("project-fsp") && no_pool(), "{verb} changed something");
     }
 }
+
+/// A plain user of this test's own, removed (with the session daemon its
+/// commands started, by pid) when dropped.
+struct PlainUser(&'static str);
+
+impl PlainUser {
+    fn pids(&self) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let uid = sh(&format!("id -u {}", self.0)).trim().parse::<u32>().unwrap_or(u32::MAX);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+                e.metadata().ok().filter(|m| m.uid() == uid).map(|_| pid)
+            })
+            .collect()
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String) {
+        let home = format!("/home/{}", self.0);
+        let out = Command::new("runuser")
+            .args(["-u", self.0, "--", "env", "-i"])
+            .arg(format!("HOME={home}"))
+            .arg(format!("USER={}", self.0))
+            .args(["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"])
+            .args(args)
+            .current_dir(&home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+impl Drop for PlainUser {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let _ = Command::new("userdel").args(["-r", self.0]).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root (to make a user) and libvirtd; run by scripts/test.sh"]
+fn a_plain_users_share_is_refused_before_anything_is_imported() {
+    require_root_libvirt();
+    let name = "pvtest-fixshare-u";
+    assert!(!sh(&format!("getent passwd {name} || true")).contains(name), "user {name} exists: not this test's to use");
+    sh(&format!("useradd --create-home --shell /bin/bash --user-group {name}"));
+    let user = PlainUser(name);
+    let home = format!("/home/{name}");
+    let bin = format!("{home}/project-vm");
+    std::fs::copy(BIN, &bin).unwrap();
+    sh(&format!(
+        "qemu-img create -q -f qcow2 {home}/tiny.qcow2 1G && mkdir -p {home}/shared {home}/.config/project-vm"
+    ));
+    let settings = json!({"accel": "tcg", "base_image": format!("{home}/tiny.qcow2"), "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk test"]});
+    std::fs::write(format!("{home}/.config/project-vm/config.json"), settings.to_string()).unwrap();
+    sh(&format!("chown -R {name}: {home}"));
+    let (code, out) = user.run(&[&bin, "create", "fsu", "1G", "1", "5G", "--share", &format!("{home}/shared:/mnt/s")]);
+    // This host has no virtiofsd the user may run (or no user namespace for it): refused.
+    if code == 0 {
+        let _ = user.run(&[&bin, "destroy", "fsu"]);
+        return;
+    }
+    assert!(matches!(code, 2 | 4), "{out}");
+    assert!(out.contains("virtiofsd") || out.contains("share"), "{out}");
+    let (_, pools) = user.run(&["virsh", "-c", "qemu:///session", "pool-list", "--all", "--name"]);
+    assert!(pools.trim().is_empty(), "a refused create made a pool (and imported into it): {pools}");
+}
