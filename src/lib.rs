@@ -16,6 +16,7 @@ pub mod interrupt;
 pub mod jsonfile;
 pub mod libvirt;
 pub mod lock;
+pub mod mounts;
 pub mod ops;
 pub mod output;
 pub mod progress;

@@ -769,3 +769,178 @@ fn two_fleet_hosts_that_are_one_daemon_are_refused() {
     assert_eq!(env.vm_volumes(), whole("o18x"));
     assert!(!domain_exists("project-o18y"));
 }
+
+/// Bind mounts this test made, under a directory of its own; unmounted
+/// (and their empty mount points removed, never recursively) when dropped.
+struct Binds(std::path::PathBuf, Vec<std::path::PathBuf>);
+
+impl Binds {
+    fn bind(&mut self, from: &std::path::Path, at: &str) -> std::path::PathBuf {
+        let point = self.0.join(at);
+        std::fs::create_dir_all(&point).unwrap();
+        let ok = Command::new("mount").arg("--bind").arg(from).arg(&point).status().unwrap().success();
+        assert!(ok, "mount --bind {} {}", from.display(), point.display());
+        self.1.push(point.clone());
+        point
+    }
+}
+
+impl Drop for Binds {
+    fn drop(&mut self) {
+        for p in self.1.iter().rev() {
+            if !Command::new("umount").arg(p).status().is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(p).status();
+            }
+        }
+        for p in self.1.iter().rev() {
+            let _ = std::fs::remove_dir(p);
+        }
+        let _ = std::fs::remove_dir(self.0.join("data"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn shares_through_bind_mounts_of_protected_directories_are_refused() {
+    require_root_libvirt();
+    let env = Env::new("fixshare-bind", 22710, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["fsb"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    // Outside env.dir, so nothing removes that directory recursively while mounted.
+    let root = std::env::temp_dir().join(format!("pvtest-fixshare-binds-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let mut binds = Binds(root.clone(), Vec::new());
+    let etc = binds.bind(std::path::Path::new("/etc"), "bindetc");
+    let ssh = binds.bind(std::path::Path::new("/etc/ssh"), "bindssh");
+    let pool = binds.bind(&env.pool_dir(), "bindpool");
+    let _below = binds.bind(std::path::Path::new("/etc/ssh"), "data/ssh");
+    let cases = [
+        (etc.display().to_string(), "/etc"),
+        (ssh.display().to_string(), "/etc"),
+        (pool.display().to_string(), "pool"),
+        (root.join("data").display().to_string(), "below the source"),
+    ];
+    for (source, why) in &cases {
+        let share = format!("{source}:/mnt/x");
+        let r = env.run(&["create", "fsb", "1G", "1", "5G", "--share", &share]);
+        assert_eq!(r.code, 2, "{share} was not refused: {}", r.stderr);
+        assert!(r.stderr.contains(why), "{share}: expected {why:?} in: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("share {share}")), "{share}: the message names the share: {}", r.stderr);
+        assert!(!domain_exists("project-fsb"), "{share}: a domain was defined");
+        assert_eq!(env.vm_volumes(), Vec::<String>::new(), "{share}");
+    }
+    drop(binds);
+    assert!(!root.exists(), "the test's mount points were left behind");
+    assert!(std::path::Path::new("/etc/ssh").is_dir(), "/etc/ssh is still there");
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn plan_checks_image_files_before_apply_imports_them() {
+    require_root_libvirt();
+    let env = Env::new("fixshare-plan", 22720, json!({}));
+    let _c = Cleanup(&env, &["fsp"]);
+    let tiny = tiny_image(&env.dir);
+    let overlay = env.dir.join("overlay.qcow2");
+    sh(&format!("qemu-img create -q -f qcow2 -b {} -F qcow2 {}", tiny.display(), overlay.display()));
+    let file = env.dir.join("vms.json");
+    let f = file.to_str().unwrap();
+    let no_pool = || !virsh(&["pool-info", &env.pool]).status.success() || env.volumes().is_empty();
+    // An image file with a backing file: refused at plan, and apply imports nothing.
+    let doc = json!({"vms": {"fsp": {"memory": "1G", "cpus": 1, "disk": "5G", "image": overlay}}});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    for verb in ["plan", "apply"] {
+        let r = env.run(&[verb, "-f", f]);
+        assert_eq!(r.code, 2, "{verb} with a backing file: {}", r.stderr);
+        assert!(r.stderr.contains("backing"), "{verb}: {}", r.stderr);
+        assert!(!domain_exists("project-fsp") && no_pool(), "{verb} changed something");
+    }
+    // A disk smaller than the default base image, a file not yet imported.
+    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    settings["base_image"] = json!(tiny);
+    std::fs::write(&env.config, settings.to_string()).unwrap();
+    std::fs::write(&file, json!({"vms": {"fsp": {"disk": "1K"}}}).to_string()).unwrap();
+    for verb in ["plan", "apply"] {
+        let r = env.run(&[verb, "-f", f]);
+        assert_eq!(r.code, 2, "{verb} with a disk smaller than the image: {}", r.stderr);
+        assert!(r.stderr.contains("smaller than its image"), "{verb}: {}", r.stderr);
+        assert!(!domain_exists("project-fsp") && no_pool(), "{verb} changed something");
+    }
+}
+
+/// A plain user of this test's own, removed (with the session daemon its
+/// commands started, by pid) when dropped.
+struct PlainUser(&'static str);
+
+impl PlainUser {
+    fn pids(&self) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let uid = sh(&format!("id -u {}", self.0)).trim().parse::<u32>().unwrap_or(u32::MAX);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+                e.metadata().ok().filter(|m| m.uid() == uid).map(|_| pid)
+            })
+            .collect()
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String) {
+        let home = format!("/home/{}", self.0);
+        let out = Command::new("runuser")
+            .args(["-u", self.0, "--", "env", "-i"])
+            .arg(format!("HOME={home}"))
+            .arg(format!("USER={}", self.0))
+            .args(["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"])
+            .args(args)
+            .current_dir(&home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+impl Drop for PlainUser {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let _ = Command::new("userdel").args(["-r", self.0]).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root (to make a user) and libvirtd; run by scripts/test.sh"]
+fn a_plain_users_share_is_refused_before_anything_is_imported() {
+    require_root_libvirt();
+    let name = "pvtest-fixshare-u";
+    assert!(!sh(&format!("getent passwd {name} || true")).contains(name), "user {name} exists: not this test's to use");
+    sh(&format!("useradd --create-home --shell /bin/bash --user-group {name}"));
+    let user = PlainUser(name);
+    let home = format!("/home/{name}");
+    let bin = format!("{home}/project-vm");
+    std::fs::copy(BIN, &bin).unwrap();
+    sh(&format!(
+        "qemu-img create -q -f qcow2 {home}/tiny.qcow2 1G && mkdir -p {home}/shared {home}/.config/project-vm"
+    ));
+    let settings = json!({"accel": "tcg", "base_image": format!("{home}/tiny.qcow2"), "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk test"]});
+    std::fs::write(format!("{home}/.config/project-vm/config.json"), settings.to_string()).unwrap();
+    sh(&format!("chown -R {name}: {home}"));
+    let (code, out) = user.run(&[&bin, "create", "fsu", "1G", "1", "5G", "--share", &format!("{home}/shared:/mnt/s")]);
+    // This host has no virtiofsd the user may run (or no user namespace for it): refused.
+    if code == 0 {
+        let _ = user.run(&[&bin, "destroy", "fsu"]);
+        return;
+    }
+    assert!(matches!(code, 2 | 4), "{out}");
+    assert!(out.contains("virtiofsd") || out.contains("share"), "{out}");
+    let (_, pools) = user.run(&["virsh", "-c", "qemu:///session", "pool-list", "--all", "--name"]);
+    assert!(pools.trim().is_empty(), "a refused create made a pool (and imported into it): {pools}");
+}

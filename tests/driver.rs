@@ -467,3 +467,29 @@ fn default_snapshot_names_go_on_after_the_largest_number() {
     assert_eq!(ops::snapshot::create(&ctx, &vm, None, None).unwrap().name, "snap-1");
     assert_eq!(ops::snapshot::create(&ctx, &vm, None, None).unwrap().name, "snap-2");
 }
+
+#[test]
+fn a_domain_whose_record_cannot_be_read_is_not_ours_and_never_touched() {
+    let ctx = ctx();
+    let pool = with_base_image(&ctx);
+    // A hand-written record in our namespace without the version attribute.
+    ctx.conn()
+        .define_domain_xml(&format!(
+            "<domain type='test'><name>project-hm</name><memory unit='MiB'>128</memory><os><type arch='x86_64'>hvm</type></os>\
+             <metadata><projectvm:vm xmlns:projectvm='{}' name='hm' phase='ready' pool='pv' root='project-hm-root.qcow2' \
+             data='project-hm-data.qcow2' created='1'>{{}}</projectvm:vm></metadata></domain>",
+            project_vm::libvirt::metadata::NAMESPACE
+        ))
+        .unwrap();
+    assert!(matches!(vms::lookup(&ctx.conn(), &name("hm")).unwrap(), vms::Lookup::Foreign(Some(_))));
+    let err = vms::get(&ctx.conn(), &name("hm")).err().unwrap();
+    assert_eq!(exit_code(&err), 2, "{err:#}");
+    assert!(err.to_string().contains("not created by project-vm"), "{err}");
+    let err = ops::create::create(&ctx, &request("hm"), &Progress::hidden()).unwrap_err();
+    assert_eq!(exit_code(&err), 2, "{err:#}");
+    assert!(err.to_string().contains("not created by project-vm"), "{err}");
+    assert!(vms::list(&ctx.conn()).unwrap().is_empty(), "list shows only project-vm's VMs");
+    let dom = ctx.conn().lookup_domain_by_name("project-hm").expect("still there");
+    assert!(dom.xml_desc(0).unwrap().contains("project-hm-root.qcow2"), "its record was left as it was");
+    assert_eq!(volumes(&pool), vec!["base.qcow2".to_string()]);
+}

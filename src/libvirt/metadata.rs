@@ -23,6 +23,19 @@ pub enum Phase {
     Ready,
 }
 
+/// A record in project-vm's namespace that cannot be read as one: the
+/// domain is not treated as project-vm's, and nothing acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable(pub String);
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreadable {}
+
 /// The record. Attributes only, plus the spec as JSON text: libvirt may hand
 /// the element back with a different prefix, and attributes survive that.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,11 +97,13 @@ impl Ownership {
 
     /// Reads the record from a domain's persistent definition (the source of
     /// truth: a running guest's live copy lags behind a redefine until it
-    /// restarts). `Ok(None)` when the domain is not ours.
+    /// restarts). `Ok(None)` when the domain is not ours. A record in our
+    /// namespace that does not parse (hand-written, another version's) is an
+    /// [`Unreadable`] error: callers treat that domain as not project-vm's.
     pub fn read(dom: &Domain) -> anyhow::Result<Option<Ownership>> {
         let flags = virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
         match dom.metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(NAMESPACE), flags) {
-            Ok(xml) => Ownership::parse(&xml).map(Some),
+            Ok(xml) => Ownership::parse(&xml).map(Some).map_err(|e| anyhow::Error::new(Unreadable(format!("{e}")))),
             Err(e) if super::is(&e, ErrorNumber::NoDomainMetadata) => Ok(None),
             Err(e) => Err(anyhow::anyhow!("reading metadata: {}", e.message())),
         }

@@ -94,7 +94,11 @@ impl Uri {
         };
         let port = match port {
             None | Some("") => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| err("a port that is not a number"))?),
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) => return Err(err("port 0, which no daemon listens on")),
+                Ok(n) => Some(n),
+                Err(_) => return Err(err("a port that is not a number")),
+            },
         };
         let query = query
             .split('&')
@@ -274,6 +278,9 @@ pub fn check(uri: &str) -> Result<(), String> {
         if p.is_empty() || p.parse::<u16>().is_err() {
             return bad(format!("port {p:?} is not a number up to 65535"));
         }
+        if p.parse::<u16>() == Ok(0) {
+            return bad(format!("port {p:?} is 0, which no daemon listens on: give a port from 1 to 65535"));
+        }
     }
     for part in [path, query.unwrap_or("")] {
         let b = part.as_bytes();
@@ -347,7 +354,15 @@ mod tests {
 
     #[test]
     fn bad_uris_say_why() {
-        for bad in ["qemu", "://x", "qemu+://x/system", "qemu://h:port/system", "qemu+ssh://[::1/system"] {
+        for bad in [
+            "qemu",
+            "://x",
+            "qemu+://x/system",
+            "qemu://h:port/system",
+            "qemu+ssh://[::1/system",
+            "qemu+ssh://h:0/system",
+            "qemu+tcp://[::1]:00/system",
+        ] {
             let e = Uri::parse(bad).unwrap_err();
             assert!(e.to_string().contains("not a libvirt URI"), "{bad}: {e}");
         }
@@ -398,6 +413,8 @@ mod check_tests {
             ("qemu+tcp://[::1/system", "closing ]"),
             ("qemu+ssh://h:99999/system", "port"),
             ("qemu+ssh://h:/system", "port"),
+            ("qemu+ssh://h:0/system", "port \"0\" is 0"),
+            ("qemu+tcp://[::1]:000/system", "is 0"),
         ] {
             let e = check(badu).expect_err(badu);
             assert!(e.contains(says), "{badu}: {e}");

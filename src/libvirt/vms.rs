@@ -87,7 +87,15 @@ pub fn lookup(conn: &Connect, name: &VmName) -> anyhow::Result<Lookup> {
         Err(e) if is(&e, ErrorNumber::NoDomain) => return Ok(Lookup::Absent),
         Err(e) => return Err(explain(e, format!("looking up domain {}", name.domain()))),
     };
-    Ok(match Ownership::read(&dom)? {
+    let read = match Ownership::read(&dom) {
+        Err(e) => match e.downcast_ref::<super::metadata::Unreadable>() {
+            // Hand-written or foreign: not ours, and never touched.
+            Some(u) => return Ok(Lookup::Foreign(Some(format!("it cannot be read ({u})")))),
+            None => return Err(e),
+        },
+        Ok(r) => r,
+    };
+    Ok(match read {
         Some(own) => match own.mismatch(&name.domain(), &dom.uuid_string().unwrap_or_default()) {
             None => Lookup::Owned(Box::new(Vm { name: name.clone(), dom, own })),
             Some(why) => Lookup::Foreign(Some(why)),

@@ -91,6 +91,16 @@ impl Devices {
         if ctx.is_local() {
             pools = pools.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
         }
+        // Protected directories as this host resolves them, for the mount checks.
+        let protected: Vec<std::path::PathBuf> = match ctx.is_local() {
+            true => crate::spec::HOST_PRIVATE_DIRS
+                .iter()
+                .filter_map(|d| std::fs::canonicalize(d).ok())
+                .chain(pools.iter().cloned())
+                .collect(),
+            false => Vec::new(),
+        };
+        let mut mounts: Option<anyhow::Result<Vec<crate::mounts::Mount>>> = None;
         let home = std::path::Path::new("/home").join(&ctx.settings.ssh_user);
         let mut targets = std::collections::BTreeSet::new();
         for s in &mut out.shares {
@@ -109,6 +119,23 @@ impl Devices {
                     false => String::new(),
                 };
                 crate::spec::check_source(&real, &pools).map_err(|e| invalid(format!("share {label}: {e}{via}")))?;
+                // The same directories reached another way in: a bind mount
+                // (or a mount below the source) of a protected one.
+                let mounts = mounts.get_or_insert_with(crate::mounts::read).as_ref().map_err(|e| {
+                    invalid(format!("share {label}: cannot tell what the source exposes through mounts: {e:#}"))
+                })?;
+                if let Some(p) = crate::mounts::same_inode(&real, &protected) {
+                    return Err(invalid(format!(
+                        "share {label}: the source {} is, or lies in, {} by device and inode (a bind mount of it): it holds the host's secrets, libvirt's own state or a storage pool",
+                        real.display(),
+                        p.display()
+                    )));
+                }
+                if let Some(why) = crate::mounts::clash(mounts, &real, &protected) {
+                    return Err(invalid(format!(
+                        "share {label}: {why}: it holds the host's secrets, libvirt's own state or a storage pool"
+                    )));
+                }
                 s.source = real;
             }
             if s.target == home {

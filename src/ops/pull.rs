@@ -303,6 +303,10 @@ pub fn check(ctx: &Ctx, image: &str) -> anyhow::Result<Result<Option<u64>, Strin
     }
     Ok(match locate(ctx, image)? {
         Located::Stored(_, found) => Ok(Some(found.disk.capacity)),
+        // A file on this machine: the same check `image import` makes, before anything is imported.
+        Located::Fetch(_, name, source) if local_file(&source.url).is_some() => {
+            inspect_file(&name, &local_file(&source.url).expect("matched above")).map(Some)
+        }
         // URLs the user gave (a URL or file, an `images` entry) are probed;
         // the built-in catalog's are project-vm's own, and not asked here.
         Located::Fetch(_, name, source) if catalog::is_location(image) || ctx.settings.images.contains_key(&name) => {
@@ -311,6 +315,28 @@ pub fn check(ctx: &Ctx, image: &str) -> anyhow::Result<Result<Option<u64>, Strin
         Located::Fetch(..) => Ok(None),
         Located::Missing(why) => Err(why),
     })
+}
+
+/// The path of a `file://` URL or a plain path.
+fn local_file(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("file://").or((!url.contains("://")).then_some(url)).map(std::path::PathBuf::from)
+}
+
+/// What `image import` would find in the file `path`, read here (bounded by
+/// the file's tables): why it cannot be a base image, or its virtual size.
+pub fn inspect_file(name: &str, path: &std::path::Path) -> Result<u64, String> {
+    use crate::images::inspect;
+    let refuse = |why: String| format!("image {name}: {} cannot be a base image: {why}", path.display());
+    let mut file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot open it: {e}")))?;
+    let len = file.metadata().map_err(|e| refuse(format!("cannot stat it: {e}")))?.len();
+    let head = inspect::read_head(&mut file, len).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+    let format = storage::sniff_format(&head).map_err(refuse)?;
+    inspect::check_head(format, &head, len).map_err(refuse)?;
+    inspect::check(format, &head, &mut file, len).map_err(refuse)?;
+    match format {
+        "qcow2" => inspect::check_header(&head, len).map(|q| q.size).map_err(refuse),
+        _ => Ok(len),
+    }
 }
 
 /// `plan`'s look at an image still to be fetched: its URL (and its checksum
