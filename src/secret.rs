@@ -45,7 +45,7 @@ fn env_err(p: &Path, what: impl std::fmt::Display) -> anyhow::Error {
 /// The secret at `p`, made (0600, its directory 0700) if it is not there.
 pub fn load_at(p: &Path) -> anyhow::Result<[u8; LEN]> {
     let dir = p.parent().ok_or_else(|| env_err(p, "has no directory"))?;
-    crate::lock::secure_dir(dir, dir)?;
+    crate::lock::secure_dir_for(dir, dir, "directory of project-vm's secret", "XDG_STATE_HOME")?;
     if std::fs::symlink_metadata(p).is_err() {
         // Written whole under another name, then linked: a concurrent
         // reader never sees half a secret, and the first link wins.
@@ -127,6 +127,9 @@ mod tests {
         std::fs::create_dir_all(top.join("link")).unwrap();
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(load_at(&link).is_err(), "a symlinked secret is refused");
+        std::os::unix::fs::symlink(top.join("state"), top.join("dirlink")).unwrap();
+        let err = load_at(&top.join("dirlink/secret")).unwrap_err();
+        assert!(format!("{err:#}").contains("symlink"), "a symlinked directory is refused: {err:#}");
         let tag = mac(&a, b"msg");
         assert!(verify(&a, b"msg", &tag));
         assert!(!verify(&a, b"msh", &tag));
