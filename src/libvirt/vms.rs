@@ -414,4 +414,42 @@ mod tests {
         assert_eq!(paths, vec!["/p/a.qcow2", "/p/base.img", "/dev/vg/x"]);
         assert_eq!(volumes, vec![("pv".to_owned(), "d.qcow2".to_owned())]);
     }
+    #[test]
+    fn a_qcow2_header_names_its_backing_file_relative_to_its_directory() {
+        let dir = std::env::temp_dir().join(format!("pv-backing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut head = vec![0u8; 512];
+        head[..4].copy_from_slice(b"QFI\xfb");
+        head[4..8].copy_from_slice(&3u32.to_be_bytes());
+        head[8..16].copy_from_slice(&200u64.to_be_bytes());
+        head[16..20].copy_from_slice(&7u32.to_be_bytes());
+        head[200..207].copy_from_slice(b"base.im");
+        let ovl = dir.join("ovl.qcow2");
+        std::fs::write(&ovl, &head).unwrap();
+        let p = ovl.to_str().unwrap();
+        assert_eq!(qcow2_backing_file(p), Some(dir.join("base.im").to_str().unwrap().to_owned()));
+        head[200..207].copy_from_slice(b"/a/b.im");
+        std::fs::write(&ovl, &head).unwrap();
+        assert_eq!(qcow2_backing_file(p).as_deref(), Some("/a/b.im"));
+        head[200..207].copy_from_slice(b"nbd:x:1");
+        std::fs::write(&ovl, &head).unwrap();
+        assert_eq!(qcow2_backing_file(p), None, "a protocol is no file");
+        head[8..16].copy_from_slice(&0u64.to_be_bytes());
+        std::fs::write(&ovl, &head).unwrap();
+        assert_eq!(qcow2_backing_file(p), None, "no backing file");
+        assert_eq!(qcow2_backing_file(dir.to_str().unwrap()), None, "a directory");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_domain_that_uses_a_path_is_known() {
+        let mut u = InUse { local: false, ..InUse::default() };
+        u.add("/p/d.qcow2".into(), "project-a");
+        u.add("/p/d.qcow2".into(), "theirs");
+        assert_eq!(u.get("/p/d.qcow2").map(String::as_str), Some("project-a"));
+        assert_eq!(u.other_than("/p/d.qcow2", "project-a").map(String::as_str), Some("theirs"));
+        assert_eq!(u.other_than("/p/d.qcow2", "theirs").map(String::as_str), Some("project-a"));
+        assert_eq!(u.other_than("/p/e.qcow2", "x"), None);
+    }
 }
