@@ -21,6 +21,7 @@ pub mod ops;
 pub mod output;
 pub mod progress;
 pub mod run;
+pub mod secret;
 pub mod settings;
 pub mod spec;
 pub mod suggest;

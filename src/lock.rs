@@ -68,18 +68,24 @@ fn dir() -> (PathBuf, PathBuf) {
 /// write or list. A directory of ours that is too open is tightened; one
 /// that is someone else's, or a symlink, is refused.
 pub fn secure_dir(dir: &Path, top: &Path) -> anyhow::Result<()> {
+    secure_dir_for(dir, top, "lock directory", "XDG_RUNTIME_DIR")
+}
+
+/// [`secure_dir`] for a directory of another purpose (`what`), whose place
+/// the environment variable `var` can move.
+pub fn secure_dir_for(dir: &Path, top: &Path, what: &str, var: &str) -> anyhow::Result<()> {
     let refuse = |p: &Path, why: String| {
         failure(
             Kind::Environment,
             format!(
-                "refusing to use the lock directory {}: {} {why}; remove it (or set XDG_RUNTIME_DIR to a directory of your own)",
+                "refusing to use the {what} {}: {} {why}; remove it (or set {var} to a directory of your own)",
                 dir.display(),
                 p.display()
             ),
         )
     };
     let cannot = |p: &Path, e: std::io::Error| {
-        failure(Kind::Environment, format!("cannot create the lock directory {}: {e}", p.display()))
+        failure(Kind::Environment, format!("cannot create the {what} {}: {e}", p.display()))
     };
     if let Some(parent) = top.parent() {
         std::fs::create_dir_all(parent).map_err(|e| cannot(parent, e))?;

@@ -519,7 +519,7 @@ fn a_forged_kept_marker_adopts_nothing_and_nothing_deletes_the_disk() {
     virsh_ok(&["vol-upload", "--pool", pool, "project-o18f-data.qcow2.kept", copy.to_str().unwrap()]);
     let r = env.run(&["create", "o18f", "1G", "1", "5G"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("another disk"), "{}", r.stderr);
+    assert!(r.stderr.contains("not written by this project-vm"), "{}", r.stderr);
     assert!(!domain_exists("project-o18f"));
     // o18g's kept disk replaced by a hand-made one of the same name and size.
     virsh_ok(&["vol-delete", "--pool", pool, "project-o18g-data.qcow2"]);
@@ -943,4 +943,179 @@ fn a_plain_users_share_is_refused_before_anything_is_imported() {
     assert!(out.contains("virtiofsd") || out.contains("share"), "{out}");
     let (_, pools) = user.run(&["virsh", "-c", "qemu:///session", "pool-list", "--all", "--name"]);
     assert!(pools.trim().is_empty(), "a refused create made a pool (and imported into it): {pools}");
+}
+
+// fix-own: markers carry a MAC; disks another domain uses, reached through a
+// symlink or backing an overlay outside the pool, are never adopted or deleted.
+
+/// Undefines hand-made domains, then cleans the env up.
+struct HandDomains<'a>(&'a Env, Vec<String>, &'a [&'a str]);
+
+impl Drop for HandDomains<'_> {
+    fn drop(&mut self) {
+        for d in &self.1 {
+            let _ = virsh(&["undefine", d]);
+        }
+        self.0.cleanup(self.2);
+    }
+}
+
+/// Defines domain `name` (never started) with one disk at `path`.
+fn define_hand_domain(env: &Env, name: &str, path: &std::path::Path, format: &str) {
+    let xml = format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/>\
+         <target dev='vda' bus='virtio'/></disk></devices></domain>",
+        path.display()
+    );
+    let file = env.dir.join(format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    virsh_ok(&["define", file.to_str().unwrap()]);
+}
+
+/// Replaces (or makes) raw volume `name` in `env`'s pool with `bytes`.
+fn upload_volume(env: &Env, name: &str, bytes: &[u8]) {
+    let _ = virsh(&["vol-delete", "--pool", &env.pool, name]);
+    let file = env.dir.join("upload.bin");
+    std::fs::write(&file, bytes).unwrap();
+    virsh_ok(&["vol-create-as", &env.pool, name, &bytes.len().to_string(), "--format", "raw"]);
+    virsh_ok(&["vol-upload", "--pool", &env.pool, name, file.to_str().unwrap()]);
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn fixown_a_marker_without_this_users_mac_adopts_nothing() {
+    require_root_libvirt();
+    let env = Env::new("fixown-mac", 22800, json!({"base_image": "tiny"}));
+    let _c = Cleanup(&env, &["fxm", "fxk"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let pool = env.pool.as_str();
+    // A hand-made disk and a marker that describes it exactly, as anyone who
+    // can write the pool can make from `vol-dumpxml`.
+    virsh_ok(&["vol-create-as", pool, "project-fxm-data.qcow2", "1G", "--format", "qcow2"]);
+    let xml = virsh_ok(&["vol-dumpxml", "--pool", pool, "project-fxm-data.qcow2"]);
+    let tag = |t: &str| {
+        xml.split(&format!("<{t}>")).nth(1).and_then(|r| r.split(&format!("</{t}>")).next()).map(str::to_owned)
+    };
+    let mut marker = json!({
+        "project_vm_kept": 1,
+        "vm": "fxm",
+        "record_uuid": "6b1e3c1e-0000-4000-8000-000000000000",
+        "volume": "project-fxm-data.qcow2",
+        "key": tag("key").unwrap(),
+        "capacity": 1u64 << 30,
+        "mtime": tag("mtime").unwrap(),
+    });
+    let before_marker = env.volumes();
+    for mac in [None, Some("00".repeat(32))] {
+        if let Some(m) = mac {
+            marker["mac"] = json!(m);
+        }
+        upload_volume(&env, "project-fxm-data.qcow2.kept", marker.to_string().as_bytes());
+        let before = env.volumes();
+        let r = env.run(&["create", "fxm", "1G", "1", "5G"]);
+        assert_eq!(r.code, 2, "a forged marker ({marker}) was accepted: {} {}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("not written by this project-vm"), "{}", r.stderr);
+        assert!(r.stderr.contains("vol-clone"), "it says how to proceed: {}", r.stderr);
+        assert!(!domain_exists("project-fxm"));
+        assert_eq!(env.volumes(), before);
+        env.run(&["gc", "--yes"]).ok();
+        assert_eq!(env.volumes(), before, "gc removed the hand-made disk or its marker");
+        assert_eq!(env.run(&["gc", "--yes", "project-fxm-data.qcow2"]).code, 2);
+    }
+    assert!(before_marker.contains(&"project-fxm-data.qcow2".to_string()));
+
+    // A disk kept on this machine reattaches; kept by another user (another
+    // secret), it is refused with the same message.
+    env.run(&["create", "fxk", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    env.run(&["destroy", "fxk", "--keep-data"]).ok();
+    let secret = env.dir.join("state/project-vm/secret");
+    assert_eq!(mode(&secret), 0o600);
+    assert_eq!(std::fs::metadata(&secret).unwrap().len(), 32);
+    let out =
+        env.cmd(&["create", "fxk", "1G", "1", "5G"]).env("XDG_STATE_HOME", env.dir.join("other")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not written by this project-vm"), "{stderr}");
+    assert!(!domain_exists("project-fxk"));
+    let r = env.run(&["create", "fxk", "1G", "1", "5G", "--json"]).ok().json();
+    assert_eq!(r["create"]["data_reattached"], true);
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn fixown_a_disk_another_domain_uses_is_neither_reattached_nor_deleted() {
+    require_root_libvirt();
+    let env = Env::new("fixown-use", 22810, json!({"base_image": "tiny"}));
+    let (a, b) =
+        (format!("pvtest-fixown-use-{}", std::process::id()), format!("pvtest-fixown-del-{}", std::process::id()));
+    let _c = HandDomains(&env, vec![a.clone(), b.clone()], &["fxu", "fxd"]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    // A disk genuinely kept by destroy --keep-data, which a hand-made domain then uses.
+    env.run(&["create", "fxu", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    env.run(&["destroy", "fxu", "--keep-data"]).ok();
+    define_hand_domain(&env, &a, &env.pool_dir().join("project-fxu-data.qcow2"), "qcow2");
+    let before = env.volumes();
+    let r = env.run(&["create", "fxu", "1G", "1", "5G"]);
+    assert_eq!(r.code, 2, "a disk domain {a} uses was reattached: {} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains(&a) && r.stderr.contains("uses it"), "{}", r.stderr);
+    assert!(!domain_exists("project-fxu"));
+    assert_eq!(env.volumes(), before);
+    // A plain destroy never deletes a disk another domain uses.
+    env.run(&["create", "fxd", "1G", "1", "5G", "--project-disk", "1G"]).ok();
+    define_hand_domain(&env, &b, &env.pool_dir().join("project-fxd-data.qcow2"), "qcow2");
+    env.run(&["destroy", "fxd"]).ok();
+    assert!(!domain_exists("project-fxd"));
+    let after = env.volumes();
+    assert!(after.contains(&"project-fxd-data.qcow2".to_string()), "destroy deleted a disk {b} uses: {after:?}");
+    assert!(!after.contains(&"project-fxd-root.qcow2".to_string()), "{after:?}");
+}
+
+#[test]
+#[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
+fn fixown_gc_keeps_volumes_used_through_a_symlink_or_an_overlay_outside_the_pool() {
+    require_root_libvirt();
+    let env = Env::new("fixown-gc", 22820, json!({"base_image": "tiny"}));
+    let (y, z) =
+        (format!("pvtest-fixown-ln-{}", std::process::id()), format!("pvtest-fixown-ovl-{}", std::process::id()));
+    let _c = HandDomains(&env, vec![y.clone(), z.clone()], &[]);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let pool = env.pool.as_str();
+    // Uploads without records (gc removes those no domain uses).
+    for v in ["fxw@1.img", "fxy@1.img"] {
+        virsh_ok(&["vol-create-as", pool, v, "1M", "--format", "raw"]);
+    }
+    virsh_ok(&["vol-create-as", pool, "fxz@1.img", "1M", "--format", "qcow2"]);
+    // One used through a symlink to the pool directory.
+    let ln = env.dir.join("lnstore");
+    std::os::unix::fs::symlink(env.pool_dir(), &ln).unwrap();
+    define_hand_domain(&env, &y, &ln.join("fxy@1.img"), "raw");
+    // One backing an overlay outside the pool, the XML naming no backing store.
+    let ovl = env.dir.join("ovl.qcow2");
+    let base = env.pool_dir().join("fxz@1.img");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b", base.to_str().unwrap(), "-F", "qcow2", ovl.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    define_hand_domain(&env, &z, &ovl, "qcow2");
+    let gc = env.run(&["gc", "--json"]).ok().json();
+    let action = |n: &str| {
+        gc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == n)
+            .map(|f| f["action"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(action("fxw@1.img").as_deref(), Some("would remove"), "{gc}");
+    assert_eq!(action("fxy@1.img"), Some(format!("kept: in use by domain {y}")), "{gc}");
+    assert_eq!(action("fxz@1.img"), Some(format!("kept: in use by domain {z}")), "{gc}");
+    env.run(&["gc", "--yes"]).ok();
+    let after = env.volumes();
+    assert!(!after.contains(&"fxw@1.img".to_string()), "{after:?}");
+    for v in ["fxy@1.img", "fxz@1.img"] {
+        assert!(after.contains(&v.to_string()), "gc --yes removed {v}, which a domain uses: {after:?}");
+    }
 }

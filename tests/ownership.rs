@@ -49,6 +49,11 @@ fn a_copied_domain_cannot_destroy_the_original_disks() {
     assert!(names.contains(&"orig") && !names.contains(&"cpy"), "{names:?}");
     assert!(virsh(&["dominfo", "project-cpy"]).status.success(), "the copy itself is not ours to remove either");
 
+    // The copy still uses every disk: destroying the original keeps them
+    // (a volume another domain uses is never deleted); once the copy is
+    // gone, nothing is left to a later destroy, and gc leaves them alone.
     env.run(&["destroy", "orig"]).ok();
-    assert_eq!(env.vm_volumes(), Vec::<String>::new());
+    assert!(!virsh(&["dominfo", "project-orig"]).status.success());
+    assert_eq!(env.vm_volumes(), before, "destroy deleted disks the copy uses");
+    assert!(virsh(&["undefine", "project-cpy"]).status.success());
 }

@@ -99,6 +99,17 @@ impl Qcow2 {
     }
 }
 
+/// Where a qcow2 header (its first 24 bytes at least) says its backing
+/// file's name lies: `(offset, length)`, the length at most 1023 bytes as
+/// qemu allows; `None` when it is no qcow2 or names no backing file.
+pub fn qcow2_backing_ref(head: &[u8]) -> Option<(u64, usize)> {
+    if head.len() < 24 || !head.starts_with(QCOW2_MAGIC) || !matches!(be32(head, 4), 2 | 3) {
+        return None;
+    }
+    let (offset, len) = (be64(head, 8), be32(head, 16) as usize);
+    (offset != 0 && (1..=1023).contains(&len)).then_some((offset, len))
+}
+
 /// How many bytes of the file's start [`check_header`] wants: the first
 /// cluster, which holds the header and its extensions (at most 2 MiB).
 pub fn header_len(head: &[u8]) -> usize {

@@ -603,6 +603,11 @@ pub struct KeptMarker {
     pub capacity: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<String>,
+    /// HMAC-SHA256 (hex) of the other fields, keyed by this user's secret
+    /// ([`crate::secret`]), kept outside the pool: whoever can write the
+    /// pool cannot write a marker that verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl KeptMarker {
@@ -619,7 +624,24 @@ impl KeptMarker {
             volume: parsed.name,
             capacity: info.capacity,
             mtime: parsed.target.timestamps.and_then(|t| t.mtime),
+            mac: None,
         })
+    }
+
+    /// What the MAC covers: every field but the MAC, as JSON.
+    fn signed_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&KeptMarker { mac: None, ..self.clone() }).expect("a marker serializes")
+    }
+
+    /// This marker with its MAC under `key`.
+    pub fn signed(self, key: &[u8]) -> KeptMarker {
+        let mac = crate::secret::mac(key, &self.signed_bytes());
+        KeptMarker { mac: Some(mac), ..self }
+    }
+
+    /// Whether its MAC verifies under `key`.
+    pub fn verifies(&self, key: &[u8]) -> bool {
+        self.mac.as_deref().is_some_and(|m| crate::secret::verify(key, &self.signed_bytes(), m))
     }
 
     /// Why this marker does not vouch for `now` (the disk as it is) as VM
@@ -655,10 +677,11 @@ pub fn mark_kept(
     uuid: Option<&str>,
 ) -> anyhow::Result<()> {
     let Some(data) = find_volume(pool, data_volume)? else { return Ok(()) };
-    let want = KeptMarker::of(&data, vm, uuid)?;
+    let key = crate::secret::load()?;
+    let want = KeptMarker::of(&data, vm, uuid)?.signed(&key);
     let name = kept_marker(data_volume);
     if let Some(m) = find_volume(pool, &name)? {
-        if read_marker(conn, &m).is_some_and(|got| got.mismatch(&want).is_none()) {
+        if read_marker(conn, &m).is_some_and(|got| got.verifies(&key) && got.mismatch(&want).is_none()) {
             return Ok(());
         }
         delete(pool, &name)?;
@@ -713,6 +736,10 @@ pub fn kept_mismatch(
     let now = KeptMarker::of(&data, vm, None)?;
     Ok(match read_marker(conn, &marker) {
         None => Some("the marker is empty or not one project-vm wrote".into()),
+        Some(m) if !m.verifies(&crate::secret::load()?) => Some(format!(
+            "the marker was not written by this project-vm: its MAC does not verify with this user's secret ({}), so it was made by hand, by another user, or on another machine",
+            crate::secret::path()?.display()
+        )),
         Some(m) => m.mismatch(&now),
     })
 }
@@ -792,6 +819,7 @@ mod tests {
             key: "/p/project-foo-data.qcow2".into(),
             capacity: 1 << 30,
             mtime: Some("1700000000.1".into()),
+            mac: None,
         };
         let now = KeptMarker { record_uuid: None, ..kept.clone() };
         assert_eq!(kept.mismatch(&now), None, "the record uuid is the marker's own");
@@ -806,6 +834,24 @@ mod tests {
         let json = serde_json::to_string(&kept).unwrap();
         assert_eq!(serde_json::from_str::<KeptMarker>(&json).unwrap(), kept);
         assert!(serde_json::from_str::<KeptMarker>("").is_err(), "an empty marker is no marker");
+        // Only a marker signed with the key verifies, and any field edited breaks it.
+        let key = [7u8; 32];
+        assert!(!kept.verifies(&key), "an unsigned marker does not verify");
+        let signed = kept.clone().signed(&key);
+        assert!(signed.verifies(&key));
+        assert!(!signed.verifies(&[8u8; 32]), "another user's key");
+        let json = serde_json::to_string(&signed).unwrap();
+        let back: KeptMarker = serde_json::from_str(&json).unwrap();
+        assert!(back.verifies(&key));
+        for edited in [
+            KeptMarker { vm: "bar".into(), ..signed.clone() },
+            KeptMarker { record_uuid: None, ..signed.clone() },
+            KeptMarker { key: "/q".into(), ..signed.clone() },
+            KeptMarker { capacity: 1, ..signed.clone() },
+            KeptMarker { mtime: None, ..signed.clone() },
+        ] {
+            assert!(!edited.verifies(&key), "{edited:?}");
+        }
     }
 
     #[test]

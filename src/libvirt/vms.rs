@@ -265,13 +265,97 @@ pub fn disk_sources(xml: &str) -> (Vec<String>, Vec<(String, String)>) {
     (paths, volumes)
 }
 
+/// Every file the domains defined on a connection use as disks, with the
+/// domain that uses each. On a local host, paths are also held resolved
+/// (symlinks followed), so a disk reached through a symlinked directory
+/// still matches its volume.
+#[derive(Debug, Default)]
+pub struct InUse {
+    local: bool,
+    /// Each path, with every domain that uses it (in the order seen).
+    by_path: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl InUse {
+    /// The domain that uses `path` (as given, or resolved on a local host).
+    pub fn get(&self, path: &str) -> Option<&String> {
+        self.users(path).next()
+    }
+
+    /// A domain other than `domain` that uses `path`, if any does.
+    pub fn other_than(&self, path: &str, domain: &str) -> Option<&String> {
+        self.users(path).find(|d| d.as_str() != domain)
+    }
+
+    fn users(&self, path: &str) -> impl Iterator<Item = &String> {
+        let real = match self.local {
+            true => resolved(path).filter(|r| r != path),
+            false => None,
+        };
+        let as_given = self.by_path.get(path).into_iter().flatten();
+        as_given.chain(real.and_then(|r| self.by_path.get(&r)).into_iter().flatten())
+    }
+
+    fn add(&mut self, path: String, domain: &str) {
+        let users = self.by_path.entry(path).or_default();
+        if !users.iter().any(|d| d == domain) {
+            users.push(domain.to_owned());
+        }
+    }
+}
+
+/// `path` with every symlink resolved, if it exists here.
+fn resolved(path: &str) -> Option<String> {
+    std::fs::canonicalize(path).ok()?.into_os_string().into_string().ok()
+}
+
+/// How deep a backing chain read from image headers is followed.
+const MAX_CHAIN: usize = 16;
+
+/// The backing file a local qcow2 names in its header (relative names taken
+/// from the image's directory), reading a few KiB at most; `None` for
+/// anything else (not a regular file, not qcow2, no backing file).
+pub fn qcow2_backing_file(path: &str) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a FIFO planted as a disk source must not hang gc.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = [0u8; 24];
+    f.read_exact(&mut head).ok()?;
+    let (offset, len) = crate::images::inspect::qcow2_backing_ref(&head)?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut name = vec![0u8; len];
+    f.read_exact(&mut name).ok()?;
+    let name = String::from_utf8(name).ok()?;
+    // A protocol (`nbd:`, `json:`…) is no local file.
+    if name.contains(':') && !name.starts_with('/') {
+        return None;
+    }
+    let p = std::path::Path::new(&name);
+    let full = match p.is_absolute() {
+        true => p.to_path_buf(),
+        false => std::path::Path::new(path).parent()?.join(p),
+    };
+    full.into_os_string().into_string().ok()
+}
+
 /// Every file a domain defined on this connection uses as a disk, with the
-/// domain that uses it: each disk's source and its whole backing chain.
-/// Any domain, project-vm's or not, renamed or copied: `gc` never removes
-/// what is in use.
-pub fn disks_in_use(conn: &Connect) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+/// domain that uses it: each disk's source and its whole backing chain, as
+/// libvirt knows it and, on a local host (`local`), as the images' own
+/// qcow2 headers name it (an overlay outside every pool may back onto a
+/// pool volume). Any domain, project-vm's or not, renamed or copied: `gc`
+/// never removes what is in use, nor `create` adopts it or `destroy`
+/// deletes it.
+pub fn disks_in_use(conn: &Connect, local: bool) -> anyhow::Result<InUse> {
     let doms = conn.list_all_domains(0).map_err(|e| explain(e, "listing domains"))?;
-    let mut used = std::collections::BTreeMap::new();
+    let mut used = InUse { local, ..InUse::default() };
     for dom in doms {
         let Ok(dname) = dom.name() else { continue };
         let mut xmls: Vec<String> = Vec::new();
@@ -279,21 +363,23 @@ pub fn disks_in_use(conn: &Connect) -> anyhow::Result<std::collections::BTreeMap
         if dom.is_active().unwrap_or(false) {
             xmls.extend(dom.xml_desc(0).ok());
         }
-        let mut queue = Vec::new();
+        let mut queue: Vec<(String, usize)> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
         for xml in &xmls {
             let (paths, volumes) = disk_sources(xml);
-            queue.extend(paths);
+            queue.extend(paths.into_iter().map(|p| (p, 0)));
             for (pool, vol) in volumes {
                 let path = conn
                     .lookup_storage_pool_by_name(&pool)
                     .and_then(|p| p.lookup_storage_vol_by_name(&vol))
                     .and_then(|v| v.path());
-                queue.extend(path.ok());
+                queue.extend(path.ok().map(|p| (p, 0)));
             }
         }
-        // Backing chains, as libvirt reads them from each image.
-        while let Some(path) = queue.pop() {
-            if used.contains_key(&path) {
+        // Backing chains, as libvirt reads them from each image, and as
+        // the headers of local files name them.
+        while let Some((path, depth)) = queue.pop() {
+            if !seen.insert(path.clone()) {
                 continue;
             }
             let backing = conn
@@ -301,8 +387,19 @@ pub fn disks_in_use(conn: &Connect) -> anyhow::Result<std::collections::BTreeMap
                 .ok()
                 .and_then(|v| super::storage::VolumeInfo::of(&v).ok())
                 .and_then(|i| i.backing);
-            used.insert(path, dname.clone());
-            queue.extend(backing);
+            used.add(path.clone(), &dname);
+            if local {
+                if let Some(real) = resolved(&path) {
+                    used.add(real, &dname);
+                }
+            }
+            if depth >= MAX_CHAIN {
+                continue;
+            }
+            queue.extend(backing.map(|b| (b, depth + 1)));
+            if local {
+                queue.extend(qcow2_backing_file(&path).map(|b| (b, depth + 1)));
+            }
         }
     }
     Ok(used)
@@ -324,5 +421,43 @@ mod tests {
         let (paths, volumes) = disk_sources(xml);
         assert_eq!(paths, vec!["/p/a.qcow2", "/p/base.img", "/dev/vg/x"]);
         assert_eq!(volumes, vec![("pv".to_owned(), "d.qcow2".to_owned())]);
+    }
+    #[test]
+    fn a_qcow2_header_names_its_backing_file_relative_to_its_directory() {
+        let dir = std::env::temp_dir().join(format!("pv-backing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut head = vec![0u8; 512];
+        head[..4].copy_from_slice(b"QFI\xfb");
+        head[4..8].copy_from_slice(&3u32.to_be_bytes());
+        head[8..16].copy_from_slice(&200u64.to_be_bytes());
+        head[16..20].copy_from_slice(&7u32.to_be_bytes());
+        head[200..207].copy_from_slice(b"base.im");
+        let ovl = dir.join("ovl.qcow2");
+        std::fs::write(&ovl, &head).unwrap();
+        let p = ovl.to_str().unwrap();
+        assert_eq!(qcow2_backing_file(p), Some(dir.join("base.im").to_str().unwrap().to_owned()));
+        head[200..207].copy_from_slice(b"/a/b.im");
+        std::fs::write(&ovl, &head).unwrap();
+        assert_eq!(qcow2_backing_file(p).as_deref(), Some("/a/b.im"));
+        head[200..207].copy_from_slice(b"nbd:x:1");
+        std::fs::write(&ovl, &head).unwrap();
+        assert_eq!(qcow2_backing_file(p), None, "a protocol is no file");
+        head[8..16].copy_from_slice(&0u64.to_be_bytes());
+        std::fs::write(&ovl, &head).unwrap();
+        assert_eq!(qcow2_backing_file(p), None, "no backing file");
+        assert_eq!(qcow2_backing_file(dir.to_str().unwrap()), None, "a directory");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_domain_that_uses_a_path_is_known() {
+        let mut u = InUse { local: false, ..InUse::default() };
+        u.add("/p/d.qcow2".into(), "project-a");
+        u.add("/p/d.qcow2".into(), "theirs");
+        assert_eq!(u.get("/p/d.qcow2").map(String::as_str), Some("project-a"));
+        assert_eq!(u.other_than("/p/d.qcow2", "project-a").map(String::as_str), Some("theirs"));
+        assert_eq!(u.other_than("/p/d.qcow2", "theirs").map(String::as_str), Some("project-a"));
+        assert_eq!(u.other_than("/p/e.qcow2", "x"), None);
     }
 }

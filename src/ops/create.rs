@@ -479,7 +479,26 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
             )))
         }
         (Some(d), true) => match storage::kept_mismatch(&ctx.conn(), &pool, &d.name, name.as_str())? {
-            None => Some(d),
+            None => {
+                // A disk another domain uses is not this VM's to attach (nor,
+                // later, to delete), whatever its marker says.
+                let in_use = crate::libvirt::vms::disks_in_use(&ctx.conn(), ctx.is_local())?;
+                if let Some(other) = in_use.other_than(&d.path, &name.domain()) {
+                    return Err(invalid(format!(
+                        "volume {} is kept for {name}, but domain {other} uses it, so it is not reattached and nothing was changed: detach it from {other} (or undefine {other}) first, or pick another VM name",
+                        d.name
+                    )));
+                }
+                Some(d)
+            }
+            Some(why) if why.contains("not written by this project-vm") => {
+                let marker = storage::kept_marker(&d.name);
+                let pool_name = &ctx.settings.pool;
+                return Err(invalid(format!(
+                    "volume {} has a kept-disk marker ({marker}), but {why}. It is not adopted as {name}'s project disk and nothing was changed. A disk kept by `destroy --keep-data` on another machine or by another user is refused the same way: check what the disk holds, then either copy it to a volume of another name (`virsh vol-clone {} NEWNAME --pool {pool_name}`) and remove the original with its marker (`virsh vol-delete {} --pool {pool_name}; virsh vol-delete {marker} --pool {pool_name}`), or, if it is not needed, remove both; or pick another VM name",
+                    d.name, d.name, d.name
+                )));
+            }
             Some(why) => {
                 let marker = storage::kept_marker(&d.name);
                 let pool_name = &ctx.settings.pool;

@@ -58,10 +58,27 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     }
     let mut deleted = Vec::new();
     if let Some(pool) = pool {
-        for vol in vm.own.volumes(false) {
+        // A volume another domain uses (a disk attached by hand, or a copy of
+        // this domain) is never deleted with this VM.
+        let in_use = crate::libvirt::vms::disks_in_use(&ctx.conn(), ctx.is_local())?;
+        let domain = vm.name.domain();
+        let foreign = |vol: &str| -> anyhow::Result<Option<String>> {
+            let Some(v) = storage::find_volume(&pool, vol)? else { return Ok(None) };
+            let Ok(path) = v.path() else { return Ok(None) };
+            Ok(in_use.other_than(&path, &domain).cloned())
+        };
+        let mut delete = |vol: &str| -> anyhow::Result<()> {
+            if let Some(other) = foreign(vol)? {
+                tracing::warn!(volume = vol, "kept: domain {other} uses it");
+                return Ok(());
+            }
             if storage::delete(&pool, vol)? {
                 deleted.push(vol.to_owned());
             }
+            Ok(())
+        };
+        for vol in vm.own.volumes(false) {
+            delete(vol)?;
         }
         let data = &vm.own.data_volume;
         let marker = storage::kept_marker(data);
@@ -69,12 +86,11 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
             if storage::find_volume(&pool, data)?.is_some() {
                 storage::mark_kept(&ctx.conn(), &pool, data, vm.name.as_str(), vm.own.uuid.as_deref())?;
             }
+        } else if foreign(data)?.is_none() {
+            delete(data)?;
+            delete(&marker)?;
         } else {
-            for vol in [data, &marker] {
-                if storage::delete(&pool, vol)? {
-                    deleted.push(vol.to_owned());
-                }
-            }
+            delete(data)?;
         }
     } else {
         tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);

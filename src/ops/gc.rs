@@ -73,7 +73,7 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     let all_vms = vms::list(&ctx.conn())?;
     // Whatever any domain uses (its disks and their backing chains), whoever
     // made it, is never removed: a renamed or copied domain keeps its disks.
-    let in_use = vms::disks_in_use(&ctx.conn())?;
+    let in_use = vms::disks_in_use(&ctx.conn(), ctx.is_local())?;
     let user_of = |n: &str| -> Option<String> {
         let path = storage::find_volume(&pool, n).ok().flatten()?.path().ok()?;
         in_use.get(&path).cloned()
@@ -111,8 +111,9 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
         };
         let mut f = finding("half-made-vm", vm.name.as_str(), detail, 0);
         let foreign_user = vm.own.volumes(true).into_iter().find_map(|v| {
-            let d = user_of(v)?;
-            (d != vm.name.domain()).then(|| format!("{v} is in use by domain {d}"))
+            let path = storage::find_volume(&pool, v).ok().flatten()?.path().ok()?;
+            let d = in_use.other_than(&path, &vm.name.domain())?;
+            Some(format!("{v} is in use by domain {d}"))
         });
         if let Some(why) = foreign_user {
             f.action = format!("kept: {why}");
