@@ -658,7 +658,11 @@ pub fn give_to_invoking_user(path: &Path) {
         }
         // Never through a symlink: a link the user planted must not hand
         // them whatever it points at.
-        if std::fs::symlink_metadata(cur).is_ok_and(|m| m.uid() == 0 && !m.file_type().is_symlink()) {
+        // Nor a second name of another file (a hard link the user made to
+        // one of root's, where the kernel allows that).
+        if std::fs::symlink_metadata(cur)
+            .is_ok_and(|m| m.uid() == 0 && !m.file_type().is_symlink() && (m.is_dir() || m.nlink() == 1))
+        {
             if let Err(e) = nix::unistd::fchownat(
                 nix::fcntl::AT_FDCWD,
                 cur,

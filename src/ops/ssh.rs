@@ -47,6 +47,9 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     // Under sudo the file is the invoking user's: read and written with their
     // rights only, so a link they planted (at the file, or at a temporary
     // name) reaches nothing they could not reach themselves.
+    // What an earlier root run left root's in the user's home becomes the
+    // user's first (never through a link), so the user can rewrite it.
+    crate::settings::give_to_invoking_user(path);
     crate::settings::as_invoking_user(|| write_known_hosts(path, alias, key))?;
     crate::settings::give_to_invoking_user(path);
     Ok(())
