@@ -78,6 +78,18 @@ pub fn read_text(path: &Path, what: &str, max: u64) -> anyhow::Result<String> {
         .map_err(|_| invalid(format!("{what} {} is not UTF-8 text", path.display())))
 }
 
+/// Makes a new file, mode 0600, that was not there before: never through a
+/// symlink, never an existing file (a planted name makes this fail instead).
+pub fn create_new_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,13 +55,7 @@ pub fn load_at(p: &Path) -> anyhow::Result<[u8; LEN]> {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut r| r.read_exact(&mut key))
             .map_err(|e| env_err(p, format!("cannot read /dev/urandom: {e}")))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| env_err(p, format!("cannot create it: {e}")))?;
+        let mut f = crate::files::create_new_private(&tmp).map_err(|e| env_err(p, format!("cannot create it: {e}")))?;
         f.write_all(&key).and_then(|()| f.sync_all()).map_err(|e| env_err(p, format!("cannot write it: {e}")))?;
         drop(f);
         let linked = std::fs::hard_link(&tmp, p);

@@ -57,7 +57,6 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
 
 fn write_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(crate::error::failure(
             crate::error::Kind::Environment,
@@ -84,13 +83,7 @@ fn write_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Res
     // A new file of an unguessable name, never through a link.
     let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     let text = if lines.is_empty() { String::new() } else { lines.join("\n") + "\n" };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = crate::files::create_new_private(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
     drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
