@@ -52,7 +52,7 @@ pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
         Err(e) => e,
     };
     let system = !daemon::Daemon::of(uri).is_session() && !nix::unistd::geteuid().is_root();
-    if system && refused(&e) {
+    if system && errors::refused(&e) {
         if let Ok(c) = Connect::open_read_only(Some(uri)) {
             tracing::warn!(
                 "{uri} refused a read-write connection ({}): looking through its read-only socket",
@@ -62,11 +62,6 @@ pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
         }
     }
     Err(connect_error(uri, &e))
-}
-
-/// libvirt said no to this user (as opposed to: nobody answered).
-fn refused(e: &virt::error::Error) -> bool {
-    errors::refused(e)
 }
 
 fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {

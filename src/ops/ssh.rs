@@ -50,9 +50,8 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
     // What an earlier root run left root's in the user's home becomes the
     // user's first (never through a link), so the user can rewrite it.
     crate::settings::give_to_invoking_user(path);
-    crate::settings::as_invoking_user(|| write_known_hosts(path, alias, key))?;
-    crate::settings::give_to_invoking_user(path);
-    Ok(())
+    // Made with the user's file-system ids, what it writes is the user's already.
+    crate::settings::as_invoking_user(|| write_known_hosts(path, alias, key))
 }
 
 fn write_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Result<()> {
