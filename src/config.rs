@@ -17,6 +17,29 @@ use crate::settings::{HostSettings, HOST_SETTING_KEYS};
 use crate::spec::{Firmware, PciAddress, Resources, Share, Size, StaticNetwork, VmName};
 use crate::suggest::did_you_mean;
 
+/// The config layer's failures (the declarative file, host settings, a VM's
+/// declaration, features, user cloud-config): always bad input, named by
+/// where it was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Problems found in a file or a declaration, each with its path
+    /// (`vms.db.memory: "8X" is not a size like 512M or 8G`), all at once.
+    #[error("{}", problems.join("\n"))]
+    Problems { problems: Vec<String> },
+    /// One value refused: what it is and why.
+    #[error("{what}: {why}")]
+    Value { what: String, why: String },
+    /// Anything else about the input, said in a sentence.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl crate::error::Classified for ConfigError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::Invalid
+    }
+}
+
 /// Keys a VM entry (and `defaults`) may have.
 pub const VM_KEYS: &[&str] = &[
     "memory",
@@ -372,7 +395,7 @@ mod tests {
 
     fn problems(text: &str) -> String {
         let e = parse(text, "f.json", Path::new("/")).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::exit::code(&e), 2);
         e.to_string()
     }
 

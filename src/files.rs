@@ -101,7 +101,7 @@ mod tests {
         std::fs::write(&f, "hello").unwrap();
         assert_eq!(read_text(&f, "test file", 5).unwrap(), "hello");
         let e = read_text(&f, "test file", 4).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::exit::code(&e), 2);
         assert!(e.to_string().contains("over the limit"), "{e}");
         let e = read_text(Path::new("/dev/zero"), "user-data file", 1 << 20).unwrap_err();
         assert!(e.to_string().contains("/dev/zero is a character device"), "{e}");
@@ -115,6 +115,6 @@ mod tests {
         assert!(e.to_string().contains("is a FIFO"), "{e}");
         assert!(t0.elapsed() < std::time::Duration::from_secs(2));
         let e = read_text(&dir.path().join("missing"), "key file", 10).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::exit::code(&e), 2);
     }
 }

@@ -75,7 +75,18 @@ pub fn requested() -> bool {
 /// Errors once an interrupt has been requested.
 pub fn check() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        return Err(crate::error::failure(crate::error::Kind::Interrupted, "interrupted"));
+        return Err(Interrupted.into());
     }
     Ok(())
+}
+
+/// A SIGINT or SIGTERM stopped the operation (exit 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+impl crate::error::Classified for Interrupted {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::Interrupted
+    }
 }

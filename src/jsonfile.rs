@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn duplicates_are_named_by_path() {
         let e = parse(r#"{"pool":"a","vms":{"x":{"memory":"1G","memory":"2G"}},"pool":"b"}"#, "f.json").unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::exit::code(&e), 2);
         let msg = e.to_string();
         assert!(msg.contains("vms.x.memory") && msg.contains("pool") && msg.contains("f.json"), "{msg}");
         let v = parse(r#"{"a":[1,{"b":null}],"c":1.5,"d":true}"#, "ok").unwrap();

@@ -169,6 +169,23 @@ impl Holder {
     }
 }
 
+/// Another project-vm holds the lock, and this command does not wait for it
+/// (exit 7).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} is busy: another project-vm{} is {}{hint}", holder.pid_note(), holder.doing.as_deref().unwrap_or("working on it"))]
+pub struct Busy {
+    pub what: String,
+    pub holder: Holder,
+    /// What to do about it, with its leading separator (`: wait for it, ...`), or empty.
+    pub hint: String,
+}
+
+impl crate::error::Classified for Busy {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::Busy
+    }
+}
+
 fn read_holder(file: &mut File) -> Holder {
     let mut s = String::new();
     if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
@@ -325,7 +342,7 @@ mod tests {
         let lock = t.path().join("x.lock");
         std::os::unix::fs::symlink(&victim, &lock).unwrap();
         let err = open_file(&lock).unwrap_err();
-        assert_eq!(crate::error::exit_code(&err), 4, "{err:#}");
+        assert_eq!(crate::exit::code(&err), 4, "{err:#}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         // An existing lock file is opened as it is: never truncated.
         std::fs::write(t.path().join("y.lock"), "123 creating").unwrap();
@@ -353,7 +370,7 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
         let err = secure_dir(&planted.join("locks"), &planted).unwrap_err();
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
-        assert_eq!(crate::error::exit_code(&err), 4);
+        assert_eq!(crate::exit::code(&err), 4);
         // Someone else's directory is refused (only root can make one here).
         if nix::unistd::geteuid().is_root() {
             let theirs = t.path().join("project-vm-3");

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Err(e) if project_vm::output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e:#}");
-            ExitCode::from(project_vm::error::exit_code(&e))
+            ExitCode::from(project_vm::exit::code(&e))
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::settings::HostSettings;
 use crate::spec::Resources;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::messages::set_json(cli.json);
     if let Command::Completions { shell } = cli.command {
         // Into a buffer: clap_complete panics on a closed stdout.
         let mut buf = Vec::new();

@@ -729,7 +729,7 @@ mod tests {
         // A remote session: no default directory, and saying so names the setting.
         let s = HostSettings::default().resolve_for(&Daemon::Session { user: None }).unwrap();
         let e = s.storage_dir().unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::exit::code(&e), 2);
         assert!(e.to_string().contains("storage_dir"), "{e}");
     }
 
@@ -827,7 +827,7 @@ mod tests {
             ),
         ] {
             let e = check_public_keys(&bad).unwrap_err();
-            assert_eq!(crate::error::exit_code(&e), 2);
+            assert_eq!(crate::exit::code(&e), 2);
             assert!(e.to_string().contains(says), "{e}");
         }
     }

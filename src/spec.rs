@@ -607,7 +607,7 @@ mod tests {
         }
         for bad in ["", "Foo", "1abc", "-a", "a_b", "a.b", "a b", &"a".repeat(49), "é"] {
             let err = VmName::parse(bad).unwrap_err();
-            assert_eq!(crate::error::exit_code(&err), 2, "{bad}");
+            assert_eq!(crate::exit::code(&err), 2, "{bad}");
             assert!(err.to_string().contains("invalid VM name"));
         }
     }

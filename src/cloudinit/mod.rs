@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn rejects_bad_user_data() {
         let e = parse_user_data("#!/bin/sh\necho\n", "u.sh").unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
+        assert_eq!(crate::exit::code(&e), 2);
         assert!(e.to_string().contains("#cloud-config"));
         let e = parse_user_data("#cloud-config\nfoo: [\n", "bad.yaml").unwrap_err();
         assert!(e.to_string().contains("bad.yaml: not valid YAML"), "{e}");
@@ -405,7 +405,7 @@ mod tests {
             ("#cloud-config\nmounts:\n- [LABEL=project, /mnt]\n", "mounts[0]"),
         ] {
             let e = err(text);
-            assert_eq!(crate::error::exit_code(&e), 2, "{text}");
+            assert_eq!(crate::exit::code(&e), 2, "{text}");
             assert!(e.to_string().contains(&format!("{key}:")) && e.to_string().starts_with("u.yaml: "), "{text}: {e}");
         }
         // Several at once, all named.

@@ -4,7 +4,10 @@
 
 pub mod catalog;
 pub mod checksum;
+mod error;
 pub mod fetch;
 pub mod inspect;
 pub mod record;
 pub mod store;
+
+pub use error::Error;

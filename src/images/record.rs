@@ -168,7 +168,7 @@ mod tests {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
         for bad in ["", ".x", "a/b", "a@b", "project-x", "a b", &"a".repeat(101)] {
-            assert_eq!(crate::error::exit_code(&validate_name(bad).unwrap_err()), 2, "{bad}");
+            assert_eq!(crate::exit::code(&validate_name(bad).unwrap_err()), 2, "{bad}");
         }
     }
 }

@@ -5,14 +5,76 @@
 //! its words would change with the host's language. The message is only ever
 //! shown.
 
-use virt::error::{Error, ErrorDomain, ErrorNumber};
+use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
+
+/// The libvirt layer's failures. A libvirt call's error is kept whole, and
+/// its kind decided from its code and domain ([`classify`]), never its text.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A libvirt call failed: what was being done, and libvirt's error.
+    #[error("{what}: {}", .source.message())]
+    Call { what: String, #[source] source: virt::error::Error },
+    /// The daemon could not be reached, or refused this user; the message
+    /// carries the hint.
+    #[error("{0}")]
+    Connect(String),
+    /// A URI that is not one project-vm can use.
+    #[error("{0}")]
+    BadUri(String),
+}
+
+impl Error {
+    pub fn call(what: impl Into<String>, source: virt::error::Error) -> Error {
+        Error::Call { what: what.into(), source }
+    }
+}
+
+impl crate::error::Classified for Error {
+    fn kind(&self) -> crate::error::Kind {
+        match self {
+            Error::Call { source, .. } => classify(source),
+            Error::Connect(_) => crate::error::Kind::Environment,
+            Error::BadUri(_) => crate::error::Kind::Invalid,
+        }
+    }
+}
+
+/// The kind of a libvirt error, from its code and domain.
+pub fn classify(e: &virt::error::Error) -> crate::error::Kind {
+    use crate::error::Kind;
+    let code = e.code();
+    let not_found = [
+        ErrorNumber::NoDomain,
+        ErrorNumber::NoStoragePool,
+        ErrorNumber::NoStorageVolume,
+        ErrorNumber::NoDomainSnapshot,
+        ErrorNumber::NoNetwork,
+        ErrorNumber::NoNodeDevice,
+    ];
+    if not_found.iter().any(|n| code.is(*n)) {
+        return Kind::NotFound;
+    }
+    if refused(e) || code.is(ErrorNumber::NoConnect) || code.is(ErrorNumber::NoSupport) {
+        return Kind::Environment;
+    }
+    if code.is(ErrorNumber::OperationInvalid) {
+        return Kind::NotReady;
+    }
+    if code.is(ErrorNumber::OperationTimeout) {
+        return Kind::Timeout;
+    }
+    if code.is(ErrorNumber::XmlError) || code.is(ErrorNumber::InvalidArg) || code.is(ErrorNumber::ConfigUnsupported) {
+        return Kind::Invalid;
+    }
+    Kind::Failed
+}
 
 /// The errno of a system error (`VIR_ERR_SYSTEM_ERROR`): libvirt keeps it in
 /// the error's `int1`, also across its remote protocol. The virt crate does not
 /// copy that field, so it is read from libvirt's thread-local last error,
 /// which is this same error as long as no other libvirt call came in between
 /// (checked: the code and the message must be the same).
-pub fn errno(e: &Error) -> Option<i32> {
+pub fn errno(e: &VirtError) -> Option<i32> {
     if !e.code().is(ErrorNumber::SystemError) {
         return None;
     }
@@ -30,7 +92,7 @@ pub fn errno(e: &Error) -> Option<i32> {
 
 /// The operating system refused a file or socket (EACCES, EPERM), or
 /// libvirt's access control refused the call.
-pub fn permission_denied(e: &Error) -> bool {
+pub fn permission_denied(e: &VirtError) -> bool {
     qemu_permission_denied(e)
         || e.code().is(ErrorNumber::AccessDenied)
         || e.code().is(ErrorNumber::OperationDenied)
@@ -44,7 +106,7 @@ pub fn permission_denied(e: &Error) -> bool {
 /// daemon's or the client's language (tests/daemons.rs shows it against a
 /// daemon that speaks German): this is the one place a message is read, and
 /// only the program's part of it.
-pub fn qemu_permission_denied(e: &Error) -> bool {
+pub fn qemu_permission_denied(e: &VirtError) -> bool {
     // QEMU's errors come from its driver; a helper's from libvirt's command
     // runner, which names no domain.
     (e.domain().is(ErrorDomain::Qemu) || e.domain().is(ErrorDomain::Storage) || e.domain().is(ErrorDomain::None))
@@ -54,7 +116,7 @@ pub fn qemu_permission_denied(e: &Error) -> bool {
 
 /// The daemon (or its socket) said no to this user, as opposed to nobody
 /// answering: a permission, authentication or polkit refusal.
-pub fn refused(e: &Error) -> bool {
+pub fn refused(e: &VirtError) -> bool {
     permission_denied(e)
         || e.code().is(ErrorNumber::AuthFailed)
         || e.code().is(ErrorNumber::AuthCancelled)
@@ -63,7 +125,7 @@ pub fn refused(e: &Error) -> bool {
 }
 
 /// The refusal came from polkit, or from the system D-Bus it needs.
-pub fn polkit(e: &Error) -> bool {
+pub fn polkit(e: &VirtError) -> bool {
     e.domain().is(ErrorDomain::Polkit) || e.domain().is(ErrorDomain::Dbus)
 }
 

@@ -201,7 +201,7 @@ pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::
     // write): exit 4, naming the directory.
     let env = |e: virt::error::Error, doing: String| {
         let e = super::explain_for(&settings.daemon, e, doing);
-        match (crate::error::exit_code(&e), settings.daemon.user()) {
+        match (crate::exit::code(&e), settings.daemon.user()) {
             (1, None) => failure(Kind::Environment, format!("{e:#}\nhint: storage_dir must be a directory libvirtd can create and write on the libvirt host; `project-vm doctor` checks it")),
             (1, Some(_)) => failure(Kind::Environment, format!("{e:#}\nhint: {}; `project-vm doctor` checks it", super::permission_hint(&settings.daemon))),
             _ => e,

@@ -138,7 +138,7 @@ mod tests {
         let d = Daemon::Session { user: Some(other) };
         match for_daemon(&d, &[share]) {
             Err(e) => {
-                assert_eq!(crate::error::exit_code(&e), 2, "{e}");
+                assert_eq!(crate::exit::code(&e), 2, "{e}");
                 let e = e.to_string();
                 assert!(e.contains("alice cannot read and enter") && e.contains(&closed.display().to_string()), "{e}");
             }

@@ -65,7 +65,7 @@ pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Optio
         match answer {
             Ok(p) => all.vms.extend(p.vms.into_iter().map(|v| VmPlan { host: h.name.clone(), ..v })),
             // Only a host that cannot be reached fails alone; bad input anywhere stops everything.
-            Err(e) if crate::error::exit_code(&e) == crate::error::Kind::Environment.exit_code() => {
+            Err(e) if crate::exit::code(&e) == crate::error::Kind::Environment.exit_code() => {
                 let why = format!("{e:#}");
                 for d in declared.vms.values().filter(|d| d.host == h.name) {
                     all.vms.push(VmPlan {

@@ -7,6 +7,7 @@ pub mod console;
 pub mod create;
 pub mod destroy;
 pub mod doctor;
+mod error;
 pub mod fleet;
 pub mod fleet_plan;
 pub mod gc;
@@ -22,6 +23,8 @@ pub mod seed;
 pub mod snapshot;
 pub mod ssh;
 pub mod status;
+
+pub use error::Error;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

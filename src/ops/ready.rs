@@ -445,7 +445,7 @@ pub fn check(report: &ReadyReport) -> anyhow::Result<()> {
         "\nthe VM is running: inspect it with `project-vm ssh {} -- sudo cloud-init status --long` or `project-vm logs {}`",
         report.name, report.name
     ));
-    Err(failure(Kind::CloudInit, msg))
+    Err(failure(Kind::Provisioning, msg))
 }
 
 #[cfg(test)]
@@ -597,7 +597,7 @@ mod tests {
             cloud_init: CloudInitRun::Ran,
         };
         let e = check(&r).unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 5);
+        assert_eq!(crate::exit::code(&e), 5);
         assert!(e.to_string().contains("scripts_user"));
     }
 }

@@ -1,0 +1,52 @@
+//! The ops layer's failures: what a verb could not do, and why, in terms of
+//! VMs and their states. Lower layers' errors pass through unchanged (each
+//! knows its own kind); these are the ones a verb itself decides.
+
+use std::time::Duration;
+
+use crate::error::{Classified, Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No VM of that name on that host (or not one of project-vm's).
+    #[error("no VM named {name}{host}", host = at(host))]
+    NoSuchVm { name: String, host: Option<String> },
+    /// The VM exists but is not running, and the verb needs it to be.
+    #[error("{vm} is not running (state {state}): start it with `project-vm start {vm} --wait`")]
+    NotRunning { vm: String, state: String },
+    /// Nowhere to reach the guest yet.
+    #[error("no address known for {vm} (state {state}): start it with `project-vm start {vm} --wait`, or set \"tailnet\"")]
+    NoAddress { vm: String, state: String },
+    /// The VM has no serial log to show (yet).
+    #[error("{0}")]
+    NoSerialLog(String),
+    /// A wait ran out.
+    #[error("{vm}: {what} did not finish within {}", humantime::format_duration(*.after))]
+    Timeout { vm: String, what: String, after: Duration },
+    /// The guest came up but was not provisioned.
+    #[error("{vm} is not provisioned: {why}")]
+    NotProvisioned { vm: String, why: String },
+    /// Bad input that the verb itself found.
+    #[error("{0}")]
+    Invalid(String),
+    /// The environment stopped the verb (a tool missing, a file it may not read).
+    #[error("{0}")]
+    Environment(String),
+}
+
+fn at(host: &Option<String>) -> String {
+    host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default()
+}
+
+impl Classified for Error {
+    fn kind(&self) -> Kind {
+        match self {
+            Error::NoSuchVm { .. } => Kind::NotFound,
+            Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
+            Error::Timeout { .. } => Kind::Timeout,
+            Error::NotProvisioned { .. } => Kind::Provisioning,
+            Error::Invalid(_) => Kind::Invalid,
+            Error::Environment(_) => Kind::Environment,
+        }
+    }
+}
