@@ -23,6 +23,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<Kind> {
         .or_else(|| as_kind::<crate::config::ConfigError>(e))
         .or_else(|| as_kind::<crate::images::Error>(e))
         .or_else(|| as_kind::<crate::libvirt::errors::Error>(e))
+        .or_else(|| as_kind::<crate::fanout::Panicked>(e))
         .or_else(|| as_kind::<crate::error::Failure>(e))
 }
 

@@ -9,6 +9,7 @@ pub mod cloudinit;
 pub mod config;
 pub mod error;
 pub mod exit;
+pub mod fanout;
 pub mod fault;
 pub mod features;
 pub mod files;

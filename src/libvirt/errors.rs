@@ -13,7 +13,11 @@ use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
 pub enum Error {
     /// A libvirt call failed: what was being done, and libvirt's error.
     #[error("{what}: {}", .source.message())]
-    Call { what: String, #[source] source: virt::error::Error },
+    Call {
+        what: String,
+        #[source]
+        source: virt::error::Error,
+    },
     /// The daemon could not be reached, or refused this user; the message
     /// carries the hint.
     #[error("{0}")]

@@ -15,7 +15,9 @@ pub enum Error {
     #[error("{vm} is not running (state {state}): start it with `project-vm start {vm} --wait`")]
     NotRunning { vm: String, state: String },
     /// Nowhere to reach the guest yet.
-    #[error("no address known for {vm} (state {state}): start it with `project-vm start {vm} --wait`, or set \"tailnet\"")]
+    #[error(
+        "no address known for {vm} (state {state}): start it with `project-vm start {vm} --wait`, or set \"tailnet\""
+    )]
     NoAddress { vm: String, state: String },
     /// The VM has no serial log to show (yet).
     #[error("{0}")]
