@@ -8,6 +8,7 @@ pub mod metadata;
 pub mod nodedev;
 pub mod pool_listing;
 pub mod snapshot_xml;
+pub mod state;
 pub mod stats;
 pub mod storage;
 pub mod uri;

@@ -1,12 +1,12 @@
 //! Finding project-vm's VMs. A domain counts as a VM only when it carries
 //! project-vm's ownership metadata; everything else is somebody else's.
 
-use serde::Serialize;
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainState, DomainStateEnum};
+use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
 use super::metadata::Ownership;
+pub use super::state::State;
 use super::{explain, is};
 use crate::error::{invalid, not_found};
 use crate::spec::{VmName, VmSpec, DOMAIN_PREFIX};
@@ -25,50 +25,6 @@ pub enum Lookup {
     /// a record that belongs to another domain (the reason).
     Foreign(Option<String>),
     Owned(Box<Vm>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Running,
-    Paused,
-    Shutoff,
-    Crashed,
-    Other,
-}
-
-impl State {
-    pub fn of(dom: &Domain) -> State {
-        match dom.state() {
-            Ok((s, _)) => State::from_known(s.known()),
-            Err(_) => State::Other,
-        }
-    }
-
-    /// From libvirt's number (`virDomainState`), as bulk statistics give it.
-    pub fn from_raw(raw: u32) -> State {
-        State::from_known(DomainStateEnum::from_raw(raw).known())
-    }
-
-    fn from_known(s: Option<DomainState>) -> State {
-        match s {
-            Some(DomainState::Running | DomainState::Blocked) => State::Running,
-            Some(DomainState::Paused | DomainState::PMSuspended) => State::Paused,
-            Some(DomainState::Shutoff) => State::Shutoff,
-            Some(DomainState::Crashed) => State::Crashed,
-            _ => State::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Paused => "paused",
-            State::Shutoff => "shutoff",
-            State::Crashed => "crashed",
-            State::Other => "other",
-        }
-    }
 }
 
 impl Vm {
