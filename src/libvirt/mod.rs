@@ -18,7 +18,7 @@ pub mod vms;
 use virt::connect::Connect;
 use virt::error::ErrorNumber;
 
-use crate::error::{failure, Kind};
+use errors::Error;
 
 /// The default URI: the system daemon for root, the user's session otherwise
 /// (which libvirt spawns on first use, running as that user).
@@ -37,9 +37,10 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
     // we handle (a lookup of a name that does not exist, say).
     virt::error::clear_error_callback();
     // A malformed URI is bad input, not an unreachable daemon.
-    uri::check(uri).map_err(crate::error::invalid)?;
+    uri::check(uri).map_err(Error::BadUri)?;
     tracing::debug!(uri, "connecting to libvirt");
-    Connect::open(Some(uri)).map_err(|e| connect_error(uri, &e))
+    used(uri);
+    Connect::open(Some(uri)).map_err(|e| connect_error(uri, &e).into())
 }
 
 /// [`connect`] for verbs that only look (`list`, `status`, `ssh`, ...): when
@@ -48,6 +49,7 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
 /// metadata, pools and volumes.
 pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
     virt::error::clear_error_callback();
+    used(uri);
     let e = match Connect::open(Some(uri)) {
         Ok(c) => return Ok(c),
         Err(e) => e,
@@ -55,27 +57,24 @@ pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
     let system = !daemon::Daemon::of(uri).is_session() && !nix::unistd::geteuid().is_root();
     if system && errors::refused(&e) {
         if let Ok(c) = Connect::open_read_only(Some(uri)) {
-            tracing::warn!(
+            crate::messages::warn(format!(
                 "{uri} refused a read-write connection ({}): looking through its read-only socket",
                 e.message()
-            );
+            ));
             return Ok(c);
         }
     }
-    Err(connect_error(uri, &e))
+    Err(connect_error(uri, &e).into())
 }
 
-fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
+fn connect_error(uri: &str, e: &virt::error::Error) -> Error {
     let msg = e.message();
     if errors::permission_denied(e) || e.code().is(ErrorNumber::AuthFailed) || e.code().is(ErrorNumber::AuthCancelled) {
-        return failure(
-            Kind::Environment,
-            format!(
-                "permission denied connecting to libvirt at {uri}: {msg}\n\
+        return Error::Connect(format!(
+            "permission denied connecting to libvirt at {uri}: {msg}\n\
                  hint: run as root, add your user to the 'libvirt' group (then log in again), \
                  or use your own session with --connect qemu:///session"
-            ),
-        );
+        ));
     }
     if let Some(u) = daemon::Daemon::of(uri).user() {
         let how = match u.is_me {
@@ -85,31 +84,25 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
                 .to_owned(),
             false => format!("that socket is {}'s session daemon: it must be running (started as {})", u.name, u.name),
         };
-        return failure(Kind::Environment, format!("cannot connect to libvirt at {uri}: {msg}\nhint: {how}"));
+        return Error::Connect(format!("cannot connect to libvirt at {uri}: {msg}\nhint: {how}"));
     }
     if !nix::unistd::geteuid().is_root() && errors::polkit(e) {
-        return failure(
-            Kind::Environment,
-            format!(
-                "libvirt at {uri} refused you: {msg}\n\
+        return Error::Connect(format!(
+            "libvirt at {uri} refused you: {msg}\n\
                  hint: the system daemon checks users other than root with polkit, which needs the system D-Bus \
                  (dbus-daemon --system) and polkitd running; with them, members of the 'libvirt' group are let in. \
                  Otherwise run as root, or use your own session with --connect qemu:///session"
-            ),
-        );
+        ));
     }
     let start = if std::path::Path::new("/run/systemd/system").exists() {
         "`systemctl start libvirtd` (or virtqemud)"
     } else {
         "`virtlogd -d && libvirtd -d` as root"
     };
-    failure(
-        Kind::Environment,
-        format!(
-            "cannot connect to libvirt at {uri}: {msg}\n\
+    Error::Connect(format!(
+        "cannot connect to libvirt at {uri}: {msg}\n\
              hint: is libvirtd running? Start it with {start}, or pick another URI with --connect / PROJECT_VM_URI"
-        ),
-    )
+    ))
 }
 
 /// Who a connection talks to, whatever the URI's spelling: the driver, the
@@ -118,7 +111,7 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
 /// `qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock` give one
 /// identity; a user's session daemon another.
 pub fn daemon_identity(conn: &Connect, uri: &str) -> anyhow::Result<String> {
-    let caps = conn.capabilities().map_err(|e| explain(e, "reading the libvirt host's capabilities"))?;
+    let caps = conn.capabilities().map_err(|e| explain_on(conn, e, "reading the libvirt host's capabilities"))?;
     let (driver, path) = uri_driver_and_path(uri);
     Ok(match host_uuid(&caps) {
         Some(uuid) => format!("{driver}|{}|{path}", uuid.to_ascii_lowercase()),
@@ -161,21 +154,66 @@ pub fn is(e: &virt::error::Error, n: ErrorNumber) -> bool {
     e.code().is(n)
 }
 
-/// Adds a hint to libvirt errors a user can fix (permissions on files), and
-/// says what we were doing.
+/// The URIs this process has connected to, for hints that need to know
+/// which daemon was asked when the caller has only libvirt's error.
+static USED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn used(uri: &str) {
+    let mut all = USED.lock().unwrap_or_else(|p| p.into_inner());
+    if !all.iter().any(|u| u == uri) {
+        all.push(uri.to_owned());
+    }
+}
+
+/// The daemon every connection of this process reaches, when that is one
+/// daemon (one host, as almost every run); `None` for a fleet of several,
+/// or before any connection.
+pub fn daemon_in_use() -> Option<daemon::Daemon> {
+    let all = USED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut daemons = all.iter().map(|u| daemon::Daemon::of(u));
+    let first = daemons.next()?;
+    daemons.all(|d| d == first).then_some(first)
+}
+
+/// Says what we were doing, keeping libvirt's error typed inside (so its
+/// code and domain decide the exit code), with a hint for the errors a user
+/// can fix (permissions on files). The hint is for the daemon this process
+/// talks to ([`daemon_in_use`]); across several different daemons it names
+/// both cases. [`explain_for`] names the daemon outright.
 pub fn explain(e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
-    explain_for(&daemon::Daemon::System, e, doing)
+    match daemon_in_use() {
+        Some(d) => explain_for(&d, e, doing),
+        None => explained(e, doing, || ANY_DAEMON_HINT.to_owned()),
+    }
+}
+
+/// [`explain`] for a call on `conn`: the hint follows the URI `conn` was
+/// opened with.
+pub fn explain_on(conn: &Connect, e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
+    match conn.uri() {
+        Ok(u) => explain_for(&daemon::Daemon::of(&u), e, doing),
+        Err(_) => explain(e, doing),
+    }
 }
 
 /// [`explain`], with the hint naming the daemon (and so the user) that
 /// needed the file.
 pub fn explain_for(d: &daemon::Daemon, e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
-    let msg = e.message().to_owned();
-    if errors::permission_denied(&e) {
-        return failure(Kind::Environment, format!("{doing}: {msg}\nhint: {}", permission_hint(d)));
-    }
-    anyhow::anyhow!("{doing}: {msg}")
+    explained(e, doing, || permission_hint(d))
 }
+
+fn explained(e: virt::error::Error, doing: impl std::fmt::Display, hint: impl FnOnce() -> String) -> anyhow::Error {
+    let what = doing.to_string();
+    match errors::permission_denied(&e) {
+        true => Error::Mendable { what, source: e, hint: hint() }.into(),
+        false => Error::Call { what, source: e }.into(),
+    }
+}
+
+/// The permission hint when the daemon is not known to be one kind.
+const ANY_DAEMON_HINT: &str = "the file named above must be readable by the user the VMs run as (on qemu:///system, \
+     the QEMU user, libvirt-qemu or qemu; on qemu:///session, the session daemon's own user), and every parent \
+     directory needs +x for that user; AppArmor or SELinux may also deny it (see the host's audit log)";
 
 /// Who must be able to reach a file libvirt or QEMU opened, and how to fix it.
 pub fn permission_hint(d: &daemon::Daemon) -> String {
@@ -208,20 +246,22 @@ pub fn check_network(conn: &Connect, net: &crate::settings::Network, local: bool
         Network::User { .. } => Ok(()),
         Network::Network { name } => match conn.lookup_network_by_name(name) {
             Ok(_) => Ok(()),
-            Err(e) if is(&e, ErrorNumber::NoNetwork) => Err(crate::error::invalid(format!(
+            Err(e) if is(&e, ErrorNumber::NoNetwork) => Err(Error::Invalid(format!(
                 "libvirt network {name:?} does not exist on this host: pick one of `virsh net-list --all`, define it, or set \"network\" in the settings (for instance {{\"type\": \"user\"}})"
-            ))),
+            ))
+            .into()),
             // Drivers without a network driver (none here) cannot be asked.
             Err(e) if is(&e, ErrorNumber::NoSupport) => Ok(()),
-            Err(e) => Err(explain(e, format!("looking up libvirt network {name}"))),
+            Err(e) => Err(explain_on(conn, e, format!("looking up libvirt network {name}"))),
         },
         Network::Bridge { name } if local => {
             if std::path::Path::new("/sys/class/net").join(name).join("bridge").is_dir() {
                 Ok(())
             } else {
-                Err(crate::error::invalid(format!(
+                Err(Error::Invalid(format!(
                     "bridge {name:?} is not a bridge on this host (no /sys/class/net/{name}/bridge): create it (`ip link add {name} type bridge`), or set \"network\" to another bridge or network"
-                )))
+                ))
+                .into())
             }
         }
         Network::Bridge { .. } => Ok(()),
