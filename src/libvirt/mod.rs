@@ -169,8 +169,12 @@ fn used(uri: &str) {
 /// daemon (one host, as almost every run); `None` for a fleet of several,
 /// or before any connection.
 pub fn daemon_in_use() -> Option<daemon::Daemon> {
-    let all = USED.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut daemons = all.iter().map(|u| daemon::Daemon::of(u));
+    one_daemon(&USED.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// The daemon all of `uris` reach, when that is one.
+fn one_daemon(uris: &[String]) -> Option<daemon::Daemon> {
+    let mut daemons = uris.iter().map(|u| daemon::Daemon::of(u));
     let first = daemons.next()?;
     daemons.all(|d| d == first).then_some(first)
 }
@@ -282,6 +286,38 @@ mod tests {
         assert_eq!(uri_driver_and_path("qemu+ssh://root@h:22/system?keyfile=/k"), system);
         assert_ne!(uri_driver_and_path("qemu:///session"), system);
         assert_eq!(uri_driver_and_path("test:///default"), ("test".into(), "/default".into()));
+    }
+
+    #[test]
+    fn an_explained_libvirt_error_stays_typed_and_is_said_once() {
+        let conn = connect("test:///default").unwrap();
+        let e = conn.lookup_domain_by_name("project-no-such-pv-test").unwrap_err();
+        let msg = e.message().to_owned();
+        let err = explain_on(&conn, e, "looking up domain project-no-such-pv-test");
+        // Decided by libvirt's code (no domain), not by its words.
+        assert_eq!(crate::exit::kind(&err), crate::error::Kind::NotFound, "{err:#}");
+        let call = err.downcast_ref::<Error>().and_then(Error::libvirt).expect("libvirt's error inside");
+        assert!(call.code().is(ErrorNumber::NoDomain));
+        assert_eq!(format!("{err:#}"), format!("looking up domain project-no-such-pv-test: {msg}"));
+    }
+
+    #[test]
+    fn the_permission_hint_follows_the_daemon_in_use() {
+        let system = vec!["qemu:///system".to_owned(), "qemu+unix:///system".to_owned()];
+        assert_eq!(one_daemon(&system), Some(daemon::Daemon::System));
+        let remote_session = vec!["qemu+ssh://alice@box/session".to_owned()];
+        let d = one_daemon(&remote_session).unwrap();
+        assert!(d.is_session());
+        assert!(
+            permission_hint(&d).contains("session daemon on that host runs as its user"),
+            "{}",
+            permission_hint(&d)
+        );
+        assert!(permission_hint(&daemon::Daemon::System).contains("libvirt-qemu"));
+        // A fleet of several daemons: no one daemon, so the hint names both cases.
+        assert_eq!(one_daemon(&[system[0].clone(), remote_session[0].clone()]), None);
+        assert_eq!(one_daemon(&[]), None);
+        assert!(ANY_DAEMON_HINT.contains("qemu:///system") && ANY_DAEMON_HINT.contains("qemu:///session"));
     }
 
     #[test]
