@@ -100,10 +100,31 @@ impl Uri {
         matches!(self.transport.as_deref(), Some("ssh" | "libssh" | "libssh2"))
     }
 
+    /// libvirt's built-in test driver (`test:///default`, `test:///path.xml`):
+    /// no daemon, no files, no streams.
+    pub fn is_test(&self) -> bool {
+        self.driver == "test"
+    }
+
     /// `socket=`: a unix socket given explicitly, on this machine.
     pub fn socket(&self) -> Option<&str> {
         self.param("socket").filter(|s| !s.is_empty())
     }
+}
+
+/// True when `uri` (as given: a URI or an alias) reaches a daemon on this
+/// machine. An alias from libvirt.conf counts as local, as libvirt's own
+/// default does; anything else that does not parse does not.
+pub fn is_local(uri: &str) -> bool {
+    match Uri::parse(uri) {
+        Ok(u) => u.is_local(),
+        Err(_) => !uri.is_empty() && check_alias(uri).is_ok(),
+    }
+}
+
+/// True when `uri` names libvirt's test driver.
+pub fn is_test(uri: &str) -> bool {
+    Uri::parse(uri).is_ok_and(|u| u.is_test())
 }
 
 // The phases of [`Uri::parse`], in reading order.
@@ -413,6 +434,14 @@ mod tests {
             let e = Uri::parse(bad).unwrap_err();
             assert!(e.to_string().contains("not a libvirt URI"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn local_and_test_from_the_parsed_uri() {
+        assert!(is_local("qemu:///system") && is_local("myalias") && is_local("qemu+unix:///session?socket=/s"));
+        assert!(!is_local("qemu+ssh://h/system") && !is_local("not a uri") && !is_local(""));
+        assert!(is_test("test:///default") && is_test("test:///tmp/node.xml"));
+        assert!(!is_test("qemu:///system") && !is_test("testing") && !is_test("test+ssh"));
     }
 
     #[test]
