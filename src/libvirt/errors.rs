@@ -3,7 +3,9 @@
 //! beside them. Never from the message: libvirt translates it (the daemon by
 //! its own locale, the client library by the client's), so a decision made on
 //! its words would change with the host's language. The message is only ever
-//! shown.
+//! shown, with one exception by design: [`qemu_permission_denied`] reads the
+//! words QEMU and qemu-img themselves wrote (libvirt runs them with
+//! `LC_ALL=C`, so those do not change with the language).
 
 use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
 

@@ -233,7 +233,7 @@ pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::
 /// The directory of every storage pool on the connection (as its definition
 /// names it): places no share may reach.
 pub fn pool_dirs(conn: &Connect) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let pools = conn.list_all_storage_pools(0).map_err(|e| explain(e, "listing storage pools"))?;
+    let pools = conn.list_all_storage_pools(0).map_err(|e| super::explain_on(conn, e, "listing storage pools"))?;
     Ok(pools
         .iter()
         .filter_map(|p| quick_xml::de::from_str::<PoolXml>(&p.xml_desc(0).ok()?).ok())
@@ -320,7 +320,7 @@ pub fn clone_flat(pool: &StoragePool, name: &str, source: &StorageVol) -> anyhow
 
 /// Reads a whole volume through a libvirt stream into `sink` (a hasher, say).
 pub fn download(conn: &Connect, vol: &StorageVol, sink: &mut dyn std::io::Write) -> anyhow::Result<u64> {
-    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    let stream = Stream::new(conn, 0).map_err(|e| super::explain_on(conn, e, "opening stream"))?;
     vol.download(&stream, 0, 0, 0).map_err(|e| explain(e, "starting download"))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -387,7 +387,7 @@ pub fn upload(
 }
 
 fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progress: &Progress) -> anyhow::Result<()> {
-    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    let stream = Stream::new(conn, 0).map_err(|e| super::explain_on(conn, e, "opening stream"))?;
     vol.upload(&stream, 0, len, 0).map_err(|e| match is(&e, ErrorNumber::NoSupport) {
         true => anyhow::Error::new(Unsupported(e.message().to_owned())),
         false => explain(e, "starting upload"),
@@ -695,7 +695,9 @@ pub fn mark_kept(
         // A driver without uploads (libvirt's test driver): an empty marker,
         // which keeps the disk but never lets a create adopt it.
         Err(e) if e.chain().any(|c| c.is::<Unsupported>()) => {
-            tracing::warn!(volume = data_volume, "this libvirt cannot upload: the kept disk's marker is empty");
+            crate::messages::warn(format!(
+                "this libvirt cannot upload: the marker of kept disk {data_volume} is empty"
+            ));
             create(
                 pool,
                 &VolumeXml {
