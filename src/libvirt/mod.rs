@@ -183,21 +183,22 @@ fn one_daemon(uris: &[String]) -> Option<daemon::Daemon> {
 /// code and domain decide the exit code), with a hint for the errors a user
 /// can fix (permissions on files). The hint is for the daemon this process
 /// talks to ([`daemon_in_use`]); across several different daemons it names
-/// both cases. [`explain_for`] names the daemon outright.
+/// both cases. [`explain_on`] and [`explain_for`] name the daemon outright.
+/// The daemon is only looked at when a hint is given.
 pub fn explain(e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
-    match daemon_in_use() {
-        Some(d) => explain_for(&d, e, doing),
-        None => explained(e, doing, || ANY_DAEMON_HINT.to_owned()),
-    }
+    explained(e, doing, || match daemon_in_use() {
+        Some(d) => permission_hint(&d),
+        None => ANY_DAEMON_HINT.to_owned(),
+    })
 }
 
 /// [`explain`] for a call on `conn`: the hint follows the URI `conn` was
 /// opened with.
 pub fn explain_on(conn: &Connect, e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
-    match conn.uri() {
-        Ok(u) => explain_for(&daemon::Daemon::of(&u), e, doing),
-        Err(_) => explain(e, doing),
-    }
+    explained(e, doing, || match conn.uri() {
+        Ok(u) => permission_hint(&daemon::Daemon::of(&u)),
+        Err(_) => ANY_DAEMON_HINT.to_owned(),
+    })
 }
 
 /// [`explain`], with the hint naming the daemon (and so the user) that
@@ -206,6 +207,8 @@ pub fn explain_for(d: &daemon::Daemon, e: virt::error::Error, doing: impl std::f
     explained(e, doing, || permission_hint(d))
 }
 
+/// libvirt's error with what was being done, and `hint` when it is one a
+/// user can mend by permissions.
 fn explained(e: virt::error::Error, doing: impl std::fmt::Display, hint: impl FnOnce() -> String) -> anyhow::Error {
     let what = doing.to_string();
     match errors::permission_denied(&e) {

@@ -276,6 +276,9 @@ impl Fleet {
     }
 }
 
+/// Each host's answer to "is there a VM of that name?".
+type Answers<'a> = Vec<(&'a Host, anyhow::Result<(Arc<Ctx>, Lookup)>)>;
+
 /// What the hosts said of one name: where it is project-vm's VM, which
 /// hosts did not answer, and why a domain of that name is not ours.
 struct Found<'a> {
@@ -285,7 +288,7 @@ struct Found<'a> {
 }
 
 impl<'a> Found<'a> {
-    fn of(answers: Vec<(&'a Host, anyhow::Result<(Arc<Ctx>, Lookup)>)>) -> Found<'a> {
+    fn of(answers: Answers<'a>) -> Found<'a> {
         let mut found = Found { owned: Vec::new(), down: Vec::new(), foreign: None };
         for (h, a) in answers {
             match a {
