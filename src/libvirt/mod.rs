@@ -305,6 +305,29 @@ mod tests {
     }
 
     #[test]
+    fn connect_failures_are_typed() {
+        let bad = connect("qemu:///x").unwrap_err();
+        assert!(matches!(bad.downcast_ref::<Error>(), Some(Error::BadUri(_))), "{bad:#}");
+        assert_eq!(crate::exit::kind(&bad), crate::error::Kind::Invalid);
+        let down = connect("qemu+unix:///session?socket=/nonexistent-pv-connect/sock").unwrap_err();
+        assert!(matches!(down.downcast_ref::<Error>(), Some(Error::Connect(_))), "{down:#}");
+        assert_eq!(crate::exit::kind(&down), crate::error::Kind::Environment);
+        assert!(format!("{down:#}").contains("hint:"), "{down:#}");
+    }
+
+    #[test]
+    fn a_missing_vm_and_a_foreign_domain_are_their_own_variants() {
+        let conn = connect("test:///default").unwrap();
+        let missing = crate::spec::VmName::parse("pv-no-such-vm").unwrap();
+        let e = vms::get(&conn, &missing).err().expect("absent");
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::NoSuchVm(_))), "{e:#}");
+        assert_eq!(crate::exit::kind(&e), crate::error::Kind::NotFound);
+        let e = vms::foreign(&missing, None);
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Foreign(_))), "{e:#}");
+        assert_eq!(crate::exit::kind(&e), crate::error::Kind::Invalid);
+    }
+
+    #[test]
     fn the_permission_hint_follows_the_daemon_in_use() {
         let system = vec!["qemu:///system".to_owned(), "qemu+unix:///system".to_owned()];
         assert_eq!(one_daemon(&system), Some(daemon::Daemon::System));
