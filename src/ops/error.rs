@@ -34,6 +34,10 @@ pub enum Error {
     /// The environment stopped the verb (a tool missing, a file it may not read).
     #[error("{0}")]
     Environment(String),
+    /// Nothing of that name where the verb looked (across a fleet's hosts,
+    /// say); the message says where and what to do.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 fn at(host: &Option<String>) -> String {
@@ -43,7 +47,7 @@ fn at(host: &Option<String>) -> String {
 impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::NoSuchVm { .. } => Kind::NotFound,
+            Error::NoSuchVm { .. } | Error::NotFound(_) => Kind::NotFound,
             Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
             Error::Timeout { .. } => Kind::Timeout,
             Error::NotProvisioned { .. } => Kind::Provisioning,
