@@ -34,6 +34,12 @@ pub enum Error {
     /// The environment stopped the verb (a tool missing, a file it may not read).
     #[error("{0}")]
     Environment(String),
+    /// Something the verb was working on went away under it (a pool, a volume).
+    #[error("{what} is gone")]
+    Gone { what: String },
+    /// `apply` carried out what it could; these VMs failed (each result says why).
+    #[error("{failed} of the VMs failed to apply (see above)")]
+    ApplyFailed { failed: usize },
 }
 
 fn at(host: &Option<String>) -> String {
@@ -49,6 +55,8 @@ impl Classified for Error {
             Error::NotProvisioned { .. } => Kind::Provisioning,
             Error::Invalid(_) => Kind::Invalid,
             Error::Environment(_) => Kind::Environment,
+            Error::Gone { .. } => Kind::NotFound,
+            Error::ApplyFailed { .. } => Kind::Failed,
         }
     }
 }
