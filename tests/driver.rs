@@ -317,7 +317,10 @@ fn apply_is_idempotent_and_converges_changes() {
         r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "4G", "autostart": true}}}"#;
     let p = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
     let classes: Vec<(&str, ChangeClass)> = p.vms[0].changes().iter().map(|c| (c.field(), c.class())).collect();
-    assert_eq!(classes, vec![("memory", ChangeClass::NextRestart), ("autostart", ChangeClass::Now), ("project_disk", ChangeClass::Now)]);
+    assert_eq!(
+        classes,
+        vec![("memory", ChangeClass::NextRestart), ("autostart", ChangeClass::Now), ("project_disk", ChangeClass::Now)]
+    );
     assert!(p.vms[0].start());
     // The test driver cannot resize volumes (the e2e suite grows real disks):
     // apply the rest here.
@@ -368,6 +371,26 @@ fn changed_cloud_init_is_reported_not_ignored() {
     assert_eq!(p.vms[0].changes()[0].class(), ChangeClass::NotApplied);
     let p = plan::plan(&ctx, &declared(with_feature), plan::Options { recreate: true, ..Default::default() }).unwrap();
     assert!(p.vms[0].recreate() && p.changes == 1);
+}
+
+#[test]
+fn apply_carries_out_what_the_plan_applies_and_nothing_it_does_not() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let before = vms::get(&ctx.conn(), &foo).unwrap().spec().unwrap();
+    // More memory (next restart) and a feature (cloud-init: not applied).
+    let file =
+        r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
+    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(file), opts(false), None).unwrap();
+    assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
+    assert_eq!(r.results[0].done, vec!["redefined"]);
+    let after = vms::get(&ctx.conn(), &foo).unwrap().spec().unwrap();
+    assert_eq!(after.resources.memory, Size(2 << 30));
+    assert_eq!(after.cloud_init_hash, before.cloud_init_hash, "cloud-init is reported, never recorded as applied");
+    let again = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
+    let left: Vec<&str> = again.vms[0].changes().iter().map(|c| c.field()).collect();
+    assert_eq!((again.changes, left), (0, vec!["cloud-init"]), "still reported, the rest converged");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use super::fleet::Fleet;
 use super::plan::{self, Action, Change, Create, Disk, Entry, Plan, Prune, Recreate, Update, VmPlan};
 use super::{create, destroy, power, ready, Ctx};
 use crate::config::Declared;
+use crate::fanout::Panicked;
 use crate::libvirt::vms::{self, State, Vm};
 use crate::libvirt::{domain_xml, explain, storage};
 use crate::ops::Error;
@@ -128,8 +129,7 @@ pub fn apply(
 fn waves(declared: &Declared, plan: &Plan) -> Vec<Vec<VmPlan>> {
     // A VM moving between hosts has two entries: its create is the declared one.
     let find = |name: &VmName| plan.vms.iter().find(|p| &p.name == name && p.action() != Action::Prune).cloned();
-    let mut waves: Vec<Vec<VmPlan>> =
-        declared.waves().iter().map(|w| w.iter().filter_map(find).collect()).collect();
+    let mut waves: Vec<Vec<VmPlan>> = declared.waves().iter().map(|w| w.iter().filter_map(find).collect()).collect();
     waves.push(plan.vms.iter().filter(|p| p.action() == Action::Prune).cloned().collect());
     waves
 }
@@ -182,35 +182,58 @@ fn refusal(
     }
 }
 
-/// One wave's VMs at once: the hosts side by side (each host's daemon does
-/// its own work), at most `--jobs` at once within each host. Results in the
-/// jobs' order; a panic is its VM's failure.
+/// One wave's VMs at once; a worker's panic is its VM's failure.
 fn run_wave(jobs: Vec<Job>, opts: ApplyOptions, multi: &Arc<Multi>) -> Vec<VmResult> {
-    let mut slots: Vec<VmResult> = jobs.iter().map(|j| VmResult::of(&j.plan)).collect();
-    let mut hosts: Vec<(Option<String>, Vec<(usize, Job)>)> = Vec::new();
-    for (i, job) in jobs.into_iter().enumerate() {
-        match hosts.iter_mut().find(|(h, _)| *h == job.plan.host) {
-            Some((_, group)) => group.push((i, job)),
-            None => hosts.push((job.plan.host.clone(), vec![(i, job)])),
+    let stubs: Vec<VmResult> = jobs.iter().map(|j| VmResult::of(&j.plan)).collect();
+    let multi = multi.clone();
+    let items = jobs.into_iter().map(|j| (j.plan.host.clone(), j)).collect();
+    let results = per_host(items, opts.jobs, move |job| run_one(job, opts, &multi));
+    stubs
+        .into_iter()
+        .zip(results)
+        .map(|(stub, r)| r.unwrap_or_else(|p| VmResult { error: Some(p.to_string()), ..stub }))
+        .collect()
+}
+
+/// `work` on every item: the hosts side by side (each host's daemon does
+/// its own work), at most `limit` at once within each host. Results in the
+/// items' order; an item whose worker panicked gets `Err(Panicked)`.
+fn per_host<T, R, F>(items: Vec<(Option<String>, T)>, limit: usize, work: F) -> Vec<Result<R, Panicked>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> R + Send + Sync + 'static,
+{
+    let n = items.len();
+    let mut hosts: Vec<(Option<String>, Vec<usize>, Vec<T>)> = Vec::new();
+    for (i, (host, item)) in items.into_iter().enumerate() {
+        match hosts.iter_mut().find(|(h, _, _)| *h == host) {
+            Some((_, indices, group)) => {
+                indices.push(i);
+                group.push(item);
+            }
+            None => hosts.push((host, vec![i], vec![item])),
         }
     }
-    let order: Vec<Vec<usize>> = hosts.iter().map(|(_, g)| g.iter().map(|(i, _)| *i).collect()).collect();
-    let groups: Vec<Vec<Job>> = hosts.into_iter().map(|(_, g)| g.into_iter().map(|(_, j)| j).collect()).collect();
-    let (limit, multi) = (opts.jobs.max(1), multi.clone());
+    let (order, groups): (Vec<Vec<usize>>, Vec<Vec<T>>) = hosts.into_iter().map(|(_, i, g)| (i, g)).unzip();
+    let work = Arc::new(work);
     let answers = crate::fanout::map(groups, order.len(), move |group| {
-        let multi = multi.clone();
-        crate::fanout::map(group, limit, move |job| run_one(job, opts, &multi))
+        let work = work.clone();
+        crate::fanout::map(group, limit, move |item| work(item))
     });
+    let mut out: Vec<Option<Result<R, Panicked>>> = (0..n).map(|_| None).collect();
     for (indices, answer) in order.into_iter().zip(answers) {
-        let answer: Vec<Result<VmResult, crate::fanout::Panicked>> = match answer {
+        let each: Vec<Result<R, Panicked>> = match answer {
             Ok(each) => each,
             Err(p) => indices.iter().map(|_| Err(p.clone())).collect(),
         };
-        for (i, result) in indices.into_iter().zip(answer) {
-            slots[i] = result.unwrap_or_else(|p| VmResult { error: Some(p.to_string()), ..slots[i].clone() });
+        for (i, r) in indices.into_iter().zip(each) {
+            out[i] = Some(r);
         }
     }
-    slots
+    // Every index is in exactly one host's group.
+    let lost = || Err(Panicked { message: "no result came back".into() });
+    out.into_iter().map(|r| r.unwrap_or_else(lost)).collect()
 }
 
 fn run_one(job: Job, opts: ApplyOptions, multi: &Multi) -> VmResult {
@@ -461,4 +484,95 @@ fn save(ctx: &Ctx, vm: &Vm, spec: &VmSpec, redefine: bool, done: &mut Vec<String
         own.write(&vm.dom)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::plan::change::tests::{actual_of, base, edits};
+    use crate::ops::plan::{diff, ChangeClass};
+
+    #[test]
+    fn apply_applies_every_change_the_plan_applies_and_no_other() {
+        let mut cases: Vec<(String, Change, VmSpec)> = edits()
+            .into_iter()
+            .map(|(what, edit, _, _)| {
+                let mut want = base();
+                edit(&mut want);
+                let mut changes = diff(&base(), &actual_of(&base()), &want);
+                assert_eq!(changes.len(), 1, "{what}");
+                (what.to_string(), changes.remove(0), want)
+            })
+            .collect();
+        // The changes only plan's fleet and pool checks make.
+        cases.push(("pool".into(), Change::Pool { from: "a".into(), to: "b".into() }, base()));
+        cases.push(("host".into(), Change::Host { from: "a".into(), to: "b".into() }, base()));
+        for (what, change, want) in cases {
+            let mut spec = base();
+            let step = record(&mut spec, &change);
+            if change.class().applies() {
+                assert_ne!(step, Step::Skip, "{what}: the plan applies it, apply must");
+                assert_eq!(spec, want, "{what}: recorded as declared");
+            } else {
+                assert_eq!(step, Step::Skip, "{what}: {:?} is not applied by an update", change.class());
+                assert_eq!(spec, base(), "{what}: the spec is untouched");
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_plan_does_not_apply_is_not_applied() {
+        let mut want = base();
+        want.cloud_init_hash = "new".into();
+        want.resources.memory = Size(2 << 30);
+        want.base_image = "other.qcow2".into();
+        let changes = diff(&base(), &actual_of(&base()), &want);
+        let mut spec = base();
+        let steps: Vec<Step> = changes.iter().map(|c| record(&mut spec, c)).collect();
+        let classes: Vec<ChangeClass> = changes.iter().map(Change::class).collect();
+        use ChangeClass::*;
+        assert_eq!(classes, vec![NextRestart, NeedsRecreate, NotApplied]);
+        assert_eq!(steps, vec![Step::Redefine, Step::Skip, Step::Skip]);
+        assert_eq!((spec.base_image.as_str(), spec.cloud_init_hash.as_str()), ("base.qcow2", ""));
+        assert_eq!(spec.resources.memory, Size(2 << 30));
+    }
+
+    #[test]
+    fn steps_name_what_else_they_take() {
+        let mut spec = base();
+        let grow = Change::Grow { disk: Disk::Project, from: Size(2 << 30), to: Size(3 << 30) };
+        assert_eq!(record(&mut spec, &grow), Step::Grow { disk: Disk::Project, to: Size(3 << 30) });
+        assert_eq!(record(&mut spec, &Change::Autostart { from: false, to: true }), Step::Autostart(true));
+        assert_eq!((spec.resources.project_disk, spec.autostart), (Size(3 << 30), true));
+    }
+
+    #[test]
+    fn a_panicking_worker_fails_its_item_alone_and_order_is_kept() {
+        let items: Vec<(Option<String>, u32)> =
+            vec![(Some("a".into()), 1), (Some("b".into()), 2), (Some("a".into()), 3), (None, 4)];
+        let out = per_host(items, 1, |n| {
+            assert_ne!(n, 3, "three is refused");
+            n * 10
+        });
+        assert_eq!(out[0].as_ref().unwrap(), &10);
+        assert_eq!(out[1].as_ref().unwrap(), &20);
+        assert!(out[2].as_ref().unwrap_err().message.contains("three is refused"));
+        assert_eq!(out[3].as_ref().unwrap(), &40);
+    }
+
+    #[test]
+    fn each_host_runs_at_most_limit_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let most: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let items: Vec<(Option<String>, usize)> = (0..12).map(|i| (Some(format!("h{}", i % 2)), i % 2)).collect();
+        let (r, m) = (running.clone(), most.clone());
+        per_host(items, 2, move |h| {
+            let now = r[h].fetch_add(1, Ordering::SeqCst) + 1;
+            m[h].fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            r[h].fetch_sub(1, Ordering::SeqCst);
+        });
+        assert!(most.iter().all(|m| m.load(Ordering::SeqCst) <= 2), "{most:?}");
+    }
 }

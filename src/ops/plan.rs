@@ -138,7 +138,10 @@ impl Survey<'_> {
         // never grown, redefined or rebuilt from here (nor undone when half-made).
         if !self.opts.all_pools && found.vm.own.pool != self.ctx.settings.pool {
             let change = Change::Pool { from: found.vm.own.pool.clone(), to: self.ctx.settings.pool.clone() };
-            return Ok(VmPlan::new(&decl.name, Entry::Unchanged(Unchanged { changes: vec![change], restart_pending: false })));
+            return Ok(VmPlan::new(
+                &decl.name,
+                Entry::Unchanged(Unchanged { changes: vec![change], restart_pending: false }),
+            ));
         }
         match half_made(&found.vm, self.pools.get(self.ctx, &found.vm.own.pool)?) {
             true => self.create(request, true),
@@ -162,7 +165,8 @@ impl Survey<'_> {
         let ctx = self.ctx;
         let s = &self.existing[&decl.name];
         let current = s.vm.spec()?;
-        let desired = create::desired_spec(ctx, &resolved(ctx, &request), &self.keys, base(ctx, decl), current.ssh_port);
+        let desired =
+            create::desired_spec(ctx, &resolved(ctx, &request), &self.keys, base(ctx, decl), current.ssh_port);
         let act = actual(s, self.pools.get(ctx, &s.vm.own.pool)?, &current, &desired)?;
         let changes = diff(&current, &act, &desired);
         Ok(VmPlan::new(&decl.name, decide(changes, &act, request, self.opts)))
@@ -231,7 +235,9 @@ impl Plan {
     pub fn check(&self) -> anyhow::Result<()> {
         match self.hosts_down.is_empty() {
             true => Ok(()),
-            false => Err(Error::Environment(format!("unreachable, not planned:\n  {}", self.hosts_down.join("\n  "))).into()),
+            false => {
+                Err(Error::Environment(format!("unreachable, not planned:\n  {}", self.hosts_down.join("\n  "))).into())
+            }
         }
     }
 
@@ -283,7 +289,9 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
     problems.extend(check_images(ctx, &built)?);
     match problems.is_empty() {
         true => Ok(()),
-        false => Err(Error::Invalid(format!("apply would fail; nothing was changed:\n  {}", problems.join("\n  "))).into()),
+        false => {
+            Err(Error::Invalid(format!("apply would fail; nothing was changed:\n  {}", problems.join("\n  "))).into())
+        }
     }
 }
 
@@ -333,5 +341,136 @@ impl Report for Plan {
             self.not_applied,
             self.impossible
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::change::tests::{actual_of, base, edits};
+    use super::*;
+
+    fn request(autostart: bool) -> CreateRequest {
+        let s = base();
+        CreateRequest {
+            name: s.name.clone(),
+            resources: s.resources,
+            image: None,
+            user_data: None,
+            features: vec![],
+            autostart,
+            devices: Default::default(),
+        }
+    }
+
+    fn changes_of(edit: fn(&mut VmSpec)) -> Vec<Change> {
+        let (cur, mut want) = (base(), base());
+        edit(&mut want);
+        diff(&cur, &actual_of(&cur), &want)
+    }
+
+    fn planned(entry: Entry) -> VmPlan {
+        VmPlan::new(&base().name, entry)
+    }
+
+    #[test]
+    fn what_counts_as_acting() {
+        let running = actual_of(&base());
+        let reported = changes_of(|s| s.cloud_init_hash = "b".into());
+        let p = planned(decide(reported.clone(), &running, request(false), Options::default()));
+        assert!(matches!(p.entry, Entry::Unchanged(_)) && !p.acts(), "reported, not applied");
+        let mut both = reported;
+        both.extend(changes_of(|s| s.resources.memory = Size(2 << 30)));
+        let p = planned(decide(both, &running, request(false), Options::default()));
+        assert!(matches!(&p.entry, Entry::Update(u) if !u.restart && !u.start) && p.acts());
+        let lines = describe(&p);
+        assert!(lines.iter().any(|l| l.contains("cloud-init changed: NOT APPLIED")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("memory: 1G -> 2G: applies at next restart")), "{lines:?}");
+        assert_eq!(lines[0], "foo: update");
+    }
+
+    #[test]
+    fn an_entry_that_applies_nothing_is_unchanged() {
+        // Whatever the change, apply updates in place exactly when one applies.
+        for (what, edit, _, class) in edits() {
+            let entry = decide(changes_of(edit), &actual_of(&base()), request(false), Options::default());
+            match entry {
+                Entry::Update(u) => assert!(class.applies() && u.changes.len() == 1, "{what}"),
+                Entry::Unchanged(u) => assert!(!class.applies() && u.changes.len() == 1, "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn recreate_takes_what_only_a_rebuild_carries_out() {
+        let running = actual_of(&base());
+        let opts = Options { recreate: true, restart: true, ..Default::default() };
+        let p = planned(decide(changes_of(|s| s.base_image = "new".into()), &running, request(true), opts));
+        assert!(matches!(&p.entry, Entry::Recreate(r) if r.request.autostart), "{p:?}");
+        assert_eq!((p.action(), p.recreate(), p.restart(), p.start()), (Action::Update, true, false, false));
+        assert_eq!(describe(&p)[0], "foo: update, recreate (project disk kept)");
+        // Without a change that needs it, --recreate rebuilds nothing; --restart restarts.
+        let p = planned(decide(changes_of(|s| s.resources.cpus = 4), &running, request(false), opts));
+        assert!(matches!(&p.entry, Entry::Update(u) if u.restart), "{p:?}");
+        assert_eq!(describe(&p)[0], "foo: update, restart");
+    }
+
+    #[test]
+    fn a_stopped_autostart_vm_is_started() {
+        let stopped = Actual { running: false, ..actual_of(&base()) };
+        let p = planned(decide(vec![], &stopped, request(true), Options::default()));
+        assert!(matches!(&p.entry, Entry::Update(u) if u.start && u.changes.is_empty()), "{p:?}");
+        assert_eq!(describe(&p)[0], "foo: update, start");
+    }
+
+    #[test]
+    fn json_is_the_flat_record() {
+        let p = VmPlan {
+            host: Some("gpu".into()),
+            ..planned(Entry::Create(Create {
+                request: request(true),
+                start: true,
+                interrupted: true,
+                moved_from: Some("ws".into()),
+            }))
+        };
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({
+                "host": "gpu", "name": "foo", "action": "create", "moved": "from ws", "changes": [],
+                "start": true, "restart": false, "restart_pending": false, "recreate": false, "interrupted": true
+            })
+        );
+        let left = planned(Entry::DeclaredElsewhere { host: "down".into() });
+        let v = serde_json::to_value(&left).unwrap();
+        assert_eq!((v["action"].as_str(), v.get("host")), (Some("nothing"), None));
+        assert_eq!(v["error"], "declared on host down, which did not answer: left as it is");
+        assert_eq!(describe(&left)[0], "foo: declared on host down, which did not answer: left as it is");
+        let pruned = planned(Entry::Prune(Prune { moved_to: Some("gpu".into()) }));
+        assert_eq!(serde_json::to_value(&pruned).unwrap()["moved"], "to gpu");
+        assert_eq!(describe(&pruned)[0], "foo: destroy (moved to gpu; its project disk is kept here)");
+    }
+
+    #[test]
+    fn totals_count_reported_and_refused_changes() {
+        let running = actual_of(&base());
+        let mut plan = Plan::of(vec![
+            planned(decide(
+                changes_of(|s| s.cloud_init_hash = "b".into()),
+                &running,
+                request(false),
+                Options::default(),
+            )),
+            planned(decide(
+                changes_of(|s| s.resources.disk = Size(1 << 30)),
+                &running,
+                request(false),
+                Options::default(),
+            )),
+            planned(Entry::Prune(Prune::default())),
+        ]);
+        plan.recount(Options::default());
+        assert_eq!((plan.changes, plan.not_applied, plan.impossible), (1, 1, 1));
+        assert_eq!(plan.refused(), vec!["foo: disk 5G -> 1G: disks only grow; shrinking would lose data"]);
     }
 }

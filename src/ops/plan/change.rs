@@ -91,29 +91,80 @@ impl Disk {
 /// What differs, with both values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Memory { from: Size, to: Size },
-    Cpus { from: u32, to: u32 },
-    Accel { from: Accel, to: Accel },
-    Network { from: Network, to: Network },
+    Memory {
+        from: Size,
+        to: Size,
+    },
+    Cpus {
+        from: u32,
+        to: u32,
+    },
+    Accel {
+        from: Accel,
+        to: Accel,
+    },
+    Network {
+        from: Network,
+        to: Network,
+    },
     /// The base image the root disk is built on.
-    Image { from: String, to: String },
+    Image {
+        from: String,
+        to: String,
+    },
     /// The fingerprint of what went into the guest's cloud-config.
-    CloudInit { from: String, to: String },
-    Firmware { from: Firmware, to: Firmware },
-    Hostdevs { from: Vec<PciAddress>, to: Vec<PciAddress> },
-    Shares { from: Vec<Share>, to: Vec<Share> },
-    NetworkConfig { from: Option<StaticNetwork>, to: Option<StaticNetwork> },
-    Autostart { from: bool, to: bool },
+    CloudInit {
+        from: String,
+        to: String,
+    },
+    Firmware {
+        from: Firmware,
+        to: Firmware,
+    },
+    Hostdevs {
+        from: Vec<PciAddress>,
+        to: Vec<PciAddress>,
+    },
+    Shares {
+        from: Vec<Share>,
+        to: Vec<Share>,
+    },
+    NetworkConfig {
+        from: Option<StaticNetwork>,
+        to: Option<StaticNetwork>,
+    },
+    Autostart {
+        from: bool,
+        to: bool,
+    },
     /// A disk grows (`from` is the volume's real capacity).
-    Grow { disk: Disk, from: Size, to: Size },
+    Grow {
+        disk: Disk,
+        from: Size,
+        to: Size,
+    },
     /// A disk would shrink: refused.
-    Shrink { disk: Disk, from: Size, to: Size },
+    Shrink {
+        disk: Disk,
+        from: Size,
+        to: Size,
+    },
     /// A disk would grow but has internal snapshots: refused.
-    GrowWithSnapshots { disk: Disk, from: Size, to: Size },
+    GrowWithSnapshots {
+        disk: Disk,
+        from: Size,
+        to: Size,
+    },
     /// A VM of this name lives in another pool: refused.
-    Pool { from: String, to: String },
+    Pool {
+        from: String,
+        to: String,
+    },
     /// The VM moves to another fleet host: a rebuild there.
-    Host { from: String, to: String },
+    Host {
+        from: String,
+        to: String,
+    },
 }
 
 impl Change {
@@ -302,4 +353,148 @@ fn disk_change(disk: Disk, actual: u64, desired: Size, snapshots: u32) -> Option
 /// A value as shown in a change: its JSON text (`tcg`, `{"type":"user",...}`).
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default().trim_matches('"').to_owned()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::libvirt::domain_xml::tests::spec;
+
+    pub fn base() -> VmSpec {
+        spec(Network::default(), Accel::Kvm)
+    }
+
+    pub fn actual_of(s: &VmSpec) -> Actual {
+        Actual {
+            root_capacity: s.resources.disk.bytes(),
+            data_capacity: s.resources.project_disk.bytes(),
+            autostart: s.autostart,
+            running: true,
+            restart_pending: false,
+            snapshots: 0,
+        }
+    }
+
+    type Edit = fn(&mut VmSpec);
+
+    /// One edit per kind of change `diff` finds, with its field and class.
+    pub fn edits() -> Vec<(&'static str, Edit, &'static str, ChangeClass)> {
+        use ChangeClass::*;
+        vec![
+            ("memory", |s| s.resources.memory = Size(2 << 30), "memory", NextRestart),
+            ("cpus", |s| s.resources.cpus = 4, "cpus", NextRestart),
+            ("grow root", |s| s.resources.disk = Size(10 << 30), "disk", Now),
+            ("shrink root", |s| s.resources.disk = Size(1 << 30), "disk", Impossible),
+            ("grow data", |s| s.resources.project_disk = Size(4 << 30), "project_disk", Now),
+            ("shrink data", |s| s.resources.project_disk = Size(1 << 30), "project_disk", Impossible),
+            ("image", |s| s.base_image = "other.qcow2".into(), "image", NeedsRecreate),
+            ("cloud-init", |s| s.cloud_init_hash = "changed".into(), "cloud-init", NotApplied),
+            ("autostart", |s| s.autostart = true, "autostart", Now),
+            ("accel", |s| s.accel = Accel::Tcg, "accel", NextRestart),
+            ("network", |s| s.network = Network::Bridge { name: "br0".into() }, "network", NextRestart),
+            ("firmware", |s| s.firmware = Firmware::Efi, "firmware", NeedsRecreate),
+            ("hostdevs", |s| s.hostdevs = vec!["0000:01:00.0".parse().unwrap()], "hostdevs", NextRestart),
+            (
+                "shares",
+                |s| s.shares = vec![Share { source: "/srv/a".into(), target: "/mnt/a".into(), readonly: true }],
+                "shares",
+                NextRestart,
+            ),
+            (
+                "static address",
+                |s| s.network_config = Some(serde_json::from_str(r#"{"address":"10.0.0.5/24"}"#).unwrap()),
+                "network_config",
+                NotApplied,
+            ),
+        ]
+    }
+
+    /// The one change `edit` makes to [`base`].
+    fn one(edit: Edit) -> Change {
+        let (cur, mut want) = (base(), base());
+        edit(&mut want);
+        let mut changes = diff(&cur, &actual_of(&cur), &want);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        changes.remove(0)
+    }
+
+    #[test]
+    fn a_grown_disk_applies_now() {
+        let c = one(|s| s.resources.project_disk = Size(4 << 30));
+        assert!(
+            matches!(c, Change::Grow { disk: Disk::Project, from: Size(f), to: Size(t) } if f == 2 << 30 && t == 4 << 30)
+        );
+        assert_eq!(c.class(), ChangeClass::Now);
+    }
+
+    #[test]
+    fn more_memory_applies_at_next_restart() {
+        let c = one(|s| s.resources.memory = Size(2 << 30));
+        assert!(matches!(c, Change::Memory { from: Size(f), to: Size(t) } if f == 1 << 30 && t == 2 << 30));
+        assert_eq!(c.class(), ChangeClass::NextRestart);
+    }
+
+    #[test]
+    fn a_new_image_needs_recreate() {
+        let c = one(|s| s.base_image = "other.qcow2".into());
+        assert!(matches!(&c, Change::Image { from, to } if from == "base.qcow2" && to == "other.qcow2"));
+        assert_eq!(c.class(), ChangeClass::NeedsRecreate);
+    }
+
+    #[test]
+    fn changed_cloud_init_is_not_applied() {
+        let c = one(|s| s.cloud_init_hash = "changed".into());
+        assert!(matches!(&c, Change::CloudInit { to, .. } if to == "changed"));
+        assert_eq!(c.class(), ChangeClass::NotApplied);
+        assert_eq!(c.describe(), format!("  cloud-init changed: NOT APPLIED ({})", c.note()));
+    }
+
+    #[test]
+    fn a_shrunk_disk_is_impossible() {
+        let c = one(|s| s.resources.disk = Size(1 << 30));
+        assert!(matches!(c, Change::Shrink { disk: Disk::Root, .. }));
+        assert_eq!(c.class(), ChangeClass::Impossible);
+        assert_eq!(c.describe(), "  disk: 5G -> 1G: IMPOSSIBLE, refused (disks only grow; shrinking would lose data)");
+    }
+
+    #[test]
+    fn disks_with_snapshots_cannot_grow_and_say_why() {
+        let (cur, mut want) = (base(), base());
+        want.resources.project_disk = Size(4 << 30);
+        let act = Actual { snapshots: 2, ..actual_of(&cur) };
+        let changes = diff(&cur, &act, &want);
+        assert!(matches!(changes[..], [Change::GrowWithSnapshots { disk: Disk::Project, .. }]), "{changes:?}");
+        assert_eq!(changes[0].class(), ChangeClass::Impossible);
+        assert!(changes[0].note().contains("snapshot delete"), "{}", changes[0].note());
+    }
+
+    #[test]
+    fn classification_table() {
+        for (what, edit, field, class) in edits() {
+            let c = one(edit);
+            assert_eq!((c.field(), c.class()), (field, class), "{what}");
+        }
+        let s = base();
+        assert!(diff(&s, &actual_of(&s), &s).is_empty(), "no change, no plan");
+    }
+
+    #[test]
+    fn disks_compare_against_real_capacity() {
+        // A reattached project disk larger than declared is a shrink: refused.
+        let s = base();
+        let a = Actual { data_capacity: 10 << 30, ..actual_of(&s) };
+        let c = diff(&s, &a, &s);
+        assert!(matches!(c[..], [Change::Shrink { disk: Disk::Project, .. }]), "{c:?}");
+    }
+
+    #[test]
+    fn json_keeps_its_fields() {
+        let c = one(|s| s.accel = Accel::Tcg);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"field": "accel", "from": "kvm", "to": "tcg", "class": "next-restart", "note": ""})
+        );
+        assert_eq!(c.describe(), "  accel: kvm -> tcg: applies at next restart");
+    }
 }

@@ -87,10 +87,14 @@ pub enum Entry {
     /// Owned, in scope, not in the file, and no `--prune`: kept.
     NotInFile,
     /// Its host did not answer: the error says why.
-    Unreachable { error: String },
+    Unreachable {
+        error: String,
+    },
     /// Not in the file here, but the file declares it on `host`, which did
     /// not answer: left as it is, never pruned.
-    DeclaredElsewhere { host: String },
+    DeclaredElsewhere {
+        host: String,
+    },
 }
 
 #[derive(Debug, Clone)]
