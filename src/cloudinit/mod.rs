@@ -9,7 +9,6 @@
 pub mod hostkey;
 pub mod iso;
 
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::invalid;
@@ -55,23 +54,7 @@ pub struct Seed {
     pub network_config: String,
 }
 
-/// What goes into a VM's cloud-config besides per-instance secrets.
-#[derive(Serialize)]
-pub struct Fingerprint<'a> {
-    pub ssh_user: &'a str,
-    pub authorized_keys: &'a [String],
-    pub features: &'a [String],
-    pub user_data: Option<&'a str>,
-    pub tailnet: Option<&'a str>,
-    pub tailscale: bool,
-}
-
-/// A stable hash of a [`Fingerprint`]: equal inputs, equal cloud-config.
-pub fn fingerprint(f: &Fingerprint) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(f).expect("json");
-    format!("{:x}", Sha256::digest(&json))[..16].to_owned()
-}
+pub use crate::spec::{fingerprint, Fingerprint};
 
 /// Parses a user's cloud-config file (YAML starting with `#cloud-config`).
 pub fn parse_user_data(text: &str, origin: &str) -> anyhow::Result<Value> {
