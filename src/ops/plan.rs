@@ -354,7 +354,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
                 if let vms::Lookup::Foreign(why) = vms::lookup(&ctx.conn(), &decl.name)? {
                     return Err(vms::foreign(&decl.name, why.as_deref()));
                 }
-                let desired = create::desired_spec(ctx, &req, &keys, base, None);
+                let desired = VmSpec::resolve(&ctx.settings.host(&keys), &req.declaration(), base, None);
                 out.push(VmPlan {
                     start: decl.autostart,
                     interrupted,
@@ -365,7 +365,7 @@ pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Pla
             }
             Some(s) => {
                 let current = s.vm.spec()?;
-                let desired = create::desired_spec(ctx, &req, &keys, base, current.ssh_port);
+                let desired = VmSpec::resolve(&ctx.settings.host(&keys), &req.declaration(), base, current.ssh_port);
                 let act = actual(s, pools.get(ctx, &s.vm.own.pool)?, &current, &desired)?;
                 let changes = diff(&current, &act, &desired);
                 let recreate = opts.recreate
