@@ -26,13 +26,14 @@ use crate::error::{failure, invalid, Kind};
 use crate::images::checksum::{Algo, Hasher};
 use crate::images::record::{self, ImageRecord};
 use crate::images::store;
-use crate::libvirt::domain_xml::{self, Device};
+use crate::libvirt::domain_xml::{self, Purpose};
+use crate::libvirt::metadata::Ownership;
 use crate::libvirt::explain;
 use crate::libvirt::storage::{self, VolumeInfo};
 use crate::libvirt::vms::{State, Vm};
 use crate::output::{human, Report};
 use crate::progress::Progress;
-use crate::settings::Network;
+use crate::spec::Network;
 
 const SEAL: &str = include_str!("../../cloud-init/seal-template.sh");
 
@@ -210,7 +211,6 @@ fn seal(
     identity: Option<&Path>,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    let mut spec = vm.spec()?;
     let port = super::create::free_port(
         ctx,
         match ctx.settings.network {
@@ -218,18 +218,10 @@ fn seal(
             _ => 22022,
         },
     )?;
-    spec.network = Network::User { ssh_port: port };
-    spec.ssh_port = Some(port);
-    let mut own = vm.own.clone();
-    own.root_volume = disk_name.to_owned();
-    own.seed_volume = None;
-    // The copy boots without the VM's shares: it only needs its own disk.
-    spec.shares.clear();
-    let mut xml = domain_xml::build(&spec, &own, &domain_xml::HostFiles::default());
-    // Only the copy: the VM's project disk stays out of it.
-    xml.devices.items.retain(|d| !matches!(d, Device::Disk(disk) if disk.source.volume == own.data_volume));
-    xml.name = format!("pvseal-{}", vm.name);
-    xml.uuid = None;
+    let spec = vm.spec()?.for_sealing(port);
+    // The copy is the root disk; no seed.
+    let own = Ownership { root_volume: disk_name.to_owned(), seed_volume: None, ..vm.own.clone() };
+    let xml = domain_xml::build_for(&spec, &own, &domain_xml::HostFiles::default(), &Purpose::Seal);
     progress.set_message(format!("{}: booting the copy to seal it", vm.name));
     let dom = ctx
         .conn()

@@ -4,7 +4,7 @@
 //! from treating later boots as a new instance).
 
 use super::Ctx;
-use crate::libvirt::explain;
+use crate::libvirt::{domain_xml, explain};
 use crate::libvirt::storage;
 use crate::libvirt::vms::{self, Vm};
 
@@ -12,7 +12,8 @@ pub fn remove(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     // Re-read: the record may have changed since `vm` was looked up.
     let vm = vms::get(&ctx.conn(), &vm.name)?;
     let Some(seed) = vm.own.seed_volume.clone() else { return Ok(()) };
-    let xml = cdrom_xml(&vm.own.pool, &seed);
+    // The seed's device as the definition has it (libvirt finds it by its target).
+    let xml = domain_xml::seed_cdrom(&vm.own.pool, &seed).to_xml();
     let live_and_config = virt::sys::VIR_DOMAIN_AFFECT_CONFIG | virt::sys::VIR_DOMAIN_AFFECT_LIVE;
     if let Err(e) = vm.dom.detach_device_flags(&xml, live_and_config) {
         tracing::debug!("live detach of the seed failed ({}); detaching from the definition only", e.message());
@@ -29,10 +30,4 @@ pub fn remove(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     }
     tracing::info!(vm = %vm.name, "removed the cloud-init seed");
     Ok(())
-}
-
-fn cdrom_xml(pool: &str, volume: &str) -> String {
-    format!(
-        "<disk type='volume' device='cdrom'><source pool='{pool}' volume='{volume}'/><target dev='sda' bus='scsi'/></disk>"
-    )
 }
