@@ -5,8 +5,8 @@
 //! without importing the declarative file's parser.
 
 /// The config layer's failures. Every variant is bad input (exit 2) but
-/// [`ConfigError::Environment`]: a file that the environment does not let
-/// project-vm read in the user's name.
+/// [`ConfigError::Environment`]: a file project-vm reads or keeps for the
+/// user that the environment does not let it reach.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Problems found in a file or a declaration, each with its path
@@ -58,7 +58,8 @@ pub enum ConfigError {
         keys.join("\n  ")
     )]
     UnsafeCloudConfig { origin: String, keys: Vec<String> },
-    /// The environment refused to let a file be read in the user's name.
+    /// The environment refused a file project-vm reads or keeps for the user
+    /// (the user's rights under sudo, the per-user secret's place).
     #[error("{0}")]
     Environment(String),
     /// Anything else about the input, said in a sentence.

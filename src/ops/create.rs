@@ -664,31 +664,64 @@ fn volumes(
     let name = &req.name;
     interrupt::check()?;
     progress.set_message(format!("creating {name}: disks (overlay on {})", prep.base_image));
-    let root = || storage::create_overlay(&prep.pool, &own.root_volume, req.resources.disk.bytes(), &prep.base);
-    let data = || match &prep.kept_data {
-        Some(d) => {
-            tracing::info!(volume = %d.name, "reattaching project disk");
-            Ok(None)
-        }
-        None => storage::create_qcow2(&prep.pool, &own.data_volume, req.resources.project_disk.bytes()).map(Some),
-    };
-    let (root, data) = std::thread::scope(|s| {
-        let data = s.spawn(data);
-        (root(), data.join().expect("project disk thread"))
-    });
+    let mut disks = vec![NewDisk::Root {
+        name: own.root_volume.clone(),
+        capacity: req.resources.disk.bytes(),
+        base: prep.base.clone(),
+    }];
+    match &prep.kept_data {
+        Some(d) => tracing::info!(volume = %d.name, "reattaching project disk"),
+        None => disks.push(NewDisk::Data { name: own.data_volume.clone(), capacity: req.resources.project_disk.bytes() }),
+    }
+    let names: Vec<String> = disks.iter().map(|d| d.name().to_owned()).collect();
+    let pool = prep.pool.clone();
+    let results = crate::fanout::map(disks, 2, move |disk| disk.make(&pool));
     // Whatever was made is recorded before any error is returned, so it is undone.
-    if root.is_ok() {
-        made.volumes.push(own.root_volume.clone());
+    let mut first_error = None;
+    for (volume, result) in names.into_iter().zip(results) {
+        match result {
+            Ok(Ok(())) => made.volumes.push(volume),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            // A worker that panicked may have made its volume: recorded, so
+            // it is undone (removing a volume that is not there does nothing).
+            Err(panicked) => {
+                made.volumes.push(volume);
+                first_error.get_or_insert(panicked.into());
+            }
+        }
     }
-    if let Ok(Some(_)) = data {
-        made.volumes.push(own.data_volume.clone());
+    if let Some(e) = first_error {
+        return Err(e);
     }
-    root?;
-    data?;
     Ok(match &prep.kept_data {
         Some(d) => d.capacity,
         None => req.resources.project_disk.bytes(),
     })
+}
+
+/// A disk phase 2 makes.
+enum NewDisk {
+    /// The root overlay on the base image.
+    Root { name: String, capacity: u64, base: VolumeInfo },
+    /// An empty project disk.
+    Data { name: String, capacity: u64 },
+}
+
+impl NewDisk {
+    fn name(&self) -> &str {
+        match self {
+            NewDisk::Root { name, .. } | NewDisk::Data { name, .. } => name,
+        }
+    }
+
+    fn make(self, pool: &StoragePool) -> anyhow::Result<()> {
+        match self {
+            NewDisk::Root { name, capacity, base } => storage::create_overlay(pool, &name, capacity, &base).map(drop),
+            NewDisk::Data { name, capacity } => storage::create_qcow2(pool, &name, capacity).map(drop),
+        }
+    }
 }
 
 /// Phase 3: the cloud-init seed, uploaded through libvirt.
