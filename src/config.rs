@@ -423,10 +423,44 @@ mod tests {
         parse(text, "f.json", Path::new("/etc/pv")).unwrap()
     }
 
+    /// The problems of a refused file, one a line, and the message's head.
     fn problems(text: &str) -> String {
         let e = parse(text, "f.json", Path::new("/")).unwrap_err();
         assert_eq!(crate::exit::code(&e), 2);
-        e.to_string()
+        match e.downcast_ref::<ConfigError>() {
+            Some(ConfigError::File { origin, problems }) => {
+                assert_eq!(origin, "f.json");
+                let mut sorted = problems.clone();
+                sorted.sort();
+                assert_eq!(&sorted, problems, "sorted");
+                e.to_string()
+            }
+            Some(ConfigError::Invalid(_)) => e.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shares_in_defaults_go_to_every_vm_unless_a_vm_has_its_own() {
+        let d = ok(r#"{"defaults": {"shares": [{"source": "/srv/data", "target": "/mnt/data", "readonly": true}]},
+            "vms": {"a": {}, "b": {"shares": [{"source": "/srv/b", "target": "/mnt/b"}]}, "c": {"shares": []}}}"#);
+        let shares = |n: &str| d.vms[&VmName::parse(n).unwrap()].shares.clone();
+        assert_eq!(shares("a"), vec![Share { source: "/srv/data".into(), target: "/mnt/data".into(), readonly: true }]);
+        assert_eq!(shares("b"), vec![Share { source: "/srv/b".into(), target: "/mnt/b".into(), readonly: false }]);
+        assert_eq!(shares("c"), vec![], "a VM's own empty list wins");
+        // And they are checked where they are written.
+        let e = problems(r#"{"defaults": {"shares": [{"source": "/etc", "target": "/mnt/etc"}]}, "vms": {"a": {}}}"#);
+        assert!(e.contains("defaults.shares: share /etc:/mnt/etc: the source /etc is, lies in or contains"), "{e}");
+    }
+
+    #[test]
+    fn features_and_resources_are_refused_by_their_own_variants() {
+        let mut p = Problems::default();
+        assert_eq!(features("vms.a.features", &serde_json::json!(["dokcer"]), &mut p), Some(vec!["dokcer".into()]));
+        assert_eq!(p.0, vec!["vms.a.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?): known features are base, devtools, docker, nix"]);
+        assert!(matches!(crate::features::check("dokcer"), Err(ConfigError::UnknownFeature { .. })));
+        let e = problems(r#"{"vms": {"a": {"project_disk": "1M"}}}"#);
+        assert!(e.contains("vms.a: project_disk 1M is below the minimum of 64M"), "{e}");
     }
 
     #[test]
