@@ -731,11 +731,14 @@ mod tests {
             r#"{"accel":"hvf","storage_dir":"rel","ssh_user":"Root","network":{"type":"user","ssh_port":0}}"#,
             "all.json",
         )
-        .unwrap_err()
-        .to_string();
-        for want in ["4 problems", "accel:", "storage_dir:", "ssh_user:", "network.ssh_port"] {
-            assert!(e.contains(want), "{want} missing from {e}");
+        .unwrap_err();
+        let Some(ConfigError::File { origin, problems }) = e.downcast_ref::<ConfigError>() else { panic!("{e:?}") };
+        assert_eq!((origin.as_str(), problems.len()), ("all.json", 4), "{problems:?}");
+        for (got, want) in problems.iter().zip(["accel:", "network.ssh_port:", "ssh_user:", "storage_dir:"]) {
+            assert!(got.starts_with(want), "{want} is not the start of {got}");
         }
+        let e = e.to_string();
+        assert!(e.starts_with("all.json: 4 problems; nothing was changed:"), "{e}");
         let e = HostSettings::from_json(r#"{"network":{"type":"bridge","name":"a very long bridge"}}"#, "b.json")
             .unwrap_err()
             .to_string();
