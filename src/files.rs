@@ -28,7 +28,8 @@ pub fn open_regular(path: &Path, what: &str) -> anyhow::Result<File> {
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(path)
         .map_err(|e| ConfigError::invalid(format!("cannot read {what} {}: {e}", path.display())))?;
-    let meta = file.metadata().map_err(|e| ConfigError::invalid(format!("cannot read {what} {}: {e}", path.display())))?;
+    let meta =
+        file.metadata().map_err(|e| ConfigError::invalid(format!("cannot read {what} {}: {e}", path.display())))?;
     let kind = meta.file_type();
     if !kind.is_file() {
         use std::os::unix::fs::FileTypeExt;

@@ -27,7 +27,9 @@ pub fn path() -> anyhow::Result<PathBuf> {
             .filter(|h| Path::new(h).is_absolute())
             .map(|h| PathBuf::from(h).join(".local/state/project-vm"))
             .ok_or_else(|| {
-                ConfigError::Environment("neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret".into())
+                ConfigError::Environment(
+                    "neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret".into(),
+                )
             })?,
     };
     Ok(dir.join("secret"))

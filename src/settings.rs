@@ -253,7 +253,9 @@ impl HostSettings {
                     }
                     settings = settings.overlay(file);
                 }
-                Err(e) => return Err(ConfigError::invalid(format!("cannot read settings file {}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(ConfigError::invalid(format!("cannot read settings file {}: {e}", path.display())))
+                }
             }
         }
         Ok(settings)

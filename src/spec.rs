@@ -650,12 +650,7 @@ impl VmSpec {
     /// VM (`image save`): user networking forwarded from `port`, none of the
     /// VM's shares (it needs only its own disk).
     pub fn for_sealing(&self, port: u16) -> VmSpec {
-        VmSpec {
-            network: Network::User { ssh_port: port },
-            ssh_port: Some(port),
-            shares: Vec::new(),
-            ..self.clone()
-        }
+        VmSpec { network: Network::User { ssh_port: port }, ssh_port: Some(port), shares: Vec::new(), ..self.clone() }
     }
 }
 
@@ -818,7 +813,10 @@ mod tests {
         assert!(small.to_string().contains("minimum"));
         let odd = check(Resources { memory: Size((1 << 30) + 1), ..Resources::default() });
         assert!(matches!(odd, E::MemoryNotWholeMib { .. }), "{odd:?}");
-        assert!(matches!(check(Resources { memory: Size(32 << 40), ..Resources::default() }), E::MemoryTooLarge { .. }));
+        assert!(matches!(
+            check(Resources { memory: Size(32 << 40), ..Resources::default() }),
+            E::MemoryTooLarge { .. }
+        ));
         let disk = check(Resources { disk: Size(100 << 40), ..Resources::default() });
         assert!(matches!(disk, E::DiskTooLarge { what: "disk", .. }), "{disk:?}");
         let project = check(Resources { project_disk: Size(100 << 40), ..Resources::default() });
@@ -864,8 +862,18 @@ mod tests {
         assert_eq!((s.features.clone(), s.firmware), (vec!["base".to_string()], Firmware::Bios));
         // The fingerprint follows what goes into the cloud-config, and only that.
         assert_eq!(s.cloud_init_hash, resolved(&Devices::default(), None, &keys).cloud_init_hash);
-        assert_ne!(s.cloud_init_hash, resolved(&Devices::default(), Some("#cloud-config
-"), &keys).cloud_init_hash);
+        assert_ne!(
+            s.cloud_init_hash,
+            resolved(
+                &Devices::default(),
+                Some(
+                    "#cloud-config
+"
+                ),
+                &keys
+            )
+            .cloud_init_hash
+        );
         assert_ne!(s.cloud_init_hash, resolved(&Devices::default(), None, &[]).cloud_init_hash);
         // A passthrough device wants UEFI.
         let gpu = Devices { hostdevs: vec![PciAddress::parse("01:00.0").unwrap()], ..Devices::default() };
@@ -874,6 +882,9 @@ mod tests {
         // The sealing boot: user networking on its own port, no shares.
         let shared = Devices { shares: vec![Share::parse("/srv/d:/mnt/d").unwrap()], ..Devices::default() };
         let seal = resolved(&shared, None, &keys).for_sealing(30000);
-        assert_eq!((seal.network, seal.ssh_port, seal.shares.len()), (Network::User { ssh_port: 30000 }, Some(30000), 0));
+        assert_eq!(
+            (seal.network, seal.ssh_port, seal.shares.len()),
+            (Network::User { ssh_port: 30000 }, Some(30000), 0)
+        );
     }
 }

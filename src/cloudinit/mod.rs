@@ -64,7 +64,8 @@ pub fn parse_user_data(text: &str, origin: &str) -> anyhow::Result<Value> {
             "{origin}: user-data must be a cloud-config whose first line is \"#cloud-config\" (its first line is not; the file's contents are not shown)"
         )));
     }
-    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::invalid(format!("{origin}: not valid YAML: {e}")))?;
+    let value: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::invalid(format!("{origin}: not valid YAML: {e}")))?;
     let value = match value {
         Value::Object(_) => value,
         Value::Null => Value::Object(Map::new()),
@@ -216,13 +217,20 @@ pub fn base_config(input: &SeedInput) -> Value {
 fn mounts(spec: &VmSpec) -> Vec<Value> {
     // x-systemd.growfs: after `apply` grows the disk, the filesystem
     // follows at the next boot (mount(8) ignores the option on first boot).
-    std::iter::once(json!([format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail,x-systemd.growfs", "0", "2"]))
-        // Read-only shares mounted ro (virtiofs has no host-side read-only in libvirt).
-        .chain(spec.shares.iter().map(|s| {
-            let options = if s.readonly { "defaults,nofail,ro" } else { "defaults,nofail" };
-            json!([s.tag(), s.target.display().to_string(), "virtiofs", options, "0", "0"])
-        }))
-        .collect()
+    std::iter::once(json!([
+        format!("LABEL={PROJECT_LABEL}"),
+        PROJECT_MOUNT,
+        "ext4",
+        "defaults,nofail,x-systemd.growfs",
+        "0",
+        "2"
+    ]))
+    // Read-only shares mounted ro (virtiofs has no host-side read-only in libvirt).
+    .chain(spec.shares.iter().map(|s| {
+        let options = if s.readonly { "defaults,nofail,ro" } else { "defaults,nofail" };
+        json!([s.tag(), s.target.display().to_string(), "virtiofs", options, "0", "0"])
+    }))
+    .collect()
 }
 
 /// The files project-vm writes in every guest: the readiness reporter,
@@ -416,8 +424,13 @@ mod tests {
         }
         // Several at once, all named.
         let e = err("#cloud-config\nssh_keys: {}\ncloud_init_modules: []\n");
-        let Some(ConfigError::UnsafeCloudConfig { keys, .. }) = e.downcast_ref::<ConfigError>() else { panic!("{e:?}") };
-        assert!(keys.len() == 2 && keys[0].starts_with("ssh_keys:") && keys[1].starts_with("cloud_init_modules:"), "{keys:?}");
+        let Some(ConfigError::UnsafeCloudConfig { keys, .. }) = e.downcast_ref::<ConfigError>() else {
+            panic!("{e:?}")
+        };
+        assert!(
+            keys.len() == 2 && keys[0].starts_with("ssh_keys:") && keys[1].starts_with("cloud_init_modules:"),
+            "{keys:?}"
+        );
         assert!(e.to_string().contains("2 keys"), "{e}");
         // What merges stays allowed: other files, mounts, packages, runcmd, the hostname.
         let ok = "#cloud-config\nhostname: other\nwrite_files:\n- {path: /etc/motd, content: hi}\nmounts:\n- [/dev/vdc, /srv]\nruncmd: [true]\n";

@@ -756,7 +756,9 @@ pub(crate) mod tests {
         let o = ownership(&s);
         let seed = seed_cdrom(&o.pool, o.seed_volume.as_deref().unwrap()).to_xml();
         assert!(seed.starts_with(r#"<disk type="volume" device="cdrom">"#), "{seed}");
-        for needle in [r#"<source pool="project-vm" volume="project-foo-seed.iso"/>"#, r#"<target dev="sda" bus="scsi"/>"#] {
+        for needle in
+            [r#"<source pool="project-vm" volume="project-foo-seed.iso"/>"#, r#"<target dev="sda" bus="scsi"/>"#]
+        {
             assert!(seed.contains(needle), "missing {needle} in {seed}");
         }
         let whole = build(&s, &o, &HostFiles::default()).to_xml();

@@ -23,8 +23,10 @@ use serde_json::Value;
 use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
 
+use super::Error;
 use super::{now_unix, Ctx};
 use crate::cloudinit::{self, hostkey::HostKey, SeedInput};
+use crate::config::ConfigError;
 use crate::images::store::Image;
 use crate::interrupt;
 use crate::libvirt::metadata::{Ownership, Phase};
@@ -33,8 +35,6 @@ use crate::libvirt::vms::{self, Lookup};
 use crate::libvirt::{domain_xml, explain};
 use crate::output::{human, Report};
 use crate::progress::Progress;
-use super::Error;
-use crate::config::ConfigError;
 use crate::spec::{Declaration, Network, Resources, Share, VmName, VmSpec};
 
 pub use crate::cloudinit::Fingerprint;
@@ -86,7 +86,10 @@ impl Devices {
             if s.target == home {
                 return Err(unsafe_share(
                     s,
-                    format!("the target is the home of the ssh user {}: mount it in a directory below", ctx.settings.ssh_user),
+                    format!(
+                        "the target is the home of the ssh user {}: mount it in a directory below",
+                        ctx.settings.ssh_user
+                    ),
                 ));
             }
             if !targets.insert(s.target.clone()) {
@@ -164,7 +167,10 @@ impl ShareGuard {
         let real = std::fs::canonicalize(&s.source).ok().filter(|r| r.is_dir()).ok_or_else(|| {
             unsafe_share(
                 s,
-                format!("the source {} is not a directory on this host: create it, or fix the path", s.source.display()),
+                format!(
+                    "the source {} is not a directory on this host: create it, or fix the path",
+                    s.source.display()
+                ),
             )
         })?;
         let via = match real != s.source {
@@ -172,9 +178,11 @@ impl ShareGuard {
             false => String::new(),
         };
         crate::spec::check_source(&real, &self.pools).map_err(|why| unsafe_share(s, format!("{why}{via}")))?;
-        let mounts = self.mounts.get_or_init(crate::mounts::read).as_ref().map_err(|e| {
-            unsafe_share(s, format!("cannot tell what the source exposes through mounts: {e:#}"))
-        })?;
+        let mounts = self
+            .mounts
+            .get_or_init(crate::mounts::read)
+            .as_ref()
+            .map_err(|e| unsafe_share(s, format!("cannot tell what the source exposes through mounts: {e:#}")))?;
         if let Some(p) = crate::mounts::same_inode(&real, &self.protected) {
             return Err(unsafe_share(
                 s,
@@ -327,6 +335,18 @@ struct Prepared {
 /// The base image's name as the spec records it.
 pub fn base_name(ctx: &Ctx, requested: Option<&str>) -> String {
     super::pull::image_name(requested.unwrap_or(&ctx.settings.base_image))
+}
+
+/// [`VmSpec::resolve`] for `req` on `ctx`'s host (what `create` records, the
+/// ssh port aside). `keys`: the settings' authorized keys, read once.
+pub fn desired_spec(
+    ctx: &Ctx,
+    req: &CreateRequest,
+    keys: &[String],
+    base_image: String,
+    ssh_port: Option<u16>,
+) -> VmSpec {
+    VmSpec::resolve(&ctx.settings.host(keys), &req.declaration(), base_image, ssh_port)
 }
 
 /// Serialises port choice and the define that records it, across threads
@@ -671,7 +691,9 @@ fn volumes(
     }];
     match &prep.kept_data {
         Some(d) => tracing::info!(volume = %d.name, "reattaching project disk"),
-        None => disks.push(NewDisk::Data { name: own.data_volume.clone(), capacity: req.resources.project_disk.bytes() }),
+        None => {
+            disks.push(NewDisk::Data { name: own.data_volume.clone(), capacity: req.resources.project_disk.bytes() })
+        }
     }
     let names: Vec<String> = disks.iter().map(|d| d.name().to_owned()).collect();
     let pool = prep.pool.clone();

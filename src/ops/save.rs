@@ -27,8 +27,8 @@ use crate::images::checksum::{Algo, Hasher};
 use crate::images::record::{self, ImageRecord};
 use crate::images::store;
 use crate::libvirt::domain_xml::{self, Purpose};
-use crate::libvirt::metadata::Ownership;
 use crate::libvirt::explain;
+use crate::libvirt::metadata::Ownership;
 use crate::libvirt::storage::{self, VolumeInfo};
 use crate::libvirt::vms::{State, Vm};
 use crate::output::{human, Report};
@@ -136,10 +136,7 @@ fn check_savable(ctx: &Ctx, vm: &Vm, name: &str) -> anyhow::Result<String> {
         )));
     }
     vm.own.host_key.clone().ok_or_else(|| {
-        invalid(format!(
-            "{} has no pinned host key (made by an older project-vm): it cannot be sealed safely",
-            vm.name
-        ))
+        invalid(format!("{} has no pinned host key (made by an older project-vm): it cannot be sealed safely", vm.name))
     })
 }
 

@@ -4,9 +4,9 @@
 //! from treating later boots as a new instance).
 
 use super::Ctx;
-use crate::libvirt::{domain_xml, explain};
 use crate::libvirt::storage;
 use crate::libvirt::vms::{self, Vm};
+use crate::libvirt::{domain_xml, explain};
 
 pub fn remove(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     // Re-read: the record may have changed since `vm` was looked up.
