@@ -44,6 +44,10 @@ pub enum ConfigError {
         "cpus {cpus} is out of range: give 1 to {max} (more needs x2APIC interrupt remapping, which project-vm does not set up)"
     )]
     CpusOutOfRange { cpus: u32, max: u32 },
+    /// One of a VM's own values refused, named by the VM (`VM foo: memory
+    /// 1M is below the minimum of 128M`).
+    #[error("VM {vm}: {error}")]
+    OfVm { vm: String, error: Box<ConfigError> },
     /// A share that may not be made: `share SOURCE:TARGET: why`.
     #[error("share {share}: {why}")]
     UnsafeShare { share: String, why: String },

@@ -403,7 +403,7 @@ pub fn free_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
 pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<CreateReport> {
     let started = Instant::now();
     let name = &req.name;
-    req.resources.validate().map_err(|e| anyhow::Error::new(e).context(format!("VM {name}")))?;
+    req.resources.validate().map_err(|e| ConfigError::OfVm { vm: name.to_string(), error: Box::new(e) })?;
     let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
     let req = &CreateRequest { devices, ..req.clone() };
     crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local())
