@@ -107,6 +107,7 @@ mod tests {
     #[test]
     fn duplicates_are_named_by_path() {
         let e = parse(r#"{"pool":"a","vms":{"x":{"memory":"1G","memory":"2G"}},"pool":"b"}"#, "f.json").unwrap_err();
+        assert!(matches!(e.downcast_ref::<ConfigError>(), Some(ConfigError::Invalid(_))), "{e:?}");
         assert_eq!(crate::exit::code(&e), 2);
         let msg = e.to_string();
         assert!(msg.contains("vms.x.memory") && msg.contains("pool") && msg.contains("f.json"), "{msg}");

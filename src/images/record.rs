@@ -168,7 +168,12 @@ mod tests {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
         for bad in ["", ".x", "a/b", "a@b", "project-x", "a b", &"a".repeat(101)] {
-            assert_eq!(crate::exit::code(&validate_name(bad).unwrap_err()), 2, "{bad}");
+            let e = validate_name(bad).unwrap_err();
+            assert!(
+                matches!(e.downcast_ref::<crate::images::Error>(), Some(crate::images::Error::Invalid(_))),
+                "{bad}"
+            );
+            assert_eq!(crate::exit::code(&e), 2, "{bad}");
         }
     }
 }
