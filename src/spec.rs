@@ -1,7 +1,10 @@
 //! Names, sizes and the one resolved description of a VM ([`VmSpec`]).
 //!
 //! Everything that reaches libvirt goes through a `VmSpec`: CLI arguments and
-//! declarative files are both turned into one before any object is touched.
+//! declarative files are both turned into one, by [`VmSpec::resolve`] (what the
+//! host settings give every VM, plus the VM's [`Declaration`]), before any
+//! object is touched. The types a spec is made of live here, below the
+//! settings and the declarative file that are read into them.
 
 use std::fmt;
 
