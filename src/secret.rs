@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::{failure, Kind};
+use crate::config::error::ConfigError;
 
 const LEN: usize = 32;
 
@@ -27,7 +27,9 @@ pub fn path() -> anyhow::Result<PathBuf> {
             .filter(|h| Path::new(h).is_absolute())
             .map(|h| PathBuf::from(h).join(".local/state/project-vm"))
             .ok_or_else(|| {
-                failure(Kind::Environment, "neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret")
+                ConfigError::Environment(
+                    "neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret".into(),
+                )
             })?,
     };
     Ok(dir.join("secret"))
@@ -39,7 +41,7 @@ pub fn load() -> anyhow::Result<[u8; LEN]> {
 }
 
 fn env_err(p: &Path, what: impl std::fmt::Display) -> anyhow::Error {
-    failure(Kind::Environment, format!("project-vm's secret {}: {what}", p.display()))
+    ConfigError::Environment(format!("project-vm's secret {}: {what}", p.display())).into()
 }
 
 /// The secret at `p`, made (0600, its directory 0700) if it is not there.
