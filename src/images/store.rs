@@ -330,7 +330,7 @@ pub fn publish(
         checksum: got,
         verified: expected.is_some(),
         source,
-        created: crate::ops::now_unix(),
+        created: crate::clock::now_unix(),
         parent: None,
     };
     commit(conn, pool, &rec).map_err(discard)?;

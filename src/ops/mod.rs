@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod ssh;
 pub mod status;
 
+pub use crate::clock::now_unix;
 pub use error::Error;
 
 use std::collections::HashMap;
@@ -258,6 +259,3 @@ pub fn vm_lock(ctx: &Ctx, name: &VmName, doing: &str) -> anyhow::Result<crate::l
     }
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
