@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-
 /// A held lock; released when dropped (or when the process dies).
 pub struct Lock {
     _file: Flock<File>,
@@ -80,9 +79,7 @@ pub fn secure_dir_for(dir: &Path, top: &Path, what: &str, var: &str) -> anyhow::
             p.display()
         ))
     };
-    let cannot = |p: &Path, e: std::io::Error| {
-        Unusable(format!("cannot create the {what} {}: {e}", p.display()))
-    };
+    let cannot = |p: &Path, e: std::io::Error| Unusable(format!("cannot create the {what} {}: {e}", p.display()));
     if let Some(parent) = top.parent() {
         std::fs::create_dir_all(parent).map_err(|e| cannot(parent, e))?;
     }
@@ -98,8 +95,7 @@ pub fn secure_dir_for(dir: &Path, top: &Path, what: &str, var: &str) -> anyhow::
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(cannot(&p, e).into()),
             _ => {}
         }
-        let m = std::fs::symlink_metadata(&p)
-            .map_err(|e| Unusable(format!("cannot inspect {}: {e}", p.display())))?;
+        let m = std::fs::symlink_metadata(&p).map_err(|e| Unusable(format!("cannot inspect {}: {e}", p.display())))?;
         if m.file_type().is_symlink() {
             return Err(refuse(&p, "is a symlink".into()).into());
         }

@@ -358,9 +358,10 @@ impl<'a> Scan<'a> {
                 true => "a marker stands beside it, but it does not describe this disk: project-vm did not keep it",
                 false => "no project-vm record names it (made by hand, by another tool, or refused by create)",
             };
-            report
-                .findings
-                .push(Finding { action: self.left_alone(n), ..finding("unrecorded-volume", n, detail, self.allocation(n)) });
+            report.findings.push(Finding {
+                action: self.left_alone(n),
+                ..finding("unrecorded-volume", n, detail, self.allocation(n))
+            });
             return Ok(());
         };
         let detail = format!("the project disk of {vm}, kept by `destroy --keep-data`; `create {vm}` reattaches it");

@@ -252,12 +252,10 @@ pub fn vm_lock(ctx: &Ctx, name: &VmName, doing: &str) -> anyhow::Result<crate::l
 fn vm_lock_in(scope: &str, name: &VmName, doing: &str) -> anyhow::Result<crate::lock::Lock> {
     match crate::lock::try_acquire(scope, &format!("vm:{name}"), doing)? {
         Ok(lock) => Ok(lock),
-        Err(holder) => Err(crate::lock::Busy {
-            what: name.to_string(),
-            holder,
-            hint: ": try again when it has finished".into(),
+        Err(holder) => {
+            Err(crate::lock::Busy { what: name.to_string(), holder, hint: ": try again when it has finished".into() }
+                .into())
         }
-        .into()),
     }
 }
 

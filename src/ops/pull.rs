@@ -330,11 +330,12 @@ pub fn inspect_file(name: &str, path: &std::path::Path) -> Result<u64, String> {
     let mut file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot open it: {e}")))?;
     let len = file.metadata().map_err(|e| refuse(format!("cannot stat it: {e}")))?.len();
     let head = inspect::read_head(&mut file, len).map_err(|e| refuse(format!("cannot read it: {e}")))?;
-    let format = storage::sniff_format(&head).map_err(refuse)?;
-    inspect::check_head(format, &head, len).map_err(refuse)?;
-    inspect::check(format, &head, &mut file, len).map_err(refuse)?;
+    let refused = |why: inspect::Refusal| refuse(why.to_string());
+    let format = inspect::sniff(&head).map_err(refused)?;
+    inspect::check_head(format, &head, len).map_err(refused)?;
+    inspect::check(format, &head, &mut file, len).map_err(refused)?;
     match format {
-        "qcow2" => inspect::check_header(&head, len).map(|q| q.size).map_err(refuse),
+        "qcow2" => inspect::check_header(&head, len).map(|q| q.size).map_err(refused),
         _ => Ok(len),
     }
 }
