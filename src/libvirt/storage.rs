@@ -397,7 +397,7 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
             let n = match reader.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !crate::interrupt::requested() => continue,
-                Err(_) if crate::interrupt::requested() => return Err(failure(Kind::Interrupted, "interrupted")),
+                Err(_) if crate::interrupt::requested() => return Err(crate::interrupt::Interrupted.into()),
                 // The source of the bytes failed (a server that hung up): the environment's, exit 4.
                 Err(e) => return Err(failure(Kind::Environment, format!("reading the data to upload: {e}"))),
             };
