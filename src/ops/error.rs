@@ -28,6 +28,12 @@ pub enum Error {
     /// The guest came up but was not provisioned.
     #[error("{vm} is not provisioned: {why}")]
     NotProvisioned { vm: String, why: String },
+    /// No image of that name in the pool or the catalog.
+    #[error("{0}")]
+    NoSuchImage(String),
+    /// The VM has no snapshot of that name.
+    #[error("{vm} has no snapshot {name}: see `project-vm snapshot list {vm}`")]
+    NoSuchSnapshot { vm: String, name: String },
     /// Bad input that the verb itself found.
     #[error("{0}")]
     Invalid(String),
@@ -43,7 +49,7 @@ fn at(host: &Option<String>) -> String {
 impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::NoSuchVm { .. } => Kind::NotFound,
+            Error::NoSuchVm { .. } | Error::NoSuchImage(_) | Error::NoSuchSnapshot { .. } => Kind::NotFound,
             Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
             Error::Timeout { .. } => Kind::Timeout,
             Error::NotProvisioned { .. } => Kind::Provisioning,
