@@ -346,6 +346,7 @@ mod tests {
         let lock = t.path().join("x.lock");
         std::os::unix::fs::symlink(&victim, &lock).unwrap();
         let err = open_file(&lock).unwrap_err();
+        assert!(err.downcast_ref::<Unusable>().is_some(), "{err:#}");
         assert_eq!(crate::exit::code(&err), 4, "{err:#}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         // An existing lock file is opened as it is: never truncated.
@@ -373,6 +374,7 @@ mod tests {
         let planted = t.path().join("project-vm-2");
         std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
         let err = secure_dir(&planted.join("locks"), &planted).unwrap_err();
+        assert!(err.downcast_ref::<Unusable>().is_some(), "{err:#}");
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
         assert_eq!(crate::exit::code(&err), 4);
         // Someone else's directory is refused (only root can make one here).

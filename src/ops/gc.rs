@@ -104,7 +104,11 @@ struct Scan<'a> {
 /// Taking a VM's lock for gc: `Ok(None)` when another project-vm holds it
 /// (the finding is skipped, saying why); any other failure ends the run.
 fn vm_lock_or_skip(ctx: &Ctx, name: &VmName) -> anyhow::Result<Result<lock::Lock, String>> {
-    match super::vm_lock(ctx, name, "collecting garbage of") {
+    skip_if_busy(super::vm_lock(ctx, name, "collecting garbage of"))
+}
+
+fn skip_if_busy<T>(taken: anyhow::Result<T>) -> anyhow::Result<Result<T, String>> {
+    match taken {
         Ok(l) => Ok(Ok(l)),
         Err(e) if e.downcast_ref::<lock::Busy>().is_some() => Ok(Err(format!("skipped: {e}"))),
         Err(e) => Err(e),
@@ -427,5 +431,22 @@ impl Report for GcReport {
             writeln!(out, "removed {}", self.removed)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_vm_is_skipped_and_any_other_lock_failure_ends_the_run() {
+        let holder = lock::Holder { pid: Some(42), doing: Some("creating".into()) };
+        let busy = lock::Busy { what: "web".into(), holder, hint: String::new() };
+        let skipped = skip_if_busy::<()>(Err(busy.into())).unwrap().unwrap_err();
+        assert_eq!(skipped, "skipped: web is busy: another project-vm (pid 42) is creating");
+        let unusable = skip_if_busy::<()>(Err(lock::Unusable("cannot lock vm:web".into()).into())).unwrap_err();
+        assert!(unusable.downcast_ref::<lock::Unusable>().is_some());
+        assert_eq!(crate::exit::code(&unusable), 4);
+        assert_eq!(skip_if_busy(Ok(1)).unwrap(), Ok(1));
     }
 }
