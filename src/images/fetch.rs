@@ -123,3 +123,20 @@ pub fn text(location: &str) -> anyhow::Result<String> {
         .map_err(|e| Error::Fetch(format!("cannot download {location}: {e}")))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_scheme_is_invalid_and_a_missing_server_a_fetch_failure() {
+        let e = check_scheme("ftp://example.invalid/x.qcow2").unwrap_err();
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Invalid(_))), "{e:#}");
+        assert_eq!(crate::exit::code(&e), 2);
+        check_scheme("https://example.invalid/x.qcow2").unwrap();
+        check_scheme("/var/tmp/x.qcow2").unwrap();
+        let e = http_error("https://example.invalid/x", ureq::Error::StatusCode(404));
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Fetch(m)) if m.contains("HTTP 404")), "{e:#}");
+        assert_eq!(crate::exit::code(&e), 4);
+    }
+}
