@@ -40,9 +40,6 @@ pub enum Error {
         .errors.iter().map(|e| format!("\n  {e}")).collect::<String>()
     )]
     CloudInit { vm: String, status: String, errors: Vec<String> },
-    /// No image of that name in the pool or the catalog.
-    #[error("{0}")]
-    NoSuchImage(String),
     /// The VM has no snapshot of that name.
     #[error("{vm} has no snapshot {name}: see `project-vm snapshot list {vm}`")]
     NoSuchSnapshot { vm: String, name: String },
@@ -52,6 +49,10 @@ pub enum Error {
     /// The environment stopped the verb (a tool missing, a file it may not read).
     #[error("{0}")]
     Environment(String),
+    /// Nothing of that name where the verb looked (across a fleet's hosts,
+    /// say); the message says where and what to do.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 fn at(host: &Option<String>) -> String {
@@ -61,7 +62,7 @@ fn at(host: &Option<String>) -> String {
 impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::NoSuchVm { .. } | Error::NoSuchImage(_) | Error::NoSuchSnapshot { .. } => Kind::NotFound,
+            Error::NoSuchVm { .. } | Error::NoSuchSnapshot { .. } | Error::NotFound(_) => Kind::NotFound,
             Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
             Error::Timeout { .. } | Error::ReadyTimeout { .. } => Kind::Timeout,
             Error::NotProvisioned { .. } | Error::CloudInit { .. } => Kind::Provisioning,

@@ -2,7 +2,7 @@
 //! connection, then put together. A host that does not answer fails only its
 //! VMs; a VM declared on one host and found on another is a move.
 
-use super::fleet::Fleet;
+use super::fleet::{worker_panicked, Fleet};
 use super::plan::{plan, Action, Change, Class, Options, Plan, VmPlan};
 use crate::config::Declared;
 
@@ -53,10 +53,11 @@ fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
 pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Option<&str>) -> anyhow::Result<Plan> {
     check_hosts(fleet, declared)?;
     let hosts = fleet.select(only)?;
-    let answers = fleet.ask(&hosts, |h, ctx| {
+    let (settings, vms) = (declared.settings.clone(), declared.vms.clone());
+    let answers = fleet.ask(&hosts, move |h, ctx| {
         let mine = Declared {
-            settings: declared.settings.clone(),
-            vms: declared.vms.iter().filter(|(_, d)| d.host == h.name).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            settings: settings.clone(),
+            vms: vms.iter().filter(|(_, d)| d.host == h.name).map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         plan(&ctx, &mine, opts)
     });
@@ -65,7 +66,7 @@ pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Optio
         match answer {
             Ok(p) => all.vms.extend(p.vms.into_iter().map(|v| VmPlan { host: h.name.clone(), ..v })),
             // Only a host that cannot be reached fails alone; bad input anywhere stops everything.
-            Err(e) if crate::exit::code(&e) == crate::error::Kind::Environment.exit_code() => {
+            Err(e) if crate::exit::code(&e) == crate::error::Kind::Environment.exit_code() || worker_panicked(&e) => {
                 let why = format!("{e:#}");
                 for d in declared.vms.values().filter(|d| d.host == h.name) {
                     all.vms.push(VmPlan {

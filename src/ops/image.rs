@@ -153,7 +153,7 @@ pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Removed> {
     if found.is_empty() {
         record::validate_name(name)?;
         let why = format!("no image {name} in pool {}: see `project-vm image list`", ctx.settings.pool);
-        return Err(Error::NoSuchImage(why).into());
+        return Err(Error::NotFound(why).into());
     }
     // The image's lock (by its name: a volume name stands for its image),
     // then its users again: a `create` holds the lock from reading the image
@@ -172,7 +172,7 @@ pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Removed> {
     let entries = matching(ctx)?;
     if entries.is_empty() {
         let why = format!("no image {name} in pool {} (removed meanwhile)", ctx.settings.pool);
-        return Err(Error::NoSuchImage(why).into());
+        return Err(Error::NotFound(why).into());
     }
     let users: Vec<String> = entries.iter().flat_map(|e| e.used_by.iter().cloned()).collect();
     if !users.is_empty() {

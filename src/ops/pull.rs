@@ -212,7 +212,7 @@ fn resolve(catalog: &Catalog, req: &PullRequest) -> anyhow::Result<(String, Imag
         )
     } else {
         let source = catalog.get(&req.what).ok_or_else(|| {
-            Error::NoSuchImage(format!(
+            Error::NotFound(format!(
                 "no image {:?} in the catalog{}: known images are {}; pull a URL instead, or add it under \"images\" in the settings",
                 req.what,
                 crate::suggest::did_you_mean(&req.what, &catalog.names().iter().map(String::as_str).collect::<Vec<_>>()),
@@ -422,7 +422,7 @@ fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Resul
 /// can exist there; its tests (logic only, never the end-to-end path) stand a
 /// plain volume in for an image. Real connections never take this path.
 fn test_driver_image(ctx: &Ctx, pool: &StoragePool, name: &str) -> anyhow::Result<Option<Image>> {
-    if !ctx.uri.starts_with("test:") {
+    if !crate::libvirt::uri::is_test(&ctx.uri) {
         return Ok(None);
     }
     let Some(vol) = storage::find_volume(pool, name)? else { return Ok(None) };
@@ -452,7 +452,7 @@ mod tests {
         let catalog = Catalog::new(&none);
         let req = PullRequest { what: "no-such-distro".into(), ..Default::default() };
         let e = resolve(&catalog, &req).unwrap_err();
-        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::NoSuchImage(_))), "{e:#}");
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::NotFound(_))), "{e:#}");
         assert_eq!(crate::exit::code(&e), 3);
         // A URL resolves to itself, named for its file.
         let req = PullRequest { what: "https://example.invalid/d/tiny.qcow2".into(), ..Default::default() };
