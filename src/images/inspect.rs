@@ -46,6 +46,10 @@ impl Source for std::fs::File {
 }
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+/// The first bytes read of an image: enough to sniff its format (the same
+/// as `libvirt::storage::SNIFF_LEN`, which a test holds it to) and to find
+/// a qcow2's cluster size. Kept here so this checker needs nothing of libvirt.
+pub const FIRST_READ: usize = 1024;
 /// The largest cluster qemu makes (2 MiB): the header and its extensions fit in the first cluster.
 pub const MAX_CLUSTER: u64 = 2 << 20;
 /// qemu's own limits on the tables it will load.
@@ -119,7 +123,7 @@ pub fn header_len(head: &[u8]) -> usize {
             return 1 << bits;
         }
     }
-    crate::libvirt::storage::SNIFF_LEN.max(64 << 10)
+    FIRST_READ.max(64 << 10)
 }
 
 /// Why an image is not a base image project-vm will build on: what the
@@ -621,14 +625,9 @@ pub fn check_head(format: &str, head: &[u8], len: u64) -> Result<(), Refusal> {
     }
 }
 
-/// The format of an image from its first bytes ([`crate::libvirt::storage::sniff_format`]), as a refusal.
-pub fn sniff(head: &[u8]) -> Result<&'static str, Refusal> {
-    crate::libvirt::storage::sniff_format(head).map_err(Refusal::NotAnImage)
-}
-
 /// Reads the first [`header_len`] bytes of `src` (fewer if the file is shorter).
 pub fn read_head(src: &mut dyn Source, len: u64) -> io::Result<Vec<u8>> {
-    let mut first = vec![0u8; (crate::libvirt::storage::SNIFF_LEN as u64).min(len) as usize];
+    let mut first = vec![0u8; (FIRST_READ as u64).min(len) as usize];
     src.read_at(0, &mut first)?;
     let want = (header_len(&first) as u64).min(len) as usize;
     if want > first.len() {
@@ -667,6 +666,11 @@ mod tests {
         let len = b.len() as u64;
         let head = &b[..(header_len(b) as u64).min(len) as usize];
         check("qcow2", head, &mut &b[..], len)
+    }
+
+    #[test]
+    fn the_first_read_is_what_the_format_sniff_wants() {
+        assert_eq!(FIRST_READ, crate::libvirt::storage::SNIFF_LEN);
     }
 
     #[test]

@@ -170,6 +170,12 @@ fn read_failed(what: &str, e: std::io::Error) -> anyhow::Error {
     Error::Unreadable { what: what.into(), why: e.to_string() }.into()
 }
 
+/// The format of an image from its first bytes ([`storage::sniff_format`]),
+/// or why it is no disk image, as a [`Refusal`].
+pub fn sniff(head: &[u8]) -> Result<&'static str, Refusal> {
+    storage::sniff_format(head).map_err(Refusal::NotAnImage)
+}
+
 /// Room for the image in the pool, asked before the upload: a stream that
 /// runs out of space part-way has taken libvirtd down, so it is never started.
 /// (The record and libvirt's own bookkeeping want a little more.)
@@ -198,7 +204,7 @@ pub fn check_volume(
     let mut src = storage::VolumeReader::new(conn, vol, len);
     let head = inspect::read_head(&mut src, len).map_err(|e| read_failed(what, e))?;
     let refuse = |why: Refusal| Error::Unsafe { image: what.into(), why, then: String::new() };
-    let sniffed = inspect::sniff(&head).map_err(refuse)?;
+    let sniffed = sniff(&head).map_err(refuse)?;
     if sniffed != format {
         return Err(Error::Changed(format!("{what} is recorded as {format} but its contents are {sniffed}")).into());
     }
@@ -283,7 +289,7 @@ fn check_before_upload(
     len: u64,
 ) -> anyhow::Result<&'static str> {
     let refuse = |why: Refusal| Error::Unsafe { image: source.into(), why, then: "; nothing was stored".into() };
-    let format = inspect::sniff(head).map_err(refuse)?;
+    let format = sniff(head).map_err(refuse)?;
     inspect::check_head(format, head, len).map_err(refuse)?;
     if let Some(mut file) = local {
         inspect::check(format, head, &mut file, len).map_err(refuse)?;

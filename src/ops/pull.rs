@@ -350,7 +350,7 @@ pub fn inspect_file(name: &str, path: &std::path::Path) -> Result<u64, String> {
     let len = file.metadata().map_err(|e| refuse(format!("cannot stat it: {e}")))?.len();
     let head = inspect::read_head(&mut file, len).map_err(|e| refuse(format!("cannot read it: {e}")))?;
     let refused = |why: inspect::Refusal| refuse(why.to_string());
-    let format = inspect::sniff(&head).map_err(refused)?;
+    let format = store::sniff(&head).map_err(refused)?;
     inspect::check_head(format, &head, len).map_err(refused)?;
     inspect::check(format, &head, &mut file, len).map_err(refused)?;
     match format {
