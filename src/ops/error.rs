@@ -53,6 +53,12 @@ pub enum Error {
     /// say); the message says where and what to do.
     #[error("{0}")]
     NotFound(String),
+    /// Something the verb was working on went away under it (a pool, a volume).
+    #[error("{what} is gone")]
+    Gone { what: String },
+    /// `apply` carried out what it could; these VMs failed (each result says why).
+    #[error("{failed} of the VMs failed to apply (see above)")]
+    ApplyFailed { failed: usize },
 }
 
 fn at(host: &Option<String>) -> String {
@@ -68,6 +74,8 @@ impl Classified for Error {
             Error::NotProvisioned { .. } | Error::CloudInit { .. } => Kind::Provisioning,
             Error::Invalid(_) => Kind::Invalid,
             Error::Environment(_) => Kind::Environment,
+            Error::Gone { .. } => Kind::NotFound,
+            Error::ApplyFailed { .. } => Kind::Failed,
         }
     }
 }
