@@ -19,6 +19,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<Kind> {
     }
     as_kind::<crate::interrupt::Interrupted>(e)
         .or_else(|| as_kind::<crate::lock::Busy>(e))
+        .or_else(|| as_kind::<crate::lock::Unusable>(e))
         .or_else(|| as_kind::<crate::ops::Error>(e))
         .or_else(|| as_kind::<crate::config::ConfigError>(e))
         .or_else(|| as_kind::<crate::images::Error>(e))

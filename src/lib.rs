@@ -5,6 +5,7 @@
 //! libvirt objects through [`libvirt`]; reports come back for [`output`].
 
 pub mod cli;
+pub mod clock;
 pub mod cloudinit;
 pub mod config;
 pub mod error;
