@@ -3,7 +3,7 @@
 //! `create` fails at the seed upload here: that is used to check the rollback.
 //! The real path is covered by tests/host.rs and tests/e2e.rs.
 
-use project_vm::error::exit_code;
+use project_vm::exit::code as exit_code;
 use project_vm::libvirt::{
     self, domain_xml,
     metadata::{Ownership, Phase},

@@ -19,18 +19,6 @@ use common::http::{Reply, Server};
 use common::*;
 use serde_json::json;
 
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        self.0.cleanup(self.1);
-    }
-}
-
-fn image_volumes(env: &Env, name: &str) -> Vec<String> {
-    env.volumes().into_iter().filter(|v| v.starts_with(&format!("{name}@"))).collect()
-}
-
 /// A qcow2 with 4 MiB of data in it (so a cut loses data clusters), and its length.
 fn data_image(dir: &Path, name: &str) -> (PathBuf, u64) {
     let raw = dir.join(format!("{name}.raw"));
@@ -81,7 +69,7 @@ fn images_with_a_backing_or_data_file_or_cut_short_are_refused_everywhere() {
     require_root_libvirt();
     let srv = Server::start();
     let env = Env::new("img18chk", 23180, json!({}));
-    let _c = Cleanup(&env, &["x"]);
+    let _c = Cleanup::of(&env, &["x"]);
     let bad = bad_images(&env);
     // Sanity: qemu itself finds the cut images broken, and the good one whole.
     let (good, _) = data_image(&env.dir, "good");
@@ -104,7 +92,7 @@ fn images_with_a_backing_or_data_file_or_cut_short_are_refused_everywhere() {
     }
     // base_image as a file: create refuses, and leaves nothing.
     let backing = bad[0].1.to_str().unwrap().to_owned();
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    let cfg = env.settings();
     let mut with_file = cfg.clone();
     with_file["base_image"] = json!(backing);
     std::fs::write(&env.config, with_file.to_string()).unwrap();
@@ -144,7 +132,7 @@ fn a_good_image_still_counts_and_builds_a_vm() {
     require_root_libvirt();
     let srv = Server::start();
     let env = Env::new("img18ok", 23182, json!({}));
-    let _c = Cleanup(&env, &["ok"]);
+    let _c = Cleanup::of(&env, &["ok"]);
     let (good, _) = data_image(&env.dir, "good");
     srv.route("/g/good.qcow2", Reply::Full(std::fs::read(&good).unwrap()));
     env.run(&["image", "pull", &srv.url("/g/good.qcow2"), "--name", "pulled"]).ok();
@@ -167,20 +155,13 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
     require_root_libvirt();
     let srv = Server::start();
     let env = Env::new("img18space", 23184, json!({}));
-    // The pool lives on a 8 MiB tmpfs of the test's own.
+    // The pool lives on a 8 MiB tmpfs of the test's own: the pool goes
+    // first, then the mount, then the env's directory.
     let mnt = env.pool_dir();
+    let mut c = Cleanup::new();
+    c.path(&env.dir).unmount(&mnt).pool(&env.pool);
     std::fs::create_dir_all(&mnt).unwrap();
     sh(&format!("mount -t tmpfs -o size=8m,mode=0755 pvtest-img18 {}", mnt.display()));
-    struct Unmount<'a>(&'a Env, PathBuf);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = virsh(&["pool-destroy", &self.0.pool]);
-            let _ = virsh(&["pool-undefine", &self.0.pool]);
-            let _ = std::process::Command::new("umount").arg(&self.1).status();
-            self.0.cleanup(&[]);
-        }
-    }
-    let _u = Unmount(&env, mnt.clone());
     // 32 MiB of incompressible data: four times the pool.
     let raw = env.dir.join("big.raw");
     let img = env.dir.join("big.qcow2");
@@ -229,7 +210,7 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
 fn a_failed_stream_write_aborts_the_stream_and_removes_the_partial_volume() {
     require_root_libvirt();
     let env = Env::new("img18stream", 23186, json!({}));
-    let _c = Cleanup(&env, &[]);
+    let _c = Cleanup::of(&env, &[]);
     let (img, _) = data_image(&env.dir, "img");
     // The hook fails the stream's second write, as a daemon-side write error would.
     let out = env
@@ -259,7 +240,7 @@ fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
     let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
     let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
     all.push("slow");
-    let _c = Cleanup(&env, &all);
+    let _c = Cleanup::of(&env, &all);
     let tiny = tiny_image(&env.dir);
     let tiny = tiny.to_str().unwrap();
 
@@ -318,7 +299,7 @@ fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() 
     require_root_libvirt();
     let srv = Server::start();
     let env = Env::new("img18exit", 23190, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["half"]);
+    let _c = Cleanup::of(&env, &["half"]);
     let tiny = tiny_image(&env.dir);
     let bytes = std::fs::read(&tiny).unwrap();
 

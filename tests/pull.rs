@@ -11,15 +11,6 @@ use common::http::{Reply, Server};
 use common::*;
 use serde_json::json;
 
-/// Removes the env's VMs and pool even when an assertion fails.
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        self.0.cleanup(self.1);
-    }
-}
-
 /// The tiny image's bytes and its SHA512SUMS line (computed by coreutils, not by us).
 fn image_and_sums(env: &Env) -> (Vec<u8>, String, String) {
     let img = tiny_image(&env.dir);
@@ -28,16 +19,12 @@ fn image_and_sums(env: &Env) -> (Vec<u8>, String, String) {
     (bytes, format!("{}  other.qcow2\n{hex}  tiny.qcow2\n", "0".repeat(128)), hex)
 }
 
-fn image_volumes(env: &Env, name: &str) -> Vec<String> {
-    env.volumes().into_iter().filter(|v| v.starts_with(&format!("{name}@"))).collect()
-}
-
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn pull_verifies_caches_and_keeps_nothing_from_a_bad_download() {
     require_root_libvirt();
     let env = Env::new("pull", 22400, json!({}));
-    let _c = Cleanup(&env, &[]);
+    let _c = Cleanup::of(&env, &[]);
     let (bytes, sums, hex) = image_and_sums(&env);
     let srv = Server::start();
     srv.route("/d/tiny.qcow2", Reply::Full(bytes.clone()));
@@ -102,7 +89,7 @@ fn a_killed_pull_leaves_nothing_create_would_use_and_the_next_create_pulls_again
         22420,
         json!({"images": {"slow": {"url": srv.url("/s/tiny.qcow2"), "checksums": srv.url("/s/SHA512SUMS")}}}),
     );
-    let _c = Cleanup(&env, &["after"]);
+    let _c = Cleanup::of(&env, &["after"]);
     let (bytes, sums, hex) = image_and_sums(&env);
     srv.route("/s/tiny.qcow2", Reply::StallAt(bytes.clone(), bytes.len() / 2));
     srv.route("/s/SHA512SUMS", Reply::Full(sums.into_bytes()));
@@ -140,7 +127,7 @@ fn concurrent_first_creates_on_a_fresh_pool_pull_the_default_once() {
         json!({"images": {"debian-13": {"url": srv.url("/d13/tiny.qcow2"), "checksums": srv.url("/d13/SHA512SUMS")}}}),
     );
     let names = ["fa", "fb", "fc"];
-    let _c = Cleanup(&env, &names);
+    let _c = Cleanup::of(&env, &names);
     let (bytes, sums, _) = image_and_sums(&env);
     srv.route("/d13/tiny.qcow2", Reply::StallAt(bytes.clone(), bytes.len() / 2));
     srv.route("/d13/SHA512SUMS", Reply::Full(sums.into_bytes()));
