@@ -239,6 +239,17 @@ impl Env {
     }
 }
 
+/// A process of the test's own (a server, a reporter), killed and reaped
+/// when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The volumes of image `name` in `env`'s pool (`NAME@GEN.img` and its record).
 pub fn image_volumes(env: &Env, name: &str) -> Vec<String> {
     env.volumes().into_iter().filter(|v| v.starts_with(&format!("{name}@"))).collect()
