@@ -277,12 +277,10 @@ fn same_name_races_through_different_spellings_leave_one_whole_vm() {
         let children: Vec<_> = SPELLINGS
             .iter()
             .map(|uri| {
-                env.cmd(&["create", "o18race", "256M", "1", "2G", "--project-disk", "1G"])
-                    .env("PROJECT_VM_URI", uri)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                spawn(
+                    env.cmd(&["create", "o18race", "256M", "1", "2G", "--project-disk", "1G"])
+                        .env("PROJECT_VM_URI", uri),
+                )
             })
             .collect();
         let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
@@ -348,9 +346,7 @@ fn gc_through_another_spelling_never_takes_parts_of_vms_being_created() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn imports_of_one_image_through_different_spellings_store_it_once() {
-    require_root_libvirt();
-    let env = Env::new("own18-img", 22830, json!({"base_image": "tiny"}));
-    let _c = Cleanup::of(&env, &[]);
+    let (env, _c) = host_env("own18-img", 22830, json!({"base_image": "tiny"}), &[]);
     let tiny = tiny_image(&env.dir);
     // The pool first, so every import races on the image alone.
     env.run(&["list"]).ok();
@@ -360,12 +356,7 @@ fn imports_of_one_image_through_different_spellings_store_it_once() {
         let children: Vec<_> = SPELLINGS
             .iter()
             .map(|uri| {
-                env.cmd(&["image", "import", tiny.to_str().unwrap(), "--name", &name])
-                    .env("PROJECT_VM_URI", uri)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                spawn(env.cmd(&["image", "import", tiny.to_str().unwrap(), "--name", &name]).env("PROJECT_VM_URI", uri))
             })
             .collect();
         let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
@@ -381,9 +372,7 @@ fn imports_of_one_image_through_different_spellings_store_it_once() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_pool_defined_but_never_built_is_built_and_started() {
-    require_root_libvirt();
-    let env = Env::new("own18-pool", 22750, json!({"base_image": "tiny"}));
-    let _c = Cleanup::of(&env, &["o18pool"]);
+    let (env, _c) = host_env("own18-pool", 22750, json!({"base_image": "tiny"}), &["o18pool"]);
     let image = tiny_image(&env.dir);
     // What a first use killed right after defining the pool leaves.
     let d = virsh(&["pool-define-as", &env.pool, "dir", "--target", env.pool_dir().to_str().unwrap()]);
@@ -756,9 +745,7 @@ fn shares_through_bind_mounts_of_protected_directories_are_refused() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn plan_checks_image_files_before_apply_imports_them() {
-    require_root_libvirt();
-    let env = Env::new("fixshare-plan", 22720, json!({}));
-    let _c = Cleanup::of(&env, &["fsp"]);
+    let (env, _c) = host_env("fixshare-plan", 22720, json!({}), &["fsp"]);
     let tiny = tiny_image(&env.dir);
     let overlay = env.dir.join("overlay.qcow2");
     sh(&format!("qemu-img create -q -f qcow2 -b {} -F qcow2 {}", tiny.display(), overlay.display()));

@@ -149,11 +149,7 @@ fn concurrent_uploads_never_overfill_a_pool() {
     let pid = d.pid();
     for round in 0..6 {
         let spawn = |n: &str| {
-            env.cmd(&["image", "import", env.dir.join(format!("{n}.raw")).to_str().unwrap(), "--name", n])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            spawn(env.cmd(&["image", "import", env.dir.join(format!("{n}.raw")).to_str().unwrap(), "--name", n]))
         };
         let (a, b) = (spawn("a"), spawn("b"));
         let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];

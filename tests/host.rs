@@ -8,9 +8,7 @@ use common::*;
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn core_verbs_on_a_real_libvirtd() {
-    require_root_libvirt();
-    let env = Env::new("core", 22100, serde_json::json!({"base_image": "tiny"}));
-    let mut guard = Cleanup::of(&env, &["foo", "bar"]);
+    let (env, mut guard) = host_env("core", 22100, serde_json::json!({"base_image": "tiny"}), &["foo", "bar"]);
     guard.domain("project-hand");
     let image = tiny_image(&env.dir);
 
@@ -149,9 +147,7 @@ fn core_verbs_on_a_real_libvirtd() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn input_that_would_fail_later_is_refused_at_create() {
-    require_root_libvirt();
-    let env = Env::new("badin", 22140, serde_json::json!({"base_image": "tiny"}));
-    let _guard = Cleanup::of(&env, &["bad"]);
+    let (env, _guard) = host_env("badin", 22140, serde_json::json!({"base_image": "tiny"}), &["bad"]);
     let image = tiny_image(&env.dir);
     env.run(&["image", "import", image.to_str().unwrap()]).ok();
     let before = env.volumes();
@@ -231,9 +227,7 @@ fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn under_sudo_links_in_the_users_home_reach_nothing_of_roots() {
-    require_root_libvirt();
-    let env = Env::new("sudo", 22160, serde_json::json!({"base_image": "tiny"}));
-    let mut guard = Cleanup::of(&env, &["sd1", "sd2", "sd3"]);
+    let (env, mut guard) = host_env("sudo", 22160, serde_json::json!({"base_image": "tiny"}), &["sd1", "sd2", "sd3"]);
     let user = "pvtestsudo";
     let home = env.dir.join("home");
     let _ = std::process::Command::new("userdel").arg(user).output();

@@ -66,10 +66,8 @@ fn bad_images(env: &Env) -> Vec<(&'static str, PathBuf, &'static str)> {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn images_with_a_backing_or_data_file_or_cut_short_are_refused_everywhere() {
-    require_root_libvirt();
     let srv = Server::start();
-    let env = Env::new("img18chk", 23180, json!({}));
-    let _c = Cleanup::of(&env, &["x"]);
+    let (env, _c) = host_env("img18chk", 23180, json!({}), &["x"]);
     let bad = bad_images(&env);
     // Sanity: qemu itself finds the cut images broken, and the good one whole.
     let (good, _) = data_image(&env.dir, "good");
@@ -129,10 +127,8 @@ fn images_with_a_backing_or_data_file_or_cut_short_are_refused_everywhere() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_good_image_still_counts_and_builds_a_vm() {
-    require_root_libvirt();
     let srv = Server::start();
-    let env = Env::new("img18ok", 23182, json!({}));
-    let _c = Cleanup::of(&env, &["ok"]);
+    let (env, _c) = host_env("img18ok", 23182, json!({}), &["ok"]);
     let (good, _) = data_image(&env.dir, "good");
     srv.route("/g/good.qcow2", Reply::Full(std::fs::read(&good).unwrap()));
     env.run(&["image", "pull", &srv.url("/g/good.qcow2"), "--name", "pulled"]).ok();
@@ -175,12 +171,7 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
     // the upload start, the stream would stop far short of filling the pool
     // (the daemon never meets ENOSPC), and the test fails on the timeout.
     srv.route("/big.qcow2", Reply::StallAt(bytes.clone(), 1 << 20));
-    let mut child = env
-        .cmd(&["image", "pull", &srv.url("/big.qcow2"), "--name", "big"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(env.cmd(&["image", "pull", &srv.url("/big.qcow2"), "--name", "big"]));
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -208,9 +199,7 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_failed_stream_write_aborts_the_stream_and_removes_the_partial_volume() {
-    require_root_libvirt();
-    let env = Env::new("img18stream", 23186, json!({}));
-    let _c = Cleanup::of(&env, &[]);
+    let (env, _c) = host_env("img18stream", 23186, json!({}), &[]);
     let (img, _) = data_image(&env.dir, "img");
     // The hook fails the stream's second write, as a daemon-side write error would.
     let out = env
@@ -246,13 +235,10 @@ fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
 
     // A create held inside its window (image read, overlay not made yet).
     env.run(&["image", "import", tiny, "--name", "base"]).ok();
-    let mut create = env
-        .cmd(&["create", "slow", "1G", "1", "2G", "--project-disk", "1G", "--image", "base"])
-        .env("PROJECT_VM_PAUSE_AT", "create-image-checked:1500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut create = spawn(
+        env.cmd(&["create", "slow", "1G", "1", "2G", "--project-disk", "1G", "--image", "base"])
+            .env("PROJECT_VM_PAUSE_AT", "create-image-checked:1500"),
+    );
     let mut err = BufReader::new(create.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("test hook: pausing") {
@@ -272,13 +258,8 @@ fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
     // Races without the hook: never both succeed, and a made VM's image stays.
     for n in &names {
         env.run(&["image", "import", tiny, "--name", "race"]).ok();
-        let create = env
-            .cmd(&["create", n, "1G", "1", "2G", "--project-disk", "1G", "--image", "race"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let rm = env.cmd(&["image", "rm", "race"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let create = spawn(env.cmd(&["create", n, "1G", "1", "2G", "--project-disk", "1G", "--image", "race"]));
+        let rm = spawn(env.cmd(&["image", "rm", "race"]));
         let (c, r) = (create.wait_with_output().unwrap(), rm.wait_with_output().unwrap());
         let (c_ok, r_ok) = (c.status.success(), r.status.success());
         assert!(!(c_ok && r_ok), "{n}: both create and image rm succeeded");
@@ -296,10 +277,8 @@ fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() {
-    require_root_libvirt();
     let srv = Server::start();
-    let env = Env::new("img18exit", 23190, json!({"base_image": "tiny"}));
-    let _c = Cleanup::of(&env, &["half"]);
+    let (env, _c) = host_env("img18exit", 23190, json!({"base_image": "tiny"}), &["half"]);
     let tiny = tiny_image(&env.dir);
     let bytes = std::fs::read(&tiny).unwrap();
 
@@ -332,12 +311,7 @@ fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() 
         .spawn()
         .unwrap();
     srv.wait_stalled();
-    let mut second = env
-        .cmd(&["image", "pull", &url, "--name", "slow"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut second = spawn(env.cmd(&["image", "pull", &url, "--name", "slow"]));
     let mut err = BufReader::new(second.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("waiting for another project-vm") {

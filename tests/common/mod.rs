@@ -120,18 +120,23 @@ pub fn run(cmd: &mut Command, what: &str) -> Run {
 
 /// Starts `cmd` with stdin closed, stdout dropped and stderr captured: the
 /// shape of the processes a test runs side by side.
-pub fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn")
+pub fn spawn(mut cmd: impl std::borrow::BorrowMut<Command>) -> Child {
+    cmd.borrow_mut().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn")
 }
 
-/// A test on the host's libvirtd with the tiny image as base image: root and
-/// libvirtd checked, an env of its own with a guard for it and the VMs
-/// `vms`, the image imported.
+/// [`host_env`] with the tiny image as base image, imported.
 pub fn tiny_host(tag: &str, ssh_port: u16, vms: &[&str]) -> (Env, Cleanup) {
-    require_root_libvirt();
-    let env = Env::new(tag, ssh_port, serde_json::json!({"base_image": "tiny"}));
-    let guard = Cleanup::of(&env, vms);
+    let (env, guard) = host_env(tag, ssh_port, serde_json::json!({"base_image": "tiny"}), vms);
     env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    (env, guard)
+}
+
+/// A test on the host's libvirtd: root and libvirtd checked, an env of its
+/// own (`extra` merged into its settings) with a guard for it and the VMs `vms`.
+pub fn host_env(tag: &str, ssh_port: u16, extra: Value, vms: &[&str]) -> (Env, Cleanup) {
+    require_root_libvirt();
+    let env = Env::new(tag, ssh_port, extra);
+    let guard = Cleanup::of(&env, vms);
     (env, guard)
 }
 
