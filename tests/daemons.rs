@@ -11,6 +11,23 @@ use std::time::Duration;
 use common::daemon::OwnDaemon;
 use common::*;
 
+/// An env of the test's own on daemon `d` (pool in `storage_dir`, user
+/// networking on `port`), with a guard for it and the VMs `vms`.
+fn env_on(
+    d: &OwnDaemon,
+    tag: &str,
+    port: u16,
+    base_image: &str,
+    storage_dir: impl serde::Serialize,
+    vms: &[&str],
+) -> (Env, Cleanup) {
+    let settings = serde_json::json!({"base_image": base_image, "storage_dir": storage_dir, "network": {"type": "user", "ssh_port": port}});
+    let mut env = Env::new(tag, port, settings);
+    env.uri = d.uri.clone();
+    let guard = Cleanup::of(&env, vms);
+    (env, guard)
+}
+
 #[test]
 #[ignore = "needs root, libvirtd, libvirt-l10n and the de_DE.UTF-8 locale (scripts/setup-host.sh); run by scripts/test.sh"]
 fn a_daemon_speaking_german_gets_the_same_exit_codes_and_hints() {
@@ -23,13 +40,7 @@ fn a_daemon_speaking_german_gets_the_same_exit_codes_and_hints() {
     // libvirt's own system error, translated: a storage directory the
     // daemon's user may not make is a permission problem, and the hint names
     // that user (not the generic "storage_dir must be ...").
-    let mut denied = Env::new(
-        "locale-denied",
-        22641,
-        serde_json::json!({"base_image": "tiny", "storage_dir": "/root/pvtest-locale-denied", "network": {"type": "user", "ssh_port": 22641}}),
-    );
-    denied.uri = d.uri.clone();
-    let denied_guard = Cleanup::of(&denied, &[]);
+    let (denied, denied_guard) = env_on(&d, "locale-denied", 22641, "tiny", "/root/pvtest-locale-denied", &[]);
     let tiny = tiny_image(&denied.dir);
     let r = denied.run(&["image", "import", tiny.to_str().unwrap(), "--name", "tiny"]);
     assert_eq!(r.code, 4, "stdout {} stderr {}", r.stdout, r.stderr);
@@ -38,13 +49,7 @@ fn a_daemon_speaking_german_gets_the_same_exit_codes_and_hints() {
     drop(denied_guard);
 
     let pool_dir = d.home.join("pool");
-    let mut env = Env::new(
-        "locale",
-        22640,
-        serde_json::json!({"base_image": "tiny", "storage_dir": pool_dir, "network": {"type": "user", "ssh_port": 22640}}),
-    );
-    env.uri = d.uri.clone();
-    let _c = Cleanup::of(&env, &[]);
+    let (env, _c) = env_on(&d, "locale", 22640, "tiny", &pool_dir, &[]);
     let tiny = tiny_image(&env.dir);
     env.run(&["image", "import", tiny.to_str().unwrap(), "--name", "tiny"]).ok();
 
@@ -80,13 +85,7 @@ fn start_wait_survives_a_restart_of_the_daemon() {
     let _lock = guest_boot_lock();
     let d = OwnDaemon::start("pvrestart", "C.UTF-8");
     let pool_dir = d.home.join("pool");
-    let mut env = Env::new(
-        "restart",
-        22660,
-        serde_json::json!({"base_image": "debian", "storage_dir": pool_dir, "network": {"type": "user", "ssh_port": 22660}}),
-    );
-    env.uri = d.uri.clone();
-    let _c = Cleanup::of(&env, &["rs"]);
+    let (env, _c) = env_on(&d, "restart", 22660, "debian", &pool_dir, &["rs"]);
     env.run(&["image", "import", &img, "--name", "debian"]).ok();
     env.run(&["create", "rs", "1G", "2", "8G", "--project-disk", "1G"]).ok();
     let wait = env
@@ -127,17 +126,11 @@ fn concurrent_uploads_never_overfill_a_pool() {
     let d = OwnDaemon::start("pvspace", "C.UTF-8");
     let pool_dir = d.home.join("pool");
     std::fs::create_dir_all(&pool_dir).unwrap();
-    let mut c = Cleanup::new();
-    c.unmount(&pool_dir);
+    let mut mount = Cleanup::new();
+    mount.unmount(&pool_dir);
     sh(&format!("mount -t tmpfs -o size=64M,mode=0755 tmpfs {}", pool_dir.display()));
     sh(&format!("chown {u}:{u} {}", pool_dir.display(), u = d.user));
-    let mut env = Env::new(
-        "space",
-        22680,
-        serde_json::json!({"base_image": "a", "storage_dir": pool_dir, "network": {"type": "user", "ssh_port": 22680}}),
-    );
-    env.uri = d.uri.clone();
-    c.env(&env);
+    let (env, _c_env) = env_on(&d, "space", 22680, "a", &pool_dir, &[]);
     // Two 36 MiB raw disks with a partition table each: either fits, both do not.
     for n in ["a", "b"] {
         let p = env.dir.join(format!("{n}.raw"));

@@ -13,7 +13,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::http::{Reply, Server};
 use common::*;
@@ -172,18 +172,11 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
     // (the daemon never meets ENOSPC), and the test fails on the timeout.
     srv.route("/big.qcow2", Reply::StallAt(bytes.clone(), 1 << 20));
     let mut child = spawn(env.cmd(&["image", "pull", &srv.url("/big.qcow2"), "--name", "big"]));
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            srv.release();
-            panic!("the pull did not refuse: it is streaming into a pool too small for it");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = wait_within(&mut child, Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        srv.release();
+        panic!("the pull did not refuse: it is streaming into a pool too small for it");
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -318,35 +311,21 @@ fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() 
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "the second pull did not wait for the lock");
     }
-    let t0 = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = loop {
-        if let Some(s) = second.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = second.kill();
-            srv.release();
-            let _ = first.wait();
-            panic!("SIGTERM did not end a pull waiting for the image lock");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_within(&mut second, Duration::from_secs(10)) else {
+        let _ = second.kill();
+        srv.release();
+        let _ = first.wait();
+        panic!("SIGTERM did not end a pull waiting for the image lock");
     };
     assert_eq!(status.code(), Some(130), "a pull stopped by SIGTERM");
     // And the first, blocked reading from a server that stalls: SIGINT ends
     // it too (at a safe point, or after the grace period), keeping nothing usable.
-    let t0 = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = loop {
-        if let Some(s) = first.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(15) {
-            let _ = first.kill();
-            srv.release();
-            panic!("SIGINT did not end a pull stalled on its server");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_within(&mut first, Duration::from_secs(15)) else {
+        let _ = first.kill();
+        srv.release();
+        panic!("SIGINT did not end a pull stalled on its server");
     };
     srv.release();
     assert_eq!(status.code(), Some(130), "a pull stopped by SIGINT");

@@ -67,15 +67,14 @@ impl Cleanup {
     /// VMs made through `env` (as it is now: its settings file and URI).
     pub fn vms(&mut self, env: &Env, names: &[&str]) -> &mut Self {
         for n in names {
-            self.steps.push(Step::Vm(Box::new(env.clone()), n.to_string()));
+            self.push(Step::Vm(Box::new(env.clone()), n.to_string()));
         }
         self
     }
 
     /// Every VM in `env`'s pools, whatever their names.
     pub fn prune(&mut self, env: &Env) -> &mut Self {
-        self.steps.push(Step::Prune(Box::new(env.clone())));
-        self
+        self.push(Step::Prune(Box::new(env.clone())))
     }
 
     /// A domain the test defined by hand on qemu:///system.
@@ -83,15 +82,14 @@ impl Cleanup {
         self.domain_on(SYSTEM, name)
     }
 
+    /// A domain the test defined by hand on `uri`.
     pub fn domain_on(&mut self, uri: &str, name: &str) -> &mut Self {
-        self.steps.push(Step::Domain { uri: uri.into(), name: name.into() });
-        self
+        self.push(Step::Domain { uri: uri.into(), name: name.into() })
     }
 
     /// A volume the test made by hand in `pool` on qemu:///system.
     pub fn volume(&mut self, pool: &str, name: &str) -> &mut Self {
-        self.steps.push(Step::Volume { uri: SYSTEM.into(), pool: pool.into(), name: name.into() });
-        self
+        self.push(Step::Volume { uri: SYSTEM.into(), pool: pool.into(), name: name.into() })
     }
 
     /// A pool on qemu:///system (stopped and undefined; its files are the
@@ -100,27 +98,31 @@ impl Cleanup {
         self.pool_on(SYSTEM, name)
     }
 
+    /// A pool on `uri`.
     pub fn pool_on(&mut self, uri: &str, name: &str) -> &mut Self {
-        self.steps.push(Step::Pool { uri: uri.into(), name: name.into() });
-        self
+        self.push(Step::Pool { uri: uri.into(), name: name.into() })
     }
 
     /// A file or a directory (removed with all it holds).
     pub fn path(&mut self, path: impl AsRef<Path>) -> &mut Self {
-        self.steps.push(Step::Path(path.as_ref().to_path_buf()));
-        self
+        self.push(Step::Path(path.as_ref().to_path_buf()))
     }
 
     /// A user the test made: its processes are stopped, then the user and
     /// its home are removed.
     pub fn user(&mut self, name: &str) -> &mut Self {
-        self.steps.push(Step::User(name.into()));
-        self
+        self.push(Step::User(name.into()))
     }
 
     /// A filesystem the test mounted.
     pub fn unmount(&mut self, point: impl AsRef<Path>) -> &mut Self {
-        self.steps.push(Step::Unmount(point.as_ref().to_path_buf()));
+        self.push(Step::Unmount(point.as_ref().to_path_buf()))
+    }
+}
+
+impl Cleanup {
+    fn push(&mut self, step: Step) -> &mut Self {
+        self.steps.push(step);
         self
     }
 }

@@ -14,8 +14,8 @@ pub use cleanup::Cleanup;
 pub use guest::{guest_boot_lock, test_image, Guest};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -241,6 +241,21 @@ impl Env {
     /// (what a [`Cleanup::of`] guard does when dropped).
     pub fn cleanup(&self, names: &[&str]) {
         drop(Cleanup::of(self, names));
+    }
+}
+
+/// Waits for `child` to end, at most `limit`: its status, or None if it is
+/// still running then (the caller kills it, after what else it must undo).
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
