@@ -535,16 +535,7 @@ fn gc_never_removes_disks_in_use_or_unrecorded() {
     virsh_ok(&["domrename", "project-o18a", "project-o18b"]);
     // A hand-made project-* volume that a hand-made domain uses.
     virsh_ok(&["vol-create-as", &env.pool, "project-o18h-root.qcow2", "1M", "--format", "qcow2"]);
-    let path = env.pool_dir().join("project-o18h-root.qcow2");
-    let xml = format!(
-        "<domain type='qemu'><name>{user}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>\
-         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
-         <target dev='vda' bus='virtio'/></disk></devices></domain>",
-        path.display()
-    );
-    let file = env.dir.join("user.xml");
-    std::fs::write(&file, xml).unwrap();
-    virsh_ok(&["define", file.to_str().unwrap()]);
+    define_hand_domain(&env, &user, &env.pool_dir().join("project-o18h-root.qcow2"), "qcow2");
     // A volume of somebody else's in the pool, named like nothing of project-vm's.
     virsh_ok(&["vol-create-as", &env.pool, "theirs.qcow2", "1M", "--format", "qcow2"]);
     // A data volume create refused to adopt.

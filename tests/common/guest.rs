@@ -7,6 +7,8 @@
 //! before the cleanup.
 
 use std::fs::File;
+
+use nix::fcntl::FlockArg;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
@@ -43,11 +45,20 @@ pub fn guest_boot_lock() -> File {
             .open(path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     });
-    if file.try_lock().is_err() {
+    if flock(&file, FlockArg::LockExclusiveNonblock).is_err() {
         eprintln!("waiting for {} (another test is booting a guest)", path.display());
-        file.lock().unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+        flock(&file, FlockArg::LockExclusive).unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
     }
     file
+}
+
+/// flock(2) itself: the lock goes with the open file (closing our last
+/// descriptor on it releases a lock we took; one flock(1) holds stays). Not
+/// nix's `Flock`, whose drop would unlock an inherited lock for its holder.
+#[allow(deprecated)]
+fn flock(file: &File, arg: FlockArg) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::fcntl::flock(file.as_raw_fd(), arg)
 }
 
 /// A descriptor on `path` this process inherited, duplicated.
