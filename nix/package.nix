@@ -53,6 +53,9 @@ rustPlatform.buildRustPackage {
       --bash <($out/bin/project-vm completions bash) \
       --zsh <($out/bin/project-vm completions zsh) \
       --fish <($out/bin/project-vm completions fish)
+    # The man page, made from the same clap definitions as --help.
+    $out/bin/project-vm man > project-vm.1
+    installManPage project-vm.1
   '';
 
   meta = {

@@ -51,7 +51,7 @@ pub enum Command {
     Create(CreateArgs),
     /// Start a VM.
     Start(StartArgs),
-    /// Shut a VM down (ACPI), powering it off if it does not stop in time.
+    /// Shut a VM down (guest agent if it answers, else ACPI, asked again every 10 s), powering it off if it does not stop in time.
     Stop(StopArgs),
     /// Stop, then start.
     Restart(RestartArgs),
@@ -88,6 +88,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff) made from these definitions: `project-vm man > project-vm.1`.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -225,7 +225,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             emit(json, &ops::snapshot::delete(&ctx, &vm, &snapshot)?)?
         }
         Command::Gc(a) => emit(json, &ops::gc::gc(&*one()?, a.yes, &a.kept_disks)?)?,
-        Command::Completions { .. } | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
+        Command::Completions { .. } | Command::Man | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
             unreachable!("handled in run")
         }
     }
