@@ -63,8 +63,8 @@ pub enum Command {
     Status(NameArg),
     /// ssh into a VM, verifying its pinned host key.
     Ssh(SshArgs),
-    /// Print an ~/.ssh/config block for a VM (or all VMs).
-    SshConfig(OptNameArg),
+    /// Print an ~/.ssh/config block for a VM (or all VMs); with --json, the same as fields.
+    SshConfig(SshConfigArgs),
     /// Attach to a VM's serial console (Ctrl-] leaves).
     Console(NameArg),
     /// Show a VM's serial console log.
@@ -114,12 +114,6 @@ pub struct GcArgs {
 pub struct NameArg {
     #[arg(value_parser = vm_name)]
     pub name: VmName,
-}
-
-#[derive(Debug, Args)]
-pub struct OptNameArg {
-    #[arg(value_parser = vm_name)]
-    pub name: Option<VmName>,
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +244,15 @@ pub struct SshArgs {
     /// Command to run instead of a login shell (after --)
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: Option<VmName>,
+    /// Private key for the blocks' IdentityFile
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -173,7 +173,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
                     all
                 }
             };
-            ops::ssh::write_config(&mut std::io::stdout().lock(), &vms)?;
+            emit(json, &ops::ssh::config_report(&vms, a.identity.as_deref()))?;
         }
         Command::Console(a) => {
             let (ctx, vm) = find(&a.name)?;

@@ -10,12 +10,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::io::Write;
+
 use anyhow::Context;
+use serde::Serialize;
 
 use super::addresses::{self, SshTarget};
-use super::Ctx;
-use crate::error::{failure, Kind};
+use super::{Ctx, Error};
 use crate::libvirt::vms::Vm;
+use crate::output::Report;
 
 /// `$XDG_STATE_HOME/project-vm/known_hosts` (default `~/.local/state/...`).
 pub fn known_hosts_path() -> PathBuf {
@@ -57,13 +60,11 @@ fn rewrite_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::R
 fn write_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Result<()> {
     use std::io::Write;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(crate::error::failure(
-            crate::error::Kind::Environment,
-            format!(
-                "{} is a symbolic link: project-vm keeps its pinned host keys in a file of its own; remove the link",
-                path.display()
-            ),
-        ));
+        return Err(Error::Environment(format!(
+            "{} is a symbolic link: project-vm keeps its pinned host keys in a file of its own; remove the link",
+            path.display()
+        ))
+        .into());
     }
     let existing = match path.try_exists() {
         Ok(true) => crate::files::read_text(path, "known_hosts file", crate::files::CONFIG_MAX)?,
@@ -116,20 +117,18 @@ pub fn proxy_command(uri: &str) -> Option<String> {
         args.extend(["-l".into(), u.into()]);
     }
     args.extend(["-W".into(), "%h:%p".into(), host.into()]);
-    // ssh runs it with the shell, and expands %-tokens first.
-    Some(
-        args.iter()
-            .map(|a| shell_quote(&a.replace('%', "%%")).replace("%%h:%%p", "%h:%p"))
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+    // ssh runs it with the shell, and expands %-tokens first: every `%` but
+    // those of the `-W %h:%p` placeholder is doubled.
+    let quoted = args.iter().map(|a| match a.as_str() {
+        "%h:%p" => a.clone(),
+        _ => shell_quote(&a.replace('%', "%%")),
+    });
+    Some(quoted.collect::<Vec<_>>().join(" "))
 }
 
+/// One word for `sh`, quoted only when it needs it (shell-words' POSIX quoting).
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c)) {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
+    shell_words::quote(s).into_owned()
 }
 
 /// The target and the ssh options that pin the host key. `ctx`: the VM's
@@ -139,30 +138,19 @@ pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
     let uri = ctx.uri.as_str();
     let spec = vm.spec()?;
     let state = vm.state();
-    let target = addresses::ssh_target_of(vm, &spec, state).ok_or_else(|| {
-        failure(
-            Kind::NotFound,
-            format!(
-                "no address known for {} (state {}): start it with `project-vm start {} --wait`, or set \"tailnet\"",
-                vm.name,
-                state.as_str(),
-                vm.name
-            ),
-        )
-    })?;
+    let target = addresses::ssh_target_of(vm, &spec, state)
+        .ok_or_else(|| Error::NoAddress { vm: vm.name.to_string(), state: state.as_str().to_owned() })?;
     let alias = ctx.ssh_alias(&vm.name);
     let mut opts = vec![format!("HostKeyAlias={alias}")];
     if target.via == "forward" && !super::Ctx::uri_is_local(uri) {
         match proxy_command(uri) {
             Some(proxy) => opts.push(format!("ProxyCommand={proxy}")),
             None => {
-                return Err(failure(
-                    Kind::Environment,
-                    format!(
-                        "{}'s ssh forward listens on the loopback of its libvirt host ({uri}), which ssh can reach only through that host: connect to libvirt over qemu+ssh://, or give the VM a bridge or network, or a tailnet",
-                        vm.name
-                    ),
+                return Err(Error::Environment(format!(
+                    "{}'s ssh forward listens on the loopback of its libvirt host ({uri}), which ssh can reach only through that host: connect to libvirt over qemu+ssh://, or give the VM a bridge or network, or a tailnet",
+                    vm.name
                 ))
+                .into())
             }
         }
     }
@@ -173,7 +161,7 @@ pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
             opts.push("StrictHostKeyChecking=yes".into());
             opts.push(format!("UserKnownHostsFile={}", kh.display()));
         }
-        None => tracing::warn!("no pinned host key recorded for {}; ssh will use your known_hosts", vm.name),
+        None => crate::messages::warn(format!("no pinned host key recorded for {}; ssh will use your known_hosts", vm.name)),
     }
     Ok((target, opts))
 }
@@ -194,36 +182,110 @@ pub fn exec(ctx: &Ctx, vm: &Vm, identity: Option<&Path>, command: &[String]) -> 
     }
     tracing::debug!(?cmd, "exec ssh");
     let err = cmd.exec();
-    Err(failure(Kind::Environment, format!("cannot run ssh: {err}: install the OpenSSH client")))
+    Err(Error::Environment(format!("cannot run ssh: {err}: install the OpenSSH client")).into())
+}
+
+/// `ssh-config`: one entry per VM (with its libvirt host); a VM without an
+/// address is an entry with its error. For people, a block for
+/// `~/.ssh/config` per VM (the error as a comment); with `--json`, the same
+/// as fields.
+#[derive(Debug, Serialize)]
+pub struct SshConfigReport {
+    pub vms: Vec<SshConfigEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SshConfigEntry {
+    pub name: String,
+    /// The `Host` alias the block defines (and the pinned key's alias).
+    pub alias: String,
+    /// The libvirt host the VM is on: the fleet host's name, else the URI.
+    pub libvirt_host: String,
+    /// What ssh connects to; `None` with `error`.
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub target: Option<SshConfigTarget>,
+    /// Why there is no block (no address yet, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SshConfigTarget {
+    /// `HostName`.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// How the address was found: `tailnet`, `lease`, `agent`, `arp` or `forward`.
+    pub via: String,
+    /// `IdentityFile` (`-i`, `PROJECT_VM_SSH_IDENTITY`), if one was given.
+    pub identity: Option<PathBuf>,
+    /// `ProxyCommand`: through the libvirt host, for a forward on a remote one.
+    pub proxy_command: Option<String>,
+    /// The known_hosts file holding the pinned host key (`None`: no key was recorded).
+    pub known_hosts: Option<PathBuf>,
+    /// Every ssh option the block sets, as `Key=value`, in order.
+    pub options: Vec<String>,
+}
+
+pub fn config_report(vms: &[(std::sync::Arc<Ctx>, Vm)], identity: Option<&Path>) -> SshConfigReport {
+    let vms = vms
+        .iter()
+        .map(|(ctx, vm)| {
+            let (target, error) = match config_target(ctx, vm, identity) {
+                Ok(t) => (Some(t), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
+            SshConfigEntry {
+                name: vm.name.to_string(),
+                alias: ctx.ssh_alias(&vm.name),
+                libvirt_host: ctx.host_name.clone().unwrap_or_else(|| ctx.uri.clone()),
+                target,
+                error,
+            }
+        })
+        .collect();
+    SshConfigReport { vms }
+}
+
+fn config_target(ctx: &Ctx, vm: &Vm, identity: Option<&Path>) -> anyhow::Result<SshConfigTarget> {
+    let (target, mut options) = prepare(ctx, vm)?;
+    if let Some(id) = identity {
+        options.push(format!("IdentityFile={}", id.display()));
+        options.push("IdentitiesOnly=yes".into());
+    }
+    let option = |key: &str| options.iter().find_map(|o| o.strip_prefix(key)?.strip_prefix('=').map(str::to_owned));
+    Ok(SshConfigTarget {
+        proxy_command: option("ProxyCommand"),
+        known_hosts: option("UserKnownHostsFile").map(PathBuf::from),
+        identity: identity.map(Path::to_path_buf),
+        host: target.host,
+        port: target.port,
+        user: target.user,
+        via: target.via,
+        options,
+    })
+}
+
+impl Report for SshConfigReport {
+    fn human(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        for vm in &self.vms {
+            match (&vm.target, &vm.error) {
+                (Some(t), _) => writeln!(out, "{}", config_block(&vm.alias, t))?,
+                (None, e) => writeln!(out, "# {}: {}", vm.name, e.as_deref().unwrap_or("no address"))?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A block for `~/.ssh/config`.
-/// `ssh-config`: a block per VM (with its libvirt host); a VM without an
-/// address gets a comment.
-pub fn write_config(out: &mut dyn std::io::Write, vms: &[(std::sync::Arc<Ctx>, Vm)]) -> anyhow::Result<()> {
-    for (ctx, vm) in vms {
-        match config_block(ctx, vm) {
-            Ok(block) => writeln!(out, "{block}")?,
-            Err(e) => writeln!(out, "# {}: {e:#}", vm.name)?,
-        }
-    }
-    Ok(())
-}
-
-pub fn config_block(ctx: &Ctx, vm: &Vm) -> anyhow::Result<String> {
-    let (target, opts) = prepare(ctx, vm)?;
-    let mut out = format!(
-        "Host {alias}\n  HostName {host}\n  Port {port}\n  User {user}\n",
-        alias = ctx.ssh_alias(&vm.name),
-        host = target.host,
-        port = target.port,
-        user = target.user
-    );
-    for o in opts {
-        let (k, v) = o.split_once('=').unwrap_or((&o, ""));
+fn config_block(alias: &str, t: &SshConfigTarget) -> String {
+    let mut out = format!("Host {alias}\n  HostName {}\n  Port {}\n  User {}\n", t.host, t.port, t.user);
+    for o in &t.options {
+        let (k, v) = o.split_once('=').unwrap_or((o, ""));
         out.push_str(&format!("  {k} {v}\n"));
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -235,7 +297,7 @@ mod tests {
         assert_eq!(proxy_command("qemu+ssh://root@gpu-box/system").unwrap(), "ssh -l root -W %h:%p gpu-box");
         assert_eq!(
             proxy_command("qemu+ssh://gpu-box:2222/system?keyfile=/k%20ey&known_hosts=/kh").unwrap(),
-            "ssh -i '/k ey' -o UserKnownHostsFile=/kh -p 2222 -W %h:%p gpu-box"
+            "ssh -i '/k ey' -o 'UserKnownHostsFile=/kh' -p 2222 -W %h:%p gpu-box"
         );
         assert_eq!(
             proxy_command("qemu+ssh://root@127.0.0.1:22399/system?command=/tmp/x/ssh").unwrap(),
@@ -244,6 +306,59 @@ mod tests {
         assert_eq!(proxy_command("qemu+ssh://[::1]:22/system").unwrap(), "ssh -p 22 -W %h:%p ::1");
         assert_eq!(proxy_command("qemu+tls://gpu-box/system"), None);
         assert_eq!(proxy_command("qemu:///system"), None);
+    }
+
+    fn entry(error: Option<&str>) -> SshConfigEntry {
+        let target = SshConfigTarget {
+            host: "127.0.0.1".into(),
+            port: 22022,
+            user: "dev".into(),
+            via: "forward".into(),
+            identity: Some("/k/id".into()),
+            proxy_command: Some("ssh -l root -W %h:%p box".into()),
+            known_hosts: Some("/s/known_hosts".into()),
+            options: vec!["HostKeyAlias=project-a".into(), "ProxyCommand=ssh -l root -W %h:%p box".into()],
+        };
+        SshConfigEntry {
+            name: "a".into(),
+            alias: "project-a".into(),
+            libvirt_host: "qemu+ssh://root@box/system".into(),
+            target: error.is_none().then_some(target),
+            error: error.map(String::from),
+        }
+    }
+
+    #[test]
+    fn ssh_config_json_is_fields_not_text() {
+        let report = SshConfigReport { vms: vec![entry(None), entry(Some("no address known for a"))] };
+        let v = serde_json::to_value(&report).unwrap();
+        let a = &v["vms"][0];
+        assert_eq!(a["alias"], "project-a");
+        assert_eq!(a["host"], "127.0.0.1");
+        assert_eq!(a["port"], 22022);
+        assert_eq!(a["user"], "dev");
+        assert_eq!(a["identity"], "/k/id");
+        assert_eq!(a["proxy_command"], "ssh -l root -W %h:%p box");
+        assert_eq!(a["known_hosts"], "/s/known_hosts");
+        assert_eq!(a["libvirt_host"], "qemu+ssh://root@box/system");
+        assert!(a.get("error").is_none(), "{a}");
+        assert_eq!(v["vms"][1]["error"], "no address known for a");
+        assert!(v["vms"][1].get("host").is_none());
+        let mut text = Vec::new();
+        report.human(&mut text).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "Host project-a\n  HostName 127.0.0.1\n  Port 22022\n  User dev\n  HostKeyAlias project-a\n  ProxyCommand ssh -l root -W %h:%p box\n\n# a: no address known for a\n"
+        );
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_quote("/usr/bin/ssh"), "/usr/bin/ssh");
+        assert_eq!(shell_quote("/k ey"), "'/k ey'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        let words = shell_words::split(&["a b", "c'd", "$x", ""].map(shell_quote).join(" ")).unwrap();
+        assert_eq!(words, ["a b", "c'd", "$x", ""]);
     }
 
     #[test]
