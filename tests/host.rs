@@ -225,6 +225,7 @@ fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
     // Never started: logs says so, rather than refusing the daemon.
     let r = env.run(&["logs", "su"]);
     assert!(r.stderr.contains("has su been started"), "{}", r.stderr);
+    assert_eq!(r.code, 8, "no serial log yet is NotReady: {}", r.stderr);
     let doctor = env.run(&["doctor", "--json"]);
     let text = format!("{}{}", doctor.stdout, doctor.stderr);
     assert!(text.contains("system daemon") || text.contains("qemu:///system"), "{text}");

@@ -496,10 +496,8 @@ impl DoctorReport {
             return Ok(());
         }
         let n = self.checks.iter().filter(|c| c.level == Level::Error).count();
-        Err(crate::error::failure(
-            crate::error::Kind::Environment,
-            format!("{n} problem{} would make a create fail (see above)", if n == 1 { "" } else { "s" }),
-        ))
+        let s = if n == 1 { "" } else { "s" };
+        Err(super::Error::Environment(format!("{n} problem{s} would make a create fail (see above)")).into())
     }
 }
 

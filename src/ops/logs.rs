@@ -7,8 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Ctx;
-use crate::error::{failure, Kind};
+use super::{Ctx, Error};
 use crate::libvirt::vms::Vm;
 
 /// The serial log file the VM's definition names, if any.
@@ -34,41 +33,35 @@ fn serial_log_in(xml: &str) -> Option<String> {
 
 pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
     if !ctx.is_local() {
-        return Err(failure(
-            Kind::Environment,
-            format!(
-                "the serial log is a file on the libvirt host ({}), not readable from here: use `project-vm console {}`",
-                ctx.uri, vm.name
-            ),
-        ));
+        return Err(Error::Environment(format!(
+            "the serial log is a file on the libvirt host ({}), not readable from here: use `project-vm console {}`",
+            ctx.uri, vm.name
+        ))
+        .into());
     }
     let Some(path) = configured_path(vm) else {
-        return Err(failure(
-            Kind::NotFound,
-            format!(
-                "{} keeps no serial log (it was made without one, by an older project-vm or for a daemon whose user's home is not known here): use `project-vm console {}`",
-                vm.name, vm.name
-            ),
-        ));
+        return Err(Error::NoSerialLog(format!(
+            "{} keeps no serial log (it was made without one, by an older project-vm or for a daemon whose user's home is not known here): use `project-vm console {}`",
+            vm.name, vm.name
+        ))
+        .into());
     };
     // Opened only if it is a regular file (a FIFO or a device there would block or never end).
     if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-        return Err(crate::error::invalid(format!("{} is not a regular file: not a serial log", path.display())));
+        return Err(Error::Invalid(format!("{} is not a regular file: not a serial log", path.display())).into());
     }
     let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => failure(
-            Kind::Environment,
-            format!(
-                "cannot read the serial log {} ({e}): {} writes it for its own user; read it as that user (root for qemu:///system), or use `project-vm console {}`",
-                path.display(),
-                ctx.settings.daemon.describe(),
-                vm.name
-            ),
-        ),
-        _ => failure(
-            Kind::NotFound,
-            format!("no serial log at {} ({e}): has {} been started since it was created?", path.display(), vm.name),
-        ),
+        std::io::ErrorKind::PermissionDenied => Error::Environment(format!(
+            "cannot read the serial log {} ({e}): {} writes it for its own user; read it as that user (root for qemu:///system), or use `project-vm console {}`",
+            path.display(),
+            ctx.settings.daemon.describe(),
+            vm.name
+        )),
+        _ => Error::NoSerialLog(format!(
+            "no serial log at {} ({e}): has {} been started since it was created?",
+            path.display(),
+            vm.name
+        )),
     })?;
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 64 * 1024];
