@@ -23,8 +23,20 @@ fn feature_name(s: &str) -> Result<String, String> {
     }
 }
 
+/// The exit codes for `--help` and the man page, from [`crate::error::Kind::ALL`].
+fn exit_codes() -> String {
+    let lines = crate::error::Kind::ALL.iter().map(|k| format!("  {:>3}  {}", k.exit_code(), k.meaning()));
+    std::iter::once("Exit codes:\n    0  success".to_owned()).chain(lines).collect::<Vec<_>>().join("\n")
+}
+
 #[derive(Debug, Parser)]
-#[command(name = "project-vm", version, about = "One libvirt VM per project", propagate_version = true)]
+#[command(
+    name = "project-vm",
+    version,
+    about = "One libvirt VM per project",
+    propagate_version = true,
+    after_long_help = exit_codes()
+)]
 pub struct Cli {
     /// libvirt URI [default: qemu:///system for root, else qemu:///session]
     #[arg(long, short = 'c', global = true, env = "PROJECT_VM_URI")]

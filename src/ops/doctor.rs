@@ -125,7 +125,9 @@ fn remote_checks(uri: &str, settings: &Settings, defined_dir: Option<Option<Path
     checks.push(check(
         "host files",
         Level::Warn,
-        format!("{uri} is remote: the storage directory, confinement and passt are on that host and not checked from here"),
+        format!(
+            "{uri} is remote: the storage directory, confinement and passt are on that host and not checked from here"
+        ),
         Some("run `project-vm doctor` on that host too".into()),
     ));
     checks

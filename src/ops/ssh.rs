@@ -161,7 +161,9 @@ pub fn prepare(ctx: &Ctx, vm: &Vm) -> anyhow::Result<(SshTarget, Vec<String>)> {
             opts.push("StrictHostKeyChecking=yes".into());
             opts.push(format!("UserKnownHostsFile={}", kh.display()));
         }
-        None => crate::messages::warn(format!("no pinned host key recorded for {}; ssh will use your known_hosts", vm.name)),
+        None => {
+            crate::messages::warn(format!("no pinned host key recorded for {}; ssh will use your known_hosts", vm.name))
+        }
     }
     Ok((target, opts))
 }
