@@ -25,7 +25,7 @@ mod hooks {
         let n = DONE.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::trace!(n, what, "libvirt state changed");
         if limit() == Some(n) {
-            crate::messages::note(&format!("fault injection: SIGKILL after change {n} ({what})"));
+            crate::messages::note(format!("fault injection: SIGKILL after change {n} ({what})"));
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
         }
     }
@@ -47,7 +47,7 @@ mod hooks {
         });
         if let Some((p, ms)) = at {
             if p == point {
-                crate::messages::note(&format!("test hook: pausing {ms} ms at {point}"));
+                crate::messages::note(format!("test hook: pausing {ms} ms at {point}"));
                 std::thread::sleep(std::time::Duration::from_millis(*ms));
             }
         }
