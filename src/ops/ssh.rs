@@ -22,9 +22,7 @@ use crate::output::Report;
 
 /// `$XDG_STATE_HOME/project-vm/known_hosts` (default `~/.local/state/...`).
 pub fn known_hosts_path() -> PathBuf {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| crate::settings::invoking_home().map(|h| h.join(".local/state")))
+    let state = crate::paths::state_home_in(crate::settings::invoking_home().as_deref())
         .unwrap_or_else(|| PathBuf::from("/var/lib/project-vm"));
     state.join("project-vm/known_hosts")
 }
