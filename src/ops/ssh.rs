@@ -68,12 +68,9 @@ fn write_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Res
         Ok(true) => crate::files::read_text(path, "known_hosts file", crate::files::CONFIG_MAX)?,
         _ => String::new(),
     };
-    let mut lines: Vec<String> =
-        existing.lines().filter(|l| l.split_whitespace().next() != Some(alias)).map(String::from).collect();
+    let mut lines: Vec<String> = existing.lines().filter(|l| !is_alias_line(l, alias)).map(String::from).collect();
     if let Some(key) = key {
-        // known_hosts wants "type base64" without the comment.
-        let key: Vec<&str> = key.split_whitespace().take(2).collect();
-        lines.push(format!("{alias} {}", key.join(" ")));
+        lines.push(known_hosts_line(alias, key)?);
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -86,6 +83,41 @@ fn write_known_hosts(path: &Path, alias: &str, key: Option<&str>) -> anyhow::Res
     drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// True when `line` is the known_hosts entry project-vm wrote for `alias`
+/// (read by ssh-key's known_hosts parser: no marker, the one host pattern
+/// `alias`). A line for `alias` the parser cannot read (a damaged key) is
+/// ours too, to be replaced; markers, hashed names, comments and other
+/// hosts' lines are kept as they are.
+fn is_alias_line(line: &str, alias: &str) -> bool {
+    use ssh_key::known_hosts::{Entry, HostPatterns};
+    match line.trim_start().parse::<Entry>() {
+        Ok(e) => e.marker().is_none() && matches!(e.host_patterns(), HostPatterns::Patterns(p) if p == &[alias]),
+        Err(_) => line.split_whitespace().next() == Some(alias),
+    }
+}
+
+/// The known_hosts line pinning `key` (an OpenSSH public key, its comment
+/// left out) for `alias`. A key of a type ssh-key reads (ed25519, the type
+/// create makes) whose data is not a key is refused, never written; one of
+/// a type it does not know (this build reads no RSA nor ECDSA) is written
+/// as its type and data, unread, as before.
+fn known_hosts_line(alias: &str, key: &str) -> anyhow::Result<String> {
+    let refused = |e: ssh_key::Error| {
+        Error::Invalid(format!("the host key recorded for {alias} is not an OpenSSH public key ({e})"))
+    };
+    let fields: Vec<&str> = key.split_whitespace().take(2).collect();
+    match ssh_key::PublicKey::from_openssh(key.trim()) {
+        Ok(mut key) => {
+            key.set_comment("");
+            Ok(format!("{alias} {}", key.to_openssh().map_err(refused)?.trim_end()))
+        }
+        Err(ssh_key::Error::AlgorithmUnknown | ssh_key::Error::AlgorithmUnsupported { .. }) if fields.len() == 2 => {
+            Ok(format!("{alias} {}", fields.join(" ")))
+        }
+        Err(e) => Err(refused(e).into()),
+    }
 }
 
 /// For a libvirt URI over ssh (`qemu+ssh://[user@]host[:port]/...`), the
@@ -292,6 +324,10 @@ fn config_block(alias: &str, t: &SshConfigTarget) -> String {
 mod tests {
     use super::*;
 
+    const A1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIAuyqvaHvgZeTgzB+6Zz1KUJkpJUUMuGA8dXuEJQxDWX";
+    const A2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIDUxLEAIvVPZ8DzcDeUsDq4MkTDKjs/pzno8VlVxDMQn";
+    const B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIEWm2o5qOxQlUxnV5NYDQDjSRD4Z0cK1G7FE5EsNbb8j";
+
     #[test]
     fn a_remote_forward_is_reached_through_the_libvirt_host_as_libvirt_reaches_it() {
         assert_eq!(proxy_command("qemu+ssh://root@gpu-box/system").unwrap(), "ssh -l root -W %h:%p gpu-box");
@@ -368,7 +404,7 @@ mod tests {
         std::thread::scope(|s| {
             for i in 0..8 {
                 let kh = &kh;
-                s.spawn(move || pin_host_key(kh, &format!("project-v{i}"), "ssh-ed25519 AAAA x").unwrap());
+                s.spawn(move || pin_host_key(kh, &format!("project-v{i}"), &format!("ssh-ed25519 {A1} x")).unwrap());
             }
         });
         let text = std::fs::read_to_string(&kh).unwrap();
@@ -379,10 +415,10 @@ mod tests {
     fn forgetting_removes_only_that_alias() {
         let dir = tempfile::tempdir().unwrap();
         let kh = dir.path().join("known_hosts");
-        pin_host_key(&kh, "project-a", "ssh-ed25519 AAAA a").unwrap();
-        pin_host_key(&kh, "project-b", "ssh-ed25519 BBBB b").unwrap();
+        pin_host_key(&kh, "project-a", &format!("ssh-ed25519 {A1} a")).unwrap();
+        pin_host_key(&kh, "project-b", &format!("ssh-ed25519 {B} b")).unwrap();
         forget_host_key(&kh, "project-a").unwrap();
-        assert_eq!(std::fs::read_to_string(&kh).unwrap(), "project-b ssh-ed25519 BBBB\n");
+        assert_eq!(std::fs::read_to_string(&kh).unwrap(), format!("project-b ssh-ed25519 {B}\n"));
         forget_host_key(&dir.path().join("absent"), "project-a").unwrap();
         assert!(!dir.path().join("absent").exists());
     }
@@ -391,10 +427,32 @@ mod tests {
     fn pinning_replaces_only_that_alias() {
         let dir = tempfile::tempdir().unwrap();
         let kh = dir.path().join("state/known_hosts");
-        pin_host_key(&kh, "project-a", "ssh-ed25519 AAAA1 project-a").unwrap();
-        pin_host_key(&kh, "project-b", "ssh-ed25519 BBBB project-b").unwrap();
-        pin_host_key(&kh, "project-a", "ssh-ed25519 AAAA2 project-a").unwrap();
+        pin_host_key(&kh, "project-a", &format!("ssh-ed25519 {A1} project-a")).unwrap();
+        pin_host_key(&kh, "project-b", &format!("ssh-ed25519 {B} project-b")).unwrap();
+        pin_host_key(&kh, "project-a", &format!("ssh-ed25519 {A2} project-a")).unwrap();
         let text = std::fs::read_to_string(&kh).unwrap();
-        assert_eq!(text, "project-b ssh-ed25519 BBBB\nproject-a ssh-ed25519 AAAA2\n");
+        assert_eq!(text, format!("project-b ssh-ed25519 {B}\nproject-a ssh-ed25519 {A2}\n"));
+    }
+
+    #[test]
+    fn a_rewrite_keeps_what_is_not_ours_and_refuses_a_key_that_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        let theirs = format!(
+            "# a comment\n@cert-authority project-a ssh-ed25519 {B}\nproject-a,other ssh-ed25519 {B}\nproject-ab ssh-ed25519 {B}\nproject-a garbage\n"
+        );
+        std::fs::write(&kh, &theirs).unwrap();
+        pin_host_key(&kh, "project-a", &format!("ssh-ed25519 {A1} c")).unwrap();
+        let text = std::fs::read_to_string(&kh).unwrap();
+        // The damaged line for project-a is replaced; the rest stays as it was.
+        let kept: String = theirs.lines().filter(|l| *l != "project-a garbage").map(|l| format!("{l}\n")).collect();
+        assert_eq!(text, format!("{kept}project-a ssh-ed25519 {A1}\n"));
+        // Other key types a VM's record could hold are read too.
+        for other in ["ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBACcfEaJkHpKI85apGI48mUMl2ay//QtILhrfYKNmCI3vOK78t4H7mWZWZy2rabmEb6b0YpWoBWNYM2tKAbiwCo=", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDhDLbS1+zrMOG1rFbNKqZPKbyEqbcnbYyvHticZ0Vp2Y4yNbYTmdMEgPTAo2sacxI9hq8GEsQcTl6FN3Ok6TNj7vUuGyFJlBSEcNHTSOeA1qK89IGUlqjkX1E9WFbCcl26u1AFeX+puyn9cP77KZqTx//KYa16jZV6znYVBIPY5w=="] {
+            assert_eq!(known_hosts_line("project-x", other).unwrap(), format!("project-x {other}"));
+        }
+        let err = pin_host_key(&kh, "project-a", "ssh-ed25519 AAAA x").unwrap_err();
+        assert!(matches!(err.downcast_ref::<Error>(), Some(Error::Invalid(_))), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&kh).unwrap(), text, "a refused key changed the file");
     }
 }
