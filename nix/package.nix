@@ -30,6 +30,8 @@ rustPlatform.buildRustPackage {
         "src"
         "cloud-init"
         "tests"
+        # tests/docs.rs holds the README to the code.
+        "README.md"
       ];
   };
   cargoLock.lockFile = ../Cargo.lock;
