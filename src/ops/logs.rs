@@ -16,19 +16,33 @@ pub fn configured_path(vm: &Vm) -> Option<PathBuf> {
     serial_log_in(&xml).map(PathBuf::from)
 }
 
-/// `<serial><log file='...'/></serial>`'s file, from libvirt's XML (which
-/// quotes attributes with `'`; the definition project-vm wrote has one serial).
+/// The file of the `<log>` of the domain's first `<serial>` device
+/// (`<domain><devices><serial type=...><log file='...'/>`), read as XML:
+/// a disk's `<serial>` (its serial number) or a console's log is not it.
 fn serial_log_in(xml: &str) -> Option<String> {
-    // The device `<serial type=...>`, not a disk's `<serial>` (its serial number).
-    let serial = &xml[xml.find("<serial ")?..];
-    let serial = &serial[..serial.find("</serial>").unwrap_or(serial.len())];
-    let log = &serial[serial.find("<log ")?..];
-    let log = &log[..log.find('>')?];
-    let at = log.find("file=")? + "file=".len();
-    let quote = log[at..].chars().next()?;
-    let value = &log[at + 1..];
-    let value = &value[..value.find(quote)?];
-    quick_xml::escape::unescape(value).ok().map(|v| v.into_owned())
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut path: Vec<String> = Vec::new();
+    loop {
+        let (e, empty) = match reader.read_event().ok()? {
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
+            Event::End(_) => {
+                path.pop();
+                continue;
+            }
+            Event::Eof => return None,
+            _ => continue,
+        };
+        let name = e.name().into_inner().to_owned();
+        if name == "log" && path.iter().map(String::as_str).eq(["domain", "devices", "serial"]) {
+            let file = e.try_get_attribute("file").ok()??;
+            return file.unescape_value().ok().map(|v| v.into_owned());
+        }
+        if !empty {
+            path.push(name);
+        }
+    }
 }
 
 pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
@@ -95,5 +109,19 @@ mod tests {
             Some("/home/a/.local/state/project-vm/logs/project-x-serial.log")
         );
         assert_eq!(super::serial_log_in("<domain><devices><serial type='pty'/></devices></domain>"), None);
+        // Quoted either way, with entities; a log inside something else is not the serial's.
+        assert_eq!(
+            super::serial_log_in(
+                "<domain><devices><serial type=\"pty\"><log file=\"/a&amp;b.log\"/></serial></devices></domain>"
+            )
+            .as_deref(),
+            Some("/a&b.log")
+        );
+        assert_eq!(
+            super::serial_log_in(
+                "<domain><devices><serial type='pty'><source><log file='/nope'/></source></serial></devices></domain>"
+            ),
+            None
+        );
     }
 }
