@@ -37,7 +37,7 @@ fn serial_log_in(xml: &str) -> Option<String> {
         let name = e.name().into_inner().to_owned();
         if name == "log" && path.iter().map(String::as_str).eq(["domain", "devices", "serial"]) {
             let file = e.try_get_attribute("file").ok()??;
-            return file.unescape_value().ok().map(|v| v.into_owned());
+            return quick_xml::escape::unescape(&file.value).ok().map(|v| v.into_owned());
         }
         if !empty {
             path.push(name);
