@@ -23,6 +23,7 @@ pub mod messages;
 pub mod mounts;
 pub mod ops;
 pub mod output;
+pub mod paths;
 pub mod progress;
 pub mod run;
 pub mod secret;

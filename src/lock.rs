@@ -42,17 +42,9 @@ fn dir() -> (PathBuf, PathBuf) {
         let top = PathBuf::from("/run/project-vm");
         return (top.join("locks"), top);
     }
-    let home_state = || -> Option<PathBuf> {
-        match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute()) {
-            Some(d) => Some(PathBuf::from(d)),
-            None => Some(
-                PathBuf::from(std::env::var_os("HOME").filter(|h| Path::new(h).is_absolute())?).join(".local/state"),
-            ),
-        }
-    };
-    let top = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
-        Some(d) => PathBuf::from(d).join("project-vm"),
-        None => match home_state() {
+    let top = match crate::paths::runtime_dir() {
+        Some(d) => d.join("project-vm"),
+        None => match crate::paths::state_home() {
             Some(d) => d.join("project-vm"),
             // No home at all: a directory of our own under /tmp, checked below.
             None => std::env::temp_dir().join(format!("project-vm-{uid}")),

@@ -122,7 +122,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             let (ctx, vm) = v.find(&a.name)?;
             ops::ssh::exec(&ctx, &vm, a.identity.as_deref(), &a.command)
         }
-        Command::SshConfig(a) => v.ssh_config(a.name),
+        Command::SshConfig(a) => v.ssh_config(a.name, a.identity.as_deref()),
         Command::Console(a) => {
             let (ctx, vm) = v.find(&a.name)?;
             ops::console::console(&ctx, &vm)
@@ -134,7 +134,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
         Command::Image(c) => v.image(c),
         Command::Snapshot(c) => v.snapshot(c),
         Command::Gc(a) => emit(json, &ops::gc::gc(&*v.one()?, a.yes, &a.kept_disks)?),
-        Command::Completions { .. } | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
+        Command::Completions { .. } | Command::Man | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
             unreachable!("handled in run")
         }
     }
@@ -213,7 +213,7 @@ impl Verbs<'_> {
     }
 
     /// `ssh-config [NAME]`: one VM, or every VM on the selected hosts.
-    fn ssh_config(&self, name: Option<VmName>) -> anyhow::Result<()> {
+    fn ssh_config(&self, name: Option<VmName>, identity: Option<&std::path::Path>) -> anyhow::Result<()> {
         let vms = match name {
             Some(n) => vec![self.find(&n)?],
             None => {
@@ -225,7 +225,7 @@ impl Verbs<'_> {
                 all
             }
         };
-        ops::ssh::write_config(&mut std::io::stdout().lock(), &vms)
+        emit(self.json, &ops::ssh::config_report(&vms, identity))
     }
 
     fn image(&self, command: ImageCommand) -> anyhow::Result<()> {

@@ -20,17 +20,12 @@ const LEN: usize = 32;
 /// a volume anyone with the pool can download); else
 /// `~/.local/state/project-vm/secret`.
 pub fn path() -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute()) {
-        Some(d) => PathBuf::from(d).join("project-vm"),
+    let dir = match crate::paths::var("XDG_STATE_HOME") {
+        Some(d) => d.join("project-vm"),
         None if nix::unistd::geteuid().is_root() => PathBuf::from("/var/lib/project-vm-state"),
-        None => std::env::var_os("HOME")
-            .filter(|h| Path::new(h).is_absolute())
-            .map(|h| PathBuf::from(h).join(".local/state/project-vm"))
-            .ok_or_else(|| {
-                ConfigError::Environment(
-                    "neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret".into(),
-                )
-            })?,
+        None => crate::paths::state_home().map(|d| d.join("project-vm")).ok_or_else(|| {
+            ConfigError::Environment("neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret".into())
+        })?,
     };
     Ok(dir.join("secret"))
 }

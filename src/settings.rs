@@ -377,10 +377,7 @@ fn valid_user_name(s: &str) -> bool {
 
 fn default_paths() -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from(SYSTEM_CONFIG)];
-    let user_dir = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    if let Some(dir) = user_dir {
+    if let Some(dir) = crate::paths::config_home() {
         paths.push(dir.join("project-vm/config.json"));
     }
     paths

@@ -242,6 +242,7 @@ fn status_reports_disks_and_the_ssh_target() {
     assert_eq!(s.memory, 1 << 30);
     assert_eq!(s.disks.iter().map(|d| d.role).collect::<Vec<_>>(), vec!["root", "data", "seed"]);
     assert!(s.disks.iter().all(|d| d.exists));
+    assert_eq!(serde_json::to_value(&s).unwrap()["host"], ctx.uri.as_str(), "status --json names the VM's host");
     let ssh = s.ssh.unwrap();
     assert_eq!((ssh.host.as_str(), ssh.port), ("127.0.0.1", 22022));
     let json = serde_json::to_value(ops::list::list(&ctx, false).unwrap()).unwrap();

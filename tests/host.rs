@@ -33,6 +33,15 @@ fn core_verbs_on_a_real_libvirtd() {
         vec!["project-foo-data.qcow2", "project-foo-root.qcow2", "project-foo-seed.iso", &tiny, &record]
     );
 
+    // status and ssh-config report as JSON, naming the host.
+    let status = env.run(&["status", "foo", "--json"]).ok().json();
+    assert_eq!(status["host"], env.uri.as_str(), "{status}");
+    let cfg = env.run(&["ssh-config", "foo", "--json"]).ok().json();
+    let entry = &cfg["vms"][0];
+    assert_eq!(entry["alias"], "project-foo", "{cfg}");
+    assert_eq!(entry["libvirt_host"], env.uri.as_str(), "{cfg}");
+    assert!(entry["host"].is_string() || entry["error"].is_string(), "{cfg}");
+
     // The domain XML is valid and wires the three disks.
     let xml = String::from_utf8(virsh(&["dumpxml", "project-foo"]).stdout).unwrap();
     for needle in [
@@ -213,6 +222,7 @@ fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
     // Never started: logs says so, rather than refusing the daemon.
     let r = env.run(&["logs", "su"]);
     assert!(r.stderr.contains("has su been started"), "{}", r.stderr);
+    assert_eq!(r.code, 8, "no serial log yet is NotReady: {}", r.stderr);
     let doctor = env.run(&["doctor", "--json"]);
     let text = format!("{}{}", doctor.stdout, doctor.stderr);
     assert!(text.contains("system daemon") || text.contains("qemu:///system"), "{text}");
