@@ -11,8 +11,6 @@
 //! | ops | `crate::ops::Error` |
 //! | locks, interrupts | `crate::lock::Busy`, `crate::interrupt::Interrupted` |
 
-use std::fmt;
-
 /// What went wrong, from the user's point of view. The discriminant is the
 /// exit code, each meaning one thing; the README's table is held to
 /// [`Kind::ALL`] by `tests/docs.rs`.
@@ -78,38 +76,4 @@ impl Kind {
 /// An error that knows its [`Kind`].
 pub trait Classified: std::error::Error {
     fn kind(&self) -> Kind;
-}
-
-/// A message with its kind, for the transition to the layers' own enums.
-/// New code names a variant of its layer's error instead.
-#[derive(Debug)]
-pub struct Failure {
-    pub kind: Kind,
-    pub message: String,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
-
-impl Classified for Failure {
-    fn kind(&self) -> Kind {
-        self.kind
-    }
-}
-
-pub fn failure(kind: Kind, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Failure { kind, message: message.into() })
-}
-
-pub fn invalid(message: impl Into<String>) -> anyhow::Error {
-    failure(Kind::Invalid, message)
-}
-
-pub fn not_found(message: impl Into<String>) -> anyhow::Error {
-    failure(Kind::NotFound, message)
 }

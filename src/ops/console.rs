@@ -33,8 +33,9 @@ pub fn console(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     };
     let stream = std::sync::Arc::new(stream);
     let reader = stream.clone();
-    // Detached: it ends with the process (or when libvirt closes the stream).
-    std::thread::spawn(move || {
+    // On tokio's blocking pool, detached: it ends with the process (or when
+    // libvirt closes the stream).
+    crate::fanout::runtime().spawn_blocking(move || {
         let mut out = std::io::stdout();
         let mut buf = [0u8; 4096];
         while let Ok(n) = reader.recv(&mut buf) {

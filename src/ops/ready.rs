@@ -302,15 +302,34 @@ pub fn await_report(
     let uuid = dom.uuid_string().map_err(|e| crate::libvirt::explain(e, format!("reading {name}'s uuid")))?;
     let channel = Channel { conn: ctx.conn(), dom: dom.clone(), stream: None, buf: Vec::new() };
     let mut w = Waiter { ctx, name, uuid, channel, progress, t0: Instant::now(), lost: None, phase: "booting" };
-    // The channel is polled every 50 ms; libvirt is asked about the domain once a second.
-    let mut last_check = Instant::now() - Duration::from_secs(10);
-    loop {
+    // On tokio's clock: the channel (a non-blocking libvirt stream) is read
+    // every 50 ms; libvirt is asked about the domain once a second.
+    crate::fanout::block_on(w.wait(timeout))
+}
+
+impl Waiter<'_> {
+    async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ReadyReport> {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = Instant::now() - Duration::from_secs(10);
+        loop {
+            tick.tick().await;
+            if let Some(report) = self.poll(&mut last_check, timeout)? {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// One look: a report if one came, an error if the wait is over.
+    fn poll(&mut self, last_check: &mut Instant, timeout: Duration) -> anyhow::Result<Option<ReadyReport>> {
+        let name = self.name;
+        let w = self;
         interrupt::check()?;
         if let Some(report) = w.read_report() {
-            return Ok(report);
+            return Ok(Some(report));
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
-            last_check = Instant::now();
+            *last_check = Instant::now();
             match w.lost {
                 Some(_) => w.reconnect()?,
                 None => w.check_domain()?,
@@ -320,8 +339,8 @@ pub fn await_report(
             let (vm, phase) = (name.to_owned(), w.phase.to_owned());
             return Err(super::Error::ReadyTimeout { vm, phase, after: timeout }.into());
         }
-        progress.set_message(format!("{name}: {}", w.phase));
-        std::thread::sleep(Duration::from_millis(50));
+        w.progress.set_message(format!("{name}: {}", w.phase));
+        Ok(None)
     }
 }
 
