@@ -35,13 +35,15 @@ pub enum Kind {
     Busy = 7,
     /// The VM exists but is not in a state for this: not running, no address, no serial log yet.
     NotReady = 8,
+    /// The guest is up and provisioned, but a health check failed (`check`, `--wait`).
+    CheckFailed = 9,
     /// Stopped by SIGINT or SIGTERM (after undoing what it had made), as a shell reports a signal.
     Interrupted = 130,
 }
 
 impl Kind {
     /// Every kind, in exit-code order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Failed,
         Kind::Invalid,
         Kind::NotFound,
@@ -50,6 +52,7 @@ impl Kind {
         Kind::Timeout,
         Kind::Busy,
         Kind::NotReady,
+        Kind::CheckFailed,
         Kind::Interrupted,
     ];
 
@@ -68,6 +71,7 @@ impl Kind {
             Kind::Timeout => "a wait ran out; the VM is left as it is",
             Kind::Busy => "another project-vm is working on the same VM or image",
             Kind::NotReady => "the VM is not in a state for this (not running, no address, no serial log)",
+            Kind::CheckFailed => "a health check failed; the VM is left running",
             Kind::Interrupted => "interrupted by SIGINT or SIGTERM, after undoing what it had made",
         }
     }
