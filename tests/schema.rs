@@ -47,6 +47,7 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         hostdevs: vec![],
         shares: vec![],
         cloud_init_hash: String::new(),
+        stage_snapshots: false,
     }
 }
 
