@@ -291,7 +291,7 @@ pub fn run(ctx: &Ctx, req: &CreateRequest, start: bool, wait: Option<std::time::
     }
     if req.stage_snapshots && wait.is_none() {
         crate::messages::warn(format!(
-            "{}: stage snapshots are taken by the first provisioning's --wait: `project-vm start {} --wait` takes them",
+            "{}: stage snapshots are taken by the first provisioning's --wait: `project-vm start {} --wait` takes them, if it is the first boot",
             req.name, req.name
         ));
     }

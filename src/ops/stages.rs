@@ -72,6 +72,18 @@ impl Stage {
     }
 }
 
+/// The line a guest sends on the readiness channel when it reaches a stage
+/// before its final report: `{"project_vm_stage":"pre-configured","boot_id":"..."}`
+/// once the last feature is done and before the application script starts
+/// (`final-form` is the final report itself, when the application script and
+/// checks passed; a guest may send it as a line of its own too). The stage
+/// and the boot it came from; `None` for any other line.
+pub fn parse_stage_line(line: &str) -> Option<(Stage, String)> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    let stage = Stage::named(v.get("project_vm_stage")?.as_str()?)?;
+    Some((stage, v.get("boot_id")?.as_str()?.to_owned()))
+}
+
 /// What the readiness wait tells about the stages of a first provisioning.
 pub trait StageObserver {
     /// The guest reached `stage` (each is reported at most once, in order).
@@ -208,6 +220,24 @@ mod tests {
         o.reached(Stage::PreConfigured).unwrap();
         o.reached(Stage::FinalForm).unwrap();
         assert_eq!(seen.0, Stage::ALL);
+    }
+
+    #[test]
+    fn the_guests_stage_line_names_a_stage_and_its_boot() {
+        let line = r#"{"project_vm_stage":"pre-configured","boot_id":"b-1"}"#;
+        assert_eq!(parse_stage_line(line), Some((Stage::PreConfigured, "b-1".into())));
+        assert_eq!(
+            parse_stage_line(&format!("  {}\n", line.replace("pre-configured", "final-form"))).unwrap().0,
+            Stage::FinalForm
+        );
+        for other in [
+            r#"{"project_vm_stage":"snap-1","boot_id":"b"}"#,
+            r#"{"project_vm_stage":"pre-configured"}"#,
+            r#"{"project_vm_ready":3,"boot_id":"b"}"#,
+            "pre-configured",
+        ] {
+            assert_eq!(parse_stage_line(other), None, "{other}");
+        }
     }
 
     #[test]
