@@ -604,6 +604,7 @@ mod tests {
         let web = &d.vms[&VmName::parse("web").unwrap()];
         assert_eq!((web.resources.memory, web.resources.cpus, web.autostart), (Size(8 << 30), 4, true));
         assert_eq!(web.resources.project_disk, Size(50 << 30), "from defaults");
+        assert!(web.stage_snapshots, "stageSnapshots");
         let db = &d.vms[&VmName::parse("db").unwrap()];
         assert_eq!(db.depends_on, vec![VmName::parse("web").unwrap()]);
         assert_eq!(db.features, vec!["base"]);

@@ -90,6 +90,7 @@ let
           memory = "8G";
           cpus = 4;
           autostart = true;
+          stageSnapshots = true;
         };
         db = {
           disk = "100G";
