@@ -23,6 +23,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut host = HostSettings::load(cli.config.as_deref())?;
+    crate::features::use_dirs(&host.feature_dirs.clone().unwrap_or_else(crate::features::default_dirs));
+    if let Command::Feature(c) = &cli.command {
+        return ops::feature::run(c, cli.json);
+    }
     // A declarative file may carry host settings; they win over the settings file.
     let declared = match &cli.command {
         Command::Plan(a) => Some(crate::config::load(&a.file)?),
@@ -134,7 +138,12 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
         Command::Image(c) => v.image(c),
         Command::Snapshot(c) => v.snapshot(c),
         Command::Gc(a) => emit(json, &ops::gc::gc(&*v.one()?, a.yes, &a.kept_disks)?),
-        Command::Completions { .. } | Command::Man | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
+        Command::Completions { .. }
+        | Command::Man
+        | Command::Plan(_)
+        | Command::Apply(_)
+        | Command::Doctor
+        | Command::Feature(_) => {
             unreachable!("handled in run")
         }
     }

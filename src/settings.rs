@@ -46,6 +46,10 @@ pub struct HostSettings {
     /// Images to add to, or override in, the built-in catalog (mirrors, local files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<BTreeMap<String, ImageSource>>,
+    /// Directories of the user's own features, earlier ones first
+    /// (default: [`crate::features::default_dirs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_dirs: Option<Vec<PathBuf>>,
     /// Several libvirt hosts (a fleet), by name: each a URI and the settings
     /// that differ there. Parsed by hand ([`HostSettings::from_keys`]): an
     /// entry is a `uri` plus settings keys.
@@ -86,6 +90,7 @@ pub const HOST_SETTING_KEYS: &[&str] = &[
     "tailscale_auth_key_file",
     "images",
     "hosts",
+    "feature_dirs",
 ];
 
 impl HostSettings {
@@ -125,7 +130,8 @@ impl HostSettings {
             ssh_user,
             ssh_authorized_keys,
             tailnet,
-            tailscale_auth_key_file
+            tailscale_auth_key_file,
+            feature_dirs
         );
         self
     }
@@ -222,6 +228,14 @@ impl HostSettings {
                 && pool.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
             if !ok {
                 out.push(format!("pool: {pool:?} is not a valid pool name: use letters, digits, '-', '_' and '.'"));
+            }
+        }
+        for (i, dir) in self.feature_dirs.iter().flatten().enumerate() {
+            if !dir.is_absolute() {
+                out.push(format!(
+                    "feature_dirs[{i}]: {:?} is relative: give an absolute path, e.g. \"/etc/project-vm/features\"",
+                    dir.display().to_string()
+                ));
             }
         }
         for (name, _) in self.images.iter().flatten() {
@@ -823,6 +837,7 @@ mod tests {
             tailnet: Some("t".into()),
             tailscale_auth_key_file: Some("/k".into()),
             images: Some(BTreeMap::new()),
+            feature_dirs: Some(vec![]),
             hosts: None,
             from_system_file: SystemKeys::default(),
         })
