@@ -17,7 +17,8 @@ fn feature_name(s: &str) -> Result<String, String> {
     if crate::features::valid_name(s) {
         Ok(s.to_owned())
     } else {
-        Err("not a feature name: use lowercase letters, digits, '-' and '_' (`project-vm feature list` shows them)".into())
+        Err("not a feature name: use lowercase letters, digits, '-' and '_' (`project-vm feature list` shows them)"
+            .into())
     }
 }
 

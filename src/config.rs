@@ -231,7 +231,9 @@ fn features(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<String>> {
     }
     // Together: the merge rules between them.
     let names: Vec<String> = list.iter().map(|(_, s)| s.clone()).collect();
-    if let (Err(e), true) = (crate::features::library().cloud_config(&names), names.iter().all(|n| crate::features::exists(n))) {
+    if let (Err(e), true) =
+        (crate::features::library().cloud_config(&names), names.iter().all(|n| crate::features::exists(n)))
+    {
         p.add(at, e);
     }
     Some(list.into_iter().map(|(_, s)| s).collect())

@@ -230,20 +230,27 @@ impl HostSettings {
                 out.push(format!("pool: {pool:?} is not a valid pool name: use letters, digits, '-', '_' and '.'"));
             }
         }
-        for (i, dir) in self.feature_dirs.iter().flatten().enumerate() {
-            if !dir.is_absolute() {
-                out.push(format!(
-                    "feature_dirs[{i}]: {:?} is relative: give an absolute path, e.g. \"/etc/project-vm/features\"",
-                    dir.display().to_string()
-                ));
-            }
-        }
+        out.extend(self.feature_dir_problems());
         for (name, _) in self.images.iter().flatten() {
             if let Err(e) = crate::images::record::validate_name(name) {
                 out.push(format!("images.{name}: {e}"));
             }
         }
         out
+    }
+
+    /// `feature_dirs`: absolute paths only (a relative one would depend on
+    /// where project-vm runs).
+    fn feature_dir_problems(&self) -> Vec<String> {
+        let relative = self.feature_dirs.iter().flatten().enumerate().filter(|(_, d)| !d.is_absolute());
+        relative
+            .map(|(i, dir)| {
+                format!(
+                    "feature_dirs[{i}]: {:?} is relative: give an absolute path, e.g. \"/etc/project-vm/features\"",
+                    dir.display().to_string()
+                )
+            })
+            .collect()
     }
 
     /// Loads the settings file(s). An explicit path must exist; the default

@@ -36,7 +36,10 @@ fn a_directory_feature_folds_in_its_files_then_its_script_after_its_runcmd() {
     assert!(hello.script && hello.files == 1);
     let files = hello.config["write_files"].as_array().unwrap();
     let greeting = files.iter().find(|f| f["path"] == "/opt/hello/greeting.txt").unwrap();
-    assert_eq!((greeting["encoding"].as_str(), greeting["content"].as_str()), (Some("b64"), Some("aGVsbG8gZnJvbSBhIGZlYXR1cmUK")));
+    assert_eq!(
+        (greeting["encoding"].as_str(), greeting["content"].as_str()),
+        (Some("b64"), Some("aGVsbG8gZnJvbSBhIGZlYXR1cmUK"))
+    );
     assert_eq!(greeting["permissions"], "0644");
     let script = files.iter().find(|f| f["path"] == "/usr/local/libexec/project-vm/features/hello").unwrap();
     assert_eq!(script["permissions"], "0755");
@@ -92,8 +95,12 @@ fn bad_yaml_a_guarded_key_and_the_merge_rules_are_refused_naming_the_file_and_ke
     write(&dir.path().join("own/feature.yaml"), "#cloud-config\n# files: /etc/cloud/cloud.cfg.d\n");
     write(&dir.path().join("own/files/90-project-vm.cfg"), "x");
     let file = |n: &str| dir.path().join(n).display().to_string();
-    assert!(matches!(refusal(dir.path(), "broken"), ConfigError::FeatureYaml { file: f, why } if f == file("broken.yaml") && why.contains("not valid YAML")));
-    assert!(matches!(refusal(dir.path(), "script"), ConfigError::FeatureYaml { why, .. } if why.contains("#cloud-config")));
+    assert!(
+        matches!(refusal(dir.path(), "broken"), ConfigError::FeatureYaml { file: f, why } if f == file("broken.yaml") && why.contains("not valid YAML"))
+    );
+    assert!(
+        matches!(refusal(dir.path(), "script"), ConfigError::FeatureYaml { why, .. } if why.contains("#cloud-config"))
+    );
     match refusal(dir.path(), "keys") {
         ConfigError::UnsafeCloudConfig { origin, keys } => {
             assert_eq!(origin, file("keys.yaml"));
@@ -101,10 +108,14 @@ fn bad_yaml_a_guarded_key_and_the_merge_rules_are_refused_naming_the_file_and_ke
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(refusal(dir.path(), "scalar"), ConfigError::FeatureKey { file: f, key, .. } if f == file("scalar.yaml") && key == "packages"));
+    assert!(
+        matches!(refusal(dir.path(), "scalar"), ConfigError::FeatureKey { file: f, key, .. } if f == file("scalar.yaml") && key == "packages")
+    );
     // A directory's files may not replace project-vm's own in the guest.
     match refusal(dir.path(), "own") {
-        ConfigError::UnsafeCloudConfig { keys, .. } => assert!(keys.iter().any(|k| k.starts_with("write_files[")), "{keys:?}"),
+        ConfigError::UnsafeCloudConfig { keys, .. } => {
+            assert!(keys.iter().any(|k| k.starts_with("write_files[")), "{keys:?}")
+        }
         other => panic!("{other:?}"),
     }
     // Exit 2, the file named.
@@ -136,13 +147,20 @@ fn a_directory_without_feature_yaml_a_large_script_and_too_many_bytes_are_refuse
     }
     match refusal(dir.path(), "big") {
         ConfigError::FeatureTooLarge { file, what, size, .. } => {
-            assert_eq!((file, what, size), (dir.path().join("big/script.sh").display().to_string(), "script", load::SCRIPT_MAX + 1))
+            assert_eq!(
+                (file, what, size),
+                (dir.path().join("big/script.sh").display().to_string(), "script", load::SCRIPT_MAX + 1)
+            )
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(refusal(dir.path(), "heavy"), ConfigError::FeatureTooLarge { what: "files (all together)", .. }));
-    assert!(matches!(refusal(dir.path(), "many"), ConfigError::FeatureInvalid { why, .. } if why.contains("more than 64 files")));
-    assert!(matches!(refusal(dir.path(), "Bad-Name"), ConfigError::FeatureInvalid { why, .. } if why.contains("not a feature name")));
+    assert!(
+        matches!(refusal(dir.path(), "many"), ConfigError::FeatureInvalid { why, .. } if why.contains("more than 64 files"))
+    );
+    assert!(
+        matches!(refusal(dir.path(), "Bad-Name"), ConfigError::FeatureInvalid { why, .. } if why.contains("not a feature name"))
+    );
 }
 
 #[test]
@@ -157,7 +175,9 @@ fn requirements_come_first_once_and_must_exist_and_not_circle() {
     let lib = Library::load(&[dir.path().to_owned()]);
     let order: Vec<_> = lib.expand(&["app".into()]).unwrap().iter().map(|f| f.name.clone()).collect();
     assert_eq!(order, ["docker", "lib", "app"]);
-    assert!(matches!(lib.expand(&["orphan".into()]), Err(ConfigError::FeatureKey { key, why, .. }) if key == "# requires:" && why.contains("\"nope\"")));
+    assert!(
+        matches!(lib.expand(&["orphan".into()]), Err(ConfigError::FeatureKey { key, why, .. }) if key == "# requires:" && why.contains("\"nope\""))
+    );
     assert!(matches!(lib.expand(&["a".into()]), Err(ConfigError::FeatureKey { why, .. }) if why.contains("circle")));
     assert!(matches!(lib.get("map"), Err(ConfigError::FeatureKey { key, .. }) if key == "runcmd"));
 }
@@ -175,7 +195,7 @@ fn every_shipped_feature_is_listed_described_and_passes_the_guard() {
     let all = gpu["runcmd"].as_array().unwrap().iter().map(|c| c.to_string()).collect::<Vec<_>>().join("\n");
     assert!(all.contains("nvidia-driver") && all.contains("nvidia-ctk runtime configure --runtime=docker"), "{all}");
     assert!(all.find("nvidia-driver") < all.find("nvidia-ctk"), "the driver before the toolkit");
-    assert_eq!(features::valid_name("docker-gpu"), true);
+    assert!(features::valid_name("docker-gpu"));
 }
 
 // The binary.
@@ -244,7 +264,10 @@ fn feature_show_prints_the_merged_snippet_and_refuses_a_broken_one() {
     let w = world(&[&fixture()]);
     let (code, out, err) = run(&w, &["feature", "show", "docker-gpu"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("#cloud-config\n# feature docker-gpu (built-in), merged: docker, nvidia, docker-gpu\n"), "{out}");
+    assert!(
+        out.starts_with("#cloud-config\n# feature docker-gpu (built-in), merged: docker, nvidia, docker-gpu\n"),
+        "{out}"
+    );
     let v: Value = serde_yaml_ng::from_str(&out).unwrap();
     assert!(v["packages"].as_array().unwrap().contains(&Value::from("docker.io")));
     let (code, out, _) = run(&w, &["--json", "feature", "show", "hello"]);
@@ -265,7 +288,10 @@ fn create_and_plan_refuse_an_unknown_or_broken_feature_before_anything_is_made()
         let (code, _, err) = run(&w, &["create", "foo", "1G", "1", "5G", "--project-disk", "1G", "--feature", feature]);
         assert_eq!(code, 2, "{feature}: {err}");
         assert!(err.contains(says), "{feature}: {err}");
-        assert!(!w.dir.path().join("pool").exists() || std::fs::read_dir(w.dir.path().join("pool")).unwrap().next().is_none());
+        assert!(
+            !w.dir.path().join("pool").exists()
+                || std::fs::read_dir(w.dir.path().join("pool")).unwrap().next().is_none()
+        );
     }
     let file = w.dir.path().join("vms.json");
     std::fs::write(&file, r#"{"vms": {"foo": {"features": ["hello", "oops"]}}}"#).unwrap();

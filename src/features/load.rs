@@ -92,10 +92,12 @@ pub fn snippet(text: &str, file: &str) -> Result<Value, ConfigError> {
 
 /// The merge rules the built-ins follow: list keys are lists, mapping keys mappings.
 fn merge_rules(v: &Value, file: &str) -> Result<(), ConfigError> {
-    let bad = |key: &str, want: &str| ConfigError::FeatureKey {
+    let bad = |key: &str, want: &str| {
+        ConfigError::FeatureKey {
         file: file.to_owned(),
         key: key.to_owned(),
         why: format!("must be a {want}: features merge {want}s (a {want} from each, in order), and anything else would replace what earlier features set"),
+    }
     };
     for (key, value) in v.as_object().into_iter().flatten() {
         if LIST_KEYS.contains(&key.as_str()) && !value.is_array() {
@@ -235,9 +237,13 @@ fn fold_files(
         if total > FILES_MAX {
             return Err(too_large(&from, total));
         }
-        let mode = executable(path).then_some("0755").unwrap_or("0644");
+        let mode = if executable(path) { "0755" } else { "0644" };
         let at = format!("{}/{}", root.trim_end_matches('/'), rel.display());
-        push(config, "write_files", json!({ "path": at, "permissions": mode, "encoding": "b64", "content": base64(&bytes) }));
+        push(
+            config,
+            "write_files",
+            json!({ "path": at, "permissions": mode, "encoding": "b64", "content": base64(&bytes) }),
+        );
     }
     Ok(found.len())
 }
@@ -314,7 +320,8 @@ mod tests {
 
     #[test]
     fn base64_is_standard() {
-        for (raw, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("hello\n", "aGVsbG8K")]
+        for (raw, enc) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("hello\n", "aGVsbG8K")]
         {
             assert_eq!(base64(raw.as_bytes()), enc, "{raw:?}");
         }
@@ -332,6 +339,8 @@ mod tests {
     #[test]
     fn names_are_lowercase_words() {
         assert!(valid_name("docker-gpu") && valid_name("a_1") && valid_name("9x"));
-        assert!(!valid_name("") && !valid_name("Docker") && !valid_name("-x") && !valid_name("a/b") && !valid_name("a.b"));
+        assert!(
+            !valid_name("") && !valid_name("Docker") && !valid_name("-x") && !valid_name("a/b") && !valid_name("a.b")
+        );
     }
 }

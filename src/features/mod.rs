@@ -177,7 +177,10 @@ impl Library {
             Some(e) => e.feature.as_ref().map_err(Clone::clone),
             None => Err(ConfigError::UnknownFeature {
                 name: name.to_owned(),
-                suggestion: crate::suggest::did_you_mean(name, &self.names().iter().map(String::as_str).collect::<Vec<_>>()),
+                suggestion: crate::suggest::did_you_mean(
+                    name,
+                    &self.names().iter().map(String::as_str).collect::<Vec<_>>(),
+                ),
                 known: self.names().join(", "),
             }),
         }
