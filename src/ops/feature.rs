@@ -6,9 +6,8 @@ use std::io::{self, Write};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::FeatureCommand;
 use crate::features::{self, Library, Origin};
-use crate::output::{emit, Report};
+use crate::output::Report;
 
 /// One row of `feature list`.
 #[derive(Debug, Serialize)]
@@ -102,14 +101,13 @@ pub fn show(lib: &Library, name: &str) -> anyhow::Result<Shown> {
     Ok(Shown { name: f.name.clone(), origin: f.origin.clone(), merged, config })
 }
 
-/// Runs `feature ...` on the library in use.
-pub fn run(command: &FeatureCommand, json: bool) -> anyhow::Result<()> {
-    let lib = features::library();
-    match command {
-        FeatureCommand::List => emit(json, &listing(&lib, &features::dirs_in_use())),
-        FeatureCommand::Show { name } => {
-            features::check(name)?;
-            emit(json, &show(&lib, name)?)
-        }
-    }
+/// `feature list` of the library in use.
+pub fn list() -> Listing {
+    listing(&features::library(), &features::dirs_in_use())
+}
+
+/// `feature show NAME` of the library in use, checked as `create` checks it.
+pub fn show_in_use(name: &str) -> anyhow::Result<Shown> {
+    features::check(name)?;
+    show(&features::library(), name)
 }
