@@ -369,7 +369,13 @@ fn parse_hosts(v: &serde_json::Value, problems: &mut Vec<String>) -> BTreeMap<St
                 String::new()
             }
         };
-        let keys: Vec<&str> = HOST_SETTING_KEYS.iter().copied().filter(|k| *k != "hosts").chain(["uri"]).collect();
+        // Features are read where project-vm runs, the same for every host.
+        let keys: Vec<&str> = HOST_SETTING_KEYS
+            .iter()
+            .copied()
+            .filter(|k| *k != "hosts" && *k != "feature_dirs")
+            .chain(["uri"])
+            .collect();
         for k in e.keys().filter(|k| !keys.contains(&k.as_str())) {
             problems.push(format!(
                 "{at}.{k}: not a host setting{}; a host has \"uri\" and the settings that differ there",

@@ -342,3 +342,22 @@ fn with_validators_a_user_feature_passes_cloud_init_schema_or_is_refused_naming_
     assert!(err.contains(&dir.path().join("typo.yaml").display().to_string()) && err.contains("pacakges"), "{err}");
     assert!(err.contains("cloud-init's schema check"), "{err}");
 }
+
+#[test]
+fn feature_dirs_are_one_list_for_every_host_and_absolute() {
+    use project_vm::settings::HostSettings;
+    let e = HostSettings::from_json(
+        r#"{"hosts": {"gpu": {"uri": "qemu+ssh://root@gpu/system", "feature_dirs": ["/srv/f"]}}}"#,
+        "s.json",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("hosts.gpu.feature_dirs: not a host setting"), "{e}");
+    let e = HostSettings::from_json(r#"{"feature_dirs": ["/ok", "rel"]}"#, "s.json").unwrap_err();
+    assert!(
+        matches!(e.downcast_ref::<ConfigError>(), Some(ConfigError::File { problems, .. }) if problems.len() == 1 && problems[0].starts_with("feature_dirs[1]: \"rel\" is relative")),
+        "{e}"
+    );
+    let ok = HostSettings::from_json(r#"{"feature_dirs": ["/a", "/b"]}"#, "s.json").unwrap();
+    assert_eq!(ok.feature_dirs, Some(vec![PathBuf::from("/a"), PathBuf::from("/b")]));
+    assert_eq!(features::default_dirs().last(), Some(&PathBuf::from("/etc/project-vm/features")));
+}
