@@ -294,24 +294,31 @@ fn dir_entries(dir: &Path) -> Vec<(String, PathBuf)> {
 /// How many features one directory may hold.
 const MAX_ENTRIES: usize = 1000;
 
-/// The library this process uses and its directories: set once the settings are known.
-static CURRENT: Mutex<Option<(Arc<Library>, Vec<PathBuf>)>> = Mutex::new(None);
+/// The directories this process uses (set once the settings are known)
+/// and, once something asked, their library.
+struct Current {
+    dirs: Vec<PathBuf>,
+    library: Option<Arc<Library>>,
+}
 
-/// Uses the features in `dirs` (besides the built-ins) from now on.
+static CURRENT: Mutex<Current> = Mutex::new(Current { dirs: Vec::new(), library: None });
+
+/// Uses the features in `dirs` (besides the built-ins) from now on; they
+/// are read when a feature is first asked for.
 pub fn use_dirs(dirs: &[PathBuf]) {
-    let lib = Library::load(dirs);
-    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((Arc::new(lib), dirs.to_vec()));
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Current { dirs: dirs.to_vec(), library: None };
 }
 
 /// The library in use: the built-ins only until [`use_dirs`] is called.
 pub fn library() -> Arc<Library> {
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-    current.get_or_insert_with(|| (Arc::new(Library::built_in()), vec![])).0.clone()
+    let Current { dirs, library } = &mut *current;
+    library.get_or_insert_with(|| Arc::new(Library::load(dirs))).clone()
 }
 
 /// The directories of the library in use.
 pub fn dirs_in_use() -> Vec<PathBuf> {
-    CURRENT.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.1.clone()).unwrap_or_default()
+    CURRENT.lock().unwrap_or_else(|e| e.into_inner()).dirs.clone()
 }
 
 /// Every feature name in the library in use.
