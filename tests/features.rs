@@ -79,6 +79,12 @@ fn the_first_directory_wins_and_a_built_in_name_is_refused() {
         other => panic!("{other:?}"),
     }
     assert!(lib.get("readme").is_err() && lib.get("README").is_err() && lib.get(".hidden").is_err());
+    // Both forms of one name in one directory: refused, not guessed.
+    write(&user.path().join("twice.yaml"), "#cloud-config\n");
+    write(&user.path().join("twice/feature.yaml"), "#cloud-config\n");
+    assert!(
+        matches!(refusal(user.path(), "twice"), ConfigError::FeatureInvalid { why, .. } if why.contains("both there"))
+    );
     // A missing directory holds no features.
     assert_eq!(Library::load(&[user.path().join("nope")]).names(), Library::built_in().names());
 }

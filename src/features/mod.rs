@@ -140,6 +140,11 @@ impl Library {
                     feature: Err(ConfigError::FeatureShadowsBuiltIn { name, file }),
                     shadows: vec![],
                 });
+            } else if matches!(&e.origin, Origin::Path(p) if p.parent() == path.parent()) {
+                e.feature = Err(ConfigError::FeatureInvalid {
+                    file: path.display().to_string(),
+                    why: format!("{name}.yaml and {name}/ are both there: keep one of them"),
+                });
             } else {
                 e.shadows.push(path);
             }
