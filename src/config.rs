@@ -36,6 +36,8 @@ pub const VM_KEYS: &[&str] = &[
     "hostdevs",
     "shares",
     "host",
+    "application_script",
+    "checks",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -57,6 +59,14 @@ pub struct VmDecl {
     /// The fleet host it lives on (`hosts`); `None`: the one host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// A script run once, last, on the first boot (relative paths are
+    /// relative to the declarative file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_script: Option<PathBuf>,
+    /// Health checks: the defaults', then the VM's own (a VM's check of the
+    /// same name replaces the defaults').
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::health::Check>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +123,8 @@ struct Fields {
     hostdevs: Option<Vec<PciAddress>>,
     shares: Option<Vec<Share>>,
     host: Option<String>,
+    application_script: Option<PathBuf>,
+    checks: Option<Vec<crate::health::Check>>,
 }
 
 fn show(v: &Value) -> String {
@@ -162,6 +174,10 @@ fn field(f: &mut Fields, at: &str, k: &str, v: &Value, p: &mut Problems, in_defa
         "host" => f.host = text(at, v, p, "expected the name of a host in \"hosts\""),
         "depends_on" if in_defaults => p.add(at, "depends_on belongs in a VM's own entry, not in defaults"),
         "depends_on" => f.depends_on = strings(at, v, p),
+        "application_script" => {
+            f.application_script = text(at, v, p, "expected the path of a script").map(PathBuf::from)
+        }
+        "checks" => f.checks = crate::health::parse_checks(at, v).map_err(|e| p.0.extend(e)).ok(),
         other => p.add(at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", "))),
     }
 }
@@ -357,7 +373,22 @@ fn declaration(
         // A VM's own list replaces the defaults' (lists are not merged).
         shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
         host: f.host.clone().or(d.host.clone()),
+        application_script: f
+            .application_script
+            .clone()
+            .or(d.application_script.clone())
+            .map(|u| if u.is_relative() { base_dir.join(u) } else { u }),
+        checks: merged_checks(d.checks.as_deref().unwrap_or_default(), f.checks.as_deref().unwrap_or_default()),
     }
+}
+
+/// The defaults' checks, then the VM's own; a VM's check replaces the
+/// defaults' of the same name (in its place).
+fn merged_checks(defaults: &[crate::health::Check], own: &[crate::health::Check]) -> Vec<crate::health::Check> {
+    let mut out: Vec<crate::health::Check> =
+        defaults.iter().map(|d| own.iter().find(|o| o.name == d.name).unwrap_or(d).clone()).collect();
+    out.extend(own.iter().filter(|o| !defaults.iter().any(|d| d.name == o.name)).cloned());
+    out
 }
 
 /// `depends_on`: VMs of this file, never the VM itself.

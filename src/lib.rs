@@ -12,6 +12,7 @@ pub mod error;
 pub mod exit;
 pub mod fanout;
 pub mod fault;
+pub mod health;
 pub mod features;
 pub mod files;
 pub mod images;

@@ -546,6 +546,9 @@ pub struct Fingerprint<'a> {
     pub user_data: Option<&'a str>,
     pub tailnet: Option<&'a str>,
     pub tailscale: bool,
+    /// The application script, as written (absent: hashes stay as before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_script: Option<&'a str>,
 }
 
 /// A stable hash of a [`Fingerprint`]: equal inputs, equal cloud-config.
@@ -579,6 +582,10 @@ pub struct Declaration<'a> {
     pub devices: &'a Devices,
     /// The user's cloud-config, as written (only its fingerprint is kept).
     pub user_data: Option<&'a str>,
+    /// The application script, as written (only its fingerprint is kept).
+    pub application_script: Option<&'a str>,
+    /// Health checks (recorded: `check` and `--wait` run them).
+    pub checks: &'a [crate::health::Check],
 }
 
 /// Everything needed to build a VM's volumes, seed and domain. Built from CLI
@@ -615,6 +622,12 @@ pub struct VmSpec {
     /// storing content that may hold secrets in domain metadata.
     #[serde(default)]
     pub cloud_init_hash: String,
+    /// Health checks, run by `check` and after `--wait`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::health::Check>,
+    /// An application script went into the seed (its content is not kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub application_script: bool,
 }
 
 impl VmSpec {
@@ -645,7 +658,10 @@ impl VmSpec {
                 user_data: decl.user_data,
                 tailnet: host.tailnet,
                 tailscale: host.tailscale,
+                application_script: decl.application_script,
             }),
+            checks: decl.checks.to_vec(),
+            application_script: decl.application_script.is_some(),
         }
     }
 
@@ -851,6 +867,8 @@ mod tests {
             features: &features,
             devices,
             user_data,
+            application_script: None,
+            checks: &[],
         };
         VmSpec::resolve(&host, &decl, "debian-12".into(), Some(22023))
     }

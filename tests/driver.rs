@@ -64,6 +64,7 @@ fn request(n: &str) -> CreateRequest {
         features: vec![],
         autostart: false,
         devices: Default::default(),
+        provision: Default::default(),
     }
 }
 

@@ -47,6 +47,8 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         hostdevs: vec![],
         shares: vec![],
         cloud_init_hash: String::new(),
+        checks: vec![],
+        application_script: false,
     }
 }
 

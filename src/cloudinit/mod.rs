@@ -19,6 +19,8 @@ use crate::spec::VmSpec;
 /// `cloud-init status --format json` to the virtio-serial port the host reads.
 const READY_SCRIPT: &str = include_str!("../../cloud-init/project-vm-ready");
 const READY_UNIT: &str = include_str!("../../cloud-init/project-vm-ready.service");
+/// The health-check runner (see `crate::health`).
+const CHECKS_SCRIPT: &str = include_str!("../../cloud-init/project-vm-checks");
 /// Formats the project disk when (and only when) it is blank.
 const FORMAT_SCRIPT: &str = include_str!("../../cloud-init/project-disk-format.sh");
 
@@ -44,6 +46,13 @@ pub struct SeedInput<'a> {
     pub user_data: Option<&'a Value>,
     pub instance_id: &'a str,
     pub tailscale_auth_key: Option<&'a str>,
+}
+
+/// What runs after the features on the first boot.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Provisioning<'a> {
+    pub application_script: Option<&'a str>,
+    pub checks: &'a [crate::health::Check],
 }
 
 /// The three files of a NoCloud seed.
@@ -100,9 +109,12 @@ const OWN_KEYS: &[(&str, &str)] = &[
 
 /// Files project-vm writes in the guest; a user's `write_files` entry for
 /// one of them would replace it.
-fn own_files() -> [&'static str; 4] {
+fn own_files() -> [&'static str; 7] {
     [
         "/usr/local/libexec/project-vm-ready",
+        crate::health::APPLICATION_PATH,
+        crate::health::RUNNER_PATH,
+        crate::health::DEFINITIONS_PATH,
         "/etc/systemd/system/project-vm-ready.service",
         SYSTEM_CFG_PATH,
         TS_AUTHKEY_PATH,
@@ -275,7 +287,29 @@ fn join_tailnet(cfg: &mut Value, auth_key: &str, hostname: &str) {
 
 /// Renders the seed files.
 pub fn render(input: &SeedInput) -> Seed {
+    render_provisioned(input, &Provisioning::default())
+}
+
+/// The files of the application script and the checks: the runner always
+/// (so `check` works once checks are added), the script and the first
+/// boot's definitions when there are any. Run by the readiness reporter
+/// after cloud-init's final stage.
+fn provisioning_files(prov: &Provisioning) -> Vec<Value> {
+    let mut files = vec![json!({ "path": crate::health::RUNNER_PATH, "permissions": "0755", "content": CHECKS_SCRIPT })];
+    if let Some(script) = prov.application_script {
+        files.push(json!({ "path": crate::health::APPLICATION_PATH, "permissions": "0700", "content": script }));
+    }
+    if !prov.checks.is_empty() {
+        let defs = crate::health::definitions(prov.checks);
+        files.push(json!({ "path": crate::health::DEFINITIONS_PATH, "permissions": "0600", "content": defs }));
+    }
+    files
+}
+
+/// [`render`], with an application script and checks.
+pub fn render_provisioned(input: &SeedInput, prov: &Provisioning) -> Seed {
     let mut cfg = base_config(input);
+    cfg["write_files"].as_array_mut().expect("write_files").extend(provisioning_files(prov));
     if let Some(user) = input.user_data {
         merge(&mut cfg, user);
     }

@@ -667,6 +667,8 @@ pub(crate) mod tests {
             hostdevs: vec![],
             shares: vec![],
             cloud_init_hash: String::new(),
+            checks: vec![],
+            application_script: false,
         }
     }
 

@@ -60,6 +60,7 @@ fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
         features: decl.features.clone(),
         autostart: decl.autostart,
         devices: devices(decl),
+        provision: create::Provision::load(decl.application_script.as_deref(), decl.checks.clone())?,
     })
 }
 
@@ -359,6 +360,7 @@ mod tests {
             features: vec![],
             autostart,
             devices: Default::default(),
+            provision: Default::default(),
         }
     }
 
