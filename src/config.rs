@@ -631,4 +631,39 @@ mod tests {
         assert!(problems("{}").contains("vms: missing"));
         assert!(problems(r#"{"vms": {"a": {"memory": "64M"}}}"#).contains("vms.a: memory 64M is below the minimum"));
     }
+
+    #[test]
+    fn application_scripts_and_checks_are_read_and_merged() {
+        let d = ok(r#"{"defaults": {"application_script": "app.sh", "checks": [
+              {"name": "ssh", "command": "systemctl is-active ssh"},
+              {"name": "web", "command": "curl -fsS localhost:8080/health"}]},
+            "vms": {
+              "a": {},
+              "b": {"application_script": "/srv/b.sh", "checks": [
+                {"name": "web", "command": "curl -fsS localhost:9090/health", "timeout": "5s"},
+                {"name": "db", "command": "pg_isready", "retries": 0}]}}}"#);
+        let a = &d.vms[&VmName::parse("a").unwrap()];
+        assert_eq!(a.application_script.as_deref(), Some(Path::new("/etc/pv/app.sh")), "beside the file");
+        assert_eq!(a.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["ssh", "web"]);
+        let b = &d.vms[&VmName::parse("b").unwrap()];
+        assert_eq!(b.application_script.as_deref(), Some(Path::new("/srv/b.sh")));
+        let names: Vec<(&str, &str)> = b.checks.iter().map(|c| (c.name.as_str(), c.command.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![("ssh", "systemctl is-active ssh"), ("web", "curl -fsS localhost:9090/health"), ("db", "pg_isready")],
+            "the VM's web replaces the defaults' in its place; its own come after"
+        );
+        assert_eq!(b.checks[1].timeout, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_checks_and_scripts_are_named_with_every_other_problem() {
+        let e = problems(
+            r#"{"vms": {"a": {"checks": [{"name": "web"}], "application_script": 3}, "b": {"checks": "curl"}, "c": {"chekcs": []}}}"#,
+        );
+        assert!(e.contains("vms.a.checks[0]: missing field `command`"), "{e}");
+        assert!(e.contains("vms.a.application_script: expected the path of a script"), "{e}");
+        assert!(e.contains("vms.b.checks: expected a list of checks"), "{e}");
+        assert!(e.contains("vms.c.chekcs: unknown key (did you mean \"checks\"?)"), "{e}");
+    }
 }

@@ -498,4 +498,32 @@ mod tests {
         assert!(join.contains("--hostname=project-foo"), "{join}");
         assert!(!join.contains("SECRET"), "the key is read from a file, not put on a command line");
     }
+
+    #[test]
+    fn the_seed_carries_the_runner_the_application_script_and_the_checks() {
+        let s = spec(Network::default(), Accel::Kvm);
+        let input = SeedInput {
+            spec: &s,
+            authorized_keys: &[],
+            host_key: None,
+            user_data: None,
+            instance_id: "i",
+            tailscale_auth_key: None,
+        };
+        let file = |v: &Value, path: &str| v["write_files"].as_array().unwrap().iter().find(|f| f["path"] == path).cloned();
+        // Always the runner (checks added later run through it); nothing else.
+        let plain = yaml(&render(&input).user_data);
+        assert_eq!(file(&plain, crate::health::RUNNER_PATH).unwrap()["content"], CHECKS_SCRIPT);
+        assert!(file(&plain, crate::health::APPLICATION_PATH).is_none() && file(&plain, crate::health::DEFINITIONS_PATH).is_none());
+        let checks = crate::health::parse_checks("c", &json!([{"name": "web", "command": "curl -fsS localhost:8080/health"}])).unwrap();
+        let prov = Provisioning { application_script: Some("#!/bin/sh\necho hi\n"), checks: &checks };
+        let v = yaml(&render_provisioned(&input, &prov).user_data);
+        let app = file(&v, crate::health::APPLICATION_PATH).unwrap();
+        assert_eq!((app["content"].as_str(), app["permissions"].as_str()), (Some("#!/bin/sh\necho hi\n"), Some("0700")));
+        assert_eq!(file(&v, crate::health::DEFINITIONS_PATH).unwrap()["content"], crate::health::definitions(&checks));
+        // A user's cloud-config may not replace them.
+        let e = parse_user_data("#cloud-config\nwrite_files:\n- {path: /usr/local/libexec/project-vm-checks}\n", "u.yaml")
+            .unwrap_err();
+        assert!(matches!(e.downcast_ref(), Some(ConfigError::UnsafeCloudConfig { .. })), "{e}");
+    }
 }

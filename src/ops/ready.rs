@@ -646,7 +646,26 @@ impl ReadyReport {
             CloudInitRun::Disabled => "cloud-init not re-run: disabled on this boot".into(),
             CloudInitRun::Absent => "cloud-init not re-run: not installed".into(),
         };
-        format!("{}: ready ({boot}{cloud_init}) after {:.1}s{latency}", self.name, self.waited_s)
+        format!("{}: ready ({boot}{cloud_init}{}) after {:.1}s{latency}", self.name, self.provisioned(), self.waited_s)
+    }
+
+    /// `, application script ok, 2 checks passed`: what ran after cloud-init.
+    fn provisioned(&self) -> String {
+        let mut out = String::new();
+        if let Some(app) = &self.application {
+            out += &match app.exit {
+                0 => ", application script ok".to_owned(),
+                n => format!(", application script failed (exit {n})"),
+            };
+        }
+        if let Some(checks) = self.checks.as_ref().filter(|c| !c.is_empty()) {
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            out += &match failed {
+                0 => format!(", {} check{} passed", checks.len(), if checks.len() == 1 { "" } else { "s" }),
+                n => format!(", {n} of {} checks failed", checks.len()),
+            };
+        }
+        out
     }
 }
 
@@ -830,6 +849,12 @@ mod tests {
         assert_eq!(r.note(), "foo: ready (later boot; cloud-init done) after 9.1s");
         r.boot = Boot::First;
         assert_eq!(r.note(), "foo: ready (cloud-init done) after 9.1s");
+        r.application = Some(Application { exit: 0, tail: String::new() });
+        let pass = CheckResult { name: "web".into(), ok: true, exit: 0, attempts: 1, elapsed_s: 0.1, output: String::new() };
+        r.checks = Some(vec![pass.clone()]);
+        assert_eq!(r.note(), "foo: ready (cloud-init done, application script ok, 1 check passed) after 9.1s");
+        r.checks = Some(vec![pass.clone(), CheckResult { ok: false, ..pass }]);
+        assert_eq!(r.note(), "foo: ready (cloud-init done, application script ok, 1 of 2 checks failed) after 9.1s");
     }
 
     #[test]
@@ -856,5 +881,101 @@ mod tests {
             e.to_string().starts_with("cloud-init in foo finished with status \"error\"\n  ('scripts_user'"),
             "{e}"
         );
+    }
+
+    fn first_boot_report(application: Option<Application>, checks: Option<Vec<CheckResult>>) -> ReadyReport {
+        let line = r#"{"project_vm_ready":3,"boot_id":"b1","first_boot_id":"b1","cloud_init":"ran","disabled":false,"result":{"v1":{"errors":[]}},"status":{"v1":{"modules-final":{"errors":[],"finished":38.5}}},"schema":null,"sent_at":1,"uptime":39.0}"#;
+        ReadyReport { application, checks, ..ReadyReport::of("web", Message::parse(line).unwrap(), 1.0) }
+    }
+
+    #[test]
+    fn version_4_carries_the_application_and_the_checks_and_older_ones_neither() {
+        let v4 = Message::parse(
+            r#"{"project_vm_ready":4,"boot_id":"b1","first_boot_id":"b1","cloud_init":"ran","disabled":false,"result":{"v1":{"errors":[]}},"status":{"v1":{}},"schema":null,"application":{"exit":3,"tail":"line 1\nno such file"},"checks":[{"project_vm_check":1,"name":"web","ok":false,"exit":7,"attempts":11,"started":1.5,"finished":21.5,"output":"refused"}],"sent_at":1,"uptime":2}"#,
+        )
+        .unwrap();
+        assert_eq!(v4.application, Some(Application { exit: 3, tail: "line 1\nno such file".into() }));
+        let checks = v4.check_results().unwrap();
+        assert_eq!((checks[0].name.as_str(), checks[0].ok, checks[0].elapsed_s), ("web", false, 20.0));
+        let report = ReadyReport::of("web", v4, 1.0);
+        assert_eq!(report.result, "done", "cloud-init itself was fine");
+        // A version-4 reporter whose guest ran neither (no script, no checks, a later boot).
+        let none = Message::parse(
+            r#"{"project_vm_ready":4,"boot_id":"b2","first_boot_id":"b1","cloud_init":"disabled","disabled":true,"result":null,"status":null,"schema":null,"application":null,"checks":null,"sent_at":1,"uptime":2}"#,
+        )
+        .unwrap();
+        assert_eq!((none.application.clone(), none.check_results()), (None, None));
+        // Versions 2 and 3 parse as before, with neither.
+        let v2 = Message::parse(r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null}"#).unwrap();
+        assert_eq!((v2.application.clone(), v2.check_results()), (None, None));
+        let v3 = first_boot_report(None, None);
+        assert!(check(&v3).is_ok());
+        let json = serde_json::to_value(&v3).unwrap();
+        assert!(json.get("application").is_none() && json.get("checks").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_failed_application_script_is_exit_5_with_its_last_lines() {
+        let r = first_boot_report(Some(Application { exit: 3, tail: "installing\nE: no such package".into() }), None);
+        let e = check(&r).unwrap_err();
+        assert_eq!(crate::exit::code(&e), 5);
+        match e.downcast_ref::<super::super::Error>() {
+            Some(super::super::Error::ApplicationFailed { vm, exit, tail }) => {
+                assert_eq!((vm.as_str(), *exit, tail.len()), ("web", 3, 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with("the application script in web exited with status 3\n  | installing\n  | E: no such package"),
+            "{e}"
+        );
+        // A script that passed is no failure.
+        assert!(check(&first_boot_report(Some(Application { exit: 0, tail: String::new() }), None)).is_ok());
+    }
+
+    #[test]
+    fn a_failed_check_is_exit_9_naming_it_and_cloud_init_comes_first() {
+        let failed = CheckResult { name: "web".into(), ok: false, exit: 7, attempts: 11, elapsed_s: 20.0, output: "refused".into() };
+        let r = first_boot_report(Some(Application { exit: 0, tail: String::new() }), Some(vec![failed]));
+        let e = check(&r).unwrap_err();
+        assert_eq!(crate::exit::code(&e), 9);
+        assert!(matches!(e.downcast_ref(), Some(super::super::Error::CheckFailed { failed, .. }) if failed == &["web"]));
+        let broken = ReadyReport { result: "error", cloud_init_status: "error".into(), ..r };
+        assert_eq!(crate::exit::code(&check(&broken).unwrap_err()), 5);
+    }
+
+    #[test]
+    fn stage_lines_parse_and_say_where_the_guest_is() {
+        let s = StageLine::parse(r#"{"project_vm_stage":1,"stage":"cloud-init","detail":"modules-final: scripts_user","uptime":40.1}"#).unwrap();
+        assert_eq!(s.describe(), "cloud-init modules-final: scripts_user");
+        assert!(Message::parse(r#"{"project_vm_stage":1,"stage":"check","detail":"web"}"#).is_none(), "not a report");
+        assert!(StageLine::parse(r#"{"project_vm_ready":4,"boot_id":"b"}"#).is_none(), "not a stage");
+        assert_eq!(StageLine::parse(r#"{"project_vm_stage":1,"stage":"features-done"}"#).unwrap().describe(), "features done");
+    }
+
+    #[test]
+    fn the_report_brings_the_events_its_stage_lines_did_not() {
+        let r = first_boot_report(Some(Application { exit: 0, tail: String::new() }), None);
+        let mut got = Vec::new();
+        report_events(&r, &mut Emitted::default(), &mut |e| {
+            got.push(e.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, vec![Event::FeaturesDone, Event::ApplicationDone { exit: 0 }]);
+        got.clear();
+        report_events(&r, &mut Emitted { features: true, application: true }, &mut |e| {
+            got.push(e.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert!(got.is_empty(), "each once: {got:?}");
+        let later = ReadyReport { boot: Boot::Later, application: None, ..r };
+        report_events(&later, &mut Emitted::default(), &mut |e| {
+            got.push(e.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert!(got.is_empty(), "a later boot provisions nothing: {got:?}");
     }
 }
