@@ -373,11 +373,13 @@ fn declaration(
         // A VM's own list replaces the defaults' (lists are not merged).
         shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
         host: f.host.clone().or(d.host.clone()),
-        application_script: f
-            .application_script
-            .clone()
-            .or(d.application_script.clone())
-            .map(|u| if u.is_relative() { base_dir.join(u) } else { u }),
+        application_script: f.application_script.clone().or(d.application_script.clone()).map(|u| {
+            if u.is_relative() {
+                base_dir.join(u)
+            } else {
+                u
+            }
+        }),
         checks: merged_checks(d.checks.as_deref().unwrap_or_default(), f.checks.as_deref().unwrap_or_default()),
     }
 }

@@ -85,9 +85,8 @@ mod secs {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(n) => Ok(Duration::from_secs(n)),
-            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                serde::de::Error::custom(format!("{t:?} is not a duration like \"5s\" or \"2m\" ({e})"))
-            }),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a duration like \"5s\" or \"2m\" ({e})"))),
         }
     }
 }
@@ -107,15 +106,22 @@ impl Check {
             ));
         }
         if self.command.trim().is_empty() {
-            out.push("command: empty: give the command to run in the guest, e.g. \"curl -fsS localhost:8080/health\"".into());
+            out.push(
+                "command: empty: give the command to run in the guest, e.g. \"curl -fsS localhost:8080/health\"".into(),
+            );
         } else if self.command.len() > COMMAND_MAX || self.command.contains('\0') {
-            out.push(format!("command: over {COMMAND_MAX} bytes or holds a NUL byte: put a long check in a script the VM has"));
+            out.push(format!(
+                "command: over {COMMAND_MAX} bytes or holds a NUL byte: put a long check in a script the VM has"
+            ));
         }
         if self.timeout < Duration::from_secs(1) || self.timeout > LONGEST {
             out.push(format!("timeout: {}s is out of range: give 1s to 1h", self.timeout.as_secs_f64()));
         }
         if self.interval > LONGEST || self.interval.subsec_nanos() != 0 {
-            out.push(format!("interval: {}s is out of range: give whole seconds, 0s to 1h", self.interval.as_secs_f64()));
+            out.push(format!(
+                "interval: {}s is out of range: give whole seconds, 0s to 1h",
+                self.interval.as_secs_f64()
+            ));
         }
         if self.timeout.subsec_nanos() != 0 && out.is_empty() {
             out.push("timeout: give whole seconds".into());
@@ -134,13 +140,7 @@ impl Check {
         for b in self.command.bytes() {
             let _ = write!(command, "\\{b:03o}");
         }
-        format!(
-            "{}\t{}\t{}\t{}\t{command}\n",
-            self.name,
-            self.timeout.as_secs(),
-            self.retries,
-            self.interval.as_secs()
-        )
+        format!("{}\t{}\t{}\t{}\t{command}\n", self.name, self.timeout.as_secs(), self.retries, self.interval.as_secs())
     }
 
     /// The longest the runner may take over this check.
@@ -295,11 +295,9 @@ mod tests {
 
     #[test]
     fn a_check_takes_defaults_and_durations_in_either_form() {
-        let c = parse_checks("checks", &json!([{"name": "web", "command": "curl -fsS localhost:8080/health"}])).unwrap();
-        assert_eq!(
-            (c[0].timeout, c[0].retries, c[0].interval),
-            (DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_INTERVAL)
-        );
+        let c =
+            parse_checks("checks", &json!([{"name": "web", "command": "curl -fsS localhost:8080/health"}])).unwrap();
+        assert_eq!((c[0].timeout, c[0].retries, c[0].interval), (DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_INTERVAL));
         let c = parse_checks(
             "checks",
             &json!([{"name": "db", "command": "true", "timeout": "1m", "retries": 0, "interval": 3}]),
@@ -352,7 +350,8 @@ mod tests {
         assert!(!line.contains('%') && !line.contains('\''), "only octal escapes: {line}");
         // sh's printf gives the command back byte for byte.
         let field = line.trim_end().rsplit('\t').next().unwrap();
-        let out = std::process::Command::new("sh").arg("-c").arg("printf \"$1\"").arg("sh").arg(field).output().unwrap();
+        let out =
+            std::process::Command::new("sh").arg("-c").arg("printf \"$1\"").arg("sh").arg(field).output().unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), c.command);
         assert_eq!(c.budget(), Duration::from_secs(18));
     }

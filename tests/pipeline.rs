@@ -31,7 +31,8 @@ fn fetch(url: &str) -> String {
 
 /// A declarative file of one VM at `path`, next to the application script.
 fn declare(path: &Path, vm: &str, entry: Value) {
-    let file = json!({ "defaults": { "memory": "1G", "cpus": 2, "disk": "8G", "project_disk": "1G" }, "vms": { vm: entry } });
+    let file =
+        json!({ "defaults": { "memory": "1G", "cpus": 2, "disk": "8G", "project_disk": "1G" }, "vms": { vm: entry } });
     std::fs::write(path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
 }
 
@@ -57,11 +58,7 @@ fn hello_feature(env: &Guest) -> Value {
 
 /// The JSON stage events on stderr (`--json --progress`).
 fn stages(stderr: &str) -> Vec<Value> {
-    stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "stage")
-        .collect()
+    stderr.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["event"] == "stage").collect()
 }
 
 #[test]
@@ -78,7 +75,8 @@ fn a_feature_an_application_and_its_checks_provision_a_vm() {
     // script and the check, and shows each stage as an event.
     let ok_file = env.dir.join("ok.json");
     declare(&ok_file, "pipe-ok", ok);
-    let applied = env.run(&["apply", "-f", ok_file.to_str().unwrap(), "--wait", "--timeout", "900", "--json", "--progress"]);
+    let applied =
+        env.run(&["apply", "-f", ok_file.to_str().unwrap(), "--wait", "--timeout", "900", "--json", "--progress"]);
     let applied = applied.expect(0);
     let events = stages(&applied.stderr);
     let seen: Vec<&str> = events.iter().filter_map(|e| e["stage"].as_str()).collect();

@@ -161,9 +161,17 @@ fn a_guest_without_cloud_init_reports_at_once() {
 /// cloud-init's log naming a module.
 fn finished_first_boot() -> (tempfile::TempDir, PathBuf) {
     let (dir, run) = made_up_run(&[("enabled", "")]);
-    std::fs::write(run.join("status.json"), "{\"v1\": {\n \"stage\": null,\n \"modules-final\": {\"errors\": [], \"finished\": 38.5}}}").unwrap();
+    std::fs::write(
+        run.join("status.json"),
+        "{\"v1\": {\n \"stage\": null,\n \"modules-final\": {\"errors\": [], \"finished\": 38.5}}}",
+    )
+    .unwrap();
     std::fs::write(run.join("result.json"), r#"{"v1": {"errors": []}}"#).unwrap();
-    std::fs::write(dir.path().join("cloud-init.log"), "2026 - util.py[DEBUG]: Running module scripts_user (<module>) with frequency once-per-instance\n").unwrap();
+    std::fs::write(
+        dir.path().join("cloud-init.log"),
+        "2026 - util.py[DEBUG]: Running module scripts_user (<module>) with frequency once-per-instance\n",
+    )
+    .unwrap();
     (dir, run)
 }
 
@@ -193,7 +201,11 @@ fn the_first_boot_runs_the_application_then_the_checks_and_reports_both() {
     // cloud-init is still in its final stage when the reporter starts.
     let run = dir.path().join("run");
     std::fs::remove_file(run.join("result.json")).unwrap();
-    std::fs::write(run.join("status.json"), "{\"v1\": {\n \"stage\": \"modules-final\",\n \"modules-final\": {\"errors\": []}}}").unwrap();
+    std::fs::write(
+        run.join("status.json"),
+        "{\"v1\": {\n \"stage\": \"modules-final\",\n \"modules-final\": {\"errors\": []}}}",
+    )
+    .unwrap();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
         std::fs::write(run.join("result.json"), r#"{"v1": {"errors": []}}"#).unwrap();
@@ -203,13 +215,22 @@ fn the_first_boot_runs_the_application_then_the_checks_and_reports_both() {
     let msg = Message::parse(&line).unwrap_or_else(|| panic!("not a report: {line}"));
     assert_eq!(msg.application, Some(Application { exit: 0, tail: "starting \"web\"\ndone".into() }), "{line}");
     let results = msg.check_results().expect("checks in the report");
-    assert_eq!(results.iter().map(|r| (r.name.as_str(), r.ok, r.attempts)).collect::<Vec<_>>(), vec![("up", true, 1), ("soon", true, 2)]);
+    assert_eq!(
+        results.iter().map(|r| (r.name.as_str(), r.ok, r.attempts)).collect::<Vec<_>>(),
+        vec![("up", true, 1), ("soon", true, 2)]
+    );
     assert_eq!(results[0].output, "fine");
     // Stage lines came first, in order: cloud-init, features, application, each check.
     let names: Vec<String> = stages.iter().map(|s| format!("{} {}", s.stage, s.detail)).collect();
     let at = |s: &str| names.iter().position(|n| n.starts_with(s)).unwrap_or_else(|| panic!("no {s}: {names:?}"));
-    assert!(names.contains(&"cloud-init modules-final: scripts_user".to_string()), "cloud-init's stage and module: {names:?}");
-    assert!(at("features-done") < at("application ") && at("application ") < at("application-done exit 0"), "{names:?}");
+    assert!(
+        names.contains(&"cloud-init modules-final: scripts_user".to_string()),
+        "cloud-init's stage and module: {names:?}"
+    );
+    assert!(
+        at("features-done") < at("application ") && at("application ") < at("application-done exit 0"),
+        "{names:?}"
+    );
     assert!(at("application-done") < at("check up") && at("check up") < at("check soon"), "{names:?}");
 
     // The reporter restarted on the same boot: the same results, nothing run again.

@@ -295,7 +295,8 @@ pub fn render(input: &SeedInput) -> Seed {
 /// boot's definitions when there are any. Run by the readiness reporter
 /// after cloud-init's final stage.
 fn provisioning_files(prov: &Provisioning) -> Vec<Value> {
-    let mut files = vec![json!({ "path": crate::health::RUNNER_PATH, "permissions": "0755", "content": CHECKS_SCRIPT })];
+    let mut files =
+        vec![json!({ "path": crate::health::RUNNER_PATH, "permissions": "0755", "content": CHECKS_SCRIPT })];
     if let Some(script) = prov.application_script {
         files.push(json!({ "path": crate::health::APPLICATION_PATH, "permissions": "0700", "content": script }));
     }
@@ -510,20 +511,30 @@ mod tests {
             instance_id: "i",
             tailscale_auth_key: None,
         };
-        let file = |v: &Value, path: &str| v["write_files"].as_array().unwrap().iter().find(|f| f["path"] == path).cloned();
+        let file =
+            |v: &Value, path: &str| v["write_files"].as_array().unwrap().iter().find(|f| f["path"] == path).cloned();
         // Always the runner (checks added later run through it); nothing else.
         let plain = yaml(&render(&input).user_data);
         assert_eq!(file(&plain, crate::health::RUNNER_PATH).unwrap()["content"], CHECKS_SCRIPT);
-        assert!(file(&plain, crate::health::APPLICATION_PATH).is_none() && file(&plain, crate::health::DEFINITIONS_PATH).is_none());
-        let checks = crate::health::parse_checks("c", &json!([{"name": "web", "command": "curl -fsS localhost:8080/health"}])).unwrap();
+        assert!(
+            file(&plain, crate::health::APPLICATION_PATH).is_none()
+                && file(&plain, crate::health::DEFINITIONS_PATH).is_none()
+        );
+        let checks =
+            crate::health::parse_checks("c", &json!([{"name": "web", "command": "curl -fsS localhost:8080/health"}]))
+                .unwrap();
         let prov = Provisioning { application_script: Some("#!/bin/sh\necho hi\n"), checks: &checks };
         let v = yaml(&render_provisioned(&input, &prov).user_data);
         let app = file(&v, crate::health::APPLICATION_PATH).unwrap();
-        assert_eq!((app["content"].as_str(), app["permissions"].as_str()), (Some("#!/bin/sh\necho hi\n"), Some("0700")));
+        assert_eq!(
+            (app["content"].as_str(), app["permissions"].as_str()),
+            (Some("#!/bin/sh\necho hi\n"), Some("0700"))
+        );
         assert_eq!(file(&v, crate::health::DEFINITIONS_PATH).unwrap()["content"], crate::health::definitions(&checks));
         // A user's cloud-config may not replace them.
-        let e = parse_user_data("#cloud-config\nwrite_files:\n- {path: /usr/local/libexec/project-vm-checks}\n", "u.yaml")
-            .unwrap_err();
+        let e =
+            parse_user_data("#cloud-config\nwrite_files:\n- {path: /usr/local/libexec/project-vm-checks}\n", "u.yaml")
+                .unwrap_err();
         assert!(matches!(e.downcast_ref(), Some(ConfigError::UnsafeCloudConfig { .. })), "{e}");
     }
 }

@@ -168,7 +168,9 @@ fn finish(
     let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned();
     let how = match code {
         Some(255) => "ssh could not reach the guest".to_owned(),
-        Some(c) => format!("the check runner exited with status {c} after {} of {} checks", results.len(), checks.len()),
+        Some(c) => {
+            format!("the check runner exited with status {c} after {} of {} checks", results.len(), checks.len())
+        }
         None => "the check runner was killed".to_owned(),
     };
     Err(Error::Environment(format!(
@@ -228,7 +230,8 @@ mod tests {
     fn the_verdict_is_exit_9_naming_each_failed_check() {
         assert!(verdict("web", &[result("a", true, 0)]).is_ok());
         assert!(verdict("web", &[]).is_ok());
-        let e = verdict("web", &[result("up", true, 0), result("health", false, 7), result("db", false, 124)]).unwrap_err();
+        let e =
+            verdict("web", &[result("up", true, 0), result("health", false, 7), result("db", false, 124)]).unwrap_err();
         assert_eq!(crate::exit::code(&e), 9);
         match e.downcast_ref::<Error>() {
             Some(Error::CheckFailed { vm, failed, details }) => {

@@ -785,14 +785,17 @@ fn seed(
         application_script: prep.provision.application_script.as_deref(),
         checks: &prep.provision.checks,
     };
-    let seed = cloudinit::render_provisioned(&SeedInput {
-        spec,
-        authorized_keys: &prep.authorized_keys,
-        host_key: Some(host_key),
-        user_data: prep.user_config.as_ref(),
-        instance_id: &format!("{}-{uuid}", name.domain()),
-        tailscale_auth_key: prep.tailscale_auth_key.as_deref(),
-    }, &provisioning);
+    let seed = cloudinit::render_provisioned(
+        &SeedInput {
+            spec,
+            authorized_keys: &prep.authorized_keys,
+            host_key: Some(host_key),
+            user_data: prep.user_config.as_ref(),
+            instance_id: &format!("{}-{uuid}", name.domain()),
+            tailscale_auth_key: prep.tailscale_auth_key.as_deref(),
+        },
+        &provisioning,
+    );
     let iso = cloudinit::iso::build(&seed)?;
     // 0600: the seed carries the guest's private host key (and any auth key).
     // (upload removes its own volume if it fails part-way)

@@ -16,10 +16,10 @@ use virt::stream::Stream;
 use virt::sys;
 
 use super::Ctx;
+use crate::health::CheckResult;
 use crate::interrupt;
 use crate::libvirt::domain_xml::READY_CHANNEL;
 use crate::libvirt::vms::Vm;
-use crate::health::CheckResult;
 use crate::progress::Progress;
 
 /// What the guest's reporter sends (see cloud-init/project-vm-ready): cloud-init's
@@ -850,7 +850,8 @@ mod tests {
         r.boot = Boot::First;
         assert_eq!(r.note(), "foo: ready (cloud-init done) after 9.1s");
         r.application = Some(Application { exit: 0, tail: String::new() });
-        let pass = CheckResult { name: "web".into(), ok: true, exit: 0, attempts: 1, elapsed_s: 0.1, output: String::new() };
+        let pass =
+            CheckResult { name: "web".into(), ok: true, exit: 0, attempts: 1, elapsed_s: 0.1, output: String::new() };
         r.checks = Some(vec![pass.clone()]);
         assert_eq!(r.note(), "foo: ready (cloud-init done, application script ok, 1 check passed) after 9.1s");
         r.checks = Some(vec![pass.clone(), CheckResult { ok: false, ..pass }]);
@@ -906,7 +907,8 @@ mod tests {
         .unwrap();
         assert_eq!((none.application.clone(), none.check_results()), (None, None));
         // Versions 2 and 3 parse as before, with neither.
-        let v2 = Message::parse(r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null}"#).unwrap();
+        let v2 = Message::parse(r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null}"#)
+            .unwrap();
         assert_eq!((v2.application.clone(), v2.check_results()), (None, None));
         let v3 = first_boot_report(None, None);
         assert!(check(&v3).is_ok());
@@ -926,7 +928,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            e.to_string().starts_with("the application script in web exited with status 3\n  | installing\n  | E: no such package"),
+            e.to_string().starts_with(
+                "the application script in web exited with status 3\n  | installing\n  | E: no such package"
+            ),
             "{e}"
         );
         // A script that passed is no failure.
@@ -935,22 +939,37 @@ mod tests {
 
     #[test]
     fn a_failed_check_is_exit_9_naming_it_and_cloud_init_comes_first() {
-        let failed = CheckResult { name: "web".into(), ok: false, exit: 7, attempts: 11, elapsed_s: 20.0, output: "refused".into() };
+        let failed = CheckResult {
+            name: "web".into(),
+            ok: false,
+            exit: 7,
+            attempts: 11,
+            elapsed_s: 20.0,
+            output: "refused".into(),
+        };
         let r = first_boot_report(Some(Application { exit: 0, tail: String::new() }), Some(vec![failed]));
         let e = check(&r).unwrap_err();
         assert_eq!(crate::exit::code(&e), 9);
-        assert!(matches!(e.downcast_ref(), Some(super::super::Error::CheckFailed { failed, .. }) if failed == &["web"]));
+        assert!(
+            matches!(e.downcast_ref(), Some(super::super::Error::CheckFailed { failed, .. }) if failed == &["web"])
+        );
         let broken = ReadyReport { result: "error", cloud_init_status: "error".into(), ..r };
         assert_eq!(crate::exit::code(&check(&broken).unwrap_err()), 5);
     }
 
     #[test]
     fn stage_lines_parse_and_say_where_the_guest_is() {
-        let s = StageLine::parse(r#"{"project_vm_stage":1,"stage":"cloud-init","detail":"modules-final: scripts_user","uptime":40.1}"#).unwrap();
+        let s = StageLine::parse(
+            r#"{"project_vm_stage":1,"stage":"cloud-init","detail":"modules-final: scripts_user","uptime":40.1}"#,
+        )
+        .unwrap();
         assert_eq!(s.describe(), "cloud-init modules-final: scripts_user");
         assert!(Message::parse(r#"{"project_vm_stage":1,"stage":"check","detail":"web"}"#).is_none(), "not a report");
         assert!(StageLine::parse(r#"{"project_vm_ready":4,"boot_id":"b"}"#).is_none(), "not a stage");
-        assert_eq!(StageLine::parse(r#"{"project_vm_stage":1,"stage":"features-done"}"#).unwrap().describe(), "features done");
+        assert_eq!(
+            StageLine::parse(r#"{"project_vm_stage":1,"stage":"features-done"}"#).unwrap().describe(),
+            "features done"
+        );
     }
 
     #[test]
