@@ -105,7 +105,10 @@ fn a_feature_an_application_and_its_checks_provision_a_vm() {
     bad["application_script"] = json!("app.sh");
     bad["checks"] = json!([{ "name": "api", "command": fetch("http://127.0.0.1:8081/"), "timeout": "3s", "retries": 2, "interval": "1s" }]);
     declare(&bad_file, "pipe-bad", bad);
-    env.run(&["apply", "-f", bad_file.to_str().unwrap()]).expect(0);
+    // apply --wait: exit 9, the check named in the VM's result.
+    let applied = env.run(&["apply", "-f", bad_file.to_str().unwrap(), "--wait", "--timeout", "900"]).expect(9);
+    assert!(applied.stdout.contains("pipe-bad: 1 health check failed: api"), "{}", applied.stdout);
+    // start --wait of the running VM reads the same report: exit 9 naming it.
     let failed = env.run(&["start", "pipe-bad", "--wait", "--timeout", "900"]).expect(9);
     assert!(failed.stderr.contains("pipe-bad: 1 health check failed: api"), "{}", failed.stderr);
     let again = env.run(&["check", "pipe-bad"]).expect(9);

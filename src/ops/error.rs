@@ -69,6 +69,9 @@ pub enum Error {
         .details.iter().map(|l| format!("\n  {l}")).collect::<String>()
     )]
     CheckFailed { vm: String, failed: Vec<String>, details: Vec<String> },
+    /// `apply --wait`: every VM that failed did so on a health check (see above).
+    #[error("{failed} of the VMs failed their health checks (see above): {}", .vms.join(", "))]
+    ChecksFailedIn { failed: usize, vms: Vec<String> },
     /// `apply` carried out what it could; these VMs failed (each result says why).
     #[error("{failed} of the VMs failed to apply (see above)")]
     ApplyFailed { failed: usize },
@@ -90,7 +93,7 @@ impl Classified for Error {
             Error::Gone { .. } => Kind::NotFound,
             Error::ApplyFailed { .. } => Kind::Failed,
             Error::ApplicationFailed { .. } => Kind::Provisioning,
-            Error::CheckFailed { .. } => Kind::CheckFailed,
+            Error::CheckFailed { .. } | Error::ChecksFailedIn { .. } => Kind::CheckFailed,
         }
     }
 }
