@@ -459,6 +459,7 @@ fn await_inner(
         on_event,
         emitted: Emitted::default(),
     };
+    progress.stage(name, "booting", "");
     // On tokio's clock: the channel (a non-blocking libvirt stream) is read
     // every 50 ms; libvirt is asked about the domain once a second.
     let report = crate::fanout::block_on(w.wait(timeout))?;
