@@ -79,7 +79,6 @@ pub fn verdict(vm: &str, results: &[CheckResult]) -> anyhow::Result<()> {
 pub fn check(ctx: &Ctx, vm: &Vm, identity: Option<&Path>) -> anyhow::Result<CheckReport> {
     let checks = vm.spec()?.checks;
     if checks.is_empty() {
-        crate::messages::note(format_args!("{}: no checks declared", vm.name));
         return Ok(CheckReport::of(vm.name.as_str(), Vec::new()));
     }
     let progress = Progress::spinner(ctx.json, format!("{}: checks", vm.name));
