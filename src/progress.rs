@@ -6,7 +6,7 @@
 //! `{"event": "stage", "vm": "web", "stage": "cloud-init", "detail":
 //! "modules-final: scripts_user", "elapsed_s": 41.2}`, where `stage` is one
 //! of `booting`, `cloud-init` (detail: its stage and module, or `running`),
-//! `features-done`, `application`, `application-done` (detail: `exit N`),
+//! `feature` (detail: the feature whose script runs), `features-done`, `application`, `application-done` (detail: `exit N`),
 //! `check` (detail: the check's name), and `elapsed_s` counts from the
 //! start of the wait.
 

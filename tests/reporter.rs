@@ -47,6 +47,7 @@ fn sent(dir: &Path, path: &str) -> (Vec<StageLine>, String) {
         .env("PROJECT_VM_READY_LOG", dir.join("cloud-init.log"))
         .env("PROJECT_VM_READY_LIBEXEC", &libexec)
         .env("PROJECT_VM_READY_CHECKS", dir.join("checks"))
+        .env("PROJECT_VM_READY_FEATURES", dir.join("features"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -206,12 +207,18 @@ fn the_first_boot_runs_the_application_then_the_checks_and_reports_both() {
         "{\"v1\": {\n \"stage\": \"modules-final\",\n \"modules-final\": {\"errors\": []}}}",
     )
     .unwrap();
+    // A feature's script runs meanwhile (its path names the feature).
+    let features = dir.path().join("features");
+    std::fs::create_dir_all(&features).unwrap();
+    std::fs::write(features.join("hello"), "sleep 3\n").unwrap();
+    let feature = KillOnDrop(Command::new("sh").arg(features.join("hello")).spawn().unwrap());
     let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(2500));
         std::fs::write(run.join("result.json"), r#"{"v1": {"errors": []}}"#).unwrap();
     });
     let (stages, line) = sent(dir.path(), &path_with_cloud_init(dir.path()));
     writer.join().unwrap();
+    drop(feature);
     let msg = Message::parse(&line).unwrap_or_else(|| panic!("not a report: {line}"));
     assert_eq!(msg.application, Some(Application { exit: 0, tail: "starting \"web\"\ndone".into() }), "{line}");
     let results = msg.check_results().expect("checks in the report");
@@ -228,7 +235,9 @@ fn the_first_boot_runs_the_application_then_the_checks_and_reports_both() {
         "cloud-init's stage and module: {names:?}"
     );
     assert!(
-        at("features-done") < at("application ") && at("application ") < at("application-done exit 0"),
+        at("feature hello") < at("features-done")
+            && at("features-done") < at("application ")
+            && at("application ") < at("application-done exit 0"),
         "{names:?}"
     );
     assert!(at("application-done") < at("check up") && at("check up") < at("check soon"), "{names:?}");

@@ -250,7 +250,8 @@ fn mounts(spec: &VmSpec) -> Vec<Value> {
 fn own_write_files() -> Value {
     json!([
         { "path": "/usr/local/libexec/project-vm-ready", "permissions": "0755", "content": READY_SCRIPT
-            .replace("@READY_CHANNEL@", READY_CHANNEL) },
+            .replace("@READY_CHANNEL@", READY_CHANNEL)
+            .replace("@FEATURE_SCRIPTS@", crate::features::load::SCRIPT_DIR) },
         { "path": "/etc/systemd/system/project-vm-ready.service", "permissions": "0644", "content": READY_UNIT },
         // System configuration, not a user-data key (cloud-init's schema
         // rejects it there): once the seed is deleted (it holds secrets),
