@@ -115,6 +115,45 @@ let
       default = null;
       description = "Base image for this VM (volume name or path); default: baseImage.";
     };
+    applicationScript = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "A script run once, last, after the features on the first boot; its exit status and last lines reach `--wait` (exit 5 when it fails).";
+    };
+    checks = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            name = mkOption {
+              type = types.strMatching "[a-z0-9][a-z0-9_.-]{0,31}";
+              description = "The check's name, as `project-vm check` and `--wait` show it.";
+            };
+            command = mkOption {
+              type = types.str;
+              example = "curl -fsS localhost:8080/health";
+              description = "Run by `sh -c` as root in the guest; the check passes when it exits 0.";
+            };
+            timeout = mkOption {
+              type = types.nullOr (types.strMatching "[0-9]+(s|m|h)");
+              default = null;
+              description = "Each attempt's time limit (default 10s).";
+            };
+            retries = mkOption {
+              type = types.nullOr (types.ints.between 0 1000);
+              default = null;
+              description = "Attempts after the first (default 10).";
+            };
+            interval = mkOption {
+              type = types.nullOr (types.strMatching "[0-9]+(s|m|h)");
+              default = null;
+              description = "Time between attempts (default 2s).";
+            };
+          };
+        }
+      );
+      default = [ ];
+      description = "Health checks: run after the application script on the first boot, by `project-vm check`, and by `--wait` (exit 9 when one fails). The defaults' come first; a VM's check of the same name replaces the defaults'.";
+    };
     firmware = mkOption {
       type = types.nullOr (
         types.enum [
@@ -203,6 +242,8 @@ let
       project_disk = v.projectDisk;
       stage_snapshots = v.stageSnapshots or null;
       user_data = if v.userData == null then null else toString v.userData;
+      application_script = if v.applicationScript == null then null else toString v.applicationScript;
+      checks = map (c: lib.filterAttrs (_: x: x != null) c) v.checks;
       depends_on = v.dependsOn or [ ];
       hostdevs = v.hostdevs or [ ];
       shares = v.shares or [ ];

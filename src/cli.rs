@@ -49,6 +49,9 @@ pub struct Cli {
     /// Print the result as JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With --wait where no spinner is shown: one event per stage on stderr (a JSON line with --json)
+    #[arg(long, global = true)]
+    pub progress: bool,
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -72,6 +75,8 @@ pub enum Command {
     List(ListArgs),
     /// Show one VM: state, disks, addresses, ssh target.
     Status(NameArg),
+    /// Run a VM's health checks in the guest (over ssh, pinned host key): a table of each check's result and time; exit 9 if one failed.
+    Check(CheckArgs),
     /// ssh into a VM, verifying its pinned host key.
     Ssh(SshArgs),
     /// Print an ~/.ssh/config block for a VM (or all VMs); with --json, the same as fields.
@@ -161,6 +166,9 @@ pub struct CreateArgs {
     /// A cloud-config file merged into the generated one
     #[arg(long, value_name = "FILE")]
     pub user_data: Option<PathBuf>,
+    /// A script run once, last, after the features on the first boot (its exit status and last lines reach `--wait`)
+    #[arg(long, value_name = "FILE")]
+    pub application_script: Option<PathBuf>,
     /// A feature to add (repeatable): a built-in (base, devtools, docker, docker-gpu, nix, nvidia) or one of feature_dirs
     #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
     pub features: Vec<String>,
@@ -266,6 +274,15 @@ pub struct SshArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Private key to use (passed to ssh -i)
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct SshConfigArgs {
     #[arg(value_parser = vm_name)]
     pub name: Option<VmName>,
@@ -293,6 +310,9 @@ pub struct ReconfigureArgs {
     /// The features (repeatable) [default: the ones the VM has]
     #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
     pub features: Vec<String>,
+    /// The application script, run again last (not recorded, so give it again; without it, none)
+    #[arg(long, value_name = "FILE")]
+    pub application_script: Option<PathBuf>,
     /// Private key for the ssh that clears the guest's cloud-init instance
     #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
     pub identity: Option<PathBuf>,

@@ -37,6 +37,8 @@ pub const VM_KEYS: &[&str] = &[
     "shares",
     "host",
     "stage_snapshots",
+    "application_script",
+    "checks",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -61,6 +63,14 @@ pub struct VmDecl {
     /// Snapshots `pre-configured` and `final-form` on first provisioning.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stage_snapshots: bool,
+    /// A script run once, last, on the first boot (relative paths are
+    /// relative to the declarative file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_script: Option<PathBuf>,
+    /// Health checks: the defaults', then the VM's own (a VM's check of the
+    /// same name replaces the defaults').
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::health::Check>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +128,8 @@ struct Fields {
     shares: Option<Vec<Share>>,
     host: Option<String>,
     stage_snapshots: Option<bool>,
+    application_script: Option<PathBuf>,
+    checks: Option<Vec<crate::health::Check>>,
 }
 
 fn show(v: &Value) -> String {
@@ -171,6 +183,10 @@ fn field(f: &mut Fields, at: &str, k: &str, v: &Value, p: &mut Problems, in_defa
         },
         "depends_on" if in_defaults => p.add(at, "depends_on belongs in a VM's own entry, not in defaults"),
         "depends_on" => f.depends_on = strings(at, v, p),
+        "application_script" => {
+            f.application_script = text(at, v, p, "expected the path of a script").map(PathBuf::from)
+        }
+        "checks" => f.checks = crate::health::parse_checks(at, v).map_err(|e| p.0.extend(e)).ok(),
         other => p.add(at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", "))),
     }
 }
@@ -378,7 +394,24 @@ fn declaration(
         shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
         host: f.host.clone().or(d.host.clone()),
         stage_snapshots: f.stage_snapshots.or(d.stage_snapshots).unwrap_or(false),
+        application_script: f.application_script.clone().or(d.application_script.clone()).map(|u| {
+            if u.is_relative() {
+                base_dir.join(u)
+            } else {
+                u
+            }
+        }),
+        checks: merged_checks(d.checks.as_deref().unwrap_or_default(), f.checks.as_deref().unwrap_or_default()),
     }
+}
+
+/// The defaults' checks, then the VM's own; a VM's check replaces the
+/// defaults' of the same name (in its place).
+fn merged_checks(defaults: &[crate::health::Check], own: &[crate::health::Check]) -> Vec<crate::health::Check> {
+    let mut out: Vec<crate::health::Check> =
+        defaults.iter().map(|d| own.iter().find(|o| o.name == d.name).unwrap_or(d).clone()).collect();
+    out.extend(own.iter().filter(|o| !defaults.iter().any(|d| d.name == o.name)).cloned());
+    out
 }
 
 /// `depends_on`: VMs of this file, never the VM itself.
@@ -634,5 +667,40 @@ mod tests {
         assert!(problems("{").contains("not valid JSON"));
         assert!(problems("{}").contains("vms: missing"));
         assert!(problems(r#"{"vms": {"a": {"memory": "64M"}}}"#).contains("vms.a: memory 64M is below the minimum"));
+    }
+
+    #[test]
+    fn application_scripts_and_checks_are_read_and_merged() {
+        let d = ok(r#"{"defaults": {"application_script": "app.sh", "checks": [
+              {"name": "ssh", "command": "systemctl is-active ssh"},
+              {"name": "web", "command": "curl -fsS localhost:8080/health"}]},
+            "vms": {
+              "a": {},
+              "b": {"application_script": "/srv/b.sh", "checks": [
+                {"name": "web", "command": "curl -fsS localhost:9090/health", "timeout": "5s"},
+                {"name": "db", "command": "pg_isready", "retries": 0}]}}}"#);
+        let a = &d.vms[&VmName::parse("a").unwrap()];
+        assert_eq!(a.application_script.as_deref(), Some(Path::new("/etc/pv/app.sh")), "beside the file");
+        assert_eq!(a.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["ssh", "web"]);
+        let b = &d.vms[&VmName::parse("b").unwrap()];
+        assert_eq!(b.application_script.as_deref(), Some(Path::new("/srv/b.sh")));
+        let names: Vec<(&str, &str)> = b.checks.iter().map(|c| (c.name.as_str(), c.command.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![("ssh", "systemctl is-active ssh"), ("web", "curl -fsS localhost:9090/health"), ("db", "pg_isready")],
+            "the VM's web replaces the defaults' in its place; its own come after"
+        );
+        assert_eq!(b.checks[1].timeout, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_checks_and_scripts_are_named_with_every_other_problem() {
+        let e = problems(
+            r#"{"vms": {"a": {"checks": [{"name": "web"}], "application_script": 3}, "b": {"checks": "curl"}, "c": {"chekcs": []}}}"#,
+        );
+        assert!(e.contains("vms.a.checks[0]: missing field `command`"), "{e}");
+        assert!(e.contains("vms.a.application_script: expected the path of a script"), "{e}");
+        assert!(e.contains("vms.b.checks: expected a list of checks"), "{e}");
+        assert!(e.contains("vms.c.chekcs: unknown key (did you mean \"checks\"?)"), "{e}");
     }
 }

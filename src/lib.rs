@@ -14,6 +14,7 @@ pub mod fanout;
 pub mod fault;
 pub mod features;
 pub mod files;
+pub mod health;
 pub mod images;
 pub mod interrupt;
 pub mod jsonfile;

@@ -1,12 +1,58 @@
-//! Progress on a terminal, silence when piped or with `--json`.
+//! Progress on a terminal, silence when piped or with `--json`; with
+//! `--progress`, one event per stage on stderr (a JSON line with `--json`,
+//! else a line of text), for logs and programs that drive project-vm.
+//!
+//! The event schema (one object per line, on stderr):
+//! `{"event": "stage", "vm": "web", "stage": "cloud-init", "detail":
+//! "modules-final: scripts_user", "elapsed_s": 41.2}`, where `stage` is one
+//! of `booting`, `cloud-init` (detail: its stage and module, or `running`),
+//! `feature` (detail: the feature whose script runs), `features-done`, `application`, `application-done` (detail: `exit N`),
+//! `check` (detail: the check's name), and `elapsed_s` counts from the
+//! start of the wait.
 
-use std::io::IsTerminal;
-use std::time::Duration;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+static EVENTS: AtomicBool = AtomicBool::new(false);
+
+/// `--progress`: stage events on stderr where no spinner is shown.
+pub fn set_events(on: bool) {
+    EVENTS.store(on, Ordering::Relaxed);
+}
+
+/// How stage events are written, where there is no spinner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Events {
+    None,
+    Text,
+    Json,
+}
+
 pub struct Progress {
     bar: Option<ProgressBar>,
+    events: Events,
+    t0: Instant,
+}
+
+/// A stage in words (`cloud-init modules-final: scripts_user`, `check web`).
+pub fn describe(stage: &str, detail: &str) -> String {
+    match (stage, detail) {
+        ("features-done", _) => "features done".into(),
+        ("application", _) => "application script".into(),
+        ("application-done", d) => format!("application script done ({d})"),
+        (s, "") => s.to_owned(),
+        (s, d) => format!("{s} {d}"),
+    }
+}
+
+/// One stage event as a JSON line (see the module's schema).
+pub fn event_line(vm: &str, stage: &str, detail: &str, elapsed: Duration) -> String {
+    let elapsed_s = (elapsed.as_secs_f64() * 10.0).round() / 10.0;
+    serde_json::json!({ "event": "stage", "vm": vm, "stage": stage, "detail": detail, "elapsed_s": elapsed_s })
+        .to_string()
 }
 
 impl Progress {
@@ -15,15 +61,31 @@ impl Progress {
     }
 
     pub fn hidden() -> Progress {
-        Progress { bar: None }
+        Progress { bar: None, events: Events::None, t0: Instant::now() }
     }
 
-    /// A spinner with a message and elapsed time.
+    /// A spinner with a message and elapsed time; with `--progress` where
+    /// there is no terminal (or with `--json`), stage events instead.
     pub fn spinner(json: bool, msg: impl Into<String>) -> Progress {
         if !Self::enabled(json) {
-            return Progress::hidden();
+            let events = match (EVENTS.load(Ordering::Relaxed), json) {
+                (false, _) => Events::None,
+                (true, true) => Events::Json,
+                (true, false) => Events::Text,
+            };
+            return Progress { bar: None, events, t0: Instant::now() };
         }
         Progress::spinning(ProgressBar::new_spinner(), msg.into())
+    }
+
+    /// The guest reached `stage`: the spinner's message, or an event.
+    pub fn stage(&self, vm: &str, stage: &str, detail: &str) {
+        let line = match self.events {
+            Events::None => return self.set_message(format!("{vm}: {}", describe(stage, detail))),
+            Events::Json => event_line(vm, stage, detail, self.t0.elapsed()),
+            Events::Text => format!("{vm}: {} [{}s]", describe(stage, detail), self.t0.elapsed().as_secs()),
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
 
     /// Styles `bar` as a spinner with a message and elapsed time.
@@ -31,7 +93,7 @@ impl Progress {
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
         bar.set_message(msg);
         bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar: Some(bar) }
+        Progress { bar: Some(bar), events: Events::None, t0: Instant::now() }
     }
 
     /// A byte-count bar for uploads.
@@ -45,7 +107,7 @@ impl Progress {
                 .expect("template"),
         );
         bar.set_message(msg.into());
-        Progress { bar: Some(bar) }
+        Progress { bar: Some(bar), events: Events::None, t0: Instant::now() }
     }
 
     pub fn set_message(&self, msg: impl Into<String>) {
@@ -84,15 +146,47 @@ impl Drop for Progress {
 /// Several progress lines at once (one per VM in `apply`).
 pub struct Multi {
     inner: Option<indicatif::MultiProgress>,
+    json: bool,
 }
 
 impl Multi {
     pub fn new(json: bool) -> Multi {
-        Multi { inner: Progress::enabled(json).then(indicatif::MultiProgress::new) }
+        Multi { inner: Progress::enabled(json).then(indicatif::MultiProgress::new), json }
     }
 
     pub fn spinner(&self, msg: impl Into<String>) -> Progress {
-        let Some(m) = &self.inner else { return Progress::hidden() };
+        let Some(m) = &self.inner else { return Progress::spinner(true, msg).events_only(self.json) };
         Progress::spinning(m.add(ProgressBar::new_spinner()), msg.into())
+    }
+}
+
+impl Progress {
+    /// Stage events as `--progress` asks for them with `json` (no spinner).
+    fn events_only(mut self, json: bool) -> Progress {
+        self.events = match (EVENTS.load(Ordering::Relaxed), json) {
+            (false, _) => Events::None,
+            (true, true) => Events::Json,
+            (true, false) => Events::Text,
+        };
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_one_json_line_of_the_documented_schema() {
+        let line = event_line("web", "cloud-init", "modules-final: scripts_user", Duration::from_millis(41_234));
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "stage", "vm": "web", "stage": "cloud-init", "detail": "modules-final: scripts_user", "elapsed_s": 41.2})
+        );
+        assert_eq!(describe("check", "health"), "check health");
+        assert_eq!(describe("application-done", "exit 3"), "application script done (exit 3)");
+        assert_eq!(describe("booting", ""), "booting");
     }
 }

@@ -15,6 +15,7 @@ use crate::spec::{Resources, VmName};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::messages::set_json(cli.json);
+    crate::progress::set_events(cli.progress);
     if let Command::Completions { shell } = cli.command {
         // Into a buffer: clap_complete panics on a closed stdout.
         let mut buf = Vec::new();
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(_)
             | Command::Status(_)
             | Command::Ssh(_)
+            | Command::Check(_)
             | Command::SshConfig(_)
             | Command::Logs(_)
             | Command::Snapshot(SnapshotCommand::List { .. })
@@ -136,6 +138,11 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             let (ctx, vm) = v.find(&a.name)?;
             emit(json, &ops::status::status(&ctx, &vm)?)
         }
+        Command::Check(a) => {
+            let (ctx, vm) = v.find(&a.name)?;
+            let report = ops::check::check(&ctx, &vm, a.identity.as_deref())?;
+            checked(emit(json, &report), report.check())
+        }
         Command::Ssh(a) => {
             let (ctx, vm) = v.find(&a.name)?;
             ops::ssh::exec(&ctx, &vm, a.identity.as_deref(), &a.command)
@@ -209,6 +216,7 @@ impl Verbs<'_> {
                 shares: a.shares,
             },
             stage_snapshots: a.stage_snapshots,
+            provision: ops::create::Provision::load(a.application_script.as_deref(), Vec::new())?,
         };
         let report = ops::create::run(&*self.one()?, &req, a.start, wait(&a.wait))?;
         checked(emit(self.json, &report), report.check())
@@ -228,7 +236,8 @@ impl Verbs<'_> {
             false => a.features,
         };
         let user_data = a.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?;
-        let wanted = ops::reconfigure::Wanted { features, user_data };
+        let provision = ops::create::Provision::load(a.application_script.as_deref(), Vec::new())?;
+        let wanted = ops::reconfigure::Wanted { features, user_data, provision };
         let progress = crate::progress::Progress::spinner(self.json, format!("reconfiguring {}", vm.name));
         let timeout = Duration::from_secs(a.timeout);
         let report = ops::reconfigure::reconfigure(&ctx, &vm, &wanted, a.identity.as_deref(), timeout, &progress)?;

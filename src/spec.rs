@@ -546,6 +546,9 @@ pub struct Fingerprint<'a> {
     pub user_data: Option<&'a str>,
     pub tailnet: Option<&'a str>,
     pub tailscale: bool,
+    /// The application script, as written (absent: hashes stay as before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_script: Option<&'a str>,
 }
 
 /// A stable hash of a [`Fingerprint`]: equal inputs, equal cloud-config.
@@ -581,6 +584,10 @@ pub struct Declaration<'a> {
     pub user_data: Option<&'a str>,
     /// Snapshots `pre-configured` and `final-form` on first provisioning.
     pub stage_snapshots: bool,
+    /// The application script, as written (only its fingerprint is kept).
+    pub application_script: Option<&'a str>,
+    /// Health checks (recorded: `check` and `--wait` run them).
+    pub checks: &'a [crate::health::Check],
 }
 
 /// Everything needed to build a VM's volumes, seed and domain. Built from CLI
@@ -621,6 +628,12 @@ pub struct VmSpec {
     /// `pre-configured` and `final-form` (see `ops::stages`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stage_snapshots: bool,
+    /// Health checks, run by `check` and after `--wait`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::health::Check>,
+    /// An application script went into the seed (its content is not kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub application_script: bool,
 }
 
 impl VmSpec {
@@ -651,8 +664,11 @@ impl VmSpec {
                 user_data: decl.user_data,
                 tailnet: host.tailnet,
                 tailscale: host.tailscale,
+                application_script: decl.application_script,
             }),
             stage_snapshots: decl.stage_snapshots,
+            checks: decl.checks.to_vec(),
+            application_script: decl.application_script.is_some(),
         }
     }
 
@@ -859,6 +875,8 @@ mod tests {
             devices,
             user_data,
             stage_snapshots: false,
+            application_script: None,
+            checks: &[],
         };
         VmSpec::resolve(&host, &decl, "debian-12".into(), Some(22023))
     }

@@ -65,6 +65,7 @@ fn request(n: &str) -> CreateRequest {
         autostart: false,
         devices: Default::default(),
         stage_snapshots: false,
+        provision: Default::default(),
     }
 }
 

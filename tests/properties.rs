@@ -71,6 +71,8 @@ prop_compose! {
                 .collect(),
             cloud_init_hash: String::new(),
             stage_snapshots: false,
+            checks: vec![],
+            application_script: false,
         }
     }
 }

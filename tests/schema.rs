@@ -48,6 +48,8 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         shares: vec![],
         cloud_init_hash: String::new(),
         stage_snapshots: false,
+        checks: vec![],
+        application_script: false,
     }
 }
 

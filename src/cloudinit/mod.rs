@@ -19,6 +19,8 @@ use crate::spec::VmSpec;
 /// `cloud-init status --format json` to the virtio-serial port the host reads.
 const READY_SCRIPT: &str = include_str!("../../cloud-init/project-vm-ready");
 const READY_UNIT: &str = include_str!("../../cloud-init/project-vm-ready.service");
+/// The health-check runner (see `crate::health`).
+const CHECKS_SCRIPT: &str = include_str!("../../cloud-init/project-vm-checks");
 /// Formats the project disk when (and only when) it is blank.
 const FORMAT_SCRIPT: &str = include_str!("../../cloud-init/project-disk-format.sh");
 
@@ -44,6 +46,13 @@ pub struct SeedInput<'a> {
     pub user_data: Option<&'a Value>,
     pub instance_id: &'a str,
     pub tailscale_auth_key: Option<&'a str>,
+}
+
+/// What runs after the features on the first boot.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Provisioning<'a> {
+    pub application_script: Option<&'a str>,
+    pub checks: &'a [crate::health::Check],
 }
 
 /// The three files of a NoCloud seed.
@@ -100,9 +109,12 @@ const OWN_KEYS: &[(&str, &str)] = &[
 
 /// Files project-vm writes in the guest; a user's `write_files` entry for
 /// one of them would replace it.
-fn own_files() -> [&'static str; 4] {
+fn own_files() -> [&'static str; 7] {
     [
         "/usr/local/libexec/project-vm-ready",
+        crate::health::APPLICATION_PATH,
+        crate::health::RUNNER_PATH,
+        crate::health::DEFINITIONS_PATH,
         "/etc/systemd/system/project-vm-ready.service",
         SYSTEM_CFG_PATH,
         TS_AUTHKEY_PATH,
@@ -238,7 +250,8 @@ fn mounts(spec: &VmSpec) -> Vec<Value> {
 fn own_write_files() -> Value {
     json!([
         { "path": "/usr/local/libexec/project-vm-ready", "permissions": "0755", "content": READY_SCRIPT
-            .replace("@READY_CHANNEL@", READY_CHANNEL) },
+            .replace("@READY_CHANNEL@", READY_CHANNEL)
+            .replace("@FEATURE_SCRIPTS@", crate::features::load::SCRIPT_DIR) },
         { "path": "/etc/systemd/system/project-vm-ready.service", "permissions": "0644", "content": READY_UNIT },
         // System configuration, not a user-data key (cloud-init's schema
         // rejects it there): once the seed is deleted (it holds secrets),
@@ -289,8 +302,38 @@ pub fn keep_host_key(cfg: &mut Value) {
 /// [`render`], with `edit` applied to project-vm's own cloud-config before
 /// the user's is merged in.
 pub fn render_with(input: &SeedInput, edit: impl FnOnce(&mut Value)) -> Seed {
+    render_seed(input, &Provisioning::default(), edit)
+}
+
+/// The files of the application script and the checks: the runner always
+/// (so `check` works once checks are added), the script and the first
+/// boot's definitions when there are any. Run by the readiness reporter
+/// after cloud-init's final stage.
+fn provisioning_files(prov: &Provisioning) -> Vec<Value> {
+    let mut files =
+        vec![json!({ "path": crate::health::RUNNER_PATH, "permissions": "0755", "content": CHECKS_SCRIPT })];
+    if let Some(script) = prov.application_script {
+        files.push(json!({ "path": crate::health::APPLICATION_PATH, "permissions": "0700", "content": script }));
+    }
+    if !prov.checks.is_empty() {
+        let defs = crate::health::definitions(prov.checks);
+        files.push(json!({ "path": crate::health::DEFINITIONS_PATH, "permissions": "0600", "content": defs }));
+    }
+    files
+}
+
+/// [`render`], with an application script and checks.
+pub fn render_provisioned(input: &SeedInput, prov: &Provisioning) -> Seed {
+    render_seed(input, prov, |_| {})
+}
+
+/// The seed: project-vm's own cloud-config (with `edit` applied), the
+/// application script's and checks' files, then the user's cloud-config
+/// merged in.
+pub fn render_seed(input: &SeedInput, prov: &Provisioning, edit: impl FnOnce(&mut Value)) -> Seed {
     let mut cfg = base_config(input);
     edit(&mut cfg);
+    cfg["write_files"].as_array_mut().expect("write_files").extend(provisioning_files(prov));
     if let Some(user) = input.user_data {
         merge(&mut cfg, user);
     }
@@ -478,5 +521,43 @@ mod tests {
         let join = v["runcmd"].as_array().unwrap().last().unwrap()[2].as_str().unwrap().to_owned();
         assert!(join.contains("--hostname=project-foo"), "{join}");
         assert!(!join.contains("SECRET"), "the key is read from a file, not put on a command line");
+    }
+
+    #[test]
+    fn the_seed_carries_the_runner_the_application_script_and_the_checks() {
+        let s = spec(Network::default(), Accel::Kvm);
+        let input = SeedInput {
+            spec: &s,
+            authorized_keys: &[],
+            host_key: None,
+            user_data: None,
+            instance_id: "i",
+            tailscale_auth_key: None,
+        };
+        let file =
+            |v: &Value, path: &str| v["write_files"].as_array().unwrap().iter().find(|f| f["path"] == path).cloned();
+        // Always the runner (checks added later run through it); nothing else.
+        let plain = yaml(&render(&input).user_data);
+        assert_eq!(file(&plain, crate::health::RUNNER_PATH).unwrap()["content"], CHECKS_SCRIPT);
+        assert!(
+            file(&plain, crate::health::APPLICATION_PATH).is_none()
+                && file(&plain, crate::health::DEFINITIONS_PATH).is_none()
+        );
+        let checks =
+            crate::health::parse_checks("c", &json!([{"name": "web", "command": "curl -fsS localhost:8080/health"}]))
+                .unwrap();
+        let prov = Provisioning { application_script: Some("#!/bin/sh\necho hi\n"), checks: &checks };
+        let v = yaml(&render_provisioned(&input, &prov).user_data);
+        let app = file(&v, crate::health::APPLICATION_PATH).unwrap();
+        assert_eq!(
+            (app["content"].as_str(), app["permissions"].as_str()),
+            (Some("#!/bin/sh\necho hi\n"), Some("0700"))
+        );
+        assert_eq!(file(&v, crate::health::DEFINITIONS_PATH).unwrap()["content"], crate::health::definitions(&checks));
+        // A user's cloud-config may not replace them.
+        let e =
+            parse_user_data("#cloud-config\nwrite_files:\n- {path: /usr/local/libexec/project-vm-checks}\n", "u.yaml")
+                .unwrap_err();
+        assert!(matches!(e.downcast_ref(), Some(ConfigError::UnsafeCloudConfig { .. })), "{e}");
     }
 }

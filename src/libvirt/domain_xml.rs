@@ -668,6 +668,8 @@ pub(crate) mod tests {
             shares: vec![],
             cloud_init_hash: String::new(),
             stage_snapshots: false,
+            checks: vec![],
+            application_script: false,
         }
     }
 

@@ -49,6 +49,9 @@ pub struct VmResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub seconds: f64,
+    /// The failure's exit kind (a failed health check makes `apply` exit 9).
+    #[serde(skip)]
+    pub kind: Option<crate::error::Kind>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,8 +75,14 @@ impl ApplyReport {
             ))
             .into());
         }
+        let failures = || self.results.iter().filter(|r| r.error.is_some());
         match self.failed {
             0 => Ok(()),
+            // Every failure a failed health check: exit 9, as `start --wait`.
+            failed if failures().all(|r| r.kind == Some(crate::error::Kind::CheckFailed)) => {
+                let vms = failures().map(|r| r.name.clone()).collect();
+                Err(Error::ChecksFailedIn { failed, vms }.into())
+            }
             failed => Err(Error::ApplyFailed { failed }.into()),
         }
     }
@@ -245,6 +254,7 @@ fn run_one(job: Job, opts: ApplyOptions, multi: &Multi) -> VmResult {
     progress.finish();
     VmResult {
         done,
+        kind: outcome.as_ref().err().map(crate::exit::kind),
         error: outcome.err().map(|e| format!("{e:#}")),
         seconds: t0.elapsed().as_secs_f64(),
         ..VmResult::of(&p)
@@ -261,6 +271,7 @@ impl VmResult {
             done: vec![],
             error: None,
             seconds: 0.0,
+            kind: None,
         }
     }
 }
@@ -407,6 +418,8 @@ fn apply_update(
 pub enum Step {
     /// A new definition (the guest sees it after a restart).
     Redefine,
+    /// Only the record changes (the health checks).
+    Record,
     /// The disk's volume grows.
     Grow { disk: Disk, to: Size },
     /// libvirt's autostart flag.
@@ -433,6 +446,10 @@ pub fn record(spec: &mut VmSpec, change: &Change) -> Step {
         Change::Autostart { to, .. } => {
             spec.autostart = *to;
             return Step::Autostart(*to);
+        }
+        Change::Checks { to, .. } => {
+            spec.checks = to.clone();
+            return Step::Record;
         }
         Change::Image { .. }
         | Change::CloudInit { .. }
@@ -465,6 +482,9 @@ fn update(ctx: &Ctx, vm: &Vm, changes: &[Change], progress: &Progress, done: &mu
             crate::fault::mutated("set autostart");
             done.push(format!("autostart {}", if on { "on" } else { "off" }));
         }
+    }
+    if steps.contains(&Step::Record) {
+        done.push("recorded checks".into());
     }
     save(ctx, vm, &spec, steps.contains(&Step::Redefine), done)
 }
@@ -599,5 +619,26 @@ mod tests {
             r[h].fetch_sub(1, Ordering::SeqCst);
         });
         assert!(most.iter().all(|m| m.load(Ordering::SeqCst) <= 2), "{most:?}");
+    }
+
+    #[test]
+    fn apply_exits_9_when_every_failure_is_a_failed_check() {
+        let plan = || Plan { vms: vec![], hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 };
+        let result = |name: &str, kind| VmResult {
+            host: None,
+            name: name.into(),
+            action: crate::ops::plan::Action::Create,
+            done: vec![],
+            error: Some("failed".into()),
+            seconds: 1.0,
+            kind: Some(kind),
+        };
+        use crate::error::Kind;
+        let report = |results: Vec<VmResult>| ApplyReport { plan: plan(), failed: results.len(), results, changes: 0 };
+        let checks = report(vec![result("a", Kind::CheckFailed), result("b", Kind::CheckFailed)]).check().unwrap_err();
+        assert_eq!(crate::exit::code(&checks), 9);
+        assert!(checks.to_string().ends_with("(see above): a, b"), "{checks}");
+        let mixed = report(vec![result("a", Kind::CheckFailed), result("b", Kind::Provisioning)]).check().unwrap_err();
+        assert_eq!(crate::exit::code(&mixed), 1);
     }
 }

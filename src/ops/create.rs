@@ -53,9 +53,27 @@ pub struct CreateRequest {
     pub devices: Devices,
     /// Take the stage snapshots on first provisioning (`ops::stages`).
     pub stage_snapshots: bool,
+    /// The application script and health checks.
+    pub provision: Provision,
 }
 
 pub use crate::spec::Devices;
+
+/// What runs after the features on the first boot: the application script
+/// (its text, read at input) and the health checks.
+#[derive(Debug, Clone, Default)]
+pub struct Provision {
+    pub application_script: Option<String>,
+    pub checks: Vec<crate::health::Check>,
+}
+
+impl Provision {
+    /// From a declaration's application script path (read, bounded) and checks.
+    pub fn load(script: Option<&std::path::Path>, checks: Vec<crate::health::Check>) -> anyhow::Result<Provision> {
+        let application_script = script.map(crate::health::load_application_script).transpose()?;
+        Ok(Provision { application_script, checks })
+    }
+}
 
 /// Bad input this verb itself found (the ops layer's [`Error::Invalid`]).
 fn invalid(message: String) -> anyhow::Error {
@@ -216,6 +234,8 @@ impl CreateRequest {
             devices: &self.devices,
             user_data: self.user_data.as_ref().map(|(_, text)| text.as_str()),
             stage_snapshots: self.stage_snapshots,
+            application_script: self.provision.application_script.as_deref(),
+            checks: &self.provision.checks,
         }
     }
 
@@ -340,6 +360,7 @@ struct Prepared {
     /// A project disk kept by `destroy --keep-data`, to reattach.
     kept_data: Option<VolumeInfo>,
     user_config: Option<Value>,
+    provision: Provision,
     /// The base image's lock, shared, until the overlay is made.
     _image_lock: Option<crate::lock::Lock>,
 }
@@ -495,6 +516,7 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
         tailscale_auth_key,
         kept_data,
         user_config,
+        provision: req.provision.clone(),
         _image_lock: image_lock,
     })
 }
@@ -772,14 +794,21 @@ fn seed(
     interrupt::check()?;
     progress.set_message(format!("creating {name}: cloud-init seed"));
     let uuid = made.dom.as_ref().and_then(|d| d.uuid_string().ok()).unwrap_or_default();
-    let seed = cloudinit::render(&SeedInput {
-        spec,
-        authorized_keys: &prep.authorized_keys,
-        host_key: Some(host_key),
-        user_data: prep.user_config.as_ref(),
-        instance_id: &format!("{}-{uuid}", name.domain()),
-        tailscale_auth_key: prep.tailscale_auth_key.as_deref(),
-    });
+    let provisioning = cloudinit::Provisioning {
+        application_script: prep.provision.application_script.as_deref(),
+        checks: &prep.provision.checks,
+    };
+    let seed = cloudinit::render_provisioned(
+        &SeedInput {
+            spec,
+            authorized_keys: &prep.authorized_keys,
+            host_key: Some(host_key),
+            user_data: prep.user_config.as_ref(),
+            instance_id: &format!("{}-{uuid}", name.domain()),
+            tailscale_auth_key: prep.tailscale_auth_key.as_deref(),
+        },
+        &provisioning,
+    );
     let iso = cloudinit::iso::build(&seed)?;
     // 0600: the seed carries the guest's private host key (and any auth key).
     // (upload removes its own volume if it fails part-way)

@@ -63,6 +63,22 @@ pub enum Error {
     /// Something the verb was working on went away under it (a pool, a volume).
     #[error("{what} is gone")]
     Gone { what: String },
+    /// The application script exited non-zero on the first boot (its last lines).
+    #[error(
+        "the application script in {vm} exited with status {exit}{}\nthe VM is running: see the whole output with `project-vm ssh {vm} -- sudo cat /var/lib/project-vm/application.log`",
+        .tail.iter().map(|l| format!("\n  | {l}")).collect::<String>()
+    )]
+    ApplicationFailed { vm: String, exit: i32, tail: Vec<String> },
+    /// Health checks failed (their names, and each one's verdict).
+    #[error(
+        "{vm}: {} health check{} failed: {}{}\nthe VM is running: run them again with `project-vm check {vm}`",
+        .failed.len(), if .failed.len() == 1 { "" } else { "s" }, .failed.join(", "),
+        .details.iter().map(|l| format!("\n  {l}")).collect::<String>()
+    )]
+    CheckFailed { vm: String, failed: Vec<String>, details: Vec<String> },
+    /// `apply --wait`: every VM that failed did so on a health check (see above).
+    #[error("{failed} of the VMs failed their health checks (see above): {}", .vms.join(", "))]
+    ChecksFailedIn { failed: usize, vms: Vec<String> },
     /// `apply` carried out what it could; these VMs failed (each result says why).
     #[error("{failed} of the VMs failed to apply (see above)")]
     ApplyFailed { failed: usize },
@@ -87,6 +103,8 @@ impl Classified for Error {
             Error::Environment(_) => Kind::Environment,
             Error::Gone { .. } => Kind::NotFound,
             Error::ApplyFailed { .. } => Kind::Failed,
+            Error::ApplicationFailed { .. } => Kind::Provisioning,
+            Error::CheckFailed { .. } | Error::ChecksFailedIn { .. } => Kind::CheckFailed,
         }
     }
 }

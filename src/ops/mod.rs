@@ -3,6 +3,7 @@
 
 pub mod addresses;
 pub mod apply;
+pub mod check;
 pub mod console;
 pub mod create;
 pub mod destroy;

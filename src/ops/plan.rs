@@ -63,6 +63,7 @@ fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
         autostart: decl.autostart,
         devices: devices(decl),
         stage_snapshots: decl.stage_snapshots,
+        provision: create::Provision::load(decl.application_script.as_deref(), decl.checks.clone())?,
     })
 }
 
@@ -368,6 +369,7 @@ mod tests {
             autostart,
             devices: Default::default(),
             stage_snapshots: false,
+            provision: Default::default(),
         }
     }
 

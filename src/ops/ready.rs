@@ -16,6 +16,7 @@ use virt::stream::Stream;
 use virt::sys;
 
 use super::Ctx;
+use crate::health::CheckResult;
 use crate::interrupt;
 use crate::libvirt::domain_xml::READY_CHANNEL;
 use crate::libvirt::vms::Vm;
@@ -48,7 +49,63 @@ pub struct Message {
     /// cloud-config failed its schema (it does not say how).
     #[serde(default)]
     pub schema: Option<String>,
+    /// The application script's run on the first boot (reporter version 4+).
+    #[serde(default)]
+    pub application: Option<Application>,
+    /// The checks' results on the first boot, the runner's lines (version 4+).
+    #[serde(default)]
+    pub checks: Option<Vec<Value>>,
 }
+
+/// The application script's run: its exit status and its output's last lines.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Application {
+    pub exit: i32,
+    #[serde(default)]
+    pub tail: String,
+}
+
+/// A stage line the guest sends before its report (reporter version 4+):
+/// `{"project_vm_stage":1,"stage":"cloud-init","detail":"modules-final: scripts_user"}`.
+/// Stages: `cloud-init` (its stage and module), `features-done`,
+/// `application`, `application-done` (`exit N`), `check` (its name).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct StageLine {
+    pub stage: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl StageLine {
+    pub fn parse(line: &str) -> Option<StageLine> {
+        let v: Value = serde_json::from_str(line.trim()).ok()?;
+        v.get("project_vm_stage")?;
+        serde_json::from_value(v).ok()
+    }
+
+    /// The stage in words, for the progress line.
+    pub fn describe(&self) -> String {
+        crate::progress::describe(&self.stage, &self.detail)
+    }
+}
+
+/// The moments of a first boot that a caller of [`wait_with`] may act on
+/// (stage snapshots), in order; each comes once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The guest says how far it got (every stage line).
+    Stage(StageLine),
+    /// cloud-init's final stage is done, the features with it.
+    FeaturesDone,
+    /// The application script ran (`exit`: its status; 0 passed).
+    ApplicationDone { exit: i32 },
+    /// The application script (if any) and every check passed (`checks`:
+    /// how many; 0 when the VM has none).
+    ChecksPassed { checks: usize },
+}
+
+/// What [`wait_with`] calls for each [`Event`]; an error ends the wait.
+pub type OnEvent<'a> = &'a mut dyn FnMut(&Event) -> anyhow::Result<()>;
 
 /// Whether cloud-init ran on the reported boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -93,6 +150,13 @@ pub struct ReadyReport {
     pub boot_id: String,
     pub boot: Boot,
     pub cloud_init: CloudInitRun,
+    /// The application script's run (first boot only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<Application>,
+    /// The checks' results: the guest's own on the first boot, else run
+    /// over ssh after the report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<CheckResult>>,
 }
 
 impl Message {
@@ -158,6 +222,12 @@ impl Message {
             .and_then(Value::as_object)
             .map(|v1| v1.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_object()?))).collect())
             .unwrap_or_default()
+    }
+
+    /// The checks' results the guest sent, if it ran them.
+    pub fn check_results(&self) -> Option<Vec<CheckResult>> {
+        let lines = self.checks.as_ref()?;
+        Some(lines.iter().filter_map(|v| CheckResult::from_value(v.clone())).collect())
     }
 
     /// Guest clock: when cloud-init's final stage finished.
@@ -269,7 +339,20 @@ impl Channel {
 
 /// Waits for the guest's report; once cloud-init has used the seed, removes it.
 pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyhow::Result<ReadyReport> {
-    let mut report = await_report(ctx, &vm.dom, vm.name.as_str(), timeout, progress)?;
+    wait_with(ctx, vm, timeout, progress, &mut |_| Ok(()))
+}
+
+/// [`wait`], calling `on_event` for each [`Event`] of the boot: the guest's
+/// stages as they come, then what its report says, then (when the guest did
+/// not run them itself, as on a later boot) the checks run over ssh.
+pub fn wait_with(
+    ctx: &Ctx,
+    vm: &Vm,
+    timeout: Duration,
+    progress: &Progress,
+    on_event: OnEvent,
+) -> anyhow::Result<ReadyReport> {
+    let (mut report, mut emitted) = await_inner(ctx, &vm.dom, vm.name.as_str(), timeout, progress, on_event)?;
     if vm.own.seed_volume.is_some() && report.cloud_init != CloudInitRun::Ran {
         // The seed is still there, so this VM was never provisioned, and
         // cloud-init did not run to do it: its verdict is what this wait
@@ -288,7 +371,52 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
     // cloud-init has run (whatever its result): the seed, which holds the
     // private host key, is no longer needed.
     super::seed::remove(ctx, vm)?;
+    report_events(&report, &mut emitted, on_event)?;
+    after_report(ctx, vm, &mut report, progress, on_event)?;
     Ok(report)
+}
+
+/// The events of the report the stage lines did not bring (the host may
+/// have connected after they were sent).
+fn report_events(report: &ReadyReport, emitted: &mut Emitted, on_event: OnEvent) -> anyhow::Result<()> {
+    let first = report.boot == Boot::First && report.cloud_init == CloudInitRun::Ran;
+    if first && report.result != "error" && !emitted.features {
+        emitted.features = true;
+        on_event(&Event::FeaturesDone)?;
+    }
+    if let Some(app) = report.application.as_ref().filter(|_| !emitted.application) {
+        emitted.application = true;
+        on_event(&Event::ApplicationDone { exit: app.exit })?;
+    }
+    Ok(())
+}
+
+/// Once the guest has reported: the checks (the guest's own results, or
+/// run over ssh now), recorded for `status`; `ChecksPassed` when all pass.
+fn after_report(
+    ctx: &Ctx,
+    vm: &Vm,
+    report: &mut ReadyReport,
+    progress: &Progress,
+    on_event: OnEvent,
+) -> anyhow::Result<()> {
+    if report.result == "error" || report.application.as_ref().is_some_and(|a| a.exit != 0) {
+        return Ok(());
+    }
+    let checks = vm.spec().map(|s| s.checks).unwrap_or_default();
+    if report.checks.is_none() && !checks.is_empty() {
+        let identity = std::env::var_os("PROJECT_VM_SSH_IDENTITY").map(std::path::PathBuf::from);
+        report.checks = Some(super::check::run(ctx, vm, &checks, identity.as_deref(), progress)?);
+    }
+    if let Some(results) = &report.checks {
+        super::check::record(vm, results);
+    }
+    let results = report.checks.as_deref().unwrap_or_default();
+    let first = report.boot == Boot::First && report.cloud_init == CloudInitRun::Ran;
+    if results.iter().all(|r| r.ok) && (first || !results.is_empty()) {
+        on_event(&Event::ChecksPassed { checks: results.len() })?;
+    }
+    Ok(())
 }
 
 /// Waits for the report of the guest in `dom` (`name` for messages).
@@ -299,12 +427,43 @@ pub fn await_report(
     timeout: Duration,
     progress: &Progress,
 ) -> anyhow::Result<ReadyReport> {
+    await_inner(ctx, dom, name, timeout, progress, &mut |_| Ok(())).map(|(r, _)| r)
+}
+
+/// Which of the boot's one-time events were sent from stage lines.
+#[derive(Debug, Default)]
+struct Emitted {
+    features: bool,
+    application: bool,
+}
+
+fn await_inner(
+    ctx: &Ctx,
+    dom: &virt::domain::Domain,
+    name: &str,
+    timeout: Duration,
+    progress: &Progress,
+    on_event: OnEvent,
+) -> anyhow::Result<(ReadyReport, Emitted)> {
     let uuid = dom.uuid_string().map_err(|e| crate::libvirt::explain(e, format!("reading {name}'s uuid")))?;
     let channel = Channel { conn: ctx.conn(), dom: dom.clone(), stream: None, buf: Vec::new() };
-    let mut w = Waiter { ctx, name, uuid, channel, progress, t0: Instant::now(), lost: None, phase: "booting" };
+    let mut w = Waiter {
+        ctx,
+        name,
+        uuid,
+        channel,
+        progress,
+        t0: Instant::now(),
+        lost: None,
+        phase: "booting".into(),
+        on_event,
+        emitted: Emitted::default(),
+    };
+    progress.stage(name, "booting", "");
     // On tokio's clock: the channel (a non-blocking libvirt stream) is read
     // every 50 ms; libvirt is asked about the domain once a second.
-    crate::fanout::block_on(w.wait(timeout))
+    let report = crate::fanout::block_on(w.wait(timeout))?;
+    Ok((report, w.emitted))
 }
 
 impl Waiter<'_> {
@@ -325,7 +484,7 @@ impl Waiter<'_> {
         let name = self.name;
         let w = self;
         interrupt::check()?;
-        if let Some(report) = w.read_report() {
+        if let Some(report) = w.read_report()? {
             return Ok(Some(report));
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
@@ -336,7 +495,7 @@ impl Waiter<'_> {
             }
         }
         if w.t0.elapsed() >= timeout {
-            let (vm, phase) = (name.to_owned(), w.phase.to_owned());
+            let (vm, phase) = (name.to_owned(), w.phase.clone());
             return Err(super::Error::ReadyTimeout { vm, phase, after: timeout }.into());
         }
         w.progress.set_message(format!("{name}: {}", w.phase));
@@ -356,32 +515,48 @@ struct Waiter<'a> {
     /// Since when the daemon has been gone (a restart under the wait).
     lost: Option<Instant>,
     /// How far the guest got, for messages.
-    phase: &'static str,
+    phase: String,
+    on_event: OnEvent<'a>,
+    emitted: Emitted,
 }
 
 impl Waiter<'_> {
-    /// The guest's report, if a line of one has come (other lines are ignored).
-    fn read_report(&mut self) -> Option<ReadyReport> {
+    /// The guest's report, if a line of one has come; stage lines move the
+    /// progress on (other lines are ignored).
+    fn read_report(&mut self) -> anyhow::Result<Option<ReadyReport>> {
         while let Some(line) = self.lost.is_none().then(|| self.channel.poll_line()).flatten() {
+            if let Some(stage) = StageLine::parse(&line) {
+                self.on_stage(stage)?;
+                continue;
+            }
             let Some(msg) = Message::parse(&line) else {
                 tracing::debug!(%line, "ignoring line on ready channel");
                 continue;
             };
-            let report = ReadyReport {
-                name: self.name.to_owned(),
-                result: msg.result(),
-                cloud_init_status: msg.status_word().into(),
-                errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
-                waited_s: self.t0.elapsed().as_secs_f64(),
-                report_latency_s: msg.report_latency(),
-                boot: msg.boot(),
-                cloud_init: msg.cloud_init_run(),
-                boot_id: msg.boot_id,
-            };
+            let report = ReadyReport::of(self.name, msg, self.t0.elapsed().as_secs_f64());
             tracing::info!(vm = self.name, result = report.result, "guest reported readiness");
-            return Some(report);
+            return Ok(Some(report));
         }
-        None
+        Ok(None)
+    }
+
+    /// A stage line: the progress line, and the events it marks.
+    fn on_stage(&mut self, stage: StageLine) -> anyhow::Result<()> {
+        self.phase = stage.describe();
+        self.progress.stage(self.name, &stage.stage, &stage.detail);
+        (self.on_event)(&Event::Stage(stage.clone()))?;
+        match stage.stage.as_str() {
+            "features-done" if !self.emitted.features => {
+                self.emitted.features = true;
+                (self.on_event)(&Event::FeaturesDone)
+            }
+            "application-done" if !self.emitted.application => {
+                self.emitted.application = true;
+                let exit = stage.detail.trim_start_matches("exit ").trim().parse().unwrap_or(-1);
+                (self.on_event)(&Event::ApplicationDone { exit })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The daemon went away: connect again once it answers, and find the
@@ -434,13 +609,31 @@ impl Waiter<'_> {
         if self.phase == "booting"
             && self.channel.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
         {
-            self.phase = "cloud-init running";
+            self.phase = "cloud-init running".into();
+            self.progress.stage(self.name, "cloud-init", "running");
         }
         Ok(())
     }
 }
 
 impl ReadyReport {
+    /// The report of `name` from the guest's message, `waited` seconds in.
+    pub fn of(name: &str, msg: Message, waited: f64) -> ReadyReport {
+        ReadyReport {
+            name: name.to_owned(),
+            result: msg.result(),
+            cloud_init_status: msg.status_word().into(),
+            errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
+            waited_s: waited,
+            report_latency_s: msg.report_latency(),
+            boot: msg.boot(),
+            cloud_init: msg.cloud_init_run(),
+            checks: msg.check_results(),
+            application: msg.application,
+            boot_id: msg.boot_id,
+        }
+    }
+
     /// One line for people: how long it took, and how fast the guest told us.
     pub fn note(&self) -> String {
         let latency =
@@ -454,7 +647,26 @@ impl ReadyReport {
             CloudInitRun::Disabled => "cloud-init not re-run: disabled on this boot".into(),
             CloudInitRun::Absent => "cloud-init not re-run: not installed".into(),
         };
-        format!("{}: ready ({boot}{cloud_init}) after {:.1}s{latency}", self.name, self.waited_s)
+        format!("{}: ready ({boot}{cloud_init}{}) after {:.1}s{latency}", self.name, self.provisioned(), self.waited_s)
+    }
+
+    /// `, application script ok, 2 checks passed`: what ran after cloud-init.
+    fn provisioned(&self) -> String {
+        let mut out = String::new();
+        if let Some(app) = &self.application {
+            out += &match app.exit {
+                0 => ", application script ok".to_owned(),
+                n => format!(", application script failed (exit {n})"),
+            };
+        }
+        if let Some(checks) = self.checks.as_ref().filter(|c| !c.is_empty()) {
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            out += &match failed {
+                0 => format!(", {} check{} passed", checks.len(), if checks.len() == 1 { "" } else { "s" }),
+                n => format!(", {n} of {} checks failed", checks.len()),
+            };
+        }
+        out
     }
 }
 
@@ -480,16 +692,27 @@ pub fn check_opt(report: &Option<ReadyReport>) -> anyhow::Result<()> {
     report.as_ref().map_or(Ok(()), check)
 }
 
+/// cloud-init's verdict first (exit 5), then the application script's
+/// (exit 5, with its last lines), then the checks' (exit 9, naming each
+/// check that failed).
 pub fn check(report: &ReadyReport) -> anyhow::Result<()> {
-    if report.result == "done" {
-        return Ok(());
+    if report.result != "done" {
+        return Err(super::Error::CloudInit {
+            vm: report.name.clone(),
+            status: report.cloud_init_status.clone(),
+            errors: report.errors.clone(),
+        }
+        .into());
     }
-    Err(super::Error::CloudInit {
-        vm: report.name.clone(),
-        status: report.cloud_init_status.clone(),
-        errors: report.errors.clone(),
+    if let Some(app) = report.application.as_ref().filter(|a| a.exit != 0) {
+        return Err(super::Error::ApplicationFailed {
+            vm: report.name.clone(),
+            exit: app.exit,
+            tail: app.tail.lines().map(str::to_owned).collect(),
+        }
+        .into());
     }
-    .into())
+    super::check::verdict(&report.name, report.checks.as_deref().unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -618,6 +841,8 @@ mod tests {
             boot_id: "b2".into(),
             boot: Boot::Later,
             cloud_init: CloudInitRun::Disabled,
+            application: None,
+            checks: None,
         };
         assert_eq!(r.note(), "foo: ready (later boot; cloud-init not re-run: disabled on this boot) after 9.1s");
         r.cloud_init = CloudInitRun::Ran;
@@ -625,6 +850,13 @@ mod tests {
         assert_eq!(r.note(), "foo: ready (later boot; cloud-init done) after 9.1s");
         r.boot = Boot::First;
         assert_eq!(r.note(), "foo: ready (cloud-init done) after 9.1s");
+        r.application = Some(Application { exit: 0, tail: String::new() });
+        let pass =
+            CheckResult { name: "web".into(), ok: true, exit: 0, attempts: 1, elapsed_s: 0.1, output: String::new() };
+        r.checks = Some(vec![pass.clone()]);
+        assert_eq!(r.note(), "foo: ready (cloud-init done, application script ok, 1 check passed) after 9.1s");
+        r.checks = Some(vec![pass.clone(), CheckResult { ok: false, ..pass }]);
+        assert_eq!(r.note(), "foo: ready (cloud-init done, application script ok, 1 of 2 checks failed) after 9.1s");
     }
 
     #[test]
@@ -639,6 +871,8 @@ mod tests {
             boot_id: "b".into(),
             boot: Boot::First,
             cloud_init: CloudInitRun::Ran,
+            application: None,
+            checks: None,
         };
         let e = check(&r).unwrap_err();
         let Some(super::super::Error::CloudInit { vm, status, errors }) = e.downcast_ref() else { panic!("{e:#}") };
@@ -649,5 +883,119 @@ mod tests {
             e.to_string().starts_with("cloud-init in foo finished with status \"error\"\n  ('scripts_user'"),
             "{e}"
         );
+    }
+
+    fn first_boot_report(application: Option<Application>, checks: Option<Vec<CheckResult>>) -> ReadyReport {
+        let line = r#"{"project_vm_ready":3,"boot_id":"b1","first_boot_id":"b1","cloud_init":"ran","disabled":false,"result":{"v1":{"errors":[]}},"status":{"v1":{"modules-final":{"errors":[],"finished":38.5}}},"schema":null,"sent_at":1,"uptime":39.0}"#;
+        ReadyReport { application, checks, ..ReadyReport::of("web", Message::parse(line).unwrap(), 1.0) }
+    }
+
+    #[test]
+    fn version_4_carries_the_application_and_the_checks_and_older_ones_neither() {
+        let v4 = Message::parse(
+            r#"{"project_vm_ready":4,"boot_id":"b1","first_boot_id":"b1","cloud_init":"ran","disabled":false,"result":{"v1":{"errors":[]}},"status":{"v1":{}},"schema":null,"application":{"exit":3,"tail":"line 1\nno such file"},"checks":[{"project_vm_check":1,"name":"web","ok":false,"exit":7,"attempts":11,"started":1.5,"finished":21.5,"output":"refused"}],"sent_at":1,"uptime":2}"#,
+        )
+        .unwrap();
+        assert_eq!(v4.application, Some(Application { exit: 3, tail: "line 1\nno such file".into() }));
+        let checks = v4.check_results().unwrap();
+        assert_eq!((checks[0].name.as_str(), checks[0].ok, checks[0].elapsed_s), ("web", false, 20.0));
+        let report = ReadyReport::of("web", v4, 1.0);
+        assert_eq!(report.result, "done", "cloud-init itself was fine");
+        // A version-4 reporter whose guest ran neither (no script, no checks, a later boot).
+        let none = Message::parse(
+            r#"{"project_vm_ready":4,"boot_id":"b2","first_boot_id":"b1","cloud_init":"disabled","disabled":true,"result":null,"status":null,"schema":null,"application":null,"checks":null,"sent_at":1,"uptime":2}"#,
+        )
+        .unwrap();
+        assert_eq!((none.application.clone(), none.check_results()), (None, None));
+        // Versions 2 and 3 parse as before, with neither.
+        let v2 = Message::parse(r#"{"project_vm_ready":2,"boot_id":"b","disabled":true,"result":null,"status":null}"#)
+            .unwrap();
+        assert_eq!((v2.application.clone(), v2.check_results()), (None, None));
+        let v3 = first_boot_report(None, None);
+        assert!(check(&v3).is_ok());
+        let json = serde_json::to_value(&v3).unwrap();
+        assert!(json.get("application").is_none() && json.get("checks").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_failed_application_script_is_exit_5_with_its_last_lines() {
+        let r = first_boot_report(Some(Application { exit: 3, tail: "installing\nE: no such package".into() }), None);
+        let e = check(&r).unwrap_err();
+        assert_eq!(crate::exit::code(&e), 5);
+        match e.downcast_ref::<super::super::Error>() {
+            Some(super::super::Error::ApplicationFailed { vm, exit, tail }) => {
+                assert_eq!((vm.as_str(), *exit, tail.len()), ("web", 3, 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with(
+                "the application script in web exited with status 3\n  | installing\n  | E: no such package"
+            ),
+            "{e}"
+        );
+        // A script that passed is no failure.
+        assert!(check(&first_boot_report(Some(Application { exit: 0, tail: String::new() }), None)).is_ok());
+    }
+
+    #[test]
+    fn a_failed_check_is_exit_9_naming_it_and_cloud_init_comes_first() {
+        let failed = CheckResult {
+            name: "web".into(),
+            ok: false,
+            exit: 7,
+            attempts: 11,
+            elapsed_s: 20.0,
+            output: "refused".into(),
+        };
+        let r = first_boot_report(Some(Application { exit: 0, tail: String::new() }), Some(vec![failed]));
+        let e = check(&r).unwrap_err();
+        assert_eq!(crate::exit::code(&e), 9);
+        assert!(
+            matches!(e.downcast_ref(), Some(super::super::Error::CheckFailed { failed, .. }) if failed == &["web"])
+        );
+        let broken = ReadyReport { result: "error", cloud_init_status: "error".into(), ..r };
+        assert_eq!(crate::exit::code(&check(&broken).unwrap_err()), 5);
+    }
+
+    #[test]
+    fn stage_lines_parse_and_say_where_the_guest_is() {
+        let s = StageLine::parse(
+            r#"{"project_vm_stage":1,"stage":"cloud-init","detail":"modules-final: scripts_user","uptime":40.1}"#,
+        )
+        .unwrap();
+        assert_eq!(s.describe(), "cloud-init modules-final: scripts_user");
+        assert!(Message::parse(r#"{"project_vm_stage":1,"stage":"check","detail":"web"}"#).is_none(), "not a report");
+        assert!(StageLine::parse(r#"{"project_vm_ready":4,"boot_id":"b"}"#).is_none(), "not a stage");
+        assert_eq!(
+            StageLine::parse(r#"{"project_vm_stage":1,"stage":"features-done"}"#).unwrap().describe(),
+            "features done"
+        );
+    }
+
+    #[test]
+    fn the_report_brings_the_events_its_stage_lines_did_not() {
+        let r = first_boot_report(Some(Application { exit: 0, tail: String::new() }), None);
+        let mut got = Vec::new();
+        report_events(&r, &mut Emitted::default(), &mut |e| {
+            got.push(e.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, vec![Event::FeaturesDone, Event::ApplicationDone { exit: 0 }]);
+        got.clear();
+        report_events(&r, &mut Emitted { features: true, application: true }, &mut |e| {
+            got.push(e.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert!(got.is_empty(), "each once: {got:?}");
+        let later = ReadyReport { boot: Boot::Later, application: None, ..r };
+        report_events(&later, &mut Emitted::default(), &mut |e| {
+            got.push(e.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert!(got.is_empty(), "a later boot provisions nothing: {got:?}");
     }
 }

@@ -61,12 +61,15 @@ pub struct Wanted {
     pub features: Vec<String>,
     /// The user's cloud-config, parsed, and as written.
     pub user_data: Option<(Value, String)>,
+    /// The application script (run again, last) and the checks (the VM's
+    /// recorded ones when none are given).
+    pub provision: super::create::Provision,
 }
 
 impl Wanted {
     /// What a declaration asks for (`apply --reconfigure`).
     pub fn of(req: &CreateRequest) -> Wanted {
-        Wanted { features: req.features.clone(), user_data: req.user_data.clone() }
+        Wanted { features: req.features.clone(), user_data: req.user_data.clone(), provision: req.provision.clone() }
     }
 }
 
@@ -107,7 +110,7 @@ pub fn reconfigure(
     let user_config = crate::features::user_config(&wanted.features, wanted.user_data.as_ref().map(|(v, _)| v))?;
     let spec = desired(ctx, vm, wanted)?;
     let vm = up(ctx, vm, timeout, progress)?;
-    let instance_id = new_seed(ctx, &vm, &spec, user_config.as_ref(), progress)?;
+    let instance_id = new_seed(ctx, &vm, &spec, wanted, user_config.as_ref(), progress)?;
     reset(ctx, &vm, identity, progress)?;
     reboot(ctx, &vm, progress)?;
     let vm = vms::get(&ctx.conn(), &vm.name)?;
@@ -155,9 +158,20 @@ pub fn desired(ctx: &Ctx, vm: &Vm, wanted: &Wanted) -> anyhow::Result<VmSpec> {
         devices: &devices,
         user_data: wanted.user_data.as_ref().map(|(_, text)| text.as_str()),
         stage_snapshots: current.stage_snapshots,
+        application_script: wanted.provision.application_script.as_deref(),
+        checks: match wanted.provision.checks.is_empty() {
+            true => &current.checks,
+            false => &wanted.provision.checks,
+        },
     };
     let resolved = VmSpec::resolve(&ctx.settings.host(&keys), &decl, current.base_image.clone(), current.ssh_port);
-    Ok(VmSpec { features: resolved.features, cloud_init_hash: resolved.cloud_init_hash, ..current })
+    Ok(VmSpec {
+        features: resolved.features,
+        cloud_init_hash: resolved.cloud_init_hash,
+        application_script: resolved.application_script,
+        checks: resolved.checks,
+        ..current
+    })
 }
 
 /// The VM running, and up: a stopped one is started and waited for (its
@@ -183,6 +197,7 @@ fn new_seed(
     ctx: &Ctx,
     vm: &Vm,
     spec: &VmSpec,
+    wanted: &Wanted,
     user_config: Option<&Value>,
     progress: &Progress,
 ) -> anyhow::Result<String> {
@@ -199,7 +214,11 @@ fn new_seed(
         // The guest joined its tailnet on its first boot; an auth key is for one join.
         tailscale_auth_key: None,
     };
-    let iso = cloudinit::iso::build(&cloudinit::render_with(&input, cloudinit::keep_host_key))?;
+    let prov = cloudinit::Provisioning {
+        application_script: wanted.provision.application_script.as_deref(),
+        checks: &spec.checks,
+    };
+    let iso = cloudinit::iso::build(&cloudinit::render_seed(&input, &prov, cloudinit::keep_host_key))?;
     let pool = ctx.vm_pool(vm)?.ok_or_else(|| Error::Gone { what: format!("storage pool {}", vm.own.pool) })?;
     let name = vm.name.seed_volume();
     // A seed of this name no record names: what a killed run left.
@@ -230,7 +249,11 @@ fn attach(vm: &Vm, seed: &str) -> anyhow::Result<()> {
 }
 
 /// What step 2 runs in the guest, as root.
-pub const RESET: &str = "cloud-init clean && rm -f /var/lib/project-vm/first-boot-id && sync";
+/// The application script's and checks' results go too, so the reporter
+/// runs them again on the provisioning boot.
+pub const RESET: &str = "cloud-init clean && rm -f /var/lib/project-vm/first-boot-id \
+    /var/lib/project-vm/application.exit /var/lib/project-vm/application.log \
+    /var/lib/project-vm/checks.done /var/lib/project-vm/checks.jsonl && sync";
 
 /// Step 2: the guest forgets its cloud-init instance (over ssh, the host
 /// key verified against the pinned one).

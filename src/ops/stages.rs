@@ -20,13 +20,13 @@
 //! host key, which no snapshot may carry; a snapshot whose definition named
 //! the deleted seed could not be reverted to either.
 //!
-//! **Where the stages come from.** The readiness wait reports each stage to
-//! a [`StageObserver`]. Today's guests report only that provisioning is
-//! over (cloud-init done, which is also when the features and an
-//! application script are done), so [`wait`] reaches both stages then, in
-//! order: [`StageSnapshots::finish`]. Once the guest reports its stages,
-//! the wait calls [`StageObserver::reached`] with [`Stage::PreConfigured`]
-//! when the features are done, and `finish` takes only what is left.
+//! **Where the stages come from.** The readiness wait's events
+//! (`ready::Event`): `FeaturesDone` (cloud-init's final stage is over, the
+//! features with it) is `pre-configured`; `ChecksPassed` (the application
+//! script, if any, exited 0 and every check passed) is `final-form`. A
+//! failed application script or check takes no `final-form`. The guest
+//! sends both as stage lines while it works, so the snapshots are taken at
+//! those moments; a host that connected late gets them from the report.
 
 use std::time::Duration;
 
@@ -115,11 +115,6 @@ impl<'a> StageSnapshots<'a> {
         due(vm).then(|| StageSnapshots { ctx, name: vm.name.clone(), progress, seen: Vec::new(), taken: Vec::new() })
     }
 
-    /// Provisioning is over and good: every stage not reported yet is reached now, in order.
-    pub fn finish(&mut self) -> anyhow::Result<()> {
-        Stage::ALL.into_iter().try_for_each(|s| self.reached(s))
-    }
-
     fn take(&mut self, stage: Stage) -> anyhow::Result<()> {
         let name = stage.snapshot_name();
         let vm = vms::get(&self.ctx.conn(), &self.name)?;
@@ -169,14 +164,15 @@ pub fn check_request(req: &super::create::CreateRequest) -> anyhow::Result<()> {
 /// did not end `done`: the report's check fails the command then).
 pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyhow::Result<(ReadyReport, Vec<String>)> {
     let mut stages = StageSnapshots::of(ctx, vm, progress);
-    let report = ready::wait(ctx, vm, timeout, progress)?;
-    match (&mut stages, report.result) {
-        (Some(s), "done") => {
-            s.finish()?;
-            Ok((report, std::mem::take(&mut s.taken)))
-        }
-        _ => Ok((report, Vec::new())),
-    }
+    // The moments come from the readiness wait's events: features done,
+    // then the application script and every check passed.
+    let mut on_event = |e: &ready::Event| match (stages.as_mut(), e) {
+        (Some(s), ready::Event::FeaturesDone) => s.reached(Stage::PreConfigured),
+        (Some(s), ready::Event::ChecksPassed { .. }) => s.reached(Stage::FinalForm),
+        _ => Ok(()),
+    };
+    let report = ready::wait_with(ctx, vm, timeout, progress, &mut on_event)?;
+    Ok((report, stages.map(|mut s| std::mem::take(&mut s.taken)).unwrap_or_default()))
 }
 
 /// [`wait`] with a spinner, when `timeout` is given (`create --wait`).
@@ -252,6 +248,7 @@ mod tests {
             autostart: false,
             devices: Default::default(),
             stage_snapshots: true,
+            provision: Default::default(),
         };
         check_request(&req).unwrap();
         req.devices.firmware = crate::spec::Firmware::Efi;

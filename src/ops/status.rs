@@ -56,6 +56,10 @@ pub struct Status {
     pub shares: Vec<crate::spec::Share>,
     /// What the guest reaches on the libvirt host over its network.
     pub host_reach: HostReach,
+    /// The last health-check results (`check`, `--wait`), kept in the
+    /// user's state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_checks: Option<super::check::CheckReport>,
 }
 
 /// What a guest reaches on the libvirt host over its network, by network type.
@@ -135,6 +139,7 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
         snapshots: vm.dom.num_snapshots(0).unwrap_or(0),
         shares: spec.shares.clone(),
         host_reach: HostReach::of(&spec.network),
+        last_checks: super::check::last(vm),
     })
 }
 
@@ -202,9 +207,21 @@ impl Report for Status {
             writeln!(out, "  snapshots: {}", s.snapshots)?;
         }
         writeln!(out, "  host:      {}", s.host_reach.note)?;
+        checks_lines(out, s.last_checks.as_ref())?;
         match &s.ssh {
             Some(t) => writeln!(out, "  ssh:       {}@{} port {} (via {})", t.user, t.host, t.port, t.via),
             None => writeln!(out, "  ssh:       no address yet"),
         }
     }
+}
+
+/// The last checks: one line each (result, attempts, time), and when.
+fn checks_lines(out: &mut dyn Write, last: Option<&super::check::CheckReport>) -> io::Result<()> {
+    let Some(last) = last else { return Ok(()) };
+    let ago = super::now_unix().saturating_sub(last.at);
+    for c in &last.checks {
+        let (name, verdict) = (&c.name, c.verdict());
+        writeln!(out, "  check:     {name} {verdict} ({} attempts, {:.1}s; {ago}s ago)", c.attempts, c.elapsed_s)?;
+    }
+    Ok(())
 }

@@ -165,13 +165,18 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// The health checks (run from the host: recorded, nothing re-provisioned).
+    Checks {
+        from: Vec<crate::health::Check>,
+        to: Vec<crate::health::Check>,
+    },
 }
 
 impl Change {
     pub fn class(&self) -> ChangeClass {
         use ChangeClass::*;
         match self {
-            Change::Autostart { .. } | Change::Grow { .. } => Now,
+            Change::Autostart { .. } | Change::Grow { .. } | Change::Checks { .. } => Now,
             Change::Memory { .. }
             | Change::Cpus { .. }
             | Change::Accel { .. }
@@ -209,6 +214,7 @@ impl Change {
             }
             Change::Pool { .. } => "pool",
             Change::Host { .. } => "host",
+            Change::Checks { .. } => "checks",
         }
     }
 
@@ -235,6 +241,7 @@ impl Change {
             Change::Grow { from, to, .. } | Change::Shrink { from, to, .. } => pair(from, to),
             Change::GrowWithSnapshots { from, to, .. } => pair(from, to),
             Change::Pool { from, to } | Change::Host { from, to } => pair(from, to),
+            Change::Checks { from, to } => json_pair(from, to),
         }
     }
 
@@ -256,6 +263,7 @@ impl Change {
             Change::Shrink { .. } => "disks only grow; shrinking would lose data",
             Change::GrowWithSnapshots { .. } => "qcow2 cannot grow a disk that has snapshots: delete them first (`project-vm snapshot list`, `snapshot delete`)",
             Change::Pool { .. } => "a VM of this name lives in another pool (made with other settings): plan and apply never reach into another pool; manage it there, pass --all-pools to manage it from here, or give this one another name",
+            Change::Checks { .. } => "`check` and `--wait` run the new checks over ssh; nothing is re-provisioned",
             Change::Host { .. } => "the VM is rebuilt on its new host with a new project disk; the old project disk stays on the old host (copy what you need first)",
         }
     }
@@ -339,6 +347,7 @@ fn definition_changes(cur: &VmSpec, want: &VmSpec) -> Vec<Change> {
         Change::Hostdevs { from: cur.hostdevs.clone(), to: want.hostdevs.clone() },
         Change::Shares { from: cur.shares.clone(), to: want.shares.clone() },
         Change::NetworkConfig { from: cur.network_config.clone(), to: want.network_config.clone() },
+        Change::Checks { from: cur.checks.clone(), to: want.checks.clone() },
     ];
     candidates.into_iter().filter(Change::differs).collect()
 }
@@ -396,6 +405,16 @@ pub(crate) mod tests {
             ("image", |s| s.base_image = "other.qcow2".into(), "image", NeedsRecreate),
             ("cloud-init", |s| s.cloud_init_hash = "changed".into(), "cloud-init", NotApplied),
             ("autostart", |s| s.autostart = true, "autostart", Now),
+            (
+                "checks",
+                |s| {
+                    s.checks =
+                        crate::health::parse_checks("c", &serde_json::json!([{"name": "web", "command": "true"}]))
+                            .unwrap()
+                },
+                "checks",
+                Now,
+            ),
             ("accel", |s| s.accel = Accel::Tcg, "accel", NextRestart),
             ("network", |s| s.network = Network::Bridge { name: "br0".into() }, "network", NextRestart),
             ("firmware", |s| s.firmware = Firmware::Efi, "firmware", NeedsRecreate),
