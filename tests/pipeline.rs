@@ -37,23 +37,19 @@ fn declare(path: &Path, vm: &str, entry: Value) {
 }
 
 /// The `hello` feature from the features fixture directory (the feature
-/// library's `feature_dirs`); where this build has no feature library yet,
-/// a user-data file that leaves the same mark.
+/// library's `feature_dirs`, in the test's settings).
 fn hello_feature(env: &Guest) -> Value {
-    if env.run(&["feature", "list"]).code == 0 {
-        let dirs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/features");
-        let mut settings = env.settings();
-        settings["feature_dirs"] = json!([dirs]);
-        std::fs::write(&env.config, settings.to_string()).unwrap();
-        return json!({ "features": ["hello"] });
-    }
-    let user_data = env.dir.join("hello.yaml");
-    std::fs::write(
-        &user_data,
-        "#cloud-config\nwrite_files:\n- {path: /var/lib/hello/ok, content: \"hello from a feature\\n\"}\n",
-    )
-    .unwrap();
-    json!({ "user_data": "hello.yaml" })
+    let dirs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/features");
+    let mut settings = env.settings();
+    settings["feature_dirs"] = json!([dirs]);
+    std::fs::write(&env.config, settings.to_string()).unwrap();
+    json!({ "features": ["hello"] })
+}
+
+/// The names of a VM's snapshots, oldest first.
+fn snapshot_names(env: &Guest, vm: &str) -> Vec<String> {
+    let list = env.run(&["snapshot", "list", vm, "--json"]).expect(0).json();
+    list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
 }
 
 /// The JSON stage events on stderr (`--json --progress`).
@@ -70,6 +66,7 @@ fn a_feature_an_application_and_its_checks_provision_a_vm() {
     let mut ok = hello_feature(&env);
     ok["application_script"] = json!("app.sh");
     ok["checks"] = json!([{ "name": "web", "command": fetch("http://127.0.0.1:8080/health"), "timeout": "5s", "retries": 10, "interval": "1s" }]);
+    ok["stage_snapshots"] = json!(true);
 
     // 1. The first VM: apply --wait runs the feature, the application
     // script and the check, and shows each stage as an event.
@@ -85,6 +82,10 @@ fn a_feature_an_application_and_its_checks_provision_a_vm() {
         assert!(seen.contains(&stage), "no {stage} event in {seen:?}:\n{}", applied.stderr);
     }
     assert!(events.iter().any(|e| e["stage"] == "check" && e["detail"] == "web" && e["vm"] == "pipe-ok"), "{events:?}");
+
+    // The stage snapshots: pre-configured once the feature was done,
+    // final-form once the application script and the check passed.
+    assert_eq!(snapshot_names(&env, "pipe-ok"), ["pre-configured", "final-form"]);
 
     // The server the application script started serves what the feature left.
     assert_eq!(env.ssh("pipe-ok", &fetch("http://127.0.0.1:8080/feature")), "hello from a feature\n");
@@ -105,6 +106,7 @@ fn a_feature_an_application_and_its_checks_provision_a_vm() {
     let mut bad = hello_feature(&env);
     bad["application_script"] = json!("app.sh");
     bad["checks"] = json!([{ "name": "api", "command": fetch("http://127.0.0.1:8081/"), "timeout": "3s", "retries": 2, "interval": "1s" }]);
+    bad["stage_snapshots"] = json!(true);
     declare(&bad_file, "pipe-bad", bad);
     // apply --wait: exit 9, the check named in the VM's result.
     let applied = env.run(&["apply", "-f", bad_file.to_str().unwrap(), "--wait", "--timeout", "900"]).expect(9);
@@ -112,6 +114,8 @@ fn a_feature_an_application_and_its_checks_provision_a_vm() {
     // start --wait of the running VM reads the same report: exit 9 naming it.
     let failed = env.run(&["start", "pipe-bad", "--wait", "--timeout", "900"]).expect(9);
     assert!(failed.stderr.contains("pipe-bad: 1 health check failed: api"), "{}", failed.stderr);
+    // The features were done, the check never passed: no final form.
+    assert_eq!(snapshot_names(&env, "pipe-bad"), ["pre-configured"]);
     let again = env.run(&["check", "pipe-bad"]).expect(9);
     assert!(again.stdout.lines().any(|l| l.starts_with("api ") && l.contains(" fail ")), "{}", again.stdout);
     assert!(again.stderr.contains("failed: api"), "{}", again.stderr);

@@ -7,12 +7,11 @@ mod common;
 
 use common::*;
 
-/// A cloud-config that serves `page` over HTTP on the guest's port 8080 (a
-/// systemd unit running python3's http.server), the way an application
-/// script would.
-fn web_user_data(env: &Env, file: &str, page: &str) -> String {
+/// An application script that serves `page` over HTTP on the guest's
+/// loopback port 8080 (python3's http.server as a transient systemd unit).
+fn web_script(env: &Env, file: &str, page: &str) -> String {
     let text = format!(
-        "#cloud-config\nwrite_files:\n- path: /srv/www/index.html\n  content: \"{page}\\n\"\n- path: /etc/systemd/system/web.service\n  content: |\n    [Unit]\n    Description=the test's web page\n    [Service]\n    ExecStart=/usr/bin/python3 -m http.server 8080 --bind 127.0.0.1 --directory /srv/www\n    [Install]\n    WantedBy=multi-user.target\nruncmd:\n- [sh, -c, 'systemctl daemon-reload && systemctl enable web.service && systemctl restart web.service']\n"
+        "#!/bin/sh\nset -eu\nmkdir -p /srv/www\necho '{page}' >/srv/www/index.html\nsystemd-run --unit=web python3 -m http.server 8080 --bind 127.0.0.1 --directory /srv/www\n"
     );
     let path = env.dir.join(file);
     std::fs::write(&path, text).unwrap();
@@ -38,10 +37,11 @@ fn snapshots(env: &Env, name: &str) -> Vec<serde_json::Value> {
 fn stage_snapshots_then_reconfigure_keeps_the_vm_itself() {
     let env = Guest::new("stages", 22850, &["st"]);
     env.import();
-    let v1 = web_user_data(&env, "v1.yaml", "version one");
-    let args = ["create", "st", "1G", "2", "8G", "--project-disk", "1G", "--user-data", &v1, "--stage-snapshots"];
+    let v1 = web_script(&env, "v1.sh", "version one");
+    let args = ["create", "st", "1G", "2", "8G", "--project-disk", "1G", "--application-script", &v1, "--stage-snapshots"];
     let created = env.run(&[&args[..], &["--wait", "--timeout", "900", "--json"]].concat()).ok().json();
     assert_eq!(created["ready"]["result"], "done", "{created}");
+    assert_eq!(created["ready"]["application"]["exit"], 0, "{created}");
     assert_eq!(created["stage_snapshots"], serde_json::json!(["pre-configured", "final-form"]), "{created}");
     eprintln!(
         "TIMING create --wait with stage snapshots: {:.1} s to ready",
@@ -66,12 +66,13 @@ fn stage_snapshots_then_reconfigure_keeps_the_vm_itself() {
     let host_key = env.ssh("st", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub");
     let key_files = env.ssh("st", "ls /etc/ssh/ | grep '^ssh_host_'");
 
-    // reconfigure with a changed page: provisioned again, the same machine.
-    let v2 = web_user_data(&env, "v2.yaml", "version two");
-    let r = env.run(&["reconfigure", "st", "--user-data", &v2, "--timeout", "900", "--json"]).ok().json();
+    // reconfigure with a changed application script: provisioned again, the same machine.
+    let v2 = web_script(&env, "v2.sh", "version two");
+    let r = env.run(&["reconfigure", "st", "--application-script", &v2, "--timeout", "900", "--json"]).ok().json();
     assert_eq!((r["ready"]["result"].as_str(), r["ready"]["cloud_init"].as_str()), (Some("done"), Some("ran")), "{r}");
     // The provisioning boot of a new instance, reported as --wait reports one.
     assert_eq!(r["ready"]["boot"], "first", "{r}");
+    assert_eq!(r["ready"]["application"]["exit"], 0, "{r}");
     // (ssh verifies the pinned host key: it still works, and the key is the same.)
     assert_eq!(page(&env, "st"), "version two");
     assert_eq!(env.ssh("st", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub"), host_key);
