@@ -31,6 +31,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     if let Some(d) = &declared {
         host = host.overlay(d.settings.clone());
+    } else if let Some(settings) = declared_settings()? {
+        // Every other verb sees the hosts (and settings) plan and apply see.
+        host = host.overlay(settings);
     }
     let mut fleet = Fleet::new(host, cli.connect.clone(), cli.json)?;
     // Verbs that change nothing may look through a read-only connection
@@ -63,6 +66,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, only, cli.json),
         (command, _) => dispatch(&fleet, only, cli.json, command),
     }
+}
+
+/// The settings of the declarative file `plan` and `apply` read when given
+/// no `--file`: `PROJECT_VM_FILE`, or `./project-vm.json` where there is one.
+/// A file that cannot be read is an error here too, naming it: a verb that
+/// went on without its `hosts` would not see the VMs placed there.
+fn declared_settings() -> anyhow::Result<Option<HostSettings>> {
+    let path = match std::env::var_os("PROJECT_VM_FILE").filter(|v| !v.is_empty()) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match std::path::Path::new("project-vm.json") {
+            p if p.exists() => p.to_path_buf(),
+            _ => return Ok(None),
+        },
+    };
+    let declared = crate::config::load(&path).map_err(|e| {
+        e.context(format!(
+            "the declarative file {} (its settings, \"hosts\" among them, apply to every verb, as to plan and apply: fix it, or point PROJECT_VM_FILE at another file)",
+            path.display()
+        ))
+    })?;
+    Ok(Some(declared.settings))
 }
 
 fn plan_options(a: &crate::cli::PlanArgs) -> ops::plan::Options {
@@ -130,14 +154,41 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             let report = ops::create::run(&*one()?, &req, a.start, wait(&a.wait))?;
             checked(emit(json, &report), report.check())?;
         }
-        Command::Start(a) => {
+        Command::Start(a) => match a.name {
+            Some(name) => {
+                let (ctx, vm) = find_acting(&name)?;
+                let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
+                checked(emit(json, &report), report.check())?;
+            }
+            None => {
+                let report = ops::suspend::resume_all(fleet, only)?;
+                checked(emit(json, &report), report.check())?;
+            }
+        },
+        Command::Stop(a) if a.save => {
             let (ctx, vm) = find_acting(&a.name)?;
-            let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
-            checked(emit(json, &report), report.check())?;
+            emit(json, &ops::suspend::suspend(&ctx, &vm)?)?;
         }
         Command::Stop(a) => {
             let (ctx, vm) = find_acting(&a.name)?;
             emit(json, &ops::power::stop_reporting(&ctx, &vm, Duration::from_secs(a.timeout), a.force)?)?;
+        }
+        Command::Suspend(a) => match a.name {
+            Some(name) => {
+                let (ctx, vm) = find_acting(&name)?;
+                emit(json, &ops::suspend::suspend(&ctx, &vm)?)?;
+            }
+            None => {
+                let report = ops::suspend::suspend_all(fleet, only)?;
+                checked(emit(json, &report), report.check())?;
+            }
+        },
+        Command::Clone(a) => {
+            crate::interrupt::install();
+            let (ctx, vm) = find_acting(&a.source)?;
+            let req =
+                ops::clone::CloneRequest { name: a.name, with_data: a.with_data, stop: a.stop, identity: a.identity };
+            emit(json, &ops::clone::run(&ctx, &vm, &req)?)?;
         }
         Command::Restart(a) => {
             let (ctx, vm) = find_acting(&a.name)?;

@@ -34,6 +34,9 @@ pub enum State {
     Paused,
     Shutoff,
     Crashed,
+    /// Shut off with its memory saved (libvirt's managed save): `start`
+    /// resumes it where it was.
+    Suspended,
     Other,
 }
 
@@ -66,14 +69,20 @@ impl State {
             State::Paused => "paused",
             State::Shutoff => "shutoff",
             State::Crashed => "crashed",
+            State::Suspended => "suspended",
             State::Other => "other",
         }
     }
 }
 
 impl Vm {
+    /// Its state, `Suspended` for a shut-off VM with a managed save (one
+    /// more call, made only for a shut-off VM).
     pub fn state(&self) -> State {
-        State::of(&self.dom)
+        match State::of(&self.dom) {
+            State::Shutoff if self.dom.has_managed_save(0).unwrap_or(false) => State::Suspended,
+            s => s,
+        }
     }
 
     pub fn spec(&self) -> anyhow::Result<VmSpec> {
@@ -213,6 +222,7 @@ pub fn survey(conn: &Connect) -> anyhow::Result<Vec<Surveyed>> {
         .iter()
         .filter_map(|d| d.name().ok())
         .collect();
+    let saved = names_of(conn, virt::sys::VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)?;
     Ok(vms
         .into_iter()
         .map(|vm| {
@@ -224,12 +234,25 @@ pub fn survey(conn: &Connect) -> anyhow::Result<Vec<Surveyed>> {
             });
             Surveyed {
                 autostart: autostart.contains(&domain),
-                state: s.state,
+                state: match s.state {
+                    State::Shutoff if saved.contains(&domain) => State::Suspended,
+                    other => other,
+                },
                 vcpus: s.vcpus,
                 max_memory: s.max_memory,
                 vm,
             }
         })
+        .collect())
+}
+
+/// The names of the domains `flags` selects, in one call.
+fn names_of(conn: &Connect, flags: u32) -> anyhow::Result<std::collections::HashSet<String>> {
+    Ok(conn
+        .list_all_domains(flags)
+        .map_err(|e| explain(e, "listing domains"))?
+        .iter()
+        .filter_map(|d| d.name().ok())
         .collect())
 }
 

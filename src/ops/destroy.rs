@@ -112,6 +112,10 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     if efi {
         flags |= virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
     }
+    // A suspended VM's saved memory goes with it.
+    if vm.dom.has_managed_save(0).unwrap_or(false) {
+        flags |= virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE;
+    }
     let undefined = match flags {
         0 => vm.dom.undefine(),
         f => vm.dom.undefine_flags(f),

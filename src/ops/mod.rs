@@ -3,6 +3,7 @@
 
 pub mod addresses;
 pub mod apply;
+pub mod clone;
 pub mod console;
 pub mod create;
 pub mod destroy;
@@ -23,6 +24,7 @@ pub mod seed;
 pub mod snapshot;
 pub mod ssh;
 pub mod status;
+pub mod suspend;
 
 pub use error::Error;
 
