@@ -3,7 +3,7 @@
 //! `create` fails at the seed upload here: that is used to check the rollback.
 //! The real path is covered by tests/host.rs and tests/e2e.rs.
 
-use project_vm::error::exit_code;
+use project_vm::exit::code as exit_code;
 use project_vm::libvirt::{
     self, domain_xml,
     metadata::{Ownership, Phase},
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use project_vm::config;
 use project_vm::ops::apply::{self, ApplyOptions};
-use project_vm::ops::plan::{self, Action, Class};
+use project_vm::ops::plan::{self, Action, ChangeClass};
 
 fn ctx() -> Ctx {
     let settings = HostSettings {
@@ -99,6 +99,15 @@ fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phas
     storage::create_qcow2(pool, &n.seed_volume(), 1 << 20).unwrap();
     ctx.conn().define_domain_xml(&domain_xml::build(&spec, &own, &domain_xml::HostFiles::default()).to_xml()).unwrap();
     n
+}
+
+/// A context with the base image and VM `n` defined as create records it, in `phase`.
+fn with_vm(n: &str, phase: Phase) -> (Ctx, virt::storage_pool::StoragePool, VmName, vms::Vm) {
+    let ctx = ctx();
+    let pool = with_base_image(&ctx);
+    let name = define_owned(&ctx, &pool, n, phase);
+    let vm = vms::get(&ctx.conn(), &name).unwrap();
+    (ctx, pool, name, vm)
 }
 
 fn define_foreign(ctx: &Ctx, domain: &str) {
@@ -227,15 +236,13 @@ fn destroy_deletes_exactly_the_recorded_volumes() {
 
 #[test]
 fn status_reports_disks_and_the_ssh_target() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, _foo, vm) = with_vm("foo", Phase::Ready);
     let s = ops::status::status(&ctx, &vm).unwrap();
     assert_eq!(s.vcpus, 1);
     assert_eq!(s.memory, 1 << 30);
     assert_eq!(s.disks.iter().map(|d| d.role).collect::<Vec<_>>(), vec!["root", "data", "seed"]);
     assert!(s.disks.iter().all(|d| d.exists));
+    assert_eq!(serde_json::to_value(&s).unwrap()["host"], ctx.uri.as_str(), "status --json names the VM's host");
     let ssh = s.ssh.unwrap();
     assert_eq!((ssh.host.as_str(), ssh.port), ("127.0.0.1", 22022));
     let json = serde_json::to_value(ops::list::list(&ctx, false).unwrap()).unwrap();
@@ -246,10 +253,7 @@ fn status_reports_disks_and_the_ssh_target() {
 
 #[test]
 fn stop_and_start_report_what_happened() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, _foo, vm) = with_vm("foo", Phase::Ready);
     assert_eq!(ops::power::start(&ctx, &vm).unwrap().result, "started");
     assert_eq!(ops::power::start(&ctx, &vm).unwrap().result, "already-running");
     // The test driver's guests obey ACPI shutdown at once.
@@ -265,10 +269,7 @@ fn stop_and_start_report_what_happened() {
 
 #[test]
 fn metadata_round_trips_through_libvirt() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Creating);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, foo, vm) = with_vm("foo", Phase::Creating);
     assert_eq!(vm.own.phase, Phase::Creating);
     let mut own = vm.own.clone();
     own.phase = Phase::Ready;
@@ -316,9 +317,12 @@ fn apply_is_idempotent_and_converges_changes() {
     let changed =
         r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "4G", "autostart": true}}}"#;
     let p = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
-    let classes: Vec<(&str, Class)> = p.vms[0].changes.iter().map(|c| (c.field, c.class)).collect();
-    assert_eq!(classes, vec![("memory", Class::NextRestart), ("autostart", Class::Now), ("project_disk", Class::Now)]);
-    assert!(p.vms[0].start);
+    let classes: Vec<(&str, ChangeClass)> = p.vms[0].changes().iter().map(|c| (c.field(), c.class())).collect();
+    assert_eq!(
+        classes,
+        vec![("memory", ChangeClass::NextRestart), ("autostart", ChangeClass::Now), ("project_disk", ChangeClass::Now)]
+    );
+    assert!(p.vms[0].start());
     // The test driver cannot resize volumes (the e2e suite grows real disks):
     // apply the rest here.
     let changed =
@@ -365,9 +369,29 @@ fn changed_cloud_init_is_reported_not_ignored() {
         r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
     let p = plan::plan(&ctx, &declared(with_feature), plan::Options::default()).unwrap();
     assert_eq!((p.changes, p.not_applied), (0, 1));
-    assert_eq!(p.vms[0].changes[0].class, Class::NotApplied);
+    assert_eq!(p.vms[0].changes()[0].class(), ChangeClass::NotApplied);
     let p = plan::plan(&ctx, &declared(with_feature), plan::Options { recreate: true, ..Default::default() }).unwrap();
-    assert!(p.vms[0].recreate && p.changes == 1);
+    assert!(p.vms[0].recreate() && p.changes == 1);
+}
+
+#[test]
+fn apply_carries_out_what_the_plan_applies_and_nothing_it_does_not() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let before = vms::get(&ctx.conn(), &foo).unwrap().spec().unwrap();
+    // More memory (next restart) and a feature (cloud-init: not applied).
+    let file =
+        r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
+    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(file), opts(false), None).unwrap();
+    assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
+    assert_eq!(r.results[0].done, vec!["redefined"]);
+    let after = vms::get(&ctx.conn(), &foo).unwrap().spec().unwrap();
+    assert_eq!(after.resources.memory, Size(2 << 30));
+    assert_eq!(after.cloud_init_hash, before.cloud_init_hash, "cloud-init is reported, never recorded as applied");
+    let again = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
+    let left: Vec<&str> = again.vms[0].changes().iter().map(|c| c.field()).collect();
+    assert_eq!((again.changes, left), (0, vec!["cloud-init"]), "still reported, the rest converged");
 }
 
 #[test]
@@ -378,8 +402,8 @@ fn prune_destroys_only_project_vms_not_in_the_file_and_keeps_their_data() {
     define_owned(&ctx, &pool, "bar", Phase::Ready);
     define_foreign(&ctx, "project-hand");
     let p = plan::plan(&ctx, &declared(FOO_1G), plan::Options::default()).unwrap();
-    let bar = p.vms.iter().find(|v| v.name == "bar").unwrap();
-    assert_eq!(bar.action, Action::NotInFile);
+    let bar = p.vms.iter().find(|v| v.name.as_str() == "bar").unwrap();
+    assert_eq!(bar.action(), Action::NotInFile);
     assert_eq!(p.changes, 0, "without --prune nothing is removed");
 
     let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(true), None).unwrap();
@@ -398,7 +422,7 @@ fn a_failed_create_skips_its_dependents_and_leaves_nothing() {
     let file = r#"{"defaults": {"memory": "1G", "disk": "5G", "project_disk": "1G"},
                    "vms": {"web": {}, "db": {"depends_on": ["web"]}, "solo": {}}}"#;
     let p = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
-    assert!(p.vms.iter().all(|v| v.action == Action::Create));
+    assert!(p.vms.iter().all(|v| v.action() == Action::Create));
     // The test driver cannot upload the seed, so each create fails and rolls back.
     let r = apply::apply(&Fleet::of(ctx.clone()), &declared(file), opts(false), None).unwrap();
     let db = r.results.iter().find(|r| r.name == "db").unwrap();
@@ -427,10 +451,7 @@ fn plan_checks_what_apply_will_need() {
 
 #[test]
 fn snapshots_list_delete_and_block_growing_disks() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, pool, _foo, vm) = with_vm("foo", Phase::Ready);
     let s1 = ops::snapshot::create(&ctx, &vm, None, Some("first")).unwrap();
     assert_eq!((s1.name.as_str(), s1.memory), ("snap-1", false), "a stopped VM: disks only");
     assert_eq!(s1.disks, vec!["vda", "vdb"], "the seed CD-ROM is never part of one");
@@ -445,7 +466,7 @@ fn snapshots_list_delete_and_block_growing_disks() {
     // Growing a disk of a VM with snapshots is refused in the plan, with the reason.
     let file = r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "3G"}}}"#;
     let p = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
-    assert_eq!(p.impossible, 1, "{:?}", p.vms[0].changes);
+    assert_eq!(p.impossible, 1, "{:?}", p.vms[0].changes());
 
     ops::snapshot::delete(&ctx, &vm, "snap-2").unwrap();
     assert_eq!(exit_code(&ops::snapshot::delete(&ctx, &vm, "snap-2").unwrap_err()), 3);
@@ -458,10 +479,7 @@ fn snapshots_list_delete_and_block_growing_disks() {
 
 #[test]
 fn default_snapshot_names_go_on_after_the_largest_number() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "big", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, _foo, vm) = with_vm("big", Phase::Ready);
     ops::snapshot::create(&ctx, &vm, Some("snap-18446744073709551615"), None).unwrap();
     // Nothing above u64::MAX: the lowest free number instead, every time.
     assert_eq!(ops::snapshot::create(&ctx, &vm, None, None).unwrap().name, "snap-1");

@@ -220,10 +220,11 @@ fn check_source(ctx: &Ctx, src: &Vm, req: &CloneRequest) -> anyhow::Result<Stora
         .ok_or_else(|| invalid(format!("the storage pool {} of {} is gone", src.own.pool, src.name)))?;
     let root_exists = storage::find_volume(&pool, &src.own.root_volume)?.is_some();
     if src.own.half_made(root_exists).is_some() {
-        return Err(invalid(format!(
+        return Err(Error::HalfMade(format!(
             "{} is half-made (its create or destroy did not finish): there is no disk to copy. Run `project-vm create {}` again, or `project-vm destroy {}`",
             src.name, src.name, src.name
-        )));
+        ))
+        .into());
     }
     match src.state() {
         State::Shutoff => Ok(pool),

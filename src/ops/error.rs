@@ -28,12 +28,41 @@ pub enum Error {
     /// The guest came up but was not provisioned.
     #[error("{vm} is not provisioned: {why}")]
     NotProvisioned { vm: String, why: String },
+    /// The guest did not report ready in time (`phase`: how far it got); it is still running.
+    #[error(
+        "{vm} did not report ready within {}s ({phase}); it is still running: follow it with `project-vm logs {vm} --follow` or `project-vm console {vm}`, then `project-vm start {vm} --wait` again",
+        .after.as_secs()
+    )]
+    ReadyTimeout { vm: String, phase: String, after: Duration },
+    /// cloud-init reported a result other than done (its status word and errors).
+    #[error(
+        "cloud-init in {vm} finished with status {status:?}{}\nthe VM is running: inspect it with `project-vm ssh {vm} -- sudo cloud-init status --long` or `project-vm logs {vm}`",
+        .errors.iter().map(|e| format!("\n  {e}")).collect::<String>()
+    )]
+    CloudInit { vm: String, status: String, errors: Vec<String> },
+    /// The VM has no snapshot of that name.
+    #[error("{vm} has no snapshot {name}: see `project-vm snapshot list {vm}`")]
+    NoSuchSnapshot { vm: String, name: String },
+    /// The VM is half-made (its create or destroy did not finish): the message
+    /// says how to finish or undo it.
+    #[error("{0}")]
+    HalfMade(String),
     /// Bad input that the verb itself found.
     #[error("{0}")]
     Invalid(String),
     /// The environment stopped the verb (a tool missing, a file it may not read).
     #[error("{0}")]
     Environment(String),
+    /// Nothing of that name where the verb looked (across a fleet's hosts,
+    /// say); the message says where and what to do.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something the verb was working on went away under it (a pool, a volume).
+    #[error("{what} is gone")]
+    Gone { what: String },
+    /// `apply` carried out what it could; these VMs failed (each result says why).
+    #[error("{failed} of the VMs failed to apply (see above)")]
+    ApplyFailed { failed: usize },
 }
 
 fn at(host: &Option<String>) -> String {
@@ -43,12 +72,16 @@ fn at(host: &Option<String>) -> String {
 impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::NoSuchVm { .. } => Kind::NotFound,
-            Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
-            Error::Timeout { .. } => Kind::Timeout,
-            Error::NotProvisioned { .. } => Kind::Provisioning,
+            Error::NoSuchVm { .. } | Error::NoSuchSnapshot { .. } | Error::NotFound(_) => Kind::NotFound,
+            Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) | Error::HalfMade(_) => {
+                Kind::NotReady
+            }
+            Error::Timeout { .. } | Error::ReadyTimeout { .. } => Kind::Timeout,
+            Error::NotProvisioned { .. } | Error::CloudInit { .. } => Kind::Provisioning,
             Error::Invalid(_) => Kind::Invalid,
             Error::Environment(_) => Kind::Environment,
+            Error::Gone { .. } => Kind::NotFound,
+            Error::ApplyFailed { .. } => Kind::Failed,
         }
     }
 }

@@ -76,7 +76,7 @@ fn refused(vm: &Vm, why: &str) -> anyhow::Error {
 /// `Ok(false)`: already suspended.
 fn check(vm: &Vm) -> anyhow::Result<bool> {
     if vm.own.phase == Phase::Creating {
-        return Err(Error::Invalid(format!(
+        return Err(Error::HalfMade(format!(
             "{} is half-made: its create did not finish. Run the same `project-vm create {}` again, or `project-vm destroy {}`",
             vm.name, vm.name, vm.name
         ))
