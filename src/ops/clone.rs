@@ -308,7 +308,12 @@ fn make(
     seed(ctx, pool, &spec, &host_key, &mut made, progress)?;
     interrupt::check()?;
     own.phase = Phase::Ready;
-    own.write(made.dom.as_ref().expect("claimed"))?;
+    let dom = made.dom.as_ref().expect("claimed");
+    own.write(dom)?;
+    if spec.autostart {
+        dom.set_autostart(true).map_err(|e| errors::Error::call("setting autostart", e))?;
+        crate::fault::mutated("set autostart");
+    }
     made.armed = false;
     Ok((own, spec, req.with_data))
 }
