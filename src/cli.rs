@@ -11,15 +11,14 @@ fn vm_name(s: &str) -> Result<VmName, String> {
     VmName::parse(s).map_err(|e| e.to_string())
 }
 
+/// A feature's name; whether there is such a feature is known once the
+/// settings (their `feature_dirs`) are read.
 fn feature_name(s: &str) -> Result<String, String> {
-    if crate::features::exists(s) {
+    if crate::features::valid_name(s) {
         Ok(s.to_owned())
     } else {
-        Err(format!(
-            "unknown feature{}; known: {}",
-            crate::suggest::did_you_mean(s, &crate::features::names()),
-            crate::features::names().join(", ")
-        ))
+        Err("not a feature name: use lowercase letters, digits, '-' and '_' (`project-vm feature list` shows them)"
+            .into())
     }
 }
 
@@ -91,6 +90,11 @@ pub enum Command {
     /// Manage base images in the storage pool.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Provision a VM again in place: its features, user data (and application script), keeping its host key, machine-id and project disk; waits like --wait.
+    Reconfigure(ReconfigureArgs),
+    /// The feature library: built-in features and those of feature_dirs.
+    #[command(subcommand)]
+    Feature(FeatureCommand),
     /// Show what `apply` would do for a declarative file.
     Plan(PlanArgs),
     /// Bring VMs in line with a declarative file (idempotent).
@@ -161,7 +165,7 @@ pub struct CreateArgs {
     /// A cloud-config file merged into the generated one
     #[arg(long, value_name = "FILE")]
     pub user_data: Option<PathBuf>,
-    /// A feature snippet to add (repeatable): base, devtools, docker, nix
+    /// A feature to add (repeatable): a built-in (base, devtools, docker, docker-gpu, nix, nvidia) or one of feature_dirs
     #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
     pub features: Vec<String>,
     /// Base image (an image name, pulled from the catalog on first use, or a file); default: the base_image setting
@@ -188,6 +192,9 @@ pub struct CreateArgs {
     /// A host PCI device to pass through, e.g. 0000:01:00.0 (repeatable; implies efi)
     #[arg(long = "hostdev", value_name = "PCI_ADDRESS")]
     pub hostdevs: Vec<crate::spec::PciAddress>,
+    /// With --wait: snapshot it as `pre-configured` once its features are done and `final-form` once it is ready (first provisioning only)
+    #[arg(long)]
+    pub stage_snapshots: bool,
     /// Start it after creating
     #[arg(long)]
     pub start: bool,
@@ -315,6 +322,24 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReconfigureArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// The cloud-config file to merge in (the user data is not recorded, so give it again; without it, none)
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// The features (repeatable) [default: the ones the VM has]
+    #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
+    pub features: Vec<String>,
+    /// Private key for the ssh that clears the guest's cloud-init instance
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Give up waiting for the guest after this many seconds (exit 6; the VM keeps running)
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct PlanArgs {
     /// The declarative file
     #[arg(long, short = 'f', env = "PROJECT_VM_FILE", default_value = "project-vm.json", value_name = "FILE")]
@@ -328,6 +353,9 @@ pub struct PlanArgs {
     /// Plan to rebuild VMs whose image or cloud-init changed (project disks are kept)
     #[arg(long)]
     pub recreate: bool,
+    /// Plan to provision VMs whose cloud-init (features, user data) changed again in place, as `reconfigure` does
+    #[arg(long, conflicts_with = "recreate")]
+    pub reconfigure: bool,
     /// With --prune: VMs in every storage pool are in scope, not only the settings' pool
     #[arg(long)]
     pub all_pools: bool,
@@ -427,4 +455,15 @@ pub enum ImageCommand {
     List,
     /// Delete an image no VM is built on (every generation of it).
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeatureCommand {
+    /// List every feature: its name, where it comes from, what it does (and any problem).
+    List,
+    /// Print a feature's merged cloud-config (what it requires first, its script and files folded in).
+    Show {
+        #[arg(value_parser = feature_name)]
+        name: String,
+    },
 }

@@ -36,6 +36,7 @@ pub const VM_KEYS: &[&str] = &[
     "hostdevs",
     "shares",
     "host",
+    "stage_snapshots",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -57,6 +58,9 @@ pub struct VmDecl {
     /// The fleet host it lives on (`hosts`); `None`: the one host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Snapshots `pre-configured` and `final-form` on first provisioning.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stage_snapshots: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +117,7 @@ struct Fields {
     hostdevs: Option<Vec<PciAddress>>,
     shares: Option<Vec<Share>>,
     host: Option<String>,
+    stage_snapshots: Option<bool>,
 }
 
 fn show(v: &Value) -> String {
@@ -160,6 +165,10 @@ fn field(f: &mut Fields, at: &str, k: &str, v: &Value, p: &mut Problems, in_defa
         "hostdevs" => f.hostdevs = typed(at, v, p),
         "shares" => f.shares = shares(at, v, p),
         "host" => f.host = text(at, v, p, "expected the name of a host in \"hosts\""),
+        "stage_snapshots" => match v.as_bool() {
+            Some(b) => f.stage_snapshots = Some(b),
+            None => p.add(at, format!("expected true or false, found {}", show(v))),
+        },
         "depends_on" if in_defaults => p.add(at, "depends_on belongs in a VM's own entry, not in defaults"),
         "depends_on" => f.depends_on = strings(at, v, p),
         other => p.add(at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", "))),
@@ -229,6 +238,13 @@ fn features(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<String>> {
             p.add(&format!("{at}[{i}]"), e);
         }
     }
+    // Together: the merge rules between them.
+    let names: Vec<String> = list.iter().map(|(_, s)| s.clone()).collect();
+    if let (Err(e), true) =
+        (crate::features::library().cloud_config(&names), names.iter().all(|n| crate::features::exists(n)))
+    {
+        p.add(at, e);
+    }
     Some(list.into_iter().map(|(_, s)| s).collect())
 }
 
@@ -263,6 +279,10 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
     let mut p = Problems::default();
     top_keys(root, &mut p);
     let settings = host_settings(root, &mut p);
+    // The file's own feature directories name the features its VMs may use.
+    if let (Some(dirs), true) = (&settings.feature_dirs, p.0.is_empty()) {
+        crate::features::use_dirs(dirs);
+    }
     let defaults = root.get("defaults").map(|d| fields("defaults", d, &mut p, true)).unwrap_or_default();
     let raw = entries(root, &mut p);
     let vms: BTreeMap<VmName, VmDecl> = raw
@@ -357,6 +377,7 @@ fn declaration(
         // A VM's own list replaces the defaults' (lists are not merged).
         shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
         host: f.host.clone().or(d.host.clone()),
+        stage_snapshots: f.stage_snapshots.or(d.stage_snapshots).unwrap_or(false),
     }
 }
 
@@ -457,7 +478,7 @@ mod tests {
     fn features_and_resources_are_refused_by_their_own_variants() {
         let mut p = Problems::default();
         assert_eq!(features("vms.a.features", &serde_json::json!(["dokcer"]), &mut p), Some(vec!["dokcer".into()]));
-        assert_eq!(p.0, vec!["vms.a.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?): known features are base, devtools, docker, nix"]);
+        assert_eq!(p.0, vec!["vms.a.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?): known features are base, devtools, docker, docker-gpu, nix, nvidia"]);
         assert!(matches!(crate::features::check("dokcer"), Err(ConfigError::UnknownFeature { .. })));
         let e = problems(r#"{"vms": {"a": {"project_disk": "1M"}}}"#);
         assert!(e.contains("vms.a: project_disk 1M is below the minimum of 64M"), "{e}");
@@ -482,6 +503,19 @@ mod tests {
         assert!(!db.autostart);
         assert_eq!(db.user_data.as_deref(), Some(Path::new("/etc/pv/db.yaml")));
         assert_eq!(d.waves(), vec![vec![VmName::parse("web").unwrap()], vec![VmName::parse("db").unwrap()]]);
+    }
+
+    #[test]
+    fn stage_snapshots_is_a_vm_key_defaults_may_set() {
+        let d = ok(
+            r#"{"defaults": {"stage_snapshots": true}, "vms": {"a": {}, "b": {"stage_snapshots": false}, "c": {}}}"#,
+        );
+        let stage = |n: &str| d.vms[&VmName::parse(n).unwrap()].stage_snapshots;
+        assert_eq!((stage("a"), stage("b"), stage("c")), (true, false, true));
+        assert!(!ok(r#"{"vms": {"a": {}}}"#).vms[&VmName::parse("a").unwrap()].stage_snapshots, "off unless asked");
+        let e = problems(r#"{"vms": {"a": {"stage_snapshots": "yes"}, "b": {"stage_snapshot": true}}}"#);
+        assert!(e.contains(r#"vms.a.stage_snapshots: expected true or false, found "yes""#), "{e}");
+        assert!(e.contains(r#"vms.b.stage_snapshot: unknown key (did you mean "stage_snapshots"?)"#), "{e}");
     }
 
     #[test]
@@ -581,6 +615,7 @@ mod tests {
         let web = &d.vms[&VmName::parse("web").unwrap()];
         assert_eq!((web.resources.memory, web.resources.cpus, web.autostart), (Size(8 << 30), 4, true));
         assert_eq!(web.resources.project_disk, Size(50 << 30), "from defaults");
+        assert!(web.stage_snapshots, "stageSnapshots");
         let db = &d.vms[&VmName::parse("db").unwrap()];
         assert_eq!(db.depends_on, vec![VmName::parse("web").unwrap()]);
         assert_eq!(db.features, vec!["base"]);

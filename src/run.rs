@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, ImageCommand, SnapshotCommand, WaitArgs};
+use crate::cli::{Cli, Command, FeatureCommand, ImageCommand, SnapshotCommand, WaitArgs};
 use crate::libvirt::vms;
 use crate::ops::{self, create::CreateRequest, fleet::Fleet};
 use crate::output::emit;
@@ -23,6 +23,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut host = HostSettings::load(cli.config.as_deref())?;
+    crate::features::use_dirs(&host.feature_dirs.clone().unwrap_or_else(crate::features::default_dirs));
+    if let Command::Feature(c) = &cli.command {
+        return feature(c, cli.json);
+    }
     // A declarative file may carry host settings; they win over the settings file.
     let declared = match &cli.command {
         Command::Plan(a) => Some(crate::config::load(&a.file)?),
@@ -89,8 +93,22 @@ fn declared_settings() -> anyhow::Result<Option<HostSettings>> {
     Ok(Some(declared.settings))
 }
 
+/// `feature list|show`: the library the settings name; no connection.
+fn feature(command: &FeatureCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        FeatureCommand::List => emit(json, &ops::feature::list()),
+        FeatureCommand::Show { name } => emit(json, &ops::feature::show_in_use(name)?),
+    }
+}
+
 fn plan_options(a: &crate::cli::PlanArgs) -> ops::plan::Options {
-    ops::plan::Options { prune: a.prune, all_pools: a.all_pools, restart: a.restart, recreate: a.recreate }
+    ops::plan::Options {
+        prune: a.prune,
+        all_pools: a.all_pools,
+        restart: a.restart,
+        recreate: a.recreate,
+        reconfigure: a.reconfigure,
+    }
 }
 
 fn wait(w: &WaitArgs) -> Option<Duration> {
@@ -157,10 +175,16 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             let (ctx, vm) = v.find(&a.name)?;
             ops::logs::logs(&ctx, &vm, a.follow)
         }
+        Command::Reconfigure(a) => v.reconfigure(a),
         Command::Image(c) => v.image(c),
         Command::Snapshot(c) => v.snapshot(c),
         Command::Gc(a) => emit(json, &ops::gc::gc(&*v.one()?, a.yes, &a.kept_disks)?),
-        Command::Completions { .. } | Command::Man | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
+        Command::Completions { .. }
+        | Command::Man
+        | Command::Plan(_)
+        | Command::Apply(_)
+        | Command::Doctor
+        | Command::Feature(_) => {
             unreachable!("handled in run")
         }
     }
@@ -210,6 +234,7 @@ impl Verbs<'_> {
                 hostdevs: a.hostdevs,
                 shares: a.shares,
             },
+            stage_snapshots: a.stage_snapshots,
         };
         let report = ops::create::run(&*self.one()?, &req, a.start, wait(&a.wait))?;
         checked(emit(self.json, &report), report.check())
@@ -223,6 +248,22 @@ impl Verbs<'_> {
         };
         let (ctx, vm) = self.find_acting(&name)?;
         let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
+        checked(emit(self.json, &report), report.check())
+    }
+
+    fn reconfigure(&self, a: crate::cli::ReconfigureArgs) -> anyhow::Result<()> {
+        crate::interrupt::install();
+        let (ctx, vm) = self.find_acting(&a.name)?;
+        let features = match a.features.is_empty() {
+            true => vm.spec()?.features,
+            false => a.features,
+        };
+        let user_data = a.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?;
+        let wanted = ops::reconfigure::Wanted { features, user_data };
+        let progress = crate::progress::Progress::spinner(self.json, format!("reconfiguring {}", vm.name));
+        let timeout = Duration::from_secs(a.timeout);
+        let report = ops::reconfigure::reconfigure(&ctx, &vm, &wanted, a.identity.as_deref(), timeout, &progress)?;
+        progress.finish();
         checked(emit(self.json, &report), report.check())
     }
 

@@ -667,6 +667,7 @@ pub(crate) mod tests {
             hostdevs: vec![],
             shares: vec![],
             cloud_init_hash: String::new(),
+            stage_snapshots: false,
         }
     }
 
