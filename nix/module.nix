@@ -484,6 +484,24 @@ in
       default = false;
       description = "Also delete the project disks of VMs removed from the configuration.";
     };
+
+    suspendOnShutdown = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Save every running project-vm VM (libvirt's managed save: `project-vm suspend --all`)
+        when the host shuts down, and resume them where they were when it starts
+        (`project-vm start --suspended`), the way libvirt-guests does. VMs that cannot be
+        saved (virtiofs shares, passthrough devices) are named in the journal and shut
+        down with the host as before.
+      '';
+    };
+
+    suspendTimeout = mkOption {
+      type = types.ints.between 10 3600;
+      default = 300;
+      description = "Seconds the host's shutdown waits for the VMs' memory to be saved.";
+    };
   };
 
   config = mkIf cfg.enable {
@@ -532,6 +550,25 @@ in
         Type = "oneshot";
         RemainAfterExit = true;
         ExecStart = "${lib.getExe cfg.package} --connect qemu:///system ${applyArgs}";
+      };
+    };
+
+    # Started after libvirtd, so stopped before it: at shutdown the VMs are
+    # saved while the daemon still runs; at boot the saved ones are resumed
+    # before apply looks at them.
+    systemd.services.project-vm-suspend = mkIf cfg.suspendOnShutdown {
+      description = "Save running project-vm VMs at host shutdown, resume them at start";
+      wantedBy = [ "multi-user.target" ];
+      requires = [ "libvirtd.service" ];
+      after = [ "libvirtd.service" ];
+      before = [ "project-vm-apply.service" ];
+      environment.PROJECT_VM_CONFIG = "/etc/project-vm/config.json";
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = "${lib.getExe cfg.package} --connect qemu:///system start --suspended";
+        ExecStop = "${lib.getExe cfg.package} --connect qemu:///system suspend --all";
+        TimeoutStopSec = cfg.suspendTimeout;
       };
     };
   };

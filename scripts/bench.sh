@@ -11,6 +11,9 @@
 #   3  list --json at LIST_SIZES VMs vs virsh list --all
 #   4  apply of APPLY_SIZES new VMs, re-apply unchanged, and -j sweep (ms per VM)
 #   5  (--boot only) time to ready of one booted guest vs a minimal seed polled with ssh
+#   6  (--boot only) on one VM in the same run: cold start to a usable shell (stop, then
+#      start --wait and ssh) beside suspend, then start to a usable shell (the same
+#      start --wait and ssh after a managed save); SUSPEND_RUNS pairs (3), medians, ratio
 # and the peak RSS of every project-vm command measured.
 #
 # Needs root and libvirtd (scripts/setup-host.sh), xorriso, qemu-img; downloads
@@ -25,11 +28,11 @@ usage() {
   cat <<'EOF'
 usage: scripts/bench.sh [RUNS] [--runs N] [--list-sizes "10 100 500"] [--apply-sizes "20 200"]
                         [--jobs "1 2 4 8"] [--jobs-size N] [--jobs-runs N] [--rows 1,2,3,4,5]
-                        [--boot] [--boot-runs N]
+                        [--boot] [--boot-runs N] [--suspend-runs N]
 Environment (same meaning): RUNS (5), LIST_SIZES, APPLY_SIZES, JOBS, JOBS_SIZE (largest apply
 size), JOBS_RUNS (1), ROWS, BOOT=1, BOOT_RUNS (1), PROJECT_VM_TEST_IMAGE (enables row 5; else
 --boot takes /var/cache/project-vm/test-images/debian-bookworm-*.qcow2), BOOT_MEM/BOOT_CPUS/
-BOOT_DISK (1G/2/8G), BENCH_SSH_PORT (24000), PROJECT_VM_BIN (the binary to test; else
+BOOT_DISK (1G/2/8G), SUSPEND_RUNS (3, row 6), BENCH_SSH_PORT (24000), PROJECT_VM_BIN (the binary to test; else
 cargo build --release into ${CARGO_TARGET_DIR:-target}).
 EOF
 }
@@ -40,7 +43,8 @@ apply_sizes=${APPLY_SIZES:-20 200}
 jobs_list=${JOBS:-1 2 4 8}
 jobs_size=${JOBS_SIZE:-}
 jobs_runs=${JOBS_RUNS:-1}
-rows=${ROWS:-1,2,3,4,5}
+rows=${ROWS:-1,2,3,4,5,6}
+suspend_runs=${SUSPEND_RUNS:-3}
 boot=${BOOT:-}
 [[ -n ${PROJECT_VM_TEST_IMAGE:-} ]] && boot=1
 boot_runs=${BOOT_RUNS:-1}
@@ -56,13 +60,14 @@ while (($#)); do
     --rows) rows=$2; shift ;;
     --boot) boot=1 ;;
     --boot-runs) boot_runs=$2; shift ;;
+    --suspend-runs) suspend_runs=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     [0-9]*) runs=$1 ;;
     *) usage >&2; exit 2 ;;
   esac
   shift
 done
-for n in "$runs" "$jobs_runs" "$boot_runs" $list_sizes $apply_sizes $jobs_list $jobs_size; do
+for n in "$runs" "$jobs_runs" "$boot_runs" "$suspend_runs" $list_sizes $apply_sizes $jobs_list $jobs_size; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: not a positive number: $n" >&2; exit 2; }
 done
 [[ -n $jobs_size ]] || jobs_size=$(printf '%s\n' $apply_sizes | sort -n | tail -1)
@@ -505,6 +510,57 @@ if row_on 5 && [[ -n $boot ]]; then
     "$(fs "$m_ob"), host told $(awk -v s="$m_lat" 'BEGIN { printf "%.2f s", s }') after cloud-init finished" \
     "same peer guest, then \`ssh … cloud-init status --wait\`" "$(fs "$m_pc")" \
     "project-vm $(awk -v a="$m_ob" -v b="$m_pc" 'BEGIN { printf "%+.1f s", (a - b) / 1e6 }') vs the peer's cloud-init done" "-"
+fi
+
+# --- 6. suspend and resume vs a cold start, on the same VM --------------------------------
+if row_on 6 && [[ -n $boot ]]; then
+  img=${PROJECT_VM_TEST_IMAGE:-}
+  if [[ -z $img ]]; then
+    img=$(ls -t /var/cache/project-vm/test-images/debian-bookworm-*.qcow2 2>/dev/null | head -1 || true)
+  fi
+  [[ -n $img && -f $img ]] || die "--boot needs a guest image: set PROJECT_VM_TEST_IMAGE (tests/images/build-debian.sh bookworm)"
+  boot_mem=${BOOT_MEM:-1G} boot_cpus=${BOOT_CPUS:-2} boot_disk=${BOOT_DISK:-8G}
+  V vol-list "$pool" | awk '$1 ~ /^bootimg@.*\.img$/ {found=1} END {exit !found}' || pv image import "$img" --name bootimg
+  n=$pfx-sus
+  say "row 6: creating $n and its first boot (provisioning, not measured)"
+  pv create "$n" "$boot_mem" "$boot_cpus" "$boot_disk" --project-disk 2G --image bootimg --start --wait --timeout 900 --json
+  grep -Eq '"result": *"done"' "$work/out" || { cat "$work/out" >&2; die "the guest did not report done"; }
+  # shell N: start --wait, then ssh until a shell answers; T: microseconds since tick.
+  shell() {
+    pv start "$1" --wait --timeout 900 --json
+    local deadline=$((SECONDS + 300))
+    until "$bin" ssh "$1" -- true >/dev/null 2>&1; do
+      ((SECONDS < deadline)) || die "$1: no shell 300 s after start --wait"
+      sleep 0.2
+    done
+    tock
+  }
+  cold=() warm=() saves=()
+  for i in $(seq "$suspend_runs"); do
+    pv stop "$n" --timeout 120
+    say "row 6: run $i: cold start to a usable shell (a later boot under TCG)"
+    tick
+    shell "$n"
+    cold+=("$T")
+    boot_a=$("$bin" ssh "$n" -- cat /proc/sys/kernel/random/boot_id)
+    tick
+    pv suspend "$n" --json
+    tock
+    saves+=("$T")
+    say "row 6: run $i: suspended in $(fms "$T"); start to a usable shell"
+    tick
+    shell "$n"
+    warm+=("$T")
+    boot_b=$("$bin" ssh "$n" -- cat /proc/sys/kernel/random/boot_id)
+    [[ $boot_a == "$boot_b" ]] || die "$n booted afresh instead of resuming ($boot_a, then $boot_b)"
+    say "  cold $(fms "${cold[-1]}"), resumed $(fms "${warm[-1]}") (the same boot)"
+  done
+  pv destroy "$n"
+  m_cold=$(med "${cold[@]}") m_warm=$(med "${warm[@]}") m_save=$(med "${saves[@]}")
+  note="$boot_mem, $boot_cpus CPUs, TCG; $suspend_runs runs, medians; the same VM"
+  row "suspend, then start to a usable shell ($note)" "$(fms "$m_warm") (suspend itself $(fms "$m_save"))" \
+    "cold start to a usable shell: stop, then start --wait and ssh" "$(fms "$m_cold")" \
+    "resumed $(ratio "$m_cold" "$m_warm")x sooner (runs: resumed $(range_ms "${warm[@]}"), cold $(range_ms "${cold[@]}"))" "-"
 fi
 
 # --- the table -----------------------------------------------------------------------------

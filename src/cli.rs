@@ -69,6 +69,10 @@ pub enum Command {
     Stop(StopArgs),
     /// Stop, then start.
     Restart(RestartArgs),
+    /// Save a running VM's memory to disk and shut it off; `start` resumes it where it was.
+    Suspend(SuspendArgs),
+    /// Make a new VM from an existing one: its root disk copied, a new identity, a fresh project disk.
+    Clone(CloneArgs),
     /// Delete a VM and its disks (the project disk too, unless --keep-data).
     Destroy(DestroyArgs),
     /// List project-vm's VMs (those in the settings' pool).
@@ -223,10 +227,41 @@ impl From<FirmwareArg> for crate::spec::Firmware {
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    #[arg(value_parser = vm_name)]
-    pub name: VmName,
+    #[arg(value_parser = vm_name, required_unless_present = "suspended")]
+    pub name: Option<VmName>,
+    /// Resume every suspended VM instead (at host start; see `suspend --all`)
+    #[arg(long, conflicts_with = "name")]
+    pub suspended: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SuspendArgs {
+    #[arg(value_parser = vm_name, required_unless_present = "all")]
+    pub name: Option<VmName>,
+    /// Every running VM (at host shutdown; `start --suspended` resumes them)
+    #[arg(long, conflicts_with = "name")]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The VM to copy (shut off, or use --stop)
+    #[arg(value_parser = vm_name)]
+    pub source: VmName,
+    /// The new VM's name
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Copy the project disk too (otherwise the clone gets a fresh, empty one)
+    #[arg(long)]
+    pub with_data: bool,
+    /// Stop a running source for the copy (and start it again after)
+    #[arg(long)]
+    pub stop: bool,
+    /// Private key for the ssh that gives the copy its new identity
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -236,9 +271,12 @@ pub struct StopArgs {
     /// Seconds to wait for a graceful shutdown before powering off
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
-    /// Power off at once
+    /// Power off at once (a suspended VM: discard its saved state)
     #[arg(long)]
     pub force: bool,
+    /// Suspend instead: save the memory, so `start` resumes where it was
+    #[arg(long, conflicts_with = "force")]
+    pub save: bool,
 }
 
 #[derive(Debug, Args)]

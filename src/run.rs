@@ -36,6 +36,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     if let Some(d) = &declared {
         host = host.overlay(d.settings.clone());
+    } else if let Some(settings) = declared_settings()? {
+        // Every other verb sees the hosts (and settings) plan and apply see.
+        host = host.overlay(settings);
     }
     let mut fleet = Fleet::new(host, cli.connect.clone(), cli.json)?;
     // Verbs that change nothing may look through a read-only connection
@@ -69,6 +72,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, only, cli.json),
         (command, _) => dispatch(&fleet, only, cli.json, command),
     }
+}
+
+/// The settings of the declarative file `plan` and `apply` read when given
+/// no `--file`: `PROJECT_VM_FILE`, or `./project-vm.json` where there is one.
+/// A file that cannot be read is an error here too, naming it: a verb that
+/// went on without its `hosts` would not see the VMs placed there.
+fn declared_settings() -> anyhow::Result<Option<HostSettings>> {
+    let path = match std::env::var_os("PROJECT_VM_FILE").filter(|v| !v.is_empty()) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match std::path::Path::new("project-vm.json") {
+            p if p.exists() => p.to_path_buf(),
+            _ => return Ok(None),
+        },
+    };
+    let declared = crate::config::load(&path).map_err(|e| {
+        e.context(format!(
+            "the declarative file {} (its settings, \"hosts\" among them, apply to every verb, as to plan and apply: fix it, or point PROJECT_VM_FILE at another file)",
+            path.display()
+        ))
+    })?;
+    Ok(Some(declared.settings))
 }
 
 /// `feature list|show`: the library the settings name; no connection.
@@ -129,6 +153,8 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
         Command::Start(a) => v.start(a),
         Command::Stop(a) => v.stop(a),
         Command::Restart(a) => v.restart(a),
+        Command::Suspend(a) => v.suspend(a),
+        Command::Clone(a) => v.clone_vm(a),
         Command::Destroy(a) => v.destroy(a),
         Command::List(a) => {
             let listing = ops::list::list_fleet(fleet, only, a.all_pools)?;
@@ -222,8 +248,13 @@ impl Verbs<'_> {
         checked(emit(self.json, &report), report.check())
     }
 
+    /// `start NAME`, or `start --suspended` (every suspended VM).
     fn start(&self, a: crate::cli::StartArgs) -> anyhow::Result<()> {
-        let (ctx, vm) = self.find_acting(&a.name)?;
+        let Some(name) = a.name else {
+            let report = ops::suspend::resume_all(self.fleet, self.only)?;
+            return checked(emit(self.json, &report), report.check());
+        };
+        let (ctx, vm) = self.find_acting(&name)?;
         let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
         checked(emit(self.json, &report), report.check())
     }
@@ -247,7 +278,27 @@ impl Verbs<'_> {
 
     fn stop(&self, a: crate::cli::StopArgs) -> anyhow::Result<()> {
         let (ctx, vm) = self.find_acting(&a.name)?;
+        if a.save {
+            return emit(self.json, &ops::suspend::suspend(&ctx, &vm)?);
+        }
         emit(self.json, &ops::power::stop_reporting(&ctx, &vm, Duration::from_secs(a.timeout), a.force)?)
+    }
+
+    /// `suspend NAME`, or `suspend --all` (every running VM).
+    fn suspend(&self, a: crate::cli::SuspendArgs) -> anyhow::Result<()> {
+        let Some(name) = a.name else {
+            let report = ops::suspend::suspend_all(self.fleet, self.only)?;
+            return checked(emit(self.json, &report), report.check());
+        };
+        let (ctx, vm) = self.find_acting(&name)?;
+        emit(self.json, &ops::suspend::suspend(&ctx, &vm)?)
+    }
+
+    fn clone_vm(&self, a: crate::cli::CloneArgs) -> anyhow::Result<()> {
+        crate::interrupt::install();
+        let (ctx, vm) = self.find_acting(&a.source)?;
+        let req = ops::clone::CloneRequest { name: a.name, with_data: a.with_data, stop: a.stop, identity: a.identity };
+        emit(self.json, &ops::clone::run(&ctx, &vm, &req)?)
     }
 
     fn restart(&self, a: crate::cli::RestartArgs) -> anyhow::Result<()> {

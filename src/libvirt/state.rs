@@ -12,6 +12,9 @@ pub enum State {
     Paused,
     Shutoff,
     Crashed,
+    /// Shut off with its memory saved (libvirt's managed save): `start`
+    /// resumes it where it was.
+    Suspended,
     Other,
 }
 
@@ -44,6 +47,7 @@ impl State {
             State::Paused => "paused",
             State::Shutoff => "shutoff",
             State::Crashed => "crashed",
+            State::Suspended => "suspended",
             State::Other => "other",
         }
     }

@@ -28,8 +28,13 @@ pub enum Lookup {
 }
 
 impl Vm {
+    /// Its state, `Suspended` for a shut-off VM with a managed save (one
+    /// more call, made only for a shut-off VM).
     pub fn state(&self) -> State {
-        State::of(&self.dom)
+        match State::of(&self.dom) {
+            State::Shutoff if self.dom.has_managed_save(0).unwrap_or(false) => State::Suspended,
+            s => s,
+        }
     }
 
     pub fn spec(&self) -> anyhow::Result<VmSpec> {
@@ -177,12 +182,8 @@ pub fn survey(conn: &Connect) -> anyhow::Result<Vec<Surveyed>> {
     let vms = list(conn)?;
     let doms: Vec<&Domain> = vms.iter().map(|v| &v.dom).collect();
     let stats = super::stats::of(&doms)?;
-    let autostart: std::collections::HashSet<String> = conn
-        .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
-        .map_err(|e| explain_on(conn, e, "listing domains"))?
-        .iter()
-        .filter_map(|d| d.name().ok())
-        .collect();
+    let autostart = names_of(conn, virt::sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)?;
+    let saved = names_of(conn, virt::sys::VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)?;
     Ok(vms
         .into_iter()
         .map(|vm| {
@@ -194,12 +195,25 @@ pub fn survey(conn: &Connect) -> anyhow::Result<Vec<Surveyed>> {
             });
             Surveyed {
                 autostart: autostart.contains(&domain),
-                state: s.state,
+                state: match s.state {
+                    State::Shutoff if saved.contains(&domain) => State::Suspended,
+                    other => other,
+                },
                 vcpus: s.vcpus,
                 max_memory: s.max_memory,
                 vm,
             }
         })
+        .collect())
+}
+
+/// The names of the domains `flags` selects, in one call.
+fn names_of(conn: &Connect, flags: u32) -> anyhow::Result<std::collections::HashSet<String>> {
+    Ok(conn
+        .list_all_domains(flags)
+        .map_err(|e| explain_on(conn, e, "listing domains"))?
+        .iter()
+        .filter_map(|d| d.name().ok())
         .collect())
 }
 

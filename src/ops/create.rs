@@ -385,7 +385,7 @@ pub fn desired_spec(
 /// Serialises port choice and the define that records it, across threads
 /// (apply --jobs) and processes, so no two VMs get the same forwarded port.
 /// (Each call opens the lock file anew, so threads contend like processes.)
-fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
+pub(super) fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
     crate::lock::acquire(&ctx.lock_scope()?, "ssh-ports", "choosing a port", |_| {})
 }
 
@@ -398,7 +398,7 @@ fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
 /// no longer matches was overtaken by another process and is read anew.
 /// (Ports freed by another process's destroy are only seen then: choosing
 /// around them is harmless.)
-fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16) -> anyhow::Result<u16> {
+pub(super) fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16) -> anyhow::Result<u16> {
     let stamp = lock.stamp();
     let mut cache = ctx.cache.ports.lock().expect("port cache");
     let used = match &mut *cache {
@@ -416,7 +416,7 @@ fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16) -> anyhow::Resu
 
 /// Records that `port` is now taken (a VM's definition names it), in this
 /// run's cache and for every other process. Call with the port lock held.
-fn ports_taken(ctx: &Ctx, lock: &crate::lock::Lock, port: u16) -> anyhow::Result<()> {
+pub(super) fn ports_taken(ctx: &Ctx, lock: &crate::lock::Lock, port: u16) -> anyhow::Result<()> {
     let stamp = lock.restamp()?;
     let mut cache = ctx.cache.ports.lock().expect("port cache");
     if let Some((s, used)) = &mut *cache {

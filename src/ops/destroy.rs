@@ -145,6 +145,10 @@ fn undefine(vm: &Vm, snapshots: u32) -> anyhow::Result<()> {
     if efi {
         flags |= virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
     }
+    // A suspended VM's saved memory goes with it.
+    if vm.dom.has_managed_save(0).unwrap_or(false) {
+        flags |= virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE;
+    }
     let undefined = match flags {
         0 => vm.dom.undefine(),
         f => vm.dom.undefine_flags(f),

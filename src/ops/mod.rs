@@ -4,6 +4,7 @@
 pub mod addresses;
 pub mod apply;
 pub mod check;
+pub mod clone;
 pub mod console;
 pub mod create;
 pub mod destroy;
@@ -27,6 +28,7 @@ pub mod snapshot;
 pub mod ssh;
 pub mod stages;
 pub mod status;
+pub mod suspend;
 
 pub use crate::clock::now_unix;
 pub use error::Error;

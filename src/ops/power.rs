@@ -33,6 +33,7 @@ pub fn start(ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
             vm.dom.resume().map_err(|e| explain(e, format!("resuming {}", vm.name)))?;
             return Ok(StartReport { name: vm.name.to_string(), result: "resumed" });
         }
+        State::Suspended => return super::suspend::resume(ctx, vm),
         _ => {}
     }
     super::prepare_host_files(ctx, vm)?;
@@ -49,7 +50,8 @@ pub struct StopReport {
     pub name: String,
     /// `graceful`: the guest shut itself down when asked (guest agent, else ACPI);
     /// `forced`: it did not within the timeout (or --force) and was powered off;
-    /// `already-stopped`.
+    /// `already-stopped`; `discarded`: a suspended VM's saved state was
+    /// removed (`--force`).
     pub result: &'static str,
     pub seconds: f64,
 }
@@ -69,8 +71,10 @@ fn ask_shutdown(vm: &Vm) -> anyhow::Result<()> {
 pub fn stop(_ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Result<StopReport> {
     let t0 = Instant::now();
     let report = |result| StopReport { name: vm.name.to_string(), result, seconds: t0.elapsed().as_secs_f64() };
-    if vm.state() == State::Shutoff {
-        return Ok(report("already-stopped"));
+    match vm.state() {
+        State::Shutoff => return Ok(report("already-stopped")),
+        State::Suspended => return super::suspend::discard(vm, force).map(|()| report("discarded")),
+        _ => {}
     }
     if !force && vm.state() == State::Running {
         ask_shutdown(vm)?;
@@ -134,6 +138,7 @@ impl Report for StopReport {
         let how = match self.result {
             "graceful" => "shut down gracefully",
             "forced" => "powered off (forced)",
+            "discarded" => "saved state discarded (the next start boots afresh)",
             _ => "already stopped",
         };
         writeln!(out, "{}: {how} in {:.1}s", self.name, self.seconds)

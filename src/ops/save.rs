@@ -218,7 +218,7 @@ impl Write for HashSink {
 }
 
 /// Boots the copy as a throwaway domain and runs the seal script in it.
-fn seal(
+pub(super) fn seal(
     ctx: &Ctx,
     vm: &Vm,
     disk_name: &str,

@@ -80,6 +80,7 @@ let
         checksums = "https://mirror.example.org/SHA512SUMS";
       };
       tailnet = "example.ts.net";
+      suspendOnShutdown = true;
       tailscaleAuthKeyFile = "/run/secrets/tailscale-auth-key";
       sshAuthorizedKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx3RkjeaGpVpc+E5Ij6BNd7ZfHu1i06XcvCGDBjJx6K me@laptop" ];
       defaults = {
@@ -140,6 +141,15 @@ assert check (lib.elem "d /var/lib/project-vm 0711 root root -" cfg.systemd.tmpf
   execStart = unit.serviceConfig.ExecStart;
   after = unit.after;
   restartTriggers = map (t: t.name) unit.restartTriggers;
+  # The unit exists only with suspendOnShutdown.
+  suspend =
+    if cfg.systemd.services ? project-vm-suspend then
+      {
+        inherit (cfg.systemd.services.project-vm-suspend) after before;
+        inherit (cfg.systemd.services.project-vm-suspend.serviceConfig) ExecStart ExecStop TimeoutStopSec;
+      }
+    else
+      null;
   features = map (e: {
     inherit (e) name;
     path = toString e.path;

@@ -24,6 +24,11 @@ ex = got["execStart"]
 assert ex.endswith("/bin/project-vm --connect qemu:///system apply --file /nix/store/11111111111111111111111111111111-project-vm-vms.json --prune"), ex
 assert "libvirtd.service" in got["after"], got["after"]
 assert got["restartTriggers"] == ["project-vm-vms.json"], got["restartTriggers"]
+su = got["suspend"]
+assert su["ExecStart"].endswith("/bin/project-vm --connect qemu:///system start --suspended"), su
+assert su["ExecStop"].endswith("/bin/project-vm --connect qemu:///system suspend --all"), su
+assert "libvirtd.service" in su["after"] and su["before"] == ["project-vm-apply.service"], su
+assert su["TimeoutStopSec"] == 300, su
 assert "vms" not in got["settings"] and got["settings"]["tailnet"] == "example.ts.net", got["settings"]
 PY
 echo "ok: module evaluates; its document matches tests/fixtures/module-vms.json"
@@ -82,5 +87,6 @@ expect_fail "a bad PCI address" 'vms.web.hostdevs = [ "1:2:3" ];' 'services.proj
 expect_fail "an unknown firmware" 'vms.web.firmware = "uefi";' 'services.project-vm.vms.web.firmware'
 expect_fail "an address without a prefix" 'vms.web.networkConfig.address = "10.0.0.5";' 'services.project-vm.vms.web.networkConfig.address'
 expect_fail "a relative share source" 'vms.web.shares = [ { source = "data"; target = "/mnt/data"; } ];' 'services.project-vm.vms.web.shares'
+expect_fail "a suspend timeout of 0" 'suspendOnShutdown = true; suspendTimeout = 0;' 'services.project-vm.suspendTimeout'
 expect_fail "an unknown VM option" 'vms.web.memroy = "1G";' 'services.project-vm.vms.web.memroy'
 [[ $fails -eq 0 ]] || exit 1
