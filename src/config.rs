@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::invalid;
 use crate::settings::{HostSettings, HOST_SETTING_KEYS};
-use crate::spec::{Firmware, PciAddress, Resources, Share, Size, StaticNetwork, VmName};
+use crate::spec::{Firmware, PciAddress, Port, Resources, Share, Size, StaticNetwork, VmName};
 use crate::suggest::did_you_mean;
 
 /// The config layer's failures (the declarative file, host settings, a VM's
@@ -56,6 +56,7 @@ pub const VM_KEYS: &[&str] = &[
     "hostdevs",
     "shares",
     "host",
+    "ports",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -74,6 +75,8 @@ pub struct VmDecl {
     pub network_config: Option<StaticNetwork>,
     pub hostdevs: Vec<PciAddress>,
     pub shares: Vec<Share>,
+    /// Guest ports forwarded from the libvirt host.
+    pub ports: Vec<Port>,
     /// The fleet host it lives on (`hosts`); `None`: the one host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -133,6 +136,7 @@ struct Fields {
     hostdevs: Option<Vec<PciAddress>>,
     shares: Option<Vec<Share>>,
     host: Option<String>,
+    ports: Option<Vec<Port>>,
 }
 
 fn show(v: &Value) -> String {
@@ -239,6 +243,18 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
                     bad.is_empty()
                 })
             }
+            "ports" if in_defaults => {
+                p.add(&at, "ports belong in a VM's own entry (a host port goes to one VM)")
+            }
+            "ports" => {
+                f.ports = typed::<Vec<Port>>(&at, v, p).filter(|list| match crate::spec::check_ports(list) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        p.add(&at, e);
+                        false
+                    }
+                })
+            }
             "host" => match v.as_str() {
                 Some(s) if !s.is_empty() => f.host = Some(s.to_owned()),
                 _ => p.add(&at, format!("expected the name of a host in \"hosts\", found {}", show(v))),
@@ -333,9 +349,11 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
                 hostdevs: f.hostdevs.clone().unwrap_or_default(),
                 shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
                 host: f.host.clone().or(d.host.clone()),
+                ports: f.ports.clone().unwrap_or_default(),
             },
         );
     }
+    shared_ports(&vms, &mut p);
     if let Some(cycle) = find_cycle(&vms) {
         p.add("depends_on", format!("dependency cycle: {}", cycle.join(" -> ")));
     }
@@ -349,6 +367,26 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
         )));
     }
     Ok(Declared { settings, vms })
+}
+
+/// Two VMs on one host cannot both forward a host port.
+fn shared_ports(vms: &BTreeMap<VmName, VmDecl>, p: &mut Problems) {
+    let mut seen: BTreeMap<(Option<&str>, u16, crate::spec::Protocol), &VmName> = BTreeMap::new();
+    for vm in vms.values() {
+        for port in &vm.ports {
+            match seen.insert((vm.host.as_deref(), port.host, port.protocol), &vm.name) {
+                Some(other) => p.add(
+                    &format!("vms.{}.ports", vm.name),
+                    format!(
+                        "host port {}/{} is vms.{other}'s too: give each VM its own",
+                        port.host,
+                        port.protocol.as_str()
+                    ),
+                ),
+                None => continue,
+            }
+        }
+    }
 }
 
 fn find_cycle(vms: &BTreeMap<VmName, VmDecl>) -> Option<Vec<String>> {
@@ -489,6 +527,35 @@ mod tests {
         for want in
             ["defaults.network_config: network_config belongs", "defaults.firmware:", "vms.a.hostdevs:", "outside"]
         {
+            assert!(e.contains(want), "{want} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn ports_in_the_file() {
+        let d = ok(
+            r#"{"vms": {"web": {"ports": [{"host": 8080, "guest": 80}, {"host": 5353, "guest": 53, "protocol": "udp", "address": "0.0.0.0"}]}}}"#,
+        );
+        let web = &d.vms[&VmName::parse("web").unwrap()];
+        assert_eq!(
+            web.ports.iter().map(Port::label).collect::<Vec<_>>(),
+            ["127.0.0.1:8080 -> 80/tcp", "0.0.0.0:5353 -> 53/udp"]
+        );
+        let e = problems(
+            r#"{"defaults": {"ports": [{"host": 8080, "guest": 80}]},
+                "vms": {"a": {"ports": [{"host": 0, "guest": 80}]},
+                        "b": {"ports": [{"host": 9000, "guest": 80}, {"host": 9000, "guest": 81}]},
+                        "c": {"ports": [{"host": 7000, "guest": 80}]},
+                        "d": {"ports": [{"host": 7000, "guest": 22}]},
+                        "e": {"ports": [{"host": 7001, "guest": 80, "proto": "udp"}]}}}"#,
+        );
+        for want in [
+            "defaults.ports: ports belong in a VM's own entry",
+            "vms.a.ports: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
+            "vms.b.ports: port 127.0.0.1:9000 -> 81/tcp: host port 9000/tcp is given twice",
+            "vms.d.ports: host port 7000/tcp is vms.c's too",
+            "vms.e.ports: unknown field `proto`",
+        ] {
             assert!(e.contains(want), "{want} missing from {e}");
         }
     }

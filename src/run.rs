@@ -42,6 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Ssh(_)
             | Command::SshConfig(_)
             | Command::Logs(_)
+            | Command::Forward(_)
+            | Command::Watch(_)
             | Command::Snapshot(SnapshotCommand::List { .. })
             | Command::Image(ImageCommand::List)
     );
@@ -125,6 +127,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
                     }),
                     hostdevs: a.hostdevs,
                     shares: a.shares,
+                    ports: a.ports,
                 },
             };
             let report = ops::create::run(&*one()?, &req, a.start, wait(&a.wait))?;
@@ -183,6 +186,11 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             let (ctx, vm) = find(&a.name)?;
             ops::logs::logs(&ctx, &vm, a.follow)?
         }
+        Command::Forward(a) => {
+            let (ctx, vm) = find(&a.name)?;
+            ops::forward::forward(&ctx, &vm, &a.ports, a.identity.as_deref(), json)?
+        }
+        Command::Watch(a) => ops::watch::watch(fleet, only, &a.names, json)?,
         Command::Image(ImageCommand::Pull(a)) => {
             crate::interrupt::install();
             let req = ops::pull::PullRequest {

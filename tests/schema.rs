@@ -47,6 +47,7 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         network_config: None,
         hostdevs: vec![],
         shares: vec![],
+        ports: vec![],
         cloud_init_hash: String::new(),
     }
 }

@@ -312,6 +312,10 @@ fn update(ctx: &Ctx, vm: &Vm, p: &VmPlan, progress: &Progress, done: &mut Vec<St
         spec.shares = desired.shares.clone();
         redefine = true;
     }
+    if applies("ports") {
+        spec.ports = desired.ports.clone();
+        redefine = true;
+    }
     let running = vm.state() == State::Running;
     let recorded = &mut spec.resources;
     for (field, volume, dev, size, wanted) in [

@@ -60,6 +60,8 @@ pub struct Devices {
     pub network_config: Option<StaticNetwork>,
     pub hostdevs: Vec<PciAddress>,
     pub shares: Vec<Share>,
+    /// Guest ports forwarded from the libvirt host (user networking).
+    pub ports: Vec<crate::spec::Port>,
 }
 
 impl Devices {
@@ -313,6 +315,7 @@ pub fn desired_spec(
         network_config: req.devices.network_config.clone(),
         hostdevs: req.devices.hostdevs.clone(),
         shares: req.devices.shares.clone(),
+        ports: req.devices.ports.clone(),
         cloud_init_hash: cloudinit::fingerprint(&cloudinit::Fingerprint {
             ssh_user: &ctx.settings.ssh_user,
             authorized_keys: keys,
@@ -340,19 +343,27 @@ fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
 /// no longer matches was overtaken by another process and is read anew.
 /// (Ports freed by another process's destroy are only seen then: choosing
 /// around them is harmless.)
-fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16) -> anyhow::Result<u16> {
+fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16, own: &[crate::spec::Port]) -> anyhow::Result<u16> {
     let stamp = lock.stamp();
     let mut cache = ctx.cache.ports.lock().expect("port cache");
     let used = match &mut *cache {
         Some((s, used)) if stamp.is_some() && *s == stamp => used,
         slot => {
-            let used = vms::list(&ctx.conn())?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
+            // Declared (tcp) ports are taken too, whether or not their VM runs.
+            let specs: Vec<VmSpec> = vms::list(&ctx.conn())?.iter().filter_map(|vm| vm.spec().ok()).collect();
+            let declared =
+                specs.iter().flat_map(|s| s.ports.iter().filter(|p| p.protocol == crate::spec::Protocol::Tcp));
+            let used = specs.iter().filter_map(|s| s.ssh_port).chain(declared.map(|p| p.host)).collect();
             &mut slot.insert((stamp, used)).1
         }
     };
     (base..=u16::MAX)
         // On a local host, a port something else already listens on is not free either.
-        .find(|p| !used.contains(p) && (!ctx.is_local() || std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
+        .find(|p| {
+            !used.contains(p)
+                && !own.iter().any(|o| o.host == *p)
+                && (!ctx.is_local() || std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        })
         .ok_or_else(|| invalid(format!("no free ssh port at or above {base}")))
 }
 
@@ -372,7 +383,7 @@ fn ports_taken(ctx: &Ctx, lock: &crate::lock::Lock, port: u16) -> anyhow::Result
 /// free now, and recorded by no VM.
 pub fn free_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
     let lock = port_lock(ctx)?;
-    pick_ssh_port(ctx, &lock, base)
+    pick_ssh_port(ctx, &lock, base, &[])
 }
 
 pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<CreateReport> {
@@ -380,6 +391,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let name = &req.name;
     req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
     let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
+    super::forward::check_declared(ctx, name, &devices.ports, &[])?;
     let req = &CreateRequest { devices, ..req.clone() };
     crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local())
         .map_err(|e| e.context(format!("VM {name}")))?;
@@ -574,7 +586,7 @@ fn claim<'a>(
         _ => None,
     };
     let ssh_port = match (&ctx.settings.network, &port_guard) {
-        (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, *ssh_port)?),
+        (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, *ssh_port, &req.devices.ports)?),
         _ => None,
     };
     let mut spec = desired_spec(ctx, req, &prep.authorized_keys, prep.base_image.clone(), ssh_port);

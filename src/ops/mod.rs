@@ -10,6 +10,7 @@ pub mod doctor;
 mod error;
 pub mod fleet;
 pub mod fleet_plan;
+pub mod forward;
 pub mod gc;
 pub mod image;
 pub mod list;
@@ -23,6 +24,7 @@ pub mod seed;
 pub mod snapshot;
 pub mod ssh;
 pub mod status;
+pub mod watch;
 
 pub use error::Error;
 

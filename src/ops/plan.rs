@@ -234,6 +234,13 @@ pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> 
         "virtiofs devices come with the next start (mounted by fstab, nofail)",
     );
     compare(
+        "ports",
+        json(&current.ports),
+        json(&desired.ports),
+        Class::NextRestart,
+        "passt forwards the declared ports from the VM's next start (user networking)",
+    );
+    compare(
         "network_config",
         json(&current.network_config),
         json(&desired.network_config),
@@ -282,6 +289,7 @@ fn devices(decl: &VmDecl) -> super::create::Devices {
         network_config: decl.network_config.clone(),
         hostdevs: decl.hostdevs.clone(),
         shares: decl.shares.clone(),
+        ports: decl.ports.clone(),
     }
 }
 
@@ -457,6 +465,7 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
             problems.push(format!("vms.{}: {e:#}", p.name));
         }
     }
+    problems.extend(check_ports(ctx, declared, plans));
     for p in plans.iter().filter(|p| p.action == Action::Create || p.recreate) {
         let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
         let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
@@ -479,6 +488,25 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
         return Ok(());
     }
     Err(crate::error::invalid(format!("apply would fail; nothing was changed:\n  {}", problems.join("\n  "))))
+}
+
+/// The declared ports each VM gets now or at its next start: free on the
+/// host, not privileged, not another VM's (those it forwards already pass).
+fn check_ports(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in plans {
+        let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
+        let change = p.changes.iter().find(|c| c.field == "ports");
+        let current: Vec<crate::spec::Port> = match (p.action, change) {
+            (Action::Create, _) => Vec::new(),
+            (_, Some(c)) => serde_json::from_str(&c.from).unwrap_or_default(),
+            (_, None) => continue,
+        };
+        if let Err(e) = super::forward::check_declared(ctx, &decl.name, &decl.ports, &current) {
+            problems.push(format!("vms.{}.ports: {e:#}", p.name));
+        }
+    }
+    problems
 }
 
 /// A VM whose create was interrupted (its record still says `creating`), or
@@ -618,6 +646,7 @@ mod tests {
             ("network", |s| s.network = Network::Bridge { name: "br0".into() }, "network", Class::NextRestart),
             ("firmware", |s| s.firmware = crate::spec::Firmware::Efi, "firmware", Class::NeedsRecreate),
             ("hostdevs", |s| s.hostdevs = vec!["0000:01:00.0".parse().unwrap()], "hostdevs", Class::NextRestart),
+            ("ports", |s| s.ports = vec!["8080:80".parse().unwrap()], "ports", Class::NextRestart),
             (
                 "static address",
                 |s| s.network_config = Some(serde_json::from_str(r#"{"address":"10.0.0.5/24"}"#).unwrap()),

@@ -284,11 +284,13 @@ pub fn wait(ctx: &Ctx, vm: &Vm, timeout: Duration, progress: &Progress) -> anyho
                 _ => "cloud-init is disabled in the image (its generator or /etc/cloud/cloud-init.disabled)",
             }
         ));
+        super::watch::record_ready(&vm.dom, &report);
         return Ok(report);
     }
     // cloud-init has run (whatever its result): the seed, which holds the
     // private host key, is no longer needed.
     super::seed::remove(ctx, vm)?;
+    super::watch::record_ready(&vm.dom, &report);
     Ok(report)
 }
 

@@ -51,6 +51,9 @@ pub struct Status {
     pub shares: Vec<crate::spec::Share>,
     /// What the guest reaches on the libvirt host over its network.
     pub host_reach: HostReach,
+    /// The declared ports, and where each is reached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<super::forward::PortStatus>,
 }
 
 /// What a guest reaches on the libvirt host over its network, by network type.
@@ -107,6 +110,8 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
     let state = vm.state();
     let addrs = addresses::known(vm, &spec, state);
     let ssh = addresses::ssh_target(&spec, &addrs);
+    let guest_address = addrs.iter().find_map(|a| a.address.parse::<std::net::IpAddr>().ok());
+    let ports = super::forward::port_status(&spec, state == State::Running, guest_address);
     Ok(Status {
         name: vm.name.to_string(),
         domain: vm.name.domain(),
@@ -141,6 +146,7 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
         snapshots: vm.dom.num_snapshots(0).unwrap_or(0),
         shares: spec.shares.clone(),
         host_reach: HostReach::of(&spec.network),
+        ports,
     })
 }
 
@@ -193,6 +199,9 @@ impl Report for Status {
         }
         if s.snapshots > 0 {
             writeln!(out, "  snapshots: {}", s.snapshots)?;
+        }
+        for p in &s.ports {
+            writeln!(out, "  port:      {}", p.note)?;
         }
         writeln!(out, "  host:      {}", s.host_reach.note)?;
         match &s.ssh {
