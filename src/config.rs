@@ -584,6 +584,10 @@ mod tests {
         let web = &d.vms[&VmName::parse("web").unwrap()];
         assert_eq!((web.resources.memory, web.resources.cpus, web.autostart), (Size(8 << 30), 4, true));
         assert_eq!(web.resources.project_disk, Size(50 << 30), "from defaults");
+        assert_eq!(
+            web.ports.iter().map(Port::label).collect::<Vec<_>>(),
+            ["127.0.0.1:8080 -> 80/tcp", "0.0.0.0:5353 -> 53/udp"]
+        );
         let db = &d.vms[&VmName::parse("db").unwrap()];
         assert_eq!(db.depends_on, vec![VmName::parse("web").unwrap()]);
         assert_eq!(db.features, vec!["base"]);

@@ -187,6 +187,8 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             ops::logs::logs(&ctx, &vm, a.follow)?
         }
         Command::Forward(a) => {
+            // Bad input first: a port taken here needs no VM looked up.
+            ops::forward::check_tunnels(&a.ports)?;
             let (ctx, vm) = find(&a.name)?;
             ops::forward::forward(&ctx, &vm, &a.ports, a.identity.as_deref(), json)?
         }
