@@ -378,3 +378,50 @@ fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() 
     assert_eq!(at, order.len(), "watch saw {seen:?}, expected {order:?} in that order");
     assert!(seen.contains(&("stopped".into(), "destroyed".into())), "{seen:?}");
 }
+
+#[test]
+#[ignore = "needs root and libvirtd (a daemon of the test's own); run by scripts/test.sh"]
+fn watch_reconnects_after_a_daemon_restart() {
+    require_root_libvirt();
+    let d = common::daemon::OwnDaemon::start("pvwatch22", "C.UTF-8");
+    let mut env = Env::new("watch", 22940, json!({"storage_dir": d.home.join("pool")}));
+    env.uri = d.uri.clone();
+    struct Cleanup<'a>(&'a Env);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0.dir);
+        }
+    }
+    let _c = Cleanup(&env);
+    let mut watcher = env.cmd(&["watch", "--json"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let events = lines_of(&mut watcher);
+    let next = |want: &str| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = events
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no {want} event"));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["event"] == want {
+                return v;
+            }
+        }
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    d.restart();
+    let gone = next("disconnected");
+    assert!(gone["detail"].as_str().unwrap().contains("closed"), "{gone}");
+    next("reconnected");
+    // The callbacks are back: a project-vm domain defined now is seen.
+    let xml = env.dir.join("d.xml");
+    let mut spec = test_spec("pw");
+    spec.ports.clear();
+    std::fs::write(&xml, owned_xml(&spec).replacen(r#"type="test""#, r#"type="qemu""#, 1)).unwrap();
+    let out = d.virsh(&["define", xml.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let defined = next("defined");
+    assert_eq!(defined["vm"], "pw", "{defined}");
+    assert!(d.virsh(&["undefine", "project-pw"]).status.success());
+    assert_eq!(next("undefined")["vm"], "pw");
+    assert_eq!(interrupt(&mut watcher), Some(130));
+}
