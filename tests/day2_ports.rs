@@ -367,6 +367,7 @@ fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() 
         }
     }
     let _ = interrupt(&mut watcher);
+    eprintln!("watch saw: {seen:?}");
     let words: Vec<&str> = seen.iter().map(|(e, _)| e.as_str()).collect();
     let order = ["defined", "started", "ready", "stopped", "started", "stopped", "undefined"];
     let mut at = 0;

@@ -225,6 +225,8 @@ fn seal(
     own.seed_volume = None;
     // The copy boots without the VM's shares: it only needs its own disk.
     spec.shares.clear();
+    // Nor its declared ports: the VM itself may hold them.
+    spec.ports.clear();
     let mut xml = domain_xml::build(&spec, &own, &domain_xml::HostFiles::default());
     // Only the copy: the VM's project disk stays out of it.
     xml.devices.items.retain(|d| !matches!(d, Device::Disk(disk) if disk.source.volume == own.data_volume));
