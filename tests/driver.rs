@@ -3,7 +3,7 @@
 //! `create` fails at the seed upload here: that is used to check the rollback.
 //! The real path is covered by tests/host.rs and tests/e2e.rs.
 
-use project_vm::error::exit_code;
+use project_vm::exit::code as exit_code;
 use project_vm::libvirt::{
     self, domain_xml,
     metadata::{Ownership, Phase},
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use project_vm::config;
 use project_vm::ops::apply::{self, ApplyOptions};
-use project_vm::ops::plan::{self, Action, Class};
+use project_vm::ops::plan::{self, Action, ChangeClass};
 
 fn ctx() -> Ctx {
     let settings = HostSettings {
@@ -316,9 +316,12 @@ fn apply_is_idempotent_and_converges_changes() {
     let changed =
         r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "4G", "autostart": true}}}"#;
     let p = plan::plan(&ctx, &declared(changed), plan::Options::default()).unwrap();
-    let classes: Vec<(&str, Class)> = p.vms[0].changes.iter().map(|c| (c.field, c.class)).collect();
-    assert_eq!(classes, vec![("memory", Class::NextRestart), ("autostart", Class::Now), ("project_disk", Class::Now)]);
-    assert!(p.vms[0].start);
+    let classes: Vec<(&str, ChangeClass)> = p.vms[0].changes().iter().map(|c| (c.field(), c.class())).collect();
+    assert_eq!(
+        classes,
+        vec![("memory", ChangeClass::NextRestart), ("autostart", ChangeClass::Now), ("project_disk", ChangeClass::Now)]
+    );
+    assert!(p.vms[0].start());
     // The test driver cannot resize volumes (the e2e suite grows real disks):
     // apply the rest here.
     let changed =
@@ -365,9 +368,29 @@ fn changed_cloud_init_is_reported_not_ignored() {
         r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
     let p = plan::plan(&ctx, &declared(with_feature), plan::Options::default()).unwrap();
     assert_eq!((p.changes, p.not_applied), (0, 1));
-    assert_eq!(p.vms[0].changes[0].class, Class::NotApplied);
+    assert_eq!(p.vms[0].changes()[0].class(), ChangeClass::NotApplied);
     let p = plan::plan(&ctx, &declared(with_feature), plan::Options { recreate: true, ..Default::default() }).unwrap();
-    assert!(p.vms[0].recreate && p.changes == 1);
+    assert!(p.vms[0].recreate() && p.changes == 1);
+}
+
+#[test]
+fn apply_carries_out_what_the_plan_applies_and_nothing_it_does_not() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let before = vms::get(&ctx.conn(), &foo).unwrap().spec().unwrap();
+    // More memory (next restart) and a feature (cloud-init: not applied).
+    let file =
+        r#"{"vms": {"foo": {"memory": "2G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
+    let r = apply::apply(&Fleet::of(ctx.clone()), &declared(file), opts(false), None).unwrap();
+    assert_eq!((r.changes, r.failed), (1, 0), "{:?}", r.results);
+    assert_eq!(r.results[0].done, vec!["redefined"]);
+    let after = vms::get(&ctx.conn(), &foo).unwrap().spec().unwrap();
+    assert_eq!(after.resources.memory, Size(2 << 30));
+    assert_eq!(after.cloud_init_hash, before.cloud_init_hash, "cloud-init is reported, never recorded as applied");
+    let again = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
+    let left: Vec<&str> = again.vms[0].changes().iter().map(|c| c.field()).collect();
+    assert_eq!((again.changes, left), (0, vec!["cloud-init"]), "still reported, the rest converged");
 }
 
 #[test]
@@ -378,8 +401,8 @@ fn prune_destroys_only_project_vms_not_in_the_file_and_keeps_their_data() {
     define_owned(&ctx, &pool, "bar", Phase::Ready);
     define_foreign(&ctx, "project-hand");
     let p = plan::plan(&ctx, &declared(FOO_1G), plan::Options::default()).unwrap();
-    let bar = p.vms.iter().find(|v| v.name == "bar").unwrap();
-    assert_eq!(bar.action, Action::NotInFile);
+    let bar = p.vms.iter().find(|v| v.name.as_str() == "bar").unwrap();
+    assert_eq!(bar.action(), Action::NotInFile);
     assert_eq!(p.changes, 0, "without --prune nothing is removed");
 
     let r = apply::apply(&Fleet::of(ctx.clone()), &declared(FOO_1G), opts(true), None).unwrap();
@@ -398,7 +421,7 @@ fn a_failed_create_skips_its_dependents_and_leaves_nothing() {
     let file = r#"{"defaults": {"memory": "1G", "disk": "5G", "project_disk": "1G"},
                    "vms": {"web": {}, "db": {"depends_on": ["web"]}, "solo": {}}}"#;
     let p = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
-    assert!(p.vms.iter().all(|v| v.action == Action::Create));
+    assert!(p.vms.iter().all(|v| v.action() == Action::Create));
     // The test driver cannot upload the seed, so each create fails and rolls back.
     let r = apply::apply(&Fleet::of(ctx.clone()), &declared(file), opts(false), None).unwrap();
     let db = r.results.iter().find(|r| r.name == "db").unwrap();
@@ -445,7 +468,7 @@ fn snapshots_list_delete_and_block_growing_disks() {
     // Growing a disk of a VM with snapshots is refused in the plan, with the reason.
     let file = r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "3G"}}}"#;
     let p = plan::plan(&ctx, &declared(file), plan::Options::default()).unwrap();
-    assert_eq!(p.impossible, 1, "{:?}", p.vms[0].changes);
+    assert_eq!(p.impossible, 1, "{:?}", p.vms[0].changes());
 
     ops::snapshot::delete(&ctx, &vm, "snap-2").unwrap();
     assert_eq!(exit_code(&ops::snapshot::delete(&ctx, &vm, "snap-2").unwrap_err()), 3);

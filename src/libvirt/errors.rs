@@ -3,42 +3,83 @@
 //! beside them. Never from the message: libvirt translates it (the daemon by
 //! its own locale, the client library by the client's), so a decision made on
 //! its words would change with the host's language. The message is only ever
-//! shown.
+//! shown, with one exception by design: [`qemu_permission_denied`] reads the
+//! words QEMU and qemu-img themselves wrote (libvirt runs them with
+//! `LC_ALL=C`, so those do not change with the language).
 
 use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
 
 /// The libvirt layer's failures. A libvirt call's error is kept whole, and
 /// its kind decided from its code and domain ([`classify`]), never its text.
-#[derive(Debug, thiserror::Error)]
+///
+/// Display and `Error` are written out rather than derived: libvirt's error
+/// is held inside (`source`) but is not the chain's next link, because its
+/// own Display repeats the message with its level, code and domain, and
+/// `{:#}` would then say libvirt's words twice.
+#[derive(Debug)]
 pub enum Error {
     /// A libvirt call failed: what was being done, and libvirt's error.
-    #[error("{what}: {}", .source.message())]
-    Call {
-        what: String,
-        #[source]
-        source: virt::error::Error,
-    },
+    Call { what: String, source: VirtError },
+    /// A failed libvirt call the host's owner can mend (a file's
+    /// permissions, a directory libvirtd cannot use): libvirt's error, and
+    /// the hint for the daemon that was asked.
+    Mendable { what: String, source: VirtError, hint: String },
     /// The daemon could not be reached, or refused this user; the message
     /// carries the hint.
-    #[error("{0}")]
     Connect(String),
     /// A URI that is not one project-vm can use.
-    #[error("{0}")]
     BadUri(String),
+    /// No VM of that name on this host; the message names it and the fix.
+    NoSuchVm(String),
+    /// A domain of that name exists but is not project-vm's: never touched.
+    Foreign(String),
+    /// Bad input found against the libvirt host: a network, bridge or
+    /// device that is not there, a directory nobody may share.
+    Invalid(String),
+    /// The host cannot do it: a tool missing, a directory libvirtd cannot
+    /// use, data that ended early.
+    Environment(String),
 }
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Call { what, source } => write!(f, "{what}: {}", source.message()),
+            Error::Mendable { what, source, hint } => write!(f, "{what}: {}\nhint: {hint}", source.message()),
+            Error::Connect(m)
+            | Error::BadUri(m)
+            | Error::NoSuchVm(m)
+            | Error::Foreign(m)
+            | Error::Invalid(m)
+            | Error::Environment(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
 
 impl Error {
     pub fn call(what: impl Into<String>, source: virt::error::Error) -> Error {
         Error::Call { what: what.into(), source }
     }
+
+    /// libvirt's own error, when this is a failed call.
+    pub fn libvirt(&self) -> Option<&VirtError> {
+        match self {
+            Error::Call { source, .. } | Error::Mendable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 impl crate::error::Classified for Error {
     fn kind(&self) -> crate::error::Kind {
+        use crate::error::Kind;
         match self {
             Error::Call { source, .. } => classify(source),
-            Error::Connect(_) => crate::error::Kind::Environment,
-            Error::BadUri(_) => crate::error::Kind::Invalid,
+            Error::Mendable { .. } | Error::Connect(_) | Error::Environment(_) => Kind::Environment,
+            Error::BadUri(_) | Error::Foreign(_) | Error::Invalid(_) => Kind::Invalid,
+            Error::NoSuchVm(_) => Kind::NotFound,
         }
     }
 }

@@ -105,7 +105,7 @@ impl Ownership {
         match dom.metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(NAMESPACE), flags) {
             Ok(xml) => Ownership::parse(&xml).map(Some).map_err(|e| anyhow::Error::new(Unreadable(format!("{e}")))),
             Err(e) if super::is(&e, ErrorNumber::NoDomainMetadata) => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("reading metadata: {}", e.message())),
+            Err(e) => Err(super::errors::Error::call("reading metadata", e).into()),
         }
     }
 
@@ -122,7 +122,7 @@ impl Ownership {
             Some(NAMESPACE),
             flags,
         )
-        .map_err(|e| anyhow::anyhow!("writing project-vm metadata: {}", e.message()))?;
+        .map_err(|e| super::explain(e, "writing project-vm metadata"))?;
         crate::fault::mutated("wrote metadata");
         Ok(())
     }

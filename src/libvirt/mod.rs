@@ -8,6 +8,7 @@ pub mod metadata;
 pub mod nodedev;
 pub mod pool_listing;
 pub mod snapshot_xml;
+pub mod state;
 pub mod stats;
 pub mod storage;
 pub mod uri;
@@ -17,7 +18,7 @@ pub mod vms;
 use virt::connect::Connect;
 use virt::error::ErrorNumber;
 
-use crate::error::{failure, Kind};
+use errors::Error;
 
 /// The default URI: the system daemon for root, the user's session otherwise
 /// (which libvirt spawns on first use, running as that user).
@@ -36,9 +37,10 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
     // we handle (a lookup of a name that does not exist, say).
     virt::error::clear_error_callback();
     // A malformed URI is bad input, not an unreachable daemon.
-    uri::check(uri).map_err(crate::error::invalid)?;
+    uri::check(uri).map_err(Error::BadUri)?;
     tracing::debug!(uri, "connecting to libvirt");
-    Connect::open(Some(uri)).map_err(|e| connect_error(uri, &e))
+    used(uri);
+    Connect::open(Some(uri)).map_err(|e| connect_error(uri, &e).into())
 }
 
 /// [`connect`] for verbs that only look (`list`, `status`, `ssh`, ...): when
@@ -47,6 +49,7 @@ pub fn connect(uri: &str) -> anyhow::Result<Connect> {
 /// metadata, pools and volumes.
 pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
     virt::error::clear_error_callback();
+    used(uri);
     let e = match Connect::open(Some(uri)) {
         Ok(c) => return Ok(c),
         Err(e) => e,
@@ -54,27 +57,24 @@ pub fn connect_to_look(uri: &str) -> anyhow::Result<Connect> {
     let system = !daemon::Daemon::of(uri).is_session() && !nix::unistd::geteuid().is_root();
     if system && errors::refused(&e) {
         if let Ok(c) = Connect::open_read_only(Some(uri)) {
-            tracing::warn!(
+            crate::messages::warn(format!(
                 "{uri} refused a read-write connection ({}): looking through its read-only socket",
                 e.message()
-            );
+            ));
             return Ok(c);
         }
     }
-    Err(connect_error(uri, &e))
+    Err(connect_error(uri, &e).into())
 }
 
-fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
+fn connect_error(uri: &str, e: &virt::error::Error) -> Error {
     let msg = e.message();
     if errors::permission_denied(e) || e.code().is(ErrorNumber::AuthFailed) || e.code().is(ErrorNumber::AuthCancelled) {
-        return failure(
-            Kind::Environment,
-            format!(
-                "permission denied connecting to libvirt at {uri}: {msg}\n\
+        return Error::Connect(format!(
+            "permission denied connecting to libvirt at {uri}: {msg}\n\
                  hint: run as root, add your user to the 'libvirt' group (then log in again), \
                  or use your own session with --connect qemu:///session"
-            ),
-        );
+        ));
     }
     if let Some(u) = daemon::Daemon::of(uri).user() {
         let how = match u.is_me {
@@ -84,31 +84,25 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
                 .to_owned(),
             false => format!("that socket is {}'s session daemon: it must be running (started as {})", u.name, u.name),
         };
-        return failure(Kind::Environment, format!("cannot connect to libvirt at {uri}: {msg}\nhint: {how}"));
+        return Error::Connect(format!("cannot connect to libvirt at {uri}: {msg}\nhint: {how}"));
     }
     if !nix::unistd::geteuid().is_root() && errors::polkit(e) {
-        return failure(
-            Kind::Environment,
-            format!(
-                "libvirt at {uri} refused you: {msg}\n\
+        return Error::Connect(format!(
+            "libvirt at {uri} refused you: {msg}\n\
                  hint: the system daemon checks users other than root with polkit, which needs the system D-Bus \
                  (dbus-daemon --system) and polkitd running; with them, members of the 'libvirt' group are let in. \
                  Otherwise run as root, or use your own session with --connect qemu:///session"
-            ),
-        );
+        ));
     }
     let start = if std::path::Path::new("/run/systemd/system").exists() {
         "`systemctl start libvirtd` (or virtqemud)"
     } else {
         "`virtlogd -d && libvirtd -d` as root"
     };
-    failure(
-        Kind::Environment,
-        format!(
-            "cannot connect to libvirt at {uri}: {msg}\n\
+    Error::Connect(format!(
+        "cannot connect to libvirt at {uri}: {msg}\n\
              hint: is libvirtd running? Start it with {start}, or pick another URI with --connect / PROJECT_VM_URI"
-        ),
-    )
+    ))
 }
 
 /// Who a connection talks to, whatever the URI's spelling: the driver, the
@@ -117,7 +111,7 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> anyhow::Error {
 /// `qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock` give one
 /// identity; a user's session daemon another.
 pub fn daemon_identity(conn: &Connect, uri: &str) -> anyhow::Result<String> {
-    let caps = conn.capabilities().map_err(|e| explain(e, "reading the libvirt host's capabilities"))?;
+    let caps = conn.capabilities().map_err(|e| explain_on(conn, e, "reading the libvirt host's capabilities"))?;
     let (driver, path) = uri_driver_and_path(uri);
     Ok(match host_uuid(&caps) {
         Some(uuid) => format!("{driver}|{}|{path}", uuid.to_ascii_lowercase()),
@@ -160,21 +154,73 @@ pub fn is(e: &virt::error::Error, n: ErrorNumber) -> bool {
     e.code().is(n)
 }
 
-/// Adds a hint to libvirt errors a user can fix (permissions on files), and
-/// says what we were doing.
+/// The URIs this process has connected to, for hints that need to know
+/// which daemon was asked when the caller has only libvirt's error.
+static USED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn used(uri: &str) {
+    let mut all = USED.lock().unwrap_or_else(|p| p.into_inner());
+    if !all.iter().any(|u| u == uri) {
+        all.push(uri.to_owned());
+    }
+}
+
+/// The daemon every connection of this process reaches, when that is one
+/// daemon (one host, as almost every run); `None` for a fleet of several,
+/// or before any connection.
+pub fn daemon_in_use() -> Option<daemon::Daemon> {
+    one_daemon(&USED.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// The daemon all of `uris` reach, when that is one.
+fn one_daemon(uris: &[String]) -> Option<daemon::Daemon> {
+    let mut daemons = uris.iter().map(|u| daemon::Daemon::of(u));
+    let first = daemons.next()?;
+    daemons.all(|d| d == first).then_some(first)
+}
+
+/// Says what we were doing, keeping libvirt's error typed inside (so its
+/// code and domain decide the exit code), with a hint for the errors a user
+/// can fix (permissions on files). The hint is for the daemon this process
+/// talks to ([`daemon_in_use`]); across several different daemons it names
+/// both cases. [`explain_on`] and [`explain_for`] name the daemon outright.
+/// The daemon is only looked at when a hint is given.
 pub fn explain(e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
-    explain_for(&daemon::Daemon::System, e, doing)
+    explained(e, doing, || match daemon_in_use() {
+        Some(d) => permission_hint(&d),
+        None => ANY_DAEMON_HINT.to_owned(),
+    })
+}
+
+/// [`explain`] for a call on `conn`: the hint follows the URI `conn` was
+/// opened with.
+pub fn explain_on(conn: &Connect, e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
+    explained(e, doing, || match conn.uri() {
+        Ok(u) => permission_hint(&daemon::Daemon::of(&u)),
+        Err(_) => ANY_DAEMON_HINT.to_owned(),
+    })
 }
 
 /// [`explain`], with the hint naming the daemon (and so the user) that
 /// needed the file.
 pub fn explain_for(d: &daemon::Daemon, e: virt::error::Error, doing: impl std::fmt::Display) -> anyhow::Error {
-    let msg = e.message().to_owned();
-    if errors::permission_denied(&e) {
-        return failure(Kind::Environment, format!("{doing}: {msg}\nhint: {}", permission_hint(d)));
-    }
-    anyhow::anyhow!("{doing}: {msg}")
+    explained(e, doing, || permission_hint(d))
 }
+
+/// libvirt's error with what was being done, and `hint` when it is one a
+/// user can mend by permissions.
+fn explained(e: virt::error::Error, doing: impl std::fmt::Display, hint: impl FnOnce() -> String) -> anyhow::Error {
+    let what = doing.to_string();
+    match errors::permission_denied(&e) {
+        true => Error::Mendable { what, source: e, hint: hint() }.into(),
+        false => Error::Call { what, source: e }.into(),
+    }
+}
+
+/// The permission hint when the daemon is not known to be one kind.
+const ANY_DAEMON_HINT: &str = "the file named above must be readable by the user the VMs run as (on qemu:///system, \
+     the QEMU user, libvirt-qemu or qemu; on qemu:///session, the session daemon's own user), and every parent \
+     directory needs +x for that user; AppArmor or SELinux may also deny it (see the host's audit log)";
 
 /// Who must be able to reach a file libvirt or QEMU opened, and how to fix it.
 pub fn permission_hint(d: &daemon::Daemon) -> String {
@@ -207,20 +253,22 @@ pub fn check_network(conn: &Connect, net: &crate::settings::Network, local: bool
         Network::User { .. } => Ok(()),
         Network::Network { name } => match conn.lookup_network_by_name(name) {
             Ok(_) => Ok(()),
-            Err(e) if is(&e, ErrorNumber::NoNetwork) => Err(crate::error::invalid(format!(
+            Err(e) if is(&e, ErrorNumber::NoNetwork) => Err(Error::Invalid(format!(
                 "libvirt network {name:?} does not exist on this host: pick one of `virsh net-list --all`, define it, or set \"network\" in the settings (for instance {{\"type\": \"user\"}})"
-            ))),
+            ))
+            .into()),
             // Drivers without a network driver (none here) cannot be asked.
             Err(e) if is(&e, ErrorNumber::NoSupport) => Ok(()),
-            Err(e) => Err(explain(e, format!("looking up libvirt network {name}"))),
+            Err(e) => Err(explain_on(conn, e, format!("looking up libvirt network {name}"))),
         },
         Network::Bridge { name } if local => {
             if std::path::Path::new("/sys/class/net").join(name).join("bridge").is_dir() {
                 Ok(())
             } else {
-                Err(crate::error::invalid(format!(
+                Err(Error::Invalid(format!(
                     "bridge {name:?} is not a bridge on this host (no /sys/class/net/{name}/bridge): create it (`ip link add {name} type bridge`), or set \"network\" to another bridge or network"
-                )))
+                ))
+                .into())
             }
         }
         Network::Bridge { .. } => Ok(()),
@@ -241,6 +289,61 @@ mod tests {
         assert_eq!(uri_driver_and_path("qemu+ssh://root@h:22/system?keyfile=/k"), system);
         assert_ne!(uri_driver_and_path("qemu:///session"), system);
         assert_eq!(uri_driver_and_path("test:///default"), ("test".into(), "/default".into()));
+    }
+
+    #[test]
+    fn an_explained_libvirt_error_stays_typed_and_is_said_once() {
+        let conn = connect("test:///default").unwrap();
+        let e = conn.lookup_domain_by_name("project-no-such-pv-test").unwrap_err();
+        let msg = e.message().to_owned();
+        let err = explain_on(&conn, e, "looking up domain project-no-such-pv-test");
+        // Decided by libvirt's code (no domain), not by its words.
+        assert_eq!(crate::exit::kind(&err), crate::error::Kind::NotFound, "{err:#}");
+        let call = err.downcast_ref::<Error>().and_then(Error::libvirt).expect("libvirt's error inside");
+        assert!(call.code().is(ErrorNumber::NoDomain));
+        assert_eq!(format!("{err:#}"), format!("looking up domain project-no-such-pv-test: {msg}"));
+    }
+
+    #[test]
+    fn connect_failures_are_typed() {
+        let bad = connect("qemu:///x").unwrap_err();
+        assert!(matches!(bad.downcast_ref::<Error>(), Some(Error::BadUri(_))), "{bad:#}");
+        assert_eq!(crate::exit::kind(&bad), crate::error::Kind::Invalid);
+        let down = connect("qemu+unix:///session?socket=/nonexistent-pv-connect/sock").unwrap_err();
+        assert!(matches!(down.downcast_ref::<Error>(), Some(Error::Connect(_))), "{down:#}");
+        assert_eq!(crate::exit::kind(&down), crate::error::Kind::Environment);
+        assert!(format!("{down:#}").contains("hint:"), "{down:#}");
+    }
+
+    #[test]
+    fn a_missing_vm_and_a_foreign_domain_are_their_own_variants() {
+        let conn = connect("test:///default").unwrap();
+        let missing = crate::spec::VmName::parse("pv-no-such-vm").unwrap();
+        let e = vms::get(&conn, &missing).err().expect("absent");
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::NoSuchVm(_))), "{e:#}");
+        assert_eq!(crate::exit::kind(&e), crate::error::Kind::NotFound);
+        let e = vms::foreign(&missing, None);
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Foreign(_))), "{e:#}");
+        assert_eq!(crate::exit::kind(&e), crate::error::Kind::Invalid);
+    }
+
+    #[test]
+    fn the_permission_hint_follows_the_daemon_in_use() {
+        let system = vec!["qemu:///system".to_owned(), "qemu+unix:///system".to_owned()];
+        assert_eq!(one_daemon(&system), Some(daemon::Daemon::System));
+        let remote_session = vec!["qemu+ssh://alice@box/session".to_owned()];
+        let d = one_daemon(&remote_session).unwrap();
+        assert!(d.is_session());
+        assert!(
+            permission_hint(&d).contains("session daemon on that host runs as its user"),
+            "{}",
+            permission_hint(&d)
+        );
+        assert!(permission_hint(&daemon::Daemon::System).contains("libvirt-qemu"));
+        // A fleet of several daemons: no one daemon, so the hint names both cases.
+        assert_eq!(one_daemon(&[system[0].clone(), remote_session[0].clone()]), None);
+        assert_eq!(one_daemon(&[]), None);
+        assert!(ANY_DAEMON_HINT.contains("qemu:///system") && ANY_DAEMON_HINT.contains("qemu:///session"));
     }
 
     #[test]

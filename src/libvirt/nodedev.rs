@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use virt::connect::Connect;
 
+use super::errors::Error;
 use super::{explain, is};
-use crate::error::invalid;
 use crate::spec::PciAddress;
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,8 +44,11 @@ struct Id {
 pub fn pci(conn: &Connect, addr: &PciAddress) -> anyhow::Result<PciDevice> {
     let dev = conn.lookup_node_device_by_name(&addr.node_device()).map_err(|e| {
         match is(&e, virt::error::ErrorNumber::NoNodeDevice) {
-            true => invalid(format!("no PCI device {addr} on the libvirt host (see `virsh nodedev-list --cap pci`)")),
-            false => explain(e, format!("looking up PCI device {addr}")),
+            true => {
+                Error::Invalid(format!("no PCI device {addr} on the libvirt host (see `virsh nodedev-list --cap pci`)"))
+                    .into()
+            }
+            false => super::explain_on(conn, e, format!("looking up PCI device {addr}")),
         }
     })?;
     let xml = dev.xml_desc(0).map_err(|e| explain(e, format!("reading PCI device {addr}")))?;

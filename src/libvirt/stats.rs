@@ -12,7 +12,7 @@ use std::ffi::CStr;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::vms::State;
+use super::state::State;
 
 /// What the bulk call says of one domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
+use super::errors::Error;
 use super::{explain, is};
-use crate::error::{failure, Kind};
 use crate::progress::Progress;
 use crate::settings::Settings;
 
@@ -199,13 +199,15 @@ pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::
     })?;
     // Failures here are the host's (a directory libvirtd cannot create or
     // write): exit 4, naming the directory.
-    let env = |e: virt::error::Error, doing: String| {
-        let e = super::explain_for(&settings.daemon, e, doing);
-        match (crate::exit::code(&e), settings.daemon.user()) {
-            (1, None) => failure(Kind::Environment, format!("{e:#}\nhint: storage_dir must be a directory libvirtd can create and write on the libvirt host; `project-vm doctor` checks it")),
-            (1, Some(_)) => failure(Kind::Environment, format!("{e:#}\nhint: {}; `project-vm doctor` checks it", super::permission_hint(&settings.daemon))),
-            _ => e,
+    let env = |e: virt::error::Error, doing: String| -> anyhow::Error {
+        if super::errors::permission_denied(&e) {
+            return super::explain_for(&settings.daemon, e, doing);
         }
+        let hint = match settings.daemon.user() {
+            None => "storage_dir must be a directory libvirtd can create and write on the libvirt host; `project-vm doctor` checks it".to_owned(),
+            Some(_) => format!("{}; `project-vm doctor` checks it", super::permission_hint(&settings.daemon)),
+        };
+        Error::Mendable { what: doing, source: e, hint }.into()
     };
     let pool = conn
         .define_storage_pool_xml(&xml, 0)
@@ -231,7 +233,7 @@ pub fn ensure_pool(conn: &Connect, scope: &str, settings: &Settings) -> anyhow::
 /// The directory of every storage pool on the connection (as its definition
 /// names it): places no share may reach.
 pub fn pool_dirs(conn: &Connect) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let pools = conn.list_all_storage_pools(0).map_err(|e| explain(e, "listing storage pools"))?;
+    let pools = conn.list_all_storage_pools(0).map_err(|e| super::explain_on(conn, e, "listing storage pools"))?;
     Ok(pools
         .iter()
         .filter_map(|p| quick_xml::de::from_str::<PoolXml>(&p.xml_desc(0).ok()?).ok())
@@ -318,7 +320,7 @@ pub fn clone_flat(pool: &StoragePool, name: &str, source: &StorageVol) -> anyhow
 
 /// Reads a whole volume through a libvirt stream into `sink` (a hasher, say).
 pub fn download(conn: &Connect, vol: &StorageVol, sink: &mut dyn std::io::Write) -> anyhow::Result<u64> {
-    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    let stream = Stream::new(conn, 0).map_err(|e| super::explain_on(conn, e, "opening stream"))?;
     vol.download(&stream, 0, 0, 0).map_err(|e| explain(e, "starting download"))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -377,7 +379,7 @@ pub fn upload(
     if let Err(e) = send(conn, &vol, len, reader, progress) {
         // The stream was aborted: libvirtd has let go of the volume, so it can go.
         if let Err(d) = delete(pool, name) {
-            eprintln!("warning: could not remove the partial volume {name}: {d:#}");
+            crate::messages::warn(format!("could not remove the partial volume {name}: {d:#}"));
         }
         return Err(e.context(format!("uploading volume {name}")));
     }
@@ -385,7 +387,7 @@ pub fn upload(
 }
 
 fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progress: &Progress) -> anyhow::Result<()> {
-    let stream = Stream::new(conn, 0).map_err(|e| explain(e, "opening stream"))?;
+    let stream = Stream::new(conn, 0).map_err(|e| super::explain_on(conn, e, "opening stream"))?;
     vol.upload(&stream, 0, len, 0).map_err(|e| match is(&e, ErrorNumber::NoSupport) {
         true => anyhow::Error::new(Unsupported(e.message().to_owned())),
         false => explain(e, "starting upload"),
@@ -397,9 +399,9 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
             let n = match reader.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !crate::interrupt::requested() => continue,
-                Err(_) if crate::interrupt::requested() => return Err(failure(Kind::Interrupted, "interrupted")),
+                Err(_) if crate::interrupt::requested() => return Err(crate::interrupt::Interrupted.into()),
                 // The source of the bytes failed (a server that hung up): the environment's, exit 4.
-                Err(e) => return Err(failure(Kind::Environment, format!("reading the data to upload: {e}"))),
+                Err(e) => return Err(Error::Environment(format!("reading the data to upload: {e}")).into()),
             };
             if n == 0 {
                 break;
@@ -415,10 +417,10 @@ fn send(conn: &Connect, vol: &StorageVol, len: u64, reader: &mut dyn Read, progr
             progress.set_position(sent);
         }
         if sent != len {
-            return Err(failure(
-                Kind::Environment,
-                format!("the data ended after {sent} bytes of the {len} announced (a download cut short?)"),
-            ));
+            return Err(Error::Environment(format!(
+                "the data ended after {sent} bytes of the {len} announced (a download cut short?)"
+            ))
+            .into());
         }
         Ok(())
     })();
@@ -693,7 +695,9 @@ pub fn mark_kept(
         // A driver without uploads (libvirt's test driver): an empty marker,
         // which keeps the disk but never lets a create adopt it.
         Err(e) if e.chain().any(|c| c.is::<Unsupported>()) => {
-            tracing::warn!(volume = data_volume, "this libvirt cannot upload: the kept disk's marker is empty");
+            crate::messages::warn(format!(
+                "this libvirt cannot upload: the marker of kept disk {data_volume} is empty"
+            ));
             create(
                 pool,
                 &VolumeXml {

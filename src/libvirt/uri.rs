@@ -53,61 +53,13 @@ impl Uri {
     pub fn parse(uri: &str) -> Result<Uri, UriError> {
         let err = |why| UriError { uri: uri.to_owned(), why };
         let (scheme, rest) = uri.split_once("://").ok_or(err("no \"://\""))?;
-        let (driver, transport) = match scheme.split_once('+') {
-            Some((d, t)) => (d, Some(t)),
-            None => (scheme, None),
-        };
-        if driver.is_empty() || !driver.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(err("no driver before \"://\""));
-        }
-        if transport.is_some_and(|t| t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric())) {
-            return Err(err("an empty or odd transport after '+'"));
-        }
-        // Fragments are not part of libvirt URIs; drop one if given.
-        let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, q),
-            None => (rest, ""),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
+        let (driver, transport) = scheme_parts(scheme).map_err(err)?;
+        let (authority, path, query) = rest_parts(rest);
         let (user, host_port) = match authority.rsplit_once('@') {
             Some((u, h)) => (Some(decode(u)), h),
             None => (None, authority),
         };
-        // `host:port`, `[v6]:port`, `[v6]`, `host`.
-        let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or(err("an IPv6 address without ']'"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p),
-                None if after.is_empty() => None,
-                None => return Err(err("text after an IPv6 address")),
-            };
-            (h, port)
-        } else {
-            match host_port.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (host_port, None),
-            }
-        };
-        let port = match port {
-            None | Some("") => None,
-            Some(p) => match p.parse::<u16>() {
-                Ok(0) => return Err(err("port 0, which no daemon listens on")),
-                Ok(n) => Some(n),
-                Err(_) => return Err(err("a port that is not a number")),
-            },
-        };
-        let query = query
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (decode(k), decode(v)),
-                None => (decode(kv), String::new()),
-            })
-            .collect();
+        let (host, port) = host_and_port(host_port).map_err(err)?;
         Ok(Uri {
             driver: driver.to_owned(),
             transport: transport.map(str::to_owned),
@@ -115,7 +67,7 @@ impl Uri {
             host: (!host.is_empty()).then(|| decode(host)),
             port,
             path: decode(path),
-            query,
+            query: query_pairs(query),
         })
     }
 
@@ -148,10 +100,99 @@ impl Uri {
         matches!(self.transport.as_deref(), Some("ssh" | "libssh" | "libssh2"))
     }
 
+    /// libvirt's built-in test driver (`test:///default`, `test:///path.xml`):
+    /// no daemon, no files, no streams.
+    pub fn is_test(&self) -> bool {
+        self.driver == "test"
+    }
+
     /// `socket=`: a unix socket given explicitly, on this machine.
     pub fn socket(&self) -> Option<&str> {
         self.param("socket").filter(|s| !s.is_empty())
     }
+}
+
+/// True when `uri` (as given: a URI or an alias) reaches a daemon on this
+/// machine. An alias from libvirt.conf counts as local, as libvirt's own
+/// default does; anything else that does not parse does not.
+pub fn is_local(uri: &str) -> bool {
+    match Uri::parse(uri) {
+        Ok(u) => u.is_local(),
+        Err(_) => !uri.is_empty() && check_alias(uri).is_ok(),
+    }
+}
+
+/// True when `uri` names libvirt's test driver.
+pub fn is_test(uri: &str) -> bool {
+    Uri::parse(uri).is_ok_and(|u| u.is_test())
+}
+
+// The phases of [`Uri::parse`], in reading order.
+
+/// `driver[+transport]`, each checked.
+fn scheme_parts(scheme: &str) -> Result<(&str, Option<&str>), &'static str> {
+    let (driver, transport) = match scheme.split_once('+') {
+        Some((d, t)) => (d, Some(t)),
+        None => (scheme, None),
+    };
+    if driver.is_empty() || !driver.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err("no driver before \"://\"");
+    }
+    if transport.is_some_and(|t| t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric())) {
+        return Err("an empty or odd transport after '+'");
+    }
+    Ok((driver, transport))
+}
+
+/// What follows `://`: authority, path and query (a fragment, which libvirt
+/// URIs do not have, is dropped).
+fn rest_parts(rest: &str) -> (&str, &str, &str) {
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    (authority, path, query)
+}
+
+/// `host:port`, `[v6]:port`, `[v6]`, `host`; the port a number from 1.
+fn host_and_port(host_port: &str) -> Result<(&str, Option<u16>), &'static str> {
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("an IPv6 address without ']'")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("text after an IPv6 address"),
+        };
+        (h, port)
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) => return Err("port 0, which no daemon listens on"),
+            Ok(n) => Some(n),
+            Err(_) => return Err("a port that is not a number"),
+        },
+    };
+    Ok((host, port))
+}
+
+/// The query's `key=value` pairs in order, percent-decoded.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(kv), String::new()),
+        })
+        .collect()
 }
 
 impl fmt::Display for Uri {
@@ -222,82 +263,109 @@ const TRANSPORTS: &[&str] = &["unix", "ssh", "tcp", "tls", "libssh", "libssh2", 
 /// `Ok` when `uri` is shaped like a libvirt URI (or an alias name from
 /// libvirt.conf); else why not.
 pub fn check(uri: &str) -> Result<(), String> {
-    let bad = |why: String| {
-        Err(format!("{uri:?} is not a libvirt URI: {why} (e.g. qemu:///system, qemu+ssh://root@host/system)"))
-    };
-    if uri.is_empty() {
-        return bad("it is empty".into());
-    }
-    if let Some(c) = uri.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return bad(format!("it contains {c:?}"));
-    }
+    let bad =
+        |why: String| format!("{uri:?} is not a libvirt URI: {why} (e.g. qemu:///system, qemu+ssh://root@host/system)");
+    check_shape(uri).map_err(bad)
+}
+
+/// [`check`]'s phases in reading order, each saying why not.
+fn check_shape(uri: &str) -> Result<(), String> {
+    check_characters(uri)?;
     let Some((scheme, rest)) = uri.split_once(':') else {
-        // An alias defined in libvirt.conf (uri_aliases): letters, digits, `_-.`.
-        if uri.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-            return Ok(());
-        }
-        return bad("no scheme, and not an alias name".into());
+        return check_alias(uri);
     };
-    let (driver, transport) = match scheme.split_once('+') {
-        Some((d, t)) => (d, Some(t)),
-        None => (scheme, None),
-    };
-    if !DRIVERS.contains(&driver) {
-        return bad(format!("{driver:?} is not a libvirt driver"));
-    }
-    if let Some(t) = transport {
-        if !TRANSPORTS.contains(&t) {
-            return bad(format!("transport {t:?} is not one of {}", TRANSPORTS.join(", ")));
-        }
-    }
+    let driver = check_scheme(scheme)?;
     let Some(rest) = rest.strip_prefix("//") else {
-        return bad("the scheme must be followed by // (three slashes for a local daemon)".into());
+        return Err("the scheme must be followed by // (three slashes for a local daemon)".into());
     };
     let (before_query, query) = match rest.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (rest, None),
     };
     if before_query.contains('#') || query.is_some_and(|q| q.contains('#')) {
-        return bad("it has a fragment (#)".into());
+        return Err("it has a fragment (#)".into());
     }
     let (authority, path) = match before_query.find('/') {
         Some(i) => before_query.split_at(i),
         None => (before_query, ""),
     };
+    check_port(authority)?;
+    check_escapes(path)?;
+    check_escapes(query.unwrap_or(""))?;
+    if driver == "qemu" && !matches!(path, "/system" | "/session" | "/embed") {
+        return Err(format!("a qemu URI's path is /system or /session, not {path:?}"));
+    }
+    Ok(())
+}
+
+fn check_characters(uri: &str) -> Result<(), String> {
+    if uri.is_empty() {
+        return Err("it is empty".into());
+    }
+    match uri.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        Some(c) => Err(format!("it contains {c:?}")),
+        None => Ok(()),
+    }
+}
+
+/// An alias defined in libvirt.conf (uri_aliases): letters, digits, `_-.`.
+fn check_alias(uri: &str) -> Result<(), String> {
+    match uri.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        true => Ok(()),
+        false => Err("no scheme, and not an alias name".into()),
+    }
+}
+
+/// `driver[+transport]` naming a libvirt driver and transport; the driver.
+fn check_scheme(scheme: &str) -> Result<&str, String> {
+    let (driver, transport) = match scheme.split_once('+') {
+        Some((d, t)) => (d, Some(t)),
+        None => (scheme, None),
+    };
+    if !DRIVERS.contains(&driver) {
+        return Err(format!("{driver:?} is not a libvirt driver"));
+    }
+    match transport {
+        Some(t) if !TRANSPORTS.contains(&t) => Err(format!("transport {t:?} is not one of {}", TRANSPORTS.join(", "))),
+        _ => Ok(driver),
+    }
+}
+
+/// The authority's port, if any, is a number from 1 to 65535; brackets only
+/// around an IPv6 address.
+fn check_port(authority: &str) -> Result<(), String> {
     let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
     let port = if let Some(v6) = host_port.strip_prefix('[') {
-        let Some((_, after)) = v6.split_once(']') else { return bad("an IPv6 address without its closing ]".into()) };
+        let Some((_, after)) = v6.split_once(']') else {
+            return Err("an IPv6 address without its closing ]".into());
+        };
         after.strip_prefix(':')
     } else {
         if host_port.contains(['[', ']']) {
-            return bad("brackets outside an IPv6 address".into());
+            return Err("brackets outside an IPv6 address".into());
         }
         host_port.split_once(':').map(|(_, p)| p)
     };
-    if let Some(p) = port {
-        if p.is_empty() || p.parse::<u16>().is_err() {
-            return bad(format!("port {p:?} is not a number up to 65535"));
-        }
-        if p.parse::<u16>() == Ok(0) {
-            return bad(format!("port {p:?} is 0, which no daemon listens on: give a port from 1 to 65535"));
-        }
+    let Some(p) = port else { return Ok(()) };
+    match p.parse::<u16>() {
+        Err(_) => Err(format!("port {p:?} is not a number up to 65535")),
+        Ok(0) => Err(format!("port {p:?} is 0, which no daemon listens on: give a port from 1 to 65535")),
+        Ok(_) => Ok(()),
     }
-    for part in [path, query.unwrap_or("")] {
-        let b = part.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'%' {
-                let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-                if hex.is_none() {
-                    return bad("a % not followed by two hex digits".into());
-                }
-                i += 2;
+}
+
+/// Every `%` is followed by two hex digits.
+fn check_escapes(part: &str) -> Result<(), String> {
+    let b = part.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !b.get(i + 1..i + 3).is_some_and(|h| h.len() == 2 && h.iter().all(u8::is_ascii_hexdigit)) {
+                return Err("a % not followed by two hex digits".into());
             }
-            i += 1;
+            i += 2;
         }
-    }
-    if driver == "qemu" && !matches!(path, "/system" | "/session" | "/embed") {
-        return bad(format!("a qemu URI's path is /system or /session, not {path:?}"));
+        i += 1;
     }
     Ok(())
 }
@@ -366,6 +434,14 @@ mod tests {
             let e = Uri::parse(bad).unwrap_err();
             assert!(e.to_string().contains("not a libvirt URI"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn local_and_test_from_the_parsed_uri() {
+        assert!(is_local("qemu:///system") && is_local("myalias") && is_local("qemu+unix:///session?socket=/s"));
+        assert!(!is_local("qemu+ssh://h/system") && !is_local("not a uri") && !is_local(""));
+        assert!(is_test("test:///default") && is_test("test:///tmp/node.xml"));
+        assert!(!is_test("qemu:///system") && !is_test("testing") && !is_test("test+ssh"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{failure, Kind};
+use super::errors::Error;
 
 /// virtiofsd on this machine, if installed.
 pub fn find() -> Option<PathBuf> {
@@ -12,10 +12,11 @@ pub fn find() -> Option<PathBuf> {
 }
 
 pub fn missing() -> anyhow::Error {
-    failure(
-        Kind::Environment,
-        "shares need virtiofsd, which is not installed: `apt install virtiofsd` (Debian 13, Ubuntu 24.04 and later), your distribution's package, or `cargo install --locked virtiofsd` (needs libseccomp-dev and libcap-ng-dev)",
+    Error::Environment(
+        "shares need virtiofsd, which is not installed: `apt install virtiofsd` (Debian 13, Ubuntu 24.04 and later), your distribution's package, or `cargo install --locked virtiofsd` (needs libseccomp-dev and libcap-ng-dev)"
+            .into(),
     )
+    .into()
 }
 
 /// The virtiofsd for `shares` on `daemon`'s VMs, or why they cannot have one.
@@ -33,7 +34,7 @@ pub fn for_daemon(daemon: &super::daemon::Daemon, shares: &[crate::spec::Share])
     for s in shares {
         let want = if s.readonly { R | X } else { R | W | X };
         if let Some(why) = user.blocked(&s.source, want) {
-            return Err(crate::error::invalid(format!(
+            return Err(Error::Invalid(format!(
                 "cannot share {} with the guest: {why}; {} runs virtiofsd as {}, unprivileged, so it serves only what {} may {}: choose a directory of {}'s, or use the system daemon (root, qemu:///system)",
                 s.source.display(),
                 daemon.describe(),
@@ -41,7 +42,8 @@ pub fn for_daemon(daemon: &super::daemon::Daemon, shares: &[crate::spec::Share])
                 user.name,
                 if s.readonly { "read" } else { "read and write" },
                 user.name
-            )));
+            ))
+            .into());
         }
     }
     let found = candidates().find(|p| p.is_file() && user.blocked(p, X).is_none());
@@ -52,27 +54,23 @@ pub fn for_daemon(daemon: &super::daemon::Daemon, shares: &[crate::spec::Share])
             true => String::new(),
             false => format!(" ({} is there, but not one {} may run)", hidden.join(", "), user.name),
         };
-        return Err(failure(
-            Kind::Environment,
-            format!(
+        return Err(Error::Environment(format!(
                 "shares need virtiofsd, which {} runs as {}: none that {} can run is installed{why}; install your distribution's package (`apt install virtiofsd` on Debian 13 and Ubuntu 24.04), or `cargo install --locked virtiofsd` as {}",
                 daemon.describe(), user.name, user.name, user.name
-            ),
-        ));
+            ))
+            .into());
     };
     let lacking = unprivileged_lacks(user);
     if !shares.is_empty() && !lacking.is_empty() {
-        return Err(failure(
-            Kind::Environment,
-            format!(
+        return Err(Error::Environment(format!(
                 "shares on {} need virtiofsd to run unprivileged in a user namespace, and this host cannot give it one: {}. \
                  As root: `apt install uidmap` and `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}`; \
                  or use the system daemon (root, qemu:///system)",
                 daemon.describe(),
                 lacking.join(", "),
                 user.name
-            ),
-        ));
+            ))
+            .into());
     }
     Ok(bin)
 }

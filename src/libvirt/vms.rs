@@ -1,14 +1,14 @@
 //! Finding project-vm's VMs. A domain counts as a VM only when it carries
 //! project-vm's ownership metadata; everything else is somebody else's.
 
-use serde::Serialize;
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainState, DomainStateEnum};
+use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
+use super::errors::Error;
 use super::metadata::Ownership;
-use super::{explain, is};
-use crate::error::{invalid, not_found};
+pub use super::state::State;
+use super::{explain_on, is};
 use crate::spec::{VmName, VmSpec, DOMAIN_PREFIX};
 
 /// A domain with project-vm's record.
@@ -27,50 +27,6 @@ pub enum Lookup {
     Owned(Box<Vm>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Running,
-    Paused,
-    Shutoff,
-    Crashed,
-    Other,
-}
-
-impl State {
-    pub fn of(dom: &Domain) -> State {
-        match dom.state() {
-            Ok((s, _)) => State::from_known(s.known()),
-            Err(_) => State::Other,
-        }
-    }
-
-    /// From libvirt's number (`virDomainState`), as bulk statistics give it.
-    pub fn from_raw(raw: u32) -> State {
-        State::from_known(DomainStateEnum::from_raw(raw).known())
-    }
-
-    fn from_known(s: Option<DomainState>) -> State {
-        match s {
-            Some(DomainState::Running | DomainState::Blocked) => State::Running,
-            Some(DomainState::Paused | DomainState::PMSuspended) => State::Paused,
-            Some(DomainState::Shutoff) => State::Shutoff,
-            Some(DomainState::Crashed) => State::Crashed,
-            _ => State::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Paused => "paused",
-            State::Shutoff => "shutoff",
-            State::Crashed => "crashed",
-            State::Other => "other",
-        }
-    }
-}
-
 impl Vm {
     pub fn state(&self) -> State {
         State::of(&self.dom)
@@ -85,7 +41,7 @@ pub fn lookup(conn: &Connect, name: &VmName) -> anyhow::Result<Lookup> {
     let dom = match conn.lookup_domain_by_name(&name.domain()) {
         Ok(d) => d,
         Err(e) if is(&e, ErrorNumber::NoDomain) => return Ok(Lookup::Absent),
-        Err(e) => return Err(explain(e, format!("looking up domain {}", name.domain()))),
+        Err(e) => return Err(explain_on(conn, e, format!("looking up domain {}", name.domain()))),
     };
     let read = match Ownership::read(&dom) {
         Err(e) => match e.downcast_ref::<super::metadata::Unreadable>() {
@@ -108,10 +64,11 @@ pub fn lookup(conn: &Connect, name: &VmName) -> anyhow::Result<Lookup> {
 pub fn get(conn: &Connect, name: &VmName) -> anyhow::Result<Vm> {
     match lookup(conn, name)? {
         Lookup::Owned(vm) => Ok(*vm),
-        Lookup::Absent => Err(not_found(format!(
+        Lookup::Absent => Err(Error::NoSuchVm(format!(
             "no VM named {name} (no domain {}): see `project-vm list`, or create it with `project-vm create {name}`",
             name.domain()
-        ))),
+        ))
+        .into()),
         Lookup::Foreign(why) => Err(foreign(name, why.as_deref())),
     }
 }
@@ -120,11 +77,12 @@ pub fn foreign(name: &VmName, why: Option<&str>) -> anyhow::Error {
     let why = why
         .map(|w| format!("its project-vm metadata is not its own: {w}"))
         .unwrap_or_else(|| "it has no project-vm metadata".into());
-    invalid(format!(
+    Error::Foreign(format!(
         "domain {} exists but was not created by project-vm ({why}); \
          project-vm will not touch it. Pick another name, or remove it yourself with virsh if it is yours to remove",
         name.domain()
     ))
+    .into()
 }
 
 /// Every project-vm VM on this connection, sorted by name.
@@ -134,7 +92,7 @@ pub fn foreign(name: &VmName, why: Option<&str>) -> anyhow::Error {
 /// connection carries concurrent calls, and the daemon answers them on its
 /// worker pool), so a host with hundreds of VMs lists in tens of ms.
 pub fn list(conn: &Connect) -> anyhow::Result<Vec<Vm>> {
-    let doms = conn.list_all_domains(0).map_err(|e| explain(e, "listing domains"))?;
+    let doms = conn.list_all_domains(0).map_err(|e| explain_on(conn, e, "listing domains"))?;
     let candidates: Vec<(VmName, String, Domain)> = doms
         .into_iter()
         .filter_map(|dom| {
@@ -143,11 +101,23 @@ pub fn list(conn: &Connect) -> anyhow::Result<Vec<Vm>> {
             Some((name, dname, dom))
         })
         .collect();
-    let mut vms: Vec<Vm> = parallel(candidates, |(name, dname, dom)| match Ownership::read(&dom) {
+    let mut vms: Vec<Vm> = parallel(candidates, |(name, dname, dom)| owned(name, dname, dom))
+        .map_err(|p| anyhow::Error::new(p).context("reading the records of project-vm's domains"))?
+        .into_iter()
+        .flatten()
+        .collect();
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(vms)
+}
+
+/// The domain as a VM when its record is project-vm's and its own; a
+/// domain skipped is said (a warning) unless it simply has no record.
+fn owned(name: VmName, dname: String, dom: Domain) -> Option<Vm> {
+    match Ownership::read(&dom) {
         Ok(Some(own)) => match own.mismatch(&dname, &dom.uuid_string().unwrap_or_default()) {
             None => Some(Vm { name, dom, own }),
             Some(why) => {
-                tracing::warn!(domain = dname, "skipping domain: {why}");
+                crate::messages::warn(format!("skipping domain {dname}: {why}"));
                 None
             }
         },
@@ -156,38 +126,38 @@ pub fn list(conn: &Connect) -> anyhow::Result<Vec<Vm>> {
             None
         }
         Err(e) => {
-            tracing::warn!(domain = dname, "skipping domain: {e:#}");
+            crate::messages::warn(format!("skipping domain {dname}: {e:#}"));
             None
         }
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-    vms.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(vms)
+    }
 }
 
 /// Domains whose calls run at once: a few cover the round-trip latency; more
 /// only queue in the daemon.
 const LANES: usize = 4;
 
-/// `f` over `items` on up to [`LANES`] threads, results in input order. Small
-/// inputs stay on this thread (spawning costs more than it saves).
-pub fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    if items.len() < 16 {
-        return items.into_iter().map(f).collect();
-    }
-    let per = items.len().div_ceil(LANES);
+/// `f` over `items` in up to [`LANES`] lanes at once ([`crate::fanout`]),
+/// results in input order; small inputs are one lane. A lane that panics
+/// fails the whole call, by choice: a listing that silently lacked some VMs
+/// would let `image rm` remove an image in use, `create` reuse a VM's ssh
+/// port, or `apply` create a VM that exists.
+pub fn parallel<T, R, F>(items: Vec<T>, f: F) -> Result<Vec<R>, crate::fanout::Panicked>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> R + Send + Sync + 'static,
+{
+    let lanes = if items.len() < 16 { 1 } else { LANES };
+    let per = items.len().div_ceil(lanes).max(1);
     let mut chunks: Vec<Vec<T>> = Vec::new();
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
         chunks.push(items.by_ref().take(per).collect());
     }
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> =
-            chunks.into_iter().map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<R>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().expect("lane panicked")).collect()
+    let done = crate::fanout::map(chunks, lanes, move |lane: Vec<T>| lane.into_iter().map(&f).collect::<Vec<R>>());
+    done.into_iter().try_fold(Vec::new(), |mut all, lane| {
+        all.extend(lane?);
+        Ok(all)
     })
 }
 
@@ -209,7 +179,7 @@ pub fn survey(conn: &Connect) -> anyhow::Result<Vec<Surveyed>> {
     let stats = super::stats::of(&doms)?;
     let autostart: std::collections::HashSet<String> = conn
         .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
-        .map_err(|e| explain(e, "listing domains"))?
+        .map_err(|e| explain_on(conn, e, "listing domains"))?
         .iter()
         .filter_map(|d| d.name().ok())
         .collect();
@@ -354,7 +324,7 @@ pub fn qcow2_backing_file(path: &str) -> Option<String> {
 /// never removes what is in use, nor `create` adopts it or `destroy`
 /// deletes it.
 pub fn disks_in_use(conn: &Connect, local: bool) -> anyhow::Result<InUse> {
-    let doms = conn.list_all_domains(0).map_err(|e| explain(e, "listing domains"))?;
+    let doms = conn.list_all_domains(0).map_err(|e| explain_on(conn, e, "listing domains"))?;
     let mut used = InUse { local, ..InUse::default() };
     for dom in doms {
         let Ok(dname) = dom.name() else { continue };
@@ -408,6 +378,25 @@ pub fn disks_in_use(conn: &Connect, local: bool) -> anyhow::Result<InUse> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lane_that_panics_fails_the_call_and_the_others_finish() {
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = ran.clone();
+        let got = parallel((0..40).collect(), move |n: u32| {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert_ne!(n, 3, "injected panic");
+            n
+        });
+        let e = got.expect_err("a panicking lane fails the listing");
+        assert!(e.message.contains("injected panic"), "{e}");
+        // Only the panicking lane stopped early: the other three ran all of theirs.
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst) >= 30 + 4);
+        assert_eq!(parallel((0..40).collect(), |n: u32| n * 2).unwrap(), (0..40).map(|n| n * 2).collect::<Vec<_>>());
+        assert_eq!(parallel(vec![1, 2], |n: u32| n).unwrap(), vec![1, 2]);
+        let small = parallel(vec![1u32], |_| -> u32 { panic!("small inputs too") });
+        assert!(small.unwrap_err().message.contains("small inputs too"));
+    }
 
     #[test]
     fn finds_every_disk_source() {

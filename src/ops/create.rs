@@ -551,7 +551,7 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
 /// backing or external data file, every table within the file. The lock is
 /// held until the overlay exists.
 fn image_in_hand(ctx: &Ctx, pool: &StoragePool, image: &Image) -> anyhow::Result<Option<crate::lock::Lock>> {
-    if ctx.uri.starts_with("test:") {
+    if crate::libvirt::uri::is_test(&ctx.uri) {
         // The test driver's stand-in images have no record and no contents to read.
         return Ok(None);
     }

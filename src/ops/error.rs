@@ -34,6 +34,16 @@ pub enum Error {
     /// The environment stopped the verb (a tool missing, a file it may not read).
     #[error("{0}")]
     Environment(String),
+    /// Nothing of that name where the verb looked (across a fleet's hosts,
+    /// say); the message says where and what to do.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something the verb was working on went away under it (a pool, a volume).
+    #[error("{what} is gone")]
+    Gone { what: String },
+    /// `apply` carried out what it could; these VMs failed (each result says why).
+    #[error("{failed} of the VMs failed to apply (see above)")]
+    ApplyFailed { failed: usize },
 }
 
 fn at(host: &Option<String>) -> String {
@@ -43,12 +53,14 @@ fn at(host: &Option<String>) -> String {
 impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::NoSuchVm { .. } => Kind::NotFound,
+            Error::NoSuchVm { .. } | Error::NotFound(_) => Kind::NotFound,
             Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
             Error::Timeout { .. } => Kind::Timeout,
             Error::NotProvisioned { .. } => Kind::Provisioning,
             Error::Invalid(_) => Kind::Invalid,
             Error::Environment(_) => Kind::Environment,
+            Error::Gone { .. } => Kind::NotFound,
+            Error::ApplyFailed { .. } => Kind::Failed,
         }
     }
 }

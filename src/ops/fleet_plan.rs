@@ -2,8 +2,8 @@
 //! connection, then put together. A host that does not answer fails only its
 //! VMs; a VM declared on one host and found on another is a move.
 
-use super::fleet::Fleet;
-use super::plan::{plan, Action, Change, Class, Options, Plan, VmPlan};
+use super::fleet::{worker_panicked, Fleet};
+use super::plan::{plan, Change, Entry, Options, Plan, Prune, Unchanged, VmPlan};
 use crate::config::Declared;
 
 /// Every VM names a host of the fleet, and with named hosts every VM has one.
@@ -35,11 +35,12 @@ fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
     }
     match problems.is_empty() {
         true => Ok(()),
-        false => Err(crate::error::invalid(format!(
+        false => Err(crate::config::ConfigError::Invalid(format!(
             "the declarative file: {} problem(s); nothing was changed:\n  {}",
             problems.len(),
             problems.join("\n  ")
-        ))),
+        ))
+        .into()),
     }
 }
 
@@ -53,45 +54,47 @@ fn check_hosts(fleet: &Fleet, declared: &Declared) -> anyhow::Result<()> {
 pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Option<&str>) -> anyhow::Result<Plan> {
     check_hosts(fleet, declared)?;
     let hosts = fleet.select(only)?;
-    let answers = fleet.ask(&hosts, |h, ctx| {
+    let (settings, vms) = (declared.settings.clone(), declared.vms.clone());
+    let answers = fleet.ask(&hosts, move |h, ctx| {
         let mine = Declared {
-            settings: declared.settings.clone(),
-            vms: declared.vms.iter().filter(|(_, d)| d.host == h.name).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            settings: settings.clone(),
+            vms: vms.iter().filter(|(_, d)| d.host == h.name).map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         plan(&ctx, &mine, opts)
     });
-    let mut all = Plan { vms: vec![], hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 };
+    let mut all = Plan::of(vec![]);
     for (h, answer) in answers {
         match answer {
             Ok(p) => all.vms.extend(p.vms.into_iter().map(|v| VmPlan { host: h.name.clone(), ..v })),
             // Only a host that cannot be reached fails alone; bad input anywhere stops everything.
-            Err(e) if crate::exit::code(&e) == crate::error::Kind::Environment.exit_code() => {
-                let why = format!("{e:#}");
+            Err(e) if crate::exit::kind(&e) == crate::error::Kind::Environment || worker_panicked(&e) => {
+                let error = format!("{e:#}");
                 for d in declared.vms.values().filter(|d| d.host == h.name) {
-                    all.vms.push(VmPlan {
-                        host: h.name.clone(),
-                        error: Some(why.clone()),
-                        decl: Some(d.clone()),
-                        ..VmPlan::new(d.name.as_str(), Action::Unreachable)
-                    });
+                    let entry = Entry::Unreachable { error: error.clone() };
+                    all.vms.push(VmPlan { host: h.name.clone(), ..VmPlan::new(&d.name, entry) });
                 }
-                all.hosts_down.push(why);
+                all.hosts_down.push(error);
             }
             Err(e) => return Err(e),
         }
     }
     moves(&mut all.vms, opts);
-    // A VM the file declares on a host that did not answer is not "not in
-    // the file" where it lives now: it is left as it is, never pruned.
-    for p in all.vms.iter_mut().filter(|p| matches!(p.action, Action::NotInFile | Action::Prune) && p.moved.is_none()) {
-        if let Some(d) = declared.vms.values().find(|d| d.name.as_str() == p.name) {
-            let to = d.host.as_deref().unwrap_or_default();
-            p.action = Action::Nothing;
-            p.error = Some(format!("declared on host {to}, which did not answer: left as it is"));
-        }
-    }
+    left_for_their_hosts(&mut all.vms, declared);
     all.recount(opts);
     Ok(all)
+}
+
+/// A VM the file declares on a host that did not answer is not "not in
+/// the file" where it lives now: it is left as it is, never pruned.
+fn left_for_their_hosts(vms: &mut [VmPlan], declared: &Declared) {
+    for p in vms.iter_mut() {
+        if !matches!(p.entry, Entry::NotInFile | Entry::Prune(Prune { moved_to: None })) {
+            continue;
+        }
+        if let Some(d) = declared.vms.get(&p.name) {
+            p.entry = Entry::DeclaredElsewhere { host: d.host.clone().unwrap_or_default() };
+        }
+    }
 }
 
 /// A VM to create on one host that another host has (not in the file there)
@@ -101,25 +104,23 @@ pub fn plan_fleet(fleet: &Fleet, declared: &Declared, opts: Options, only: Optio
 fn moves(vms: &mut Vec<VmPlan>, opts: Options) {
     let mut gone = Vec::new();
     for i in 0..vms.len() {
-        if vms[i].action != Action::Create {
+        if !matches!(vms[i].entry, Entry::Create(_)) {
             continue;
         }
         let Some(j) = vms.iter().position(|o| {
-            o.name == vms[i].name && o.host != vms[i].host && matches!(o.action, Action::NotInFile | Action::Prune)
+            o.name == vms[i].name && o.host != vms[i].host && matches!(o.entry, Entry::NotInFile | Entry::Prune(_))
         }) else {
             continue;
         };
         let (from, to) = (vms[j].host.clone().unwrap_or_default(), vms[i].host.clone().unwrap_or_default());
-        let note = "the VM is rebuilt on its new host with a new project disk; the old project disk stays on the old host (copy what you need first)";
         if opts.recreate {
-            vms[i].moved = Some(format!("from {from}"));
-            vms[j].action = Action::Prune;
-            vms[j].moved = Some(format!("to {to}"));
+            if let Entry::Create(c) = &mut vms[i].entry {
+                c.moved_from = Some(from);
+            }
+            vms[j].entry = Entry::Prune(Prune { moved_to: Some(to) });
         } else {
-            let p = &mut vms[i];
-            p.action = Action::Nothing;
-            p.start = false;
-            p.changes.push(Change { field: "host", from: from.clone(), to, class: Class::NeedsRecreate, note });
+            let changes = vec![Change::Host { from, to }];
+            vms[i].entry = Entry::Unchanged(Unchanged { changes, restart_pending: false });
             gone.push(j);
         }
     }

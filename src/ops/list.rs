@@ -126,7 +126,7 @@ fn table_of(entries: &[Entry], out: &mut dyn Write) -> io::Result<()> {
 /// `list` over the hosts `only` selects (all by default), asked at once.
 pub fn list_fleet(fleet: &Fleet, only: Option<&str>, all_pools: bool) -> anyhow::Result<FleetListing> {
     let hosts = fleet.select(only)?;
-    let answers = fleet.ask(&hosts, |_, ctx| list(&ctx, all_pools));
+    let answers = fleet.ask(&hosts, move |_, ctx| list(&ctx, all_pools));
     let mut out = FleetListing { entries: vec![], down: vec![] };
     for (h, answer) in answers {
         match answer {

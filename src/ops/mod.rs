@@ -148,7 +148,7 @@ impl Ctx {
     /// True when `uri`'s daemon is on this machine. Names that are not URIs
     /// (aliases from libvirt.conf) count as local, as libvirt's own default does.
     pub fn uri_is_local(uri: &str) -> bool {
-        crate::libvirt::uri::Uri::parse(uri).map_or(!uri.contains("://"), |u| u.is_local())
+        crate::libvirt::uri::is_local(uri)
     }
 
     /// True for the system (root) libvirt daemon, as opposed to a user session.

@@ -4,129 +4,29 @@
 //! each domain's metadata, and the real capacities of its volumes. The XML
 //! libvirt returns is never compared, so its reordering and defaults cause
 //! no spurious changes, and an unchanged file plans nothing at all.
+//!
+//! The plan is typed: each VM's [`Entry`] carries what its action needs,
+//! and each [`Change`] its values and its [`ChangeClass`]; `apply` consumes
+//! them as they are.
 
+pub mod change;
+pub mod entry;
+
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 
 use serde::Serialize;
 
+pub use self::change::{diff, Actual, Change, ChangeClass, Disk};
+pub use self::entry::{describe, Action, Create, Entry, Prune, Recreate, Unchanged, Update, VmPlan};
 use super::create::{self, CreateRequest};
 use super::{Ctx, PoolListings};
 use crate::config::{Declared, VmDecl};
 use crate::libvirt::pool_listing::PoolListing;
 use crate::libvirt::vms::{self, State, Surveyed, Vm};
+use crate::ops::Error;
 use crate::output::Report;
 use crate::spec::{Size, VmName, VmSpec};
-
-/// How a change reaches the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Class {
-    /// Applied by `apply` right away.
-    Now,
-    /// Written to the definition; the guest sees it after a restart (`apply --restart` does it).
-    NextRestart,
-    /// Only by rebuilding the root disk: `apply --recreate` (the project disk is kept).
-    NeedsRecreate,
-    /// Not applied: cloud-init runs once per instance. Reported so it is never silently ignored.
-    NotApplied,
-    /// Refused (shrinking a disk would lose data).
-    Impossible,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Change {
-    pub field: &'static str,
-    pub from: String,
-    pub to: String,
-    pub class: Class,
-    pub note: &'static str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    Create,
-    Update,
-    Nothing,
-    /// In the file's place, not in the file: destroyed with `--prune`.
-    Prune,
-    /// Owned VM not in the file, left alone (no `--prune`).
-    NotInFile,
-    /// Its host did not answer: nothing can be planned (the error says why).
-    Unreachable,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VmPlan {
-    /// The fleet host (only with `hosts`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    pub name: String,
-    pub action: Action,
-    /// Why nothing could be planned (an unreachable host).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Moving between hosts: `from HOST` on the create, `to HOST` on the
-    /// destroy. The project disk stays where it was.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub moved: Option<String>,
-    pub changes: Vec<Change>,
-    /// It will be started (autostart and not running).
-    pub start: bool,
-    /// It will be restarted (`--restart`, running, and a next-restart change
-    /// now or pending from an earlier apply).
-    pub restart: bool,
-    /// Running with memory or CPUs that differ from its definition: an earlier
-    /// change waits for a restart.
-    pub restart_pending: bool,
-    /// It will be rebuilt (`--recreate` and a change that needs it).
-    pub recreate: bool,
-    /// Half-made: a create (or destroy) was interrupted. `apply` undoes what
-    /// is left, keeping the project disk, and creates it again.
-    pub interrupted: bool,
-    #[serde(skip)]
-    pub desired: Option<VmSpec>,
-    #[serde(skip)]
-    pub decl: Option<VmDecl>,
-}
-
-impl VmPlan {
-    /// How reports name it: `web`, or `web (gpu)` on a fleet host.
-    pub fn label(&self) -> String {
-        match &self.host {
-            Some(h) => format!("{} ({h})", self.name),
-            None => self.name.clone(),
-        }
-    }
-
-    /// A plan with no changes and nothing to start.
-    pub fn new(name: &str, action: Action) -> VmPlan {
-        VmPlan {
-            host: None,
-            name: name.into(),
-            action,
-            error: None,
-            moved: None,
-            changes: vec![],
-            start: false,
-            restart: false,
-            restart_pending: false,
-            recreate: false,
-            interrupted: false,
-            desired: None,
-            decl: None,
-        }
-    }
-
-    /// True when `apply` would change something.
-    pub fn acts(&self) -> bool {
-        matches!(self.action, Action::Create | Action::Prune)
-            || self.start
-            || self.restart
-            || self.recreate
-            || self.changes.iter().any(|c| matches!(c.class, Class::Now | Class::NextRestart))
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -151,127 +51,7 @@ pub struct Options {
     pub recreate: bool,
 }
 
-/// What exists, beyond the recorded spec.
-#[derive(Debug, Clone, Copy)]
-pub struct Actual {
-    pub root_capacity: u64,
-    pub data_capacity: u64,
-    pub autostart: bool,
-    pub running: bool,
-    /// The running guest's memory and CPUs differ from the definition.
-    pub restart_pending: bool,
-    /// Snapshots the VM has: qcow2 cannot grow a disk with internal snapshots.
-    pub snapshots: u32,
-}
-
-fn size_change(
-    field: &'static str,
-    actual: u64,
-    desired: Size,
-    snapshots: u32,
-    note_grow: &'static str,
-) -> Option<Change> {
-    let (from, to) = (Size(actual).to_string(), desired.to_string());
-    if desired.bytes() > actual && snapshots > 0 {
-        let note = "qcow2 cannot grow a disk that has snapshots: delete them first (`project-vm snapshot list`, `snapshot delete`)";
-        Some(Change { field, from, to, class: Class::Impossible, note })
-    } else if desired.bytes() > actual {
-        Some(Change { field, from, to, class: Class::Now, note: note_grow })
-    } else if desired.bytes() < actual {
-        Some(Change { field, from, to, class: Class::Impossible, note: "disks only grow; shrinking would lose data" })
-    } else {
-        None
-    }
-}
-
-/// The changes from `current` (recorded) and `actual` to `desired`. Pure: the
-/// heart of `plan`, tested table-driven.
-pub fn diff(current: &VmSpec, actual: &Actual, desired: &VmSpec) -> Vec<Change> {
-    let mut out = Vec::new();
-    let mut compare = |field: &'static str, from: String, to: String, class: Class, note: &'static str| {
-        if from != to {
-            out.push(Change { field, from, to, class, note });
-        }
-    };
-    let (cur, want) = (&current.resources, &desired.resources);
-    compare("memory", cur.memory.to_string(), want.memory.to_string(), Class::NextRestart, "");
-    compare("cpus", cur.cpus.to_string(), want.cpus.to_string(), Class::NextRestart, "");
-    compare("accel", json(&current.accel), json(&desired.accel), Class::NextRestart, "");
-    compare("network", json(&current.network), json(&desired.network), Class::NextRestart, "");
-    compare(
-        "image",
-        current.base_image.clone(),
-        desired.base_image.clone(),
-        Class::NeedsRecreate,
-        "rebuilds the root disk from the new image; the project disk is kept",
-    );
-    compare(
-        "cloud-init",
-        current.cloud_init_hash.clone(),
-        desired.cloud_init_hash.clone(),
-        Class::NotApplied,
-        "cloud-init (user, keys, features, user_data, tailnet) only runs on a VM's first boot; --recreate applies it and keeps the project disk",
-    );
-    compare(
-        "firmware",
-        json(&current.firmware),
-        json(&desired.firmware),
-        Class::NeedsRecreate,
-        "the root disk must boot the new way; --recreate rebuilds it, keeping the project disk",
-    );
-    compare(
-        "hostdevs",
-        json(&current.hostdevs),
-        json(&desired.hostdevs),
-        Class::NextRestart,
-        "devices are attached when the VM starts",
-    );
-    compare(
-        "shares",
-        json(&current.shares),
-        json(&desired.shares),
-        Class::NextRestart,
-        "virtiofs devices come with the next start (mounted by fstab, nofail)",
-    );
-    compare(
-        "ports",
-        json(&current.ports),
-        json(&desired.ports),
-        Class::NextRestart,
-        "passt forwards the declared ports from the VM's next start (user networking)",
-    );
-    compare(
-        "network_config",
-        json(&current.network_config),
-        json(&desired.network_config),
-        Class::NotApplied,
-        "cloud-init applies network config on the first boot only; --recreate applies it (project disk kept)",
-    );
-    compare("autostart", actual.autostart.to_string(), desired.autostart.to_string(), Class::Now, "");
-    // Disks compare against the volumes' real capacity, and may only grow.
-    out.extend(size_change(
-        "disk",
-        actual.root_capacity,
-        want.disk,
-        actual.snapshots,
-        "the root filesystem grows at next boot",
-    ));
-    out.extend(size_change(
-        "project_disk",
-        actual.data_capacity,
-        want.project_disk,
-        actual.snapshots,
-        "the filesystem on /project grows at next boot",
-    ));
-    out
-}
-
-/// A value as shown in a change: its JSON text (`tcg`, `{"type":"user",...}`).
-fn json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default().trim_matches('"').to_owned()
-}
-
-pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
+fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
     Ok(CreateRequest {
         name: decl.name.clone(),
         resources: decl.resources,
@@ -283,8 +63,8 @@ pub fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
     })
 }
 
-fn devices(decl: &VmDecl) -> super::create::Devices {
-    super::create::Devices {
+fn devices(decl: &VmDecl) -> create::Devices {
+    create::Devices {
         firmware: decl.firmware,
         network_config: decl.network_config.clone(),
         hostdevs: decl.hostdevs.clone(),
@@ -317,128 +97,171 @@ fn actual(s: &Surveyed, pool: Option<&PoolListing>, spec: &VmSpec, desired: &VmS
     })
 }
 
+/// What one run of `plan` reads once and uses for every VM.
+struct Survey<'a> {
+    ctx: &'a Ctx,
+    opts: Options,
+    existing: HashMap<VmName, Surveyed>,
+    pools: PoolListings,
+    keys: Vec<String>,
+}
+
 /// The plan: one survey of the host (a few bulk calls and one per VM),
 /// then a pure comparison per declared VM. A re-apply of an unchanged file
 /// costs about a millisecond per VM.
 pub fn plan(ctx: &Ctx, declared: &Declared, opts: Options) -> anyhow::Result<Plan> {
-    let existing: std::collections::HashMap<VmName, Surveyed> =
-        vms::survey(&ctx.conn())?.into_iter().map(|s| (s.vm.name.clone(), s)).collect();
-    let mut pools = PoolListings::default();
-    let keys = ctx.settings.authorized_keys()?;
+    let mut survey = Survey {
+        ctx,
+        opts,
+        existing: vms::survey(&ctx.conn())?.into_iter().map(|s| (s.vm.name.clone(), s)).collect(),
+        pools: PoolListings::default(),
+        keys: ctx.settings.authorized_keys()?,
+    };
     let mut out = Vec::new();
     for decl in declared.vms.values() {
-        let mut req = request(decl)?;
-        if !req.devices.shares.is_empty() {
-            // As create records them (sources resolved); a refusal is reported by check_needs.
-            if let Ok(d) = req.devices.check(ctx) {
-                req.devices.shares = d.shares;
-            }
-        }
-        let base = create::base_name(ctx, decl.image.as_deref());
-        let found = existing.get(&decl.name);
-        // A VM of this name in another pool was made with other settings:
-        // never grown, redefined or rebuilt from here (nor undone when half-made).
-        if let Some(s) = found.filter(|s| !opts.all_pools && s.vm.own.pool != ctx.settings.pool) {
-            out.push(VmPlan {
-                changes: vec![Change {
-                    field: "pool",
-                    from: s.vm.own.pool.clone(),
-                    to: ctx.settings.pool.clone(),
-                    class: Class::Impossible,
-                    note: "a VM of this name lives in another pool (made with other settings): plan and apply never reach into another pool; manage it there, pass --all-pools to manage it from here, or give this one another name",
-                }],
-                decl: Some(decl.clone()),
-                ..VmPlan::new(decl.name.as_str(), Action::Nothing)
-            });
-            continue;
-        }
-        let interrupted = match found {
-            Some(s) => half_made(&s.vm, pools.get(ctx, &s.vm.own.pool)?),
-            None => false,
-        };
-        match found.filter(|_| !interrupted) {
-            None => {
-                // Fails here, before anything is made, when there is no base image etc.
-                if let vms::Lookup::Foreign(why) = vms::lookup(&ctx.conn(), &decl.name)? {
-                    return Err(vms::foreign(&decl.name, why.as_deref()));
-                }
-                let desired = create::desired_spec(ctx, &req, &keys, base, None);
-                out.push(VmPlan {
-                    start: decl.autostart,
-                    interrupted,
-                    desired: Some(desired),
-                    decl: Some(decl.clone()),
-                    ..VmPlan::new(decl.name.as_str(), Action::Create)
-                });
-            }
-            Some(s) => {
-                let current = s.vm.spec()?;
-                let desired = create::desired_spec(ctx, &req, &keys, base, current.ssh_port);
-                let act = actual(s, pools.get(ctx, &s.vm.own.pool)?, &current, &desired)?;
-                let changes = diff(&current, &act, &desired);
-                let recreate = opts.recreate
-                    && changes.iter().any(|c| matches!(c.class, Class::NeedsRecreate | Class::NotApplied));
-                let restart = !recreate
-                    && opts.restart
-                    && act.running
-                    && (act.restart_pending || changes.iter().any(|c| c.class == Class::NextRestart));
-                let start = decl.autostart && !act.running && !recreate;
-                let mut p = VmPlan {
-                    host: None,
-                    name: decl.name.to_string(),
-                    action: Action::Nothing,
-                    error: None,
-                    moved: None,
-                    changes,
-                    start,
-                    restart,
-                    restart_pending: act.restart_pending,
-                    recreate,
-                    interrupted: false,
-                    desired: Some(desired),
-                    decl: Some(decl.clone()),
-                };
-                if p.acts() {
-                    p.action = Action::Update;
-                }
-                out.push(p);
-            }
-        }
+        out.push(survey.declared(decl)?);
     }
-    // Only VMs in this file's pool are this file's to prune: another user's,
-    // or another settings file's, live in other pools.
-    let in_scope = |vm: &&Vm| opts.all_pools || vm.own.pool == ctx.settings.pool;
-    let mut others: Vec<&Vm> =
-        existing.values().map(|s| &s.vm).filter(in_scope).filter(|vm| !declared.vms.contains_key(&vm.name)).collect();
-    others.sort_by(|a, b| a.name.cmp(&b.name));
-    for vm in others {
-        out.push(VmPlan::new(vm.name.as_str(), if opts.prune { Action::Prune } else { Action::NotInFile }));
-    }
+    out.extend(survey.not_in_file(declared));
     check_needs(ctx, declared, &out)?;
-    let mut plan = Plan { vms: out, hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 };
+    let mut plan = Plan::of(out);
     plan.recount(opts);
     Ok(plan)
 }
 
+impl Survey<'_> {
+    /// The plan of one declared VM.
+    fn declared(&mut self, decl: &VmDecl) -> anyhow::Result<VmPlan> {
+        let request = request(decl)?;
+        let Some(found) = self.existing.get(&decl.name) else {
+            return self.create(request, false);
+        };
+        // A VM of this name in another pool was made with other settings:
+        // never grown, redefined or rebuilt from here (nor undone when half-made).
+        if !self.opts.all_pools && found.vm.own.pool != self.ctx.settings.pool {
+            let change = Change::Pool { from: found.vm.own.pool.clone(), to: self.ctx.settings.pool.clone() };
+            return Ok(VmPlan::new(
+                &decl.name,
+                Entry::Unchanged(Unchanged { changes: vec![change], restart_pending: false }),
+            ));
+        }
+        match half_made(&found.vm, self.pools.get(self.ctx, &found.vm.own.pool)?) {
+            true => self.create(request, true),
+            false => self.existing(decl, request),
+        }
+    }
+
+    /// A VM to create (again, when `interrupted` left it half-made).
+    fn create(&self, request: CreateRequest, interrupted: bool) -> anyhow::Result<VmPlan> {
+        // Fails here, before anything is made, when the name is taken by a domain not ours.
+        if let vms::Lookup::Foreign(why) = vms::lookup(&self.ctx.conn(), &request.name)? {
+            return Err(vms::foreign(&request.name, why.as_deref()));
+        }
+        let name = request.name.clone();
+        let start = request.autostart;
+        Ok(VmPlan::new(&name, Entry::Create(Create { request, start, interrupted, moved_from: None })))
+    }
+
+    /// An existing VM: what differs, and what `apply` does about it.
+    fn existing(&mut self, decl: &VmDecl, request: CreateRequest) -> anyhow::Result<VmPlan> {
+        let ctx = self.ctx;
+        let s = &self.existing[&decl.name];
+        let current = s.vm.spec()?;
+        let desired =
+            create::desired_spec(ctx, &resolved(ctx, &request), &self.keys, base(ctx, decl), current.ssh_port);
+        let act = actual(s, self.pools.get(ctx, &s.vm.own.pool)?, &current, &desired)?;
+        let changes = diff(&current, &act, &desired);
+        Ok(VmPlan::new(&decl.name, decide(changes, &act, request, self.opts)))
+    }
+
+    /// Owned VMs in scope that the file does not declare: pruned or kept.
+    fn not_in_file(&self, declared: &Declared) -> Vec<VmPlan> {
+        // Only VMs in this file's pool are this file's to prune: another user's,
+        // or another settings file's, live in other pools.
+        let in_scope = |vm: &&Vm| self.opts.all_pools || vm.own.pool == self.ctx.settings.pool;
+        let mut others: Vec<&Vm> = self
+            .existing
+            .values()
+            .map(|s| &s.vm)
+            .filter(in_scope)
+            .filter(|vm| !declared.vms.contains_key(&vm.name))
+            .collect();
+        others.sort_by(|a, b| a.name.cmp(&b.name));
+        let entry = || if self.opts.prune { Entry::Prune(Prune::default()) } else { Entry::NotInFile };
+        others.into_iter().map(|vm| VmPlan::new(&vm.name, entry())).collect()
+    }
+}
+
+/// The request with its shares as create records them (sources resolved);
+/// a refusal is reported by [`check_needs`].
+fn resolved(ctx: &Ctx, request: &CreateRequest) -> CreateRequest {
+    let mut req = request.clone();
+    if !req.devices.shares.is_empty() {
+        if let Ok(d) = req.devices.check(ctx) {
+            req.devices.shares = d.shares;
+        }
+    }
+    req
+}
+
+fn base(ctx: &Ctx, decl: &VmDecl) -> String {
+    create::base_name(ctx, decl.image.as_deref())
+}
+
+/// What `apply` does with an existing VM's changes: rebuild it (`--recreate`
+/// and a change only a rebuild carries out), update it in place (a change
+/// that applies, a start, a restart), or nothing.
+pub fn decide(changes: Vec<Change>, act: &Actual, request: CreateRequest, opts: Options) -> Entry {
+    let restart_pending = act.restart_pending;
+    if opts.recreate && changes.iter().any(|c| c.class().needs_rebuild()) {
+        return Entry::Recreate(Recreate { request, changes, restart_pending });
+    }
+    let restart = opts.restart
+        && act.running
+        && (act.restart_pending || changes.iter().any(|c| c.class() == ChangeClass::NextRestart));
+    let start = request.autostart && !act.running;
+    if start || restart || changes.iter().any(|c| c.class().applies()) {
+        Entry::Update(Update { changes, start, restart, restart_pending })
+    } else {
+        Entry::Unchanged(Unchanged { changes, restart_pending })
+    }
+}
+
 impl Plan {
+    /// A plan of these VMs, not counted yet.
+    pub fn of(vms: Vec<VmPlan>) -> Plan {
+        Plan { vms, hosts_down: vec![], changes: 0, not_applied: 0, impossible: 0 }
+    }
+
     /// Exit 4 when a host did not answer (what could be planned is shown).
     pub fn check(&self) -> anyhow::Result<()> {
         match self.hosts_down.is_empty() {
             true => Ok(()),
-            false => Err(crate::error::failure(
-                crate::error::Kind::Environment,
-                format!("unreachable, not planned:\n  {}", self.hosts_down.join("\n  ")),
-            )),
+            false => {
+                Err(Error::Environment(format!("unreachable, not planned:\n  {}", self.hosts_down.join("\n  "))).into())
+            }
         }
     }
 
     /// The totals, from the VMs' plans.
     pub(super) fn recount(&mut self, opts: Options) {
-        let count = |f: &dyn Fn(&Change) -> bool| self.vms.iter().flat_map(|p| &p.changes).filter(|c| f(c)).count();
-        self.not_applied =
-            if opts.recreate { 0 } else { count(&|c| matches!(c.class, Class::NotApplied | Class::NeedsRecreate)) };
-        self.impossible = count(&|c| c.class == Class::Impossible);
+        let count = |f: &dyn Fn(ChangeClass) -> bool| {
+            self.vms.iter().flat_map(|p| p.changes()).filter(|c| f(c.class())).count()
+        };
+        self.not_applied = if opts.recreate { 0 } else { count(&ChangeClass::needs_rebuild) };
+        self.impossible = count(&|c| c == ChangeClass::Impossible);
         self.changes = self.vms.iter().filter(|p| p.acts()).count();
+    }
+
+    /// Every impossible change, as `VM: field from -> to: why`.
+    pub fn refused(&self) -> Vec<String> {
+        let line = |p: &VmPlan, c: &Change| {
+            let (from, to) = c.texts();
+            format!("{}: {} {from} -> {to}: {}", p.name, c.field(), c.note())
+        };
+        self.vms
+            .iter()
+            .flat_map(|p| p.changes().iter().filter(|c| c.class() == ChangeClass::Impossible).map(move |c| line(p, c)))
+            .collect()
     }
 }
 
@@ -446,48 +269,32 @@ impl Plan {
 /// it can use or fetch, and a disk at least as large as that image. Every
 /// problem is reported at once, before anything is changed.
 fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Result<()> {
+    let builds = |p: &&VmPlan| matches!(p.entry, Entry::Create(_) | Entry::Recreate(_));
+    let decl = |p: &VmPlan| declared.vms.get(&p.name);
     let mut problems = Vec::new();
-    let mut images: std::collections::BTreeMap<String, Result<Option<u64>, String>> = Default::default();
-    if plans.iter().any(|p| p.action == Action::Create || p.recreate) {
+    if plans.iter().any(|p| builds(&p)) {
         if let Err(e) = crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local()) {
             problems.push(format!("network: {e:#}"));
         }
     }
     // Devices, for every VM that gets them now or at its next start.
     let devices_change = |p: &&VmPlan| {
-        p.action == Action::Create
-            || p.recreate
-            || p.changes.iter().any(|c| c.field == "shares" || c.field == "hostdevs")
+        builds(p) || p.changes().iter().any(|c| matches!(c, Change::Shares { .. } | Change::Hostdevs { .. }))
     };
-    for p in plans.iter().filter(devices_change) {
-        let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
-        if let Err(e) = devices(decl).check(ctx) {
+    for (p, d) in plans.iter().filter(devices_change).filter_map(|p| Some((p, decl(p)?))) {
+        if let Err(e) = devices(d).check(ctx) {
             problems.push(format!("vms.{}: {e:#}", p.name));
         }
     }
     problems.extend(check_ports(ctx, declared, plans));
-    for p in plans.iter().filter(|p| p.action == Action::Create || p.recreate) {
-        let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
-        let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
-        if !images.contains_key(&image) {
-            images.insert(image.clone(), super::pull::check(ctx, &image)?);
-        }
-        match &images[&image] {
-            Err(why) => problems.push(format!("vms.{}: {why}", p.name)),
-            Ok(Some(capacity)) if decl.resources.disk.bytes() < *capacity => problems.push(format!(
-                "vms.{}: disk {} is smaller than its image {image} ({}): give at least {}",
-                p.name,
-                decl.resources.disk,
-                Size(*capacity),
-                Size(capacity.div_ceil(1 << 30) << 30)
-            )),
-            Ok(_) => {}
+    let built: Vec<&VmDecl> = plans.iter().filter(builds).filter_map(decl).collect();
+    problems.extend(check_images(ctx, &built)?);
+    match problems.is_empty() {
+        true => Ok(()),
+        false => {
+            Err(Error::Invalid(format!("apply would fail; nothing was changed:\n  {}", problems.join("\n  "))).into())
         }
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(crate::error::invalid(format!("apply would fail; nothing was changed:\n  {}", problems.join("\n  "))))
 }
 
 /// The declared ports each VM gets now or at its next start: free on the
@@ -495,11 +302,14 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
 fn check_ports(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> Vec<String> {
     let mut problems = Vec::new();
     for p in plans {
-        let Some(decl) = declared.vms.values().find(|d| d.name.as_str() == p.name) else { continue };
-        let change = p.changes.iter().find(|c| c.field == "ports");
-        let current: Vec<crate::spec::Port> = match (p.action, change) {
-            (Action::Create, _) => Vec::new(),
-            (_, Some(c)) => serde_json::from_str(&c.from).unwrap_or_default(),
+        let Some(decl) = declared.vms.get(&p.name) else { continue };
+        let current = p.changes().iter().find_map(|c| match c {
+            Change::Ports { from, .. } => Some(from.clone()),
+            _ => None,
+        });
+        let current = match (&p.entry, current) {
+            (Entry::Create(_), _) => Vec::new(),
+            (_, Some(from)) => from,
             (_, None) => continue,
         };
         if let Err(e) = super::forward::check_declared(ctx, &decl.name, &decl.ports, &current) {
@@ -509,76 +319,35 @@ fn check_ports(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> Vec<String> 
     problems
 }
 
+/// Each VM's image can be used or fetched, and its disk holds it; each
+/// image is checked once.
+fn check_images(ctx: &Ctx, built: &[&VmDecl]) -> anyhow::Result<Vec<String>> {
+    let mut images: BTreeMap<String, Result<Option<u64>, String>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for decl in built {
+        let image = decl.image.clone().unwrap_or_else(|| ctx.settings.base_image.clone());
+        if !images.contains_key(&image) {
+            images.insert(image.clone(), super::pull::check(ctx, &image)?);
+        }
+        match &images[&image] {
+            Err(why) => problems.push(format!("vms.{}: {why}", decl.name)),
+            Ok(Some(capacity)) if decl.resources.disk.bytes() < *capacity => problems.push(format!(
+                "vms.{}: disk {} is smaller than its image {image} ({}): give at least {}",
+                decl.name,
+                decl.resources.disk,
+                Size(*capacity),
+                Size(capacity.div_ceil(1 << 30) << 30)
+            )),
+            Ok(_) => {}
+        }
+    }
+    Ok(problems)
+}
+
 /// A VM whose create was interrupted (its record still says `creating`), or
 /// whose destroy was (its root disk is gone): never "nothing to do".
 fn half_made(vm: &Vm, pool: Option<&PoolListing>) -> bool {
     vm.own.phase == crate::libvirt::metadata::Phase::Creating || !pool.is_some_and(|p| p.exists(&vm.own.root_volume))
-}
-
-/// One line per VM, for people.
-pub fn describe(p: &VmPlan) -> Vec<String> {
-    let mut lines = Vec::new();
-    let label = p.label();
-    let head = match p.action {
-        Action::Create => format!(
-            "{}: create{}{}{}",
-            label,
-            p.moved.as_ref().map(|m| format!(" (moved {m}; new project disk)")).unwrap_or_default(),
-            if p.start { ", start" } else { "" },
-            if p.interrupted { " (half-made by an interrupted run: undone first, project disk kept)" } else { "" }
-        ),
-        Action::Nothing if p.error.is_some() => format!("{label}: {}", p.error.as_deref().unwrap_or_default()),
-        Action::Nothing => format!("{label}: nothing to do"),
-        Action::Prune if p.moved.is_some() => format!(
-            "{}: destroy (moved {}; its project disk is kept here)",
-            label,
-            p.moved.as_deref().unwrap_or_default()
-        ),
-        Action::Prune => format!("{label}: destroy (not in the file; --prune)"),
-        Action::Unreachable => format!("{}: not planned: {}", label, p.error.as_deref().unwrap_or("host unreachable")),
-        Action::NotInFile => {
-            format!("{label}: not in the file; kept (--prune would destroy it, keeping its project disk)")
-        }
-        Action::Update => {
-            let mut what = vec![];
-            if p.recreate {
-                what.push("recreate (project disk kept)");
-            }
-            if p.restart {
-                what.push("restart");
-            }
-            if p.start {
-                what.push("start");
-            }
-            if what.is_empty() {
-                format!("{label}: update")
-            } else {
-                format!("{}: update, {}", label, what.join(", "))
-            }
-        }
-    };
-    lines.push(head);
-    if p.restart_pending && !p.restart {
-        lines.push(
-            "  restart pending: the running guest has not picked up its new memory/cpus (apply --restart)".into(),
-        );
-    }
-    for c in &p.changes {
-        let class = match c.class {
-            Class::Now => "applies now",
-            Class::NextRestart => "applies at next restart",
-            Class::NeedsRecreate => "needs --recreate",
-            Class::NotApplied => "NOT APPLIED",
-            Class::Impossible => "IMPOSSIBLE, refused",
-        };
-        let note = if c.note.is_empty() { String::new() } else { format!(" ({})", c.note) };
-        if c.field == "cloud-init" {
-            lines.push(format!("  cloud-init changed: {class}{note}"));
-        } else {
-            lines.push(format!("  {}: {} -> {}: {class}{note}", c.field, c.from, c.to));
-        }
-    }
-    lines
 }
 
 impl Report for Plan {
@@ -601,101 +370,131 @@ impl Report for Plan {
 
 #[cfg(test)]
 mod tests {
+    use super::change::tests::{actual_of, base, edits};
     use super::*;
-    use crate::libvirt::domain_xml::tests::spec;
-    use crate::settings::{Accel, Network};
 
-    fn actual_of(s: &VmSpec) -> Actual {
-        Actual {
-            root_capacity: s.resources.disk.bytes(),
-            data_capacity: s.resources.project_disk.bytes(),
-            autostart: s.autostart,
-            running: true,
-            restart_pending: false,
-            snapshots: 0,
+    fn request(autostart: bool) -> CreateRequest {
+        let s = base();
+        CreateRequest {
+            name: s.name.clone(),
+            resources: s.resources,
+            image: None,
+            user_data: None,
+            features: vec![],
+            autostart,
+            devices: Default::default(),
         }
     }
 
-    #[test]
-    fn disks_with_snapshots_cannot_grow_and_say_why() {
-        let base = spec(Network::default(), Accel::Kvm);
-        let mut want = base.clone();
-        want.resources.project_disk = Size(4 << 30);
-        let act = Actual { snapshots: 2, ..actual_of(&base) };
-        let changes = diff(&base, &act, &want);
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].class, Class::Impossible);
-        assert!(changes[0].note.contains("snapshot delete"), "{}", changes[0].note);
+    fn changes_of(edit: fn(&mut VmSpec)) -> Vec<Change> {
+        let (cur, mut want) = (base(), base());
+        edit(&mut want);
+        diff(&cur, &actual_of(&cur), &want)
     }
 
-    #[test]
-    fn classification_table() {
-        let base = spec(Network::default(), Accel::Kvm);
-        type Edit = fn(&mut VmSpec);
-        let cases: Vec<(&str, Edit, &str, Class)> = vec![
-            ("memory", |s| s.resources.memory = Size(2 << 30), "memory", Class::NextRestart),
-            ("cpus", |s| s.resources.cpus = 4, "cpus", Class::NextRestart),
-            ("grow root", |s| s.resources.disk = Size(10 << 30), "disk", Class::Now),
-            ("shrink root", |s| s.resources.disk = Size(1 << 30), "disk", Class::Impossible),
-            ("grow data", |s| s.resources.project_disk = Size(4 << 30), "project_disk", Class::Now),
-            ("shrink data", |s| s.resources.project_disk = Size(1 << 30), "project_disk", Class::Impossible),
-            ("image", |s| s.base_image = "other.qcow2".into(), "image", Class::NeedsRecreate),
-            ("cloud-init", |s| s.cloud_init_hash = "changed".into(), "cloud-init", Class::NotApplied),
-            ("autostart", |s| s.autostart = true, "autostart", Class::Now),
-            ("accel", |s| s.accel = Accel::Tcg, "accel", Class::NextRestart),
-            ("network", |s| s.network = Network::Bridge { name: "br0".into() }, "network", Class::NextRestart),
-            ("firmware", |s| s.firmware = crate::spec::Firmware::Efi, "firmware", Class::NeedsRecreate),
-            ("hostdevs", |s| s.hostdevs = vec!["0000:01:00.0".parse().unwrap()], "hostdevs", Class::NextRestart),
-            ("ports", |s| s.ports = vec!["8080:80".parse().unwrap()], "ports", Class::NextRestart),
-            (
-                "static address",
-                |s| s.network_config = Some(serde_json::from_str(r#"{"address":"10.0.0.5/24"}"#).unwrap()),
-                "network_config",
-                Class::NotApplied,
-            ),
-        ];
-        for (what, edit, field, class) in cases {
-            let mut desired = base.clone();
-            edit(&mut desired);
-            let changes = diff(&base, &actual_of(&base), &desired);
-            assert_eq!(changes.len(), 1, "{what}: {changes:?}");
-            assert_eq!((changes[0].field, changes[0].class), (field, class), "{what}");
-        }
-        assert!(diff(&base, &actual_of(&base), &base).is_empty(), "no change, no plan");
-    }
-
-    #[test]
-    fn disks_compare_against_real_capacity() {
-        // A reattached project disk larger than declared is a shrink: refused.
-        let s = spec(Network::default(), Accel::Kvm);
-        let mut a = actual_of(&s);
-        a.data_capacity = 10 << 30;
-        let c = diff(&s, &a, &s);
-        assert_eq!((c[0].field, c[0].class), ("project_disk", Class::Impossible));
+    fn planned(entry: Entry) -> VmPlan {
+        VmPlan::new(&base().name, entry)
     }
 
     #[test]
     fn what_counts_as_acting() {
-        let mut p = VmPlan::new("a", Action::Nothing);
-        assert!(!p.acts());
-        p.changes.push(Change {
-            field: "cloud-init",
-            from: "a".into(),
-            to: "b".into(),
-            class: Class::NotApplied,
-            note: "",
-        });
-        assert!(!p.acts(), "reported, not applied");
-        p.changes.push(Change {
-            field: "memory",
-            from: "1G".into(),
-            to: "2G".into(),
-            class: Class::NextRestart,
-            note: "",
-        });
-        assert!(p.acts());
+        let running = actual_of(&base());
+        let reported = changes_of(|s| s.cloud_init_hash = "b".into());
+        let p = planned(decide(reported.clone(), &running, request(false), Options::default()));
+        assert!(matches!(p.entry, Entry::Unchanged(_)) && !p.acts(), "reported, not applied");
+        let mut both = reported;
+        both.extend(changes_of(|s| s.resources.memory = Size(2 << 30)));
+        let p = planned(decide(both, &running, request(false), Options::default()));
+        assert!(matches!(&p.entry, Entry::Update(u) if !u.restart && !u.start) && p.acts());
         let lines = describe(&p);
         assert!(lines.iter().any(|l| l.contains("cloud-init changed: NOT APPLIED")), "{lines:?}");
         assert!(lines.iter().any(|l| l.contains("memory: 1G -> 2G: applies at next restart")), "{lines:?}");
+        assert_eq!(lines[0], "foo: update");
+    }
+
+    #[test]
+    fn an_entry_that_applies_nothing_is_unchanged() {
+        // Whatever the change, apply updates in place exactly when one applies.
+        for (what, edit, _, class) in edits() {
+            let entry = decide(changes_of(edit), &actual_of(&base()), request(false), Options::default());
+            match entry {
+                Entry::Update(u) => assert!(class.applies() && u.changes.len() == 1, "{what}"),
+                Entry::Unchanged(u) => assert!(!class.applies() && u.changes.len() == 1, "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn recreate_takes_what_only_a_rebuild_carries_out() {
+        let running = actual_of(&base());
+        let opts = Options { recreate: true, restart: true, ..Default::default() };
+        let p = planned(decide(changes_of(|s| s.base_image = "new".into()), &running, request(true), opts));
+        assert!(matches!(&p.entry, Entry::Recreate(r) if r.request.autostart), "{p:?}");
+        assert_eq!((p.action(), p.recreate(), p.restart(), p.start()), (Action::Update, true, false, false));
+        assert_eq!(describe(&p)[0], "foo: update, recreate (project disk kept)");
+        // Without a change that needs it, --recreate rebuilds nothing; --restart restarts.
+        let p = planned(decide(changes_of(|s| s.resources.cpus = 4), &running, request(false), opts));
+        assert!(matches!(&p.entry, Entry::Update(u) if u.restart), "{p:?}");
+        assert_eq!(describe(&p)[0], "foo: update, restart");
+    }
+
+    #[test]
+    fn a_stopped_autostart_vm_is_started() {
+        let stopped = Actual { running: false, ..actual_of(&base()) };
+        let p = planned(decide(vec![], &stopped, request(true), Options::default()));
+        assert!(matches!(&p.entry, Entry::Update(u) if u.start && u.changes.is_empty()), "{p:?}");
+        assert_eq!(describe(&p)[0], "foo: update, start");
+    }
+
+    #[test]
+    fn json_is_the_flat_record() {
+        let p = VmPlan {
+            host: Some("gpu".into()),
+            ..planned(Entry::Create(Create {
+                request: request(true),
+                start: true,
+                interrupted: true,
+                moved_from: Some("ws".into()),
+            }))
+        };
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({
+                "host": "gpu", "name": "foo", "action": "create", "moved": "from ws", "changes": [],
+                "start": true, "restart": false, "restart_pending": false, "recreate": false, "interrupted": true
+            })
+        );
+        let left = planned(Entry::DeclaredElsewhere { host: "down".into() });
+        let v = serde_json::to_value(&left).unwrap();
+        assert_eq!((v["action"].as_str(), v.get("host")), (Some("nothing"), None));
+        assert_eq!(v["error"], "declared on host down, which did not answer: left as it is");
+        assert_eq!(describe(&left)[0], "foo: declared on host down, which did not answer: left as it is");
+        let pruned = planned(Entry::Prune(Prune { moved_to: Some("gpu".into()) }));
+        assert_eq!(serde_json::to_value(&pruned).unwrap()["moved"], "to gpu");
+        assert_eq!(describe(&pruned)[0], "foo: destroy (moved to gpu; its project disk is kept here)");
+    }
+
+    #[test]
+    fn totals_count_reported_and_refused_changes() {
+        let running = actual_of(&base());
+        let mut plan = Plan::of(vec![
+            planned(decide(
+                changes_of(|s| s.cloud_init_hash = "b".into()),
+                &running,
+                request(false),
+                Options::default(),
+            )),
+            planned(decide(
+                changes_of(|s| s.resources.disk = Size(1 << 30)),
+                &running,
+                request(false),
+                Options::default(),
+            )),
+            planned(Entry::Prune(Prune::default())),
+        ]);
+        plan.recount(Options::default());
+        assert_eq!((plan.changes, plan.not_applied, plan.impossible), (1, 1, 1));
+        assert_eq!(plan.refused(), vec!["foo: disk 5G -> 1G: disks only grow; shrinking would lose data"]);
     }
 }

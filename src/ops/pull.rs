@@ -399,7 +399,7 @@ fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Resul
 /// can exist there; its tests (logic only, never the end-to-end path) stand a
 /// plain volume in for an image. Real connections never take this path.
 fn test_driver_image(ctx: &Ctx, pool: &StoragePool, name: &str) -> anyhow::Result<Option<Image>> {
-    if !ctx.uri.starts_with("test:") {
+    if !crate::libvirt::uri::is_test(&ctx.uri) {
         return Ok(None);
     }
     let Some(vol) = storage::find_volume(pool, name)? else { return Ok(None) };
