@@ -246,15 +246,7 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
             "ports" if in_defaults => {
                 p.add(&at, "ports belong in a VM's own entry (a host port goes to one VM)")
             }
-            "ports" => {
-                f.ports = typed::<Vec<Port>>(&at, v, p).filter(|list| match crate::spec::check_ports(list) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        p.add(&at, e);
-                        false
-                    }
-                })
-            }
+            "ports" => f.ports = ports(&at, v, p),
             "host" => match v.as_str() {
                 Some(s) if !s.is_empty() => f.host = Some(s.to_owned()),
                 _ => p.add(&at, format!("expected the name of a host in \"hosts\", found {}", show(v))),
@@ -367,6 +359,13 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
         )));
     }
     Ok(Declared { settings, vms })
+}
+
+/// A VM's `ports`: each valid, no host port twice.
+fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
+    let list = typed::<Vec<Port>>(at, v, p)?;
+    crate::spec::check_ports(&list).map_err(|e| p.add(at, e)).ok()?;
+    Some(list)
 }
 
 /// Two VMs on one host cannot both forward a host port.
