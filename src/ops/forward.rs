@@ -308,7 +308,11 @@ fn supervise(child: &mut Child) -> anyhow::Result<()> {
     }
 }
 
+/// ssh's end: a Ctrl-C at the terminal reaches ssh too, and is still an interrupt.
 fn ended(status: std::process::ExitStatus) -> anyhow::Error {
+    if crate::interrupt::requested() {
+        return crate::interrupt::Interrupted.into();
+    }
     Error::Environment(format!("ssh ended ({status}): the tunnels are closed; see ssh's message above")).into()
 }
 
