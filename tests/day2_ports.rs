@@ -14,6 +14,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -347,13 +348,21 @@ fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() 
     assert!(body.contains("hello-from-pweb"), "through the declared port: {body}");
 
     // forward: the same server through ssh with the pinned key.
-    let mut fwd =
-        env.cmd(&["forward", "pweb", "28111:8000"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    // In a process group of its own, as a terminal runs it: Ctrl-C reaches ssh too.
+    let mut fwd = env
+        .cmd(&["forward", "pweb", "28111:8000"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let said = lines_of(&mut fwd).recv_timeout(Duration::from_secs(60)).expect("forward reports once it listens");
     assert!(said.contains("forwarding 127.0.0.1:28111 -> pweb port 8000"), "{said}");
     let body = http_get(28111).unwrap();
     assert!(body.contains("hello-from-pweb"), "through forward: {body}");
-    assert_eq!(interrupt(&mut fwd), Some(130), "forward ends at Ctrl-C with 130");
+    let group = nix::unistd::Pid::from_raw(-(fwd.id() as i32));
+    nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGINT).unwrap();
+    assert_eq!(fwd.wait().unwrap().code(), Some(130), "forward ends at Ctrl-C with 130");
     assert!(std::net::TcpListener::bind("127.0.0.1:28111").is_ok(), "the tunnel is gone with forward");
 
     env.run(&["stop", "pweb", "--force"]).ok();
