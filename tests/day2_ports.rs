@@ -391,6 +391,7 @@ fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() 
     }
     assert_eq!(at, order.len(), "watch saw {seen:?}, expected {order:?} in that order");
     assert!(seen.contains(&("stopped".into(), "destroyed".into())), "{seen:?}");
+    assert!(!words.contains(&"resumed"), "QEMU resuming the CPUs it starts with is no resume: {seen:?}");
 }
 
 #[test]

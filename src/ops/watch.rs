@@ -200,11 +200,23 @@ pub struct HostWatch {
     callbacks: Vec<c_int>,
     closing: bool,
     pub owned: HashMap<String, VmName>,
+    /// Suspended VMs (by UUID): only they can be resumed. (QEMU's own
+    /// resume as a guest starts is part of `started`, not a `resumed`.)
+    paused: std::collections::HashSet<String>,
 }
 
 impl HostWatch {
     pub fn new(index: usize, name: Option<String>, uri: String) -> HostWatch {
-        HostWatch { index, name, uri, conn: None, callbacks: Vec::new(), closing: false, owned: HashMap::new() }
+        HostWatch {
+            index,
+            name,
+            uri,
+            conn: None,
+            callbacks: Vec::new(),
+            closing: false,
+            owned: HashMap::new(),
+            paused: Default::default(),
+        }
     }
 
     pub fn attached(&self) -> bool {
@@ -255,8 +267,10 @@ impl HostWatch {
                 self.callbacks.push(got);
             }
         }
-        self.owned =
-            vms::list(&conn)?.into_iter().map(|vm| (vm.dom.uuid_string().unwrap_or_default(), vm.name)).collect();
+        let listed = vms::list(&conn)?;
+        let uuid = |vm: &vms::Vm| vm.dom.uuid_string().unwrap_or_default();
+        self.paused = listed.iter().filter(|vm| vm.state() == vms::State::Paused).map(uuid).collect();
+        self.owned = listed.iter().map(|vm| (uuid(vm), vm.name.clone())).collect();
         self.conn = Some(conn);
         Ok(())
     }
@@ -290,6 +304,9 @@ impl HostWatch {
                 if event == sys::VIR_DOMAIN_EVENT_UNDEFINED as i32 {
                     self.owned.remove(&uuid);
                 }
+                if !self.follow_pause(&uuid, event) {
+                    return None;
+                }
                 let (word, why) = lifecycle(event, detail);
                 wanted(&name).then(|| Event::new(&self.name, Some(&name), word, why.map(String::from)))
             }
@@ -301,6 +318,23 @@ impl HostWatch {
                 let (word, detail) = self.readiness(&domain)?;
                 wanted(&name).then(|| Event::new(&self.name, Some(&name), word, detail))
             }
+        }
+    }
+
+    /// Keeps track of suspended VMs; false for a `resumed` of one that was
+    /// not suspended (QEMU resuming the CPUs it starts with).
+    fn follow_pause(&mut self, uuid: &str, event: i32) -> bool {
+        match event as u32 {
+            sys::VIR_DOMAIN_EVENT_SUSPENDED => {
+                self.paused.insert(uuid.to_owned());
+                true
+            }
+            sys::VIR_DOMAIN_EVENT_RESUMED => self.paused.remove(uuid),
+            sys::VIR_DOMAIN_EVENT_STOPPED | sys::VIR_DOMAIN_EVENT_UNDEFINED => {
+                self.paused.remove(uuid);
+                true
+            }
+            _ => true,
         }
     }
 
@@ -485,6 +519,25 @@ mod tests {
         assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_SUSPENDED as i32, 0), ("suspended", Some("paused")));
         assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_CRASHED as i32, 0), ("crashed", Some("panicked")));
         assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_STOPPED as i32, 99), ("stopped", None));
+    }
+
+    #[test]
+    fn a_resume_without_a_suspend_is_part_of_the_start() {
+        let mut w = HostWatch::new(0, None, "test:///default".into());
+        w.owned.insert("u1".into(), VmName::parse("web").unwrap());
+        let raw = |event: u32| Raw::Lifecycle {
+            host: 0,
+            domain: "project-web".into(),
+            uuid: "u1".into(),
+            event: event as i32,
+            detail: 0,
+        };
+        let mut seen = |event: u32| w.translate(raw(event), &[]).map(|e| e.event);
+        assert_eq!(seen(sys::VIR_DOMAIN_EVENT_RESUMED), None, "QEMU resuming the CPUs it starts with");
+        assert_eq!(seen(sys::VIR_DOMAIN_EVENT_STARTED), Some("started"));
+        assert_eq!(seen(sys::VIR_DOMAIN_EVENT_SUSPENDED), Some("suspended"));
+        assert_eq!(seen(sys::VIR_DOMAIN_EVENT_RESUMED), Some("resumed"));
+        assert_eq!(seen(sys::VIR_DOMAIN_EVENT_RESUMED), None);
     }
 
     #[test]
