@@ -395,47 +395,65 @@ fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() 
 }
 
 #[test]
-#[ignore = "needs root and libvirtd (a daemon of the test's own); run by scripts/test.sh"]
-fn watch_reconnects_after_a_daemon_restart() {
+#[ignore = "needs root and libvirtd (the system daemon and one of the test's own); run by scripts/test.sh"]
+fn watch_follows_a_fleet_and_reconnects_after_a_daemon_restart() {
     require_root_libvirt();
     let d = common::daemon::OwnDaemon::start("pvwatch22", "C.UTF-8");
-    let mut env = Env::new("watch", 22940, json!({"storage_dir": d.home.join("pool")}));
-    env.uri = d.uri.clone();
-    struct Cleanup<'a>(&'a Env);
+    let mut env = Env::new(
+        "watch",
+        22940,
+        json!({"hosts": {"sys": {"uri": "qemu:///system"}, "own": {"uri": d.uri, "storage_dir": d.home.join("pool")}}}),
+    );
+    // No --connect: the settings' hosts are the fleet.
+    env.uri = String::new();
+    let sys_vm = format!("pws{}", std::process::id());
+    struct Cleanup<'a>(&'a Env, String);
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {
+            let _ = virsh(&["undefine", &format!("project-{}", self.1)]);
             let _ = std::fs::remove_dir_all(&self.0.dir);
         }
     }
-    let _c = Cleanup(&env);
-    let mut watcher = env.cmd(&["watch", "--json"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let _c = Cleanup(&env, sys_vm.clone());
+    // Only this test's VMs: other tests work on the system daemon too.
+    let mut watcher =
+        env.cmd(&["watch", &sys_vm, "pw", "--json"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let events = lines_of(&mut watcher);
     let next = |want: &str| -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let line = events
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no {want} event"));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = events.recv_timeout(left).unwrap_or_else(|_| panic!("no {want} event"));
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             if v["event"] == want {
                 return v;
             }
         }
     };
+    let define = |name: &str, virsh: &dyn Fn(&[&str]) -> std::process::Output| {
+        let xml = env.dir.join(format!("{name}.xml"));
+        let mut spec = test_spec(name);
+        spec.ports.clear();
+        std::fs::write(&xml, owned_xml(&spec).replacen(r#"type="test""#, r#"type="qemu""#, 1)).unwrap();
+        let out = virsh(&["define", xml.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
     std::thread::sleep(Duration::from_millis(500));
+    // Events from every host of the fleet, each named by its host.
+    define(&sys_vm, &|a| virsh(a));
+    let defined = next("defined");
+    assert_eq!((defined["vm"].as_str(), defined["host"].as_str()), (Some(sys_vm.as_str()), Some("sys")), "{defined}");
+    assert!(virsh(&["undefine", &format!("project-{sys_vm}")]).status.success());
+    assert_eq!(next("undefined")["host"], "sys");
+    // A daemon restart: said, survived, and its events flow again.
     d.restart();
     let gone = next("disconnected");
+    assert_eq!(gone["host"], "own", "{gone}");
     assert!(gone["detail"].as_str().unwrap().contains("closed"), "{gone}");
-    next("reconnected");
-    // The callbacks are back: a project-vm domain defined now is seen.
-    let xml = env.dir.join("d.xml");
-    let mut spec = test_spec("pw");
-    spec.ports.clear();
-    std::fs::write(&xml, owned_xml(&spec).replacen(r#"type="test""#, r#"type="qemu""#, 1)).unwrap();
-    let out = d.virsh(&["define", xml.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(next("reconnected")["host"], "own");
+    define("pw", &|a| d.virsh(a));
     let defined = next("defined");
-    assert_eq!(defined["vm"], "pw", "{defined}");
+    assert_eq!((defined["vm"].as_str(), defined["host"].as_str()), (Some("pw"), Some("own")), "{defined}");
     assert!(d.virsh(&["undefine", "project-pw"]).status.success());
     assert_eq!(next("undefined")["vm"], "pw");
     assert_eq!(interrupt(&mut watcher), Some(130));
