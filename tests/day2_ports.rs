@@ -248,7 +248,7 @@ fn bad_ports_exit_2_and_make_nothing() {
     struct Cleanup<'a>(&'a Env);
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {
-            self.0.cleanup(&["pbad", "pother"]);
+            self.0.cleanup(&["pbad", "pother", "prace0", "prace1"]);
         }
     }
     let _c = Cleanup(&env);
@@ -288,6 +288,20 @@ fn bad_ports_exit_2_and_make_nothing() {
         assert!(r.stderr.contains(says), "{port}: {}", r.stderr);
         nothing_made(&env, "pbad");
     }
+    // Two creates at once declaring one port: one gets it, the other is refused.
+    let racers: Vec<_> = ["prace0", "prace1"]
+        .iter()
+        .map(|n| {
+            let mut args = vec!["create", n, "--json"];
+            args.extend(small);
+            args.extend(["--port", "28120:80"]);
+            env.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let mut codes: Vec<i32> =
+        racers.into_iter().map(|c| c.wait_with_output().unwrap().status.code().unwrap_or(-1)).collect();
+    codes.sort();
+    assert_eq!(codes, [0, 2], "one create gets port 28120, the other is refused");
     // The same through a declarative file: plan and apply refuse, nothing changes.
     let file = env.dir.join("vms.json");
     std::fs::write(&file, json!({"vms": {"pbad": {"memory": "256M", "disk": "2G", "project_disk": "1G", "ports": [{"host": 22900, "guest": 80}]}}}).to_string()).unwrap();

@@ -585,6 +585,11 @@ fn claim<'a>(
         Network::User { .. } => Some(port_lock(ctx)?),
         _ => None,
     };
+    if port_guard.is_some() {
+        // Again under the port lock: a create running beside this one may
+        // have declared the same port since the first check.
+        super::forward::check_declared(ctx, name, &req.devices.ports, &[])?;
+    }
     let ssh_port = match (&ctx.settings.network, &port_guard) {
         (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, *ssh_port, &req.devices.ports)?),
         _ => None,
