@@ -396,6 +396,14 @@ pub fn lifecycle(event: i32, detail: i32) -> (&'static str, Option<&'static str>
     match event as u32 {
         sys::VIR_DOMAIN_EVENT_DEFINED => ("defined", pick(&["added", "updated", "renamed", "from-snapshot"])),
         sys::VIR_DOMAIN_EVENT_UNDEFINED => ("undefined", pick(&["removed", "renamed"])),
+        // Memory saved and restored (libvirt's managed save, `virsh
+        // save`/`restore`) is a suspend and a resume to the VM's user.
+        sys::VIR_DOMAIN_EVENT_STARTED if detail as u32 == sys::VIR_DOMAIN_EVENT_STARTED_RESTORED => {
+            ("resumed", Some("restored"))
+        }
+        sys::VIR_DOMAIN_EVENT_STOPPED if detail as u32 == sys::VIR_DOMAIN_EVENT_STOPPED_SAVED => {
+            ("suspended", Some("saved"))
+        }
         sys::VIR_DOMAIN_EVENT_STARTED => {
             ("started", pick(&["booted", "migrated", "restored", "from-snapshot", "wakeup"]))
         }
@@ -519,6 +527,11 @@ mod tests {
         assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_SUSPENDED as i32, 0), ("suspended", Some("paused")));
         assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_CRASHED as i32, 0), ("crashed", Some("panicked")));
         assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_STOPPED as i32, 99), ("stopped", None));
+        // A managed save and its restore: suspended and resumed, as the user asked.
+        let saved = sys::VIR_DOMAIN_EVENT_STOPPED_SAVED as i32;
+        assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_STOPPED as i32, saved), ("suspended", Some("saved")));
+        let restored = sys::VIR_DOMAIN_EVENT_STARTED_RESTORED as i32;
+        assert_eq!(lifecycle(sys::VIR_DOMAIN_EVENT_STARTED as i32, restored), ("resumed", Some("restored")));
     }
 
     #[test]
