@@ -30,6 +30,8 @@ rustPlatform.buildRustPackage {
         "src"
         "cloud-init"
         "tests"
+        # tests/docs.rs holds the README to the code.
+        "README.md"
       ];
   };
   cargoLock.lockFile = ../Cargo.lock;
@@ -53,6 +55,9 @@ rustPlatform.buildRustPackage {
       --bash <($out/bin/project-vm completions bash) \
       --zsh <($out/bin/project-vm completions zsh) \
       --fish <($out/bin/project-vm completions fish)
+    # The man page, made from the same clap definitions as --help.
+    $out/bin/project-vm man > project-vm.1
+    installManPage project-vm.1
   '';
 
   meta = {

@@ -23,8 +23,20 @@ fn feature_name(s: &str) -> Result<String, String> {
     }
 }
 
+/// The exit codes for `--help` and the man page, from [`crate::error::Kind::ALL`].
+fn exit_codes() -> String {
+    let lines = crate::error::Kind::ALL.iter().map(|k| format!("  {:>3}  {}", k.exit_code(), k.meaning()));
+    std::iter::once("Exit codes:\n    0  success".to_owned()).chain(lines).collect::<Vec<_>>().join("\n")
+}
+
 #[derive(Debug, Parser)]
-#[command(name = "project-vm", version, about = "One libvirt VM per project", propagate_version = true)]
+#[command(
+    name = "project-vm",
+    version,
+    about = "One libvirt VM per project",
+    propagate_version = true,
+    after_long_help = exit_codes()
+)]
 pub struct Cli {
     /// libvirt URI [default: qemu:///system for root, else qemu:///session]
     #[arg(long, short = 'c', global = true, env = "PROJECT_VM_URI")]
@@ -51,7 +63,7 @@ pub enum Command {
     Create(CreateArgs),
     /// Start a VM.
     Start(StartArgs),
-    /// Shut a VM down (ACPI), powering it off if it does not stop in time.
+    /// Shut a VM down (guest agent if it answers, else ACPI, asked again every 10 s), powering it off if it does not stop in time.
     Stop(StopArgs),
     /// Stop, then start.
     Restart(RestartArgs),
@@ -63,8 +75,8 @@ pub enum Command {
     Status(NameArg),
     /// ssh into a VM, verifying its pinned host key.
     Ssh(SshArgs),
-    /// Print an ~/.ssh/config block for a VM (or all VMs).
-    SshConfig(OptNameArg),
+    /// Print an ~/.ssh/config block for a VM (or all VMs); with --json, the same as fields.
+    SshConfig(SshConfigArgs),
     /// Attach to a VM's serial console (Ctrl-] leaves).
     Console(NameArg),
     /// Show a VM's serial console log.
@@ -92,6 +104,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff) made from these definitions: `project-vm man > project-vm.1`.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -115,12 +130,6 @@ pub struct GcArgs {
 pub struct NameArg {
     #[arg(value_parser = vm_name)]
     pub name: VmName,
-}
-
-#[derive(Debug, Args)]
-pub struct OptNameArg {
-    #[arg(value_parser = vm_name)]
-    pub name: Option<VmName>,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +273,15 @@ pub struct ForwardArgs {
     #[arg(value_name = "HOST_PORT[:GUEST_PORT]", required = true)]
     pub ports: Vec<crate::spec::Tunnel>,
     /// Private key to use (passed to ssh -i)
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: Option<VmName>,
+    /// Private key for the blocks' IdentityFile
     #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
     pub identity: Option<PathBuf>,
 }

@@ -12,33 +12,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::invalid;
 use crate::settings::{HostSettings, HOST_SETTING_KEYS};
 use crate::spec::{Firmware, PciAddress, Port, Resources, Share, Size, StaticNetwork, VmName};
 use crate::suggest::did_you_mean;
 
-/// The config layer's failures (the declarative file, host settings, a VM's
-/// declaration, features, user cloud-config): always bad input, named by
-/// where it was found.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Problems found in a file or a declaration, each with its path
-    /// (`vms.db.memory: "8X" is not a size like 512M or 8G`), all at once.
-    #[error("{}", problems.join("\n"))]
-    Problems { problems: Vec<String> },
-    /// One value refused: what it is and why.
-    #[error("{what}: {why}")]
-    Value { what: String, why: String },
-    /// Anything else about the input, said in a sentence.
-    #[error("{0}")]
-    Invalid(String),
-}
+pub mod error;
 
-impl crate::error::Classified for ConfigError {
-    fn kind(&self) -> crate::error::Kind {
-        crate::error::Kind::Invalid
-    }
-}
+pub use error::ConfigError;
 
 /// Keys a VM entry (and `defaults`) may have.
 pub const VM_KEYS: &[&str] = &[
@@ -55,8 +35,8 @@ pub const VM_KEYS: &[&str] = &[
     "network_config",
     "hostdevs",
     "shares",
-    "host",
     "ports",
+    "host",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -135,8 +115,8 @@ struct Fields {
     network_config: Option<StaticNetwork>,
     hostdevs: Option<Vec<PciAddress>>,
     shares: Option<Vec<Share>>,
-    host: Option<String>,
     ports: Option<Vec<Port>>,
+    host: Option<String>,
 }
 
 fn show(v: &Value) -> String {
@@ -148,6 +128,7 @@ fn typed<T: serde::de::DeserializeOwned>(at: &str, v: &Value, p: &mut Problems) 
     serde_json::from_value(v.clone()).map_err(|e| p.add(at, e)).ok()
 }
 
+/// The fields of one entry (`defaults` or a VM's), each checked on its own.
 fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields {
     let mut f = Fields::default();
     let Some(obj) = v.as_object() else {
@@ -155,212 +136,119 @@ fn fields(path: &str, v: &Value, p: &mut Problems, in_defaults: bool) -> Fields 
         return f;
     };
     for (k, v) in obj {
-        let at = format!("{path}.{k}");
-        let size = |p: &mut Problems| match v.as_str() {
-            Some(s) => Size::parse(s).map_err(|e| p.add(&at, e)).ok(),
-            None => {
-                p.add(&at, format!("{} is not a size like \"512M\" or \"8G\" (write it as a string)", show(v)));
-                None
-            }
-        };
-        let strings = |p: &mut Problems| -> Option<Vec<(usize, String)>> {
-            let Some(a) = v.as_array() else {
-                p.add(&at, format!("expected a list of strings, found {}", show(v)));
-                return None;
-            };
-            let mut out = Vec::new();
-            for (i, e) in a.iter().enumerate() {
-                match e.as_str() {
-                    Some(s) => out.push((i, s.to_owned())),
-                    None => p.add(&format!("{at}[{i}]"), format!("expected a string, found {}", show(e))),
-                }
-            }
-            Some(out)
-        };
-        match k.as_str() {
-            "memory" => f.memory = size(p),
-            "disk" => f.disk = size(p),
-            "project_disk" => f.project_disk = size(p),
-            "cpus" => match v.as_u64() {
-                Some(n) if (1..=crate::spec::MAX_CPUS as u64).contains(&n) => f.cpus = Some(n as u32),
-                _ => p.add(
-                    &at,
-                    format!(
-                        "{} is not a CPU count from 1 to {} (more needs x2APIC interrupt remapping, which project-vm does not set up)",
-                        show(v),
-                        crate::spec::MAX_CPUS
-                    ),
-                ),
-            },
-            "autostart" => match v.as_bool() {
-                Some(b) => f.autostart = Some(b),
-                None => p.add(&at, format!("expected true or false, found {}", show(v))),
-            },
-            "features" => {
-                if let Some(list) = strings(p) {
-                    for (i, name) in &list {
-                        if !crate::features::exists(name) {
-                            p.add(
-                                &format!("{at}[{i}]"),
-                                format!(
-                                    "unknown feature {name:?}{}: known features are {}",
-                                    did_you_mean(name, &crate::features::names()),
-                                    crate::features::names().join(", ")
-                                ),
-                            );
-                        }
-                    }
-                    f.features = Some(list.into_iter().map(|(_, s)| s).collect());
-                }
-            }
-            "user_data" => match v.as_str() {
-                Some(s) if !s.is_empty() => f.user_data = Some(PathBuf::from(s)),
-                _ => p.add(&at, format!("expected the path of a cloud-config file, found {}", show(v))),
-            },
-            "image" => match v.as_str() {
-                Some(s) if !s.is_empty() => f.image = Some(s.to_owned()),
-                _ => p.add(&at, format!("expected an image volume name or path, found {}", show(v))),
-            },
-            "firmware" => f.firmware = typed(&at, v, p),
-            "network_config" if in_defaults => {
-                p.add(&at, "network_config belongs in a VM's own entry (each VM needs its own address)")
-            }
-            "network_config" => {
-                f.network_config = typed::<StaticNetwork>(&at, v, p).filter(|n| match n.validate() {
-                    Ok(()) => true,
-                    Err(e) => {
-                        p.add(&at, e);
-                        false
-                    }
-                })
-            }
-            "hostdevs" if in_defaults => p.add(&at, "hostdevs belong in a VM's own entry (a device goes to one VM)"),
-            "hostdevs" => f.hostdevs = typed(&at, v, p),
-            "shares" => {
-                f.shares = typed::<Vec<Share>>(&at, v, p).filter(|list| {
-                    let bad: Vec<String> = list.iter().filter_map(|s| s.validate().err()).collect();
-                    bad.iter().for_each(|e| p.add(&at, e));
-                    bad.is_empty()
-                })
-            }
-            "ports" if in_defaults => {
-                p.add(&at, "ports belong in a VM's own entry (a host port goes to one VM)")
-            }
-            "ports" => f.ports = ports(&at, v, p),
-            "host" => match v.as_str() {
-                Some(s) if !s.is_empty() => f.host = Some(s.to_owned()),
-                _ => p.add(&at, format!("expected the name of a host in \"hosts\", found {}", show(v))),
-            },
-            "depends_on" if in_defaults => p.add(&at, "depends_on belongs in a VM's own entry, not in defaults"),
-            "depends_on" => f.depends_on = strings(p),
-            other => {
-                p.add(&at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", ")))
-            }
-        }
+        field(&mut f, &format!("{path}.{k}"), k, v, p, in_defaults);
     }
     f
 }
 
-/// Parses and validates a declarative file. `origin` names it in messages;
-/// `base_dir` resolves relative `user_data` paths.
-pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declared> {
-    let root: Value = crate::jsonfile::parse(text, origin)?;
-    let Some(root) = root.as_object() else {
-        return Err(invalid(format!("{origin}: expected a JSON object with \"vms\" (and optionally \"defaults\")")));
-    };
-    let mut p = Problems::default();
-    let mut top_keys: Vec<&str> = vec!["defaults", "vms"];
-    top_keys.extend(HOST_SETTING_KEYS);
-
-    for k in root.keys() {
-        if !HOST_SETTING_KEYS.contains(&k.as_str()) && k != "defaults" && k != "vms" {
-            p.add(k, format!("unknown key{}; top-level keys are {}", did_you_mean(k, &top_keys), top_keys.join(", ")));
+/// Key `k` of an entry, at `at`, into `f`.
+fn field(f: &mut Fields, at: &str, k: &str, v: &Value, p: &mut Problems, in_defaults: bool) {
+    match k {
+        "memory" => f.memory = size(at, v, p),
+        "disk" => f.disk = size(at, v, p),
+        "project_disk" => f.project_disk = size(at, v, p),
+        "cpus" => f.cpus = cpus(at, v, p),
+        "autostart" => match v.as_bool() {
+            Some(b) => f.autostart = Some(b),
+            None => p.add(at, format!("expected true or false, found {}", show(v))),
+        },
+        "features" => f.features = features(at, v, p),
+        "user_data" => f.user_data = text(at, v, p, "expected the path of a cloud-config file").map(PathBuf::from),
+        "image" => f.image = text(at, v, p, "expected an image volume name or path"),
+        "firmware" => f.firmware = typed(at, v, p),
+        "network_config" if in_defaults => {
+            p.add(at, "network_config belongs in a VM's own entry (each VM needs its own address)")
         }
+        "network_config" => f.network_config = network_config(at, v, p),
+        "hostdevs" if in_defaults => p.add(at, "hostdevs belong in a VM's own entry (a device goes to one VM)"),
+        "hostdevs" => f.hostdevs = typed(at, v, p),
+        "shares" => f.shares = shares(at, v, p),
+        "ports" if in_defaults => p.add(at, "ports belong in a VM's own entry (a host port goes to one VM)"),
+        "ports" => f.ports = ports(at, v, p),
+        "host" => f.host = text(at, v, p, "expected the name of a host in \"hosts\""),
+        "depends_on" if in_defaults => p.add(at, "depends_on belongs in a VM's own entry, not in defaults"),
+        "depends_on" => f.depends_on = strings(at, v, p),
+        other => p.add(at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", "))),
     }
-    let mut setting_problems = Vec::new();
-    let settings = HostSettings::from_keys(root, &mut setting_problems);
-    setting_problems.extend(settings.problems());
-    p.0.extend(setting_problems);
-
-    let defaults = root.get("defaults").map(|d| fields("defaults", d, &mut p, true)).unwrap_or_default();
-    let mut raw: BTreeMap<VmName, (String, Fields)> = BTreeMap::new();
-    match root.get("vms") {
-        None => p.add("vms", "missing: declare at least one VM (\"vms\": {\"web\": {}})"),
-        Some(Value::Object(vms)) => {
-            for (name, v) in vms {
-                let path = format!("vms.{name}");
-                let f = fields(&path, v, &mut p, false);
-                match VmName::parse(name) {
-                    Ok(n) => {
-                        raw.insert(n, (path, f));
-                    }
-                    Err(e) => p.add(&path, e),
-                }
-            }
-        }
-        Some(other) => p.add("vms", format!("expected an object of VMs by name, found {}", show(other))),
-    }
-
-    let names: Vec<&str> = raw.keys().map(VmName::as_str).collect();
-    let mut vms = BTreeMap::new();
-    for (name, (path, f)) in &raw {
-        let d = &defaults;
-        let base = Resources::default();
-        let resources = Resources {
-            memory: f.memory.or(d.memory).unwrap_or(base.memory),
-            cpus: f.cpus.or(d.cpus).unwrap_or(base.cpus),
-            disk: f.disk.or(d.disk).unwrap_or(base.disk),
-            project_disk: f.project_disk.or(d.project_disk).unwrap_or(base.project_disk),
-        };
-        if let Err(e) = resources.validate() {
-            p.add(path, e);
-        }
-        let mut depends_on = Vec::new();
-        for (i, dep) in f.depends_on.clone().unwrap_or_default() {
-            let at = format!("{path}.depends_on[{i}]");
-            match VmName::parse(&dep) {
-                Ok(n) if &n == name => p.add(&at, "a VM cannot depend on itself"),
-                Ok(n) if raw.contains_key(&n) => depends_on.push(n),
-                _ => p.add(&at, format!("{dep:?} is not a VM in this file{}", did_you_mean(&dep, &names))),
-            }
-        }
-        let user_data =
-            f.user_data.clone().or(d.user_data.clone()).map(|u| if u.is_relative() { base_dir.join(u) } else { u });
-        vms.insert(
-            name.clone(),
-            VmDecl {
-                name: name.clone(),
-                resources,
-                autostart: f.autostart.or(d.autostart).unwrap_or(false),
-                features: f.features.clone().or(d.features.clone()).unwrap_or_default(),
-                user_data,
-                image: f.image.clone().or(d.image.clone()),
-                depends_on,
-                firmware: f.firmware.or(d.firmware).unwrap_or_default(),
-                network_config: f.network_config.clone(),
-                hostdevs: f.hostdevs.clone().unwrap_or_default(),
-                shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
-                host: f.host.clone().or(d.host.clone()),
-                ports: f.ports.clone().unwrap_or_default(),
-            },
-        );
-    }
-    shared_ports(&vms, &mut p);
-    if let Some(cycle) = find_cycle(&vms) {
-        p.add("depends_on", format!("dependency cycle: {}", cycle.join(" -> ")));
-    }
-    if !p.0.is_empty() {
-        p.0.sort();
-        let n = p.0.len();
-        return Err(invalid(format!(
-            "{origin}: {n} problem{}; nothing was changed:\n  {}",
-            if n == 1 { "" } else { "s" },
-            p.0.join("\n  ")
-        )));
-    }
-    Ok(Declared { settings, vms })
 }
 
+/// A size written as a string.
+fn size(at: &str, v: &Value, p: &mut Problems) -> Option<Size> {
+    match v.as_str() {
+        Some(s) => Size::parse(s).map_err(|e| p.add(at, e)).ok(),
+        None => {
+            p.add(at, format!("{} is not a size like \"512M\" or \"8G\" (write it as a string)", show(v)));
+            None
+        }
+    }
+}
+
+fn cpus(at: &str, v: &Value, p: &mut Problems) -> Option<u32> {
+    match v.as_u64() {
+        Some(n) if (1..=crate::spec::MAX_CPUS as u64).contains(&n) => Some(n as u32),
+        _ => {
+            p.add(
+                at,
+                format!(
+                    "{} is not a CPU count from 1 to {} (more needs x2APIC interrupt remapping, which project-vm does not set up)",
+                    show(v),
+                    crate::spec::MAX_CPUS
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A non-empty string; else `expected` and what was found.
+fn text(at: &str, v: &Value, p: &mut Problems, expected: &str) -> Option<String> {
+    match v.as_str() {
+        Some(s) if !s.is_empty() => Some(s.to_owned()),
+        _ => {
+            p.add(at, format!("{expected}, found {}", show(v)));
+            None
+        }
+    }
+}
+
+/// A list of strings, each with its index (for paths like `depends_on[2]`).
+fn strings(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<(usize, String)>> {
+    let Some(a) = v.as_array() else {
+        p.add(at, format!("expected a list of strings, found {}", show(v)));
+        return None;
+    };
+    let mut out = Vec::new();
+    for (i, e) in a.iter().enumerate() {
+        match e.as_str() {
+            Some(s) => out.push((i, s.to_owned())),
+            None => p.add(&format!("{at}[{i}]"), format!("expected a string, found {}", show(e))),
+        }
+    }
+    Some(out)
+}
+
+/// Feature names; an unknown one is a problem with a did-you-mean.
+fn features(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<String>> {
+    let list = strings(at, v, p)?;
+    for (i, name) in &list {
+        if let Err(e) = crate::features::check(name) {
+            p.add(&format!("{at}[{i}]"), e);
+        }
+    }
+    Some(list.into_iter().map(|(_, s)| s).collect())
+}
+
+fn network_config(at: &str, v: &Value, p: &mut Problems) -> Option<StaticNetwork> {
+    typed::<StaticNetwork>(at, v, p).filter(|n| match n.validate() {
+        Ok(()) => true,
+        Err(e) => {
+            p.add(at, e);
+            false
+        }
+    })
+}
+
+/// Shares, each checked as `--share` checks one.
 /// A VM's `ports`: each valid, no host port twice.
 fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
     let list = typed::<Vec<Port>>(at, v, p)?;
@@ -373,19 +261,158 @@ fn shared_ports(vms: &BTreeMap<VmName, VmDecl>, p: &mut Problems) {
     let mut seen: BTreeMap<(Option<&str>, u16, crate::spec::Protocol), &VmName> = BTreeMap::new();
     for vm in vms.values() {
         for port in &vm.ports {
-            match seen.insert((vm.host.as_deref(), port.host, port.protocol), &vm.name) {
-                Some(other) => p.add(
+            if let Some(other) = seen.insert((vm.host.as_deref(), port.host, port.protocol), &vm.name) {
+                p.add(
                     &format!("vms.{}.ports", vm.name),
                     format!(
                         "host port {}/{} is vms.{other}'s too: give each VM its own",
                         port.host,
                         port.protocol.as_str()
                     ),
-                ),
-                None => continue,
+                );
             }
         }
     }
+}
+
+fn shares(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Share>> {
+    typed::<Vec<Share>>(at, v, p).filter(|list| {
+        let bad: Vec<ConfigError> = list.iter().filter_map(|s| s.validate().err()).collect();
+        bad.iter().for_each(|e| p.add(at, e));
+        bad.is_empty()
+    })
+}
+
+/// Parses and validates a declarative file. `origin` names it in messages;
+/// `base_dir` resolves relative `user_data` paths.
+pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declared> {
+    let root: Value = crate::jsonfile::parse(text, origin)?;
+    let Some(root) = root.as_object() else {
+        return Err(ConfigError::invalid(format!(
+            "{origin}: expected a JSON object with \"vms\" (and optionally \"defaults\")"
+        )));
+    };
+    let mut p = Problems::default();
+    top_keys(root, &mut p);
+    let settings = host_settings(root, &mut p);
+    let defaults = root.get("defaults").map(|d| fields("defaults", d, &mut p, true)).unwrap_or_default();
+    let raw = entries(root, &mut p);
+    let vms: BTreeMap<VmName, VmDecl> = raw
+        .iter()
+        .map(|(name, (path, f))| (name.clone(), declaration(name, path, f, &defaults, &raw, base_dir, &mut p)))
+        .collect();
+    shared_ports(&vms, &mut p);
+    if let Some(cycle) = find_cycle(&vms) {
+        p.add("depends_on", format!("dependency cycle: {}", cycle.join(" -> ")));
+    }
+    if !p.0.is_empty() {
+        p.0.sort();
+        return Err(ConfigError::File { origin: origin.to_owned(), problems: p.0 }.into());
+    }
+    Ok(Declared { settings, vms })
+}
+
+/// Top-level keys: `defaults`, `vms` and the host settings' keys.
+fn top_keys(root: &serde_json::Map<String, Value>, p: &mut Problems) {
+    let mut top_keys: Vec<&str> = vec!["defaults", "vms"];
+    top_keys.extend(HOST_SETTING_KEYS);
+    for k in root.keys() {
+        if !HOST_SETTING_KEYS.contains(&k.as_str()) && k != "defaults" && k != "vms" {
+            p.add(k, format!("unknown key{}; top-level keys are {}", did_you_mean(k, &top_keys), top_keys.join(", ")));
+        }
+    }
+}
+
+/// The host settings written in the file, their problems added.
+fn host_settings(root: &serde_json::Map<String, Value>, p: &mut Problems) -> HostSettings {
+    let mut setting_problems = Vec::new();
+    let settings = HostSettings::from_keys(root, &mut setting_problems);
+    setting_problems.extend(settings.problems());
+    p.0.extend(setting_problems);
+    settings
+}
+
+/// The entries of `vms` by name, each with its path and fields.
+fn entries(root: &serde_json::Map<String, Value>, p: &mut Problems) -> BTreeMap<VmName, (String, Fields)> {
+    let mut raw = BTreeMap::new();
+    match root.get("vms") {
+        None => p.add("vms", "missing: declare at least one VM (\"vms\": {\"web\": {}})"),
+        Some(Value::Object(vms)) => {
+            for (name, v) in vms {
+                let path = format!("vms.{name}");
+                let f = fields(&path, v, p, false);
+                match VmName::parse(name) {
+                    Ok(n) => {
+                        raw.insert(n, (path, f));
+                    }
+                    Err(e) => p.add(&path, e),
+                }
+            }
+        }
+        Some(other) => p.add("vms", format!("expected an object of VMs by name, found {}", show(other))),
+    }
+    raw
+}
+
+/// One VM: its own fields, else the defaults', else the built-in ones.
+fn declaration(
+    name: &VmName,
+    path: &str,
+    f: &Fields,
+    d: &Fields,
+    raw: &BTreeMap<VmName, (String, Fields)>,
+    base_dir: &Path,
+    p: &mut Problems,
+) -> VmDecl {
+    let base = Resources::default();
+    let resources = Resources {
+        memory: f.memory.or(d.memory).unwrap_or(base.memory),
+        cpus: f.cpus.or(d.cpus).unwrap_or(base.cpus),
+        disk: f.disk.or(d.disk).unwrap_or(base.disk),
+        project_disk: f.project_disk.or(d.project_disk).unwrap_or(base.project_disk),
+    };
+    if let Err(e) = resources.validate() {
+        p.add(path, e);
+    }
+    let user_data =
+        f.user_data.clone().or(d.user_data.clone()).map(|u| if u.is_relative() { base_dir.join(u) } else { u });
+    VmDecl {
+        name: name.clone(),
+        resources,
+        autostart: f.autostart.or(d.autostart).unwrap_or(false),
+        features: f.features.clone().or(d.features.clone()).unwrap_or_default(),
+        user_data,
+        image: f.image.clone().or(d.image.clone()),
+        depends_on: depends_on(name, path, f, raw, p),
+        firmware: f.firmware.or(d.firmware).unwrap_or_default(),
+        network_config: f.network_config.clone(),
+        hostdevs: f.hostdevs.clone().unwrap_or_default(),
+        // A VM's own list replaces the defaults' (lists are not merged).
+        shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
+        host: f.host.clone().or(d.host.clone()),
+        ports: f.ports.clone().unwrap_or_default(),
+    }
+}
+
+/// `depends_on`: VMs of this file, never the VM itself.
+fn depends_on(
+    name: &VmName,
+    path: &str,
+    f: &Fields,
+    raw: &BTreeMap<VmName, (String, Fields)>,
+    p: &mut Problems,
+) -> Vec<VmName> {
+    let names: Vec<&str> = raw.keys().map(VmName::as_str).collect();
+    let mut out = Vec::new();
+    for (i, dep) in f.depends_on.clone().unwrap_or_default() {
+        let at = format!("{path}.depends_on[{i}]");
+        match VmName::parse(&dep) {
+            Ok(n) if &n == name => p.add(&at, "a VM cannot depend on itself"),
+            Ok(n) if raw.contains_key(&n) => out.push(n),
+            _ => p.add(&at, format!("{dep:?} is not a VM in this file{}", did_you_mean(&dep, &names))),
+        }
+    }
+    out
 }
 
 fn find_cycle(vms: &BTreeMap<VmName, VmDecl>) -> Option<Vec<String>> {
@@ -430,10 +457,44 @@ mod tests {
         parse(text, "f.json", Path::new("/etc/pv")).unwrap()
     }
 
+    /// The problems of a refused file, one a line, and the message's head.
     fn problems(text: &str) -> String {
         let e = parse(text, "f.json", Path::new("/")).unwrap_err();
         assert_eq!(crate::exit::code(&e), 2);
-        e.to_string()
+        match e.downcast_ref::<ConfigError>() {
+            Some(ConfigError::File { origin, problems }) => {
+                assert_eq!(origin, "f.json");
+                let mut sorted = problems.clone();
+                sorted.sort();
+                assert_eq!(&sorted, problems, "sorted");
+                e.to_string()
+            }
+            Some(ConfigError::Invalid(_)) => e.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shares_in_defaults_go_to_every_vm_unless_a_vm_has_its_own() {
+        let d = ok(r#"{"defaults": {"shares": [{"source": "/srv/data", "target": "/mnt/data", "readonly": true}]},
+            "vms": {"a": {}, "b": {"shares": [{"source": "/srv/b", "target": "/mnt/b"}]}, "c": {"shares": []}}}"#);
+        let shares = |n: &str| d.vms[&VmName::parse(n).unwrap()].shares.clone();
+        assert_eq!(shares("a"), vec![Share { source: "/srv/data".into(), target: "/mnt/data".into(), readonly: true }]);
+        assert_eq!(shares("b"), vec![Share { source: "/srv/b".into(), target: "/mnt/b".into(), readonly: false }]);
+        assert_eq!(shares("c"), vec![], "a VM's own empty list wins");
+        // And they are checked where they are written.
+        let e = problems(r#"{"defaults": {"shares": [{"source": "/etc", "target": "/mnt/etc"}]}, "vms": {"a": {}}}"#);
+        assert!(e.contains("defaults.shares: share /etc:/mnt/etc: the source /etc is, lies in or contains"), "{e}");
+    }
+
+    #[test]
+    fn features_and_resources_are_refused_by_their_own_variants() {
+        let mut p = Problems::default();
+        assert_eq!(features("vms.a.features", &serde_json::json!(["dokcer"]), &mut p), Some(vec!["dokcer".into()]));
+        assert_eq!(p.0, vec!["vms.a.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?): known features are base, devtools, docker, nix"]);
+        assert!(matches!(crate::features::check("dokcer"), Err(ConfigError::UnknownFeature { .. })));
+        let e = problems(r#"{"vms": {"a": {"project_disk": "1M"}}}"#);
+        assert!(e.contains("vms.a: project_disk 1M is below the minimum of 64M"), "{e}");
     }
 
     #[test]

@@ -11,8 +11,6 @@
 //! | ops | `crate::ops::Error` |
 //! | locks, interrupts | `crate::lock::Busy`, `crate::interrupt::Interrupted` |
 
-use std::fmt;
-
 /// What went wrong, from the user's point of view. The discriminant is the
 /// exit code, each meaning one thing; the README's table is held to
 /// [`Kind::ALL`] by `tests/docs.rs`.
@@ -37,13 +35,15 @@ pub enum Kind {
     Busy = 7,
     /// The VM exists but is not in a state for this: not running, no address, no serial log yet.
     NotReady = 8,
+    /// The guest is up and provisioned, but a health check failed (`check`, `--wait`).
+    CheckFailed = 9,
     /// Stopped by SIGINT or SIGTERM (after undoing what it had made), as a shell reports a signal.
     Interrupted = 130,
 }
 
 impl Kind {
     /// Every kind, in exit-code order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Failed,
         Kind::Invalid,
         Kind::NotFound,
@@ -52,6 +52,7 @@ impl Kind {
         Kind::Timeout,
         Kind::Busy,
         Kind::NotReady,
+        Kind::CheckFailed,
         Kind::Interrupted,
     ];
 
@@ -70,6 +71,7 @@ impl Kind {
             Kind::Timeout => "a wait ran out; the VM is left as it is",
             Kind::Busy => "another project-vm is working on the same VM or image",
             Kind::NotReady => "the VM is not in a state for this (not running, no address, no serial log)",
+            Kind::CheckFailed => "a health check failed; the VM is left running",
             Kind::Interrupted => "interrupted by SIGINT or SIGTERM, after undoing what it had made",
         }
     }
@@ -78,38 +80,4 @@ impl Kind {
 /// An error that knows its [`Kind`].
 pub trait Classified: std::error::Error {
     fn kind(&self) -> Kind;
-}
-
-/// A message with its kind, for the transition to the layers' own enums.
-/// New code names a variant of its layer's error instead.
-#[derive(Debug)]
-pub struct Failure {
-    pub kind: Kind,
-    pub message: String,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
-
-impl Classified for Failure {
-    fn kind(&self) -> Kind {
-        self.kind
-    }
-}
-
-pub fn failure(kind: Kind, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Failure { kind, message: message.into() })
-}
-
-pub fn invalid(message: impl Into<String>) -> anyhow::Error {
-    failure(Kind::Invalid, message)
-}
-
-pub fn not_found(message: impl Into<String>) -> anyhow::Error {
-    failure(Kind::NotFound, message)
 }

@@ -19,26 +19,27 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<Kind> {
     }
     as_kind::<crate::interrupt::Interrupted>(e)
         .or_else(|| as_kind::<crate::lock::Busy>(e))
+        .or_else(|| as_kind::<crate::lock::Unusable>(e))
         .or_else(|| as_kind::<crate::ops::Error>(e))
         .or_else(|| as_kind::<crate::config::ConfigError>(e))
         .or_else(|| as_kind::<crate::images::Error>(e))
         .or_else(|| as_kind::<crate::libvirt::errors::Error>(e))
         .or_else(|| as_kind::<crate::fanout::Panicked>(e))
-        .or_else(|| as_kind::<crate::error::Failure>(e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{failure, invalid};
     use anyhow::Context;
 
     #[test]
     fn the_kind_is_found_through_context() {
-        let err = Err::<(), _>(invalid("bad name")).context("creating foo").unwrap_err();
+        let bad = crate::config::ConfigError::Invalid("bad name".into());
+        let err = Err::<(), _>(bad).context("creating foo").unwrap_err();
         assert_eq!(code(&err), 2);
         assert_eq!(code(&anyhow::anyhow!("plain")), 1);
-        assert_eq!(code(&failure(Kind::Timeout, "t")), 6);
+        let busy = crate::lock::Busy { what: "vm:a".into(), holder: Default::default(), hint: String::new() };
+        assert_eq!(kind(&anyhow::Error::new(busy).context("creating a")), Kind::Busy);
         assert_eq!(code(&anyhow::Error::new(crate::interrupt::Interrupted).context("pulling")), 130);
     }
 

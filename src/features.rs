@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::cloudinit;
+use crate::config::error::ConfigError;
 
 const FEATURES: &[(&str, &str)] = &[
     ("base", include_str!("../cloud-init/features/base.yaml")),
@@ -20,17 +21,24 @@ pub fn exists(name: &str) -> bool {
     FEATURES.iter().any(|(n, _)| *n == name)
 }
 
+/// A shipped feature, or [`ConfigError::UnknownFeature`] with a did-you-mean.
+pub fn check(name: &str) -> Result<(), ConfigError> {
+    if exists(name) {
+        return Ok(());
+    }
+    Err(ConfigError::UnknownFeature {
+        name: name.to_owned(),
+        suggestion: crate::suggest::did_you_mean(name, &names()),
+        known: names().join(", "),
+    })
+}
+
 /// The merged cloud-config of `names`, in order.
 pub fn cloud_config(wanted: &[String]) -> anyhow::Result<Option<Value>> {
     let mut merged: Option<Value> = None;
     for name in wanted {
-        let (_, text) = FEATURES.iter().find(|(n, _)| n == name).ok_or_else(|| {
-            crate::error::invalid(format!(
-                "unknown feature {name:?}{}: known features are {}",
-                crate::suggest::did_you_mean(name, &names()),
-                names().join(", ")
-            ))
-        })?;
+        check(name)?;
+        let (_, text) = FEATURES.iter().find(|(n, _)| n == name).expect("checked");
         let v = cloudinit::parse_user_data(text, &format!("feature {name}"))?;
         match &mut merged {
             Some(m) => cloudinit::merge(m, &v),
@@ -64,7 +72,12 @@ mod tests {
         let pkgs: Vec<&str> = v["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
         assert!(pkgs.contains(&"git") && pkgs.contains(&"docker.io") && pkgs.contains(&"build-essential"), "{pkgs:?}");
         assert_eq!(cloud_config(&[]).unwrap(), None);
-        let e = cloud_config(&["dokcer".into()]).unwrap_err().to_string();
-        assert!(e.contains("did you mean \"docker\""), "{e}");
+        let e = cloud_config(&["dokcer".into()]).unwrap_err();
+        match e.downcast_ref::<ConfigError>() {
+            Some(ConfigError::UnknownFeature { name, suggestion, .. }) => {
+                assert_eq!((name.as_str(), suggestion.as_str()), ("dokcer", " (did you mean \"docker\"?)"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

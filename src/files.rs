@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::error::invalid;
+use crate::config::error::ConfigError;
 
 /// Settings files, declarative files: far larger than any real one.
 pub const CONFIG_MAX: u64 = 4 << 20;
@@ -27,8 +27,9 @@ pub fn open_regular(path: &Path, what: &str) -> anyhow::Result<File> {
         // A FIFO with no writer would block this open forever; a regular file ignores the flag.
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| invalid(format!("cannot read {what} {}: {e}", path.display())))?;
-    let meta = file.metadata().map_err(|e| invalid(format!("cannot read {what} {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError::invalid(format!("cannot read {what} {}: {e}", path.display())))?;
+    let meta =
+        file.metadata().map_err(|e| ConfigError::invalid(format!("cannot read {what} {}: {e}", path.display())))?;
     let kind = meta.file_type();
     if !kind.is_file() {
         use std::os::unix::fs::FileTypeExt;
@@ -40,7 +41,7 @@ pub fn open_regular(path: &Path, what: &str) -> anyhow::Result<File> {
             _ if kind.is_socket() => "a socket",
             _ => "not a regular file",
         };
-        return Err(invalid(format!("{what} {} is {is}, not a regular file", path.display())));
+        return Err(ConfigError::invalid(format!("{what} {} is {is}, not a regular file", path.display())));
     }
     // Back to blocking reads (regular files never block, but say what we mean).
     let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
@@ -52,7 +53,7 @@ pub fn read_bounded(path: &Path, what: &str, max: u64) -> anyhow::Result<Vec<u8>
     let file = open_regular(path, what)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let too_big = |n: u64| {
-        invalid(format!(
+        ConfigError::invalid(format!(
             "{what} {} is {n} bytes, over the limit of {} for a {what}",
             path.display(),
             crate::output::human(max)
@@ -65,7 +66,7 @@ pub fn read_bounded(path: &Path, what: &str, max: u64) -> anyhow::Result<Vec<u8>
     // Bounded even if the file grows while it is read.
     file.take(max + 1)
         .read_to_end(&mut out)
-        .map_err(|e| invalid(format!("cannot read {what} {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError::invalid(format!("cannot read {what} {}: {e}", path.display())))?;
     if out.len() as u64 > max {
         return Err(too_big(out.len() as u64));
     }
@@ -75,7 +76,7 @@ pub fn read_bounded(path: &Path, what: &str, max: u64) -> anyhow::Result<Vec<u8>
 /// [`read_bounded`] as UTF-8 text.
 pub fn read_text(path: &Path, what: &str, max: u64) -> anyhow::Result<String> {
     String::from_utf8(read_bounded(path, what, max)?)
-        .map_err(|_| invalid(format!("{what} {} is not UTF-8 text", path.display())))
+        .map_err(|_| ConfigError::invalid(format!("{what} {} is not UTF-8 text", path.display())))
 }
 
 /// Makes a new file, mode 0600, that was not there before: never through a

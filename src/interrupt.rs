@@ -34,7 +34,10 @@ pub fn install() {
                 while HELD.load(Ordering::SeqCst) > 0 {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
-                eprintln!("interrupted: no safe point within {} s, exiting now", GRACE.as_secs());
+                crate::messages::note(format_args!(
+                    "interrupted: no safe point within {} s, exiting now",
+                    GRACE.as_secs()
+                ));
                 // SAFETY: ends the process, as a second signal does.
                 unsafe { nix::libc::_exit(130) };
             }

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::error::invalid;
+use crate::config::error::ConfigError;
 
 /// Parses `text`, refusing duplicate keys (all of them named, by JSON path).
 pub fn parse(text: &str, origin: &str) -> anyhow::Result<Value> {
@@ -16,10 +16,10 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Value> {
     let value = Checked { path: String::new(), dups: &dups }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
-        .map_err(|e| invalid(format!("{origin}: not valid JSON: {e}")))?;
+        .map_err(|e| ConfigError::invalid(format!("{origin}: not valid JSON: {e}")))?;
     let dups = dups.into_inner();
     if !dups.is_empty() {
-        return Err(invalid(format!(
+        return Err(ConfigError::invalid(format!(
             "{origin}: {} written twice (the second would silently replace the first): {}",
             if dups.len() == 1 { "a key is" } else { "keys are" },
             dups.join(", ")
@@ -107,6 +107,7 @@ mod tests {
     #[test]
     fn duplicates_are_named_by_path() {
         let e = parse(r#"{"pool":"a","vms":{"x":{"memory":"1G","memory":"2G"}},"pool":"b"}"#, "f.json").unwrap_err();
+        assert!(matches!(e.downcast_ref::<ConfigError>(), Some(ConfigError::Invalid(_))), "{e:?}");
         assert_eq!(crate::exit::code(&e), 2);
         let msg = e.to_string();
         assert!(msg.contains("vms.x.memory") && msg.contains("pool") && msg.contains("f.json"), "{msg}");

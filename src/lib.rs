@@ -5,6 +5,7 @@
 //! libvirt objects through [`libvirt`]; reports come back for [`output`].
 
 pub mod cli;
+pub mod clock;
 pub mod cloudinit;
 pub mod config;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod messages;
 pub mod mounts;
 pub mod ops;
 pub mod output;
+pub mod paths;
 pub mod progress;
 pub mod run;
 pub mod secret;

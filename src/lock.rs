@@ -28,8 +28,6 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::error::{failure, Kind};
-
 /// A held lock; released when dropped (or when the process dies).
 pub struct Lock {
     _file: Flock<File>,
@@ -44,17 +42,9 @@ fn dir() -> (PathBuf, PathBuf) {
         let top = PathBuf::from("/run/project-vm");
         return (top.join("locks"), top);
     }
-    let home_state = || -> Option<PathBuf> {
-        match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute()) {
-            Some(d) => Some(PathBuf::from(d)),
-            None => Some(
-                PathBuf::from(std::env::var_os("HOME").filter(|h| Path::new(h).is_absolute())?).join(".local/state"),
-            ),
-        }
-    };
-    let top = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
-        Some(d) => PathBuf::from(d).join("project-vm"),
-        None => match home_state() {
+    let top = match crate::paths::runtime_dir() {
+        Some(d) => d.join("project-vm"),
+        None => match crate::paths::state_home() {
             Some(d) => d.join("project-vm"),
             // No home at all: a directory of our own under /tmp, checked below.
             None => std::env::temp_dir().join(format!("project-vm-{uid}")),
@@ -75,18 +65,13 @@ pub fn secure_dir(dir: &Path, top: &Path) -> anyhow::Result<()> {
 /// the environment variable `var` can move.
 pub fn secure_dir_for(dir: &Path, top: &Path, what: &str, var: &str) -> anyhow::Result<()> {
     let refuse = |p: &Path, why: String| {
-        failure(
-            Kind::Environment,
-            format!(
-                "refusing to use the {what} {}: {} {why}; remove it (or set {var} to a directory of your own)",
-                dir.display(),
-                p.display()
-            ),
-        )
+        Unusable(format!(
+            "refusing to use the {what} {}: {} {why}; remove it (or set {var} to a directory of your own)",
+            dir.display(),
+            p.display()
+        ))
     };
-    let cannot = |p: &Path, e: std::io::Error| {
-        failure(Kind::Environment, format!("cannot create the {what} {}: {e}", p.display()))
-    };
+    let cannot = |p: &Path, e: std::io::Error| Unusable(format!("cannot create the {what} {}: {e}", p.display()));
     if let Some(parent) = top.parent() {
         std::fs::create_dir_all(parent).map_err(|e| cannot(parent, e))?;
     }
@@ -99,19 +84,18 @@ pub fn secure_dir_for(dir: &Path, top: &Path, what: &str, var: &str) -> anyhow::
             p.push(c);
         }
         match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(cannot(&p, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(cannot(&p, e).into()),
             _ => {}
         }
-        let m = std::fs::symlink_metadata(&p)
-            .map_err(|e| failure(Kind::Environment, format!("cannot inspect {}: {e}", p.display())))?;
+        let m = std::fs::symlink_metadata(&p).map_err(|e| Unusable(format!("cannot inspect {}: {e}", p.display())))?;
         if m.file_type().is_symlink() {
-            return Err(refuse(&p, "is a symlink".into()));
+            return Err(refuse(&p, "is a symlink".into()).into());
         }
         if !m.is_dir() {
-            return Err(refuse(&p, "is not a directory".into()));
+            return Err(refuse(&p, "is not a directory".into()).into());
         }
         if m.uid() != uid {
-            return Err(refuse(&p, format!("belongs to uid {}, not to you (uid {uid})", m.uid())));
+            return Err(refuse(&p, format!("belongs to uid {}, not to you (uid {uid})", m.uid())).into());
         }
         if m.mode() & 0o077 != 0 {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
@@ -141,10 +125,10 @@ pub fn open_file(p: &Path) -> anyhow::Result<File> {
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(p)
-        .map_err(|e| failure(Kind::Environment, format!("cannot open lock file {}: {e}", p.display())))?;
-    let m = f.metadata().map_err(|e| failure(Kind::Environment, format!("cannot inspect {}: {e}", p.display())))?;
+        .map_err(|e| Unusable(format!("cannot open lock file {}: {e}", p.display())))?;
+    let m = f.metadata().map_err(|e| Unusable(format!("cannot inspect {}: {e}", p.display())))?;
     if !m.is_file() {
-        return Err(failure(Kind::Environment, format!("lock file {} is not a regular file", p.display())));
+        return Err(Unusable(format!("lock file {} is not a regular file", p.display())).into());
     }
     Ok(f)
 }
@@ -178,6 +162,18 @@ pub struct Busy {
     pub holder: Holder,
     /// What to do about it, with its leading separator (`: wait for it, ...`), or empty.
     pub hint: String,
+}
+
+/// The lock directory or a lock file cannot be used: not ours, not a
+/// directory, not writable (exit 4). Nothing is locked and the run stops.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
+
+impl crate::error::Classified for Unusable {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::Environment
+    }
 }
 
 impl crate::error::Classified for Busy {
@@ -244,7 +240,7 @@ impl Lock {
             .open(&tmp)
             .and_then(|mut f| f.write_all(token.as_bytes()))
             .and_then(|_| std::fs::rename(&tmp, self.stamp_path()))
-            .map_err(|e| failure(Kind::Environment, format!("cannot write {}: {e}", self.stamp_path().display())))?;
+            .map_err(|e| Unusable(format!("cannot write {}: {e}", self.stamp_path().display())))?;
         Ok(token)
     }
 }
@@ -293,12 +289,12 @@ fn acquire_as(
                         std::thread::sleep(pause);
                         pause = (pause * 2).min(std::time::Duration::from_millis(10));
                     }
-                    Err((_, e)) => return Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
+                    Err((_, e)) => return Err(Unusable(format!("cannot lock {what}: {e}")).into()),
                 }
             };
             Ok(claim(f, path, doing))
         }
-        Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
+        Err((_, e)) => Err(Unusable(format!("cannot lock {what}: {e}")).into()),
     }
 }
 
@@ -308,7 +304,7 @@ pub fn try_acquire(scope: &str, what: &str, doing: &str) -> anyhow::Result<Resul
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(f) => Ok(Ok(claim(f, path, doing))),
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => Ok(Err(holder(&mut file))),
-        Err((_, e)) => Err(failure(Kind::Environment, format!("cannot lock {what}: {e}"))),
+        Err((_, e)) => Err(Unusable(format!("cannot lock {what}: {e}")).into()),
     }
 }
 
@@ -342,6 +338,7 @@ mod tests {
         let lock = t.path().join("x.lock");
         std::os::unix::fs::symlink(&victim, &lock).unwrap();
         let err = open_file(&lock).unwrap_err();
+        assert!(err.downcast_ref::<Unusable>().is_some(), "{err:#}");
         assert_eq!(crate::exit::code(&err), 4, "{err:#}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         // An existing lock file is opened as it is: never truncated.
@@ -369,6 +366,7 @@ mod tests {
         let planted = t.path().join("project-vm-2");
         std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
         let err = secure_dir(&planted.join("locks"), &planted).unwrap_err();
+        assert!(err.downcast_ref::<Unusable>().is_some(), "{err:#}");
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
         assert_eq!(crate::exit::code(&err), 4);
         // Someone else's directory is refused (only root can make one here).

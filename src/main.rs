@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use project_vm::cli::Cli;
+use project_vm::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,7 +22,12 @@ fn main() -> ExitCode {
         // Its fallback for a failed write is eprintln!, which panics on a closed stderr.
         .log_internal_errors(false)
         .init();
-    match project_vm::run::run(cli) {
+    let result = match cli.command {
+        // Needs no settings nor libvirt: the page is made from the definitions alone.
+        Command::Man => project_vm::output::man_page(),
+        _ => project_vm::run::run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`project-vm list | head -1`): not a failure.
         Err(e) if project_vm::output::is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ use crate::libvirt::vms;
 use crate::ops::{self, create::CreateRequest, fleet::Fleet};
 use crate::output::emit;
 use crate::settings::HostSettings;
-use crate::spec::Resources;
+use crate::spec::{Resources, VmName};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::messages::set_json(cli.json);
@@ -102,142 +102,192 @@ fn checked(printed: anyhow::Result<()>, verdict: anyhow::Result<()>) -> anyhow::
 }
 
 /// `only`: `--host`. A verb on a VM finds it across the hosts; a verb that
-/// makes something needs one host.
+/// makes something needs one host. One small function per verb (a verb is
+/// one file in `src/ops/`).
 fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> anyhow::Result<()> {
-    // `find` for verbs that only look, `find_acting` for those that change the VM.
-    let find = |name: &crate::spec::VmName| fleet.find(name, only, false);
-    let find_acting = |name: &crate::spec::VmName| fleet.find(name, only, true);
-    let one = || fleet.one(only).map(|(_, ctx)| ctx);
+    let v = Verbs { fleet, only, json };
     match command {
-        Command::Create(a) => {
-            crate::interrupt::install();
-            let req = CreateRequest {
-                name: a.name,
-                resources: Resources { memory: a.memory, cpus: a.cpus, disk: a.disk, project_disk: a.project_disk },
-                image: a.image,
-                user_data: a.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?,
-                features: a.features,
-                autostart: a.autostart,
-                devices: ops::create::Devices {
-                    firmware: a.firmware.into(),
-                    network_config: a.ip.map(|address| crate::spec::StaticNetwork {
-                        address,
-                        gateway: a.gateway,
-                        dns: a.dns.clone(),
-                    }),
-                    hostdevs: a.hostdevs,
-                    shares: a.shares,
-                    ports: a.ports,
-                },
-            };
-            let report = ops::create::run(&*one()?, &req, a.start, wait(&a.wait))?;
-            checked(emit(json, &report), report.check())?;
-        }
-        Command::Start(a) => {
-            let (ctx, vm) = find_acting(&a.name)?;
-            let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
-            checked(emit(json, &report), report.check())?;
-        }
-        Command::Stop(a) => {
-            let (ctx, vm) = find_acting(&a.name)?;
-            emit(json, &ops::power::stop_reporting(&ctx, &vm, Duration::from_secs(a.timeout), a.force)?)?;
-        }
-        Command::Restart(a) => {
-            let (ctx, vm) = find_acting(&a.name)?;
-            let report = ops::power::restart(&ctx, &vm, Duration::from_secs(a.stop_timeout), wait(&a.wait))?;
-            checked(emit(json, &report), report.check())?;
-        }
-        Command::Destroy(a) => {
-            crate::interrupt::install();
-            let (ctx, vm) = find_acting(&a.name)?;
-            emit(json, &ops::destroy::destroy(&ctx, &vm, a.keep_data)?)?;
-        }
+        Command::Create(a) => v.create(a),
+        Command::Start(a) => v.start(a),
+        Command::Stop(a) => v.stop(a),
+        Command::Restart(a) => v.restart(a),
+        Command::Destroy(a) => v.destroy(a),
         Command::List(a) => {
             let listing = ops::list::list_fleet(fleet, only, a.all_pools)?;
-            checked(emit(json, &listing), listing.check())?
+            checked(emit(json, &listing), listing.check())
         }
         Command::Status(a) => {
-            let (ctx, vm) = find(&a.name)?;
-            emit(json, &ops::status::status(&ctx, &vm)?)?
+            let (ctx, vm) = v.find(&a.name)?;
+            emit(json, &ops::status::status(&ctx, &vm)?)
         }
         Command::Ssh(a) => {
-            let (ctx, vm) = find(&a.name)?;
-            ops::ssh::exec(&ctx, &vm, a.identity.as_deref(), &a.command)?
+            let (ctx, vm) = v.find(&a.name)?;
+            ops::ssh::exec(&ctx, &vm, a.identity.as_deref(), &a.command)
         }
-        Command::SshConfig(a) => {
-            let vms = match a.name {
-                Some(n) => vec![find(&n)?],
-                None => {
-                    let mut all = Vec::new();
-                    for h in fleet.select(only)? {
-                        let ctx = fleet.ctx(h)?;
-                        all.extend(vms::list(&ctx.conn())?.into_iter().map(|vm| (ctx.clone(), vm)));
-                    }
-                    all
-                }
-            };
-            ops::ssh::write_config(&mut std::io::stdout().lock(), &vms)?;
-        }
+        Command::SshConfig(a) => v.ssh_config(a.name, a.identity.as_deref()),
         Command::Console(a) => {
-            let (ctx, vm) = find(&a.name)?;
-            ops::console::console(&ctx, &vm)?
+            let (ctx, vm) = v.find(&a.name)?;
+            ops::console::console(&ctx, &vm)
         }
         Command::Logs(a) => {
-            let (ctx, vm) = find(&a.name)?;
-            ops::logs::logs(&ctx, &vm, a.follow)?
+            let (ctx, vm) = v.find(&a.name)?;
+            ops::logs::logs(&ctx, &vm, a.follow)
         }
         Command::Forward(a) => {
             // Bad input first: a port taken here needs no VM looked up.
             ops::forward::check_tunnels(&a.ports)?;
-            let (ctx, vm) = find(&a.name)?;
-            ops::forward::forward(&ctx, &vm, &a.ports, a.identity.as_deref(), json)?
+            let (ctx, vm) = v.find(&a.name)?;
+            ops::forward::forward(&ctx, &vm, &a.ports, a.identity.as_deref(), json)
         }
-        Command::Watch(a) => ops::watch::watch(fleet, only, &a.names, json)?,
-        Command::Image(ImageCommand::Pull(a)) => {
-            crate::interrupt::install();
-            let req = ops::pull::PullRequest {
-                what: a.what,
-                name: a.name,
-                checksum: a.checksum,
-                checksums: a.checksums,
-                refresh: a.refresh,
-            };
-            emit(json, &ops::pull::pull(&*one()?, &req)?)?;
-        }
-        Command::Image(ImageCommand::Import { file, name, checksum }) => {
-            crate::interrupt::install();
-            emit(json, &ops::pull::import(&*one()?, &file.to_string_lossy(), name.as_deref(), checksum)?)?;
-        }
-        Command::Image(ImageCommand::Save { vm, name, stop, identity }) => {
-            crate::interrupt::install();
-            let (ctx, vm) = find_acting(&vm)?;
-            let progress = crate::progress::Progress::spinner(json, format!("saving {}", vm.name));
-            let report = ops::save::save(&ctx, &vm, &name, stop, identity.as_deref(), &progress)?;
-            progress.finish();
-            emit(json, &report)?;
-        }
-        Command::Image(ImageCommand::List) => emit(json, &ops::image::listing(&*one()?)?)?,
-        Command::Image(ImageCommand::Rm { name }) => emit(json, &ops::image::remove(&*one()?, &name)?)?,
-        Command::Snapshot(SnapshotCommand::Create { name, snapshot, description }) => {
-            let (ctx, vm) = find_acting(&name)?;
-            emit(json, &ops::snapshot::create(&ctx, &vm, snapshot.as_deref(), description.as_deref())?)?;
-        }
-        Command::Snapshot(SnapshotCommand::List { name }) => {
-            let (ctx, vm) = find(&name)?;
-            emit(json, &ops::snapshot::list(&ctx, &vm)?)?
-        }
-        Command::Snapshot(SnapshotCommand::Revert { name, snapshot }) => {
-            let (ctx, vm) = find_acting(&name)?;
-            emit(json, &ops::snapshot::revert(&ctx, &vm, &snapshot)?)?
-        }
-        Command::Snapshot(SnapshotCommand::Delete { name, snapshot }) => {
-            let (ctx, vm) = find_acting(&name)?;
-            emit(json, &ops::snapshot::delete(&ctx, &vm, &snapshot)?)?
-        }
-        Command::Gc(a) => emit(json, &ops::gc::gc(&*one()?, a.yes, &a.kept_disks)?)?,
-        Command::Completions { .. } | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
+        Command::Watch(a) => ops::watch::watch(fleet, only, &a.names, json),
+        Command::Image(c) => v.image(c),
+        Command::Snapshot(c) => v.snapshot(c),
+        Command::Gc(a) => emit(json, &ops::gc::gc(&*v.one()?, a.yes, &a.kept_disks)?),
+        Command::Completions { .. } | Command::Man | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
             unreachable!("handled in run")
         }
     }
-    Ok(())
+}
+
+/// The fleet a verb runs on, `--host` and `--json`.
+struct Verbs<'a> {
+    fleet: &'a Fleet,
+    only: Option<&'a str>,
+    json: bool,
+}
+
+type Found = (std::sync::Arc<ops::Ctx>, vms::Vm);
+
+impl Verbs<'_> {
+    /// A VM, for verbs that only look.
+    fn find(&self, name: &VmName) -> anyhow::Result<Found> {
+        self.fleet.find(name, self.only, false)
+    }
+
+    /// A VM, for verbs that change it.
+    fn find_acting(&self, name: &VmName) -> anyhow::Result<Found> {
+        self.fleet.find(name, self.only, true)
+    }
+
+    /// The one host a verb that makes something runs on.
+    fn one(&self) -> anyhow::Result<std::sync::Arc<ops::Ctx>> {
+        self.fleet.one(self.only).map(|(_, ctx)| ctx)
+    }
+
+    fn create(&self, a: crate::cli::CreateArgs) -> anyhow::Result<()> {
+        crate::interrupt::install();
+        let req = CreateRequest {
+            name: a.name,
+            resources: Resources { memory: a.memory, cpus: a.cpus, disk: a.disk, project_disk: a.project_disk },
+            image: a.image,
+            user_data: a.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?,
+            features: a.features,
+            autostart: a.autostart,
+            devices: ops::create::Devices {
+                firmware: a.firmware.into(),
+                network_config: a.ip.map(|address| crate::spec::StaticNetwork {
+                    address,
+                    gateway: a.gateway,
+                    dns: a.dns.clone(),
+                }),
+                hostdevs: a.hostdevs,
+                shares: a.shares,
+                ports: a.ports,
+            },
+        };
+        let report = ops::create::run(&*self.one()?, &req, a.start, wait(&a.wait))?;
+        checked(emit(self.json, &report), report.check())
+    }
+
+    fn start(&self, a: crate::cli::StartArgs) -> anyhow::Result<()> {
+        let (ctx, vm) = self.find_acting(&a.name)?;
+        let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
+        checked(emit(self.json, &report), report.check())
+    }
+
+    fn stop(&self, a: crate::cli::StopArgs) -> anyhow::Result<()> {
+        let (ctx, vm) = self.find_acting(&a.name)?;
+        emit(self.json, &ops::power::stop_reporting(&ctx, &vm, Duration::from_secs(a.timeout), a.force)?)
+    }
+
+    fn restart(&self, a: crate::cli::RestartArgs) -> anyhow::Result<()> {
+        let (ctx, vm) = self.find_acting(&a.name)?;
+        let report = ops::power::restart(&ctx, &vm, Duration::from_secs(a.stop_timeout), wait(&a.wait))?;
+        checked(emit(self.json, &report), report.check())
+    }
+
+    fn destroy(&self, a: crate::cli::DestroyArgs) -> anyhow::Result<()> {
+        crate::interrupt::install();
+        let (ctx, vm) = self.find_acting(&a.name)?;
+        emit(self.json, &ops::destroy::destroy(&ctx, &vm, a.keep_data)?)
+    }
+
+    /// `ssh-config [NAME]`: one VM, or every VM on the selected hosts.
+    fn ssh_config(&self, name: Option<VmName>, identity: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let vms = match name {
+            Some(n) => vec![self.find(&n)?],
+            None => {
+                let mut all = Vec::new();
+                for h in self.fleet.select(self.only)? {
+                    let ctx = self.fleet.ctx(h)?;
+                    all.extend(vms::list(&ctx.conn())?.into_iter().map(|vm| (ctx.clone(), vm)));
+                }
+                all
+            }
+        };
+        emit(self.json, &ops::ssh::config_report(&vms, identity))
+    }
+
+    fn image(&self, command: ImageCommand) -> anyhow::Result<()> {
+        let json = self.json;
+        match command {
+            ImageCommand::Pull(a) => {
+                crate::interrupt::install();
+                let req = ops::pull::PullRequest {
+                    what: a.what,
+                    name: a.name,
+                    checksum: a.checksum,
+                    checksums: a.checksums,
+                    refresh: a.refresh,
+                };
+                emit(json, &ops::pull::pull(&*self.one()?, &req)?)
+            }
+            ImageCommand::Import { file, name, checksum } => {
+                crate::interrupt::install();
+                emit(json, &ops::pull::import(&*self.one()?, &file.to_string_lossy(), name.as_deref(), checksum)?)
+            }
+            ImageCommand::Save { vm, name, stop, identity } => {
+                crate::interrupt::install();
+                let (ctx, vm) = self.find_acting(&vm)?;
+                let progress = crate::progress::Progress::spinner(json, format!("saving {}", vm.name));
+                let report = ops::save::save(&ctx, &vm, &name, stop, identity.as_deref(), &progress)?;
+                progress.finish();
+                emit(json, &report)
+            }
+            ImageCommand::List => emit(json, &ops::image::listing(&*self.one()?)?),
+            ImageCommand::Rm { name } => emit(json, &ops::image::remove(&*self.one()?, &name)?),
+        }
+    }
+
+    fn snapshot(&self, command: SnapshotCommand) -> anyhow::Result<()> {
+        let json = self.json;
+        match command {
+            SnapshotCommand::Create { name, snapshot, description } => {
+                let (ctx, vm) = self.find_acting(&name)?;
+                emit(json, &ops::snapshot::create(&ctx, &vm, snapshot.as_deref(), description.as_deref())?)
+            }
+            SnapshotCommand::List { name } => {
+                let (ctx, vm) = self.find(&name)?;
+                emit(json, &ops::snapshot::list(&ctx, &vm)?)
+            }
+            SnapshotCommand::Revert { name, snapshot } => {
+                let (ctx, vm) = self.find_acting(&name)?;
+                emit(json, &ops::snapshot::revert(&ctx, &vm, &snapshot)?)
+            }
+            SnapshotCommand::Delete { name, snapshot } => {
+                let (ctx, vm) = self.find_acting(&name)?;
+                emit(json, &ops::snapshot::delete(&ctx, &vm, &snapshot)?)
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::{failure, Kind};
+use crate::config::error::ConfigError;
 
 const LEN: usize = 32;
 
@@ -20,15 +20,12 @@ const LEN: usize = 32;
 /// a volume anyone with the pool can download); else
 /// `~/.local/state/project-vm/secret`.
 pub fn path() -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute()) {
-        Some(d) => PathBuf::from(d).join("project-vm"),
+    let dir = match crate::paths::var("XDG_STATE_HOME") {
+        Some(d) => d.join("project-vm"),
         None if nix::unistd::geteuid().is_root() => PathBuf::from("/var/lib/project-vm-state"),
-        None => std::env::var_os("HOME")
-            .filter(|h| Path::new(h).is_absolute())
-            .map(|h| PathBuf::from(h).join(".local/state/project-vm"))
-            .ok_or_else(|| {
-                failure(Kind::Environment, "neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret")
-            })?,
+        None => crate::paths::state_home().map(|d| d.join("project-vm")).ok_or_else(|| {
+            ConfigError::Environment("neither XDG_STATE_HOME nor HOME is set: no place for project-vm's secret".into())
+        })?,
     };
     Ok(dir.join("secret"))
 }
@@ -39,7 +36,7 @@ pub fn load() -> anyhow::Result<[u8; LEN]> {
 }
 
 fn env_err(p: &Path, what: impl std::fmt::Display) -> anyhow::Error {
-    failure(Kind::Environment, format!("project-vm's secret {}: {what}", p.display()))
+    ConfigError::Environment(format!("project-vm's secret {}: {what}", p.display())).into()
 }
 
 /// The secret at `p`, made (0600, its directory 0700) if it is not there.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::error::invalid;
+use crate::config::error::ConfigError;
 use crate::images::catalog::{ImageSource, DEFAULT_IMAGE};
 use crate::libvirt::daemon::Daemon;
 
@@ -18,44 +18,8 @@ pub const DEFAULT_POOL: &str = "project-vm";
 /// The first loopback port user networking forwards to a guest's ssh.
 pub const DEFAULT_SSH_PORT: u16 = 22022;
 
-/// The hypervisor acceleration. `tcg` is software emulation (libvirt domain type
-/// `qemu`), for hosts where KVM is missing or broken (nested virtualisation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    #[default]
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    pub fn domain_type(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "qemu",
-        }
-    }
-}
-
-/// How a guest's one NIC is attached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Network {
-    /// A libvirt virtual network (NAT by default).
-    Network { name: String },
-    /// A host bridge.
-    Bridge { name: String },
-    /// User-mode networking (passt): no host configuration, works for
-    /// unprivileged `qemu:///session`. The guest's port 22 is forwarded from
-    /// 127.0.0.1; `ssh_port` is the first port tried, each VM takes the next free one.
-    User { ssh_port: u16 },
-}
-
-impl Default for Network {
-    fn default() -> Self {
-        Network::Network { name: "default".into() }
-    }
-}
+// The spec's own types, named here too because the settings file sets them.
+pub use crate::spec::{Accel, Network};
 
 /// The settings file as written: every key optional, unknown keys rejected.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -170,7 +134,7 @@ impl HostSettings {
     pub fn from_json(text: &str, origin: &str) -> anyhow::Result<HostSettings> {
         let root = crate::jsonfile::parse(text, origin)?;
         let Some(obj) = root.as_object() else {
-            return Err(invalid(format!("{origin}: expected a JSON object of settings")));
+            return Err(ConfigError::invalid(format!("{origin}: expected a JSON object of settings")));
         };
         let mut problems = Vec::new();
         for k in obj.keys().filter(|k| !HOST_SETTING_KEYS.contains(&k.as_str())) {
@@ -186,12 +150,7 @@ impl HostSettings {
             return Ok(settings);
         }
         problems.sort();
-        Err(invalid(format!(
-            "{origin}: {} problem{}; nothing was changed:\n  {}",
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" },
-            problems.join("\n  ")
-        )))
+        Err(ConfigError::File { origin: origin.to_owned(), problems }.into())
     }
 
     /// The settings keys of `obj`, each parsed on its own so that one bad
@@ -294,7 +253,9 @@ impl HostSettings {
                     }
                     settings = settings.overlay(file);
                 }
-                Err(e) => return Err(invalid(format!("cannot read settings file {}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(ConfigError::invalid(format!("cannot read settings file {}: {e}", path.display())))
+                }
             }
         }
         Ok(settings)
@@ -328,7 +289,7 @@ impl HostSettings {
         }
         let problems = self.problems();
         if !problems.is_empty() {
-            return Err(invalid(format!("settings: {}", problems.join("; "))));
+            return Err(ConfigError::invalid(format!("settings: {}", problems.join("; "))));
         }
         let ssh_user = self.ssh_user.unwrap_or_else(|| "dev".into());
         let pool = self.pool.unwrap_or_else(|| DEFAULT_POOL.into());
@@ -416,10 +377,7 @@ fn valid_user_name(s: &str) -> bool {
 
 fn default_paths() -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from(SYSTEM_CONFIG)];
-    let user_dir = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    if let Some(dir) = user_dir {
+    if let Some(dir) = crate::paths::config_home() {
         paths.push(dir.join("project-vm/config.json"));
     }
     paths
@@ -448,10 +406,23 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What these settings give every VM made on their host, for
+    /// [`crate::spec::VmSpec::resolve`]; `keys`: [`Settings::authorized_keys`], read once.
+    pub fn host<'a>(&'a self, keys: &'a [String]) -> crate::spec::Host<'a> {
+        crate::spec::Host {
+            accel: self.accel,
+            network: &self.network,
+            ssh_user: &self.ssh_user,
+            authorized_keys: keys,
+            tailnet: self.tailnet.as_deref(),
+            tailscale: self.tailscale_auth_key_file.is_some(),
+        }
+    }
+
     /// The pool's directory, or why there is none to use.
     pub fn storage_dir(&self) -> anyhow::Result<&Path> {
         self.storage_dir.as_deref().ok_or_else(|| {
-            invalid(
+            ConfigError::invalid(
                 "\"storage_dir\" is not set, and for a session daemon on another host project-vm cannot know its user's home: \
                  set \"storage_dir\" to a directory that user can write there, e.g. \"/home/USER/.local/share/project-vm\"",
             )
@@ -484,7 +455,7 @@ impl Settings {
                             continue;
                         }
                         if check_public_keys(&[line.to_owned()]).is_err() {
-                            return Err(invalid(format!(
+                            return Err(ConfigError::invalid(format!(
                                 "{} line {}: not an OpenSSH public key: fix or remove it, or set \"ssh_authorized_keys\" in the settings file",
                                 p.display(),
                                 n + 1
@@ -497,7 +468,7 @@ impl Settings {
             Ok(keys)
         })?;
         if keys.is_empty() {
-            return Err(invalid(format!(
+            return Err(ConfigError::invalid(format!(
                 "no ssh public key in {}/*.pub and ssh_authorized_keys is not set: create a key with `ssh-keygen -t ed25519` or set \"ssh_authorized_keys\" in the settings file",
                 dir.display()
             )));
@@ -510,7 +481,7 @@ impl Settings {
 /// OpenSSH public key line (`TYPE BASE64 [COMMENT]`).
 pub fn check_public_keys(keys: &[String]) -> anyhow::Result<()> {
     if keys.is_empty() {
-        return Err(invalid(
+        return Err(ConfigError::invalid(
             "ssh_authorized_keys is empty: nobody could log in to the VM; give at least one public key, or leave the key out to use your ~/.ssh/*.pub",
         ));
     }
@@ -523,7 +494,7 @@ pub fn check_public_keys(keys: &[String]) -> anyhow::Result<()> {
         };
         if let Err(why) = parsed {
             let shown: String = key.chars().take(40).collect();
-            return Err(invalid(format!(
+            return Err(ConfigError::invalid(format!(
                 "ssh_authorized_keys[{i}]: {shown:?} is not an OpenSSH public key ({why}): give a line like those in ~/.ssh/id_ed25519.pub"
             )));
         }
@@ -600,6 +571,9 @@ pub fn invoking_home() -> Option<PathBuf> {
 pub fn as_invoking_user<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
     let Some(user) = sudo_user() else { return f() };
     let name = user.name.clone();
+    // A thread of its own, not a fan-out: the credentials below are the
+    // thread's, so it must be a fresh thread that ends with `f` (a pooled
+    // worker would keep the user's rights for whatever it runs next).
     std::thread::scope(|s| {
         s.spawn(move || {
             let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
@@ -618,10 +592,11 @@ pub fn as_invoking_user<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -
                     }
             };
             if !ok {
-                return Err(crate::error::failure(
-                    crate::error::Kind::Environment,
-                    format!("cannot take {}'s file-system rights to reach files in their home", user.name),
-                ));
+                return Err(ConfigError::Environment(format!(
+                    "cannot take {}'s file-system rights to reach files in their home",
+                    user.name
+                ))
+                .into());
             }
             f()
         })
@@ -670,7 +645,7 @@ pub fn give_to_invoking_user(path: &Path) {
                 Some(user.gid),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             ) {
-                tracing::warn!(path = %cur.display(), "cannot hand to {}: {e}", user.name);
+                crate::messages::warn(format!("cannot hand {} to {}: {e}", cur.display(), user.name));
             }
         }
         p = cur.parent();
@@ -755,11 +730,14 @@ mod tests {
             r#"{"accel":"hvf","storage_dir":"rel","ssh_user":"Root","network":{"type":"user","ssh_port":0}}"#,
             "all.json",
         )
-        .unwrap_err()
-        .to_string();
-        for want in ["4 problems", "accel:", "storage_dir:", "ssh_user:", "network.ssh_port"] {
-            assert!(e.contains(want), "{want} missing from {e}");
+        .unwrap_err();
+        let Some(ConfigError::File { origin, problems }) = e.downcast_ref::<ConfigError>() else { panic!("{e:?}") };
+        assert_eq!((origin.as_str(), problems.len()), ("all.json", 4), "{problems:?}");
+        for (got, want) in problems.iter().zip(["accel:", "network.ssh_port:", "ssh_user:", "storage_dir:"]) {
+            assert!(got.starts_with(want), "{want} is not the start of {got}");
         }
+        let e = e.to_string();
+        assert!(e.starts_with("all.json: 4 problems; nothing was changed:"), "{e}");
         let e = HostSettings::from_json(r#"{"network":{"type":"bridge","name":"a very long bridge"}}"#, "b.json")
             .unwrap_err()
             .to_string();

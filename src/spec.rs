@@ -1,14 +1,16 @@
 //! Names, sizes and the one resolved description of a VM ([`VmSpec`]).
 //!
 //! Everything that reaches libvirt goes through a `VmSpec`: CLI arguments and
-//! declarative files are both turned into one before any object is touched.
+//! declarative files are both turned into one, by [`VmSpec::resolve`] (what the
+//! host settings give every VM, plus the VM's [`Declaration`]), before any
+//! object is touched. The types a spec is made of live here, below the
+//! settings and the declarative file that are read into them.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::invalid;
-use crate::settings::{Accel, Network};
+use crate::config::error::ConfigError;
 
 pub const DOMAIN_PREFIX: &str = "project-";
 const GIB: u64 = 1 << 30;
@@ -26,9 +28,7 @@ impl VmName {
             && s.len() <= 48
             && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'));
         if !ok {
-            return Err(invalid(format!(
-                "invalid VM name {s:?}: use 1 to 48 characters, lowercase letters, digits and '-', starting with a letter (e.g. \"my-app\")"
-            )));
+            return Err(ConfigError::VmName { name: s.to_owned() }.into());
         }
         Ok(Self(s.to_owned()))
     }
@@ -164,32 +164,29 @@ impl Default for Resources {
 }
 
 impl Resources {
-    pub fn validate(&self) -> Result<(), String> {
+    /// The sizes checked against each other and against sane limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let memory = self.memory.to_string();
         if self.memory < MIN_MEMORY {
-            return Err(format!("memory {} is below the minimum of {MIN_MEMORY}", self.memory));
+            return Err(ConfigError::MemoryTooSmall { memory, min: MIN_MEMORY.to_string() });
         }
         if self.memory.0 % MIB != 0 {
-            return Err(format!("memory {} is not a whole number of MiB", self.memory));
+            return Err(ConfigError::MemoryNotWholeMib { memory });
         }
         if self.memory > MAX_MEMORY {
-            return Err(format!("memory {} is above the maximum of {MAX_MEMORY}", self.memory));
+            return Err(ConfigError::MemoryTooLarge { memory, max: MAX_MEMORY.to_string() });
         }
         for (what, size) in [("disk", self.disk), ("project_disk", self.project_disk)] {
             if size > MAX_DISK {
-                return Err(format!("{what} {size} is above the maximum of {MAX_DISK}"));
+                return Err(ConfigError::DiskTooLarge { what, size: size.to_string(), max: MAX_DISK.to_string() });
             }
         }
         if self.project_disk < MIN_PROJECT_DISK {
-            return Err(format!(
-                "project_disk {} is below the minimum of {MIN_PROJECT_DISK} (it holds an ext4 filesystem)",
-                self.project_disk
-            ));
+            let (size, min) = (self.project_disk.to_string(), MIN_PROJECT_DISK.to_string());
+            return Err(ConfigError::ProjectDiskTooSmall { size, min });
         }
         if self.cpus == 0 || self.cpus > MAX_CPUS {
-            return Err(format!(
-                "cpus {} is out of range: give 1 to {MAX_CPUS} (more needs x2APIC interrupt remapping, which project-vm does not set up)",
-                self.cpus
-            ));
+            return Err(ConfigError::CpusOutOfRange { cpus: self.cpus, max: MAX_CPUS });
         }
         Ok(())
     }
@@ -220,27 +217,31 @@ pub struct StaticNetwork {
 
 impl StaticNetwork {
     /// Problems that would make the guest unreachable, or cloud-init refuse it.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.problem().map_or(Ok(()), |why| Err(ConfigError::Invalid(why)))
+    }
+
+    fn problem(&self) -> Option<String> {
         let a = self.address;
         let host = a.addr();
         if a.prefix_len() == a.max_prefix_len() && a.prefix_len() != 32 && a.prefix_len() != 128 {
-            return Err(format!("address {a} has no room for a host"));
+            return Some(format!("address {a} has no room for a host"));
         }
         if a.prefix_len() < a.max_prefix_len() - 1 && (host == a.network() || host == a.broadcast()) {
-            return Err(format!(
+            return Some(format!(
                 "address {a} is the {} of its network, not a host in it",
                 if host == a.network() { "network address" } else { "broadcast address" }
             ));
         }
         if let Some(gw) = self.gateway {
             if !a.trunc().contains(&gw) {
-                return Err(format!("gateway {gw} is outside the VM's network {}", a.trunc()));
+                return Some(format!("gateway {gw} is outside the VM's network {}", a.trunc()));
             }
             if gw == host {
-                return Err(format!("gateway {gw} is the VM's own address"));
+                return Some(format!("gateway {gw} is the VM's own address"));
             }
         }
-        Ok(())
+        None
     }
 }
 
@@ -273,7 +274,7 @@ impl Share {
             return Err(bad());
         }
         let share = Share { source: source.into(), target: target.into(), readonly };
-        share.validate()?;
+        share.validate().map_err(|e| e.to_string())?;
         Ok(share)
     }
 
@@ -287,25 +288,35 @@ impl Share {
     /// secrets, or libvirt's own; the target is not `/project` (the project
     /// disk), above or below it, nor one of the guest system's own
     /// directories. [`check_source`] adds what only the libvirt host knows.
-    pub fn validate(&self) -> Result<(), String> {
-        let why = |what: String| format!("share {}: {what}", self.label());
-        clean_absolute(&self.source).map_err(|e| why(format!("source {e}")))?;
-        clean_absolute(&self.target).map_err(|e| why(format!("target {e}")))?;
-        check_source(&self.source, &[]).map_err(why)?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.problem().map_or(Ok(()), |why| Err(ConfigError::UnsafeShare { share: self.label(), why }))
+    }
+
+    /// Why [`Share::validate`] refuses the share.
+    fn problem(&self) -> Option<String> {
+        if let Err(e) = clean_absolute(&self.source) {
+            return Some(format!("source {e}"));
+        }
+        if let Err(e) = clean_absolute(&self.target) {
+            return Some(format!("target {e}"));
+        }
+        if let Err(e) = check_source(&self.source, &[]) {
+            return Some(e);
+        }
         let t = self.target.as_path();
         if t == std::path::Path::new("/") {
-            return Err(why("the target is the guest's root directory".into()));
+            return Some("the target is the guest's root directory".into());
         }
         if t.starts_with("/project") {
-            return Err(why("the target is /project or inside it, where the project disk is mounted".into()));
+            return Some("the target is /project or inside it, where the project disk is mounted".into());
         }
         if let Some(d) = GUEST_SYSTEM_TREES.iter().find(|d| t.starts_with(d)) {
-            return Err(why(format!("the target is the guest's system directory {d} or inside it")));
+            return Some(format!("the target is the guest's system directory {d} or inside it"));
         }
         if let Some(d) = GUEST_SYSTEM_DIRS.iter().find(|d| t == std::path::Path::new(d)) {
-            return Err(why(format!("the target is the guest's {d} itself: mount it in a directory of its own below")));
+            return Some(format!("the target is the guest's {d} itself: mount it in a directory of its own below"));
         }
-        Ok(())
+        None
     }
 
     /// The virtiofs tag the guest mounts by: stable for a target, at most 36 bytes.
@@ -465,6 +476,111 @@ impl<'de> Deserialize<'de> for PciAddress {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         PciAddress::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
+}
+
+/// The hypervisor acceleration. `tcg` is software emulation (libvirt domain type
+/// `qemu`), for hosts where KVM is missing or broken (nested virtualisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn domain_type(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "qemu",
+        }
+    }
+}
+
+/// How a guest's one NIC is attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Network {
+    /// A libvirt virtual network (NAT by default).
+    Network { name: String },
+    /// A host bridge.
+    Bridge { name: String },
+    /// User-mode networking (passt): no host configuration, works for
+    /// unprivileged `qemu:///session`. The guest's port 22 is forwarded from
+    /// 127.0.0.1; `ssh_port` is the first port tried, each VM takes the next free one.
+    User { ssh_port: u16 },
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network::Network { name: "default".into() }
+    }
+}
+
+/// The firmware and the devices of a VM beyond the standard set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Devices {
+    pub firmware: Firmware,
+    pub network_config: Option<StaticNetwork>,
+    pub hostdevs: Vec<PciAddress>,
+    pub shares: Vec<Share>,
+    /// Guest ports forwarded from the libvirt host (user networking).
+    pub ports: Vec<Port>,
+}
+
+impl Devices {
+    /// Passthrough wants UEFI: GPUs and their option ROMs expect it.
+    pub fn firmware(&self) -> Firmware {
+        if self.hostdevs.is_empty() {
+            self.firmware
+        } else {
+            Firmware::Efi
+        }
+    }
+}
+
+/// What goes into a VM's cloud-config besides per-instance secrets.
+#[derive(Serialize)]
+pub struct Fingerprint<'a> {
+    pub ssh_user: &'a str,
+    pub authorized_keys: &'a [String],
+    pub features: &'a [String],
+    pub user_data: Option<&'a str>,
+    pub tailnet: Option<&'a str>,
+    pub tailscale: bool,
+}
+
+/// A stable hash of a [`Fingerprint`]: equal inputs, equal cloud-config.
+pub fn fingerprint(f: &Fingerprint) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(f).expect("json");
+    format!("{:x}", Sha256::digest(&json))[..16].to_owned()
+}
+
+/// What the host settings give every VM made there (see
+/// `settings::Settings::host`).
+#[derive(Debug, Clone, Copy)]
+pub struct Host<'a> {
+    pub accel: Accel,
+    pub network: &'a Network,
+    pub ssh_user: &'a str,
+    /// The public keys the guest authorizes, read once by the caller.
+    pub authorized_keys: &'a [String],
+    pub tailnet: Option<&'a str>,
+    /// A Tailscale auth key file is set (its contents never reach a spec).
+    pub tailscale: bool,
+}
+
+/// One VM as declared, on the command line or in a declarative file.
+#[derive(Debug, Clone, Copy)]
+pub struct Declaration<'a> {
+    pub name: &'a VmName,
+    pub resources: Resources,
+    pub autostart: bool,
+    pub features: &'a [String],
+    pub devices: &'a Devices,
+    /// The user's cloud-config, as written (only its fingerprint is kept).
+    pub user_data: Option<&'a str>,
 }
 
 /// The transport a forwarded port carries.
@@ -639,6 +755,54 @@ pub struct VmSpec {
     pub cloud_init_hash: String,
 }
 
+impl VmSpec {
+    /// The one resolved description of a VM: what `host` gives every VM,
+    /// what `decl` asks for, the base image's recorded name and, for user
+    /// networking, its forwarded port. `create` records it; `plan` compares
+    /// it with what a VM records.
+    pub fn resolve(host: &Host, decl: &Declaration, base_image: String, ssh_port: Option<u16>) -> VmSpec {
+        VmSpec {
+            name: decl.name.clone(),
+            resources: decl.resources,
+            base_image,
+            accel: host.accel,
+            network: host.network.clone(),
+            ssh_user: host.ssh_user.to_owned(),
+            ssh_port,
+            tailnet: host.tailnet.map(str::to_owned),
+            autostart: decl.autostart,
+            features: decl.features.to_vec(),
+            firmware: decl.devices.firmware(),
+            network_config: decl.devices.network_config.clone(),
+            hostdevs: decl.devices.hostdevs.clone(),
+            shares: decl.devices.shares.clone(),
+            ports: decl.devices.ports.clone(),
+            cloud_init_hash: fingerprint(&Fingerprint {
+                ssh_user: host.ssh_user,
+                authorized_keys: host.authorized_keys,
+                features: decl.features,
+                user_data: decl.user_data,
+                tailnet: host.tailnet,
+                tailscale: host.tailscale,
+            }),
+        }
+    }
+
+    /// The spec of the throwaway domain that seals an image copy of this
+    /// VM (`image save`): user networking forwarded from `port`, none of the
+    /// VM's shares (it needs only its own disk), none of its declared
+    /// ports (the VM itself may hold them).
+    pub fn for_sealing(&self, port: u16) -> VmSpec {
+        VmSpec {
+            network: Network::User { ssh_port: port },
+            ssh_port: Some(port),
+            shares: Vec::new(),
+            ports: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -656,10 +820,14 @@ mod tests {
         };
         assert!(net("10.0.0.5/24", Some("10.0.0.1")).validate().is_ok());
         assert!(net("fd00::5/64", Some("fd00::1")).validate().is_ok());
-        assert!(net("10.0.0.5/24", Some("10.0.1.1")).validate().unwrap_err().contains("outside"));
-        assert!(net("10.0.0.0/24", None).validate().unwrap_err().contains("network address"));
-        assert!(net("10.0.0.255/24", None).validate().unwrap_err().contains("broadcast"));
-        assert!(net("10.0.0.5/24", Some("10.0.0.5")).validate().unwrap_err().contains("own address"));
+        let why = |n: StaticNetwork| match n.validate() {
+            Err(ConfigError::Invalid(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(why(net("10.0.0.5/24", Some("10.0.1.1"))).contains("outside"));
+        assert!(why(net("10.0.0.0/24", None)).contains("network address"));
+        assert!(why(net("10.0.0.255/24", None)).contains("broadcast"));
+        assert!(why(net("10.0.0.5/24", Some("10.0.0.5"))).contains("own address"));
         assert!(serde_json::from_str::<StaticNetwork>(r#"{"address":"10.0.0.5"}"#).is_err(), "a prefix is required");
     }
 
@@ -711,10 +879,18 @@ mod tests {
             ("/srv/d:/home", "/home itself"),
             ("/srv/d:/var/lib/cloud", "/var/lib"),
         ];
-        for (s, why) in refused {
+        for (s, want) in refused {
+            let (source, target) = s.split_once(':').unwrap();
+            let share = Share { source: source.into(), target: target.into(), readonly: false };
+            match share.validate() {
+                Err(ConfigError::UnsafeShare { share: label, why }) => {
+                    assert!(why.contains(want), "{s}: {why}");
+                    assert_eq!(label, s, "the error names the share");
+                }
+                other => panic!("{s}: {other:?}"),
+            }
             let e = Share::parse(s).unwrap_err();
-            assert!(e.contains(why), "{s}: {e}");
-            assert!(e.starts_with("share "), "{s}: the message names the share: {e}");
+            assert!(e.starts_with(&format!("share {s}: ")), "{s}: the message names the share: {e}");
         }
         for ok in ["/srv/data:/mnt/data", "/home/me/src:/home/dev/src", "/var/www:/var/www/site", "/data:/projects"] {
             assert!(Share::parse(ok).is_ok(), "{ok}: {:?}", Share::parse(ok));
@@ -816,15 +992,92 @@ mod tests {
 
     #[test]
     fn resources_validate() {
-        let mut r = Resources::default();
-        assert!(r.validate().is_ok());
-        r.memory = Size(64 << 20);
-        assert!(r.validate().unwrap_err().contains("minimum"));
-        r = Resources { memory: Size(32 << 40), ..Resources::default() };
-        assert!(r.validate().unwrap_err().contains("maximum"));
-        r = Resources { disk: Size(100 << 40), ..Resources::default() };
-        assert!(r.validate().unwrap_err().contains("disk"));
-        r = Resources { cpus: 0, ..Resources::default() };
-        assert!(r.validate().unwrap_err().contains("cpus"));
+        use ConfigError as E;
+        let check = |r: Resources| r.validate().unwrap_err();
+        assert!(Resources::default().validate().is_ok());
+        let small = check(Resources { memory: Size(64 << 20), ..Resources::default() });
+        assert!(matches!(small, E::MemoryTooSmall { .. }), "{small:?}");
+        assert!(small.to_string().contains("minimum"));
+        let odd = check(Resources { memory: Size((1 << 30) + 1), ..Resources::default() });
+        assert!(matches!(odd, E::MemoryNotWholeMib { .. }), "{odd:?}");
+        assert!(matches!(
+            check(Resources { memory: Size(32 << 40), ..Resources::default() }),
+            E::MemoryTooLarge { .. }
+        ));
+        let disk = check(Resources { disk: Size(100 << 40), ..Resources::default() });
+        assert!(matches!(disk, E::DiskTooLarge { what: "disk", .. }), "{disk:?}");
+        let project = check(Resources { project_disk: Size(100 << 40), ..Resources::default() });
+        assert!(matches!(project, E::DiskTooLarge { what: "project_disk", .. }), "{project:?}");
+        let tiny = check(Resources { project_disk: Size(32 << 20), ..Resources::default() });
+        assert!(matches!(tiny, E::ProjectDiskTooSmall { .. }), "{tiny:?}");
+        assert!(matches!(check(Resources { cpus: 0, ..Resources::default() }), E::CpusOutOfRange { cpus: 0, .. }));
+        let many = check(Resources { cpus: MAX_CPUS + 1, ..Resources::default() });
+        assert!(matches!(many, E::CpusOutOfRange { cpus: 256, max: MAX_CPUS }), "{many:?}");
+        assert!(Resources { cpus: MAX_CPUS, ..Resources::default() }.validate().is_ok());
+    }
+
+    fn resolved(devices: &Devices, user_data: Option<&str>, keys: &[String]) -> VmSpec {
+        let name = VmName::parse("web").unwrap();
+        let network = Network::User { ssh_port: 22022 };
+        let host = Host {
+            accel: Accel::Tcg,
+            network: &network,
+            ssh_user: "dev",
+            authorized_keys: keys,
+            tailnet: Some("example.ts.net"),
+            tailscale: false,
+        };
+        let features = vec!["base".to_string()];
+        let decl = Declaration {
+            name: &name,
+            resources: Resources::default(),
+            autostart: true,
+            features: &features,
+            devices,
+            user_data,
+        };
+        VmSpec::resolve(&host, &decl, "debian-12".into(), Some(22023))
+    }
+
+    #[test]
+    fn resolve_takes_the_host_and_the_declaration() {
+        let keys = vec!["ssh-ed25519 AAAA k".to_string()];
+        let s = resolved(&Devices::default(), None, &keys);
+        assert_eq!((s.name.as_str(), s.base_image.as_str(), s.ssh_port), ("web", "debian-12", Some(22023)));
+        assert_eq!((s.accel, s.network.clone()), (Accel::Tcg, Network::User { ssh_port: 22022 }));
+        assert_eq!((s.ssh_user.as_str(), s.tailnet.as_deref(), s.autostart), ("dev", Some("example.ts.net"), true));
+        assert_eq!((s.features.clone(), s.firmware), (vec!["base".to_string()], Firmware::Bios));
+        // The fingerprint follows what goes into the cloud-config, and only that.
+        assert_eq!(s.cloud_init_hash, resolved(&Devices::default(), None, &keys).cloud_init_hash);
+        assert_ne!(
+            s.cloud_init_hash,
+            resolved(
+                &Devices::default(),
+                Some(
+                    "#cloud-config
+"
+                ),
+                &keys
+            )
+            .cloud_init_hash
+        );
+        assert_ne!(s.cloud_init_hash, resolved(&Devices::default(), None, &[]).cloud_init_hash);
+        // A passthrough device wants UEFI.
+        let gpu = Devices { hostdevs: vec![PciAddress::parse("01:00.0").unwrap()], ..Devices::default() };
+        let s = resolved(&gpu, None, &keys);
+        assert_eq!((s.firmware, s.hostdevs.len()), (Firmware::Efi, 1));
+        // The sealing boot: user networking on its own port, no shares, no declared ports.
+        let shared = Devices {
+            shares: vec![Share::parse("/srv/d:/mnt/d").unwrap()],
+            ports: vec![Port::parse("8080:80").unwrap()],
+            ..Devices::default()
+        };
+        let declared = resolved(&shared, None, &keys);
+        assert_eq!(declared.ports.len(), 1, "the resolved spec records the declared ports");
+        let seal = declared.for_sealing(30000);
+        assert_eq!(
+            (seal.network, seal.ssh_port, seal.shares.len(), seal.ports.len()),
+            (Network::User { ssh_port: 30000 }, Some(30000), 0, 0)
+        );
     }
 }

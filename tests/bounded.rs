@@ -8,11 +8,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::http::{Reply, Server};
-
-const BIN: &str = env!("CARGO_BIN_EXE_project-vm");
+use common::{wait_within, BIN};
 
 struct Out {
     code: Option<i32>,
@@ -39,20 +38,14 @@ fn run(dir: &Path, config: &Path, args: &[&str]) -> Out {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-            return Out { code: status.code(), stderr };
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("project-vm {args:?} still running after 20 s: a read blocked or grew without bound");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let Some(status) = wait_within(&mut child, Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("project-vm {args:?} still running after 20 s: a read blocked or grew without bound");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    Out { code: status.code(), stderr }
 }
 
 /// libvirt's test driver, from a node file of the test's own.

@@ -55,3 +55,44 @@ fn a_report_into_a_closed_pipe_exits_0() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// The fault-injection hook is a test build's only: with the
+/// `fault-injection` feature, `PROJECT_VM_FAULT_AFTER=1` SIGKILLs the process
+/// at its first change to libvirt (here: `image import` defining the pool
+/// on the test driver); in the default build (a release, the Nix package) the variable
+/// does nothing and the command ends on its own.
+#[test]
+fn the_fault_variable_works_only_in_a_fault_injection_build() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.json");
+    std::fs::write(
+        &cfg,
+        r#"{"accel":"tcg","storage_dir":"/pv-fault-test","pool":"pv-fault","ssh_authorized_keys":["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk k"]}"#,
+    )
+    .unwrap();
+    // A qcow2 header with no backing file: a small image `image import` accepts.
+    let image = dir.path().join("tiny.qcow2");
+    let mut header = vec![0u8; 512];
+    header[..4].copy_from_slice(b"QFI\xfb");
+    header[7] = 3; // version 3
+    header[20..24].copy_from_slice(&16u32.to_be_bytes()); // cluster bits
+    header[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes()); // virtual size
+    header[100..104].copy_from_slice(&104u32.to_be_bytes()); // header length
+    std::fs::write(&image, header).unwrap();
+    let out = Command::new(BIN)
+        .args(["--connect", "test:///default", "--config", cfg.to_str().unwrap()])
+        .args(["image", "import", image.to_str().unwrap(), "--name", "b"])
+        .env("PROJECT_VM_FAULT_AFTER", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "fault-injection") {
+        assert_eq!(out.status.signal(), Some(9), "the hook did not fire: {stderr}");
+    } else {
+        assert_eq!(out.status.signal(), None, "the default build obeyed PROJECT_VM_FAULT_AFTER: {stderr}");
+        assert!(out.status.code().is_some(), "{stderr}");
+        assert!(!stderr.contains("fault injection"), "{stderr}");
+    }
+}

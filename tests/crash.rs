@@ -13,14 +13,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        self.0.cleanup(self.1);
-    }
-}
-
 /// Runs project-vm with the fault hook set; true when the hook killed it.
 fn killed_after(env: &Env, n: usize, args: &[&str]) -> bool {
     let out = env.cmd(args).env("PROJECT_VM_FAULT_AFTER", n.to_string()).output().unwrap();
@@ -48,10 +40,7 @@ const WHOLE: [&str; 3] = ["project-c-data.qcow2", "project-c-root.qcow2", "proje
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn create_killed_after_any_change_converges_when_run_again() {
-    require_root_libvirt();
-    let env = Env::new("crashc", 22500, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["c"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("crashc", 22500, &["c"]);
     let mut points = 0;
     for n in 1..40 {
         if !killed_after(&env, n, CREATE) {
@@ -85,10 +74,7 @@ fn create_killed_after_any_change_converges_when_run_again() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_kept_project_disk_survives_a_killed_create_and_a_plain_destroy() {
-    require_root_libvirt();
-    let env = Env::new("crashk", 22520, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["c"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("crashk", 22520, &["c"]);
     env.run(CREATE).ok();
     // Put something recognisable on the project disk (offline, on the host).
     let data = env.pool_dir().join("project-c-data.qcow2");
@@ -129,10 +115,7 @@ fn a_kept_project_disk_survives_a_killed_create_and_a_plain_destroy() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn destroy_killed_after_any_change_converges_when_run_again() {
-    require_root_libvirt();
-    let env = Env::new("crashd", 22540, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["c"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("crashd", 22540, &["c"]);
     for keep in [false, true] {
         let args: &[&str] = if keep { &["destroy", "c", "--keep-data"] } else { &["destroy", "c"] };
         let left: Vec<&str> = if keep { vec!["project-c-data.qcow2", "project-c-data.qcow2.kept"] } else { vec![] };
@@ -162,10 +145,7 @@ fn destroy_killed_after_any_change_converges_when_run_again() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn apply_killed_after_any_change_converges_when_run_again() {
-    require_root_libvirt();
-    let env = Env::new("crasha", 22560, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["ka", "kb"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("crasha", 22560, &["ka", "kb"]);
     let file = env.dir.join("vms.json");
     let write = |memory: &str, project_disk: &str| {
         let doc = json!({
@@ -220,10 +200,7 @@ fn apply_killed_after_any_change_converges_when_run_again() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn create_killed_at_random_moments_converges() {
-    require_root_libvirt();
-    let env = Env::new("crasht", 22580, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["c"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("crasht", 22580, &["c"]);
     for i in 0..12u64 {
         let mut child: std::process::Child =
             env.cmd(CREATE).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();

@@ -11,9 +11,21 @@ use std::time::Duration;
 use common::daemon::OwnDaemon;
 use common::*;
 
-fn image() -> String {
-    std::env::var("PROJECT_VM_TEST_IMAGE")
-        .expect("PROJECT_VM_TEST_IMAGE is not set: run scripts/test.sh, which builds the image")
+/// An env of the test's own on daemon `d` (pool in `storage_dir`, user
+/// networking on `port`), with a guard for it and the VMs `vms`.
+fn env_on(
+    d: &OwnDaemon,
+    tag: &str,
+    port: u16,
+    base_image: &str,
+    storage_dir: impl serde::Serialize,
+    vms: &[&str],
+) -> (Env, Cleanup) {
+    let settings = serde_json::json!({"base_image": base_image, "storage_dir": storage_dir, "network": {"type": "user", "ssh_port": port}});
+    let mut env = Env::new(tag, port, settings);
+    env.uri = d.uri.clone();
+    let guard = Cleanup::of(&env, vms);
+    (env, guard)
 }
 
 #[test]
@@ -28,27 +40,16 @@ fn a_daemon_speaking_german_gets_the_same_exit_codes_and_hints() {
     // libvirt's own system error, translated: a storage directory the
     // daemon's user may not make is a permission problem, and the hint names
     // that user (not the generic "storage_dir must be ...").
-    let mut denied = Env::new(
-        "locale-denied",
-        22641,
-        serde_json::json!({"base_image": "tiny", "storage_dir": "/root/pvtest-locale-denied", "network": {"type": "user", "ssh_port": 22641}}),
-    );
-    denied.uri = d.uri.clone();
+    let (denied, denied_guard) = env_on(&d, "locale-denied", 22641, "tiny", "/root/pvtest-locale-denied", &[]);
     let tiny = tiny_image(&denied.dir);
     let r = denied.run(&["image", "import", tiny.to_str().unwrap(), "--name", "tiny"]);
     assert_eq!(r.code, 4, "stdout {} stderr {}", r.stdout, r.stderr);
     assert!(r.stderr.contains("Keine Berechtigung"), "libvirt's own words are shown: {}", r.stderr);
     assert!(r.stderr.contains("run as pvlocale"), "the hint names the daemon's user: {}", r.stderr);
-    let _ = d.virsh(&["pool-undefine", &denied.pool]);
-    denied.cleanup(&[]);
+    drop(denied_guard);
 
     let pool_dir = d.home.join("pool");
-    let mut env = Env::new(
-        "locale",
-        22640,
-        serde_json::json!({"base_image": "tiny", "storage_dir": pool_dir, "network": {"type": "user", "ssh_port": 22640}}),
-    );
-    env.uri = d.uri.clone();
+    let (env, _c) = env_on(&d, "locale", 22640, "tiny", &pool_dir, &[]);
     let tiny = tiny_image(&env.dir);
     env.run(&["image", "import", tiny.to_str().unwrap(), "--name", "tiny"]).ok();
 
@@ -74,24 +75,17 @@ fn a_daemon_speaking_german_gets_the_same_exit_codes_and_hints() {
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("permission denied connecting to libvirt"), "{stderr}");
-    let _ = d.virsh(&["pool-destroy", &env.pool]);
-    let _ = d.virsh(&["pool-undefine", &env.pool]);
-    env.cleanup(&[]);
 }
 
 #[test]
 #[ignore = "boots a guest; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn start_wait_survives_a_restart_of_the_daemon() {
     require_root_libvirt();
-    let img = image();
+    let img = test_image("PROJECT_VM_TEST_IMAGE");
+    let _lock = guest_boot_lock();
     let d = OwnDaemon::start("pvrestart", "C.UTF-8");
     let pool_dir = d.home.join("pool");
-    let mut env = Env::new(
-        "restart",
-        22660,
-        serde_json::json!({"base_image": "debian", "storage_dir": pool_dir, "network": {"type": "user", "ssh_port": 22660}}),
-    );
-    env.uri = d.uri.clone();
+    let (env, _c) = env_on(&d, "restart", 22660, "debian", &pool_dir, &["rs"]);
     env.run(&["image", "import", &img, "--name", "debian"]).ok();
     env.run(&["create", "rs", "1G", "2", "8G", "--project-disk", "1G"]).ok();
     let wait = env
@@ -118,9 +112,6 @@ fn start_wait_survives_a_restart_of_the_daemon() {
     assert!(!vols.contains("project-rs-seed.iso"), "{vols}");
     assert_eq!(env.ssh("rs", "hostname").trim(), "project-rs");
     env.run(&["destroy", "rs"]).ok();
-    let _ = d.virsh(&["pool-destroy", &env.pool]);
-    let _ = d.virsh(&["pool-undefine", &env.pool]);
-    env.cleanup(&[]);
 }
 
 /// Two uploads that each fit into a pool but not together: one is stored and
@@ -135,21 +126,11 @@ fn concurrent_uploads_never_overfill_a_pool() {
     let d = OwnDaemon::start("pvspace", "C.UTF-8");
     let pool_dir = d.home.join("pool");
     std::fs::create_dir_all(&pool_dir).unwrap();
+    let mut mount = Cleanup::new();
+    mount.unmount(&pool_dir);
     sh(&format!("mount -t tmpfs -o size=64M,mode=0755 tmpfs {}", pool_dir.display()));
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).output();
-        }
-    }
-    let _mount = Unmount(pool_dir.clone());
     sh(&format!("chown {u}:{u} {}", pool_dir.display(), u = d.user));
-    let mut env = Env::new(
-        "space",
-        22680,
-        serde_json::json!({"base_image": "a", "storage_dir": pool_dir, "network": {"type": "user", "ssh_port": 22680}}),
-    );
-    env.uri = d.uri.clone();
+    let (env, _c_env) = env_on(&d, "space", 22680, "a", &pool_dir, &[]);
     // Two 36 MiB raw disks with a partition table each: either fits, both do not.
     for n in ["a", "b"] {
         let p = env.dir.join(format!("{n}.raw"));
@@ -161,11 +142,7 @@ fn concurrent_uploads_never_overfill_a_pool() {
     let pid = d.pid();
     for round in 0..6 {
         let spawn = |n: &str| {
-            env.cmd(&["image", "import", env.dir.join(format!("{n}.raw")).to_str().unwrap(), "--name", n])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            spawn(env.cmd(&["image", "import", env.dir.join(format!("{n}.raw")).to_str().unwrap(), "--name", n]))
         };
         let (a, b) = (spawn("a"), spawn("b"));
         let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
@@ -186,7 +163,4 @@ fn concurrent_uploads_never_overfill_a_pool() {
         let kept = if codes[0] == 0 { "a" } else { "b" };
         env.run(&["image", "rm", kept]).ok();
     }
-    let _ = d.virsh(&["pool-destroy", &env.pool]);
-    let _ = d.virsh(&["pool-undefine", &env.pool]);
-    env.cleanup(&[]);
 }

@@ -7,20 +7,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        self.0.cleanup(self.1);
-    }
-}
-
-fn env(tag: &str, port: u16) -> Env {
-    let env = Env::new(tag, port, json!({"base_image": "tiny"}));
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
-    env
-}
-
 fn validate_domain(env: &Env, domain: &str) -> String {
     let xml = String::from_utf8(virsh(&["dumpxml", "--inactive", domain]).stdout).unwrap();
     let file = env.dir.join(format!("{domain}.xml"));
@@ -32,9 +18,7 @@ fn validate_domain(env: &Env, domain: &str) -> String {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system with OVMF (scripts/setup-host.sh); run by scripts/test.sh"]
 fn an_efi_vm_starts_and_destroy_removes_its_nvram() {
-    require_root_libvirt();
-    let env = env("efi", 22740);
-    let _c = Cleanup(&env, &["ue"]);
+    let (env, _c) = tiny_host("efi", 22740, &["ue"]);
     env.run(&["create", "ue", "1G", "1", "5G", "--project-disk", "1G", "--firmware", "efi"]).ok();
     let xml = validate_domain(&env, "project-ue");
     assert!(xml.contains("firmware='efi'"), "{xml}");
@@ -58,9 +42,7 @@ fn an_efi_vm_starts_and_destroy_removes_its_nvram() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn hostdevs_are_checked_against_the_host_and_shown_but_never_started() {
-    require_root_libvirt();
-    let env = env("hostdev", 22760);
-    let _c = Cleanup(&env, &["hd"]);
+    let (env, _c) = tiny_host("hostdev", 22760, &["hd"]);
     let before = env.volumes();
     let r = env.run(&["create", "hd", "1G", "1", "5G", "--hostdev", "0000:7f:1f.7"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
@@ -97,9 +79,7 @@ fn hostdevs_are_checked_against_the_host_and_shown_but_never_started() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn static_addresses_are_validated_seeded_and_first_boot_only() {
-    require_root_libvirt();
-    let env = env("static", 22780);
-    let _c = Cleanup(&env, &["st"]);
+    let (env, _c) = tiny_host("static", 22780, &["st"]);
     let r = env.run(&["create", "st", "1G", "1", "5G", "--ip", "10.9.0.5/24", "--gateway", "10.8.0.1"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("outside the VM's network"), "{}", r.stderr);

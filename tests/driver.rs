@@ -101,6 +101,15 @@ fn define_owned(ctx: &Ctx, pool: &virt::storage_pool::StoragePool, n: &str, phas
     n
 }
 
+/// A context with the base image and VM `n` defined as create records it, in `phase`.
+fn with_vm(n: &str, phase: Phase) -> (Ctx, virt::storage_pool::StoragePool, VmName, vms::Vm) {
+    let ctx = ctx();
+    let pool = with_base_image(&ctx);
+    let name = define_owned(&ctx, &pool, n, phase);
+    let vm = vms::get(&ctx.conn(), &name).unwrap();
+    (ctx, pool, name, vm)
+}
+
 fn define_foreign(ctx: &Ctx, domain: &str) {
     ctx.conn()
         .define_domain_xml(&format!(
@@ -227,15 +236,13 @@ fn destroy_deletes_exactly_the_recorded_volumes() {
 
 #[test]
 fn status_reports_disks_and_the_ssh_target() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, _foo, vm) = with_vm("foo", Phase::Ready);
     let s = ops::status::status(&ctx, &vm).unwrap();
     assert_eq!(s.vcpus, 1);
     assert_eq!(s.memory, 1 << 30);
     assert_eq!(s.disks.iter().map(|d| d.role).collect::<Vec<_>>(), vec!["root", "data", "seed"]);
     assert!(s.disks.iter().all(|d| d.exists));
+    assert_eq!(serde_json::to_value(&s).unwrap()["host"], ctx.uri.as_str(), "status --json names the VM's host");
     let ssh = s.ssh.unwrap();
     assert_eq!((ssh.host.as_str(), ssh.port), ("127.0.0.1", 22022));
     let json = serde_json::to_value(ops::list::list(&ctx, false).unwrap()).unwrap();
@@ -246,10 +253,7 @@ fn status_reports_disks_and_the_ssh_target() {
 
 #[test]
 fn stop_and_start_report_what_happened() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, _foo, vm) = with_vm("foo", Phase::Ready);
     assert_eq!(ops::power::start(&ctx, &vm).unwrap().result, "started");
     assert_eq!(ops::power::start(&ctx, &vm).unwrap().result, "already-running");
     // The test driver's guests obey ACPI shutdown at once.
@@ -265,10 +269,7 @@ fn stop_and_start_report_what_happened() {
 
 #[test]
 fn metadata_round_trips_through_libvirt() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Creating);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, foo, vm) = with_vm("foo", Phase::Creating);
     assert_eq!(vm.own.phase, Phase::Creating);
     let mut own = vm.own.clone();
     own.phase = Phase::Ready;
@@ -450,10 +451,7 @@ fn plan_checks_what_apply_will_need() {
 
 #[test]
 fn snapshots_list_delete_and_block_growing_disks() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "foo", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, pool, _foo, vm) = with_vm("foo", Phase::Ready);
     let s1 = ops::snapshot::create(&ctx, &vm, None, Some("first")).unwrap();
     assert_eq!((s1.name.as_str(), s1.memory), ("snap-1", false), "a stopped VM: disks only");
     assert_eq!(s1.disks, vec!["vda", "vdb"], "the seed CD-ROM is never part of one");
@@ -481,10 +479,7 @@ fn snapshots_list_delete_and_block_growing_disks() {
 
 #[test]
 fn default_snapshot_names_go_on_after_the_largest_number() {
-    let ctx = ctx();
-    let pool = with_base_image(&ctx);
-    let foo = define_owned(&ctx, &pool, "big", Phase::Ready);
-    let vm = vms::get(&ctx.conn(), &foo).unwrap();
+    let (ctx, _pool, _foo, vm) = with_vm("big", Phase::Ready);
     ops::snapshot::create(&ctx, &vm, Some("snap-18446744073709551615"), None).unwrap();
     // Nothing above u64::MAX: the lowest free number instead, every time.
     assert_eq!(ops::snapshot::create(&ctx, &vm, None, None).unwrap().name, "snap-1");

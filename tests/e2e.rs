@@ -6,35 +6,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
-
-fn image() -> String {
-    std::env::var("PROJECT_VM_TEST_IMAGE")
-        .expect("PROJECT_VM_TEST_IMAGE is not set: run scripts/test.sh, which builds the image")
-}
-
-/// Cleans up at the end, and explains a failure first: the guest's serial
-/// console and libvirt's domain log.
-struct Guard<'a> {
-    env: &'a Env,
-    vms: &'a [&'a str],
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for vm in self.vms {
-                let serial = format!("/var/log/libvirt/qemu/project-{vm}-serial.log");
-                let qemu = format!("/var/log/libvirt/qemu/project-{vm}.log");
-                eprintln!("===== {serial} (last 80 lines) =====\n{}", tail(&serial, 80));
-                eprintln!("===== {qemu} (last 30 lines) =====\n{}", tail(&qemu, 30));
-            }
-        }
-        self.env.cleanup(self.vms);
-    }
-}
 
 fn timing(what: &str, value: String) {
     eprintln!("TIMING {what}: {value}");
@@ -106,11 +80,8 @@ fn gib(s: &str) -> f64 {
 #[test]
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn guest_boots_provisions_and_keeps_its_project_disk() {
-    require_root_libvirt();
-    let img = image();
-    let env = Env::new("e2e", 22200, serde_json::json!({"base_image": "debian"}));
-    let _guard = Guard { env: &env, vms: &["e2e"] };
-    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    let env = Guest::new("e2e", 22200, &["e2e"]);
+    env.import();
 
     // 1. create, start, wait for cloud-init.
     let created = env.run(&["create", "e2e", "1G", "2", "8G", "--project-disk", "2G", "--json"]).ok().json();
@@ -206,11 +177,8 @@ fn guest_boots_provisions_and_keeps_its_project_disk() {
 #[test]
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn cloud_init_failures_and_timeouts_have_their_own_exit_codes() {
-    require_root_libvirt();
-    let img = image();
-    let env = Env::new("fail", 22250, serde_json::json!({"base_image": "debian"}));
-    let _guard = Guard { env: &env, vms: &["e2f"] };
-    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    let env = Guest::new("fail", 22250, &["e2f"]);
+    env.import();
     let user_data = env.dir.join("user-data.yaml");
     std::fs::write(&user_data, "#cloud-config\nruncmd:\n  - [sh, -c, 'echo failing on purpose; exit 3']\n").unwrap();
     env.run(&["create", "e2f", "1G", "2", "8G", "--project-disk", "1G", "--user-data", user_data.to_str().unwrap()])
@@ -231,18 +199,7 @@ fn cloud_init_failures_and_timeouts_have_their_own_exit_codes() {
 }
 
 /// An sshd on loopback that only this test's key may use, for qemu+ssh://.
-struct Sshd {
-    child: Child,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_sshd(env: &Env, port: u16) -> (Sshd, String) {
+fn start_sshd(env: &Env, port: u16) -> (KillOnDrop, String) {
     let d = env.dir.join("sshd");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::create_dir_all("/run/sshd").unwrap();
@@ -287,20 +244,18 @@ fn start_sshd(env: &Env, port: u16) -> (Sshd, String) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let uri = format!("qemu+ssh://root@127.0.0.1:{port}/system?command={}", wrapper.display());
-    (Sshd { child }, uri)
+    (KillOnDrop(child), uri)
 }
 
 #[test]
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn everything_goes_through_libvirt_over_qemu_ssh() {
-    require_root_libvirt();
-    let img = image();
-    let mut env = Env::new("remote", 22300, serde_json::json!({"base_image": "debian"}));
+    // The guard destroys e2r through qemu:///system (the same daemon) once the sshd is gone.
+    let mut env = Guest::new("remote", 22300, &["e2r"]);
     let (_sshd, uri) = start_sshd(&env, 22399);
     env.uri = uri;
-    let _guard = Guard { env: &env, vms: &["e2r"] };
     // Upload, create, seed, start, readiness and ssh, all through the remote protocol.
-    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    env.import();
     let created = env.run(&["create", "e2r", "1G", "2", "8G", "--project-disk", "1G", "--json"]).ok().json();
     timing("create over qemu+ssh", format!("{} ms", created["create"]["elapsed_ms"]));
     wait_ready(&env, "e2r");
@@ -314,11 +269,8 @@ fn everything_goes_through_libvirt_over_qemu_ssh() {
 #[test]
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn apply_converges_idempotently_grows_and_prunes() {
-    require_root_libvirt();
-    let img = image();
-    let env = Env::new("apply", 22350, serde_json::json!({"base_image": "debian"}));
-    let _guard = Guard { env: &env, vms: &["ap-a", "ap-b"] };
-    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    let env = Guest::new("apply", 22350, &["ap-a", "ap-b"]);
+    env.import();
     let file = env.dir.join("vms.json");
     let write = |a_memory: &str, a_data: &str, with_b: bool| {
         let mut vms = serde_json::json!({ "ap-a": { "memory": a_memory, "project_disk": a_data, "autostart": true } });
@@ -393,13 +345,8 @@ fn apply_converges_idempotently_grows_and_prunes() {
 #[test]
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE_TRIXIE; run by scripts/test.sh"]
 fn a_trixie_genericcloud_style_image_is_ready_clean_and_survives_a_restart() {
-    require_root_libvirt();
-    let img = std::env::var("PROJECT_VM_TEST_IMAGE_TRIXIE").expect(
-        "PROJECT_VM_TEST_IMAGE_TRIXIE is not set: run scripts/test.sh, which builds it (tests/images/build-debian.sh trixie)",
-    );
-    let env = Env::new("trixie", 22450, serde_json::json!({"base_image": "trixie"}));
-    let _guard = Guard { env: &env, vms: &["tx", "txd", "txt"] };
-    env.run(&["image", "import", &img, "--name", "trixie"]).ok();
+    let env = Guest::with_image("PROJECT_VM_TEST_IMAGE_TRIXIE", "trixie", "trixie", 22450, &["tx", "txd", "txt"]);
+    env.import();
 
     // create --start --wait: exit 0 on cloud-init 25 (it was 5: our own config failed its schema).
     let r = env
@@ -528,11 +475,8 @@ fn a_trixie_genericcloud_style_image_is_ready_clean_and_survives_a_restart() {
 #[test]
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn snapshots_roll_a_vm_back_running_and_stopped() {
-    require_root_libvirt();
-    let img = image();
-    let env = Env::new("snap", 22470, serde_json::json!({"base_image": "debian"}));
-    let _guard = Guard { env: &env, vms: &["sn"] };
-    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    let env = Guest::new("snap", 22470, &["sn"]);
+    env.import();
     env.run(&["create", "sn", "1G", "2", "8G", "--project-disk", "1G"]).ok();
     wait_ready(&env, "sn");
 
@@ -575,11 +519,8 @@ fn snapshots_roll_a_vm_back_running_and_stopped() {
 #[test]
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn a_saved_template_makes_new_machines() {
-    require_root_libvirt();
-    let img = image();
-    let env = Env::new("tmpl", 22480, serde_json::json!({"base_image": "debian"}));
-    let _guard = Guard { env: &env, vms: &["ta", "tb"] };
-    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    let env = Guest::new("tmpl", 22480, &["ta", "tb"]);
+    env.import();
     env.run(&["create", "ta", "1G", "2", "8G", "--project-disk", "1G"]).ok();
     wait_ready(&env, "ta");
     env.ssh("ta", "echo prepared | sudo tee /opt/marker >/dev/null && echo 'secret command' > ~/.bash_history && sync");
@@ -626,11 +567,8 @@ fn a_saved_template_makes_new_machines() {
 #[test]
 #[ignore = "boots guests; needs root, libvirtd, virtiofsd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn shared_folders_reach_the_guest_both_ways_and_read_only_ones_refuse_writes() {
-    require_root_libvirt();
-    let img = image();
-    let env = Env::new("share", 22490, serde_json::json!({"base_image": "debian"}));
-    let _guard = Guard { env: &env, vms: &["sh"] };
-    env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    let env = Guest::new("share", 22490, &["sh"]);
+    env.import();
     let (rw, ro) = (env.dir.join("share-rw"), env.dir.join("share-ro"));
     for d in [&rw, &ro] {
         std::fs::create_dir_all(d).unwrap();

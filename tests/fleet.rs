@@ -51,18 +51,13 @@ fn fleet_env(tag: &str, port: u16) -> (Env, String) {
     (env, ses_pool)
 }
 
-struct Cleanup<'a>(&'a Env, String);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let empty = self.0.dir.join("empty.json");
-        let _ = std::fs::write(&empty, r#"{"vms": {}}"#);
-        let _ = self.0.run(&["apply", "-f", empty.to_str().unwrap(), "--prune", "--delete-data"]);
-        let _ = virsh_on(SESSION, &["pool-destroy", &self.1]);
-        let _ = virsh_on(SESSION, &["pool-undefine", &self.1]);
-        let _ = std::fs::remove_dir_all(format!("/var/lib/pvfleet/pools/{}", self.1));
-        self.0.cleanup(&[]);
-    }
+/// The env, the session host's pool and its directory, and every VM of
+/// the fleet's pools (an apply --prune of an empty file), removed in the
+/// reverse order.
+fn cleanup(env: &Env, ses_pool: &str) -> Cleanup {
+    let mut c = Cleanup::of(env, &[]);
+    c.path(format!("/var/lib/pvfleet/pools/{ses_pool}")).pool_on(SESSION, ses_pool).prune(env);
+    c
 }
 
 fn write(env: &Env, name: &str, doc: Value) -> String {
@@ -77,7 +72,7 @@ fn one_file_places_vms_on_two_daemons_and_every_verb_finds_them() {
     require_root_libvirt();
     require_second_daemon();
     let (env, ses_pool) = fleet_env("fleet", 23400);
-    let _guard = Cleanup(&env, ses_pool.clone());
+    let _guard = cleanup(&env, &ses_pool);
     let image = tiny_image(&env.dir);
     for host in ["sys", "ses"] {
         env.run(&["image", "import", image.to_str().unwrap(), "--name", "tiny", "--host", host]).ok();
@@ -166,7 +161,7 @@ fn one_file_places_vms_on_two_daemons_and_every_verb_finds_them() {
     assert_eq!(env.run(&["plan", "-f", &to_down, "--host", "sess"]).code, 2);
 
     // With a host down, a verb that changes a VM will not guess which one is meant.
-    let mut settings: Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    let mut settings = env.settings();
     settings["hosts"]["down"] = json!({"uri": DOWN});
     let with_down = env.dir.join("with-down.json");
     std::fs::write(&with_down, settings.to_string()).unwrap();
@@ -197,9 +192,10 @@ fn one_file_places_vms_on_two_daemons_and_every_verb_finds_them() {
 fn a_guest_boots_on_the_second_daemon() {
     require_root_libvirt();
     require_second_daemon();
-    let image = std::env::var("PROJECT_VM_TEST_IMAGE").expect("PROJECT_VM_TEST_IMAGE");
+    let image = test_image("PROJECT_VM_TEST_IMAGE");
+    let _lock = guest_boot_lock();
     let (env, ses_pool) = fleet_env("fleetboot", 23600);
-    let _guard = Cleanup(&env, ses_pool);
+    let _guard = cleanup(&env, &ses_pool);
     env.run(&["image", "import", &image, "--name", "tiny", "--host", "ses"]).ok();
     let r = env.run(&[
         "create",

@@ -8,9 +8,8 @@ use common::*;
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn core_verbs_on_a_real_libvirtd() {
-    require_root_libvirt();
-    let env = Env::new("core", 22100, serde_json::json!({"base_image": "tiny"}));
-    let guard = Cleanup(&env, &["foo", "bar"]);
+    let (env, mut guard) = host_env("core", 22100, serde_json::json!({"base_image": "tiny"}), &["foo", "bar"]);
+    guard.domain("project-hand");
     let image = tiny_image(&env.dir);
 
     let imported = env.run(&["image", "import", image.to_str().unwrap(), "--json"]).ok().json();
@@ -33,6 +32,15 @@ fn core_verbs_on_a_real_libvirtd() {
         env.volumes(),
         vec!["project-foo-data.qcow2", "project-foo-root.qcow2", "project-foo-seed.iso", &tiny, &record]
     );
+
+    // status and ssh-config report as JSON, naming the host.
+    let status = env.run(&["status", "foo", "--json"]).ok().json();
+    assert_eq!(status["host"], env.uri.as_str(), "{status}");
+    let cfg = env.run(&["ssh-config", "foo", "--json"]).ok().json();
+    let entry = &cfg["vms"][0];
+    assert_eq!(entry["alias"], "project-foo", "{cfg}");
+    assert_eq!(entry["libvirt_host"], env.uri.as_str(), "{cfg}");
+    assert!(entry["host"].is_string() || entry["error"].is_string(), "{cfg}");
 
     // The domain XML is valid and wires the three disks.
     let xml = String::from_utf8(virsh(&["dumpxml", "project-foo"]).stdout).unwrap();
@@ -142,24 +150,13 @@ fn core_verbs_on_a_real_libvirtd() {
     drop(guard);
 }
 
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = virsh(&["undefine", "project-hand"]);
-        self.0.cleanup(self.1);
-    }
-}
-
 /// Bad input that used to be accepted at create and fail later (issue: "the
 /// boundary holds", item 18): each is exit 2 naming the thing, and nothing is
 /// made.
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn input_that_would_fail_later_is_refused_at_create() {
-    require_root_libvirt();
-    let env = Env::new("badin", 22140, serde_json::json!({"base_image": "tiny"}));
-    let _guard = Cleanup(&env, &["bad"]);
+    let (env, _guard) = host_env("badin", 22140, serde_json::json!({"base_image": "tiny"}), &["bad"]);
     let image = tiny_image(&env.dir);
     env.run(&["image", "import", image.to_str().unwrap()]).ok();
     let before = env.volumes();
@@ -181,12 +178,12 @@ fn input_that_would_fail_later_is_refused_at_create() {
         (serde_json::json!({"type": "bridge", "name": "pvtestnobr0"}), "bridge \"pvtestnobr0\" is not a bridge"),
     ] {
         let other = Env::new("badnet", 22141, serde_json::json!({"base_image": "tiny", "network": network}));
+        let _other = Cleanup::of(&other, &["bad"]);
         other.run(&["image", "import", image.to_str().unwrap()]).ok();
         let r = other.run(&["create", "bad", "1G", "1", "5G", "--project-disk", "1G"]);
         assert_eq!(r.code, 2, "{}", r.stderr);
         assert!(r.stderr.contains(says), "{}", r.stderr);
         assert!(!virsh(&["dominfo", "project-bad"]).status.success());
-        other.cleanup(&["bad"]);
     }
     // Keys nobody can log in with.
     for (keys, says) in [
@@ -194,11 +191,11 @@ fn input_that_would_fail_later_is_refused_at_create() {
         (serde_json::json!([]), "ssh_authorized_keys is empty"),
     ] {
         let other = Env::new("badkey", 22142, serde_json::json!({"base_image": "tiny", "ssh_authorized_keys": keys}));
+        let _other = Cleanup::of(&other, &["bad"]);
         other.run(&["image", "import", image.to_str().unwrap()]).ok();
         let r = other.run(&["create", "bad", "1G", "1", "5G", "--project-disk", "1G"]);
         assert_eq!(r.code, 2, "{}", r.stderr);
         assert!(r.stderr.contains(says), "{}", r.stderr);
-        other.cleanup(&["bad"]);
     }
     // A user cloud-config that would take away the pinned host key.
     let ud = env.dir.join("keys.yaml");
@@ -216,7 +213,7 @@ fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
     require_root_libvirt();
     let mut env = Env::new("sockuri", 22150, serde_json::json!({"base_image": "tiny"}));
     env.uri = "qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock".into();
-    let _guard = Cleanup(&env, &["su"]);
+    let _guard = Cleanup::of(&env, &["su"]);
     let image = tiny_image(&env.dir);
     env.run(&["image", "import", image.to_str().unwrap()]).ok();
     env.run(&["create", "su", "1G", "1", "5G", "--project-disk", "1G"]).ok();
@@ -225,6 +222,7 @@ fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
     // Never started: logs says so, rather than refusing the daemon.
     let r = env.run(&["logs", "su"]);
     assert!(r.stderr.contains("has su been started"), "{}", r.stderr);
+    assert_eq!(r.code, 8, "no serial log yet is NotReady: {}", r.stderr);
     let doctor = env.run(&["doctor", "--json"]);
     let text = format!("{}{}", doctor.stdout, doctor.stderr);
     assert!(text.contains("system daemon") || text.contains("qemu:///system"), "{text}");
@@ -239,20 +237,12 @@ fn a_socket_spelling_of_the_system_uri_is_the_system_daemon() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn under_sudo_links_in_the_users_home_reach_nothing_of_roots() {
-    require_root_libvirt();
-    let env = Env::new("sudo", 22160, serde_json::json!({"base_image": "tiny"}));
-    let _guard = Cleanup(&env, &["sd1", "sd2", "sd3"]);
+    let (env, mut guard) = host_env("sudo", 22160, serde_json::json!({"base_image": "tiny"}), &["sd1", "sd2", "sd3"]);
     let user = "pvtestsudo";
     let home = env.dir.join("home");
     let _ = std::process::Command::new("userdel").arg(user).output();
     sh(&format!("useradd --no-create-home --home-dir {} --shell /bin/sh {user}", home.display()));
-    struct User(&'static str);
-    impl Drop for User {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("userdel").arg(self.0).output();
-        }
-    }
-    let _user = User(user);
+    guard.user(user);
     sh(&format!(
         "install -d -o {user} -g {user} -m 0755 {h} {h}/.ssh {h}/.local {h}/.local/state {h}/.local/state/project-vm",
         h = home.display()
@@ -282,7 +272,7 @@ fn under_sudo_links_in_the_users_home_reach_nothing_of_roots() {
     };
 
     // Keys from ~/.ssh: a link to a root-only file is read as the user (refused).
-    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    let mut settings = env.settings();
     settings.as_object_mut().unwrap().remove("ssh_authorized_keys");
     let no_keys = env.dir.join("no-keys.json");
     std::fs::write(&no_keys, settings.to_string()).unwrap();

@@ -13,23 +13,11 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::http::{Reply, Server};
 use common::*;
 use serde_json::json;
-
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        self.0.cleanup(self.1);
-    }
-}
-
-fn image_volumes(env: &Env, name: &str) -> Vec<String> {
-    env.volumes().into_iter().filter(|v| v.starts_with(&format!("{name}@"))).collect()
-}
 
 /// A qcow2 with 4 MiB of data in it (so a cut loses data clusters), and its length.
 fn data_image(dir: &Path, name: &str) -> (PathBuf, u64) {
@@ -78,10 +66,8 @@ fn bad_images(env: &Env) -> Vec<(&'static str, PathBuf, &'static str)> {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn images_with_a_backing_or_data_file_or_cut_short_are_refused_everywhere() {
-    require_root_libvirt();
     let srv = Server::start();
-    let env = Env::new("img18chk", 23180, json!({}));
-    let _c = Cleanup(&env, &["x"]);
+    let (env, _c) = host_env("img18chk", 23180, json!({}), &["x"]);
     let bad = bad_images(&env);
     // Sanity: qemu itself finds the cut images broken, and the good one whole.
     let (good, _) = data_image(&env.dir, "good");
@@ -104,7 +90,7 @@ fn images_with_a_backing_or_data_file_or_cut_short_are_refused_everywhere() {
     }
     // base_image as a file: create refuses, and leaves nothing.
     let backing = bad[0].1.to_str().unwrap().to_owned();
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    let cfg = env.settings();
     let mut with_file = cfg.clone();
     with_file["base_image"] = json!(backing);
     std::fs::write(&env.config, with_file.to_string()).unwrap();
@@ -141,10 +127,8 @@ fn images_with_a_backing_or_data_file_or_cut_short_are_refused_everywhere() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_good_image_still_counts_and_builds_a_vm() {
-    require_root_libvirt();
     let srv = Server::start();
-    let env = Env::new("img18ok", 23182, json!({}));
-    let _c = Cleanup(&env, &["ok"]);
+    let (env, _c) = host_env("img18ok", 23182, json!({}), &["ok"]);
     let (good, _) = data_image(&env.dir, "good");
     srv.route("/g/good.qcow2", Reply::Full(std::fs::read(&good).unwrap()));
     env.run(&["image", "pull", &srv.url("/g/good.qcow2"), "--name", "pulled"]).ok();
@@ -167,20 +151,13 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
     require_root_libvirt();
     let srv = Server::start();
     let env = Env::new("img18space", 23184, json!({}));
-    // The pool lives on a 8 MiB tmpfs of the test's own.
+    // The pool lives on a 8 MiB tmpfs of the test's own: the pool goes
+    // first, then the mount, then the env's directory.
     let mnt = env.pool_dir();
+    let mut c = Cleanup::new();
+    c.path(&env.dir).unmount(&mnt).pool(&env.pool);
     std::fs::create_dir_all(&mnt).unwrap();
     sh(&format!("mount -t tmpfs -o size=8m,mode=0755 pvtest-img18 {}", mnt.display()));
-    struct Unmount<'a>(&'a Env, PathBuf);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = virsh(&["pool-destroy", &self.0.pool]);
-            let _ = virsh(&["pool-undefine", &self.0.pool]);
-            let _ = std::process::Command::new("umount").arg(&self.1).status();
-            self.0.cleanup(&[]);
-        }
-    }
-    let _u = Unmount(&env, mnt.clone());
     // 32 MiB of incompressible data: four times the pool.
     let raw = env.dir.join("big.raw");
     let img = env.dir.join("big.qcow2");
@@ -194,24 +171,12 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
     // the upload start, the stream would stop far short of filling the pool
     // (the daemon never meets ENOSPC), and the test fails on the timeout.
     srv.route("/big.qcow2", Reply::StallAt(bytes.clone(), 1 << 20));
-    let mut child = env
-        .cmd(&["image", "pull", &srv.url("/big.qcow2"), "--name", "big"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            srv.release();
-            panic!("the pull did not refuse: it is streaming into a pool too small for it");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut child = spawn(env.cmd(&["image", "pull", &srv.url("/big.qcow2"), "--name", "big"]));
+    let Some(status) = wait_within(&mut child, Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        srv.release();
+        panic!("the pull did not refuse: it is streaming into a pool too small for it");
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -227,9 +192,7 @@ fn a_pull_that_does_not_fit_is_refused_before_any_byte_is_streamed() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_failed_stream_write_aborts_the_stream_and_removes_the_partial_volume() {
-    require_root_libvirt();
-    let env = Env::new("img18stream", 23186, json!({}));
-    let _c = Cleanup(&env, &[]);
+    let (env, _c) = host_env("img18stream", 23186, json!({}), &[]);
     let (img, _) = data_image(&env.dir, "img");
     // The hook fails the stream's second write, as a daemon-side write error would.
     let out = env
@@ -259,19 +222,16 @@ fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
     let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
     let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
     all.push("slow");
-    let _c = Cleanup(&env, &all);
+    let _c = Cleanup::of(&env, &all);
     let tiny = tiny_image(&env.dir);
     let tiny = tiny.to_str().unwrap();
 
     // A create held inside its window (image read, overlay not made yet).
     env.run(&["image", "import", tiny, "--name", "base"]).ok();
-    let mut create = env
-        .cmd(&["create", "slow", "1G", "1", "2G", "--project-disk", "1G", "--image", "base"])
-        .env("PROJECT_VM_PAUSE_AT", "create-image-checked:1500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut create = spawn(
+        env.cmd(&["create", "slow", "1G", "1", "2G", "--project-disk", "1G", "--image", "base"])
+            .env("PROJECT_VM_PAUSE_AT", "create-image-checked:1500"),
+    );
     let mut err = BufReader::new(create.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("test hook: pausing") {
@@ -291,13 +251,8 @@ fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
     // Races without the hook: never both succeed, and a made VM's image stays.
     for n in &names {
         env.run(&["image", "import", tiny, "--name", "race"]).ok();
-        let create = env
-            .cmd(&["create", n, "1G", "1", "2G", "--project-disk", "1G", "--image", "race"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let rm = env.cmd(&["image", "rm", "race"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let create = spawn(env.cmd(&["create", n, "1G", "1", "2G", "--project-disk", "1G", "--image", "race"]));
+        let rm = spawn(env.cmd(&["image", "rm", "race"]));
         let (c, r) = (create.wait_with_output().unwrap(), rm.wait_with_output().unwrap());
         let (c_ok, r_ok) = (c.status.success(), r.status.success());
         assert!(!(c_ok && r_ok), "{n}: both create and image rm succeeded");
@@ -315,10 +270,8 @@ fn image_rm_waits_for_a_create_reading_the_image_and_then_refuses() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() {
-    require_root_libvirt();
     let srv = Server::start();
-    let env = Env::new("img18exit", 23190, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["half"]);
+    let (env, _c) = host_env("img18exit", 23190, json!({"base_image": "tiny"}), &["half"]);
     let tiny = tiny_image(&env.dir);
     let bytes = std::fs::read(&tiny).unwrap();
 
@@ -351,47 +304,28 @@ fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() 
         .spawn()
         .unwrap();
     srv.wait_stalled();
-    let mut second = env
-        .cmd(&["image", "pull", &url, "--name", "slow"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut second = spawn(env.cmd(&["image", "pull", &url, "--name", "slow"]));
     let mut err = BufReader::new(second.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("waiting for another project-vm") {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "the second pull did not wait for the lock");
     }
-    let t0 = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = loop {
-        if let Some(s) = second.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            let _ = second.kill();
-            srv.release();
-            let _ = first.wait();
-            panic!("SIGTERM did not end a pull waiting for the image lock");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_within(&mut second, Duration::from_secs(10)) else {
+        let _ = second.kill();
+        srv.release();
+        let _ = first.wait();
+        panic!("SIGTERM did not end a pull waiting for the image lock");
     };
     assert_eq!(status.code(), Some(130), "a pull stopped by SIGTERM");
     // And the first, blocked reading from a server that stalls: SIGINT ends
     // it too (at a safe point, or after the grace period), keeping nothing usable.
-    let t0 = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = loop {
-        if let Some(s) = first.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(15) {
-            let _ = first.kill();
-            srv.release();
-            panic!("SIGINT did not end a pull stalled on its server");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_within(&mut first, Duration::from_secs(15)) else {
+        let _ = first.kill();
+        srv.release();
+        panic!("SIGINT did not end a pull stalled on its server");
     };
     srv.release();
     assert_eq!(status.code(), Some(130), "a pull stopped by SIGINT");

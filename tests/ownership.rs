@@ -6,22 +6,11 @@ mod common;
 
 use common::*;
 
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = virsh(&["undefine", "project-cpy"]);
-        self.0.cleanup(self.1);
-    }
-}
-
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_copied_domain_cannot_destroy_the_original_disks() {
-    require_root_libvirt();
-    let env = Env::new("own", 22460, serde_json::json!({"base_image": "tiny"}));
-    let _c = Cleanup(&env, &["orig"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, mut c) = tiny_host("own", 22460, &["orig"]);
+    c.domain("project-cpy");
     env.run(&["create", "orig", "1G", "1", "5G", "--project-disk", "1G"]).ok();
     let before = env.vm_volumes();
 

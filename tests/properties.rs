@@ -9,8 +9,9 @@ use proptest::prelude::*;
 use project_vm::cloudinit::{self, SeedInput};
 use project_vm::libvirt::domain_xml;
 use project_vm::libvirt::metadata::{Ownership, Phase};
-use project_vm::settings::{Accel, Network};
-use project_vm::spec::{Firmware, PciAddress, Port, Protocol, Resources, Share, Size, StaticNetwork, VmName, VmSpec};
+use project_vm::spec::{
+    Accel, Firmware, Network, PciAddress, Port, Protocol, Resources, Share, Size, StaticNetwork, VmName, VmSpec,
+};
 
 fn network() -> impl Strategy<Value = (Network, Option<u16>)> {
     prop_oneof![
@@ -113,12 +114,19 @@ proptest! {
         pool in "[A-Za-z0-9_.-]{1,30}",
         seed in any::<bool>(),
         serial_log in any::<bool>(),
+        purpose in 0u8..3,
     ) {
         let uuid = uuid::Uuid::new_v4().to_string();
         let own = ownership(&s, &pool, seed, &uuid);
         let log = serial_log.then(|| format!("/var/log/libvirt/qemu/{}-serial.log", s.name.domain()));
         let files = domain_xml::HostFiles { serial_log: log, virtiofsd: Some("/usr/libexec/virtiofsd".into()) };
-        let xml = domain_xml::build(&s, &own, &files).to_xml();
+        // Every definition the builder makes: the VM's, a redefinition, a sealing boot.
+        let purpose = match purpose {
+            0 => domain_xml::Purpose::Vm,
+            1 => domain_xml::Purpose::Redefine { uuid: uuid::Uuid::new_v4().to_string() },
+            _ => domain_xml::Purpose::Seal,
+        };
+        let xml = domain_xml::build_for(&s, &own, &files, &purpose).to_xml();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("domain.xml");
         std::fs::write(&file, &xml).unwrap();

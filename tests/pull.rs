@@ -11,15 +11,6 @@ use common::http::{Reply, Server};
 use common::*;
 use serde_json::json;
 
-/// Removes the env's VMs and pool even when an assertion fails.
-struct Cleanup<'a>(&'a Env, &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        self.0.cleanup(self.1);
-    }
-}
-
 /// The tiny image's bytes and its SHA512SUMS line (computed by coreutils, not by us).
 fn image_and_sums(env: &Env) -> (Vec<u8>, String, String) {
     let img = tiny_image(&env.dir);
@@ -28,16 +19,23 @@ fn image_and_sums(env: &Env) -> (Vec<u8>, String, String) {
     (bytes, format!("{}  other.qcow2\n{hex}  tiny.qcow2\n", "0".repeat(128)), hex)
 }
 
-fn image_volumes(env: &Env, name: &str) -> Vec<String> {
-    env.volumes().into_iter().filter(|v| v.starts_with(&format!("{name}@"))).collect()
+/// A loopback server with the tiny image at PREFIX/tiny.qcow2 (stalling
+/// half-way until released) and its PREFIX/SHA512SUMS, and an env whose
+/// settings name it image `image`; with the image's sha512.
+fn stalling_source(tag: &str, port: u16, image: &str, prefix: &str, vms: &[&str]) -> (Server, Env, Cleanup, String) {
+    let srv = Server::start();
+    let (url, sums_url) = (srv.url(&format!("{prefix}/tiny.qcow2")), srv.url(&format!("{prefix}/SHA512SUMS")));
+    let (env, guard) = host_env(tag, port, json!({"images": {image: {"url": url, "checksums": sums_url}}}), vms);
+    let (bytes, sums, hex) = image_and_sums(&env);
+    srv.route(&format!("{prefix}/tiny.qcow2"), Reply::StallAt(bytes.clone(), bytes.len() / 2));
+    srv.route(&format!("{prefix}/SHA512SUMS"), Reply::Full(sums.into_bytes()));
+    (srv, env, guard, hex)
 }
 
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn pull_verifies_caches_and_keeps_nothing_from_a_bad_download() {
-    require_root_libvirt();
-    let env = Env::new("pull", 22400, json!({}));
-    let _c = Cleanup(&env, &[]);
+    let (env, _c) = host_env("pull", 22400, json!({}), &[]);
     let (bytes, sums, hex) = image_and_sums(&env);
     let srv = Server::start();
     srv.route("/d/tiny.qcow2", Reply::Full(bytes.clone()));
@@ -95,17 +93,7 @@ fn pull_verifies_caches_and_keeps_nothing_from_a_bad_download() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_killed_pull_leaves_nothing_create_would_use_and_the_next_create_pulls_again() {
-    require_root_libvirt();
-    let srv = Server::start();
-    let env = Env::new(
-        "pullkill",
-        22420,
-        json!({"images": {"slow": {"url": srv.url("/s/tiny.qcow2"), "checksums": srv.url("/s/SHA512SUMS")}}}),
-    );
-    let _c = Cleanup(&env, &["after"]);
-    let (bytes, sums, hex) = image_and_sums(&env);
-    srv.route("/s/tiny.qcow2", Reply::StallAt(bytes.clone(), bytes.len() / 2));
-    srv.route("/s/SHA512SUMS", Reply::Full(sums.into_bytes()));
+    let (srv, env, _c, hex) = stalling_source("pullkill", 22420, "slow", "/s", &["after"]);
 
     let mut child = env.cmd(&["image", "pull", "slow"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     srv.wait_stalled();
@@ -131,19 +119,9 @@ fn a_killed_pull_leaves_nothing_create_would_use_and_the_next_create_pulls_again
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn concurrent_first_creates_on_a_fresh_pool_pull_the_default_once() {
-    require_root_libvirt();
-    let srv = Server::start();
     // No base_image: the default (debian-13), served from loopback through an `images` override.
-    let env = Env::new(
-        "firstuse",
-        22440,
-        json!({"images": {"debian-13": {"url": srv.url("/d13/tiny.qcow2"), "checksums": srv.url("/d13/SHA512SUMS")}}}),
-    );
     let names = ["fa", "fb", "fc"];
-    let _c = Cleanup(&env, &names);
-    let (bytes, sums, _) = image_and_sums(&env);
-    srv.route("/d13/tiny.qcow2", Reply::StallAt(bytes.clone(), bytes.len() / 2));
-    srv.route("/d13/SHA512SUMS", Reply::Full(sums.into_bytes()));
+    let (srv, env, _c, _) = stalling_source("firstuse", 22440, "debian-13", "/d13", &names);
 
     let children: Vec<_> = names
         .iter()

@@ -4,22 +4,16 @@
 //! and that it remembers the instance's first boot. The same line is parsed
 //! by `project_vm::ops::ready::Message`, as `start --wait` does.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::KillOnDrop;
 use project_vm::ops::ready::{Boot, CloudInitRun, Message};
 
 const SCRIPT: &str = include_str!("../cloud-init/project-vm-ready");
-
-struct Reporter(Child);
-
-impl Drop for Reporter {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs the reporter once and returns its first line. `path` is the PATH it
 /// sees (so a test decides whether `cloud-init` is installed).
@@ -40,7 +34,7 @@ fn report(dir: &Path, path: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let _guard = Reporter(child);
+    let _guard = KillOnDrop(child);
     let t0 = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(&port) {
@@ -64,12 +58,21 @@ fn path_with_cloud_init(dir: &Path) -> String {
     format!("{}:/usr/bin:/bin", bin.display())
 }
 
-#[test]
-fn a_boot_where_cloud_init_runs_sends_its_result() {
+/// A temporary directory with a made-up `/run/cloud-init` (`run`) holding
+/// `files` (name, content).
+fn made_up_run(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("enabled"), "").unwrap();
+    for (name, content) in files {
+        std::fs::write(run.join(name), content).unwrap();
+    }
+    (dir, run)
+}
+
+#[test]
+fn a_boot_where_cloud_init_runs_sends_its_result() {
+    let (dir, run) = made_up_run(&[("enabled", "")]);
     std::fs::write(run.join("status.json"), r#"{"v1":{"modules-final":{"errors":[],"finished":38.5}}}"#).unwrap();
     std::fs::write(run.join("result.json"), "{\"v1\":\n{\"datasource\":\"DataSourceNoCloud\",\"errors\":[]}}").unwrap();
     let line = report(dir.path(), &path_with_cloud_init(dir.path()));
@@ -88,10 +91,7 @@ fn a_boot_where_cloud_init_runs_sends_its_result() {
 #[test]
 fn a_boot_where_cloud_init_waits_reports_once_it_is_done() {
     // Enabled, final stage still running: nothing is sent until result.json appears.
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("enabled"), "").unwrap();
+    let (dir, run) = made_up_run(&[("enabled", "")]);
     let writer = {
         let run = run.clone();
         std::thread::spawn(move || {
@@ -111,10 +111,7 @@ fn a_boot_where_cloud_init_waits_reports_once_it_is_done() {
 
 #[test]
 fn a_boot_where_the_generator_disabled_cloud_init_reports_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("disabled"), "").unwrap();
+    let (dir, run) = made_up_run(&[("disabled", "")]);
     // A result left from elsewhere is not this boot's.
     std::fs::write(run.join("result.json"), r#"{"v1":{"errors":["stale"]}}"#).unwrap();
     let t0 = Instant::now();

@@ -9,18 +9,6 @@ mod common;
 
 use common::*;
 
-struct Cleanup<'a>(&'a Env);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        // apply --prune of an empty file removes exactly this pool's VMs.
-        let empty = self.0.dir.join("empty.json");
-        let _ = std::fs::write(&empty, r#"{"vms": {}}"#);
-        let _ = self.0.run(&["apply", "-f", empty.to_str().unwrap(), "--prune", "--delete-data"]);
-        self.0.cleanup(&[]);
-    }
-}
-
 /// A declarative file with VMs `prefix0..prefixN`.
 fn file(env: &Env, tag: &str, names: impl Iterator<Item = String>) -> String {
     let vms: serde_json::Map<String, serde_json::Value> = names.map(|n| (n, serde_json::json!({}))).collect();
@@ -45,12 +33,7 @@ fn counted(env: &Env, args: &[&str]) -> (Run, usize) {
         .env("LIBVIRT_LOG_FILTERS", "1:rpc")
         .output()
         .unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        ms: t0.elapsed().as_millis(),
-    };
+    let run = Run::of(&out, t0.elapsed().as_millis());
     let calls = std::fs::read_to_string(&log).unwrap_or_default().matches("RPC_CLIENT_MSG_TX_QUEUE").count();
     assert!(calls > 0, "no RPCs logged: is libvirt's client logging working?\n{}", run.stderr);
     eprintln!("$ project-vm {}: {calls} libvirt calls", args.join(" "));
@@ -92,7 +75,9 @@ fn costs(env: &Env, n: usize, round: usize) -> Costs {
 fn libvirt_calls_per_vm_stay_flat() {
     require_root_libvirt();
     let env = Env::new("scale", 22900, serde_json::json!({"base_image": "tiny"}));
-    let _guard = Cleanup(&env);
+    // apply --prune of an empty file removes exactly this pool's VMs.
+    let mut guard = Cleanup::of(&env, &[]);
+    guard.prune(&env);
     let image = tiny_image(&env.dir);
     env.run(&["image", "import", image.to_str().unwrap(), "--name", "tiny"]).ok();
 

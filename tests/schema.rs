@@ -9,8 +9,7 @@ use std::process::Command;
 
 use project_vm::cloudinit::{self, hostkey::HostKey, SeedInput};
 use project_vm::features;
-use project_vm::settings::{Accel, Network};
-use project_vm::spec::{Resources, Size, StaticNetwork, VmName, VmSpec};
+use project_vm::spec::{Accel, Network, Resources, Size, StaticNetwork, VmName, VmSpec};
 use serde_json::Value;
 
 /// One seed to validate.

@@ -7,16 +7,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-struct Cleanup<'a>(&'a [&'a Env], &'a [&'a str]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for env in self.0 {
-            env.cleanup(self.1);
-        }
-    }
-}
-
 fn names(v: &serde_json::Value) -> Vec<String> {
     v.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect()
 }
@@ -27,7 +17,9 @@ fn list_and_prune_stay_in_their_pool() {
     require_root_libvirt();
     let a = Env::new("poola", 22600, json!({"base_image": "tiny"}));
     let b = Env::new("poolb", 22620, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&[&a, &b], &["sa", "sb"]);
+    // sa is made in pool A, sb by the apply in pool B.
+    let mut c = Cleanup::of(&b, &["sb"]);
+    c.env(&a).vms(&a, &["sa"]);
     for env in [&a, &b] {
         env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
     }
@@ -58,10 +50,7 @@ fn list_and_prune_stay_in_their_pool() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn gc_collects_leftovers_but_not_kept_disks_unless_named() {
-    require_root_libvirt();
-    let env = Env::new("gc", 22640, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&[&env], &["half", "keep", "live"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("gc", 22640, &["half", "keep", "live"]);
     env.run(&["create", "live", "1G", "1", "5G", "--project-disk", "1G"]).ok();
     // A create killed after its root disk; a kept project disk; a stray VM
     // volume and an image-like volume made by hand; an image upload without
@@ -125,10 +114,7 @@ fn gc_collects_leftovers_but_not_kept_disks_unless_named() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn doctor_names_what_would_make_a_create_fail() {
-    require_root_libvirt();
-    let env = Env::new("doctor", 22660, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&[&env], &[]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("doctor", 22660, &[]);
     let r = env.run(&["doctor", "--json"]).ok().json();
     assert_eq!(r["ok"], true, "{r}");
 
@@ -137,7 +123,7 @@ fn doctor_names_what_would_make_a_create_fail() {
     std::fs::create_dir_all(locked.join("inner")).unwrap();
     sh(&format!("chmod 0700 {}", locked.display()));
     let cfg = env.dir.join("bad.json");
-    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    let mut settings = env.settings();
     settings["storage_dir"] = json!(locked.join("inner/pool"));
     settings["pool"] = json!(format!("{}-other", env.pool));
     settings["base_image"] = json!("nowhere");
@@ -165,10 +151,7 @@ fn doctor_names_what_would_make_a_create_fail() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn racing_creates_of_one_name_leave_one_whole_vm_and_no_harmful_advice() {
-    require_root_libvirt();
-    let env = Env::new("race", 22680, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&[&env], &["same"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("race", 22680, &["same"]);
     let children: Vec<_> = (0..4)
         .map(|_| {
             env.cmd(&["create", "same", "1G", "1", "5G", "--project-disk", "1G"])
@@ -186,8 +169,14 @@ fn racing_creates_of_one_name_leave_one_whole_vm_and_no_harmful_advice() {
             won += 1;
             continue;
         }
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("another project-vm (pid") || stderr.contains("already exists"), "{stderr}");
+        // The VM's lock held by the winner: busy (7); the winner done first: already exists (2).
+        match stderr.contains("another project-vm (pid") {
+            true => assert_eq!(out.status.code(), Some(7), "{stderr}"),
+            false => {
+                assert_eq!(out.status.code(), Some(2), "{stderr}");
+                assert!(stderr.contains("already exists"), "{stderr}");
+            }
+        }
         // Advice that would damage the winner's half-made VM.
         for harmful in ["vol-delete", "did not finish", "not made by this project-vm"] {
             assert!(!stderr.contains(harmful), "a loser was told {harmful:?}: {stderr}");
@@ -200,10 +189,7 @@ fn racing_creates_of_one_name_leave_one_whole_vm_and_no_harmful_advice() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn a_hand_made_data_volume_is_not_adopted_and_a_bad_storage_dir_is_exit_4() {
-    require_root_libvirt();
-    let env = Env::new("adopt", 22700, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&[&env], &["hand"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, _c) = tiny_host("adopt", 22700, &["hand"]);
     let r = virsh(&["vol-create-as", &env.pool, "project-hand-data.qcow2", "1M", "--format", "qcow2"]);
     assert!(r.status.success());
     let r = env.run(&["create", "hand", "1G", "1", "5G"]);
@@ -214,7 +200,7 @@ fn a_hand_made_data_volume_is_not_adopted_and_a_bad_storage_dir_is_exit_4() {
 
     // A storage directory libvirtd cannot make: exit 4, naming it; no pool left behind.
     let cfg = env.dir.join("bad.json");
-    let mut settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    let mut settings = env.settings();
     settings["storage_dir"] = json!("/proc/project-vm-cannot-be-here");
     settings["pool"] = json!(format!("{}-bad", env.pool));
     std::fs::write(&cfg, settings.to_string()).unwrap();
@@ -232,22 +218,13 @@ fn a_hand_made_data_volume_is_not_adopted_and_a_bad_storage_dir_is_exit_4() {
 #[test]
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn under_sudo_files_in_the_users_home_are_the_users_and_destroy_forgets_the_host_key() {
-    require_root_libvirt();
-    let env = Env::new("sudo", 22720, json!({"base_image": "tiny"}));
-    let _c = Cleanup(&[&env], &["sk"]);
-    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    let (env, mut c) = tiny_host("sudo", 22720, &["sk"]);
     env.run(&["create", "sk", "1G", "1", "5G", "--project-disk", "1G"]).ok();
     // A user of our own, with a home in this test's directory.
     let user = format!("pvt{}", std::process::id() % 100_000);
     let home = env.dir.join("home");
     sh(&format!("useradd -M -d {} {user}", home.display()));
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("userdel").arg(&self.0).status();
-        }
-    }
-    let _gone = Gone(user.clone());
+    c.user(&user);
     // An earlier root run pinned keys in the user's home (root-owned, as sudo used to leave it).
     let kh = home.join(".local/state/project-vm/known_hosts");
     std::fs::create_dir_all(kh.parent().unwrap()).unwrap();

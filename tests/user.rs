@@ -15,9 +15,10 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{sh, tail, Run};
+use common::cleanup::remove_user;
+use common::guest::show_tails;
+use common::{guest_boot_lock, sh, test_image, Cleanup, Run};
 
 const USER: &str = "pvuser23";
 /// Written into the home of a user this test made, so that a later run may
@@ -28,6 +29,9 @@ struct TestUser {
     name: &'static str,
     home: PathBuf,
     uid: u32,
+    /// Stops the user's processes (its session daemons, all started by
+    /// this test), then removes the user and its home.
+    _gone: Cleanup,
 }
 
 impl TestUser {
@@ -38,13 +42,14 @@ impl TestUser {
                 home.join(MARKER).exists(),
                 "user {name} exists and was not made by this test: remove it, or run where it does not exist"
             );
-            let left = TestUser { name, uid: uid_of(name), home: home.clone() };
             eprintln!("removing user {name}, left by an earlier run");
-            drop(left);
+            remove_user(name);
         }
         sh(&format!("useradd --create-home --home-dir {} --shell /bin/bash --user-group {name}", home.display()));
+        let mut gone = Cleanup::new();
+        gone.user(name);
         std::fs::write(home.join(MARKER), "made by project-vm's tests/user.rs; removed with the user\n").unwrap();
-        let user = TestUser { name, uid: uid_of(name), home };
+        let user = TestUser { name, uid: uid_of(name), home, _gone: gone };
         user.run(&["mkdir", "-m", "0700", ".ssh"]).ok();
         user.run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ".ssh/id_ed25519"]).ok();
         user
@@ -66,16 +71,7 @@ impl TestUser {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let t0 = Instant::now();
-        let out = self.command(args).output().expect("runuser");
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            ms: t0.elapsed().as_millis(),
-        };
-        eprintln!("$ ({}) {} -> {} ({} ms)", self.name, args.join(" "), run.code, run.ms);
-        run
+        common::run(&mut self.command(args), &format!("({}) {}", self.name, args.join(" ")))
     }
 
     fn bin(&self) -> String {
@@ -104,57 +100,10 @@ impl TestUser {
         let r = self.run(&all).ok();
         r.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
     }
-
-    /// The user's processes (its session daemons, and anything they left).
-    fn processes(&self) -> Vec<(i32, String)> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            if e.metadata().is_ok_and(|m| m.uid() == self.uid) {
-                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-                out.push((pid, comm.trim().to_owned()));
-            }
-        }
-        out
-    }
 }
 
 fn uid_of(name: &str) -> u32 {
     nix::unistd::User::from_name(name).unwrap().expect("user").uid.as_raw()
-}
-
-impl Drop for TestUser {
-    /// Stops the user's session daemons (found by their pid files, then any
-    /// other process of this user: all of them started by this test), then
-    /// removes the user and its home.
-    fn drop(&mut self) {
-        let cache = self.home.join(".cache/libvirt");
-        let pids: Vec<i32> = ["libvirtd.pid", "virtqemud.pid", "virtlogd.pid"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(cache.join(f)).ok())
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        let kill = |pid: i32, sig| {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-        };
-        for pid in &pids {
-            kill(*pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && !self.processes().is_empty() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for (pid, comm) in self.processes() {
-            eprintln!("killing {comm} (pid {pid}) of {}", self.name);
-            kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let out = Command::new("userdel").args(["--remove", self.name]).output().unwrap();
-        if !out.status.success() {
-            eprintln!("userdel {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
-        }
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
 }
 
 /// A failing step shows what the guest printed, and libvirt's domain log.
@@ -171,17 +120,10 @@ impl Drop for Explain<'_> {
         let domain = format!("project-{}", self.vm);
         let serial = self.user.home.join(format!(".local/state/project-vm/logs/{domain}-serial.log"));
         let qemu = self.user.home.join(format!(".cache/libvirt/qemu/log/{domain}.log"));
-        for (p, n) in [(&serial, 80), (&qemu, 30)] {
-            eprintln!("===== {} (last {n} lines) =====\n{}", p.display(), tail(&p.display().to_string(), n));
-        }
+        show_tails(&[(&serial.display().to_string(), 80), (&qemu.display().to_string(), 30)]);
         // What project-vm left, so the cleanup below can be judged.
         let _ = self.user.pv(&["destroy", self.vm]);
     }
-}
-
-fn image() -> String {
-    std::env::var("PROJECT_VM_TEST_IMAGE")
-        .expect("PROJECT_VM_TEST_IMAGE is not set: run scripts/test.sh, which builds the image")
 }
 
 fn output_text(o: &Output) -> String {
@@ -192,7 +134,8 @@ fn output_text(o: &Output) -> String {
 #[ignore = "boots a guest as a user it makes; needs root, libvirt and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn a_plain_user_creates_uses_and_destroys_a_vm_in_its_own_session() {
     assert!(nix::unistd::geteuid().is_root(), "this test makes a user: run it as root (scripts/test.sh)");
-    let img = image();
+    let img = test_image("PROJECT_VM_TEST_IMAGE");
+    let _lock = guest_boot_lock();
     let user = TestUser::create(USER);
     // project-vm installed where a user's own install goes.
     let bin = PathBuf::from(user.bin());

@@ -9,10 +9,9 @@
 pub mod hostkey;
 pub mod iso;
 
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::error::invalid;
+use crate::config::error::ConfigError;
 use crate::libvirt::domain_xml::{DATA_DISK_SERIAL, READY_CHANNEL};
 use crate::spec::VmSpec;
 
@@ -55,37 +54,22 @@ pub struct Seed {
     pub network_config: String,
 }
 
-/// What goes into a VM's cloud-config besides per-instance secrets.
-#[derive(Serialize)]
-pub struct Fingerprint<'a> {
-    pub ssh_user: &'a str,
-    pub authorized_keys: &'a [String],
-    pub features: &'a [String],
-    pub user_data: Option<&'a str>,
-    pub tailnet: Option<&'a str>,
-    pub tailscale: bool,
-}
-
-/// A stable hash of a [`Fingerprint`]: equal inputs, equal cloud-config.
-pub fn fingerprint(f: &Fingerprint) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(f).expect("json");
-    format!("{:x}", Sha256::digest(&json))[..16].to_owned()
-}
+pub use crate::spec::{fingerprint, Fingerprint};
 
 /// Parses a user's cloud-config file (YAML starting with `#cloud-config`).
 pub fn parse_user_data(text: &str, origin: &str) -> anyhow::Result<Value> {
     let first = text.lines().next().unwrap_or("").trim_end();
     if first != "#cloud-config" {
-        return Err(invalid(format!(
+        return Err(ConfigError::invalid(format!(
             "{origin}: user-data must be a cloud-config whose first line is \"#cloud-config\" (its first line is not; the file's contents are not shown)"
         )));
     }
-    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| invalid(format!("{origin}: not valid YAML: {e}")))?;
+    let value: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::invalid(format!("{origin}: not valid YAML: {e}")))?;
     let value = match value {
         Value::Object(_) => value,
         Value::Null => Value::Object(Map::new()),
-        _ => return Err(invalid(format!("{origin}: a cloud-config must be a mapping of module keys"))),
+        _ => return Err(ConfigError::invalid(format!("{origin}: a cloud-config must be a mapping of module keys"))),
     };
     guard(&value, origin)?;
     Ok(value)
@@ -157,11 +141,7 @@ pub fn guard(user: &Value, origin: &str) -> anyhow::Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
-    Err(invalid(format!(
-        "{origin}: {} in the cloud-config would take away what project-vm needs in the guest:\n  {}",
-        if problems.len() == 1 { "1 key".to_string() } else { format!("{} keys", problems.len()) },
-        problems.join("\n  ")
-    )))
+    Err(ConfigError::UnsafeCloudConfig { origin: origin.to_owned(), keys: problems }.into())
 }
 
 /// Merges `extra` into `base`: mappings recursively, lists appended, other
@@ -209,14 +189,7 @@ pub fn base_config(input: &SeedInput) -> Value {
         "bootcmd": [["sh", "-c", FORMAT_SCRIPT
             .replace("@DEVICE@", &format!("/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"))
             .replace("@LABEL@", PROJECT_LABEL)]],
-        // x-systemd.growfs: after `apply` grows the disk, the filesystem
-        // follows at the next boot (mount(8) ignores the option on first boot).
-        "mounts": std::iter::once(json!([format!("LABEL={PROJECT_LABEL}"), PROJECT_MOUNT, "ext4", "defaults,nofail,x-systemd.growfs", "0", "2"]))
-            // Shares by their virtiofs tag; read-only ones mounted ro (virtiofs
-            // has no host-side read-only in libvirt).
-            .chain(spec.shares.iter().map(|s| json!([s.tag(), s.target.display().to_string(), "virtiofs",
-                if s.readonly { "defaults,nofail,ro" } else { "defaults,nofail" }, "0", "0"])))
-            .collect::<Vec<_>>(),
+        "mounts": mounts(spec),
         "runcmd": [
             // The instance's manual-clean marker: what cloud-init itself writes
             // for `manual_cache_clean`, had that been in its configuration
@@ -229,41 +202,75 @@ pub fn base_config(input: &SeedInput) -> Value {
             ["sh", "-c", MANUAL_CLEAN_AND_REPORTER],
             ["chown", format!("{user}:{user}"), PROJECT_MOUNT],
         ],
-        "write_files": [
-            { "path": "/usr/local/libexec/project-vm-ready", "permissions": "0755", "content": READY_SCRIPT
-                .replace("@READY_CHANNEL@", READY_CHANNEL) },
-            { "path": "/etc/systemd/system/project-vm-ready.service", "permissions": "0644", "content": READY_UNIT },
-            // System configuration, not a user-data key (cloud-init's schema
-            // rejects it there): once the seed is deleted (it holds secrets),
-            // later boots trust the cached instance instead of looking for a
-            // new one, so per-instance modules (host keys, users) never re-run.
-            { "path": SYSTEM_CFG_PATH, "permissions": "0644", "content": SYSTEM_CFG },
-        ],
+        "write_files": own_write_files(),
     });
     if let Some(key) = input.host_key {
-        // Pinned host key: generated on the host at create, so `ssh` can verify
-        // the guest from its first connection instead of trusting on first use.
-        // With `ssh_keys` given, cloud-init generates no other keys (an empty
-        // `ssh_genkeytypes` would fail its schema: the list needs an entry).
-        cfg["ssh_deletekeys"] = json!(true);
-        cfg["ssh_keys"] = json!({
-            "ed25519_private": key.private_openssh,
-            "ed25519_public": key.public_openssh,
-        });
+        pin_host_key(&mut cfg, key);
     }
     if let Some(auth_key) = input.tailscale_auth_key {
-        // Joins the tailnet as project-NAME. The key file is only read at create
-        // time, travels in the seed (root-only, deleted after first boot), and is
-        // never logged or written into domain XML or metadata.
-        let join = format!(
-            "curl -fsSL https://tailscale.com/install.sh | sh && tailscale up --auth-key=\"$(cat /run/project-vm/ts-authkey)\" --hostname={hostname} --ssh=false && rm -f /run/project-vm/ts-authkey"
-        );
-        cfg["write_files"].as_array_mut().unwrap().push(json!({
-            "path": TS_AUTHKEY_PATH, "permissions": "0600", "content": auth_key,
-        }));
-        cfg["runcmd"].as_array_mut().unwrap().push(json!(["sh", "-c", join]));
+        join_tailnet(&mut cfg, auth_key, &hostname);
     }
     cfg
+}
+
+/// The project disk by its label, and the shares by their virtiofs tags.
+fn mounts(spec: &VmSpec) -> Vec<Value> {
+    // x-systemd.growfs: after `apply` grows the disk, the filesystem
+    // follows at the next boot (mount(8) ignores the option on first boot).
+    std::iter::once(json!([
+        format!("LABEL={PROJECT_LABEL}"),
+        PROJECT_MOUNT,
+        "ext4",
+        "defaults,nofail,x-systemd.growfs",
+        "0",
+        "2"
+    ]))
+    // Read-only shares mounted ro (virtiofs has no host-side read-only in libvirt).
+    .chain(spec.shares.iter().map(|s| {
+        let options = if s.readonly { "defaults,nofail,ro" } else { "defaults,nofail" };
+        json!([s.tag(), s.target.display().to_string(), "virtiofs", options, "0", "0"])
+    }))
+    .collect()
+}
+
+/// The files project-vm writes in every guest: the readiness reporter,
+/// its unit, and cloud-init's system configuration.
+fn own_write_files() -> Value {
+    json!([
+        { "path": "/usr/local/libexec/project-vm-ready", "permissions": "0755", "content": READY_SCRIPT
+            .replace("@READY_CHANNEL@", READY_CHANNEL) },
+        { "path": "/etc/systemd/system/project-vm-ready.service", "permissions": "0644", "content": READY_UNIT },
+        // System configuration, not a user-data key (cloud-init's schema
+        // rejects it there): once the seed is deleted (it holds secrets),
+        // later boots trust the cached instance instead of looking for a
+        // new one, so per-instance modules (host keys, users) never re-run.
+        { "path": SYSTEM_CFG_PATH, "permissions": "0644", "content": SYSTEM_CFG },
+    ])
+}
+
+/// Pinned host key: generated on the host at create, so `ssh` can verify
+/// the guest from its first connection instead of trusting on first use.
+/// With `ssh_keys` given, cloud-init generates no other keys (an empty
+/// `ssh_genkeytypes` would fail its schema: the list needs an entry).
+fn pin_host_key(cfg: &mut Value, key: &hostkey::HostKey) {
+    cfg["ssh_deletekeys"] = json!(true);
+    cfg["ssh_keys"] = json!({
+        "ed25519_private": key.private_openssh,
+        "ed25519_public": key.public_openssh,
+    });
+}
+
+/// Joins the tailnet as project-NAME. The key file is only read at create
+/// time, travels in the seed (root-only, deleted after first boot), and is
+/// never logged or written into domain XML or metadata.
+fn join_tailnet(cfg: &mut Value, auth_key: &str, hostname: &str) {
+    let join = format!(
+        "curl -fsSL https://tailscale.com/install.sh | sh && tailscale up --auth-key=\"$(cat /run/project-vm/ts-authkey)\" --hostname={hostname} --ssh=false && rm -f /run/project-vm/ts-authkey"
+    );
+    cfg["write_files"].as_array_mut().unwrap().push(json!({
+        "path": TS_AUTHKEY_PATH, "permissions": "0600", "content": auth_key,
+    }));
+    cfg["runcmd"].as_array_mut().unwrap().push(json!(["sh", "-c", join]));
 }
 
 /// Renders the seed files.
@@ -315,7 +322,7 @@ pub fn network_config(spec: &VmSpec) -> Value {
 mod tests {
     use super::*;
     use crate::libvirt::domain_xml::tests::spec;
-    use crate::settings::{Accel, Network};
+    use crate::spec::{Accel, Network};
 
     fn yaml(text: &str) -> Value {
         serde_yaml_ng::from_str(text).unwrap()
@@ -406,11 +413,25 @@ mod tests {
         ] {
             let e = err(text);
             assert_eq!(crate::exit::code(&e), 2, "{text}");
-            assert!(e.to_string().contains(&format!("{key}:")) && e.to_string().starts_with("u.yaml: "), "{text}: {e}");
+            match e.downcast_ref::<ConfigError>() {
+                Some(ConfigError::UnsafeCloudConfig { origin, keys }) => {
+                    assert_eq!(origin, "u.yaml");
+                    assert!(keys.len() == 1 && keys[0].starts_with(&format!("{key}:")), "{text}: {keys:?}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+            assert!(e.to_string().starts_with("u.yaml: 1 key in the cloud-config"), "{text}: {e}");
         }
         // Several at once, all named.
-        let e = err("#cloud-config\nssh_keys: {}\ncloud_init_modules: []\n").to_string();
-        assert!(e.contains("2 keys") && e.contains("ssh_keys:") && e.contains("cloud_init_modules:"), "{e}");
+        let e = err("#cloud-config\nssh_keys: {}\ncloud_init_modules: []\n");
+        let Some(ConfigError::UnsafeCloudConfig { keys, .. }) = e.downcast_ref::<ConfigError>() else {
+            panic!("{e:?}")
+        };
+        assert!(
+            keys.len() == 2 && keys[0].starts_with("ssh_keys:") && keys[1].starts_with("cloud_init_modules:"),
+            "{keys:?}"
+        );
+        assert!(e.to_string().contains("2 keys"), "{e}");
         // What merges stays allowed: other files, mounts, packages, runcmd, the hostname.
         let ok = "#cloud-config\nhostname: other\nwrite_files:\n- {path: /etc/motd, content: hi}\nmounts:\n- [/dev/vdc, /srv]\nruncmd: [true]\n";
         assert!(parse_user_data(ok, "ok.yaml").is_ok());

@@ -28,6 +28,17 @@ impl Algo {
     }
 }
 
+/// Why a checksum's spelling is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadChecksum {
+    #[error("checksum {0:?} is not ALGO:HEX: write it as sha256:HEX or sha512:HEX")]
+    NotAlgoHex(String),
+    #[error("checksum algorithm {0:?} is not supported: use sha256 or sha512")]
+    UnknownAlgo(String),
+    #[error("checksum {given:?}: a {} digest is {} hexadecimal digits", .algo.name(), .algo.hex_len())]
+    BadDigest { given: String, algo: Algo },
+}
+
 /// A digest with its algorithm, written `sha256:HEX` (lowercase hex).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -37,17 +48,14 @@ pub struct Checksum {
 }
 
 impl Checksum {
-    pub fn parse(s: &str) -> Result<Checksum, String> {
-        let (algo, hex) = s
-            .split_once(':')
-            .ok_or_else(|| format!("checksum {s:?} is not ALGO:HEX: write it as sha256:HEX or sha512:HEX"))?;
+    pub fn parse(s: &str) -> Result<Checksum, BadChecksum> {
+        let (algo, hex) = s.split_once(':').ok_or_else(|| BadChecksum::NotAlgoHex(s.into()))?;
         let algo = match algo.to_ascii_lowercase().as_str() {
             "sha256" => Algo::Sha256,
             "sha512" => Algo::Sha512,
-            other => return Err(format!("checksum algorithm {other:?} is not supported: use sha256 or sha512")),
+            other => return Err(BadChecksum::UnknownAlgo(other.into())),
         };
-        Checksum::of_hex(algo, hex)
-            .ok_or_else(|| format!("checksum {s:?}: a {} digest is {} hexadecimal digits", algo.name(), algo.hex_len()))
+        Checksum::of_hex(algo, hex).ok_or_else(|| BadChecksum::BadDigest { given: s.into(), algo })
     }
 
     fn of_hex(algo: Algo, hex: &str) -> Option<Checksum> {
@@ -73,8 +81,8 @@ impl fmt::Display for Checksum {
 }
 
 impl TryFrom<String> for Checksum {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadChecksum;
+    fn try_from(s: String) -> Result<Self, BadChecksum> {
         Checksum::parse(&s)
     }
 }
@@ -86,8 +94,8 @@ impl From<Checksum> for String {
 }
 
 impl std::str::FromStr for Checksum {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadChecksum;
+    fn from_str(s: &str) -> Result<Self, BadChecksum> {
         Checksum::parse(s)
     }
 }
@@ -182,9 +190,12 @@ mod tests {
         let c = Checksum::parse(&format!("SHA256:{}", ABC256.to_uppercase())).unwrap();
         assert_eq!(c.to_string(), format!("sha256:{ABC256}"));
         assert_eq!(c.short(), "sha256:ba7816bf8f01…");
-        assert!(Checksum::parse(ABC256).unwrap_err().contains("ALGO:HEX"));
-        assert!(Checksum::parse("md5:abc").unwrap_err().contains("not supported"));
-        assert!(Checksum::parse("sha512:abc").unwrap_err().contains("128 hexadecimal"));
+        assert_eq!(Checksum::parse(ABC256), Err(BadChecksum::NotAlgoHex(ABC256.into())));
+        assert_eq!(Checksum::parse("md5:abc"), Err(BadChecksum::UnknownAlgo("md5".into())));
+        let short = Checksum::parse("sha512:abc").unwrap_err();
+        assert_eq!(short, BadChecksum::BadDigest { given: "sha512:abc".into(), algo: Algo::Sha512 });
+        // The message names the fix.
+        assert!(short.to_string().contains("128 hexadecimal"), "{short}");
     }
 
     #[test]

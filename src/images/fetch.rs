@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{failure, invalid, Kind};
+use super::Error;
 
 /// An open source of bytes of known length (libvirt's upload wants the length first).
 pub struct Download {
@@ -37,9 +37,9 @@ fn local_path(location: &str) -> Option<PathBuf> {
 fn http_error(location: &str, e: ureq::Error) -> anyhow::Error {
     match e {
         ureq::Error::StatusCode(code) => {
-            failure(Kind::Environment, format!("cannot download {location}: the server answered HTTP {code}"))
+            Error::Fetch(format!("cannot download {location}: the server answered HTTP {code}")).into()
         }
-        other => failure(Kind::Environment, format!("cannot download {location}: {other}")),
+        other => Error::Fetch(format!("cannot download {location}: {other}")).into(),
     }
 }
 
@@ -47,9 +47,10 @@ fn http_error(location: &str, e: ureq::Error) -> anyhow::Error {
 fn check_scheme(location: &str) -> anyhow::Result<()> {
     match location.split_once("://") {
         Some(("http" | "https" | "file", _)) | None => Ok(()),
-        Some((scheme, _)) => Err(invalid(format!(
+        Some((scheme, _)) => Err(Error::Invalid(format!(
             "{location}: {scheme}:// is not supported: images and checksum files come from https://, http://, file:// or a path"
-        ))),
+        ))
+        .into()),
     }
 }
 
@@ -65,12 +66,9 @@ pub fn open(location: &str) -> anyhow::Result<Download> {
     tracing::info!(url = location, "downloading");
     let resp = agent().get(location).call().map_err(|e| http_error(location, e))?;
     let len = resp.body().content_length().ok_or_else(|| {
-        failure(
-            Kind::Environment,
-            format!(
-                "{location}: the server sent no Content-Length, so the download cannot be checked for completeness"
-            ),
-        )
+        Error::Fetch(format!(
+            "{location}: the server sent no Content-Length, so the download cannot be checked for completeness"
+        ))
     })?;
     let (_, body) = resp.into_parts();
     Ok(Download { len, reader: Box::new(body.into_reader()), local: None })
@@ -122,6 +120,23 @@ pub fn text(location: &str) -> anyhow::Result<String> {
         .limit(4 << 20)
         .reader()
         .read_to_string(&mut out)
-        .map_err(|e| failure(Kind::Environment, format!("cannot download {location}: {e}")))?;
+        .map_err(|e| Error::Fetch(format!("cannot download {location}: {e}")))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_scheme_is_invalid_and_a_missing_server_a_fetch_failure() {
+        let e = check_scheme("ftp://example.invalid/x.qcow2").unwrap_err();
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Invalid(_))), "{e:#}");
+        assert_eq!(crate::exit::code(&e), 2);
+        check_scheme("https://example.invalid/x.qcow2").unwrap();
+        check_scheme("/var/tmp/x.qcow2").unwrap();
+        let e = http_error("https://example.invalid/x", ureq::Error::StatusCode(404));
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Fetch(m)) if m.contains("HTTP 404")), "{e:#}");
+        assert_eq!(crate::exit::code(&e), 4);
+    }
 }

@@ -46,6 +46,10 @@ impl Source for std::fs::File {
 }
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+/// The first bytes read of an image: enough to sniff its format (the same
+/// as `libvirt::storage::SNIFF_LEN`, which a test holds it to) and to find
+/// a qcow2's cluster size. Kept here so this checker needs nothing of libvirt.
+pub const FIRST_READ: usize = 1024;
 /// The largest cluster qemu makes (2 MiB): the header and its extensions fit in the first cluster.
 pub const MAX_CLUSTER: u64 = 2 << 20;
 /// qemu's own limits on the tables it will load.
@@ -119,7 +123,66 @@ pub fn header_len(head: &[u8]) -> usize {
             return 1 << bits;
         }
     }
-    crate::libvirt::storage::SNIFF_LEN.max(64 << 10)
+    FIRST_READ.max(64 << 10)
+}
+
+/// Why an image is not a base image project-vm will build on: what the
+/// checker found. Each reads as the end of "X cannot be a base image: ...".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The first bytes are no disk image at all (an HTML page, an archive).
+    #[error("{0}")]
+    NotAnImage(String),
+    /// The qcow2 header names a backing file (its name, when within the bytes read).
+    #[error("its qcow2 header names a backing file{}: a VM built on it would read that file from the host; flatten it first (`qemu-img convert -O qcow2 IN OUT`)", paren(.name))]
+    BackingFile { name: Option<String> },
+    /// The data lives in an external data file: the feature bit (no name)
+    /// or the header extension that names it.
+    #[error("{}", data_file(.name))]
+    DataFile { name: Option<String> },
+    #[error("it is an encrypted qcow2: project-vm has no key for it")]
+    Encrypted,
+    #[error("its qcow2 header marks it corrupt (`qemu-img check -r all` may repair it)")]
+    Corrupt,
+    #[error("its qcow2 header marks it dirty (not closed cleanly): repair it with `qemu-img check -r all` first")]
+    Dirty,
+    #[error("its qcow2 header uses incompatible features project-vm does not know (bits {0:#x})")]
+    UnknownFeatures(u64),
+    /// The L1 table cannot map the whole virtual size.
+    #[error("its qcow2 L1 table has {entries} entries, too few for its virtual size ({needed} needed)")]
+    L1TooSmall { entries: u32, needed: u64 },
+    /// A table or cluster offset that is not a multiple of the cluster size.
+    #[error("its qcow2 {what} is not cluster-aligned")]
+    Misaligned { what: String },
+    /// A table or cluster lies (partly) past the end of the file: a truncated file.
+    #[error("its qcow2 {what} points past the end of the file ({len} bytes): the file is truncated or damaged")]
+    PastEnd { what: String, len: u64 },
+    /// A raw image's partition table describes a disk longer than the file.
+    #[error("its partition table puts {what} past the end of the file ({len} bytes): the file is truncated")]
+    PartitionPastEnd { what: String, len: u64 },
+    #[error("it is {len} bytes, not a whole number of 512-byte sectors: truncated?")]
+    NotWholeSectors { len: u64 },
+    /// Reading a table failed.
+    #[error("cannot read its qcow2 {what} at {at:#x}: {why}")]
+    Unreadable { what: String, at: u64, why: String },
+    /// Anything else the format does not allow (a version, a size, a limit).
+    #[error("{0}")]
+    Malformed(String),
+}
+
+fn paren(name: &Option<String>) -> String {
+    name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+}
+
+fn data_file(name: &Option<String>) -> String {
+    match name {
+        None => "its qcow2 header says its data lives in an external data file: a VM built on it would read that file from the host".into(),
+        Some(n) => format!("its qcow2 header names an external data file ({n}): a VM built on it would read that file from the host"),
+    }
+}
+
+fn malformed(why: impl Into<String>) -> Refusal {
+    Refusal::Malformed(why.into())
 }
 
 /// `a + b <= len`, without overflow.
@@ -129,13 +192,27 @@ fn within(a: u64, b: u64, len: u64) -> bool {
 
 /// Checks a qcow2 header from the file's first bytes (at least the first
 /// cluster, or the whole file if shorter) against the file's length `len`.
-pub fn check_header(head: &[u8], len: u64) -> Result<Qcow2, String> {
+pub fn check_header(head: &[u8], len: u64) -> Result<Qcow2, Refusal> {
+    let mut q = check_fixed_header(head)?;
+    let header_length = match q.version {
+        3 => check_v3_header(head, &mut q)?,
+        _ => 72,
+    };
+    check_extensions(head, header_length, q.cluster_size(), len)?;
+    check_l1_and_refcount(&q, len)?;
+    check_snapshot_table(&q, len)?;
+    Ok(q)
+}
+
+/// The header fields every qcow2 version has: self-contained (no backing
+/// file), a sane cluster size and virtual size, not encrypted.
+fn check_fixed_header(head: &[u8]) -> Result<Qcow2, Refusal> {
     if head.len() < 72 {
-        return Err(format!("its qcow2 header is cut short ({} bytes)", head.len()));
+        return Err(malformed(format!("its qcow2 header is cut short ({} bytes)", head.len())));
     }
     let version = be32(head, 4);
     if version != 2 && version != 3 {
-        return Err(format!("qcow2 version {version} is not 2 or 3"));
+        return Err(malformed(format!("qcow2 version {version} is not 2 or 3")));
     }
     let backing_file_offset = be64(head, 8);
     if backing_file_offset != 0 {
@@ -143,26 +220,21 @@ pub fn check_header(head: &[u8], len: u64) -> Result<Qcow2, String> {
         let name = usize::try_from(backing_file_offset)
             .ok()
             .and_then(|at| head.get(at..at.checked_add(size.min(1023))?))
-            .map(|b| format!(" ({})", String::from_utf8_lossy(b)))
-            .unwrap_or_default();
-        return Err(format!(
-            "its qcow2 header names a backing file{name}: a VM built on it would read that file from the host; flatten it first (`qemu-img convert -O qcow2 IN OUT`)"
-        ));
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        return Err(Refusal::BackingFile { name });
     }
     let cluster_bits = be32(head, 20);
     if !(9..=21).contains(&cluster_bits) {
-        return Err(format!("its qcow2 cluster size 2^{cluster_bits} is not between 512 bytes and 2 MiB"));
+        return Err(malformed(format!("its qcow2 cluster size 2^{cluster_bits} is not between 512 bytes and 2 MiB")));
     }
-    let cluster = 1u64 << cluster_bits;
     let size = be64(head, 24);
     if size == 0 {
-        return Err("its qcow2 header gives a virtual size of 0".into());
+        return Err(malformed("its qcow2 header gives a virtual size of 0"));
     }
-    let crypt_method = be32(head, 32);
-    if crypt_method != 0 {
-        return Err("it is an encrypted qcow2: project-vm has no key for it".into());
+    if be32(head, 32) != 0 {
+        return Err(Refusal::Encrypted);
     }
-    let mut q = Qcow2 {
+    Ok(Qcow2 {
         version,
         cluster_bits,
         size,
@@ -173,102 +245,108 @@ pub fn check_header(head: &[u8], len: u64) -> Result<Qcow2, String> {
         nb_snapshots: be32(head, 60),
         snapshots_offset: be64(head, 64),
         extended_l2: false,
-    };
-    let mut header_length = 72usize;
-    if version == 3 {
-        if head.len() < 104 {
-            return Err(format!("its qcow2 v3 header is cut short ({} bytes)", head.len()));
-        }
-        let incompatible = be64(head, 72);
-        if incompatible & INCOMPAT_DATA_FILE != 0 {
-            return Err("its qcow2 header says its data lives in an external data file: a VM built on it would read that file from the host".into());
-        }
-        if incompatible & INCOMPAT_CORRUPT != 0 {
-            return Err("its qcow2 header marks it corrupt (`qemu-img check -r all` may repair it)".into());
-        }
-        if incompatible & INCOMPAT_DIRTY != 0 {
-            return Err(
-                "its qcow2 header marks it dirty (not closed cleanly): repair it with `qemu-img check -r all` first"
-                    .into(),
-            );
-        }
-        let unknown = incompatible & !(INCOMPAT_COMPRESSION | INCOMPAT_EXTL2);
-        if unknown != 0 {
-            return Err(format!(
-                "its qcow2 header uses incompatible features project-vm does not know (bits {unknown:#x})"
-            ));
-        }
-        q.extended_l2 = incompatible & INCOMPAT_EXTL2 != 0;
-        let refcount_order = be32(head, 96);
-        if refcount_order > 6 {
-            return Err(format!("its qcow2 refcount order {refcount_order} is over 6"));
-        }
-        header_length = be32(head, 100) as usize;
-        if header_length < 104 || header_length as u64 > cluster || header_length % 8 != 0 {
-            return Err(format!("its qcow2 header length {header_length} is not a multiple of 8 in 104..cluster size"));
-        }
-    }
-    check_extensions(head, header_length, cluster, len)?;
+    })
+}
 
-    let name = "its qcow2";
-    let past = |what: &str| {
-        format!("{name} {what} points past the end of the file ({len} bytes): the file is truncated or damaged")
-    };
-    let aligned = |off: u64| off % cluster == 0;
-    // The L1 table must cover the virtual size.
+/// A version 3 header's feature bits, refcount order and length; returns
+/// where its extensions start.
+fn check_v3_header(head: &[u8], q: &mut Qcow2) -> Result<usize, Refusal> {
+    if head.len() < 104 {
+        return Err(malformed(format!("its qcow2 v3 header is cut short ({} bytes)", head.len())));
+    }
+    let incompatible = be64(head, 72);
+    if incompatible & INCOMPAT_DATA_FILE != 0 {
+        return Err(Refusal::DataFile { name: None });
+    }
+    if incompatible & INCOMPAT_CORRUPT != 0 {
+        return Err(Refusal::Corrupt);
+    }
+    if incompatible & INCOMPAT_DIRTY != 0 {
+        return Err(Refusal::Dirty);
+    }
+    let unknown = incompatible & !(INCOMPAT_COMPRESSION | INCOMPAT_EXTL2);
+    if unknown != 0 {
+        return Err(Refusal::UnknownFeatures(unknown));
+    }
+    q.extended_l2 = incompatible & INCOMPAT_EXTL2 != 0;
+    let refcount_order = be32(head, 96);
+    if refcount_order > 6 {
+        return Err(malformed(format!("its qcow2 refcount order {refcount_order} is over 6")));
+    }
+    let header_length = be32(head, 100) as usize;
+    if header_length < 104 || header_length as u64 > q.cluster_size() || header_length % 8 != 0 {
+        return Err(malformed(format!(
+            "its qcow2 header length {header_length} is not a multiple of 8 in 104..cluster size"
+        )));
+    }
+    Ok(header_length)
+}
+
+/// The L1 table covers the virtual size; it and the refcount table are
+/// aligned, within qemu's limits and within the file.
+fn check_l1_and_refcount(q: &Qcow2, len: u64) -> Result<(), Refusal> {
+    let cluster = q.cluster_size();
+    let aligned = |off: u64| off % cluster == 0 && off != 0;
+    let past = |what: &str| Refusal::PastEnd { what: what.into(), len };
     let l2_entries = cluster / if q.extended_l2 { 16 } else { 8 };
-    let needed = size.div_ceil(cluster * l2_entries);
+    let needed = q.size.div_ceil(cluster * l2_entries);
     if (q.l1_size as u64) < needed {
-        return Err(format!(
-            "{name} L1 table has {} entries, too few for its virtual size ({needed} needed)",
-            q.l1_size
-        ));
+        return Err(Refusal::L1TooSmall { entries: q.l1_size, needed });
     }
     let l1_bytes = q.l1_size as u64 * 8;
     if l1_bytes > MAX_L1_BYTES {
-        return Err(format!("{name} L1 table is {l1_bytes} bytes, over qemu's limit"));
+        return Err(malformed(format!("its qcow2 L1 table is {l1_bytes} bytes, over qemu's limit")));
     }
-    if q.l1_size > 0 && (!aligned(q.l1_table_offset) || q.l1_table_offset == 0) {
-        return Err(format!("{name} L1 table offset {:#x} is not cluster-aligned", q.l1_table_offset));
+    if q.l1_size > 0 && !aligned(q.l1_table_offset) {
+        return Err(Refusal::Misaligned { what: format!("L1 table offset {:#x}", q.l1_table_offset) });
     }
     if q.l1_size > 0 && !within(q.l1_table_offset, l1_bytes, len) {
         return Err(past("L1 table"));
     }
     let rt_bytes = q.refcount_table_clusters as u64 * cluster;
     if q.refcount_table_clusters == 0 || rt_bytes > MAX_REFTABLE_BYTES.max(cluster) {
-        return Err(format!("{name} refcount table of {} clusters is out of range", q.refcount_table_clusters));
+        return Err(malformed(format!(
+            "its qcow2 refcount table of {} clusters is out of range",
+            q.refcount_table_clusters
+        )));
     }
-    if !aligned(q.refcount_table_offset) || q.refcount_table_offset == 0 {
-        return Err(format!("{name} refcount table offset {:#x} is not cluster-aligned", q.refcount_table_offset));
+    if !aligned(q.refcount_table_offset) {
+        return Err(Refusal::Misaligned { what: format!("refcount table offset {:#x}", q.refcount_table_offset) });
     }
     if !within(q.refcount_table_offset, rt_bytes, len) {
         return Err(past("refcount table"));
     }
+    Ok(())
+}
+
+/// The snapshot table, if any: within qemu's limit, aligned, and (each
+/// entry at least 40 bytes) within the file.
+fn check_snapshot_table(q: &Qcow2, len: u64) -> Result<(), Refusal> {
     if q.nb_snapshots > MAX_SNAPSHOTS {
-        return Err(format!("{name} header lists {} snapshots, over qemu's limit", q.nb_snapshots));
+        return Err(malformed(format!("its qcow2 header lists {} snapshots, over qemu's limit", q.nb_snapshots)));
     }
-    if q.nb_snapshots > 0 {
-        if !aligned(q.snapshots_offset) || q.snapshots_offset == 0 {
-            return Err(format!("{name} snapshot table offset {:#x} is not cluster-aligned", q.snapshots_offset));
-        }
-        // Each entry is at least 40 bytes.
-        if !within(q.snapshots_offset, q.nb_snapshots as u64 * 40, len) {
-            return Err(past("snapshot table"));
-        }
+    if q.nb_snapshots == 0 {
+        return Ok(());
     }
-    Ok(q)
+    if q.snapshots_offset % q.cluster_size() != 0 || q.snapshots_offset == 0 {
+        return Err(Refusal::Misaligned { what: format!("snapshot table offset {:#x}", q.snapshots_offset) });
+    }
+    if !within(q.snapshots_offset, q.nb_snapshots as u64 * 40, len) {
+        return Err(Refusal::PastEnd { what: "snapshot table".into(), len });
+    }
+    Ok(())
 }
 
 /// Header extensions: refused when one names an external data file; each
 /// must lie within the first cluster (and the file).
-fn check_extensions(head: &[u8], start: usize, cluster: u64, len: u64) -> Result<(), String> {
+fn check_extensions(head: &[u8], start: usize, cluster: u64, len: u64) -> Result<(), Refusal> {
     let end = (cluster.min(len) as usize).min(head.len());
     let mut at = start;
     loop {
         if at + 8 > end {
             // No end marker within the first cluster: only an error when we had the whole cluster.
             return match head.len() as u64 >= cluster.min(len) {
-                true => Err("its qcow2 header extensions run past the first cluster".into()),
+                true => Err(malformed("its qcow2 header extensions run past the first cluster")),
                 false => Ok(()),
             };
         }
@@ -277,9 +355,7 @@ fn check_extensions(head: &[u8], start: usize, cluster: u64, len: u64) -> Result
             EXT_END => return Ok(()),
             EXT_DATA_FILE => {
                 let name = head.get(at + 8..at + 8 + size).map(String::from_utf8_lossy).unwrap_or_default();
-                return Err(format!(
-                    "its qcow2 header names an external data file ({name}): a VM built on it would read that file from the host"
-                ));
+                return Err(Refusal::DataFile { name: Some(name.into_owned()) });
             }
             _ => {}
         }
@@ -287,165 +363,233 @@ fn check_extensions(head: &[u8], start: usize, cluster: u64, len: u64) -> Result
     }
 }
 
+/// One L1 table to walk: what to call it, where, how many entries.
+struct L1 {
+    what: String,
+    offset: u64,
+    size: u32,
+}
+
+/// Reading a qcow2's tables through `src`, each entry checked against the file's length.
+struct Tables<'a> {
+    q: &'a Qcow2,
+    src: &'a mut dyn Source,
+    len: u64,
+    /// Tables lie within the file, so an honest image never makes us read
+    /// much more than its length; a hostile one (snapshots whose tables
+    /// overlap) is cut off at this many bytes.
+    budget: u64,
+    spent: u64,
+}
+
 /// Checks the tables the header names: every entry of the L1 table (and of
 /// each snapshot's), of the refcount table and of every L2 table must point
 /// within the file.
-pub fn check_tables(q: &Qcow2, src: &mut dyn Source, len: u64) -> Result<(), String> {
-    let cluster = q.cluster_size();
-    let read = |src: &mut dyn Source, off: u64, n: u64, what: &str| -> Result<Vec<u8>, String> {
+pub fn check_tables(q: &Qcow2, src: &mut dyn Source, len: u64) -> Result<(), Refusal> {
+    let budget = len.saturating_mul(2).saturating_add(64 << 20);
+    let mut t = Tables { q, src, len, budget, spent: 0 };
+    t.check_refcount_blocks()?;
+    let l1s = t.l1_tables()?;
+    t.check_l2_tables(l1s)
+}
+
+impl Tables<'_> {
+    fn cluster(&self) -> u64 {
+        self.q.cluster_size()
+    }
+
+    fn read(&mut self, off: u64, n: u64, what: &str) -> Result<Vec<u8>, Refusal> {
         let mut buf = vec![0u8; n as usize];
-        src.read_at(off, &mut buf).map_err(|e| format!("cannot read its qcow2 {what} at {off:#x}: {e}"))?;
+        self.src.read_at(off, &mut buf).map_err(|e| Refusal::Unreadable {
+            what: what.into(),
+            at: off,
+            why: e.to_string(),
+        })?;
         Ok(buf)
-    };
-    let past = |what: String| {
-        format!("its qcow2 {what} points past the end of the file ({len} bytes): the file is truncated or damaged")
-    };
-    let check_entry = |entry: u64, what: &dyn Fn() -> String| -> Result<u64, String> {
+    }
+
+    fn past(&self, what: String) -> Refusal {
+        Refusal::PastEnd { what, len: self.len }
+    }
+
+    /// Counts `n` more bytes to read against the budget.
+    fn spend(&mut self, n: u64) -> Result<(), Refusal> {
+        self.spent += n;
+        match self.spent > self.budget {
+            true => Err(malformed("its qcow2 tables overlap implausibly (more to read than twice the file)")),
+            false => Ok(()),
+        }
+    }
+
+    /// A table entry's cluster offset (0: unallocated), aligned and within the file.
+    fn check_entry(&self, entry: u64, what: &dyn Fn() -> String) -> Result<u64, Refusal> {
         let off = entry & OFFSET_MASK;
         if off == 0 {
             return Ok(0);
         }
-        if off % cluster != 0 {
-            return Err(format!("its qcow2 {} is not cluster-aligned", what()));
+        if off % self.cluster() != 0 {
+            return Err(Refusal::Misaligned { what: what() });
         }
-        if !within(off, cluster, len) {
-            return Err(past(what()));
+        if !within(off, self.cluster(), self.len) {
+            return Err(self.past(what()));
         }
         Ok(off)
-    };
-
-    // Refcount blocks.
-    let rt = read(src, q.refcount_table_offset, q.refcount_table_clusters as u64 * cluster, "refcount table")?;
-    for (i, e) in rt.chunks_exact(8).enumerate() {
-        check_entry(u64::from_be_bytes(e.try_into().expect("8")), &|| format!("refcount block {i}"))?;
     }
 
-    // The active L1 table, then each snapshot's.
-    let mut l1s = vec![("L1 table".to_owned(), q.l1_table_offset, q.l1_size)];
-    if q.nb_snapshots > 0 {
-        let mut at = q.snapshots_offset;
-        for n in 0..q.nb_snapshots {
-            if !within(at, 40, len) {
-                return Err(past(format!("snapshot table entry {n}")));
-            }
-            let fixed = read(src, at, 40, "snapshot table")?;
-            let (l1_off, l1_size) = (be64(&fixed, 0), be32(&fixed, 8));
-            let (id_len, name_len, extra) = (be16(&fixed, 12) as u64, be16(&fixed, 14) as u64, be32(&fixed, 36) as u64);
-            let entry = (40 + extra + id_len + name_len).div_ceil(8) * 8;
-            if !within(at, entry, len) {
-                return Err(past(format!("snapshot table entry {n}")));
-            }
-            if l1_size as u64 * 8 > MAX_L1_BYTES {
-                return Err(format!("its qcow2 snapshot {n} has an L1 table over qemu's limit"));
-            }
-            if l1_size > 0 {
-                if l1_off % cluster != 0 {
-                    return Err(format!("its qcow2 snapshot {n}'s L1 table is not cluster-aligned"));
-                }
-                if !within(l1_off, l1_size as u64 * 8, len) {
-                    return Err(past(format!("snapshot {n}'s L1 table")));
-                }
-            }
-            l1s.push((format!("snapshot {n}'s L1 table"), l1_off, l1_size));
+    fn check_refcount_blocks(&mut self) -> Result<(), Refusal> {
+        let n = self.q.refcount_table_clusters as u64 * self.cluster();
+        let rt = self.read(self.q.refcount_table_offset, n, "refcount table")?;
+        for (i, e) in rt.chunks_exact(8).enumerate() {
+            self.check_entry(u64::from_be_bytes(e.try_into().expect("8")), &|| format!("refcount block {i}"))?;
+        }
+        Ok(())
+    }
+
+    /// The active L1 table, then each snapshot's (read from the snapshot table).
+    fn l1_tables(&mut self) -> Result<Vec<L1>, Refusal> {
+        let mut l1s = vec![L1 { what: "L1 table".into(), offset: self.q.l1_table_offset, size: self.q.l1_size }];
+        let mut at = self.q.snapshots_offset;
+        for n in 0..self.q.nb_snapshots {
+            let (l1, entry) = self.snapshot(n, at)?;
+            l1s.push(l1);
             at += entry;
         }
+        Ok(l1s)
     }
-    let entry_bytes = if q.extended_l2 { 16 } else { 8 };
-    // Clusters shared between snapshots' tables are read once.
-    let mut seen = std::collections::BTreeSet::new();
-    let cbits = q.cluster_bits;
-    let mut seen_l1 = std::collections::BTreeSet::new();
-    // Tables lie within the file, so an honest image never makes us read
-    // much more than its length; a hostile one (snapshots whose tables
-    // overlap) is cut off here.
-    let budget = len.saturating_mul(2).saturating_add(64 << 20);
-    let mut spent = 0u64;
-    for (what, off, size) in l1s {
-        if size == 0 || !seen_l1.insert((off, size)) {
-            continue;
+
+    /// Snapshot `n`'s entry at `at`: its L1 table, and the entry's length.
+    fn snapshot(&mut self, n: u32, at: u64) -> Result<(L1, u64), Refusal> {
+        if !within(at, 40, self.len) {
+            return Err(self.past(format!("snapshot table entry {n}")));
         }
-        spent += size as u64 * 8;
-        if spent > budget {
-            return Err("its qcow2 tables overlap implausibly (more to read than twice the file)".into());
+        let fixed = self.read(at, 40, "snapshot table")?;
+        let (offset, size) = (be64(&fixed, 0), be32(&fixed, 8));
+        let (id_len, name_len, extra) = (be16(&fixed, 12) as u64, be16(&fixed, 14) as u64, be32(&fixed, 36) as u64);
+        let entry = (40 + extra + id_len + name_len).div_ceil(8) * 8;
+        if !within(at, entry, self.len) {
+            return Err(self.past(format!("snapshot table entry {n}")));
         }
-        let l1 = read(src, off, size as u64 * 8, &what)?;
-        for (i, e) in l1.chunks_exact(8).enumerate() {
-            let l2_off = check_entry(u64::from_be_bytes(e.try_into().expect("8")), &|| format!("{what} entry {i}"))?;
-            if l2_off == 0 || !seen.insert(l2_off) {
+        if size as u64 * 8 > MAX_L1_BYTES {
+            return Err(malformed(format!("its qcow2 snapshot {n} has an L1 table over qemu's limit")));
+        }
+        if size > 0 && offset % self.cluster() != 0 {
+            return Err(Refusal::Misaligned { what: format!("snapshot {n}'s L1 table") });
+        }
+        if size > 0 && !within(offset, size as u64 * 8, self.len) {
+            return Err(self.past(format!("snapshot {n}'s L1 table")));
+        }
+        Ok((L1 { what: format!("snapshot {n}'s L1 table"), offset, size }, entry))
+    }
+
+    /// Every L2 table the L1 tables name, each read once (clusters shared
+    /// between snapshots' tables are read once).
+    fn check_l2_tables(&mut self, l1s: Vec<L1>) -> Result<(), Refusal> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut seen_l1 = std::collections::BTreeSet::new();
+        for L1 { what, offset, size } in l1s {
+            if size == 0 || !seen_l1.insert((offset, size)) {
                 continue;
             }
-            spent += cluster;
-            if spent > budget {
-                return Err("its qcow2 tables overlap implausibly (more to read than twice the file)".into());
-            }
-            let l2 = read(src, l2_off, cluster, "L2 table")?;
-            for (j, e) in l2.chunks_exact(entry_bytes).enumerate() {
-                let entry = be64(e, 0);
-                if entry & L2_COMPRESSED != 0 {
-                    // Compressed: the offset takes the low 62 - (cluster_bits - 8) bits.
-                    let off = entry & ((1u64 << (62 - (cbits - 8))) - 1);
-                    if off >= len {
-                        return Err(past(format!("compressed cluster (L2 table at {l2_off:#x}, entry {j})")));
-                    }
-                } else {
-                    check_entry(entry, &|| format!("data cluster (L2 table at {l2_off:#x}, entry {j})"))?;
+            self.spend(size as u64 * 8)?;
+            let l1 = self.read(offset, size as u64 * 8, &what)?;
+            for (i, e) in l1.chunks_exact(8).enumerate() {
+                let entry = u64::from_be_bytes(e.try_into().expect("8"));
+                let l2_off = self.check_entry(entry, &|| format!("{what} entry {i}"))?;
+                if l2_off == 0 || !seen.insert(l2_off) {
+                    continue;
                 }
+                self.spend(self.cluster())?;
+                self.check_l2(l2_off)?;
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Every data cluster the L2 table at `l2_off` names lies within the file.
+    fn check_l2(&mut self, l2_off: u64) -> Result<(), Refusal> {
+        let entry_bytes = if self.q.extended_l2 { 16 } else { 8 };
+        let cbits = self.q.cluster_bits;
+        let l2 = self.read(l2_off, self.cluster(), "L2 table")?;
+        for (j, e) in l2.chunks_exact(entry_bytes).enumerate() {
+            let entry = be64(e, 0);
+            let what = || format!("data cluster (L2 table at {l2_off:#x}, entry {j})");
+            if entry & L2_COMPRESSED == 0 {
+                self.check_entry(entry, &what)?;
+                continue;
+            }
+            // Compressed: the offset takes the low 62 - (cluster_bits - 8) bits.
+            let off = entry & ((1u64 << (62 - (cbits - 8))) - 1);
+            if off >= self.len {
+                return Err(self.past(format!("compressed cluster (L2 table at {l2_off:#x}, entry {j})")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks a raw image's partition table against the file's length, from
 /// the file's first bytes (at least 64 KiB, or the whole file).
-pub fn check_raw(head: &[u8], len: u64) -> Result<(), String> {
+pub fn check_raw(head: &[u8], len: u64) -> Result<(), Refusal> {
     if len % 512 != 0 {
-        return Err(format!("it is {len} bytes, not a whole number of 512-byte sectors: truncated?"));
+        return Err(Refusal::NotWholeSectors { len });
     }
-    let past = |what: String| {
-        format!("its partition table puts {what} past the end of the file ({len} bytes): the file is truncated")
-    };
+    let protective = check_mbr(head, len)?;
+    if protective || head.get(512..520) == Some(&b"EFI PART"[..]) {
+        check_gpt(head, len)?;
+    }
+    Ok(())
+}
+
+fn past_partition(what: String, len: u64) -> Refusal {
+    Refusal::PartitionPastEnd { what, len }
+}
+
+/// The MBR's partitions end within the file; true when it is a protective
+/// MBR (it announces a GPT).
+fn check_mbr(head: &[u8], len: u64) -> Result<bool, Refusal> {
     let mut gpt = false;
-    if head.get(510..512) == Some(&[0x55, 0xaa][..]) {
-        for i in 0..4 {
-            let e = &head[446 + 16 * i..462 + 16 * i];
-            let kind = e[4];
-            if kind == 0 {
-                continue;
-            }
-            if kind == 0xee {
-                gpt = true;
-                continue;
-            }
-            let start = u32::from_le_bytes(e[8..12].try_into().expect("4")) as u64;
-            let count = u32::from_le_bytes(e[12..16].try_into().expect("4")) as u64;
-            if (start + count) * 512 > len {
-                return Err(past(format!("partition {}", i + 1)));
+    if head.get(510..512) != Some(&[0x55, 0xaa][..]) {
+        return Ok(false);
+    }
+    for i in 0..4 {
+        let e = &head[446 + 16 * i..462 + 16 * i];
+        match e[4] {
+            0 => continue,
+            0xee => gpt = true,
+            _ => {
+                let start = u32::from_le_bytes(e[8..12].try_into().expect("4")) as u64;
+                let count = u32::from_le_bytes(e[12..16].try_into().expect("4")) as u64;
+                if (start + count) * 512 > len {
+                    return Err(past_partition(format!("partition {}", i + 1), len));
+                }
             }
         }
     }
-    if head.get(512..520) == Some(&b"EFI PART"[..]) {
-        gpt = true;
-    }
-    if !gpt {
-        return Ok(());
-    }
-    let h = head.get(512..604).ok_or("its GPT header is cut short")?;
+    Ok(gpt)
+}
+
+/// The primary GPT header's backup header and last usable sector, and every
+/// partition in the entries within the bytes read, end within the file.
+fn check_gpt(head: &[u8], len: u64) -> Result<(), Refusal> {
+    let h = head.get(512..604).ok_or_else(|| malformed("its GPT header is cut short"))?;
     if &h[..8] != b"EFI PART" {
-        return Err("its protective MBR announces a GPT, but there is no GPT header".into());
+        return Err(malformed("its protective MBR announces a GPT, but there is no GPT header"));
     }
     let le64 = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8"));
     let le32 = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4")) as u64;
     let (backup, last_usable, entries_lba) = (le64(32), le64(48), le64(72));
     let (n, entry_size) = (le32(80), le32(84));
-    if backup.saturating_add(1).saturating_mul(512) > len {
-        return Err(past("the backup GPT header".into()));
+    let beyond = |lba: u64| lba.saturating_add(1).saturating_mul(512) > len;
+    if beyond(backup) {
+        return Err(past_partition("the backup GPT header".into(), len));
     }
-    if last_usable.saturating_add(1).saturating_mul(512) > len {
-        return Err(past("the last usable sector".into()));
+    if beyond(last_usable) {
+        return Err(past_partition("the last usable sector".into(), len));
     }
     if !(128..=4096).contains(&entry_size) || n > 1024 {
-        return Err(format!("its GPT has {n} partition entries of {entry_size} bytes: not a GPT we can read"));
+        return Err(malformed(format!(
+            "its GPT has {n} partition entries of {entry_size} bytes: not a GPT we can read"
+        )));
     }
     let at = entries_lba.saturating_mul(512);
     // Entries beyond the first bytes read (an unusual layout): the headers' checks stand alone.
@@ -454,12 +598,8 @@ pub fn check_raw(head: &[u8], len: u64) -> Result<(), String> {
         return Ok(());
     };
     for (i, e) in table.chunks_exact(entry_size as usize).enumerate() {
-        if e[..16].iter().all(|b| *b == 0) {
-            continue;
-        }
-        let last = u64::from_le_bytes(e[40..48].try_into().expect("8"));
-        if last.saturating_add(1).saturating_mul(512) > len {
-            return Err(past(format!("partition {}", i + 1)));
+        if !e[..16].iter().all(|b| *b == 0) && beyond(u64::from_le_bytes(e[40..48].try_into().expect("8"))) {
+            return Err(past_partition(format!("partition {}", i + 1), len));
         }
     }
     Ok(())
@@ -467,7 +607,7 @@ pub fn check_raw(head: &[u8], len: u64) -> Result<(), String> {
 
 /// The whole check of an image of `format` (as sniffed) and length `len`:
 /// the header from `head`, then (qcow2) the tables through `src`.
-pub fn check(format: &str, head: &[u8], src: &mut dyn Source, len: u64) -> Result<(), String> {
+pub fn check(format: &str, head: &[u8], src: &mut dyn Source, len: u64) -> Result<(), Refusal> {
     match format {
         "qcow2" => {
             let q = check_header(head, len)?;
@@ -478,7 +618,7 @@ pub fn check(format: &str, head: &[u8], src: &mut dyn Source, len: u64) -> Resul
 }
 
 /// The check before any byte is uploaded, from the first bytes alone.
-pub fn check_head(format: &str, head: &[u8], len: u64) -> Result<(), String> {
+pub fn check_head(format: &str, head: &[u8], len: u64) -> Result<(), Refusal> {
     match format {
         "qcow2" => check_header(head, len).map(|_| ()),
         _ => check_raw(head, len),
@@ -487,7 +627,7 @@ pub fn check_head(format: &str, head: &[u8], len: u64) -> Result<(), String> {
 
 /// Reads the first [`header_len`] bytes of `src` (fewer if the file is shorter).
 pub fn read_head(src: &mut dyn Source, len: u64) -> io::Result<Vec<u8>> {
-    let mut first = vec![0u8; (crate::libvirt::storage::SNIFF_LEN as u64).min(len) as usize];
+    let mut first = vec![0u8; (FIRST_READ as u64).min(len) as usize];
     src.read_at(0, &mut first)?;
     let want = (header_len(&first) as u64).min(len) as usize;
     if want > first.len() {
@@ -522,10 +662,15 @@ mod tests {
         b
     }
 
-    fn full(b: &[u8]) -> Result<(), String> {
+    fn full(b: &[u8]) -> Result<(), Refusal> {
         let len = b.len() as u64;
         let head = &b[..(header_len(b) as u64).min(len) as usize];
         check("qcow2", head, &mut &b[..], len)
+    }
+
+    #[test]
+    fn the_first_read_is_what_the_format_sniff_wants() {
+        assert_eq!(FIRST_READ, crate::libvirt::storage::SNIFF_LEN);
     }
 
     #[test]
@@ -542,63 +687,69 @@ mod tests {
         b[16..20].copy_from_slice(&11u32.to_be_bytes());
         b[0x200..0x20b].copy_from_slice(b"/etc/shadow");
         let e = full(&b).unwrap_err();
-        assert!(e.contains("backing file (/etc/shadow)"), "{e}");
+        assert_eq!(e, Refusal::BackingFile { name: Some("/etc/shadow".into()) });
+        assert!(e.to_string().contains("backing file (/etc/shadow)"), "{e}");
     }
 
     #[test]
     fn an_external_data_file_is_refused() {
         let mut b = image();
         b[72..80].copy_from_slice(&INCOMPAT_DATA_FILE.to_be_bytes());
-        assert!(full(&b).unwrap_err().contains("external data file"));
+        assert_eq!(full(&b), Err(Refusal::DataFile { name: None }));
         // The extension alone, without the feature bit, is refused as well.
         let mut b = image();
         b[112..116].copy_from_slice(&EXT_DATA_FILE.to_be_bytes());
         b[116..120].copy_from_slice(&8u32.to_be_bytes());
         b[120..128].copy_from_slice(b"/dev/sda");
-        assert!(full(&b).unwrap_err().contains("external data file (/dev/sda)"));
+        assert_eq!(full(&b), Err(Refusal::DataFile { name: Some("/dev/sda".into()) }));
     }
 
     #[test]
     fn flags_and_unknown_features_are_refused() {
-        for (bit, says) in [(INCOMPAT_DIRTY, "dirty"), (INCOMPAT_CORRUPT, "corrupt"), (1 << 9, "does not know")] {
+        for (bit, refused) in [
+            (INCOMPAT_DIRTY, Refusal::Dirty),
+            (INCOMPAT_CORRUPT, Refusal::Corrupt),
+            (1 << 9, Refusal::UnknownFeatures(1 << 9)),
+        ] {
             let mut b = image();
             b[72..80].copy_from_slice(&bit.to_be_bytes());
-            assert!(full(&b).unwrap_err().contains(says), "{says}");
+            assert_eq!(full(&b), Err(refused));
         }
         let mut b = image();
         b[32..36].copy_from_slice(&1u32.to_be_bytes());
-        assert!(full(&b).unwrap_err().contains("encrypted"));
+        assert_eq!(full(&b), Err(Refusal::Encrypted));
     }
 
     #[test]
     fn truncation_is_found_in_every_table() {
+        let past = |what: &str, len: usize| Err(Refusal::PastEnd { what: what.into(), len: len as u64 });
         let b = image();
         // Cut inside the L1 table.
-        assert!(full(&b[..b.len() - 8]).unwrap_err().contains("L1 table points past"));
+        assert_eq!(full(&b[..b.len() - 8]), past("L1 table", b.len() - 8));
         // Cut before the refcount table.
         let mut c = image();
         c[40..48].copy_from_slice(&65536u64.to_be_bytes());
-        assert!(full(&c[..65536 + 16]).unwrap_err().contains("refcount table points past"));
+        assert_eq!(full(&c[..65536 + 16]), past("refcount table", 65536 + 16));
         // A refcount block past the end.
         let mut c = image();
         c[65536..65544].copy_from_slice(&(9 * 65536u64).to_be_bytes());
-        assert!(full(&c).unwrap_err().contains("refcount block 0 points past"));
+        assert_eq!(full(&c), past("refcount block 0", c.len()));
         // An L2 table past the end, then a data cluster past the end.
         let mut c = image();
         let l1 = 3 * 65536;
         c[l1..l1 + 8].copy_from_slice(&((1u64 << 63) | (9 * 65536)).to_be_bytes());
-        assert!(full(&c).unwrap_err().contains("L1 table entry 0 points past"));
+        assert_eq!(full(&c), past("L1 table entry 0", c.len()));
         let mut c = image();
         c.resize(5 * 65536, 0);
         c[l1..l1 + 8].copy_from_slice(&(4 * 65536u64).to_be_bytes());
         assert_eq!(full(&c), Ok(()));
         c[4 * 65536 + 8..4 * 65536 + 16].copy_from_slice(&(7 * 65536u64).to_be_bytes());
-        assert!(full(&c).unwrap_err().contains("data cluster (L2 table at 0x40000, entry 1) points past"));
+        assert_eq!(full(&c), past("data cluster (L2 table at 0x40000, entry 1)", c.len()));
         // Snapshots: the table, then a snapshot's L1 table.
         let mut c = image();
         c[60..64].copy_from_slice(&1u32.to_be_bytes());
         c[64..72].copy_from_slice(&(8 * 65536u64).to_be_bytes());
-        assert!(full(&c).unwrap_err().contains("snapshot table points past"));
+        assert_eq!(full(&c), past("snapshot table", c.len()));
         let mut c = image();
         c.resize(5 * 65536, 0);
         c[60..64].copy_from_slice(&1u32.to_be_bytes());
@@ -606,7 +757,29 @@ mod tests {
         let s = 4 * 65536;
         c[s..s + 8].copy_from_slice(&(9 * 65536u64).to_be_bytes());
         c[s + 8..s + 12].copy_from_slice(&2u32.to_be_bytes());
-        assert!(full(&c).unwrap_err().contains("snapshot 0's L1 table points past"));
+        assert_eq!(full(&c), past("snapshot 0's L1 table", c.len()));
+        // The message says what it means.
+        let e = full(&b[..b.len() - 8]).unwrap_err().to_string();
+        assert!(e.contains("L1 table points past the end of the file"), "{e}");
+    }
+
+    #[test]
+    fn a_misaligned_table_and_an_unreadable_one_are_their_own_cases() {
+        let mut c = image();
+        c[3 * 65536..3 * 65536 + 8].copy_from_slice(&(4 * 65536u64 + 512).to_be_bytes());
+        c.resize(6 * 65536, 0);
+        assert_eq!(full(&c), Err(Refusal::Misaligned { what: "L1 table entry 0".into() }));
+        // A source that fails to read: said as such, not as a damaged image.
+        struct Failing;
+        impl Source for Failing {
+            fn read_at(&mut self, _: u64, _: &mut [u8]) -> io::Result<()> {
+                Err(io::Error::other("gone"))
+            }
+        }
+        let b = image();
+        let q = check_header(&b, b.len() as u64).unwrap();
+        let e = check_tables(&q, &mut Failing, b.len() as u64).unwrap_err();
+        assert!(matches!(&e, Refusal::Unreadable { what, at: 65536, .. } if what == "refcount table"), "{e:?}");
     }
 
     #[test]
@@ -617,7 +790,7 @@ mod tests {
         }
         let mut c = image();
         c[36..40].copy_from_slice(&0u32.to_be_bytes());
-        assert!(full(&c).unwrap_err().contains("too few"));
+        assert_eq!(full(&c), Err(Refusal::L1TooSmall { entries: 0, needed: 2 }));
         let mut c = image();
         c[20..24].copy_from_slice(&40u32.to_be_bytes());
         assert!(full(&c).is_err());
@@ -674,8 +847,9 @@ mod tests {
         mbr[446 + 12..446 + 16].copy_from_slice(&2048u32.to_le_bytes());
         let len = 4096 * 512;
         assert_eq!(check_raw(&mbr, len), Ok(()));
-        assert!(check_raw(&mbr, len - 512).unwrap_err().contains("partition 1 past the end"));
-        assert!(check_raw(&mbr, len - 1).unwrap_err().contains("512-byte sectors"));
+        let short = len - 512;
+        assert_eq!(check_raw(&mbr, short), Err(Refusal::PartitionPastEnd { what: "partition 1".into(), len: short }));
+        assert_eq!(check_raw(&mbr, len - 1), Err(Refusal::NotWholeSectors { len: len - 1 }));
 
         // GPT: protective MBR, header at LBA 1, entries at LBA 2, backup at the last sector.
         let sectors = 4096u64;
@@ -693,7 +867,9 @@ mod tests {
         g[1024 + 32..1024 + 40].copy_from_slice(&2048u64.to_le_bytes());
         g[1024 + 40..1024 + 48].copy_from_slice(&(sectors - 34).to_le_bytes());
         assert_eq!(check_raw(&g, sectors * 512), Ok(()));
-        assert!(check_raw(&g, (sectors - 1) * 512).unwrap_err().contains("backup GPT header"));
+        let short = (sectors - 1) * 512;
+        let backup = Refusal::PartitionPastEnd { what: "the backup GPT header".into(), len: short };
+        assert_eq!(check_raw(&g, short), Err(backup));
         // Damaged tables never panic.
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..3000 {

@@ -13,7 +13,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::checksum::Checksum;
-use crate::error::invalid;
 use crate::spec::DOMAIN_PREFIX;
 
 pub const RECORD_VERSION: u32 = 1;
@@ -99,9 +98,10 @@ pub fn validate_name(name: &str) -> anyhow::Result<()> {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !name.starts_with(DOMAIN_PREFIX);
     if !ok {
-        return Err(invalid(format!(
+        return Err(super::Error::Invalid(format!(
             "invalid image name {name:?}: use up to 100 letters, digits, '.', '_' and '-', starting with a letter or digit, and not starting with \"{DOMAIN_PREFIX}\" (reserved for VM disks)"
-        )));
+        ))
+        .into());
     }
     Ok(())
 }
@@ -168,7 +168,12 @@ mod tests {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
         for bad in ["", ".x", "a/b", "a@b", "project-x", "a b", &"a".repeat(101)] {
-            assert_eq!(crate::exit::code(&validate_name(bad).unwrap_err()), 2, "{bad}");
+            let e = validate_name(bad).unwrap_err();
+            assert!(
+                matches!(e.downcast_ref::<crate::images::Error>(), Some(crate::images::Error::Invalid(_))),
+                "{bad}"
+            );
+            assert_eq!(crate::exit::code(&e), 2, "{bad}");
         }
     }
 }

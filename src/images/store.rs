@@ -8,10 +8,10 @@ use virt::storage_pool::StoragePool;
 
 use super::checksum::{Algo, Checksum, HashingReader};
 use super::fetch::Download;
-use super::inspect;
+use super::inspect::{self, Refusal};
 use super::record::{self, ImageRecord, VolumeKind};
-use crate::error::{failure, invalid, Kind};
-use crate::interrupt;
+use super::Error;
+use crate::interrupt::{self, Interrupted};
 use crate::libvirt::storage::{self, VolumeInfo};
 use crate::progress::Progress;
 
@@ -139,9 +139,10 @@ fn fill(reader: &mut dyn Read, head: &mut Vec<u8>, want: usize) -> std::io::Resu
         match reader.read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                interrupt::check().map_err(std::io::Error::other)?
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && interrupt::requested() => {
+                return Err(std::io::Error::other(Interrupted))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
@@ -160,6 +161,21 @@ fn read_head(reader: &mut dyn Read, len: u64) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
+/// Reading `what` failed: [`Interrupted`] when Ctrl-C stopped the read
+/// (carried through the `io::Error`), else [`Error::Unreadable`].
+fn read_failed(what: &str, e: std::io::Error) -> anyhow::Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Interrupted>()) {
+        return Interrupted.into();
+    }
+    Error::Unreadable { what: what.into(), why: e.to_string() }.into()
+}
+
+/// The format of an image from its first bytes ([`storage::sniff_format`]),
+/// or why it is no disk image, as a [`Refusal`].
+pub fn sniff(head: &[u8]) -> Result<&'static str, Refusal> {
+    storage::sniff_format(head).map_err(Refusal::NotAnImage)
+}
+
 /// Room for the image in the pool, asked before the upload: a stream that
 /// runs out of space part-way has taken libvirtd down, so it is never started.
 /// (The record and libvirt's own bookkeeping want a little more.)
@@ -167,16 +183,10 @@ const SPACE_MARGIN: u64 = 4 << 20;
 
 fn check_space(pool: &StoragePool, name: &str, len: u64) -> anyhow::Result<()> {
     let free = storage::available(pool)?;
-    if free < len.saturating_add(SPACE_MARGIN) {
-        let pool_name = pool.name().unwrap_or_default();
-        return Err(failure(
-            Kind::Environment,
-            format!(
-                "not enough space in pool {pool_name} for image {name}: it needs {} ({len} bytes) and {} ({free} bytes) are free; nothing was uploaded",
-                crate::output::human(len.saturating_add(SPACE_MARGIN)),
-                crate::output::human(free)
-            ),
-        ));
+    let need = len.saturating_add(SPACE_MARGIN);
+    if free < need {
+        let pool = pool.name().unwrap_or_default();
+        return Err(Error::NoRoom { pool, image: name.into(), need, free }.into());
     }
     Ok(())
 }
@@ -192,14 +202,13 @@ pub fn check_volume(
 ) -> anyhow::Result<()> {
     let len = storage::physical_len(vol)?;
     let mut src = storage::VolumeReader::new(conn, vol, len);
-    let head =
-        inspect::read_head(&mut src, len).map_err(|e| failure(Kind::Environment, format!("reading {what}: {e}")))?;
-    let sniffed =
-        storage::sniff_format(&head).map_err(|why| invalid(format!("{what} cannot be a base image: {why}")))?;
+    let head = inspect::read_head(&mut src, len).map_err(|e| read_failed(what, e))?;
+    let refuse = |why: Refusal| Error::Unsafe { image: what.into(), why, then: String::new() };
+    let sniffed = sniff(&head).map_err(refuse)?;
     if sniffed != format {
-        return Err(invalid(format!("{what} is recorded as {format} but its contents are {sniffed}")));
+        return Err(Error::Changed(format!("{what} is recorded as {format} but its contents are {sniffed}")).into());
     }
-    inspect::check(format, &head, &mut src, len).map_err(|why| invalid(format!("{what} cannot be a base image: {why}")))
+    Ok(inspect::check(format, &head, &mut src, len).map_err(refuse)?)
 }
 
 /// The check `create` makes on the image it builds on, just before it does:
@@ -207,13 +216,14 @@ pub fn check_volume(
 pub fn check_image(conn: &Connect, pool: &StoragePool, image: &Image) -> anyhow::Result<()> {
     let what = format!("image {} (volume {})", image.record.name, image.record.volume);
     let vol = storage::find_volume(pool, &image.record.volume)?
-        .ok_or_else(|| invalid(format!("{what} is gone from the pool (removed meanwhile?)")))?;
+        .ok_or_else(|| Error::Changed(format!("{what} is gone from the pool (removed meanwhile?)")))?;
     let len = storage::physical_len(&vol)?;
     if len != image.record.size {
-        return Err(invalid(format!(
+        return Err(Error::Changed(format!(
             "{what} is {len} bytes, but {} were stored: it changed since it was verified, so it is not used",
             image.record.size
-        )));
+        ))
+        .into());
     }
     check_volume(conn, &vol, &image.record.format, &what)
 }
@@ -242,14 +252,8 @@ pub fn publish(
     let Incoming { name, source, download, expected } = incoming;
     record::validate_name(&name)?;
     let Download { len, mut reader, local } = download;
-    let head = read_head(&mut reader, len).map_err(|e| failure(Kind::Environment, format!("reading {source}: {e}")))?;
-    let refuse = |why: String| invalid(format!("{source} cannot be a base image: {why}; nothing was stored"));
-    let format = storage::sniff_format(&head).map_err(refuse)?;
-    // Before any byte is uploaded: the header (and, for a local file, every table).
-    inspect::check_head(format, &head, len).map_err(refuse)?;
-    if let Some(mut file) = local {
-        inspect::check(format, &head, &mut file, len).map_err(refuse)?;
-    }
+    let head = read_head(&mut reader, len).map_err(|e| read_failed(&source, e))?;
+    let format = check_before_upload(&source, &head, local, len)?;
     // Known digest: the generation is named for it, so the same release
     // pulled twice is found rather than stored twice.
     let generation = match &expected {
@@ -257,85 +261,156 @@ pub fn publish(
         None => new_generation(&name),
     };
     let disk_name = record::disk_volume(&name, &generation);
-    let record_name = record::record_volume(&name, &generation);
-    if storage::find_volume(pool, &disk_name)?.is_some() {
-        if let Some(rec) = read_record(conn, pool, &record_name)? {
-            let disk = VolumeInfo::of(&storage::find_volume(pool, &disk_name)?.expect("found above"))?;
-            return Ok(Image { record: rec, disk });
-        }
-        // A disk without its record: an upload that was killed part-way.
-        tracing::info!(volume = %disk_name, "removing an interrupted upload");
-        storage::delete(pool, &disk_name)?;
+    let up = Upload { conn, pool, name, source, disk_name };
+    if let Some(found) = up.already_stored(&record::record_volume(&up.name, &generation))? {
+        return Ok(found);
     }
-    storage::delete(pool, &record_name)?;
     // Two uploads that each fit but not together must not both start: the
     // second would run the pool full mid-stream (which has taken libvirtd
     // down). One upload into a pool at a time, the room checked under it.
     let pool_name = pool.name().unwrap_or_default();
     let _uploading = crate::lock::acquire(scope, &format!("uploads:{pool_name}"), "uploading an image", |holder| {
+        let name = &up.name;
         progress.set_message(format!("{name}: waiting for another upload into pool {pool_name}{}", holder.pid_note()));
     })?;
-    check_space(pool, &name, len)?;
+    check_space(pool, &up.name, len)?;
+    let (got, bytes) = up.stream(format, len, head, reader, expected.as_ref(), progress)?;
+    let disk = up.verify(format, expected.as_ref(), &got)?;
+    interrupt::check().map_err(|e| up.discard(e))?;
+    up.record(format, bytes, got, expected.is_some(), disk)
+}
 
-    let algo = expected.as_ref().map(|c| c.algo).unwrap_or(Algo::Sha256);
-    let mut hashing = HashingReader::new(std::io::Read::chain(&head[..], reader), algo, |n| {
-        progress.set_position(n);
-        interrupt::check().map_err(|_| std::io::Error::other("interrupted"))
-    });
-    let new = storage::NewVolume { name: &disk_name, format, len, mode: "0644" };
-    storage::upload(conn, pool, new, &mut hashing, progress).map_err(|e| {
-        let interrupted = interrupt::requested() || e.chain().any(|c| c.to_string() == "interrupted");
-        match interrupted {
-            true => failure(Kind::Interrupted, format!("interrupted: nothing of {name} was kept")),
-            false => e.context(format!("storing image {name} from {source} (nothing was kept)")),
-        }
-    })?;
-    let (got, bytes) = hashing.finish();
-    let discard = |e: anyhow::Error| -> anyhow::Error {
-        if let Err(d) = storage::delete(pool, &disk_name) {
-            eprintln!("warning: could not remove {disk_name}: {d:#}");
-        }
-        e
-    };
-    if let Some(want) = &expected {
-        if *want != got {
-            return Err(discard(failure(
-                Kind::Environment,
-                format!("{source}: checksum mismatch: expected {want}, got {got}; the download was discarded"),
-            )));
-        }
+/// The check before any byte is uploaded: the format from the first bytes,
+/// the header (and, for a local file, every table). Returns the format.
+fn check_before_upload(
+    source: &str,
+    head: &[u8],
+    local: Option<std::fs::File>,
+    len: u64,
+) -> anyhow::Result<&'static str> {
+    let refuse = |why: Refusal| Error::Unsafe { image: source.into(), why, then: "; nothing was stored".into() };
+    let format = sniff(head).map_err(refuse)?;
+    inspect::check_head(format, head, len).map_err(refuse)?;
+    if let Some(mut file) = local {
+        inspect::check(format, head, &mut file, len).map_err(refuse)?;
     }
-    // libvirt re-reads the header: the capacity becomes the virtual size.
-    let _ = pool.refresh(0);
-    let disk = storage::find_volume(pool, &disk_name)?
-        .ok_or_else(|| anyhow::anyhow!("volume {disk_name} vanished after its upload"))?;
-    let disk = VolumeInfo::of(&disk).map_err(discard)?;
-    if disk.format != format || disk.capacity == 0 {
-        return Err(discard(invalid(format!(
-            "{source}: libvirt reads it as a {} image of {} bytes, not a {format} disk; it was discarded",
-            disk.format, disk.capacity
-        ))));
+    Ok(format)
+}
+
+/// One image on its way into one pool, as the disk volume `disk_name`.
+struct Upload<'a> {
+    conn: &'a Connect,
+    pool: &'a StoragePool,
+    name: String,
+    source: String,
+    disk_name: String,
+}
+
+impl Upload<'_> {
+    /// The generation already complete in the pool (the same release pulled
+    /// again), if it is; what a killed upload of it left is removed.
+    fn already_stored(&self, record_name: &str) -> anyhow::Result<Option<Image>> {
+        if let Some(disk) = storage::find_volume(self.pool, &self.disk_name)? {
+            if let Some(rec) = read_record(self.conn, self.pool, record_name)? {
+                return Ok(Some(Image { record: rec, disk: VolumeInfo::of(&disk)? }));
+            }
+            // A disk without its record: an upload that was killed part-way.
+            tracing::info!(volume = %self.disk_name, "removing an interrupted upload");
+            storage::delete(self.pool, &self.disk_name)?;
+        }
+        storage::delete(self.pool, record_name)?;
+        Ok(None)
     }
-    // What was stored, read back through libvirt, before it counts.
-    let vol = storage::find_volume(pool, &disk_name)?
-        .ok_or_else(|| anyhow::anyhow!("volume {disk_name} vanished after its upload"))?;
-    check_volume(conn, &vol, format, &format!("{source} (uploaded as {disk_name}, now discarded)")).map_err(discard)?;
-    interrupt::check().map_err(discard)?;
-    let rec = ImageRecord {
-        project_vm_image: record::RECORD_VERSION,
-        name: name.clone(),
-        volume: disk_name.clone(),
-        format: format.into(),
-        size: bytes,
-        checksum: got,
-        verified: expected.is_some(),
-        source,
-        created: crate::ops::now_unix(),
-        parent: None,
-    };
-    commit(conn, pool, &rec).map_err(discard)?;
-    tracing::info!(image = %name, volume = %disk_name, "image published");
-    Ok(Image { record: rec, disk })
+
+    /// Streams the image (its first bytes, then the rest) into the disk
+    /// volume, hashing as it goes; Ctrl-C stops it with [`Interrupted`].
+    fn stream(
+        &self,
+        format: &str,
+        len: u64,
+        head: Vec<u8>,
+        reader: Box<dyn Read + Send>,
+        expected: Option<&Checksum>,
+        progress: &Progress,
+    ) -> anyhow::Result<(Checksum, u64)> {
+        let algo = expected.map(|c| c.algo).unwrap_or(Algo::Sha256);
+        let mut hashing = HashingReader::new(std::io::Read::chain(&head[..], reader), algo, |n| {
+            progress.set_position(n);
+            match interrupt::requested() {
+                true => Err(std::io::Error::other(Interrupted)),
+                false => Ok(()),
+            }
+        });
+        let new = storage::NewVolume { name: &self.disk_name, format, len, mode: "0644" };
+        storage::upload(self.conn, self.pool, new, &mut hashing, progress).map_err(|e| {
+            let name = &self.name;
+            match interrupt::requested() || e.chain().any(|c| c.is::<Interrupted>()) {
+                true => anyhow::Error::new(Interrupted).context(format!("nothing of {name} was kept")),
+                false => e.context(format!("storing image {name} from {} (nothing was kept)", self.source)),
+            }
+        })?;
+        Ok(hashing.finish())
+    }
+
+    /// Removes the uploaded disk after `e`, and returns `e`.
+    fn discard(&self, e: impl Into<anyhow::Error>) -> anyhow::Error {
+        if let Err(d) = storage::delete(self.pool, &self.disk_name) {
+            crate::messages::warn(format_args!("could not remove {}: {d:#}", self.disk_name));
+        }
+        e.into()
+    }
+
+    fn find_disk(&self) -> anyhow::Result<virt::storage_vol::StorageVol> {
+        storage::find_volume(self.pool, &self.disk_name)?
+            .ok_or_else(|| anyhow::anyhow!("volume {} vanished after its upload", self.disk_name))
+    }
+
+    /// What was stored, before it counts: the digest asked for, libvirt's
+    /// reading of it, and the image check on it read back through libvirt.
+    fn verify(&self, format: &str, expected: Option<&Checksum>, got: &Checksum) -> anyhow::Result<VolumeInfo> {
+        if let Some(want) = expected.filter(|want| *want != got) {
+            let (want, got) = (want.clone(), got.clone());
+            return Err(self.discard(Error::ChecksumMismatch { image: self.source.clone(), want, got }));
+        }
+        // libvirt re-reads the header: the capacity becomes the virtual size.
+        let _ = self.pool.refresh(0);
+        let disk = VolumeInfo::of(&self.find_disk()?).map_err(|e| self.discard(e))?;
+        if disk.format != format || disk.capacity == 0 {
+            return Err(self.discard(Error::Invalid(format!(
+                "{}: libvirt reads it as a {} image of {} bytes, not a {format} disk; it was discarded",
+                self.source, disk.format, disk.capacity
+            ))));
+        }
+        let what = format!("{} (uploaded as {}, now discarded)", self.source, self.disk_name);
+        check_volume(self.conn, &self.find_disk()?, format, &what).map_err(|e| self.discard(e))?;
+        Ok(disk)
+    }
+
+    /// Writes the record: the commit point that makes the disk usable.
+    fn record(
+        self,
+        format: &str,
+        size: u64,
+        checksum: Checksum,
+        verified: bool,
+        disk: VolumeInfo,
+    ) -> anyhow::Result<Image> {
+        let rec = ImageRecord {
+            project_vm_image: record::RECORD_VERSION,
+            name: self.name.clone(),
+            volume: self.disk_name.clone(),
+            format: format.into(),
+            size,
+            checksum,
+            verified,
+            source: self.source.clone(),
+            created: crate::clock::now_unix(),
+            parent: None,
+        };
+        commit(self.conn, self.pool, &rec).map_err(|e| self.discard(e))?;
+        tracing::info!(image = %self.name, volume = %self.disk_name, "image published");
+        Ok(Image { record: rec, disk })
+    }
 }
 
 /// Writes `rec`, the commit point that makes its disk usable.
@@ -358,4 +433,31 @@ pub fn remove(pool: &StoragePool, volume: &str) -> anyhow::Result<()> {
     }
     storage::delete(pool, volume)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_read_is_interrupted_and_any_other_is_unreadable() {
+        let e = read_failed("x.qcow2", std::io::Error::other(Interrupted));
+        assert!(e.downcast_ref::<Interrupted>().is_some(), "{e:#}");
+        assert_eq!(crate::exit::code(&e), 130);
+        // The word alone is not the signal: only the typed error is.
+        let e = read_failed("x.qcow2", std::io::Error::other("interrupted"));
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Unreadable { what, .. }) if what == "x.qcow2"));
+        assert_eq!(crate::exit::code(&e), 4);
+    }
+
+    #[test]
+    fn an_image_that_is_not_one_is_refused_before_any_upload() {
+        let html = b"<html><body>404</body></html>".repeat(40);
+        let e = check_before_upload("https://x/y.img", &html, None, html.len() as u64).unwrap_err();
+        let Some(Error::Unsafe { why: Refusal::NotAnImage(_), then, .. }) = e.downcast_ref::<Error>() else {
+            panic!("{e:#}")
+        };
+        assert_eq!(then, "; nothing was stored");
+        assert_eq!(crate::exit::code(&e), 2);
+    }
 }

@@ -7,8 +7,7 @@
 use serde::Serialize;
 
 use super::metadata::Ownership;
-use crate::settings::{Accel, Network};
-use crate::spec::{Firmware, VmSpec};
+use crate::spec::{Accel, Firmware, Network, VmSpec};
 
 /// Channel the guest writes its cloud-init result to (see `readiness`).
 pub const READY_CHANNEL: &str = "org.project-vm.ready.0";
@@ -478,73 +477,48 @@ pub struct HostFiles {
     pub virtiofsd: Option<String>,
 }
 
-/// Builds the domain definition for `spec`.
+/// What a definition is for: the domain's identity, and which of the VM's
+/// disks it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// The VM itself, with the uuid its record names (`create`).
+    #[default]
+    Vm,
+    /// The VM redefined in place: it keeps the uuid libvirt knows it by,
+    /// whatever its record says (`apply`).
+    Redefine { uuid: String },
+    /// The throwaway domain that seals an image copy (`image save`): a name
+    /// of its own, a uuid of libvirt's choosing, and of the VM's disks only
+    /// the root (the copy); the VM's project disk stays out of it.
+    Seal,
+}
+
+/// The name of the domain that seals an image copy of VM `name`.
+pub fn seal_domain(name: &crate::spec::VmName) -> String {
+    format!("pvseal-{name}")
+}
+
+/// Builds the domain definition for `spec`, as `create` defines it.
 pub fn build(spec: &VmSpec, ownership: &Ownership, files: &HostFiles) -> DomainXml {
-    let serial_log = files.serial_log.clone();
-    let pool = &ownership.pool;
-    let mut items = vec![
-        Device::Disk(volume_disk(pool, &ownership.root_volume, "qcow2", "vda")),
-        Device::Disk(Disk {
-            serial: Some(DATA_DISK_SERIAL),
-            ..volume_disk(pool, &ownership.data_volume, "qcow2", "vdb")
-        }),
-    ];
-    if let Some(seed) = &ownership.seed_volume {
-        // virtio-scsi, not SATA: many cloud kernels have no AHCI driver and
-        // would never see a SATA CD-ROM, so cloud-init would silently do nothing.
-        items.push(Device::Controller(Controller { kind: "scsi", index: 0, model: "virtio-scsi" }));
-        items.push(Device::Disk(Disk {
-            kind: "volume",
-            device: "cdrom",
-            driver: DiskDriver { name: "qemu", format: "raw", discard: None },
-            source: VolumeSource { pool: pool.clone(), volume: seed.clone() },
-            target: DiskTarget { dev: "sda", bus: "scsi" },
-            readonly: Some(Empty {}),
-            serial: None,
-        }));
-    }
-    items.extend([
-        Device::Interface(interface(spec)),
-        Device::Serial(Serial {
-            kind: "pty",
-            target: SerialTarget { port: 0 },
-            log: serial_log.map(|file| Log { file, append: "on" }),
-        }),
-        Device::Console(Console { kind: "pty", target: ConsoleTarget { kind: "serial", port: 0 } }),
-        Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: AGENT_CHANNEL } }),
-        Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: READY_CHANNEL } }),
-        Device::Rng(Rng { model: "virtio", backend: RngBackend { model: "random", source: "/dev/urandom" } }),
-    ]);
-    items.extend(spec.shares.iter().map(|s| {
-        Device::Filesystem(Filesystem {
-            kind: "mount",
-            accessmode: "passthrough",
-            driver: FsDriver { kind: "virtiofs" },
-            binary: files.virtiofsd.clone().map(|path| FsBinary { path }),
-            source: FsSource { dir: s.source.display().to_string() },
-            target: FsTarget { dir: s.tag() },
-        })
-    }));
-    items.extend(spec.hostdevs.iter().map(|a| {
-        Device::Hostdev(Hostdev {
-            mode: "subsystem",
-            kind: "pci",
-            managed: "yes",
-            source: HostdevSource {
-                address: PciAddressXml {
-                    domain: format!("0x{:04x}", a.domain),
-                    bus: format!("0x{:02x}", a.bus),
-                    slot: format!("0x{:02x}", a.slot),
-                    function: format!("0x{:x}", a.function),
-                },
-            },
-        })
-    }));
+    build_for(spec, ownership, files, &Purpose::Vm)
+}
+
+/// Builds the domain definition for `spec`, for `purpose`.
+pub fn build_for(spec: &VmSpec, ownership: &Ownership, files: &HostFiles, purpose: &Purpose) -> DomainXml {
+    let mut items = disks(ownership, purpose);
+    items.extend(standard_devices(spec, files));
+    items.extend(spec.shares.iter().map(|s| Device::Filesystem(filesystem(s, files))));
+    items.extend(spec.hostdevs.iter().map(|a| Device::Hostdev(hostdev(a))));
+    let (name, uuid) = match purpose {
+        Purpose::Vm => (spec.name.domain(), ownership.uuid.clone()),
+        Purpose::Redefine { uuid } => (spec.name.domain(), Some(uuid.clone())),
+        Purpose::Seal => (seal_domain(&spec.name), None),
+    };
     let mib = spec.resources.memory.mib();
     DomainXml {
         kind: spec.accel.domain_type(),
-        name: spec.name.domain(),
-        uuid: ownership.uuid.clone(),
+        name,
+        uuid,
         metadata: MetadataXml { vm: Ownership { xmlns: Some(super::metadata::NAMESPACE.into()), ..ownership.clone() } },
         memory: Memory { unit: "MiB", value: mib },
         current_memory: Memory { unit: "MiB", value: mib },
@@ -553,14 +527,7 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, files: &HostFiles) -> DomainX
             access: MemoryAccess { mode: "shared" },
         }),
         vcpu: spec.resources.cpus,
-        os: Os {
-            firmware: (spec.firmware == Firmware::Efi).then_some("efi"),
-            os_type: OsType { arch: "x86_64", machine: "q35", value: "hvm" },
-            // Cloud images boot without Secure Boot, which would also need SMM.
-            firmware_features: (spec.firmware == Firmware::Efi)
-                .then(|| FirmwareFeatures { feature: vec![FirmwareFeature { enabled: "no", name: "secure-boot" }] }),
-            boot: Boot { dev: "hd" },
-        },
+        os: os(spec.firmware),
         features: Features {
             acpi: Empty {},
             apic: Empty {},
@@ -573,6 +540,104 @@ pub fn build(spec: &VmSpec, ownership: &Ownership, files: &HostFiles) -> DomainX
         on_reboot: "restart",
         on_crash: "destroy",
         devices: Devices { items },
+    }
+}
+
+/// The root disk, the project disk (but for a sealing boot) and the seed.
+fn disks(ownership: &Ownership, purpose: &Purpose) -> Vec<Device> {
+    let pool = &ownership.pool;
+    let mut items = vec![Device::Disk(volume_disk(pool, &ownership.root_volume, "qcow2", "vda"))];
+    if *purpose != Purpose::Seal {
+        items.push(Device::Disk(Disk {
+            serial: Some(DATA_DISK_SERIAL),
+            ..volume_disk(pool, &ownership.data_volume, "qcow2", "vdb")
+        }));
+    }
+    if let Some(seed) = &ownership.seed_volume {
+        // virtio-scsi, not SATA: many cloud kernels have no AHCI driver and
+        // would never see a SATA CD-ROM, so cloud-init would silently do nothing.
+        items.push(Device::Controller(Controller { kind: "scsi", index: 0, model: "virtio-scsi" }));
+        items.push(Device::Disk(seed_cdrom(pool, seed)));
+    }
+    items
+}
+
+/// The cloud-init seed's CD-ROM, on the virtio-scsi controller.
+pub fn seed_cdrom(pool: &str, volume: &str) -> Disk {
+    Disk {
+        kind: "volume",
+        device: "cdrom",
+        driver: DiskDriver { name: "qemu", format: "raw", discard: None },
+        source: VolumeSource { pool: pool.into(), volume: volume.into() },
+        target: DiskTarget { dev: "sda", bus: "scsi" },
+        readonly: Some(Empty {}),
+        serial: None,
+    }
+}
+
+/// The NIC, the serial console and its log, the guest agent's and the
+/// readiness reporter's channels, and an entropy source.
+fn standard_devices(spec: &VmSpec, files: &HostFiles) -> [Device; 6] {
+    [
+        Device::Interface(interface(spec)),
+        Device::Serial(Serial {
+            kind: "pty",
+            target: SerialTarget { port: 0 },
+            log: files.serial_log.clone().map(|file| Log { file, append: "on" }),
+        }),
+        Device::Console(Console { kind: "pty", target: ConsoleTarget { kind: "serial", port: 0 } }),
+        Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: AGENT_CHANNEL } }),
+        Device::Channel(Channel { kind: "unix", target: ChannelTarget { kind: "virtio", name: READY_CHANNEL } }),
+        Device::Rng(Rng { model: "virtio", backend: RngBackend { model: "random", source: "/dev/urandom" } }),
+    ]
+}
+
+fn filesystem(s: &crate::spec::Share, files: &HostFiles) -> Filesystem {
+    Filesystem {
+        kind: "mount",
+        accessmode: "passthrough",
+        driver: FsDriver { kind: "virtiofs" },
+        binary: files.virtiofsd.clone().map(|path| FsBinary { path }),
+        source: FsSource { dir: s.source.display().to_string() },
+        target: FsTarget { dir: s.tag() },
+    }
+}
+
+fn hostdev(a: &crate::spec::PciAddress) -> Hostdev {
+    Hostdev {
+        mode: "subsystem",
+        kind: "pci",
+        managed: "yes",
+        source: HostdevSource {
+            address: PciAddressXml {
+                domain: format!("0x{:04x}", a.domain),
+                bus: format!("0x{:02x}", a.bus),
+                slot: format!("0x{:02x}", a.slot),
+                function: format!("0x{:x}", a.function),
+            },
+        },
+    }
+}
+
+fn os(firmware: Firmware) -> Os {
+    let efi = firmware == Firmware::Efi;
+    Os {
+        firmware: efi.then_some("efi"),
+        os_type: OsType { arch: "x86_64", machine: "q35", value: "hvm" },
+        // Cloud images boot without Secure Boot, which would also need SMM.
+        firmware_features: efi
+            .then(|| FirmwareFeatures { feature: vec![FirmwareFeature { enabled: "no", name: "secure-boot" }] }),
+        boot: Boot { dev: "hd" },
+    }
+}
+
+impl Disk {
+    /// The disk alone as device XML, for attaching and detaching it.
+    pub fn to_xml(&self) -> String {
+        let mut out = String::new();
+        let ser = quick_xml::se::Serializer::with_root(&mut out, Some("disk")).expect("a valid root name");
+        self.serialize(ser).expect("disk model serializes");
+        out
     }
 }
 
@@ -695,5 +760,40 @@ pub(crate) mod tests {
         assert!(xml.contains(r#"<source bridge="br0"/>"#));
         assert!(!xml.contains("cdrom") && !xml.contains("virtio-scsi"));
         assert!(!xml.contains("<log"));
+    }
+
+    #[test]
+    fn purposes_set_identity_and_disks() {
+        let s = spec(Network::default(), Accel::Tcg);
+        let mut o = ownership(&s);
+        o.uuid = Some("0d5a2a5e-8f43-4c1e-9a55-3f1d2b6c7e01".into());
+        let vm = build(&s, &o, &HostFiles::default());
+        assert_eq!((vm.name.as_str(), vm.uuid.as_deref()), ("project-foo", o.uuid.as_deref()));
+        let uuid = "6b3c9b7e-2f0e-4d55-8b1a-1c2d3e4f5a6b".to_string();
+        let again = build_for(&s, &o, &HostFiles::default(), &Purpose::Redefine { uuid: uuid.clone() });
+        assert_eq!((again.name.as_str(), again.uuid.as_deref()), ("project-foo", Some(uuid.as_str())));
+        assert!(again.to_xml().contains(&format!("<uuid>{uuid}</uuid>")));
+        let seal = build_for(&s, &o, &HostFiles::default(), &Purpose::Seal);
+        assert_eq!((seal.name.as_str(), seal.uuid.as_ref()), ("pvseal-foo", None));
+        let xml = seal.to_xml();
+        let source = |v: &str| format!(r#"volume="{v}""#);
+        assert!(!xml.contains("<uuid>") && !xml.contains(&source(&o.data_volume)) && !xml.contains("vdb"), "{xml}");
+        assert!(xml.contains(&source(&o.root_volume)), "{xml}");
+    }
+
+    #[test]
+    fn the_seed_device_is_the_definitions_own() {
+        let s = spec(Network::default(), Accel::Tcg);
+        let o = ownership(&s);
+        let seed = seed_cdrom(&o.pool, o.seed_volume.as_deref().unwrap()).to_xml();
+        assert!(seed.starts_with(r#"<disk type="volume" device="cdrom">"#), "{seed}");
+        for needle in
+            [r#"<source pool="project-vm" volume="project-foo-seed.iso"/>"#, r#"<target dev="sda" bus="scsi"/>"#]
+        {
+            assert!(seed.contains(needle), "missing {needle} in {seed}");
+        }
+        let whole = build(&s, &o, &HostFiles::default()).to_xml();
+        let compact: String = whole.split('\n').map(str::trim).collect();
+        assert!(compact.contains(&seed), "{seed} not in\n{whole}");
     }
 }

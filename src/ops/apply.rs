@@ -474,8 +474,9 @@ fn save(ctx: &Ctx, vm: &Vm, spec: &VmSpec, redefine: bool, done: &mut Vec<String
     if redefine {
         // Same builder as create, same uuid: libvirt updates the persistent
         // definition; a running guest sees it after its next restart.
-        let mut xml = domain_xml::build(spec, &own, &super::host_files(ctx, spec)?);
-        xml.uuid = Some(vm.dom.uuid_string().map_err(|e| explain(e, "reading uuid"))?);
+        let uuid = vm.dom.uuid_string().map_err(|e| explain(e, "reading uuid"))?;
+        let purpose = domain_xml::Purpose::Redefine { uuid };
+        let xml = domain_xml::build_for(spec, &own, &super::host_files(ctx, spec)?, &purpose);
         ctx.conn()
             .define_domain_xml(&xml.to_xml())
             .map_err(|e| explain(e, format!("redefining {}", vm.name.domain())))?;

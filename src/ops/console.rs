@@ -15,11 +15,11 @@ const ESCAPE: u8 = 0x1d; // Ctrl-]
 
 pub fn console(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     if vm.state() != State::Running {
-        anyhow::bail!("{} is not running: start it with `project-vm start {}`", vm.name, vm.name);
+        return Err(super::Error::NotRunning { vm: vm.name.to_string(), state: vm.state().as_str().to_owned() }.into());
     }
     let stream = Stream::new(&ctx.conn(), 0).map_err(|e| explain(e, "opening stream"))?;
     vm.dom.open_console(None, &stream, 0).map_err(|e| explain(e, format!("opening the console of {}", vm.name)))?;
-    eprintln!("Connected to the console of {} (Ctrl-] to leave)", vm.name);
+    crate::messages::note(format!("Connected to the console of {} (Ctrl-] to leave)", vm.name));
 
     let stdin = std::io::stdin();
     let saved = if stdin.is_terminal() {
@@ -33,8 +33,9 @@ pub fn console(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     };
     let stream = std::sync::Arc::new(stream);
     let reader = stream.clone();
-    // Detached: it ends with the process (or when libvirt closes the stream).
-    std::thread::spawn(move || {
+    // On tokio's blocking pool, detached: it ends with the process (or when
+    // libvirt closes the stream).
+    crate::fanout::runtime().spawn_blocking(move || {
         let mut out = std::io::stdout();
         let mut buf = [0u8; 4096];
         while let Ok(n) = reader.recv(&mut buf) {
@@ -66,6 +67,7 @@ pub fn console(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     if let Some(saved) = saved {
         let _ = termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &saved);
     }
-    eprintln!();
+    // The guest's last line may not have ended: the shell's prompt starts on a new one.
+    crate::messages::note("");
     result
 }

@@ -23,9 +23,10 @@ use serde_json::Value;
 use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
 
+use super::Error;
 use super::{now_unix, Ctx};
 use crate::cloudinit::{self, hostkey::HostKey, SeedInput};
-use crate::error::invalid;
+use crate::config::ConfigError;
 use crate::images::store::Image;
 use crate::interrupt;
 use crate::libvirt::metadata::{Ownership, Phase};
@@ -34,8 +35,7 @@ use crate::libvirt::vms::{self, Lookup};
 use crate::libvirt::{domain_xml, explain};
 use crate::output::{human, Report};
 use crate::progress::Progress;
-use crate::settings::Network;
-use crate::spec::{Firmware, PciAddress, Resources, Share, StaticNetwork, VmName, VmSpec};
+use crate::spec::{Declaration, Network, Resources, Share, VmName, VmSpec};
 
 pub use crate::cloudinit::Fingerprint;
 
@@ -53,15 +53,11 @@ pub struct CreateRequest {
     pub devices: Devices,
 }
 
-/// The VM's firmware and devices beyond the standard set.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Devices {
-    pub firmware: Firmware,
-    pub network_config: Option<StaticNetwork>,
-    pub hostdevs: Vec<PciAddress>,
-    pub shares: Vec<Share>,
-    /// Guest ports forwarded from the libvirt host (user networking).
-    pub ports: Vec<crate::spec::Port>,
+pub use crate::spec::Devices;
+
+/// Bad input this verb itself found (the ops layer's [`Error::Invalid`]).
+fn invalid(message: String) -> anyhow::Error {
+    Error::Invalid(message).into()
 }
 
 impl Devices {
@@ -75,79 +71,29 @@ impl Devices {
     /// one target, and none over the ssh user's home.
     pub fn check(&self, ctx: &Ctx) -> anyhow::Result<Devices> {
         if let Some(net) = &self.network_config {
-            net.validate().map_err(|e| invalid(format!("network_config: {e}")))?;
+            net.validate().map_err(|e| ConfigError::Value { what: "network_config".into(), why: e.to_string() })?;
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for a in &self.hostdevs {
-            if !seen.insert(a.to_string()) {
-                return Err(invalid(format!("hostdev {a} is given twice: a device goes to a VM once")));
-            }
-            crate::libvirt::nodedev::pci(&ctx.conn(), a)?;
-        }
+        self.check_hostdevs(ctx)?;
         let mut out = self.clone();
         if self.shares.is_empty() {
             return Ok(out);
         }
-        let mut pools = storage::pool_dirs(&ctx.conn())?;
-        pools.extend(ctx.settings.storage_dir.clone());
-        if ctx.is_local() {
-            pools = pools.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
-        }
-        // Protected directories as this host resolves them, for the mount checks.
-        let protected: Vec<std::path::PathBuf> = match ctx.is_local() {
-            true => crate::spec::HOST_PRIVATE_DIRS
-                .iter()
-                .filter_map(|d| std::fs::canonicalize(d).ok())
-                .chain(pools.iter().cloned())
-                .collect(),
-            false => Vec::new(),
-        };
-        let mut mounts: Option<anyhow::Result<Vec<crate::mounts::Mount>>> = None;
+        let guard = ShareGuard::new(ctx)?;
         let home = std::path::Path::new("/home").join(&ctx.settings.ssh_user);
         let mut targets = std::collections::BTreeSet::new();
         for s in &mut out.shares {
-            let label = s.label();
-            s.validate().map_err(invalid)?;
-            crate::spec::check_source(&s.source, &pools).map_err(|e| invalid(format!("share {label}: {e}")))?;
-            if ctx.is_local() {
-                let real = std::fs::canonicalize(&s.source).ok().filter(|r| r.is_dir()).ok_or_else(|| {
-                    invalid(format!(
-                        "share {label}: the source {} is not a directory on this host: create it, or fix the path",
-                        s.source.display()
-                    ))
-                })?;
-                let via = match real != s.source {
-                    true => format!(" ({} resolves to {})", s.source.display(), real.display()),
-                    false => String::new(),
-                };
-                crate::spec::check_source(&real, &pools).map_err(|e| invalid(format!("share {label}: {e}{via}")))?;
-                // The same directories reached another way in: a bind mount
-                // (or a mount below the source) of a protected one.
-                let mounts = mounts.get_or_insert_with(crate::mounts::read).as_ref().map_err(|e| {
-                    invalid(format!("share {label}: cannot tell what the source exposes through mounts: {e:#}"))
-                })?;
-                if let Some(p) = crate::mounts::same_inode(&real, &protected) {
-                    return Err(invalid(format!(
-                        "share {label}: the source {} is, or lies in, {} by device and inode (a bind mount of it): it holds the host's secrets, libvirt's own state or a storage pool",
-                        real.display(),
-                        p.display()
-                    )));
-                }
-                if let Some(why) = crate::mounts::clash(mounts, &real, &protected) {
-                    return Err(invalid(format!(
-                        "share {label}: {why}: it holds the host's secrets, libvirt's own state or a storage pool"
-                    )));
-                }
-                s.source = real;
-            }
+            guard.check(ctx, s)?;
             if s.target == home {
-                return Err(invalid(format!(
-                    "share {label}: the target is the home of the ssh user {}: mount it in a directory below",
-                    ctx.settings.ssh_user
-                )));
+                return Err(unsafe_share(
+                    s,
+                    format!(
+                        "the target is the home of the ssh user {}: mount it in a directory below",
+                        ctx.settings.ssh_user
+                    ),
+                ));
             }
             if !targets.insert(s.target.clone()) {
-                return Err(invalid(format!("share {label}: two shares mount at {}", s.target.display())));
+                return Err(unsafe_share(s, format!("two shares mount at {}", s.target.display())));
             }
         }
         if ctx.is_local() {
@@ -158,17 +104,118 @@ impl Devices {
         Ok(out)
     }
 
-    /// Passthrough wants UEFI: GPUs and their option ROMs expect it.
-    pub fn firmware(&self) -> Firmware {
-        if self.hostdevs.is_empty() {
-            self.firmware
-        } else {
-            Firmware::Efi
+    /// Each device given once, and there on the libvirt host.
+    fn check_hostdevs(&self, ctx: &Ctx) -> anyhow::Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &self.hostdevs {
+            if !seen.insert(a.to_string()) {
+                return Err(Error::Invalid(format!("hostdev {a} is given twice: a device goes to a VM once")).into());
+            }
+            crate::libvirt::nodedev::pci(&ctx.conn(), a)?;
         }
+        Ok(())
+    }
+}
+
+fn unsafe_share(s: &Share, why: String) -> anyhow::Error {
+    ConfigError::UnsafeShare { share: s.label(), why }.into()
+}
+
+/// What share sources are checked against on this libvirt host.
+struct ShareGuard {
+    /// The storage pools' directories (and `storage_dir`), resolved on a local host.
+    pools: Vec<std::path::PathBuf>,
+    /// Protected directories as this host resolves them, for the mount checks.
+    protected: Vec<std::path::PathBuf>,
+    /// This host's mounts, read on first need.
+    mounts: std::cell::OnceCell<anyhow::Result<Vec<crate::mounts::Mount>>>,
+}
+
+impl ShareGuard {
+    fn new(ctx: &Ctx) -> anyhow::Result<ShareGuard> {
+        let mut pools = storage::pool_dirs(&ctx.conn())?;
+        pools.extend(ctx.settings.storage_dir.clone());
+        if ctx.is_local() {
+            pools = pools.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+        }
+        let protected: Vec<std::path::PathBuf> = match ctx.is_local() {
+            true => crate::spec::HOST_PRIVATE_DIRS
+                .iter()
+                .filter_map(|d| std::fs::canonicalize(d).ok())
+                .chain(pools.iter().cloned())
+                .collect(),
+            false => Vec::new(),
+        };
+        Ok(ShareGuard { pools, protected, mounts: std::cell::OnceCell::new() })
+    }
+
+    /// `s` by its paths, then (on a local host) by what its source really
+    /// is; the source is recorded resolved.
+    fn check(&self, ctx: &Ctx, s: &mut Share) -> anyhow::Result<()> {
+        s.validate()?;
+        crate::spec::check_source(&s.source, &self.pools).map_err(|why| unsafe_share(s, why))?;
+        if ctx.is_local() {
+            s.source = self.check_local(s)?;
+        }
+        Ok(())
+    }
+
+    /// The source resolved on this host: a directory, not a protected one
+    /// by path, nor reached another way in (a bind mount of a protected
+    /// directory, or a mount below the source).
+    fn check_local(&self, s: &Share) -> anyhow::Result<std::path::PathBuf> {
+        let real = std::fs::canonicalize(&s.source).ok().filter(|r| r.is_dir()).ok_or_else(|| {
+            unsafe_share(
+                s,
+                format!(
+                    "the source {} is not a directory on this host: create it, or fix the path",
+                    s.source.display()
+                ),
+            )
+        })?;
+        let via = match real != s.source {
+            true => format!(" ({} resolves to {})", s.source.display(), real.display()),
+            false => String::new(),
+        };
+        crate::spec::check_source(&real, &self.pools).map_err(|why| unsafe_share(s, format!("{why}{via}")))?;
+        let mounts = self
+            .mounts
+            .get_or_init(crate::mounts::read)
+            .as_ref()
+            .map_err(|e| unsafe_share(s, format!("cannot tell what the source exposes through mounts: {e:#}")))?;
+        if let Some(p) = crate::mounts::same_inode(&real, &self.protected) {
+            return Err(unsafe_share(
+                s,
+                format!(
+                    "the source {} is, or lies in, {} by device and inode (a bind mount of it): it holds the host's secrets, libvirt's own state or a storage pool",
+                    real.display(),
+                    p.display()
+                ),
+            ));
+        }
+        if let Some(why) = crate::mounts::clash(mounts, &real, &self.protected) {
+            return Err(unsafe_share(
+                s,
+                format!("{why}: it holds the host's secrets, libvirt's own state or a storage pool"),
+            ));
+        }
+        Ok(real)
     }
 }
 
 impl CreateRequest {
+    /// The request as [`VmSpec::resolve`] reads it.
+    pub fn declaration(&self) -> Declaration<'_> {
+        Declaration {
+            name: &self.name,
+            resources: self.resources,
+            autostart: self.autostart,
+            features: &self.features,
+            devices: &self.devices,
+            user_data: self.user_data.as_ref().map(|(_, text)| text.as_str()),
+        }
+    }
+
     pub fn load_user_data(path: &std::path::Path) -> anyhow::Result<(Value, String)> {
         let text = crate::files::read_text(path, "user-data file", crate::files::USER_DATA_MAX)?;
         let value = cloudinit::parse_user_data(&text, &path.display().to_string())?;
@@ -255,17 +302,17 @@ impl Drop for Made<'_> {
         for v in self.volumes.iter().rev() {
             match storage::delete(self.pool, v) {
                 Ok(_) => tracing::info!(volume = %v, "rolled back volume"),
-                Err(e) => eprintln!("warning: could not remove volume {v} while undoing create: {e:#}"),
+                Err(e) => crate::messages::warn(format!("could not remove volume {v} while undoing create: {e:#}")),
             }
         }
         if let Some(d) = &self.dom {
             match d.undefine() {
                 Ok(()) => crate::fault::mutated("undefined the domain"),
-                Err(e) => eprintln!(
-                    "warning: could not undefine {} while undoing create: {}",
+                Err(e) => crate::messages::warn(format!(
+                    "could not undefine {} while undoing create: {}",
                     d.name().unwrap_or_default(),
                     e.message()
-                ),
+                )),
             }
         }
     }
@@ -290,9 +337,8 @@ pub fn base_name(ctx: &Ctx, requested: Option<&str>) -> String {
     super::pull::image_name(requested.unwrap_or(&ctx.settings.base_image))
 }
 
-/// The spec `create` would record for `req` (the ssh port aside), so `plan`
-/// can compare what exists with what is declared. `keys`: the settings'
-/// authorized keys, read once by the caller.
+/// [`VmSpec::resolve`] for `req` on `ctx`'s host (what `create` records, the
+/// ssh port aside). `keys`: the settings' authorized keys, read once.
 pub fn desired_spec(
     ctx: &Ctx,
     req: &CreateRequest,
@@ -300,31 +346,7 @@ pub fn desired_spec(
     base_image: String,
     ssh_port: Option<u16>,
 ) -> VmSpec {
-    VmSpec {
-        name: req.name.clone(),
-        resources: req.resources,
-        base_image,
-        accel: ctx.settings.accel,
-        network: ctx.settings.network.clone(),
-        ssh_user: ctx.settings.ssh_user.clone(),
-        ssh_port,
-        tailnet: ctx.settings.tailnet.clone(),
-        autostart: req.autostart,
-        features: req.features.clone(),
-        firmware: req.devices.firmware(),
-        network_config: req.devices.network_config.clone(),
-        hostdevs: req.devices.hostdevs.clone(),
-        shares: req.devices.shares.clone(),
-        ports: req.devices.ports.clone(),
-        cloud_init_hash: cloudinit::fingerprint(&cloudinit::Fingerprint {
-            ssh_user: &ctx.settings.ssh_user,
-            authorized_keys: keys,
-            features: &req.features,
-            user_data: req.user_data.as_ref().map(|(_, text)| text.as_str()),
-            tailnet: ctx.settings.tailnet.as_deref(),
-            tailscale: ctx.settings.tailscale_auth_key_file.is_some(),
-        }),
-    }
+    VmSpec::resolve(&ctx.settings.host(keys), &req.declaration(), base_image, ssh_port)
 }
 
 /// Serialises port choice and the define that records it, across threads
@@ -389,7 +411,7 @@ pub fn free_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
 pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<CreateReport> {
     let started = Instant::now();
     let name = &req.name;
-    req.resources.validate().map_err(|e| invalid(format!("VM {name}: {e}")))?;
+    req.resources.validate().map_err(|e| ConfigError::OfVm { vm: name.to_string(), error: Box::new(e) })?;
     let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
     super::forward::check_declared(ctx, name, &devices.ports, &[])?;
     let req = &CreateRequest { devices, ..req.clone() };
@@ -439,9 +461,9 @@ fn clear_leftovers(ctx: &Ctx, name: &VmName, progress: &Progress) -> anyhow::Res
         )));
     };
     progress.suspend(|| {
-        if !ctx.json {
-            eprintln!("{name}: an earlier create or destroy did not finish; undoing what it left, then creating again");
-        }
+        crate::messages::note(format!(
+            "{name}: an earlier create or destroy did not finish; undoing what it left, then creating again"
+        ))
     });
     super::destroy::remove(ctx, &vm, keep_data)?;
     Ok(())
@@ -450,21 +472,41 @@ fn clear_leftovers(ctx: &Ctx, name: &VmName, progress: &Progress) -> anyhow::Res
 /// Checks and reads everything the create needs; changes nothing but, on
 /// first use, the pool and its base image.
 fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<Prepared> {
-    let name = &req.name;
     let authorized_keys = ctx.settings.authorized_keys()?;
-    let tailscale_auth_key = match (&ctx.settings.tailnet, &ctx.settings.tailscale_auth_key_file) {
-        (Some(_), Some(path)) => {
-            Some(crate::files::read_text(path, "tailscale_auth_key_file", crate::files::KEY_MAX)?.trim().to_owned())
-        }
-        _ => None,
-    };
+    let tailscale_auth_key = tailscale_auth_key(ctx)?;
     let user_config = crate::features::user_config(&req.features, req.user_data.as_ref().map(|(v, _)| v))?;
-
-    progress.set_message(format!("creating {name}: base image"));
+    progress.set_message(format!("creating {}: base image", req.name));
     let (pool, image) = super::pull::ensure(ctx, req.image.as_deref().unwrap_or(&ctx.settings.base_image), progress)?;
     let image_lock = image_in_hand(ctx, &pool, &image)?;
     let base = image.disk;
     let base_image = image.record.name;
+    check_disk_fits(req, &base, &base_image)?;
+    check_no_stray_volumes(ctx, &pool, &req.name)?;
+    let kept_data = kept_data(ctx, &pool, &req.name)?;
+    Ok(Prepared {
+        pool,
+        base,
+        base_image,
+        authorized_keys,
+        tailscale_auth_key,
+        kept_data,
+        user_config,
+        _image_lock: image_lock,
+    })
+}
+
+/// The Tailscale auth key, read when a tailnet wants one.
+fn tailscale_auth_key(ctx: &Ctx) -> anyhow::Result<Option<String>> {
+    Ok(match (&ctx.settings.tailnet, &ctx.settings.tailscale_auth_key_file) {
+        (Some(_), Some(path)) => {
+            Some(crate::files::read_text(path, "tailscale_auth_key_file", crate::files::KEY_MAX)?.trim().to_owned())
+        }
+        _ => None,
+    })
+}
+
+/// The root disk holds at least the base image.
+fn check_disk_fits(req: &CreateRequest, base: &VolumeInfo, base_image: &str) -> anyhow::Result<()> {
     if req.resources.disk.bytes() < base.capacity {
         return Err(invalid(format!(
             "disk {} is smaller than the base image {base_image} ({} bytes): give a disk of at least {}",
@@ -473,24 +515,36 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
             crate::spec::Size(base.capacity.div_ceil(1 << 30) << 30)
         )));
     }
+    Ok(())
+}
+
+/// No root disk or seed of this name that no VM owns: never adopted.
+fn check_no_stray_volumes(ctx: &Ctx, pool: &StoragePool, name: &VmName) -> anyhow::Result<()> {
     for vol in [name.root_volume(), name.seed_volume()] {
-        if storage::find_volume(&pool, &vol)?.is_some() {
+        if storage::find_volume(pool, &vol)?.is_some() {
             return Err(invalid(format!(
                 "volume {vol} already exists in pool {} but no VM {name} owns it: it was not made by this project-vm, so it is left alone; remove it with `virsh vol-delete {vol} --pool {}` if it is yours to remove",
                 ctx.settings.pool, ctx.settings.pool
             )));
         }
     }
-    let data = storage::find_volume(&pool, &name.data_volume())?.map(|v| VolumeInfo::of(&v)).transpose()?;
-    let kept = storage::is_kept(&pool, &name.data_volume())?;
-    let kept_data = match (data, kept) {
+    Ok(())
+}
+
+/// A project disk kept for `name` by `destroy --keep-data`, to reattach;
+/// any other volume of its name is refused, and a marker whose disk is
+/// gone is removed.
+fn kept_data(ctx: &Ctx, pool: &StoragePool, name: &VmName) -> anyhow::Result<Option<VolumeInfo>> {
+    let data = storage::find_volume(pool, &name.data_volume())?.map(|v| VolumeInfo::of(&v)).transpose()?;
+    let kept = storage::is_kept(pool, &name.data_volume())?;
+    Ok(match (data, kept) {
         (Some(d), true) if d.format != "qcow2" => {
             return Err(invalid(format!(
                 "volume {} exists but is {} rather than qcow2, so it cannot be reattached as {name}'s project disk",
                 d.name, d.format
             )))
         }
-        (Some(d), true) => match storage::kept_mismatch(&ctx.conn(), &pool, &d.name, name.as_str())? {
+        (Some(d), true) => match storage::kept_mismatch(&ctx.conn(), pool, &d.name, name.as_str())? {
             None => {
                 // A disk another domain uses is not this VM's to attach (nor,
                 // later, to delete), whatever its marker says.
@@ -528,20 +582,10 @@ fn prepare(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Resul
         }
         (None, true) => {
             // The disk it marked is gone: the marker means nothing now.
-            storage::delete(&pool, &storage::kept_marker(&name.data_volume()))?;
+            storage::delete(pool, &storage::kept_marker(&name.data_volume()))?;
             None
         }
         (None, false) => None,
-    };
-    Ok(Prepared {
-        pool,
-        base,
-        base_image,
-        authorized_keys,
-        tailscale_auth_key,
-        kept_data,
-        user_config,
-        _image_lock: image_lock,
     })
 }
 
@@ -594,7 +638,8 @@ fn claim<'a>(
         (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, *ssh_port, &req.devices.ports)?),
         _ => None,
     };
-    let mut spec = desired_spec(ctx, req, &prep.authorized_keys, prep.base_image.clone(), ssh_port);
+    let host = ctx.settings.host(&prep.authorized_keys);
+    let mut spec = VmSpec::resolve(&host, &req.declaration(), prep.base_image.clone(), ssh_port);
     if let Some(d) = &prep.kept_data {
         // A reattached disk keeps its size; record the truth.
         spec.resources.project_disk = crate::spec::Size(d.capacity);
@@ -653,31 +698,66 @@ fn volumes(
     let name = &req.name;
     interrupt::check()?;
     progress.set_message(format!("creating {name}: disks (overlay on {})", prep.base_image));
-    let root = || storage::create_overlay(&prep.pool, &own.root_volume, req.resources.disk.bytes(), &prep.base);
-    let data = || match &prep.kept_data {
-        Some(d) => {
-            tracing::info!(volume = %d.name, "reattaching project disk");
-            Ok(None)
+    let mut disks = vec![NewDisk::Root {
+        name: own.root_volume.clone(),
+        capacity: req.resources.disk.bytes(),
+        base: prep.base.clone(),
+    }];
+    match &prep.kept_data {
+        Some(d) => tracing::info!(volume = %d.name, "reattaching project disk"),
+        None => {
+            disks.push(NewDisk::Data { name: own.data_volume.clone(), capacity: req.resources.project_disk.bytes() })
         }
-        None => storage::create_qcow2(&prep.pool, &own.data_volume, req.resources.project_disk.bytes()).map(Some),
-    };
-    let (root, data) = std::thread::scope(|s| {
-        let data = s.spawn(data);
-        (root(), data.join().expect("project disk thread"))
-    });
+    }
+    let names: Vec<String> = disks.iter().map(|d| d.name().to_owned()).collect();
+    let pool = prep.pool.clone();
+    let results = crate::fanout::map(disks, 2, move |disk| disk.make(&pool));
     // Whatever was made is recorded before any error is returned, so it is undone.
-    if root.is_ok() {
-        made.volumes.push(own.root_volume.clone());
+    let mut first_error = None;
+    for (volume, result) in names.into_iter().zip(results) {
+        match result {
+            Ok(Ok(())) => made.volumes.push(volume),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            // A worker that panicked may have made its volume: recorded, so
+            // it is undone (removing a volume that is not there does nothing).
+            Err(panicked) => {
+                made.volumes.push(volume);
+                first_error.get_or_insert(panicked.into());
+            }
+        }
     }
-    if let Ok(Some(_)) = data {
-        made.volumes.push(own.data_volume.clone());
+    if let Some(e) = first_error {
+        return Err(e);
     }
-    root?;
-    data?;
     Ok(match &prep.kept_data {
         Some(d) => d.capacity,
         None => req.resources.project_disk.bytes(),
     })
+}
+
+/// A disk phase 2 makes.
+enum NewDisk {
+    /// The root overlay on the base image.
+    Root { name: String, capacity: u64, base: VolumeInfo },
+    /// An empty project disk.
+    Data { name: String, capacity: u64 },
+}
+
+impl NewDisk {
+    fn name(&self) -> &str {
+        match self {
+            NewDisk::Root { name, .. } | NewDisk::Data { name, .. } => name,
+        }
+    }
+
+    fn make(self, pool: &StoragePool) -> anyhow::Result<()> {
+        match self {
+            NewDisk::Root { name, capacity, base } => storage::create_overlay(pool, &name, capacity, &base).map(drop),
+            NewDisk::Data { name, capacity } => storage::create_qcow2(pool, &name, capacity).map(drop),
+        }
+    }
 }
 
 /// Phase 3: the cloud-init seed, uploaded through libvirt.

@@ -9,6 +9,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+use virt::storage_pool::StoragePool;
 
 use super::Ctx;
 use crate::libvirt::explain;
@@ -46,64 +47,96 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
         None => false,
     };
     let keep_data = keep_data || (vm.own.phase == Phase::Creating && vm.own.data_kept) || marked;
-    if vm.dom.is_active().unwrap_or(false) {
-        vm.dom.destroy().map_err(|e| explain(e, format!("powering off {}", vm.name)))?;
-        crate::fault::mutated("powered off");
-    }
+    power_off(vm)?;
     // A kept disk carries no snapshot of a VM that is gone (they live in its
     // qcow2); otherwise the volumes go, and the undefine drops the metadata.
     let snapshots = vm.dom.num_snapshots(0).unwrap_or(0);
     if keep_data && snapshots > 0 {
         super::snapshot::delete_all(vm)?;
     }
-    let mut deleted = Vec::new();
-    if let Some(pool) = pool {
-        // A volume another domain uses (a disk attached by hand, or a copy of
-        // this domain) is never deleted with this VM.
-        let in_use = crate::libvirt::vms::disks_in_use(&ctx.conn(), ctx.is_local())?;
-        let domain = vm.name.domain();
-        let foreign = |vol: &str| -> anyhow::Result<Option<String>> {
-            let Some(v) = storage::find_volume(&pool, vol)? else { return Ok(None) };
-            let Ok(path) = v.path() else { return Ok(None) };
-            Ok(in_use.other_than(&path, &domain).cloned())
-        };
-        let mut delete = |vol: &str| -> anyhow::Result<()> {
-            if let Some(other) = foreign(vol)? {
-                tracing::warn!(volume = vol, "kept: domain {other} uses it");
-                return Ok(());
-            }
-            if storage::delete(&pool, vol)? {
-                deleted.push(vol.to_owned());
-            }
-            Ok(())
-        };
-        for vol in vm.own.volumes(false) {
-            delete(vol)?;
+    let deleted = match pool {
+        Some(pool) => delete_volumes(ctx, &pool, vm, keep_data)?,
+        None => {
+            crate::messages::warn(format_args!(
+                "storage pool {} of {} is gone; nothing to delete there",
+                vm.own.pool, vm.name
+            ));
+            Vec::new()
         }
-        let data = &vm.own.data_volume;
-        let marker = storage::kept_marker(data);
-        if keep_data {
-            if storage::find_volume(&pool, data)?.is_some() {
-                storage::mark_kept(&ctx.conn(), &pool, data, vm.name.as_str(), vm.own.uuid.as_deref())?;
-            }
-        } else if foreign(data)?.is_none() {
-            delete(data)?;
-            delete(&marker)?;
-        } else {
-            delete(data)?;
-        }
-    } else {
-        tracing::warn!(pool = %vm.own.pool, "storage pool of {} is gone; nothing to delete there", vm.name);
+    };
+    let serial_log = own_serial_log(ctx, vm);
+    undefine(vm, snapshots)?;
+    forget_host_files(ctx, vm, serial_log);
+    tracing::info!(vm = %vm.name, "destroyed");
+    Ok(DestroyReport {
+        name: vm.name.to_string(),
+        deleted_volumes: deleted,
+        kept_data_volume: keep_data.then(|| vm.own.data_volume.clone()),
+    })
+}
+
+fn power_off(vm: &Vm) -> anyhow::Result<()> {
+    if vm.dom.is_active().unwrap_or(false) {
+        vm.dom.destroy().map_err(|e| explain(e, format!("powering off {}", vm.name)))?;
+        crate::fault::mutated("powered off");
     }
-    // A session VM's serial log lives in its user's state directory, which
-    // project-vm chose: it goes with the VM (the system daemon's stays in
-    // libvirt's log directory, as libvirt keeps it).
-    let serial_log = match ctx.settings.daemon.is_session() && ctx.is_local() {
+    Ok(())
+}
+
+/// Deletes the VM's volumes (the root disk first), the project disk unless
+/// it is kept (then it gets its marker); returns what was deleted. A volume
+/// another domain uses (a disk attached by hand, or a copy of this domain)
+/// is never deleted with this VM.
+fn delete_volumes(ctx: &Ctx, pool: &StoragePool, vm: &Vm, keep_data: bool) -> anyhow::Result<Vec<String>> {
+    let in_use = crate::libvirt::vms::disks_in_use(&ctx.conn(), ctx.is_local())?;
+    let domain = vm.name.domain();
+    let foreign = |vol: &str| -> anyhow::Result<Option<String>> {
+        let Some(v) = storage::find_volume(pool, vol)? else { return Ok(None) };
+        let Ok(path) = v.path() else { return Ok(None) };
+        Ok(in_use.other_than(&path, &domain).cloned())
+    };
+    let mut deleted = Vec::new();
+    let mut delete = |vol: &str| -> anyhow::Result<()> {
+        if let Some(other) = foreign(vol)? {
+            crate::messages::warn(format_args!("volume {vol} kept: domain {other} uses it"));
+            return Ok(());
+        }
+        if storage::delete(pool, vol)? {
+            deleted.push(vol.to_owned());
+        }
+        Ok(())
+    };
+    for vol in vm.own.volumes(false) {
+        delete(vol)?;
+    }
+    let data = &vm.own.data_volume;
+    if keep_data {
+        if storage::find_volume(pool, data)?.is_some() {
+            storage::mark_kept(&ctx.conn(), pool, data, vm.name.as_str(), vm.own.uuid.as_deref())?;
+        }
+    } else if foreign(data)?.is_none() {
+        delete(data)?;
+        delete(&storage::kept_marker(data))?;
+    } else {
+        delete(data)?;
+    }
+    Ok(deleted)
+}
+
+/// A session VM's serial log lives in its user's state directory, which
+/// project-vm chose: it goes with the VM (the system daemon's stays in
+/// libvirt's log directory, as libvirt keeps it).
+fn own_serial_log(ctx: &Ctx, vm: &Vm) -> Option<std::path::PathBuf> {
+    match ctx.settings.daemon.is_session() && ctx.is_local() {
         true => super::logs::configured_path(vm)
             .filter(|p| ctx.settings.daemon.serial_log_dir().is_some_and(|d| p.parent() == Some(d.as_path()))),
         false => None,
-    };
-    // UEFI VMs have an NVRAM file of their own: it goes with the definition.
+    }
+}
+
+/// Undefines the domain, with its snapshots' metadata and (UEFI VMs have
+/// an NVRAM file of their own) its firmware variables.
+fn undefine(vm: &Vm, snapshots: u32) -> anyhow::Result<()> {
     let efi = vm.spec().is_ok_and(|s| s.firmware == crate::spec::Firmware::Efi);
     let mut flags = 0;
     if snapshots > 0 {
@@ -118,23 +151,22 @@ pub fn remove(ctx: &Ctx, vm: &Vm, keep_data: bool) -> anyhow::Result<DestroyRepo
     };
     undefined.map_err(|e| explain(e, format!("undefining {}", vm.name.domain())))?;
     crate::fault::mutated("undefined the domain");
+    Ok(())
+}
+
+/// What the VM left on this machine: its serial log (if project-vm chose
+/// its place) and its pinned host key (a later VM of this name gets a new one).
+fn forget_host_files(ctx: &Ctx, vm: &Vm, serial_log: Option<std::path::PathBuf>) {
     if let Some(log) = serial_log {
         if let Err(e) = std::fs::remove_file(&log) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("could not remove {}'s serial log {}: {e}", vm.name, log.display());
+                crate::messages::warn(format_args!("could not remove {}'s serial log {}: {e}", vm.name, log.display()));
             }
         }
     }
-    // A later VM of this name gets a new host key: its pin goes with this one.
     if let Err(e) = super::ssh::forget_host_key(&super::ssh::known_hosts_path(), &ctx.ssh_alias(&vm.name)) {
-        tracing::warn!("could not remove {}'s pinned host key: {e:#}", vm.name);
+        crate::messages::warn(format_args!("could not remove {}'s pinned host key: {e:#}", vm.name));
     }
-    tracing::info!(vm = %vm.name, "destroyed");
-    Ok(DestroyReport {
-        name: vm.name.to_string(),
-        deleted_volumes: deleted,
-        kept_data_volume: keep_data.then(|| vm.own.data_volume.clone()),
-    })
 }
 
 impl Report for DestroyReport {

@@ -51,71 +51,86 @@ fn check(check: &'static str, level: Level, message: impl Into<String>, fix: Opt
 /// the user it runs as: the system daemon creates the pool directory as root
 /// and runs QEMU as its QEMU user; a session daemon does both as its user.
 pub fn doctor(uri: &str, settings: &Settings) -> DoctorReport {
-    let mut checks = Vec::new();
-    let local = Ctx::uri_is_local(uri);
-    let daemon = &settings.daemon;
-    // The pool's directory: a pool already defined keeps its own, whatever
-    // "storage_dir" says now (that is the one a create uses).
-    let mut defined_dir: Option<Option<PathBuf>> = None;
-    match crate::libvirt::connect(uri) {
-        Err(e) => checks.push(check("libvirt", Level::Error, format!("{e:#}"), None)),
-        Ok(conn) => {
-            let version = conn.lib_version().map(|v| format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000));
-            checks.push(check(
-                "libvirt",
-                Level::Ok,
-                format!("{uri} answers (libvirt {})", version.unwrap_or_default()),
-                None,
-            ));
-            let ctx = Ctx::new(conn, uri.to_owned(), settings.clone(), true);
-            checks.push(privileges(daemon));
-            checks.push(acceleration(&ctx));
-            checks.push(network(&ctx));
-            let (c, dir) = pool(&ctx);
-            checks.push(c);
-            defined_dir = dir;
-            checks.push(base_image(&ctx));
-        }
-    }
+    let (mut checks, defined_dir) = libvirt_checks(uri, settings);
     checks.push(keys(settings));
-    if local {
-        let dir = match defined_dir {
-            Some(dir) => dir,
-            None => match settings.storage_dir() {
-                Ok(d) => Some(d.to_owned()),
-                Err(e) => {
-                    checks.push(check("pool path", Level::Error, format!("{e:#}"), None));
-                    None
-                }
-            },
-        };
-        if let Some(dir) = dir {
-            checks.extend(match daemon.user() {
-                Some(user) => session_pool_path(daemon, user, &dir),
-                None => pool_path(&dir),
-            });
-            checks.push(free_space(&dir));
-        }
-        checks.extend(confinement());
-        if let Network::User { .. } = settings.network {
-            checks.push(passt(daemon));
-        }
-        checks.push(virtiofsd(daemon));
+    if Ctx::uri_is_local(uri) {
+        checks.extend(local_checks(settings, defined_dir));
     } else {
-        if defined_dir.is_none() {
-            if let Err(e) = settings.storage_dir() {
-                checks.push(check("pool path", Level::Error, format!("{e:#}"), None));
-            }
-        }
-        checks.push(check(
-            "host files",
-            Level::Warn,
-            format!("{uri} is remote: the storage directory, confinement and passt are on that host and not checked from here"),
-            Some("run `project-vm doctor` on that host too".into()),
-        ));
+        checks.extend(remote_checks(uri, settings, defined_dir));
     }
     let ok = checks.iter().all(|c| c.level != Level::Error);
     DoctorReport { uri: uri.to_owned(), checks, ok }
+}
+
+/// The checks that ask the daemon. Also the pool's directory when the pool
+/// is already defined: it keeps its own, whatever "storage_dir" says now
+/// (that is the one a create uses).
+fn libvirt_checks(uri: &str, settings: &Settings) -> (Vec<Check>, Option<Option<PathBuf>>) {
+    let conn = match crate::libvirt::connect(uri) {
+        Err(e) => return (vec![check("libvirt", Level::Error, format!("{e:#}"), None)], None),
+        Ok(conn) => conn,
+    };
+    let version = conn.lib_version().map(|v| format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000));
+    let answers = format!("{uri} answers (libvirt {})", version.unwrap_or_default());
+    let ctx = Ctx::new(conn, uri.to_owned(), settings.clone(), true);
+    let mut checks = vec![
+        check("libvirt", Level::Ok, answers, None),
+        privileges(&settings.daemon),
+        acceleration(&ctx),
+        network(&ctx),
+    ];
+    let (c, dir) = pool(&ctx);
+    checks.push(c);
+    checks.push(base_image(&ctx));
+    (checks, dir)
+}
+
+/// The checks of files and programs on this machine, the libvirt host.
+fn local_checks(settings: &Settings, defined_dir: Option<Option<PathBuf>>) -> Vec<Check> {
+    let daemon = &settings.daemon;
+    let mut checks = Vec::new();
+    let dir = match defined_dir {
+        Some(dir) => dir,
+        None => match settings.storage_dir() {
+            Ok(d) => Some(d.to_owned()),
+            Err(e) => {
+                checks.push(check("pool path", Level::Error, format!("{e:#}"), None));
+                None
+            }
+        },
+    };
+    if let Some(dir) = dir {
+        checks.extend(match daemon.user() {
+            Some(user) => session_pool_path(daemon, user, &dir),
+            None => pool_path(&dir),
+        });
+        checks.push(free_space(&dir));
+    }
+    checks.extend(confinement());
+    if let Network::User { .. } = settings.network {
+        checks.push(passt(daemon));
+    }
+    checks.push(virtiofsd(daemon));
+    checks
+}
+
+/// A remote host's files are not checked from here: say so.
+fn remote_checks(uri: &str, settings: &Settings, defined_dir: Option<Option<PathBuf>>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if defined_dir.is_none() {
+        if let Err(e) = settings.storage_dir() {
+            checks.push(check("pool path", Level::Error, format!("{e:#}"), None));
+        }
+    }
+    checks.push(check(
+        "host files",
+        Level::Warn,
+        format!(
+            "{uri} is remote: the storage directory, confinement and passt are on that host and not checked from here"
+        ),
+        Some("run `project-vm doctor` on that host too".into()),
+    ));
+    checks
 }
 
 fn privileges(daemon: &Daemon) -> Check {
@@ -298,7 +313,7 @@ fn virtiofsd(daemon: &Daemon) -> Check {
 
 fn acceleration(ctx: &Ctx) -> Check {
     let caps = ctx.conn().capabilities().unwrap_or_default();
-    let kvm = caps.contains("<domain type='kvm'");
+    let kvm = offers_kvm(&caps);
     match (ctx.settings.accel, kvm) {
         (Accel::Kvm, true) => check("acceleration", Level::Ok, "KVM is available", None),
         (Accel::Kvm, false) => match ctx.settings.daemon.user() {
@@ -464,9 +479,40 @@ fn confinement() -> Vec<Check> {
     out
 }
 
+/// True when the capabilities XML offers a guest the `kvm` domain type
+/// (`<capabilities><guest><arch><domain type='kvm'/>`), read as XML: not a
+/// comment or another element's text that happens to spell it.
+fn offers_kvm(caps: &str) -> bool {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(caps);
+    let mut path: Vec<String> = Vec::new();
+    loop {
+        let (e, empty) = match reader.read_event() {
+            Ok(Event::Start(e)) => (e, false),
+            Ok(Event::Empty(e)) => (e, true),
+            Ok(Event::End(_)) => {
+                path.pop();
+                continue;
+            }
+            Ok(Event::Eof) | Err(_) => return false,
+            Ok(_) => continue,
+        };
+        let name = e.name().into_inner().to_owned();
+        let in_arch = path.iter().map(String::as_str).eq(["capabilities", "guest", "arch"]);
+        let kvm = e.attributes().flatten().any(|a| a.key.into_inner() == "type" && a.value == "kvm");
+        if in_arch && name == "domain" && kvm {
+            return true;
+        }
+        if !empty {
+            path.push(name);
+        }
+    }
+}
+
+/// True when `program` is on PATH (or in /usr/bin, where a daemon's PATH
+/// would find it when ours is bare).
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        || Path::new("/usr/bin").join(program).is_file()
+    which::which(program).is_ok() || Path::new("/usr/bin").join(program).is_file()
 }
 
 fn passt(daemon: &Daemon) -> Check {
@@ -496,10 +542,8 @@ impl DoctorReport {
             return Ok(());
         }
         let n = self.checks.iter().filter(|c| c.level == Level::Error).count();
-        Err(crate::error::failure(
-            crate::error::Kind::Environment,
-            format!("{n} problem{} would make a create fail (see above)", if n == 1 { "" } else { "s" }),
-        ))
+        let s = if n == 1 { "" } else { "s" };
+        Err(super::Error::Environment(format!("{n} problem{s} would make a create fail (see above)")).into())
     }
 }
 
@@ -517,5 +561,24 @@ impl Report for DoctorReport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kvm_is_read_from_the_capabilities_as_xml() {
+        let caps = |domains: &str| {
+            format!(
+                "<capabilities><host><uuid>x</uuid></host><guest><os_type>hvm</os_type><arch name=\"x86_64\"><emulator>/usr/bin/qemu-system-x86_64</emulator>{domains}</arch></guest></capabilities>"
+            )
+        };
+        assert!(super::offers_kvm(&caps("<domain type='qemu'/><domain type='kvm'/>")));
+        assert!(super::offers_kvm(&caps("<domain type=\"kvm\"><emulator>x</emulator></domain>")));
+        assert!(!super::offers_kvm(&caps("<domain type='qemu'/>")));
+        // Spelled, but not an offer: a comment, or an element elsewhere.
+        assert!(!super::offers_kvm(&caps("<domain type='qemu'/><!-- <domain type='kvm'/> -->")));
+        assert!(!super::offers_kvm("<capabilities><host><domain type='kvm'/></host></capabilities>"));
+        assert!(!super::offers_kvm("not xml <domain type='kvm'"));
     }
 }

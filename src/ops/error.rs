@@ -28,6 +28,21 @@ pub enum Error {
     /// The guest came up but was not provisioned.
     #[error("{vm} is not provisioned: {why}")]
     NotProvisioned { vm: String, why: String },
+    /// The guest did not report ready in time (`phase`: how far it got); it is still running.
+    #[error(
+        "{vm} did not report ready within {}s ({phase}); it is still running: follow it with `project-vm logs {vm} --follow` or `project-vm console {vm}`, then `project-vm start {vm} --wait` again",
+        .after.as_secs()
+    )]
+    ReadyTimeout { vm: String, phase: String, after: Duration },
+    /// cloud-init reported a result other than done (its status word and errors).
+    #[error(
+        "cloud-init in {vm} finished with status {status:?}{}\nthe VM is running: inspect it with `project-vm ssh {vm} -- sudo cloud-init status --long` or `project-vm logs {vm}`",
+        .errors.iter().map(|e| format!("\n  {e}")).collect::<String>()
+    )]
+    CloudInit { vm: String, status: String, errors: Vec<String> },
+    /// The VM has no snapshot of that name.
+    #[error("{vm} has no snapshot {name}: see `project-vm snapshot list {vm}`")]
+    NoSuchSnapshot { vm: String, name: String },
     /// Bad input that the verb itself found.
     #[error("{0}")]
     Invalid(String),
@@ -53,10 +68,10 @@ fn at(host: &Option<String>) -> String {
 impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::NoSuchVm { .. } | Error::NotFound(_) => Kind::NotFound,
+            Error::NoSuchVm { .. } | Error::NoSuchSnapshot { .. } | Error::NotFound(_) => Kind::NotFound,
             Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
-            Error::Timeout { .. } => Kind::Timeout,
-            Error::NotProvisioned { .. } => Kind::Provisioning,
+            Error::Timeout { .. } | Error::ReadyTimeout { .. } => Kind::Timeout,
+            Error::NotProvisioned { .. } | Error::CloudInit { .. } => Kind::Provisioning,
             Error::Invalid(_) => Kind::Invalid,
             Error::Environment(_) => Kind::Environment,
             Error::Gone { .. } => Kind::NotFound,

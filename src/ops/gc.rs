@@ -20,7 +20,8 @@ use crate::libvirt::storage::{self, VolumeInfo};
 use crate::libvirt::vms;
 use crate::lock;
 use crate::output::{human, table, Report};
-use crate::spec::DOMAIN_PREFIX;
+use crate::spec::{VmName, DOMAIN_PREFIX};
+use virt::storage_pool::StoragePool;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -71,36 +72,118 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
     let Some(pool) = storage::find_pool(&ctx.conn(), &pool_name)? else { return Ok(report) };
     let _ = pool.refresh(0);
     let all_vms = vms::list(&ctx.conn())?;
-    // Whatever any domain uses (its disks and their backing chains), whoever
-    // made it, is never removed: a renamed or copied domain keeps its disks.
-    let in_use = vms::disks_in_use(&ctx.conn(), ctx.is_local())?;
-    let user_of = |n: &str| -> Option<String> {
-        let path = storage::find_volume(&pool, n).ok().flatten()?.path().ok()?;
-        in_use.get(&path).cloned()
-    };
-    let vms: Vec<_> = all_vms.iter().filter(|vm| vm.own.pool == pool_name).collect();
-    let names: BTreeSet<String> = storage::volume_names(&pool)?.into_iter().collect();
+    let scan = Scan::read(ctx, &pool, &all_vms, yes, named)?;
     // Named disks first: a typo must not be found out after removals.
-    for n in named {
-        if !names.contains(n) || kept_disk_of(ctx, &pool, n)?.is_none() {
-            return Err(crate::error::invalid(format!(
-                "{n} is not a kept project disk in pool {pool_name}: `project-vm gc` lists what it can remove"
-            )));
-        }
+    scan.check_named()?;
+    scan.half_made_vms(&mut report)?;
+    scan.images(&mut report)?;
+    scan.orphan_records(&mut report)?;
+    scan.vm_volumes(&mut report)?;
+    Ok(report)
+}
+
+/// What one gc run reads once: the pool, its VMs and volumes, and what every
+/// domain uses.
+struct Scan<'a> {
+    ctx: &'a Ctx,
+    pool: &'a StoragePool,
+    pool_name: String,
+    yes: bool,
+    named: &'a [String],
+    all_vms: &'a [vms::Vm],
+    /// The VMs whose volumes live in this pool.
+    vms: Vec<&'a vms::Vm>,
+    /// Whatever any domain uses (its disks and their backing chains), whoever
+    /// made it, is never removed: a renamed or copied domain keeps its disks.
+    in_use: vms::InUse,
+    names: BTreeSet<String>,
+    /// The volumes the VMs' records name.
+    owned: BTreeSet<String>,
+}
+
+/// Taking a VM's lock for gc: `Ok(None)` when another project-vm holds it
+/// (the finding is skipped, saying why); any other failure ends the run.
+fn vm_lock_or_skip(ctx: &Ctx, name: &VmName) -> anyhow::Result<Result<lock::Lock, String>> {
+    skip_if_busy(super::vm_lock(ctx, name, "collecting garbage of"))
+}
+
+fn skip_if_busy<T>(taken: anyhow::Result<T>) -> anyhow::Result<Result<T, String>> {
+    match taken {
+        Ok(l) => Ok(Ok(l)),
+        Err(e) if e.downcast_ref::<lock::Busy>().is_some() => Ok(Err(format!("skipped: {e}"))),
+        Err(e) => Err(e),
     }
-    let allocation = |n: &str| -> u64 {
-        storage::find_volume(&pool, n).ok().flatten().and_then(|v| VolumeInfo::of(&v).ok()).map_or(0, |i| i.allocation)
-    };
-    let delete = |n: &str| storage::delete(&pool, n).map(drop);
-    let mut owned: BTreeSet<String> = BTreeSet::new();
-    for vm in &vms {
-        owned.extend([vm.own.root_volume.clone(), vm.own.data_volume.clone()]);
-        owned.extend(vm.own.seed_volume.clone());
+}
+
+impl<'a> Scan<'a> {
+    fn read(
+        ctx: &'a Ctx,
+        pool: &'a StoragePool,
+        all_vms: &'a [vms::Vm],
+        yes: bool,
+        named: &'a [String],
+    ) -> anyhow::Result<Scan<'a>> {
+        let pool_name = ctx.settings.pool.clone();
+        let in_use = vms::disks_in_use(&ctx.conn(), ctx.is_local())?;
+        let vms: Vec<_> = all_vms.iter().filter(|vm| vm.own.pool == pool_name).collect();
+        let names: BTreeSet<String> = storage::volume_names(pool)?.into_iter().collect();
+        let mut owned: BTreeSet<String> = BTreeSet::new();
+        for vm in &vms {
+            owned.extend([vm.own.root_volume.clone(), vm.own.data_volume.clone()]);
+            owned.extend(vm.own.seed_volume.clone());
+        }
+        Ok(Scan { ctx, pool, pool_name, yes, named, all_vms, vms, in_use, names, owned })
     }
 
-    // Half-made VMs: a create or a destroy that was killed.
-    for vm in &vms {
-        let Some(keep_data) = vm.own.half_made(names.contains(&vm.own.root_volume)) else { continue };
+    fn user_of(&self, n: &str) -> Option<String> {
+        let path = storage::find_volume(self.pool, n).ok().flatten()?.path().ok()?;
+        self.in_use.get(&path).cloned()
+    }
+
+    fn allocation(&self, n: &str) -> u64 {
+        storage::find_volume(self.pool, n)
+            .ok()
+            .flatten()
+            .and_then(|v| VolumeInfo::of(&v).ok())
+            .map_or(0, |i| i.allocation)
+    }
+
+    fn delete(&self, n: &str) -> anyhow::Result<()> {
+        storage::delete(self.pool, n).map(drop)
+    }
+
+    fn left_alone(&self, n: &str) -> String {
+        format!(
+            "left alone: not project-vm's to remove (`virsh vol-delete {n} --pool {}` if it is yours)",
+            self.pool_name
+        )
+    }
+
+    /// Every disk the user named is a kept project disk of this pool.
+    fn check_named(&self) -> anyhow::Result<()> {
+        for n in self.named {
+            if !self.names.contains(n) || kept_disk_of(self.ctx, self.pool, n)?.is_none() {
+                return Err(super::Error::Invalid(format!(
+                    "{n} is not a kept project disk in pool {}: `project-vm gc` lists what it can remove",
+                    self.pool_name
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Half-made VMs: a create or a destroy that was killed.
+    fn half_made_vms(&self, report: &mut GcReport) -> anyhow::Result<()> {
+        for vm in &self.vms {
+            let Some(keep_data) = vm.own.half_made(self.names.contains(&vm.own.root_volume)) else { continue };
+            let f = self.half_made_vm(report, vm, keep_data)?;
+            report.findings.push(f);
+        }
+        Ok(())
+    }
+
+    fn half_made_vm(&self, report: &mut GcReport, vm: &vms::Vm, keep_data: bool) -> anyhow::Result<Finding> {
         let detail = match vm.own.phase {
             Phase::Creating => "its create did not finish",
             Phase::Ready => "its destroy did not finish (the root disk is gone)",
@@ -110,183 +193,197 @@ pub fn gc(ctx: &Ctx, yes: bool, named: &[String]) -> anyhow::Result<GcReport> {
             false => "its project disk was new and empty".into(),
         };
         let mut f = finding("half-made-vm", vm.name.as_str(), detail, 0);
-        let foreign_user = vm.own.volumes(true).into_iter().find_map(|v| {
-            let path = storage::find_volume(&pool, v).ok().flatten()?.path().ok()?;
-            let d = in_use.other_than(&path, &vm.name.domain())?;
-            Some(format!("{v} is in use by domain {d}"))
-        });
-        if let Some(why) = foreign_user {
+        if let Some(why) = self.foreign_user(vm) {
             f.action = format!("kept: {why}");
-            report.findings.push(f);
-            continue;
+            return Ok(f);
         }
-        match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
-            Err(e) => f.action = format!("skipped: {e}"),
-            Ok(_lock) if yes => match still_half_made(ctx, &pool, vm)? {
+        f.action = match vm_lock_or_skip(self.ctx, &vm.name)? {
+            Err(skipped) => skipped,
+            Ok(_lock) if self.yes => match still_half_made(self.ctx, self.pool, vm)? {
                 // The create (or destroy) it was listed in finished since:
                 // what is there now is not the half-made VM that was seen.
-                None => f.action = "skipped: it changed since it was listed (its run finished)".into(),
+                None => "skipped: it changed since it was listed (its run finished)".into(),
                 Some((now, keep_data)) => {
                     // A project disk that may hold data is kept (remove it by name).
-                    super::destroy::remove(ctx, &now, keep_data)?;
-                    f.action = format!("removed ({kept})");
+                    super::destroy::remove(self.ctx, &now, keep_data)?;
                     report.removed += 1;
+                    format!("removed ({kept})")
                 }
             },
-            Ok(_) => f.action = format!("would remove ({kept})"),
-        }
-        report.findings.push(f);
+            Ok(_) => format!("would remove ({kept})"),
+        };
+        Ok(f)
     }
 
-    // Images: uploads without a record, and older generations no VM uses.
-    let backing: BTreeSet<String> = all_vms
-        .iter()
-        .filter_map(|vm| storage::find_volume(&pool, &vm.own.root_volume).ok().flatten())
-        .filter_map(|v| VolumeInfo::of(&v).ok()?.backing)
-        .collect();
-    for e in store::list(&ctx.conn(), &pool)? {
-        let (kind, detail) = match (&e.record, e.current) {
-            (None, _) => ("unverified-image", "no record: an interrupted upload; create never uses it"),
-            (Some(_), false) => ("superseded-image", "an older generation of its image"),
-            (Some(_), true) => continue,
-        };
-        if backing.contains(&e.disk.path) {
-            continue;
+    /// One of `vm`'s volumes that another domain uses, said as a reason to keep it.
+    fn foreign_user(&self, vm: &vms::Vm) -> Option<String> {
+        vm.own.volumes(true).into_iter().find_map(|v| {
+            let path = storage::find_volume(self.pool, v).ok().flatten()?.path().ok()?;
+            let d = self.in_use.other_than(&path, &vm.name.domain())?;
+            Some(format!("{v} is in use by domain {d}"))
+        })
+    }
+
+    /// Images: uploads without a record, and older generations no VM uses.
+    fn images(&self, report: &mut GcReport) -> anyhow::Result<()> {
+        let backing: BTreeSet<String> = self
+            .all_vms
+            .iter()
+            .filter_map(|vm| storage::find_volume(self.pool, &vm.own.root_volume).ok().flatten())
+            .filter_map(|v| VolumeInfo::of(&v).ok()?.backing)
+            .collect();
+        for e in store::list(&self.ctx.conn(), self.pool)? {
+            let (kind, detail) = match (&e.record, e.current) {
+                (None, _) => ("unverified-image", "no record: an interrupted upload; create never uses it"),
+                (Some(_), false) => ("superseded-image", "an older generation of its image"),
+                (Some(_), true) => continue,
+            };
+            if !backing.contains(&e.disk.path) {
+                self.image(report, &e, finding(kind, &e.volume, detail, e.disk.allocation))?;
+            }
         }
-        if let Some(d) = in_use.get(&e.disk.path) {
-            report.findings.push(Finding {
-                action: format!("kept: in use by domain {d}"),
-                ..finding(kind, &e.volume, detail, e.disk.allocation)
-            });
-            continue;
+        Ok(())
+    }
+
+    fn image(&self, report: &mut GcReport, e: &store::Entry, f: Finding) -> anyhow::Result<()> {
+        if let Some(d) = self.in_use.get(&e.disk.path) {
+            report.findings.push(Finding { action: format!("kept: in use by domain {d}"), ..f });
+            return Ok(());
         }
         let image = match record::classify(&e.volume) {
             VolumeKind::Disk { image, .. } => image.to_owned(),
             // Not named as project-vm names its uploads (`NAME@GEN.img`):
             // made by hand or by another tool, and not project-vm's to remove.
             _ => {
+                let detail = "no project-vm record names it, nor is it named like an upload of project-vm's; create never uses it";
                 report.findings.push(Finding {
-                    action: format!(
-                        "left alone: not project-vm's to remove (`virsh vol-delete {} --pool {pool_name}` if it is yours)",
-                        e.volume
-                    ),
-                    ..finding(
-                        "unrecorded-volume",
-                        &e.volume,
-                        "no project-vm record names it, nor is it named like an upload of project-vm's; create never uses it",
-                        e.disk.allocation,
-                    )
+                    action: self.left_alone(&e.volume),
+                    ..finding("unrecorded-volume", &e.volume, detail, e.disk.allocation)
                 });
-                continue;
+                return Ok(());
             }
         };
-        let f = finding(kind, &e.volume, detail, e.disk.allocation);
         // An upload in progress holds its image's lock.
-        match lock::try_acquire(&ctx.lock_scope()?, &format!("image:{pool_name}/{image}"), "collecting garbage")? {
+        let what = format!("image:{}/{image}", self.pool_name);
+        match lock::try_acquire(&self.ctx.lock_scope()?, &what, "collecting garbage")? {
             Err(h) => report.findings.push(Finding {
                 action: format!("skipped: another project-vm{} is storing {image}", h.pid_note()),
                 ..f
             }),
-            Ok(_lock) => report.collect(f, || store::remove(&pool, &e.volume))?,
+            Ok(_lock) => report.collect(f, || store::remove(self.pool, &e.volume))?,
         }
-    }
-    // Image records whose disk is gone.
-    for n in &names {
-        if let VolumeKind::Record { image, generation } = record::classify(n) {
-            if !names.contains(&record::disk_volume(image, generation)) {
-                report
-                    .collect(finding("orphan-volume", n, "an image record without its disk", allocation(n)), || {
-                        delete(n)
-                    })?;
-            }
-        }
+        Ok(())
     }
 
-    // VM volumes no record names: kept project disks (and their markers), a
-    // seed whose removal after the first boot was interrupted, or volumes
-    // project-vm has no record of making, which it leaves alone.
-    for n in names.iter().filter(|n| n.starts_with(DOMAIN_PREFIX) && !owned.contains(*n)) {
-        if let Some(d) = user_of(n) {
-            report.findings.push(Finding {
-                action: format!("kept: in use by domain {d}"),
-                ..finding("in-use-volume", n, "no project-vm record names it, but a domain uses it", allocation(n))
-            });
-            continue;
-        }
-        if let Some(data) = n.strip_suffix(".kept") {
-            if !names.contains(data) {
-                // Under its VM's lock, and only if its disk is still gone
-                // (a destroy --keep-data or a create may be at work).
-                let owner = data.strip_prefix(DOMAIN_PREFIX).and_then(|v| v.strip_suffix("-data.qcow2"));
-                let lock = owner
-                    .and_then(|o| crate::spec::VmName::parse(o).ok())
-                    .map(|o| super::vm_lock(ctx, &o, "collecting garbage of"));
-                let f = finding("stale-marker", n, format!("marks {data}, which is gone"), 0);
-                match lock {
-                    Some(Err(e)) => report.findings.push(Finding { action: format!("skipped: {e}"), ..f }),
-                    _ => report.collect(f, || match storage::find_volume(&pool, data)? {
-                        None => delete(n),
-                        Some(_) => Ok(()),
-                    })?,
+    /// Image records whose disk is gone.
+    fn orphan_records(&self, report: &mut GcReport) -> anyhow::Result<()> {
+        for n in &self.names {
+            if let VolumeKind::Record { image, generation } = record::classify(n) {
+                if !self.names.contains(&record::disk_volume(image, generation)) {
+                    let f = finding("orphan-volume", n, "an image record without its disk", self.allocation(n));
+                    report.collect(f, || self.delete(n))?;
                 }
             }
-            continue; // otherwise reported with its disk
         }
-        // A seed detached from its VM (the record says so) but not yet deleted.
-        let seed_of = vms.iter().find(|vm| vm.name.seed_volume() == *n && vm.own.seed_volume.is_none());
-        if let Some(vm) = seed_of {
-            let detail = format!("the cloud-init seed of {}, detached after its first boot but not deleted", vm.name);
-            let f = finding("orphan-volume", n, detail, allocation(n));
-            match super::vm_lock(ctx, &vm.name, "collecting garbage of") {
-                Err(e) => report.findings.push(Finding { action: format!("skipped: {e}"), ..f }),
-                // Still that VM, still without its seed (a new VM of the name has one).
-                Ok(_lock) => report.collect(f, || match vms::lookup(&ctx.conn(), &vm.name)? {
-                    vms::Lookup::Owned(now) if now.own.uuid == vm.own.uuid && now.own.seed_volume.is_none() => {
-                        delete(n)
-                    }
-                    _ => Ok(()),
-                })?,
+        Ok(())
+    }
+
+    /// VM volumes no record names: kept project disks (and their markers), a
+    /// seed whose removal after the first boot was interrupted, or volumes
+    /// project-vm has no record of making, which it leaves alone.
+    fn vm_volumes(&self, report: &mut GcReport) -> anyhow::Result<()> {
+        for n in self.names.iter().filter(|n| n.starts_with(DOMAIN_PREFIX) && !self.owned.contains(*n)) {
+            if let Some(d) = self.user_of(n) {
+                let detail = "no project-vm record names it, but a domain uses it";
+                report.findings.push(Finding {
+                    action: format!("kept: in use by domain {d}"),
+                    ..finding("in-use-volume", n, detail, self.allocation(n))
+                });
+            } else if let Some(data) = n.strip_suffix(".kept") {
+                // Otherwise reported with its disk.
+                if !self.names.contains(data) {
+                    self.stale_marker(report, n, data)?;
+                }
+            } else if let Some(vm) =
+                self.vms.iter().find(|vm| vm.name.seed_volume() == *n && vm.own.seed_volume.is_none())
+            {
+                self.detached_seed(report, n, vm)?;
+            } else {
+                self.kept_or_unrecorded(report, n)?;
             }
-            continue;
         }
-        let kept_for = match names.contains(&storage::kept_marker(n)) {
-            true => kept_disk_of(ctx, &pool, n)?,
+        Ok(())
+    }
+
+    /// A kept disk's marker whose disk is gone: removed under its VM's lock,
+    /// and only if its disk is still gone (a destroy --keep-data or a create
+    /// may be at work).
+    fn stale_marker(&self, report: &mut GcReport, n: &str, data: &str) -> anyhow::Result<()> {
+        let owner = data.strip_prefix(DOMAIN_PREFIX).and_then(|v| v.strip_suffix("-data.qcow2"));
+        let lock = owner.and_then(|o| VmName::parse(o).ok()).map(|o| vm_lock_or_skip(self.ctx, &o)).transpose()?;
+        let f = finding("stale-marker", n, format!("marks {data}, which is gone"), 0);
+        match lock {
+            Some(Err(skipped)) => report.findings.push(Finding { action: skipped, ..f }),
+            _ => report.collect(f, || match storage::find_volume(self.pool, data)? {
+                None => self.delete(n),
+                Some(_) => Ok(()),
+            })?,
+        }
+        Ok(())
+    }
+
+    /// A seed detached from its VM (the record says so) but not yet deleted.
+    fn detached_seed(&self, report: &mut GcReport, n: &str, vm: &vms::Vm) -> anyhow::Result<()> {
+        let detail = format!("the cloud-init seed of {}, detached after its first boot but not deleted", vm.name);
+        let f = finding("orphan-volume", n, detail, self.allocation(n));
+        match vm_lock_or_skip(self.ctx, &vm.name)? {
+            Err(skipped) => report.findings.push(Finding { action: skipped, ..f }),
+            // Still that VM, still without its seed (a new VM of the name has one).
+            Ok(_lock) => report.collect(f, || match vms::lookup(&self.ctx.conn(), &vm.name)? {
+                vms::Lookup::Owned(now) if now.own.uuid == vm.own.uuid && now.own.seed_volume.is_none() => {
+                    self.delete(n)
+                }
+                _ => Ok(()),
+            })?,
+        }
+        Ok(())
+    }
+
+    /// A kept project disk (removed only when named), or a volume project-vm
+    /// did not make (left alone).
+    fn kept_or_unrecorded(&self, report: &mut GcReport, n: &str) -> anyhow::Result<()> {
+        let marked = self.names.contains(&storage::kept_marker(n));
+        let kept_for = match marked {
+            true => kept_disk_of(self.ctx, self.pool, n)?,
             false => None,
         };
         let Some(vm) = kept_for else {
-            let detail = match names.contains(&storage::kept_marker(n)) {
+            let detail = match marked {
                 true => "a marker stands beside it, but it does not describe this disk: project-vm did not keep it",
                 false => "no project-vm record names it (made by hand, by another tool, or refused by create)",
             };
             report.findings.push(Finding {
-                action: format!(
-                    "left alone: not project-vm's to remove (`virsh vol-delete {n} --pool {pool_name}` if it is yours)"
-                ),
-                ..finding("unrecorded-volume", n, detail, allocation(n))
+                action: self.left_alone(n),
+                ..finding("unrecorded-volume", n, detail, self.allocation(n))
             });
-            continue;
+            return Ok(());
         };
-        let f = finding(
-            "kept-disk",
-            n,
-            format!("the project disk of {vm}, kept by `destroy --keep-data`; `create {vm}` reattaches it"),
-            allocation(n),
-        );
-        if named.contains(n) {
-            report.collect(Finding { action: String::new(), ..f }, || {
-                delete(n)?;
-                delete(&storage::kept_marker(n))
-            })?;
-            if let Some(last) = report.findings.last_mut() {
-                last.action.push_str(" (named)");
-            }
-        } else {
-            report
-                .findings
-                .push(Finding { action: format!("kept: name it to remove it (`project-vm gc --yes {n}`)"), ..f });
+        let detail = format!("the project disk of {vm}, kept by `destroy --keep-data`; `create {vm}` reattaches it");
+        let f = finding("kept-disk", n, detail, self.allocation(n));
+        if !self.named.iter().any(|m| m == n) {
+            let action = format!("kept: name it to remove it (`project-vm gc --yes {n}`)");
+            report.findings.push(Finding { action, ..f });
+            return Ok(());
         }
+        report.collect(f, || {
+            self.delete(n)?;
+            self.delete(&storage::kept_marker(n))
+        })?;
+        if let Some(last) = report.findings.last_mut() {
+            last.action.push_str(" (named)");
+        }
+        Ok(())
     }
-    Ok(report)
 }
 
 /// `vm` as it is now (read under its lock), with what undoing it must keep,
@@ -334,5 +431,22 @@ impl Report for GcReport {
             writeln!(out, "removed {}", self.removed)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_vm_is_skipped_and_any_other_lock_failure_ends_the_run() {
+        let holder = lock::Holder { pid: Some(42), doing: Some("creating".into()) };
+        let busy = lock::Busy { what: "web".into(), holder, hint: String::new() };
+        let skipped = skip_if_busy::<()>(Err(busy.into())).unwrap().unwrap_err();
+        assert_eq!(skipped, "skipped: web is busy: another project-vm (pid 42) is creating");
+        let unusable = skip_if_busy::<()>(Err(lock::Unusable("cannot lock vm:web".into()).into())).unwrap_err();
+        assert!(unusable.downcast_ref::<lock::Unusable>().is_some());
+        assert_eq!(crate::exit::code(&unusable), 4);
+        assert_eq!(skip_if_busy(Ok(1)).unwrap(), Ok(1));
     }
 }

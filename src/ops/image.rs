@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::Ctx;
-use crate::error::{invalid, not_found};
+use super::Error;
 use crate::images::record;
 use crate::images::store;
 use crate::libvirt::storage::{self, VolumeInfo};
@@ -152,7 +152,8 @@ pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Removed> {
     let found = matching(ctx)?;
     if found.is_empty() {
         record::validate_name(name)?;
-        return Err(not_found(format!("no image {name} in pool {}: see `project-vm image list`", ctx.settings.pool)));
+        let why = format!("no image {name} in pool {}: see `project-vm image list`", ctx.settings.pool);
+        return Err(Error::NotFound(why).into());
     }
     // The image's lock (by its name: a volume name stands for its image),
     // then its users again: a `create` holds the lock from reading the image
@@ -170,14 +171,16 @@ pub fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<Removed> {
     let _locks = image_names.iter().map(|n| super::pull::lock_image(ctx, n)).collect::<anyhow::Result<Vec<_>>>()?;
     let entries = matching(ctx)?;
     if entries.is_empty() {
-        return Err(not_found(format!("no image {name} in pool {} (removed meanwhile)", ctx.settings.pool)));
+        let why = format!("no image {name} in pool {} (removed meanwhile)", ctx.settings.pool);
+        return Err(Error::NotFound(why).into());
     }
     let users: Vec<String> = entries.iter().flat_map(|e| e.used_by.iter().cloned()).collect();
     if !users.is_empty() {
-        return Err(invalid(format!(
+        return Err(Error::Invalid(format!(
             "image {name} is the base of {}: their root disks are overlays on it; destroy them first",
             users.join(", ")
-        )));
+        ))
+        .into());
     }
     let pool = storage::find_pool(&ctx.conn(), &ctx.settings.pool)?.expect("listed above");
     let mut removed = Vec::new();

@@ -84,10 +84,7 @@ impl FleetListing {
         if self.down.is_empty() {
             return Ok(());
         }
-        Err(crate::error::failure(
-            crate::error::Kind::Environment,
-            format!("not listed, unreachable:\n  {}", self.down.join("\n  ")),
-        ))
+        Err(super::Error::Environment(format!("not listed, unreachable:\n  {}", self.down.join("\n  "))).into())
     }
 }
 

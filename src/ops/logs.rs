@@ -7,8 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Ctx;
-use crate::error::{failure, Kind};
+use super::{Ctx, Error};
 use crate::libvirt::vms::Vm;
 
 /// The serial log file the VM's definition names, if any.
@@ -17,58 +16,66 @@ pub fn configured_path(vm: &Vm) -> Option<PathBuf> {
     serial_log_in(&xml).map(PathBuf::from)
 }
 
-/// `<serial><log file='...'/></serial>`'s file, from libvirt's XML (which
-/// quotes attributes with `'`; the definition project-vm wrote has one serial).
+/// The file of the `<log>` of the domain's first `<serial>` device
+/// (`<domain><devices><serial type=...><log file='...'/>`), read as XML:
+/// a disk's `<serial>` (its serial number) or a console's log is not it.
 fn serial_log_in(xml: &str) -> Option<String> {
-    // The device `<serial type=...>`, not a disk's `<serial>` (its serial number).
-    let serial = &xml[xml.find("<serial ")?..];
-    let serial = &serial[..serial.find("</serial>").unwrap_or(serial.len())];
-    let log = &serial[serial.find("<log ")?..];
-    let log = &log[..log.find('>')?];
-    let at = log.find("file=")? + "file=".len();
-    let quote = log[at..].chars().next()?;
-    let value = &log[at + 1..];
-    let value = &value[..value.find(quote)?];
-    quick_xml::escape::unescape(value).ok().map(|v| v.into_owned())
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut path: Vec<String> = Vec::new();
+    loop {
+        let (e, empty) = match reader.read_event().ok()? {
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
+            Event::End(_) => {
+                path.pop();
+                continue;
+            }
+            Event::Eof => return None,
+            _ => continue,
+        };
+        let name = e.name().into_inner().to_owned();
+        if name == "log" && path.iter().map(String::as_str).eq(["domain", "devices", "serial"]) {
+            let file = e.try_get_attribute("file").ok()??;
+            return quick_xml::escape::unescape(&file.value).ok().map(|v| v.into_owned());
+        }
+        if !empty {
+            path.push(name);
+        }
+    }
 }
 
 pub fn logs(ctx: &Ctx, vm: &Vm, follow: bool) -> anyhow::Result<()> {
     if !ctx.is_local() {
-        return Err(failure(
-            Kind::Environment,
-            format!(
-                "the serial log is a file on the libvirt host ({}), not readable from here: use `project-vm console {}`",
-                ctx.uri, vm.name
-            ),
-        ));
+        return Err(Error::Environment(format!(
+            "the serial log is a file on the libvirt host ({}), not readable from here: use `project-vm console {}`",
+            ctx.uri, vm.name
+        ))
+        .into());
     }
     let Some(path) = configured_path(vm) else {
-        return Err(failure(
-            Kind::NotFound,
-            format!(
-                "{} keeps no serial log (it was made without one, by an older project-vm or for a daemon whose user's home is not known here): use `project-vm console {}`",
-                vm.name, vm.name
-            ),
-        ));
+        return Err(Error::NoSerialLog(format!(
+            "{} keeps no serial log (it was made without one, by an older project-vm or for a daemon whose user's home is not known here): use `project-vm console {}`",
+            vm.name, vm.name
+        ))
+        .into());
     };
     // Opened only if it is a regular file (a FIFO or a device there would block or never end).
     if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-        return Err(crate::error::invalid(format!("{} is not a regular file: not a serial log", path.display())));
+        return Err(Error::Invalid(format!("{} is not a regular file: not a serial log", path.display())).into());
     }
     let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => failure(
-            Kind::Environment,
-            format!(
-                "cannot read the serial log {} ({e}): {} writes it for its own user; read it as that user (root for qemu:///system), or use `project-vm console {}`",
-                path.display(),
-                ctx.settings.daemon.describe(),
-                vm.name
-            ),
-        ),
-        _ => failure(
-            Kind::NotFound,
-            format!("no serial log at {} ({e}): has {} been started since it was created?", path.display(), vm.name),
-        ),
+        std::io::ErrorKind::PermissionDenied => Error::Environment(format!(
+            "cannot read the serial log {} ({e}): {} writes it for its own user; read it as that user (root for qemu:///system), or use `project-vm console {}`",
+            path.display(),
+            ctx.settings.daemon.describe(),
+            vm.name
+        )),
+        _ => Error::NoSerialLog(format!(
+            "no serial log at {} ({e}): has {} been started since it was created?",
+            path.display(),
+            vm.name
+        )),
     })?;
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 64 * 1024];
@@ -102,5 +109,19 @@ mod tests {
             Some("/home/a/.local/state/project-vm/logs/project-x-serial.log")
         );
         assert_eq!(super::serial_log_in("<domain><devices><serial type='pty'/></devices></domain>"), None);
+        // Quoted either way, with entities; a log inside something else is not the serial's.
+        assert_eq!(
+            super::serial_log_in(
+                "<domain><devices><serial type=\"pty\"><log file=\"/a&amp;b.log\"/></serial></devices></domain>"
+            )
+            .as_deref(),
+            Some("/a&b.log")
+        );
+        assert_eq!(
+            super::serial_log_in(
+                "<domain><devices><serial type='pty'><source><log file='/nope'/></source></serial></devices></domain>"
+            ),
+            None
+        );
     }
 }

@@ -26,6 +26,7 @@ pub mod ssh;
 pub mod status;
 pub mod watch;
 
+pub use crate::clock::now_unix;
 pub use error::Error;
 
 use std::collections::HashMap;
@@ -34,7 +35,6 @@ use std::sync::Mutex;
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 
-use crate::error::{failure, Kind};
 use crate::libvirt::pool_listing::PoolListing;
 use crate::libvirt::storage;
 use crate::libvirt::vms::Vm;
@@ -109,7 +109,7 @@ impl Ctx {
         let got = self
             .scope
             .get_or_init(|| crate::libvirt::daemon_identity(&self.conn(), &self.uri).map_err(|e| format!("{e:#}")));
-        got.clone().map_err(|e| failure(Kind::Environment, e))
+        got.clone().map_err(|e| Error::Environment(e).into())
     }
 
     /// The name ssh knows a VM by (`HostKeyAlias`, `ssh-config`'s `Host`):
@@ -215,14 +215,11 @@ fn make_log_dir(daemon: &crate::libvirt::daemon::Daemon, log: &std::path::Path) 
     missing.reverse();
     for d in missing {
         std::fs::create_dir(d).or_else(|e| if d.is_dir() { Ok(()) } else { Err(e) }).map_err(|e| {
-            crate::error::failure(
-                crate::error::Kind::Environment,
-                format!(
-                    "cannot create {} for the serial log: {e}\nhint: {}",
-                    d.display(),
-                    crate::libvirt::permission_hint(daemon)
-                ),
-            )
+            Error::Environment(format!(
+                "cannot create {} for the serial log: {e}\nhint: {}",
+                d.display(),
+                crate::libvirt::permission_hint(daemon)
+            ))
         })?;
         if !user.is_me {
             let _ = nix::unistd::chown(
@@ -248,18 +245,38 @@ pub fn prepare_host_files(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
 }
 
 /// The per-VM lock: one project-vm process at a time changes a VM. `doing`
-/// ("creating", "destroying", "applying") is what a loser is told.
+/// ("creating", "destroying", "applying") is what a loser is told; a loser
+/// does not wait: [`crate::lock::Busy`] (exit 7).
 pub fn vm_lock(ctx: &Ctx, name: &VmName, doing: &str) -> anyhow::Result<crate::lock::Lock> {
-    match crate::lock::try_acquire(&ctx.lock_scope()?, &format!("vm:{name}"), doing)? {
+    vm_lock_in(&ctx.lock_scope()?, name, doing)
+}
+
+fn vm_lock_in(scope: &str, name: &VmName, doing: &str) -> anyhow::Result<crate::lock::Lock> {
+    match crate::lock::try_acquire(scope, &format!("vm:{name}"), doing)? {
         Ok(lock) => Ok(lock),
-        Err(holder) => Err(crate::error::invalid(format!(
-            "another project-vm{} is {} {name} right now: try again when it has finished",
-            holder.pid_note(),
-            holder.doing.as_deref().unwrap_or("working on"),
-        ))),
+        Err(holder) => {
+            Err(crate::lock::Busy { what: name.to_string(), holder, hint: ": try again when it has finished".into() }
+                .into())
+        }
     }
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_held_by_another_run_is_busy_exit_7() {
+        let name = VmName::parse(&format!("lockt{}", std::process::id())).unwrap();
+        let scope = "test:///ops-vm-lock";
+        let held = vm_lock_in(scope, &name, "creating").unwrap();
+        let err = vm_lock_in(scope, &name, "destroying").err().expect("held");
+        let busy = err.downcast_ref::<crate::lock::Busy>().expect("a Busy");
+        assert_eq!(busy.holder.pid, Some(std::process::id()));
+        assert_eq!(busy.holder.doing.as_deref(), Some("creating"));
+        assert_eq!(crate::exit::code(&err), 7);
+        assert!(err.to_string().contains("another project-vm (pid"), "{err}");
+        drop(held);
+        vm_lock_in(scope, &name, "destroying").expect("free after drop");
+    }
 }

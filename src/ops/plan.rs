@@ -166,8 +166,8 @@ impl Survey<'_> {
         let ctx = self.ctx;
         let s = &self.existing[&decl.name];
         let current = s.vm.spec()?;
-        let desired =
-            create::desired_spec(ctx, &resolved(ctx, &request), &self.keys, base(ctx, decl), current.ssh_port);
+        let host = ctx.settings.host(&self.keys);
+        let desired = VmSpec::resolve(&host, &resolved(ctx, &request).declaration(), base(ctx, decl), current.ssh_port);
         let act = actual(s, self.pools.get(ctx, &s.vm.own.pool)?, &current, &desired)?;
         let changes = diff(&current, &act, &desired);
         Ok(VmPlan::new(&decl.name, decide(changes, &act, request, self.opts)))

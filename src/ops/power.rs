@@ -21,10 +21,11 @@ pub struct StartReport {
 
 pub fn start(ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
     if vm.own.phase == crate::libvirt::metadata::Phase::Creating {
-        return Err(crate::error::invalid(format!(
+        return Err(super::Error::Invalid(format!(
             "{} is half-made: its create did not finish. Run the same `project-vm create {}` again (it undoes what was left and starts over), or `project-vm destroy {}`",
             vm.name, vm.name, vm.name
-        )));
+        ))
+        .into());
     }
     match vm.state() {
         State::Running => return Ok(StartReport { name: vm.name.to_string(), result: "already-running" }),
@@ -46,7 +47,7 @@ pub fn start(ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
 #[derive(Debug, Serialize)]
 pub struct StopReport {
     pub name: String,
-    /// `graceful`: the guest shut itself down after the ACPI request;
+    /// `graceful`: the guest shut itself down when asked (guest agent, else ACPI);
     /// `forced`: it did not within the timeout (or --force) and was powered off;
     /// `already-stopped`.
     pub result: &'static str,
@@ -86,7 +87,11 @@ pub fn stop(_ctx: &Ctx, vm: &Vm, timeout: Duration, force: bool) -> anyhow::Resu
                 asked = Instant::now();
             }
         }
-        tracing::warn!(vm = %vm.name, "no graceful shutdown within {timeout:?}; powering off");
+        crate::messages::warn(format!(
+            "{}: no graceful shutdown within {}; powering off",
+            vm.name,
+            humantime::format_duration(timeout)
+        ));
     }
     match vm.dom.destroy() {
         Ok(()) => Ok(report("forced")),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use virt::storage_pool::StoragePool;
 
 use super::Ctx;
-use crate::error::{invalid, not_found};
+use super::Error;
 use crate::images::catalog::{self, Catalog, ImageSource};
 use crate::images::checksum::{self, Checksum};
 use crate::images::fetch;
@@ -17,6 +17,7 @@ use crate::images::record;
 use crate::images::store::{self, Image, Incoming};
 use crate::libvirt::storage;
 use crate::lock;
+use crate::messages;
 use crate::output::{human, Report};
 use crate::progress::Progress;
 
@@ -108,7 +109,10 @@ pub fn lock_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
     let json = ctx.json;
     lock::acquire(&ctx.lock_scope()?, &image_lock_name(ctx, name), "storing", |holder| {
         if !json {
-            eprintln!("waiting for another project-vm{} that is working on image {name}", holder.pid_note());
+            messages::note(format_args!(
+                "waiting for another project-vm{} that is working on image {name}",
+                holder.pid_note()
+            ));
         }
     })
 }
@@ -119,7 +123,10 @@ pub fn share_image(ctx: &Ctx, name: &str) -> anyhow::Result<lock::Lock> {
     let json = ctx.json;
     lock::acquire_shared(&ctx.lock_scope()?, &image_lock_name(ctx, name), "using", |holder| {
         if !json {
-            eprintln!("waiting for another project-vm{} that is storing or removing image {name}", holder.pid_note());
+            messages::note(format_args!(
+                "waiting for another project-vm{} that is storing or removing image {name}",
+                holder.pid_note()
+            ));
         }
     })
 }
@@ -134,7 +141,7 @@ fn expected_checksum(source: &ImageSource) -> anyhow::Result<Option<Checksum>> {
     let text = fetch::text(sums)?;
     checksum::find_in_sums(&text, file)
         .map(Some)
-        .ok_or_else(|| invalid(format!("the checksum file {sums} lists no entry for {file}")))
+        .ok_or_else(|| Error::Invalid(format!("the checksum file {sums} lists no entry for {file}")).into())
 }
 
 /// Downloads `source` as `name` unless the pool has it (and, with `refresh`,
@@ -157,7 +164,10 @@ fn fetch_into(
         }
     }
     if expected.is_none() && !ctx.json {
-        eprintln!("warning: {} has no checksum to verify against; its sha256 is recorded instead", source.url);
+        messages::warn(format_args!(
+            "{} has no checksum to verify against; its sha256 is recorded instead",
+            source.url
+        ));
     }
     Ok((download_into(ctx, pool, name, &source.url, expected, "pulling")?, false))
 }
@@ -181,7 +191,16 @@ fn download_into(
 
 pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
     let started = Instant::now();
-    let catalog = Catalog::new(&ctx.settings.images);
+    let (name, source) = resolve(&Catalog::new(&ctx.settings.images), req)?;
+    let pool = storage::ensure_pool(&ctx.conn(), &ctx.lock_scope()?, &ctx.settings)?;
+    let _lock = lock_image(ctx, &name)?;
+    let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
+    Ok(PullReport::new(&image, cached, started))
+}
+
+/// What `image pull` asks for: the image's name and where it comes from (a
+/// URL or file, or the catalog's entry), with the request's checksums.
+fn resolve(catalog: &Catalog, req: &PullRequest) -> anyhow::Result<(String, ImageSource)> {
     let (name, mut source) = if catalog::is_location(&req.what) {
         let url = match req.what.contains("://") {
             true => req.what.clone(),
@@ -193,7 +212,7 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
         )
     } else {
         let source = catalog.get(&req.what).ok_or_else(|| {
-            not_found(format!(
+            Error::NotFound(format!(
                 "no image {:?} in the catalog{}: known images are {}; pull a URL instead, or add it under \"images\" in the settings",
                 req.what,
                 crate::suggest::did_you_mean(&req.what, &catalog.names().iter().map(String::as_str).collect::<Vec<_>>()),
@@ -209,14 +228,13 @@ pub fn pull(ctx: &Ctx, req: &PullRequest) -> anyhow::Result<PullReport> {
     if req.checksums.is_some() {
         source.checksums = req.checksums.clone();
     }
-    let pool = storage::ensure_pool(&ctx.conn(), &ctx.lock_scope()?, &ctx.settings)?;
-    let _lock = lock_image(ctx, &name)?;
-    let (image, cached) = fetch_into(ctx, &pool, &name, &source, req.refresh)?;
-    Ok(PullReport::new(&image, cached, started))
+    Ok((name, source))
 }
 
 fn absolute(path: &str) -> anyhow::Result<String> {
-    std::path::absolute(path).map(|p| p.to_string_lossy().into_owned()).map_err(|e| invalid(format!("{path}: {e}")))
+    std::path::absolute(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| Error::Invalid(format!("{path}: {e}")).into())
 }
 
 /// `image import FILE [--name N]`: a local file, stored like a pull (verified
@@ -229,9 +247,10 @@ pub fn import(ctx: &Ctx, file: &str, name: Option<&str>, checksum: Option<Checks
     let pool = storage::ensure_pool(&ctx.conn(), &ctx.lock_scope()?, &ctx.settings)?;
     let _lock = lock_image(ctx, &name)?;
     if store::find(&ctx.conn(), &pool, &name)?.is_some() {
-        return Err(invalid(format!(
+        return Err(Error::Invalid(format!(
             "image {name} already exists: remove it with `project-vm image rm {name}` or pick another --name"
-        )));
+        ))
+        .into());
     }
     let image = download_into(ctx, &pool, &name, &path, checksum, "importing")?;
     Ok(PullReport::new(&image, false, started))
@@ -330,11 +349,12 @@ pub fn inspect_file(name: &str, path: &std::path::Path) -> Result<u64, String> {
     let mut file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot open it: {e}")))?;
     let len = file.metadata().map_err(|e| refuse(format!("cannot stat it: {e}")))?.len();
     let head = inspect::read_head(&mut file, len).map_err(|e| refuse(format!("cannot read it: {e}")))?;
-    let format = storage::sniff_format(&head).map_err(refuse)?;
-    inspect::check_head(format, &head, len).map_err(refuse)?;
-    inspect::check(format, &head, &mut file, len).map_err(refuse)?;
+    let refused = |why: inspect::Refusal| refuse(why.to_string());
+    let format = store::sniff(&head).map_err(refused)?;
+    inspect::check_head(format, &head, len).map_err(refused)?;
+    inspect::check(format, &head, &mut file, len).map_err(refused)?;
     match format {
-        "qcow2" => inspect::check_header(&head, len).map(|q| q.size).map_err(refuse),
+        "qcow2" => inspect::check_header(&head, len).map(|q| q.size).map_err(refused),
         _ => Ok(len),
     }
 }
@@ -350,7 +370,7 @@ fn probe(ctx: &Ctx, name: &str, source: &ImageSource) -> Result<(), String> {
             Ok(Err(why)) => return Err(format!("image {name}: {why}")),
             Err(why) => {
                 if !ctx.json {
-                    eprintln!("warning: image {name}: {why}; plan could not check that it can be fetched");
+                    messages::warn(format_args!("image {name}: {why}; plan could not check that it can be fetched"));
                 }
             }
         }
@@ -375,7 +395,7 @@ pub fn ensure(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Result<(St
 fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Result<(StoragePool, Image)> {
     let (pool, name, source) = match locate(ctx, image)? {
         Located::Stored(pool, found) => return Ok((pool, found)),
-        Located::Missing(why) => return Err(invalid(why)),
+        Located::Missing(why) => return Err(Error::Invalid(why).into()),
         Located::Fetch(pool, name, source) => (pool, name, source),
     };
     let pool = match pool {
@@ -386,7 +406,10 @@ fn ensure_uncached(ctx: &Ctx, image: &str, progress: &Progress) -> anyhow::Resul
     // fetch_into looks again under the lock: another process may have just stored it.
     let (found, cached) = progress.suspend(|| {
         if !ctx.json {
-            eprintln!("base image {name} is not in pool {} yet: fetching it from {}", ctx.settings.pool, source.url);
+            messages::note(format_args!(
+                "base image {name} is not in pool {} yet: fetching it from {}",
+                ctx.settings.pool, source.url
+            ));
         }
         fetch_into(ctx, &pool, &name, &source, false)
     })?;
@@ -417,4 +440,23 @@ fn test_driver_image(ctx: &Ctx, pool: &StoragePool, name: &str) -> anyhow::Resul
         parent: None,
     };
     Ok(Some(Image { record, disk }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_in_no_catalog_is_not_found_and_a_bad_scheme_invalid() {
+        let none = Default::default();
+        let catalog = Catalog::new(&none);
+        let req = PullRequest { what: "no-such-distro".into(), ..Default::default() };
+        let e = resolve(&catalog, &req).unwrap_err();
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::NotFound(_))), "{e:#}");
+        assert_eq!(crate::exit::code(&e), 3);
+        // A URL resolves to itself, named for its file.
+        let req = PullRequest { what: "https://example.invalid/d/tiny.qcow2".into(), ..Default::default() };
+        let (name, source) = resolve(&catalog, &req).unwrap();
+        assert_eq!((name.as_str(), source.url.as_str()), ("tiny", "https://example.invalid/d/tiny.qcow2"));
+    }
 }

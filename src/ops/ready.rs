@@ -16,7 +16,6 @@ use virt::stream::Stream;
 use virt::sys;
 
 use super::Ctx;
-use crate::error::{failure, Kind};
 use crate::interrupt;
 use crate::libvirt::domain_xml::READY_CHANNEL;
 use crate::libvirt::vms::Vm;
@@ -302,96 +301,144 @@ pub fn await_report(
     timeout: Duration,
     progress: &Progress,
 ) -> anyhow::Result<ReadyReport> {
-    let t0 = Instant::now();
     let uuid = dom.uuid_string().map_err(|e| crate::libvirt::explain(e, format!("reading {name}'s uuid")))?;
-    let mut channel = Channel { conn: ctx.conn(), dom: dom.clone(), stream: None, buf: Vec::new() };
-    // Since when the daemon has been gone (a restart under the wait).
-    let mut lost: Option<Instant> = None;
-    let mut phase = "booting";
-    // The channel is polled every 50 ms; libvirt is asked about the domain once a second.
-    let mut last_check = Instant::now() - Duration::from_secs(10);
-    loop {
-        interrupt::check()?;
-        while let Some(line) = lost.is_none().then(|| channel.poll_line()).flatten() {
-            if let Some(msg) = Message::parse(&line) {
-                let report = ReadyReport {
-                    name: name.to_owned(),
-                    result: msg.result(),
-                    cloud_init_status: msg.status_word().into(),
-                    errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
-                    waited_s: t0.elapsed().as_secs_f64(),
-                    report_latency_s: msg.report_latency(),
-                    boot: msg.boot(),
-                    cloud_init: msg.cloud_init_run(),
-                    boot_id: msg.boot_id,
-                };
-                tracing::info!(vm = name, result = report.result, "guest reported readiness");
+    let channel = Channel { conn: ctx.conn(), dom: dom.clone(), stream: None, buf: Vec::new() };
+    let mut w = Waiter { ctx, name, uuid, channel, progress, t0: Instant::now(), lost: None, phase: "booting" };
+    // On tokio's clock: the channel (a non-blocking libvirt stream) is read
+    // every 50 ms; libvirt is asked about the domain once a second.
+    crate::fanout::block_on(w.wait(timeout))
+}
+
+impl Waiter<'_> {
+    async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ReadyReport> {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = Instant::now() - Duration::from_secs(10);
+        loop {
+            tick.tick().await;
+            if let Some(report) = self.poll(&mut last_check, timeout)? {
                 return Ok(report);
             }
-            tracing::debug!(%line, "ignoring line on ready channel");
+        }
+    }
+
+    /// One look: a report if one came, an error if the wait is over.
+    fn poll(&mut self, last_check: &mut Instant, timeout: Duration) -> anyhow::Result<Option<ReadyReport>> {
+        let name = self.name;
+        let w = self;
+        interrupt::check()?;
+        if let Some(report) = w.read_report() {
+            return Ok(Some(report));
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
-            last_check = Instant::now();
-            if lost.is_some() {
-                // The daemon went away: connect again once it answers, and
-                // find the same domain (by uuid) through the new connection.
-                match ctx.reconnect().map(|c| (c.lookup_domain_by_uuid_string(&uuid), c)) {
-                    Ok((Ok(dom), conn)) => {
-                        tracing::warn!(vm = name, "libvirt answers again at {}: still waiting for {name}", ctx.uri);
-                        progress.set_message(format!("{name}: {phase}"));
-                        channel.relink(conn, dom);
-                        lost = None;
-                    }
-                    Ok((Err(e), _)) if crate::libvirt::is(&e, virt::error::ErrorNumber::NoDomain) => {
-                        return Err(anyhow::anyhow!(
-                            "{name} is gone: libvirt restarted under the wait and no longer has it"
-                        ));
-                    }
-                    Ok((Err(e), _)) => tracing::debug!("looking {name} up again: {}", e.message()),
-                    Err(e) => tracing::debug!("libvirt does not answer yet: {e:#}"),
-                }
-            } else {
-                match channel.dom.is_active() {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(anyhow::anyhow!(
-                            "{name} stopped while waiting for it to become ready; see `project-vm logs {name}`"
-                        ))
-                    }
-                    // A restart of the daemon (a package upgrade, `nixos-rebuild
-                    // switch`) closes our connection, not the VM: wait for the
-                    // daemon rather than report the VM stopped.
-                    Err(_) if !channel.conn.is_alive().unwrap_or(false) => {
-                        tracing::warn!(
-                            vm = name,
-                            "lost the connection to libvirt at {} (the daemon restarted?): {name} keeps running; reconnecting",
-                            ctx.uri
-                        );
-                        progress.set_message(format!("{name}: {phase} (reconnecting to libvirt)"));
-                        lost = Some(Instant::now());
-                    }
-                    Err(e) => return Err(crate::libvirt::explain(e, format!("asking libvirt about {name}"))),
-                }
-                // The guest agent answering means userspace is up: cloud-init is running.
-                if lost.is_none()
-                    && phase == "booting"
-                    && channel.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
-                {
-                    phase = "cloud-init running";
-                }
+            *last_check = Instant::now();
+            match w.lost {
+                Some(_) => w.reconnect()?,
+                None => w.check_domain()?,
             }
         }
-        if t0.elapsed() >= timeout {
-            return Err(failure(
-                Kind::Timeout,
-                format!(
-                    "{name} did not report ready within {}s ({phase}); it is still running: follow it with `project-vm logs {name} --follow` or `project-vm console {name}`, then `project-vm start {name} --wait` again",
-                    timeout.as_secs(),
-                ),
-            ));
+        if w.t0.elapsed() >= timeout {
+            let (vm, phase) = (name.to_owned(), w.phase.to_owned());
+            return Err(super::Error::ReadyTimeout { vm, phase, after: timeout }.into());
         }
-        progress.set_message(format!("{name}: {phase}"));
-        std::thread::sleep(Duration::from_millis(50));
+        w.progress.set_message(format!("{name}: {}", w.phase));
+        Ok(None)
+    }
+}
+
+/// One wait for a guest's report, across restarts of the daemon.
+struct Waiter<'a> {
+    ctx: &'a Ctx,
+    name: &'a str,
+    /// The domain's uuid, to find it again through a new connection.
+    uuid: String,
+    channel: Channel,
+    progress: &'a Progress,
+    t0: Instant,
+    /// Since when the daemon has been gone (a restart under the wait).
+    lost: Option<Instant>,
+    /// How far the guest got, for messages.
+    phase: &'static str,
+}
+
+impl Waiter<'_> {
+    /// The guest's report, if a line of one has come (other lines are ignored).
+    fn read_report(&mut self) -> Option<ReadyReport> {
+        while let Some(line) = self.lost.is_none().then(|| self.channel.poll_line()).flatten() {
+            let Some(msg) = Message::parse(&line) else {
+                tracing::debug!(%line, "ignoring line on ready channel");
+                continue;
+            };
+            let report = ReadyReport {
+                name: self.name.to_owned(),
+                result: msg.result(),
+                cloud_init_status: msg.status_word().into(),
+                errors: msg.errors().into_iter().chain(msg.recoverable_errors()).collect(),
+                waited_s: self.t0.elapsed().as_secs_f64(),
+                report_latency_s: msg.report_latency(),
+                boot: msg.boot(),
+                cloud_init: msg.cloud_init_run(),
+                boot_id: msg.boot_id,
+            };
+            tracing::info!(vm = self.name, result = report.result, "guest reported readiness");
+            return Some(report);
+        }
+        None
+    }
+
+    /// The daemon went away: connect again once it answers, and find the
+    /// same domain (by uuid) through the new connection.
+    fn reconnect(&mut self) -> anyhow::Result<()> {
+        let name = self.name;
+        match self.ctx.reconnect().map(|c| (c.lookup_domain_by_uuid_string(&self.uuid), c)) {
+            Ok((Ok(dom), conn)) => {
+                crate::messages::note(format_args!(
+                    "libvirt answers again at {}: still waiting for {name}",
+                    self.ctx.uri
+                ));
+                self.progress.set_message(format!("{name}: {}", self.phase));
+                self.channel.relink(conn, dom);
+                self.lost = None;
+            }
+            Ok((Err(e), _)) if crate::libvirt::is(&e, virt::error::ErrorNumber::NoDomain) => {
+                anyhow::bail!("{name} is gone: libvirt restarted under the wait and no longer has it");
+            }
+            Ok((Err(e), _)) => tracing::debug!("looking {name} up again: {}", e.message()),
+            Err(e) => tracing::debug!("libvirt does not answer yet: {e:#}"),
+        }
+        Ok(())
+    }
+
+    /// The domain still runs (or the daemon, not the VM, went away), and
+    /// how far its guest got.
+    fn check_domain(&mut self) -> anyhow::Result<()> {
+        let name = self.name;
+        match self.channel.dom.is_active() {
+            Ok(true) => {}
+            Ok(false) => {
+                anyhow::bail!("{name} stopped while waiting for it to become ready; see `project-vm logs {name}`")
+            }
+            // A restart of the daemon (a package upgrade, `nixos-rebuild
+            // switch`) closes our connection, not the VM: wait for the
+            // daemon rather than report the VM stopped.
+            Err(_) if !self.channel.conn.is_alive().unwrap_or(false) => {
+                crate::messages::warn(format_args!(
+                    "lost the connection to libvirt at {} (the daemon restarted?): {name} keeps running; reconnecting",
+                    self.ctx.uri
+                ));
+                self.progress.set_message(format!("{name}: {} (reconnecting to libvirt)", self.phase));
+                self.lost = Some(Instant::now());
+                return Ok(());
+            }
+            Err(e) => return Err(crate::libvirt::explain(e, format!("asking libvirt about {name}"))),
+        }
+        // The guest agent answering means userspace is up: cloud-init is running.
+        if self.phase == "booting"
+            && self.channel.dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0).is_ok()
+        {
+            self.phase = "cloud-init running";
+        }
+        Ok(())
     }
 }
 
@@ -426,7 +473,7 @@ pub fn wait_if(ctx: &Ctx, vm: &Vm, timeout: Option<Duration>) -> anyhow::Result<
 /// Prints the readiness note on stderr (results go to stdout).
 pub fn announce(ready: &Option<ReadyReport>) {
     if let Some(r) = ready {
-        eprintln!("{}", r.note());
+        crate::messages::note(r.note());
     }
 }
 
@@ -439,15 +486,12 @@ pub fn check(report: &ReadyReport) -> anyhow::Result<()> {
     if report.result == "done" {
         return Ok(());
     }
-    let mut msg = format!("cloud-init in {} finished with status {:?}", report.name, report.cloud_init_status);
-    for e in &report.errors {
-        msg.push_str(&format!("\n  {e}"));
+    Err(super::Error::CloudInit {
+        vm: report.name.clone(),
+        status: report.cloud_init_status.clone(),
+        errors: report.errors.clone(),
     }
-    msg.push_str(&format!(
-        "\nthe VM is running: inspect it with `project-vm ssh {} -- sudo cloud-init status --long` or `project-vm logs {}`",
-        report.name, report.name
-    ));
-    Err(failure(Kind::Provisioning, msg))
+    .into())
 }
 
 #[cfg(test)]
@@ -599,7 +643,13 @@ mod tests {
             cloud_init: CloudInitRun::Ran,
         };
         let e = check(&r).unwrap_err();
+        let Some(super::super::Error::CloudInit { vm, status, errors }) = e.downcast_ref() else { panic!("{e:#}") };
+        assert_eq!((vm.as_str(), status.as_str(), errors.len()), ("foo", "error", 1));
         assert_eq!(crate::exit::code(&e), 5);
         assert!(e.to_string().contains("scripts_user"));
+        assert!(
+            e.to_string().starts_with("cloud-init in foo finished with status \"error\"\n  ('scripts_user'"),
+            "{e}"
+        );
     }
 }

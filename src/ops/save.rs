@@ -22,17 +22,18 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Ctx;
-use crate::error::{failure, invalid, Kind};
+use super::Error;
 use crate::images::checksum::{Algo, Hasher};
 use crate::images::record::{self, ImageRecord};
 use crate::images::store;
-use crate::libvirt::domain_xml::{self, Device};
+use crate::libvirt::domain_xml::{self, Purpose};
 use crate::libvirt::explain;
+use crate::libvirt::metadata::Ownership;
 use crate::libvirt::storage::{self, VolumeInfo};
 use crate::libvirt::vms::{State, Vm};
 use crate::output::{human, Report};
 use crate::progress::Progress;
-use crate::settings::Network;
+use crate::spec::Network;
 
 const SEAL: &str = include_str!("../../cloud-init/seal-template.sh");
 
@@ -76,32 +77,9 @@ pub fn save(
     progress: &Progress,
 ) -> anyhow::Result<SaveReport> {
     let started = Instant::now();
-    record::validate_name(name)?;
-    if !ctx.is_local() {
-        return Err(invalid(format!(
-            "image save seals the copy through a loopback port on the libvirt host, so it needs a local libvirt ({} is remote): run it on that host",
-            ctx.uri
-        )));
-    }
-    let Some(host_key) = vm.own.host_key.clone() else {
-        return Err(invalid(format!(
-            "{} has no pinned host key (made by an older project-vm): it cannot be sealed safely",
-            vm.name
-        )));
-    };
+    let host_key = check_savable(ctx, vm, name)?;
     let _vm_lock = super::vm_lock(ctx, &vm.name, "saving")?;
-    // A half-made VM (its create, or its destroy, did not finish) has no
-    // prepared disk to save: bad input, exit 2, like `start` and `snapshot`.
-    let root_exists = match ctx.vm_pool(vm)? {
-        Some(pool) => storage::find_volume(&pool, &vm.own.root_volume)?.is_some(),
-        None => false,
-    };
-    if vm.own.half_made(root_exists).is_some() {
-        return Err(invalid(format!(
-            "{} is half-made (its create or destroy did not finish): there is no prepared disk to save. Run `project-vm create {}` again, or `project-vm destroy {}`",
-            vm.name, vm.name, vm.name
-        )));
-    }
+    check_prepared(ctx, vm)?;
     let _image_lock =
         crate::lock::acquire(&ctx.lock_scope()?, &format!("image:{}/{name}", ctx.settings.pool), "saving", |_| {})?;
     let pool =
@@ -139,6 +117,43 @@ pub fn save(
         restarted: running,
         elapsed_ms: started.elapsed().as_millis(),
     })
+}
+
+/// Bad input this verb itself found (the ops layer's [`Error::Invalid`]).
+fn invalid(message: String) -> anyhow::Error {
+    Error::Invalid(message).into()
+}
+
+/// What can be told before anything is locked: a valid image name, a local
+/// libvirt host (sealing goes through its loopback), and the VM's pinned
+/// host key, which is returned.
+fn check_savable(ctx: &Ctx, vm: &Vm, name: &str) -> anyhow::Result<String> {
+    record::validate_name(name)?;
+    if !ctx.is_local() {
+        return Err(invalid(format!(
+            "image save seals the copy through a loopback port on the libvirt host, so it needs a local libvirt ({} is remote): run it on that host",
+            ctx.uri
+        )));
+    }
+    vm.own.host_key.clone().ok_or_else(|| {
+        invalid(format!("{} has no pinned host key (made by an older project-vm): it cannot be sealed safely", vm.name))
+    })
+}
+
+/// A half-made VM (its create, or its destroy, did not finish) has no
+/// prepared disk to save: bad input, exit 2, like `start` and `snapshot`.
+fn check_prepared(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
+    let root_exists = match ctx.vm_pool(vm)? {
+        Some(pool) => storage::find_volume(&pool, &vm.own.root_volume)?.is_some(),
+        None => false,
+    };
+    if vm.own.half_made(root_exists).is_some() {
+        return Err(invalid(format!(
+            "{} is half-made (its create or destroy did not finish): there is no prepared disk to save. Run `project-vm create {}` again, or `project-vm destroy {}`",
+            vm.name, vm.name, vm.name
+        )));
+    }
+    Ok(())
 }
 
 fn copy_seal_record(
@@ -183,7 +198,7 @@ fn copy_seal_record(
     })();
     if outcome.is_err() {
         if let Err(e) = storage::delete(pool, &disk_name) {
-            eprintln!("warning: could not remove the unfinished copy {disk_name}: {e:#}");
+            crate::messages::warn(format!("could not remove the unfinished copy {disk_name}: {e:#}"));
         }
     }
     outcome
@@ -210,7 +225,6 @@ fn seal(
     identity: Option<&Path>,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    let mut spec = vm.spec()?;
     let port = super::create::free_port(
         ctx,
         match ctx.settings.network {
@@ -218,20 +232,10 @@ fn seal(
             _ => 22022,
         },
     )?;
-    spec.network = Network::User { ssh_port: port };
-    spec.ssh_port = Some(port);
-    let mut own = vm.own.clone();
-    own.root_volume = disk_name.to_owned();
-    own.seed_volume = None;
-    // The copy boots without the VM's shares: it only needs its own disk.
-    spec.shares.clear();
-    // Nor its declared ports: the VM itself may hold them.
-    spec.ports.clear();
-    let mut xml = domain_xml::build(&spec, &own, &domain_xml::HostFiles::default());
-    // Only the copy: the VM's project disk stays out of it.
-    xml.devices.items.retain(|d| !matches!(d, Device::Disk(disk) if disk.source.volume == own.data_volume));
-    xml.name = format!("pvseal-{}", vm.name);
-    xml.uuid = None;
+    let spec = vm.spec()?.for_sealing(port);
+    // The copy is the root disk; no seed.
+    let own = Ownership { root_volume: disk_name.to_owned(), seed_volume: None, ..vm.own.clone() };
+    let xml = domain_xml::build_for(&spec, &own, &domain_xml::HostFiles::default(), &Purpose::Seal);
     progress.set_message(format!("{}: booting the copy to seal it", vm.name));
     let dom = ctx
         .conn()
@@ -283,7 +287,7 @@ fn run_seal(vm: &Vm, user: &str, port: u16, host_key: &str, identity: Option<&Pa
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failure(Kind::Environment, format!("cannot run ssh: {e}: install the OpenSSH client")))?;
+        .map_err(|e| Error::Environment(format!("cannot run ssh: {e}: install the OpenSSH client")))?;
     child.stdin.take().expect("piped").write_all(SEAL.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {

@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::Ctx;
-use crate::error::{invalid, not_found};
+use super::Error;
 use crate::libvirt::explain;
 use crate::libvirt::metadata::Phase;
 use crate::libvirt::snapshot_xml::{Disks, Mode, NewSnapshot, SnapshotDisk, SnapshotInfo};
@@ -68,9 +68,10 @@ fn validate(name: &str) -> anyhow::Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!(
+        Err(Error::Invalid(format!(
             "invalid snapshot name {name:?}: use up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
-        )))
+        ))
+        .into())
     }
 }
 
@@ -99,9 +100,7 @@ fn find(vm: &Vm, name: &str) -> anyhow::Result<virt::domain_snapshot::DomainSnap
     validate(name)?;
     virt::domain::Domain::lookup_snapshot_by_name(&vm.dom, name, 0).map_err(|e| {
         match crate::libvirt::is(&e, virt::error::ErrorNumber::NoDomainSnapshot) {
-            true => {
-                not_found(format!("{} has no snapshot {name}: see `project-vm snapshot list {}`", vm.name, vm.name))
-            }
+            true => Error::NoSuchSnapshot { vm: vm.name.to_string(), name: name.to_owned() }.into(),
             false => explain(e, format!("looking up snapshot {name} of {}", vm.name)),
         }
     })
@@ -124,13 +123,18 @@ pub fn default_name<'a>(existing: impl Iterator<Item = &'a str>) -> String {
 
 fn ready(vm: &Vm) -> anyhow::Result<()> {
     if vm.own.phase == Phase::Creating {
-        return Err(invalid(format!("{} is half-made (its create did not finish): nothing to snapshot", vm.name)));
+        return Err(Error::Invalid(format!(
+            "{} is half-made (its create did not finish): nothing to snapshot",
+            vm.name
+        ))
+        .into());
     }
     if vm.spec().is_ok_and(|s| s.firmware == crate::spec::Firmware::Efi) {
-        return Err(invalid(format!(
+        return Err(Error::Invalid(format!(
             "{} boots UEFI: libvirt cannot take internal snapshots of its firmware variables (NVRAM), so project-vm snapshots are for BIOS VMs",
             vm.name
-        )));
+        ))
+        .into());
     }
     Ok(())
 }
@@ -143,7 +147,7 @@ pub fn create(ctx: &Ctx, vm: &Vm, name: Option<&str>, description: Option<&str>)
         Some(n) => {
             validate(n)?;
             if existing.iter().any(|s| s.name == n) {
-                return Err(invalid(format!("{} already has a snapshot {n}: pick another name", vm.name)));
+                return Err(Error::Invalid(format!("{} already has a snapshot {n}: pick another name", vm.name)).into());
             }
             n.to_owned()
         }
@@ -269,5 +273,16 @@ mod tests {
         assert_eq!(default_name(["snap-18446744073709551615", "snap-1", "snap-2"].into_iter()), "snap-3");
         let huge = "snap-99999999999999999999999999999999999999999";
         assert_eq!(default_name([huge, "snap-1"].into_iter()), "snap-2");
+    }
+
+    #[test]
+    fn a_bad_snapshot_name_is_invalid_and_a_missing_one_not_found() {
+        let e = validate("-x").unwrap_err();
+        assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Invalid(_))), "{e:#}");
+        assert_eq!(crate::exit::code(&e), 2);
+        validate("before-upgrade.1").unwrap();
+        let e = anyhow::Error::from(Error::NoSuchSnapshot { vm: "web".into(), name: "s1".into() });
+        assert_eq!(crate::exit::code(&e), 3);
+        assert_eq!(e.to_string(), "web has no snapshot s1: see `project-vm snapshot list web`");
     }
 }

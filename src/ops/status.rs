@@ -25,6 +25,11 @@ pub struct Disk {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub name: String,
+    /// The libvirt host the VM was found on: the fleet host's name (with
+    /// `hosts`), else the URI connected to.
+    pub host: String,
+    /// The URI of that host.
+    pub uri: String,
     pub domain: String,
     pub uuid: String,
     pub state: State,
@@ -114,6 +119,8 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
     let ports = super::forward::port_status(&spec, state == State::Running, guest_address);
     Ok(Status {
         name: vm.name.to_string(),
+        host: ctx.host_name.clone().unwrap_or_else(|| ctx.uri.clone()),
+        uri: ctx.uri.clone(),
         domain: vm.name.domain(),
         uuid: vm.dom.uuid_string().unwrap_or_default(),
         state,
@@ -129,20 +136,7 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
         ssh,
         firmware: spec.firmware,
         network_config: spec.network_config.clone(),
-        hostdevs: spec
-            .hostdevs
-            .iter()
-            .map(|a| {
-                // A device that has gone from the host is still listed, by address.
-                crate::libvirt::nodedev::pci(&ctx.conn(), a).unwrap_or_else(|_| crate::libvirt::nodedev::PciDevice {
-                    address: a.to_string(),
-                    vendor_id: String::new(),
-                    vendor: None,
-                    product_id: String::new(),
-                    product: Some("(not on this host)".into()),
-                })
-            })
-            .collect(),
+        hostdevs: spec.hostdevs.iter().map(|a| hostdev(ctx, a)).collect(),
         snapshots: vm.dom.num_snapshots(0).unwrap_or(0),
         shares: spec.shares.clone(),
         host_reach: HostReach::of(&spec.network),
@@ -150,10 +144,23 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
     })
 }
 
+/// A passed-through device as the host describes it; one that has gone from
+/// the host is still listed, by address.
+fn hostdev(ctx: &Ctx, a: &crate::spec::PciAddress) -> crate::libvirt::nodedev::PciDevice {
+    crate::libvirt::nodedev::pci(&ctx.conn(), a).unwrap_or_else(|_| crate::libvirt::nodedev::PciDevice {
+        address: a.to_string(),
+        vendor_id: String::new(),
+        vendor: None,
+        product_id: String::new(),
+        product: Some("(not on this host)".into()),
+    })
+}
+
 impl Report for Status {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         let s = self;
         writeln!(out, "{} ({})", s.name, s.domain)?;
+        writeln!(out, "  on:        {}", s.host)?;
         let half = if s.phase == Phase::Creating { " (create did not finish)" } else { "" };
         writeln!(out, "  state:     {}{half}", s.state.as_str())?;
         writeln!(out, "  cpus:      {}", s.vcpus)?;

@@ -4,12 +4,18 @@
 //! assertion fails.
 #![allow(dead_code)]
 
+pub mod cleanup;
 pub mod daemon;
+pub mod guest;
 pub mod http;
 
+pub use cleanup::Cleanup;
+#[allow(unused_imports)]
+pub use guest::{guest_boot_lock, test_image, Guest};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -41,7 +47,20 @@ pub fn virsh(args: &[&str]) -> Output {
     Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().expect("virsh")
 }
 
+/// `virsh ARGS` on qemu:///system that must succeed; its stdout.
+pub fn virsh_ok(args: &[&str]) -> String {
+    let out = virsh(args);
+    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether domain `name` is defined on qemu:///system.
+pub fn domain_exists(name: &str) -> bool {
+    virsh(&["dominfo", name]).status.success()
+}
+
 /// One test's world: settings file, pool directory, ssh key, URI.
+#[derive(Clone)]
 pub struct Env {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -59,6 +78,16 @@ pub struct Run {
 }
 
 impl Run {
+    /// What a finished process gave, `ms` after it was started.
+    pub fn of(out: &Output, ms: u128) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ms,
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
@@ -67,6 +96,48 @@ impl Run {
         assert_eq!(self.code, 0, "failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
         self
     }
+
+    /// Asserts the exit code, showing both streams when it is another.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "exit code {}, not {code}:\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `cmd` to its end (its output captured), logging `what` with the
+/// exit code and the time it took.
+pub fn run(cmd: &mut Command, what: &str) -> Run {
+    let t0 = Instant::now();
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let run = Run::of(&out, t0.elapsed().as_millis());
+    eprintln!("$ {what} -> {} ({} ms)", run.code, run.ms);
+    run
+}
+
+/// Starts `cmd` with stdin closed, stdout dropped and stderr captured: the
+/// shape of the processes a test runs side by side.
+pub fn spawn(mut cmd: impl std::borrow::BorrowMut<Command>) -> Child {
+    cmd.borrow_mut().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn")
+}
+
+/// [`host_env`] with the tiny image as base image, imported.
+pub fn tiny_host(tag: &str, ssh_port: u16, vms: &[&str]) -> (Env, Cleanup) {
+    let (env, guard) = host_env(tag, ssh_port, serde_json::json!({"base_image": "tiny"}), vms);
+    env.run(&["image", "import", tiny_image(&env.dir).to_str().unwrap()]).ok();
+    (env, guard)
+}
+
+/// A test on the host's libvirtd: root and libvirtd checked, an env of its
+/// own (`extra` merged into its settings) with a guard for it and the VMs `vms`.
+pub fn host_env(tag: &str, ssh_port: u16, extra: Value, vms: &[&str]) -> (Env, Cleanup) {
+    require_root_libvirt();
+    let env = Env::new(tag, ssh_port, extra);
+    let guard = Cleanup::of(&env, vms);
+    (env, guard)
 }
 
 impl Env {
@@ -109,16 +180,31 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let t0 = Instant::now();
-        let out = self.cmd(args).output().expect("run project-vm");
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            ms: t0.elapsed().as_millis(),
-        };
-        eprintln!("$ project-vm {} -> {} ({} ms)", args.join(" "), run.code, run.ms);
-        run
+        run(&mut self.cmd(args), &format!("project-vm {}", args.join(" ")))
+    }
+
+    /// The URI the env's pool is on: its own, or the system daemon's where
+    /// it has none (a fleet's hosts).
+    pub fn libvirt_uri(&self) -> &str {
+        match self.uri.is_empty() {
+            true => cleanup::SYSTEM,
+            false => &self.uri,
+        }
+    }
+
+    /// The settings file as JSON.
+    pub fn settings(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap()
+    }
+
+    /// A copy of the settings with `edit` applied, written to `file` in the
+    /// env's directory.
+    pub fn settings_with(&self, file: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let mut s = self.settings();
+        edit(&mut s);
+        let path = self.dir.join(file);
+        std::fs::write(&path, s.to_string()).unwrap();
+        path
     }
 
     /// `project-vm ssh NAME -- sh -c CMD`, returning stdout.
@@ -151,15 +237,42 @@ impl Env {
         self.dir.join("pool")
     }
 
-    /// Removes every project-vm VM in this env's pool, then the pool.
+    /// Removes the VMs `names`, then the pool and the env's directory, now
+    /// (what a [`Cleanup::of`] guard does when dropped).
     pub fn cleanup(&self, names: &[&str]) {
-        for n in names {
-            let _ = self.cmd(&["destroy", n]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
-        let _ = virsh(&["pool-destroy", &self.pool]);
-        let _ = virsh(&["pool-undefine", &self.pool]);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        drop(Cleanup::of(self, names));
     }
+}
+
+/// Waits for `child` to end, at most `limit`: its status, or None if it is
+/// still running then (the caller kills it, after what else it must undo).
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process of the test's own (a server, a reporter), killed and reaped
+/// when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The volumes of image `name` in `env`'s pool (`NAME@GEN.img` and its record).
+pub fn image_volumes(env: &Env, name: &str) -> Vec<String> {
+    env.volumes().into_iter().filter(|v| v.starts_with(&format!("{name}@"))).collect()
 }
 
 /// Quotes for a remote shell (ssh joins its arguments with spaces).
