@@ -244,7 +244,7 @@ fn nothing_made(env: &Env, name: &str) {
 #[ignore = "needs root and libvirtd on qemu:///system; run by scripts/test.sh"]
 fn bad_ports_exit_2_and_make_nothing() {
     require_root_libvirt();
-    let env = Env::new("ports-bad", 22900, json!({"base_image": "tiny"}));
+    let env = Env::new("ports-bad", 24700, json!({"base_image": "tiny"}));
     struct Cleanup<'a>(&'a Env);
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {
@@ -279,10 +279,10 @@ fn bad_ports_exit_2_and_make_nothing() {
         nothing_made(&env, "pbad");
     }
     // A VM's declared port is never its ssh forward: the ssh port skips it.
-    let made = create("pother", &["22900:80"]).ok().json();
-    assert_eq!(made["create"]["ssh_port"], 22901, "{made}");
+    let made = create("pother", &["24700:80"]).ok().json();
+    assert_eq!(made["create"]["ssh_port"], 24701, "{made}");
     // Another VM's ports (declared, or its ssh forward), whether or not it runs.
-    for (port, says) in [("22900:8000", "forwarded to VM pother already"), ("22901:8000", "VM pother's ssh forward")] {
+    for (port, says) in [("24700:8000", "forwarded to VM pother already"), ("24701:8000", "VM pother's ssh forward")] {
         let r = create("pbad", &[port]);
         assert_eq!(r.code, 2, "{port}: {}", r.stderr);
         assert!(r.stderr.contains(says), "{port}: {}", r.stderr);
@@ -304,7 +304,7 @@ fn bad_ports_exit_2_and_make_nothing() {
     assert_eq!(codes, [0, 2], "one create gets port 28120, the other is refused");
     // The same through a declarative file: plan and apply refuse, nothing changes.
     let file = env.dir.join("vms.json");
-    std::fs::write(&file, json!({"vms": {"pbad": {"memory": "256M", "disk": "2G", "project_disk": "1G", "ports": [{"host": 22900, "guest": 80}]}}}).to_string()).unwrap();
+    std::fs::write(&file, json!({"vms": {"pbad": {"memory": "256M", "disk": "2G", "project_disk": "1G", "ports": [{"host": 24700, "guest": 80}]}}}).to_string()).unwrap();
     for verb in ["plan", "apply"] {
         let r = env.run(&[verb, "-f", file.to_str().unwrap()]);
         assert_eq!(r.code, 2, "{verb}: {}", r.stderr);
@@ -329,7 +329,7 @@ fn image() -> String {
 fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() {
     require_root_libvirt();
     let img = image();
-    let env = Env::new("ports", 22920, json!({"base_image": "debian"}));
+    let env = Env::new("ports", 24720, json!({"base_image": "debian"}));
     struct Guard<'a>(&'a Env);
     impl Drop for Guard<'_> {
         fn drop(&mut self) {
@@ -415,7 +415,7 @@ fn watch_follows_a_fleet_and_reconnects_after_a_daemon_restart() {
     let d = common::daemon::OwnDaemon::start("pvwatch22", "C.UTF-8");
     let mut env = Env::new(
         "watch",
-        22940,
+        24740,
         json!({"hosts": {"sys": {"uri": "qemu:///system"}, "own": {"uri": d.uri, "storage_dir": d.home.join("pool")}}}),
     );
     // No --connect: the settings' hosts are the fleet.
