@@ -617,6 +617,18 @@ fn image_in_hand(ctx: &Ctx, pool: &StoragePool, image: &Image) -> anyhow::Result
     Ok(Some(lock))
 }
 
+/// With user networking: the port lock (held until the domain that records
+/// the ports is defined), the declared ports checked again under it (a
+/// create running beside this one may have declared one since the first
+/// check), and the ssh port.
+fn claim_ports(ctx: &Ctx, req: &CreateRequest) -> anyhow::Result<(Option<crate::lock::Lock>, Option<u16>)> {
+    let Network::User { ssh_port } = ctx.settings.network else { return Ok((None, None)) };
+    let lock = port_lock(ctx)?;
+    super::forward::check_declared(ctx, &req.name, &req.devices.ports, &[])?;
+    let port = pick_ssh_port(ctx, &lock, ssh_port, &req.devices.ports)?;
+    Ok((Some(lock), Some(port)))
+}
+
 /// Phase 1: the domain, with a `creating` record naming every volume to come.
 fn claim<'a>(
     ctx: &Ctx,
@@ -625,19 +637,7 @@ fn claim<'a>(
     progress: &Progress,
 ) -> anyhow::Result<(Made<'a>, VmSpec, Ownership, HostKey)> {
     let name = &req.name;
-    let port_guard = match ctx.settings.network {
-        Network::User { .. } => Some(port_lock(ctx)?),
-        _ => None,
-    };
-    if port_guard.is_some() {
-        // Again under the port lock: a create running beside this one may
-        // have declared the same port since the first check.
-        super::forward::check_declared(ctx, name, &req.devices.ports, &[])?;
-    }
-    let ssh_port = match (&ctx.settings.network, &port_guard) {
-        (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, *ssh_port, &req.devices.ports)?),
-        _ => None,
-    };
+    let (port_guard, ssh_port) = claim_ports(ctx, req)?;
     let host = ctx.settings.host(&prep.authorized_keys);
     let mut spec = VmSpec::resolve(&host, &req.declaration(), prep.base_image.clone(), ssh_port);
     if let Some(d) = &prep.kept_data {
