@@ -181,6 +181,28 @@ fn watch_follows_project_vm_domains_and_only_those() {
         vec![web("defined"), web("started"), web("suspended"), web("resumed"), web("stopped"), web("undefined")],
         "a domain named project-* without project-vm's record is not project-vm's"
     );
+    // project-vm's own events: what `start --wait` records from the guest's report.
+    let dom = conn.define_domain_xml(&owned_xml(&test_spec("api"))).unwrap();
+    dom.create().unwrap();
+    assert_eq!(next_events(&mut w, &rx, 2).len(), 2, "defined, started");
+    let report = |result: &'static str, errors: Vec<String>| project_vm::ops::ready::ReadyReport {
+        name: "api".into(),
+        result,
+        cloud_init_status: result.into(),
+        errors,
+        waited_s: 1.0,
+        report_latency_s: None,
+        boot_id: "b1".into(),
+        boot: project_vm::ops::ready::Boot::First,
+        cloud_init: project_vm::ops::ready::CloudInitRun::Ran,
+    };
+    watch::record_ready(&dom, &report("error", vec!["runcmd: exit 1".into()]));
+    assert_eq!(next_events(&mut w, &rx, 1), vec![("api".to_string(), "cloud-init-failed".to_string())]);
+    watch::record_ready(&dom, &report("done", vec![]));
+    assert_eq!(next_events(&mut w, &rx, 1), vec![("api".to_string(), "ready".to_string())]);
+    dom.destroy().unwrap();
+    dom.undefine().unwrap();
+    assert_eq!(next_events(&mut w, &rx, 2).len(), 2, "stopped, undefined");
     // Only the names asked for.
     let dom = conn.define_domain_xml(&owned_xml(&test_spec("db"))).unwrap();
     let raw = rx.recv_timeout(Duration::from_secs(5)).unwrap();
