@@ -9,7 +9,9 @@
 //! callbacks only pass what they were told to the main thread, which
 //! decides what is project-vm's (its ownership record) and prints. When a
 //! daemon goes away (a restart), the host says `disconnected`, is tried
-//! again every second, and says `reconnected` when it answers.
+//! again every second, and says `reconnected` when it answers. Whether a
+//! domain is project-vm's is read when its first event is handled: one
+//! defined and undefined before that cannot be told, and is left out.
 //!
 //! project-vm's own events come from the metadata change event: `start
 //! --wait` (and `create --wait`, `apply --wait`) records the guest's
