@@ -21,12 +21,44 @@ let
   sizeType = types.strMatching "[0-9]+(\\.[0-9]+)?[KMGT](i?B)?" // {
     description = "size in binary units, like \"512M\" or \"8G\"";
   };
-  features = [
+  builtinFeatures = [
     "base"
     "devtools"
     "docker"
+    "docker-gpu"
     "nix"
+    "nvidia"
   ];
+  featureNamePattern = "[a-z0-9][a-z0-9_-]{0,63}";
+  # The built-ins and the features declared in featureDefinitions.
+  features = builtinFeatures ++ lib.attrNames cfg.featureDefinitions;
+
+  # One entry of the features directory: an attribute set or a string
+  # becomes NAME.yaml; a path to a directory (feature.yaml, script.sh,
+  # files/) stays NAME/; any other path (or a package) is NAME.yaml.
+  featureEntry =
+    name: def:
+    if builtins.isAttrs def && !(lib.isStringLike def) then
+      {
+        name = "${name}.yaml";
+        path = pkgs.writeText "${name}.yaml" ("#cloud-config\n" + builtins.toJSON def + "\n");
+      }
+    else if builtins.isString def && !(lib.hasPrefix "/" def) then
+      {
+        name = "${name}.yaml";
+        path = pkgs.writeText "${name}.yaml" def;
+      }
+    else if builtins.isPath def && builtins.pathExists (def + "/feature.yaml") then
+      {
+        inherit name;
+        path = def;
+      }
+    else
+      {
+        name = "${name}.yaml";
+        path = def;
+      };
+  featuresDir = pkgs.linkFarm "project-vm-features" (lib.mapAttrsToList featureEntry cfg.featureDefinitions);
 
   # VM settings; null means "take it from defaults" (or project-vm's default).
   vmOptions = isDefaults: {
@@ -66,7 +98,7 @@ let
         "base"
         "docker"
       ];
-      description = "cloud-init feature snippets shipped with project-vm.";
+      description = "Features (cloud-config snippets) by name: built-ins (base, devtools, docker, docker-gpu, nix, nvidia) and those of featureDefinitions.";
     };
     userData = mkOption {
       type = types.nullOr types.path;
@@ -234,7 +266,10 @@ let
     tailscale_auth_key_file = cfg.tailscaleAuthKeyFile;
   };
 
-  document = settings // {
+  document = settings // lib.optionalAttrs (cfg.featureDefinitions != { }) {
+    # apply uses the declared features only (not root's own directory).
+    feature_dirs = [ "/etc/project-vm/features" ];
+  } // {
     defaults = vmJson cfg.defaults;
     vms = lib.mapAttrs (_: vmJson) cfg.vms;
   };
@@ -389,6 +424,32 @@ in
       description = "File holding a Tailscale auth key, read when a VM is created. A string, not a path, so the key never enters the Nix store.";
     };
 
+    featureDefinitions = mkOption {
+      type = types.attrsOf (
+        types.oneOf [
+          types.path
+          types.str
+          (types.attrsOf types.anything)
+        ]
+      );
+      default = { };
+      example = lib.literalExpression ''
+        {
+          motd = { write_files = [ { path = "/etc/motd"; content = "managed by project-vm\\n"; } ]; };
+          redis = "#cloud-config\\npackages: [redis-server]\\n";
+          app = ./features/app; # feature.yaml, script.sh, files/
+        }
+      '';
+      description = ''
+        Features of your own, by name, for `features`: an attribute set (the
+        cloud-config itself), a string (a snippet starting with
+        "#cloud-config"), or a path (a NAME.yaml snippet, or a directory with
+        feature.yaml and optionally script.sh and files/). They are linked
+        into /etc/project-vm/features, which `apply` reads; project-vm checks
+        each (YAML, merge rules, the cloud-config guard) when it plans.
+      '';
+    };
+
     defaults = mkOption {
       type = types.submodule { options = vmOptions true; };
       default = { };
@@ -426,6 +487,10 @@ in
         assertion = builtins.match namePattern name != null;
         message = "services.project-vm.vms.${name}: invalid VM name; use 1 to 48 characters, lowercase letters, digits and '-', starting with a letter";
       }) cfg.vms
+      ++ lib.mapAttrsToList (name: _: {
+        assertion = builtins.match featureNamePattern name != null && !(lib.elem name builtinFeatures);
+        message = "services.project-vm.featureDefinitions.${name}: use lowercase letters, digits, '-' and '_' (at most 64), and not a built-in's name (${lib.concatStringsSep ", " builtinFeatures})";
+      }) cfg.featureDefinitions
       ++ lib.concatLists (
         lib.mapAttrsToList (
           name: vm:
@@ -443,6 +508,7 @@ in
     # Host settings for interactive use of the CLI on this host.
     environment.etc."project-vm/config.json".text = builtins.toJSON settings;
     environment.etc."project-vm/vms.json".source = vmsFile;
+    environment.etc."project-vm/features" = mkIf (cfg.featureDefinitions != { }) { source = featuresDir; };
 
     systemd.services.project-vm-apply = {
       description = "Bring project-vm VMs in line with the configuration";

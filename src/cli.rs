@@ -11,15 +11,14 @@ fn vm_name(s: &str) -> Result<VmName, String> {
     VmName::parse(s).map_err(|e| e.to_string())
 }
 
+/// A feature's name; whether there is such a feature is known once the
+/// settings (their `feature_dirs`) are read.
 fn feature_name(s: &str) -> Result<String, String> {
-    if crate::features::exists(s) {
+    if crate::features::valid_name(s) {
         Ok(s.to_owned())
     } else {
-        Err(format!(
-            "unknown feature{}; known: {}",
-            crate::suggest::did_you_mean(s, &crate::features::names()),
-            crate::features::names().join(", ")
-        ))
+        Err("not a feature name: use lowercase letters, digits, '-' and '_' (`project-vm feature list` shows them)"
+            .into())
     }
 }
 
@@ -91,6 +90,9 @@ pub enum Command {
     /// Manage base images in the storage pool.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The feature library: built-in features and those of feature_dirs.
+    #[command(subcommand)]
+    Feature(FeatureCommand),
     /// Show what `apply` would do for a declarative file.
     Plan(PlanArgs),
     /// Bring VMs in line with a declarative file (idempotent).
@@ -161,7 +163,7 @@ pub struct CreateArgs {
     /// A cloud-config file merged into the generated one
     #[arg(long, value_name = "FILE")]
     pub user_data: Option<PathBuf>,
-    /// A feature snippet to add (repeatable): base, devtools, docker, nix
+    /// A feature to add (repeatable): a built-in (base, devtools, docker, docker-gpu, nix, nvidia) or one of feature_dirs
     #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
     pub features: Vec<String>,
     /// Base image (an image name, pulled from the catalog on first use, or a file); default: the base_image setting
@@ -415,4 +417,15 @@ pub enum ImageCommand {
     List,
     /// Delete an image no VM is built on (every generation of it).
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeatureCommand {
+    /// List every feature: its name, where it comes from, what it does (and any problem).
+    List,
+    /// Print a feature's merged cloud-config (what it requires first, its script and files folded in).
+    Show {
+        #[arg(value_parser = feature_name)]
+        name: String,
+    },
 }

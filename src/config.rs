@@ -235,6 +235,13 @@ fn features(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<String>> {
             p.add(&format!("{at}[{i}]"), e);
         }
     }
+    // Together: the merge rules between them.
+    let names: Vec<String> = list.iter().map(|(_, s)| s.clone()).collect();
+    if let (Err(e), true) =
+        (crate::features::library().cloud_config(&names), names.iter().all(|n| crate::features::exists(n)))
+    {
+        p.add(at, e);
+    }
     Some(list.into_iter().map(|(_, s)| s).collect())
 }
 
@@ -295,6 +302,10 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
     let mut p = Problems::default();
     top_keys(root, &mut p);
     let settings = host_settings(root, &mut p);
+    // The file's own feature directories name the features its VMs may use.
+    if let (Some(dirs), true) = (&settings.feature_dirs, p.0.is_empty()) {
+        crate::features::use_dirs(dirs);
+    }
     let defaults = root.get("defaults").map(|d| fields("defaults", d, &mut p, true)).unwrap_or_default();
     let raw = entries(root, &mut p);
     let vms: BTreeMap<VmName, VmDecl> = raw
@@ -491,7 +502,7 @@ mod tests {
     fn features_and_resources_are_refused_by_their_own_variants() {
         let mut p = Problems::default();
         assert_eq!(features("vms.a.features", &serde_json::json!(["dokcer"]), &mut p), Some(vec!["dokcer".into()]));
-        assert_eq!(p.0, vec!["vms.a.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?): known features are base, devtools, docker, nix"]);
+        assert_eq!(p.0, vec!["vms.a.features[0]: unknown feature \"dokcer\" (did you mean \"docker\"?): known features are base, devtools, docker, docker-gpu, nix, nvidia"]);
         assert!(matches!(crate::features::check("dokcer"), Err(ConfigError::UnknownFeature { .. })));
         let e = problems(r#"{"vms": {"a": {"project_disk": "1M"}}}"#);
         assert!(e.contains("vms.a: project_disk 1M is below the minimum of 64M"), "{e}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, ImageCommand, SnapshotCommand, WaitArgs};
+use crate::cli::{Cli, Command, FeatureCommand, ImageCommand, SnapshotCommand, WaitArgs};
 use crate::libvirt::vms;
 use crate::ops::{self, create::CreateRequest, fleet::Fleet};
 use crate::output::emit;
@@ -23,6 +23,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut host = HostSettings::load(cli.config.as_deref())?;
+    crate::features::use_dirs(&host.feature_dirs.clone().unwrap_or_else(crate::features::default_dirs));
+    if let Command::Feature(c) = &cli.command {
+        return feature(c, cli.json);
+    }
     // A declarative file may carry host settings; they win over the settings file.
     let declared = match &cli.command {
         Command::Plan(a) => Some(crate::config::load(&a.file)?),
@@ -64,6 +68,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, only, cli.json),
         (command, _) => dispatch(&fleet, only, cli.json, command),
+    }
+}
+
+/// `feature list|show`: the library the settings name; no connection.
+fn feature(command: &FeatureCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        FeatureCommand::List => emit(json, &ops::feature::list()),
+        FeatureCommand::Show { name } => emit(json, &ops::feature::show_in_use(name)?),
     }
 }
 
@@ -143,7 +155,12 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
         Command::Image(c) => v.image(c),
         Command::Snapshot(c) => v.snapshot(c),
         Command::Gc(a) => emit(json, &ops::gc::gc(&*v.one()?, a.yes, &a.kept_disks)?),
-        Command::Completions { .. } | Command::Man | Command::Plan(_) | Command::Apply(_) | Command::Doctor => {
+        Command::Completions { .. }
+        | Command::Man
+        | Command::Plan(_)
+        | Command::Apply(_)
+        | Command::Doctor
+        | Command::Feature(_) => {
             unreachable!("handled in run")
         }
     }

@@ -46,6 +46,10 @@ pub struct HostSettings {
     /// Images to add to, or override in, the built-in catalog (mirrors, local files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<BTreeMap<String, ImageSource>>,
+    /// Directories of the user's own features, earlier ones first
+    /// (default: [`crate::features::default_dirs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_dirs: Option<Vec<PathBuf>>,
     /// Several libvirt hosts (a fleet), by name: each a URI and the settings
     /// that differ there. Parsed by hand ([`HostSettings::from_keys`]): an
     /// entry is a `uri` plus settings keys.
@@ -86,6 +90,7 @@ pub const HOST_SETTING_KEYS: &[&str] = &[
     "tailscale_auth_key_file",
     "images",
     "hosts",
+    "feature_dirs",
 ];
 
 impl HostSettings {
@@ -125,7 +130,8 @@ impl HostSettings {
             ssh_user,
             ssh_authorized_keys,
             tailnet,
-            tailscale_auth_key_file
+            tailscale_auth_key_file,
+            feature_dirs
         );
         self
     }
@@ -224,12 +230,27 @@ impl HostSettings {
                 out.push(format!("pool: {pool:?} is not a valid pool name: use letters, digits, '-', '_' and '.'"));
             }
         }
+        out.extend(self.feature_dir_problems());
         for (name, _) in self.images.iter().flatten() {
             if let Err(e) = crate::images::record::validate_name(name) {
                 out.push(format!("images.{name}: {e}"));
             }
         }
         out
+    }
+
+    /// `feature_dirs`: absolute paths only (a relative one would depend on
+    /// where project-vm runs).
+    fn feature_dir_problems(&self) -> Vec<String> {
+        let relative = self.feature_dirs.iter().flatten().enumerate().filter(|(_, d)| !d.is_absolute());
+        relative
+            .map(|(i, dir)| {
+                format!(
+                    "feature_dirs[{i}]: {:?} is relative: give an absolute path, e.g. \"/etc/project-vm/features\"",
+                    dir.display().to_string()
+                )
+            })
+            .collect()
     }
 
     /// Loads the settings file(s). An explicit path must exist; the default
@@ -348,7 +369,13 @@ fn parse_hosts(v: &serde_json::Value, problems: &mut Vec<String>) -> BTreeMap<St
                 String::new()
             }
         };
-        let keys: Vec<&str> = HOST_SETTING_KEYS.iter().copied().filter(|k| *k != "hosts").chain(["uri"]).collect();
+        // Features are read where project-vm runs, the same for every host.
+        let keys: Vec<&str> = HOST_SETTING_KEYS
+            .iter()
+            .copied()
+            .filter(|k| *k != "hosts" && *k != "feature_dirs")
+            .chain(["uri"])
+            .collect();
         for k in e.keys().filter(|k| !keys.contains(&k.as_str())) {
             problems.push(format!(
                 "{at}.{k}: not a host setting{}; a host has \"uri\" and the settings that differ there",
@@ -823,6 +850,7 @@ mod tests {
             tailnet: Some("t".into()),
             tailscale_auth_key_file: Some("/k".into()),
             images: Some(BTreeMap::new()),
+            feature_dirs: Some(vec![]),
             hosts: None,
             from_system_file: SystemKeys::default(),
         })

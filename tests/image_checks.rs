@@ -281,7 +281,7 @@ fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() 
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert_eq!(image_volumes(&env, "cut"), Vec::<String>::new());
 
-    // image save of a half-made VM: bad input, exit 2 (the VM exists; its create did not finish).
+    // image save of a half-made VM: exit 8, the VM is not in a state for it (its create did not finish).
     env.run(&["image", "import", tiny.to_str().unwrap()]).ok();
     let out = env
         .cmd(&["create", "half", "1G", "1", "2G", "--project-disk", "1G"])
@@ -290,7 +290,7 @@ fn exit_codes_for_a_cut_download_a_half_made_save_and_a_wait_ended_by_sigterm() 
         .unwrap();
     assert!(!out.status.success());
     let r = env.run(&["image", "save", "half", "tpl"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.code, 8, "{}", r.stderr);
     assert!(r.stderr.contains("half-made"), "{}", r.stderr);
     assert_eq!(image_volumes(&env, "tpl"), Vec::<String>::new());
 

@@ -87,7 +87,7 @@ fn every_generated_seed_passes_cloud_init_schema() {
         "user.yaml",
     )
     .unwrap();
-    let all: Vec<String> = features::names().into_iter().map(String::from).collect();
+    let all: Vec<String> = features::names();
     let case = |what: &str, feats: Vec<String>, user_data: Option<&Value>, tailscale: bool| Case {
         what: what.to_owned(),
         feats,

@@ -436,7 +436,7 @@ mod tests {
         let ok = "#cloud-config\nhostname: other\nwrite_files:\n- {path: /etc/motd, content: hi}\nmounts:\n- [/dev/vdc, /srv]\nruncmd: [true]\n";
         assert!(parse_user_data(ok, "ok.yaml").is_ok());
         // Every shipped feature passes the guard.
-        let all: Vec<String> = crate::features::names().into_iter().map(String::from).collect();
+        let all: Vec<String> = crate::features::names();
         crate::features::cloud_config(&all).unwrap();
     }
 

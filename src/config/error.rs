@@ -7,7 +7,7 @@
 /// The config layer's failures. Every variant is bad input (exit 2) but
 /// [`ConfigError::Environment`]: a file project-vm reads or keeps for the
 /// user that the environment does not let it reach.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
     /// Problems found in a file or a declaration, each with its path
     /// (`vms.db.memory: "8X" is not a size like 512M or 8G`), all at once.
@@ -62,6 +62,30 @@ pub enum ConfigError {
         keys.join("\n  ")
     )]
     UnsafeCloudConfig { origin: String, keys: Vec<String> },
+    // The feature library (src/features): each names the file and, where
+    // there is one, the key.
+    /// A feature file that is not YAML, or not a `#cloud-config` mapping.
+    #[error("{file}: not a valid feature: {why}")]
+    FeatureYaml { file: String, why: String },
+    /// A key of a feature that breaks the merge rules (or names something
+    /// that is not there): `file: key: why`.
+    #[error("{file}: {key}: {why}")]
+    FeatureKey { file: String, key: String, why: String },
+    /// A feature's file over its limit.
+    #[error("{file} is {size} bytes, over the limit of {limit} for a feature's {what}")]
+    FeatureTooLarge { file: String, what: &'static str, size: u64, limit: String },
+    /// A feature directory without its `feature.yaml`.
+    #[error("{dir}: a feature directory needs {missing} (its cloud-config snippet, first line \"#cloud-config\")")]
+    FeatureIncomplete { dir: String, missing: &'static str },
+    /// A feature in a directory with the name of a built-in one.
+    #[error("{file}: feature {name:?} has the name of a built-in feature, which a feature directory may not replace: rename it (e.g. \"my-{name}\")")]
+    FeatureShadowsBuiltIn { name: String, file: String },
+    /// Anything else wrong with a feature file or directory, said in a sentence.
+    #[error("{file}: {why}")]
+    FeatureInvalid { file: String, why: String },
+    /// cloud-init's own schema check refused a feature.
+    #[error("{file}: cloud-init's schema check ({validator}) refused it:\n{output}")]
+    FeatureSchema { file: String, validator: String, output: String },
     /// The environment refused a file project-vm reads or keeps for the user
     /// (the user's rights under sudo, the per-user secret's place).
     #[error("{0}")]

@@ -43,6 +43,10 @@ pub enum Error {
     /// The VM has no snapshot of that name.
     #[error("{vm} has no snapshot {name}: see `project-vm snapshot list {vm}`")]
     NoSuchSnapshot { vm: String, name: String },
+    /// The VM is half-made (its create or destroy did not finish): the message
+    /// says how to finish or undo it.
+    #[error("{0}")]
+    HalfMade(String),
     /// Bad input that the verb itself found.
     #[error("{0}")]
     Invalid(String),
@@ -69,7 +73,9 @@ impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
             Error::NoSuchVm { .. } | Error::NoSuchSnapshot { .. } | Error::NotFound(_) => Kind::NotFound,
-            Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) => Kind::NotReady,
+            Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) | Error::HalfMade(_) => {
+                Kind::NotReady
+            }
             Error::Timeout { .. } | Error::ReadyTimeout { .. } => Kind::Timeout,
             Error::NotProvisioned { .. } | Error::CloudInit { .. } => Kind::Provisioning,
             Error::Invalid(_) => Kind::Invalid,

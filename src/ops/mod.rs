@@ -8,6 +8,7 @@ pub mod create;
 pub mod destroy;
 pub mod doctor;
 mod error;
+pub mod feature;
 pub mod fleet;
 pub mod fleet_plan;
 pub mod forward;

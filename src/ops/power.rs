@@ -21,7 +21,7 @@ pub struct StartReport {
 
 pub fn start(ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
     if vm.own.phase == crate::libvirt::metadata::Phase::Creating {
-        return Err(super::Error::Invalid(format!(
+        return Err(super::Error::HalfMade(format!(
             "{} is half-made: its create did not finish. Run the same `project-vm create {}` again (it undoes what was left and starts over), or `project-vm destroy {}`",
             vm.name, vm.name, vm.name
         ))

@@ -141,17 +141,18 @@ fn check_savable(ctx: &Ctx, vm: &Vm, name: &str) -> anyhow::Result<String> {
 }
 
 /// A half-made VM (its create, or its destroy, did not finish) has no
-/// prepared disk to save: bad input, exit 2, like `start` and `snapshot`.
+/// prepared disk to save: exit 8 (not in a state for this), like `start` and `snapshot`.
 fn check_prepared(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     let root_exists = match ctx.vm_pool(vm)? {
         Some(pool) => storage::find_volume(&pool, &vm.own.root_volume)?.is_some(),
         None => false,
     };
     if vm.own.half_made(root_exists).is_some() {
-        return Err(invalid(format!(
+        return Err(super::Error::HalfMade(format!(
             "{} is half-made (its create or destroy did not finish): there is no prepared disk to save. Run `project-vm create {}` again, or `project-vm destroy {}`",
             vm.name, vm.name, vm.name
-        )));
+        ))
+        .into());
     }
     Ok(())
 }

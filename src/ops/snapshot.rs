@@ -123,7 +123,7 @@ pub fn default_name<'a>(existing: impl Iterator<Item = &'a str>) -> String {
 
 fn ready(vm: &Vm) -> anyhow::Result<()> {
     if vm.own.phase == Phase::Creating {
-        return Err(Error::Invalid(format!(
+        return Err(Error::HalfMade(format!(
             "{} is half-made (its create did not finish): nothing to snapshot",
             vm.name
         ))

@@ -65,6 +65,10 @@ let
       outPath = "/nix/store/11111111111111111111111111111111-${name}";
     };
     callPackage = _: _: fakePackage;
+    linkFarm = name: entries: {
+      inherit name entries;
+      outPath = "/nix/store/22222222222222222222222222222222-${name}";
+    };
   };
 
   example = {
@@ -147,4 +151,9 @@ assert check (lib.elem "d /var/lib/project-vm 0711 root root -" cfg.systemd.tmpf
   execStart = unit.serviceConfig.ExecStart;
   after = unit.after;
   restartTriggers = map (t: t.name) unit.restartTriggers;
+  features = map (e: {
+    inherit (e) name;
+    path = toString e.path;
+    text = e.path.text or null;
+  }) (cfg.environment.etc."project-vm/features".source.entries or [ ]);
 }

@@ -28,6 +28,29 @@ assert "vms" not in got["settings"] and got["settings"]["tailnet"] == "example.t
 PY
 echo "ok: module evaluates; its document matches tests/fixtures/module-vms.json"
 
+# Features of one's own: inline (an attribute set, a string) or a path (a
+# directory stays NAME/), linked into /etc/project-vm/features, which the
+# document names; a VM may name them beside the built-ins.
+feat_config='{ services.project-vm = { enable = true;
+  featureDefinitions = { motd = { write_files = [ { path = "/etc/motd"; content = "hi"; } ]; };
+    redis = "#cloud-config\npackages: [redis-server]\n"; hello = ./tests/fixtures/features/hello; };
+  vms.web.features = [ "docker-gpu" "motd" "hello" ]; }; }'
+out=$(eval_module --arg config "$feat_config")
+python3 - "$out" <<'PY'
+import json, sys
+got = json.loads(sys.argv[1])
+doc = got["document"]
+assert doc["feature_dirs"] == ["/etc/project-vm/features"], doc
+assert doc["vms"]["web"]["features"] == ["docker-gpu", "motd", "hello"], doc["vms"]
+assert "feature_dirs" not in got["settings"], got["settings"]
+f = {e["name"]: e for e in got["features"]}
+assert sorted(f) == ["hello", "motd.yaml", "redis.yaml"], f
+assert f["motd.yaml"]["text"].startswith("#cloud-config\n") and json.loads(f["motd.yaml"]["text"].split("\n", 1)[1]) == {"write_files": [{"path": "/etc/motd", "content": "hi"}]}, f
+assert f["redis.yaml"]["text"] == "#cloud-config\npackages: [redis-server]\n", f
+assert f["hello"]["path"].endswith("-hello") or f["hello"]["path"].endswith("/hello"), f
+PY
+echo "ok: featureDefinitions (inline and as paths) become /etc/project-vm/features, named by the document"
+
 fails=0
 expect_fail() {
   local what=$1 config=$2 want=$3 err
@@ -47,6 +70,9 @@ expect_fail "a bad size" 'vms.web.memory = "8X";' 'services.project-vm.vms.web.m
 expect_fail "zero cpus" 'vms.web.cpus = 0;' 'services.project-vm.vms.web.cpus'
 expect_fail "an unknown dependency" 'vms.web.dependsOn = [ "nope" ];' 'services.project-vm.vms.web.dependsOn: "nope" is not a declared VM'
 expect_fail "an unknown feature" 'defaults.features = [ "dokcer" ];' 'services.project-vm.defaults.features'
+expect_fail "a feature named like a built-in" 'featureDefinitions.docker = "#cloud-config\n";' 'services.project-vm.featureDefinitions.docker'
+expect_fail "a bad feature name" 'featureDefinitions."My Feature" = "#cloud-config\n";' 'services.project-vm.featureDefinitions.My Feature'
+expect_fail "a feature definition of a wrong type" 'featureDefinitions.x = 3;' 'services.project-vm.featureDefinitions.x'
 expect_fail "a relative key file" 'tailscaleAuthKeyFile = "key.txt";' 'services.project-vm.tailscaleAuthKeyFile'
 expect_fail "an unknown accel" 'accel = "hvf";' 'services.project-vm.accel'
 expect_fail "an unknown network kind" 'network = { wifi = "x"; };' 'services.project-vm.network'
