@@ -100,6 +100,11 @@ let
       ];
       description = "Features (cloud-config snippets) by name: built-ins (base, devtools, docker, docker-gpu, nix, nvidia) and those of featureDefinitions.";
     };
+    stageSnapshots = mkOption {
+      type = types.nullOr types.bool;
+      default = null;
+      description = "Snapshots `pre-configured` (features done) and `final-form` (application script and checks passed), taken by the first provisioning's `apply --wait`.";
+    };
     userData = mkOption {
       type = types.nullOr types.path;
       default = null;
@@ -237,6 +242,7 @@ let
     lib.filterAttrs (_: x: x != null && x != [ ]) {
       inherit (v) memory cpus disk autostart features image firmware;
       project_disk = v.projectDisk;
+      stage_snapshots = v.stageSnapshots or null;
       user_data = if v.userData == null then null else toString v.userData;
       depends_on = v.dependsOn or [ ];
       hostdevs = v.hostdevs or [ ];

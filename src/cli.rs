@@ -90,6 +90,8 @@ pub enum Command {
     /// Manage base images in the storage pool.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Provision a VM again in place: its features, user data (and application script), keeping its host key, machine-id and project disk; waits like --wait.
+    Reconfigure(ReconfigureArgs),
     /// The feature library: built-in features and those of feature_dirs.
     #[command(subcommand)]
     Feature(FeatureCommand),
@@ -193,6 +195,9 @@ pub struct CreateArgs {
     /// Forward a guest port from the libvirt host (repeatable; user networking): HOST:GUEST, [ADDRESS:]HOST:GUEST[/udp]
     #[arg(long = "port", value_name = "HOST:GUEST")]
     pub ports: Vec<crate::spec::Port>,
+    /// With --wait: snapshot it as `pre-configured` once its features are done and `final-form` once it is ready (first provisioning only)
+    #[arg(long)]
+    pub stage_snapshots: bool,
     /// Start it after creating
     #[arg(long)]
     pub start: bool,
@@ -305,6 +310,24 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReconfigureArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// The cloud-config file to merge in (the user data is not recorded, so give it again; without it, none)
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// The features (repeatable) [default: the ones the VM has]
+    #[arg(long = "feature", value_name = "NAME", value_parser = feature_name)]
+    pub features: Vec<String>,
+    /// Private key for the ssh that clears the guest's cloud-init instance
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Give up waiting for the guest after this many seconds (exit 6; the VM keeps running)
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct PlanArgs {
     /// The declarative file
     #[arg(long, short = 'f', env = "PROJECT_VM_FILE", default_value = "project-vm.json", value_name = "FILE")]
@@ -318,6 +341,9 @@ pub struct PlanArgs {
     /// Plan to rebuild VMs whose image or cloud-init changed (project disks are kept)
     #[arg(long)]
     pub recreate: bool,
+    /// Plan to provision VMs whose cloud-init (features, user data) changed again in place, as `reconfigure` does
+    #[arg(long, conflicts_with = "recreate")]
+    pub reconfigure: bool,
     /// With --prune: VMs in every storage pool are in scope, not only the settings' pool
     #[arg(long)]
     pub all_pools: bool,

@@ -37,6 +37,7 @@ pub const VM_KEYS: &[&str] = &[
     "shares",
     "ports",
     "host",
+    "stage_snapshots",
 ];
 
 /// One VM as the file describes it, defaults merged in.
@@ -60,6 +61,9 @@ pub struct VmDecl {
     /// The fleet host it lives on (`hosts`); `None`: the one host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Snapshots `pre-configured` and `final-form` on first provisioning.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stage_snapshots: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +121,7 @@ struct Fields {
     shares: Option<Vec<Share>>,
     ports: Option<Vec<Port>>,
     host: Option<String>,
+    stage_snapshots: Option<bool>,
 }
 
 fn show(v: &Value) -> String {
@@ -166,6 +171,10 @@ fn field(f: &mut Fields, at: &str, k: &str, v: &Value, p: &mut Problems, in_defa
         "ports" if in_defaults => p.add(at, "ports belong in a VM's own entry (a host port goes to one VM)"),
         "ports" => f.ports = ports(at, v, p),
         "host" => f.host = text(at, v, p, "expected the name of a host in \"hosts\""),
+        "stage_snapshots" => match v.as_bool() {
+            Some(b) => f.stage_snapshots = Some(b),
+            None => p.add(at, format!("expected true or false, found {}", show(v))),
+        },
         "depends_on" if in_defaults => p.add(at, "depends_on belongs in a VM's own entry, not in defaults"),
         "depends_on" => f.depends_on = strings(at, v, p),
         other => p.add(at, format!("unknown key{}; VM keys are {}", did_you_mean(other, VM_KEYS), VM_KEYS.join(", "))),
@@ -402,6 +411,7 @@ fn declaration(
         shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
         host: f.host.clone().or(d.host.clone()),
         ports: f.ports.clone().unwrap_or_default(),
+        stage_snapshots: f.stage_snapshots.or(d.stage_snapshots).unwrap_or(false),
     }
 }
 
@@ -527,6 +537,19 @@ mod tests {
         assert!(!db.autostart);
         assert_eq!(db.user_data.as_deref(), Some(Path::new("/etc/pv/db.yaml")));
         assert_eq!(d.waves(), vec![vec![VmName::parse("web").unwrap()], vec![VmName::parse("db").unwrap()]]);
+    }
+
+    #[test]
+    fn stage_snapshots_is_a_vm_key_defaults_may_set() {
+        let d = ok(
+            r#"{"defaults": {"stage_snapshots": true}, "vms": {"a": {}, "b": {"stage_snapshots": false}, "c": {}}}"#,
+        );
+        let stage = |n: &str| d.vms[&VmName::parse(n).unwrap()].stage_snapshots;
+        assert_eq!((stage("a"), stage("b"), stage("c")), (true, false, true));
+        assert!(!ok(r#"{"vms": {"a": {}}}"#).vms[&VmName::parse("a").unwrap()].stage_snapshots, "off unless asked");
+        let e = problems(r#"{"vms": {"a": {"stage_snapshots": "yes"}, "b": {"stage_snapshot": true}}}"#);
+        assert!(e.contains(r#"vms.a.stage_snapshots: expected true or false, found "yes""#), "{e}");
+        assert!(e.contains(r#"vms.b.stage_snapshot: unknown key (did you mean "stage_snapshots"?)"#), "{e}");
     }
 
     #[test]
@@ -659,6 +682,7 @@ mod tests {
             web.ports.iter().map(Port::label).collect::<Vec<_>>(),
             ["127.0.0.1:8080 -> 80/tcp", "0.0.0.0:5353 -> 53/udp"]
         );
+        assert!(web.stage_snapshots, "stageSnapshots");
         let db = &d.vms[&VmName::parse("db").unwrap()];
         assert_eq!(db.depends_on, vec![VmName::parse("web").unwrap()]);
         assert_eq!(db.features, vec!["base"]);

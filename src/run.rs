@@ -80,7 +80,13 @@ fn feature(command: &FeatureCommand, json: bool) -> anyhow::Result<()> {
 }
 
 fn plan_options(a: &crate::cli::PlanArgs) -> ops::plan::Options {
-    ops::plan::Options { prune: a.prune, all_pools: a.all_pools, restart: a.restart, recreate: a.recreate }
+    ops::plan::Options {
+        prune: a.prune,
+        all_pools: a.all_pools,
+        restart: a.restart,
+        recreate: a.recreate,
+        reconfigure: a.reconfigure,
+    }
 }
 
 fn wait(w: &WaitArgs) -> Option<Duration> {
@@ -152,6 +158,7 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             ops::forward::forward(&ctx, &vm, &a.ports, a.identity.as_deref(), json)
         }
         Command::Watch(a) => ops::watch::watch(fleet, only, &a.names, json),
+        Command::Reconfigure(a) => v.reconfigure(a),
         Command::Image(c) => v.image(c),
         Command::Snapshot(c) => v.snapshot(c),
         Command::Gc(a) => emit(json, &ops::gc::gc(&*v.one()?, a.yes, &a.kept_disks)?),
@@ -211,6 +218,7 @@ impl Verbs<'_> {
                 shares: a.shares,
                 ports: a.ports,
             },
+            stage_snapshots: a.stage_snapshots,
         };
         let report = ops::create::run(&*self.one()?, &req, a.start, wait(&a.wait))?;
         checked(emit(self.json, &report), report.check())
@@ -219,6 +227,22 @@ impl Verbs<'_> {
     fn start(&self, a: crate::cli::StartArgs) -> anyhow::Result<()> {
         let (ctx, vm) = self.find_acting(&a.name)?;
         let report = ops::power::start_and_wait(&ctx, &vm, wait(&a.wait))?;
+        checked(emit(self.json, &report), report.check())
+    }
+
+    fn reconfigure(&self, a: crate::cli::ReconfigureArgs) -> anyhow::Result<()> {
+        crate::interrupt::install();
+        let (ctx, vm) = self.find_acting(&a.name)?;
+        let features = match a.features.is_empty() {
+            true => vm.spec()?.features,
+            false => a.features,
+        };
+        let user_data = a.user_data.as_deref().map(CreateRequest::load_user_data).transpose()?;
+        let wanted = ops::reconfigure::Wanted { features, user_data };
+        let progress = crate::progress::Progress::spinner(self.json, format!("reconfiguring {}", vm.name));
+        let timeout = Duration::from_secs(a.timeout);
+        let report = ops::reconfigure::reconfigure(&ctx, &vm, &wanted, a.identity.as_deref(), timeout, &progress)?;
+        progress.finish();
         checked(emit(self.json, &report), report.check())
     }
 

@@ -581,6 +581,8 @@ pub struct Declaration<'a> {
     pub devices: &'a Devices,
     /// The user's cloud-config, as written (only its fingerprint is kept).
     pub user_data: Option<&'a str>,
+    /// Snapshots `pre-configured` and `final-form` on first provisioning.
+    pub stage_snapshots: bool,
 }
 
 /// The transport a forwarded port carries.
@@ -753,6 +755,10 @@ pub struct VmSpec {
     /// storing content that may hold secrets in domain metadata.
     #[serde(default)]
     pub cloud_init_hash: String,
+    /// The first provisioning's `--wait` takes the stage snapshots
+    /// `pre-configured` and `final-form` (see `ops::stages`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stage_snapshots: bool,
 }
 
 impl VmSpec {
@@ -785,6 +791,7 @@ impl VmSpec {
                 tailnet: host.tailnet,
                 tailscale: host.tailscale,
             }),
+            stage_snapshots: decl.stage_snapshots,
         }
     }
 
@@ -1035,6 +1042,7 @@ mod tests {
             features: &features,
             devices,
             user_data,
+            stage_snapshots: false,
         };
         VmSpec::resolve(&host, &decl, "debian-12".into(), Some(22023))
     }

@@ -103,6 +103,7 @@ fn test_spec(name: &str) -> VmSpec {
         hostdevs: vec![],
         shares: vec![],
         ports: vec!["8080:80".parse().unwrap()],
+        stage_snapshots: false,
         cloud_init_hash: String::new(),
     }
 }

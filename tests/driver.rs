@@ -64,6 +64,7 @@ fn request(n: &str) -> CreateRequest {
         features: vec![],
         autostart: false,
         devices: Default::default(),
+        stage_snapshots: false,
     }
 }
 
@@ -372,6 +373,25 @@ fn changed_cloud_init_is_reported_not_ignored() {
     assert_eq!(p.vms[0].changes()[0].class(), ChangeClass::NotApplied);
     let p = plan::plan(&ctx, &declared(with_feature), plan::Options { recreate: true, ..Default::default() }).unwrap();
     assert!(p.vms[0].recreate() && p.changes == 1);
+}
+
+#[test]
+fn reconfigure_plans_the_cloud_init_change_in_place() {
+    let ctx = Arc::new(ctx());
+    let pool = with_base_image(&ctx);
+    define_owned(&ctx, &pool, "foo", Phase::Ready);
+    let with_feature =
+        r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G", "features": ["docker"]}}}"#;
+    let opts = plan::Options { reconfigure: true, ..Default::default() };
+    let p = plan::plan(&ctx, &declared(with_feature), opts).unwrap();
+    assert_eq!((p.changes, p.not_applied), (1, 0));
+    assert!(p.vms[0].reconfigure() && !p.vms[0].recreate(), "{:?}", p.vms[0]);
+    assert!(p.vms[0].changes()[0].by_reconfigure());
+    assert!(project_vm::ops::plan::describe(&p.vms[0])[0].contains("reconfigure"));
+    // A file that changes no cloud-init reconfigures nothing.
+    let same = r#"{"vms": {"foo": {"memory": "1G", "cpus": 1, "disk": "5G", "project_disk": "2G"}}}"#;
+    let p = plan::plan(&ctx, &declared(same), opts).unwrap();
+    assert!(!p.vms[0].reconfigure(), "{:?}", p.vms[0]);
 }
 
 #[test]

@@ -82,6 +82,7 @@ prop_compose! {
                 .map(|(i, (dir, ro))| Share { source: format!("/srv/{dir}").into(), target: format!("/mnt/{dir}{i}").into(), readonly: ro })
                 .collect(),
             cloud_init_hash: String::new(),
+            stage_snapshots: false,
         }
     }
 }

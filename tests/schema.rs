@@ -48,6 +48,7 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         shares: vec![],
         ports: vec![],
         cloud_init_hash: String::new(),
+        stage_snapshots: false,
     }
 }
 
@@ -146,6 +147,26 @@ fn every_generated_seed_passes_cloud_init_schema() {
                 network_checked += 1;
             }
         }
+    }
+    // reconfigure's seed: no host key in it, the guest's kept (ssh_deletekeys false, one key type).
+    let extra = features::user_config(&all, Some(&user)).unwrap();
+    let s = spec(None, all.clone());
+    let input = SeedInput {
+        spec: &s,
+        authorized_keys: &keys,
+        host_key: None,
+        user_data: extra.as_ref(),
+        instance_id: "project-schema-1-r2",
+        tailscale_auth_key: None,
+    };
+    let ud = dir.path().join("user-data-reconfigure");
+    std::fs::write(&ud, cloudinit::render_with(&input, cloudinit::keep_host_key).user_data).unwrap();
+    for v in validators() {
+        let (code, out) = validate(&v, &ud, &[]);
+        if !clean(code, &out) {
+            failures.push(format!("reconfigure user-data on cloud-init {} (exit {code}):\n{out}", version(&v)));
+        }
+        checked += 1;
     }
     assert!(failures.is_empty(), "{} of {checked} checks failed:\n{}", failures.len(), failures.join("\n"));
     assert!(network_checked > 0, "no validator could check network-config");

@@ -275,7 +275,22 @@ fn join_tailnet(cfg: &mut Value, auth_key: &str, hostname: &str) {
 
 /// Renders the seed files.
 pub fn render(input: &SeedInput) -> Seed {
+    render_with(input, |_| {})
+}
+
+/// A guest that keeps the ssh host key it has (`reconfigure`, whose seed
+/// carries no key: the private one never left the first seed): none deleted,
+/// none generated beside the pinned ed25519 one.
+pub fn keep_host_key(cfg: &mut Value) {
+    cfg["ssh_deletekeys"] = json!(false);
+    cfg["ssh_genkeytypes"] = json!(["ed25519"]);
+}
+
+/// [`render`], with `edit` applied to project-vm's own cloud-config before
+/// the user's is merged in.
+pub fn render_with(input: &SeedInput, edit: impl FnOnce(&mut Value)) -> Seed {
     let mut cfg = base_config(input);
+    edit(&mut cfg);
     if let Some(user) = input.user_data {
         merge(&mut cfg, user);
     }

@@ -675,6 +675,7 @@ pub(crate) mod tests {
             shares: vec![],
             ports: vec![],
             cloud_init_hash: String::new(),
+            stage_snapshots: false,
         }
     }
 

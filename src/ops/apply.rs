@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::fleet::Fleet;
-use super::plan::{self, Action, Change, Create, Disk, Entry, Plan, Prune, Recreate, Update, VmPlan};
+use super::plan::{self, Action, Change, Create, Disk, Entry, Plan, Prune, Reconfigure, Recreate, Update, VmPlan};
 use super::{create, destroy, power, ready, Ctx};
 use crate::config::Declared;
 use crate::fanout::Panicked;
@@ -276,9 +276,10 @@ fn start_and_wait(
     power::start(ctx, vm)?;
     done.push("started".into());
     if opts.wait {
-        let report = ready::wait(ctx, vm, opts.timeout, progress)?;
+        let (report, stage_snapshots) = super::stages::wait(ctx, vm, opts.timeout, progress)?;
         ready::check(&report)?;
         done.push("ready".into());
+        done.extend(stage_snapshots.into_iter().map(|s| format!("snapshot {s}")));
     }
     Ok(())
 }
@@ -297,6 +298,7 @@ fn apply_one(
         Entry::Prune(prune) => apply_prune(ctx, &p.name, prune, opts, progress, done),
         Entry::Create(c) => apply_create(ctx, c, opts, progress, done),
         Entry::Recreate(r) => apply_recreate(ctx, &p.name, r, opts, progress, done),
+        Entry::Reconfigure(r) => apply_reconfigure(ctx, &p.name, r, opts, progress, done),
         Entry::Update(u) => apply_update(ctx, &p.name, u, opts, progress, done),
     }
 }
@@ -352,6 +354,28 @@ fn apply_recreate(
     if r.request.autostart {
         start_and_wait(ctx, &vms::get(&ctx.conn(), name)?, opts, progress, done)?;
     }
+    Ok(())
+}
+
+/// The changes that apply, then the guest provisioned again in place (its
+/// power cycle also brings in the next-restart ones); it waits whatever
+/// `--wait` says: a reconfigure reports like `--wait`.
+fn apply_reconfigure(
+    ctx: &Ctx,
+    name: &VmName,
+    r: &Reconfigure,
+    opts: ApplyOptions,
+    progress: &Progress,
+    done: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let lock = super::vm_lock(ctx, name, "applying a change to")?;
+    update(ctx, &vms::get(&ctx.conn(), name)?, &r.changes, progress, done)?;
+    drop(lock);
+    let vm = vms::get(&ctx.conn(), name)?;
+    let wanted = super::reconfigure::Wanted::of(&r.request);
+    let report = super::reconfigure::reconfigure(ctx, &vm, &wanted, None, opts.timeout, progress)?;
+    report.check()?;
+    done.push(format!("reconfigured (instance {})", report.instance_id));
     Ok(())
 }
 

@@ -51,6 +51,8 @@ pub struct CreateRequest {
     pub features: Vec<String>,
     pub autostart: bool,
     pub devices: Devices,
+    /// Take the stage snapshots on first provisioning (`ops::stages`).
+    pub stage_snapshots: bool,
 }
 
 pub use crate::spec::Devices;
@@ -213,6 +215,7 @@ impl CreateRequest {
             features: &self.features,
             devices: &self.devices,
             user_data: self.user_data.as_ref().map(|(_, text)| text.as_str()),
+            stage_snapshots: self.stage_snapshots,
         }
     }
 
@@ -245,6 +248,9 @@ pub struct CreateReport {
 pub struct Created {
     pub create: CreateReport,
     pub ready: Option<super::ready::ReadyReport>,
+    /// The stage snapshots the wait took (`stage_snapshots`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stage_snapshots: Vec<String>,
 }
 
 impl Created {
@@ -277,13 +283,19 @@ pub fn run(ctx: &Ctx, req: &CreateRequest, start: bool, wait: Option<std::time::
     let progress = Progress::spinner(ctx.json, format!("creating {}", req.name));
     let create = create(ctx, req, &progress)?;
     progress.finish();
-    let mut ready = None;
+    let (mut ready, mut stage_snapshots) = (None, Vec::new());
     if start || wait.is_some() {
         let vm = vms::get(&ctx.conn(), &req.name)?;
         super::power::start(ctx, &vm)?;
-        ready = super::ready::wait_if(ctx, &vm, wait)?;
+        (ready, stage_snapshots) = super::stages::wait_if(ctx, &vm, wait)?;
     }
-    Ok(Created { create, ready })
+    if req.stage_snapshots && wait.is_none() {
+        crate::messages::warn(format!(
+            "{}: stage snapshots are taken by the first provisioning's --wait: `project-vm start {} --wait` takes them, if it is the first boot",
+            req.name, req.name
+        ));
+    }
+    Ok(Created { create, ready, stage_snapshots })
 }
 
 /// What this run has made so far; undone when dropped while armed.
@@ -415,6 +427,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
     super::forward::check_declared(ctx, name, &devices.ports, &[])?;
     let req = &CreateRequest { devices, ..req.clone() };
+    super::stages::check_request(req)?;
     crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local())
         .map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;

@@ -19,6 +19,9 @@ pub enum Error {
         "no address known for {vm} (state {state}): start it with `project-vm start {vm} --wait`, or set \"tailnet\""
     )]
     NoAddress { vm: String, state: String },
+    /// The guest runs but could not be reached where the verb must reach it (ssh).
+    #[error("{0}")]
+    Unreachable(String),
     /// The VM has no serial log to show (yet).
     #[error("{0}")]
     NoSerialLog(String),
@@ -73,9 +76,11 @@ impl Classified for Error {
     fn kind(&self) -> Kind {
         match self {
             Error::NoSuchVm { .. } | Error::NoSuchSnapshot { .. } | Error::NotFound(_) => Kind::NotFound,
-            Error::NotRunning { .. } | Error::NoAddress { .. } | Error::NoSerialLog(_) | Error::HalfMade(_) => {
-                Kind::NotReady
-            }
+            Error::NotRunning { .. }
+            | Error::NoAddress { .. }
+            | Error::NoSerialLog(_)
+            | Error::HalfMade(_)
+            | Error::Unreachable(_) => Kind::NotReady,
             Error::Timeout { .. } | Error::ReadyTimeout { .. } => Kind::Timeout,
             Error::NotProvisioned { .. } | Error::CloudInit { .. } => Kind::Provisioning,
             Error::Invalid(_) => Kind::Invalid,

@@ -20,10 +20,12 @@ pub mod plan;
 pub mod power;
 pub mod pull;
 pub mod ready;
+pub mod reconfigure;
 pub mod save;
 pub mod seed;
 pub mod snapshot;
 pub mod ssh;
+pub mod stages;
 pub mod status;
 pub mod watch;
 

@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 pub use self::change::{diff, Actual, Change, ChangeClass, Disk};
-pub use self::entry::{describe, Action, Create, Entry, Prune, Recreate, Unchanged, Update, VmPlan};
+pub use self::entry::{describe, Action, Create, Entry, Prune, Reconfigure, Recreate, Unchanged, Update, VmPlan};
 use super::create::{self, CreateRequest};
 use super::{Ctx, PoolListings};
 use crate::config::{Declared, VmDecl};
@@ -49,6 +49,8 @@ pub struct Options {
     pub all_pools: bool,
     pub restart: bool,
     pub recreate: bool,
+    /// Provision VMs whose cloud-init changed again in place (`reconfigure`).
+    pub reconfigure: bool,
 }
 
 fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
@@ -60,6 +62,7 @@ fn request(decl: &VmDecl) -> anyhow::Result<CreateRequest> {
         features: decl.features.clone(),
         autostart: decl.autostart,
         devices: devices(decl),
+        stage_snapshots: decl.stage_snapshots,
     })
 }
 
@@ -215,6 +218,9 @@ pub fn decide(changes: Vec<Change>, act: &Actual, request: CreateRequest, opts: 
     if opts.recreate && changes.iter().any(|c| c.class().needs_rebuild()) {
         return Entry::Recreate(Recreate { request, changes, restart_pending });
     }
+    if opts.reconfigure && changes.iter().any(Change::by_reconfigure) {
+        return Entry::Reconfigure(Reconfigure { request, changes, restart_pending });
+    }
     let restart = opts.restart
         && act.running
         && (act.restart_pending || changes.iter().any(|c| c.class() == ChangeClass::NextRestart));
@@ -247,7 +253,9 @@ impl Plan {
         let count = |f: &dyn Fn(ChangeClass) -> bool| {
             self.vms.iter().flat_map(|p| p.changes()).filter(|c| f(c.class())).count()
         };
-        self.not_applied = if opts.recreate { 0 } else { count(&ChangeClass::needs_rebuild) };
+        let carried = |c: &Change| opts.recreate || (opts.reconfigure && c.by_reconfigure());
+        self.not_applied =
+            self.vms.iter().flat_map(|p| p.changes()).filter(|c| c.class().needs_rebuild() && !carried(c)).count();
         self.impossible = count(&|c| c == ChangeClass::Impossible);
         self.changes = self.vms.iter().filter(|p| p.acts()).count();
     }
@@ -383,6 +391,7 @@ mod tests {
             features: vec![],
             autostart,
             devices: Default::default(),
+            stage_snapshots: false,
         }
     }
 
@@ -437,6 +446,32 @@ mod tests {
         let p = planned(decide(changes_of(|s| s.resources.cpus = 4), &running, request(false), opts));
         assert!(matches!(&p.entry, Entry::Update(u) if u.restart), "{p:?}");
         assert_eq!(describe(&p)[0], "foo: update, restart");
+    }
+
+    #[test]
+    fn reconfigure_takes_a_cloud_init_change_and_counts_it_applied() {
+        let running = actual_of(&base());
+        let opts = Options { reconfigure: true, ..Default::default() };
+        let mut changes = changes_of(|s| s.cloud_init_hash = "b".into());
+        changes.extend(changes_of(|s| s.resources.memory = Size(2 << 30)));
+        let p = planned(decide(changes, &running, request(false), opts));
+        assert!(matches!(&p.entry, Entry::Reconfigure(r) if r.changes.len() == 2), "{p:?}");
+        assert!(p.acts() && p.reconfigure() && !p.recreate());
+        assert_eq!(
+            describe(&p)[0],
+            "foo: update, reconfigure (provisioned again in place; host key, machine-id and disks kept)"
+        );
+        assert_eq!(serde_json::to_value(&p).unwrap()["reconfigure"], true);
+        let mut plan = Plan::of(vec![p]);
+        plan.recount(opts);
+        assert_eq!((plan.changes, plan.not_applied), (1, 0));
+        // What only a rebuild does stays not applied; without a cloud-init change, no reconfigure.
+        let p = planned(decide(changes_of(|s| s.base_image = "new".into()), &running, request(false), opts));
+        assert!(matches!(p.entry, Entry::Unchanged(_)), "{p:?}");
+        assert!(serde_json::to_value(&p).unwrap().get("reconfigure").is_none());
+        let mut plan = Plan::of(vec![p]);
+        plan.recount(opts);
+        assert_eq!(plan.not_applied, 1);
     }
 
     #[test]

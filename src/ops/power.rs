@@ -124,7 +124,8 @@ impl Report for Started {
 
 pub fn start_and_wait(ctx: &Ctx, vm: &Vm, wait: Option<Duration>) -> anyhow::Result<Started> {
     let start = start(ctx, vm)?;
-    let ready = ready::wait_if(ctx, vm, wait)?;
+    // A first boot's wait takes the stage snapshots it wants (announced).
+    let (ready, _stage_snapshots) = super::stages::wait_if(ctx, vm, wait)?;
     Ok(Started { start, ready })
 }
 

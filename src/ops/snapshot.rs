@@ -145,14 +145,35 @@ pub fn create(ctx: &Ctx, vm: &Vm, name: Option<&str>, description: Option<&str>)
     let existing = list(ctx, vm)?.0;
     let name = match name {
         Some(n) => {
-            validate(n)?;
-            if existing.iter().any(|s| s.name == n) {
-                return Err(Error::Invalid(format!("{} already has a snapshot {n}: pick another name", vm.name)).into());
-            }
+            check_new_name(vm.name.as_str(), n, &existing)?;
             n.to_owned()
         }
         None => default_name(existing.iter().map(|s| s.name.as_str())),
     };
+    take(vm, &name, description)
+}
+
+/// A name `snapshot create` may give: valid, not a stage snapshot's (those
+/// are taken by the first provisioning alone), not taken.
+fn check_new_name(vm: &str, n: &str, existing: &[SnapshotEntry]) -> anyhow::Result<()> {
+    validate(n)?;
+    if let Some(stage) = super::stages::Stage::named(n) {
+        return Err(Error::Invalid(format!(
+            "{n} is the name of a stage snapshot, taken only by the first provisioning's --wait ({}): pick another name",
+            stage.moment()
+        ))
+        .into());
+    }
+    if existing.iter().any(|s| s.name == n) {
+        return Err(Error::Invalid(format!("{vm} already has a snapshot {n}: pick another name")).into());
+    }
+    Ok(())
+}
+
+/// Takes snapshot `name` of `vm` as it is now (running: disks and memory;
+/// stopped: disks), with no lock taken and no name rule checked: for
+/// [`create`] and the stage snapshots, whose callers did both.
+pub(crate) fn take(vm: &Vm, name: &str, description: Option<&str>) -> anyhow::Result<SnapshotEntry> {
     let running = matches!(vm.state(), State::Running | State::Paused);
     let mut disks = vec![
         SnapshotDisk { name: "vda".into(), snapshot: "internal".into() },
@@ -162,7 +183,7 @@ pub fn create(ctx: &Ctx, vm: &Vm, name: Option<&str>, description: Option<&str>)
         disks.push(SnapshotDisk { name: "sda".into(), snapshot: "no".into() });
     }
     let xml = NewSnapshot {
-        name: name.clone(),
+        name: name.to_owned(),
         description: description.map(String::from),
         memory: Mode { snapshot: if running { "internal" } else { "no" }.into() },
         disks: Disks { disk: disks },
@@ -174,6 +195,20 @@ pub fn create(ctx: &Ctx, vm: &Vm, name: Option<&str>, description: Option<&str>)
         .map_err(|e| explain(e, format!("taking snapshot {name} of {}", vm.name)))?;
     crate::fault::mutated("took a snapshot");
     entry(vm, &snap)
+}
+
+/// Whether `vm` has a snapshot `name`.
+pub(crate) fn exists(vm: &Vm, name: &str) -> anyhow::Result<bool> {
+    match find(vm, name) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::NoSuchSnapshot { .. })) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`ready`] for the stage snapshots: a half-made or UEFI VM has none.
+pub(crate) fn snapshottable(vm: &Vm) -> anyhow::Result<()> {
+    ready(vm)
 }
 
 pub fn revert(ctx: &Ctx, vm: &Vm, name: &str) -> anyhow::Result<Reverted> {
@@ -261,8 +296,36 @@ impl Report for Deleted {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Whether `name` passes the snapshot-name rules.
+    pub fn valid(name: &str) -> bool {
+        validate(name).is_ok()
+    }
+
+    #[test]
+    fn stage_snapshot_names_are_for_the_first_provisioning_alone() {
+        for n in ["pre-configured", "final-form"] {
+            let e = check_new_name("web", n, &[]).unwrap_err();
+            assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Invalid(_))), "{e:#}");
+            assert_eq!(crate::exit::code(&e), 2);
+            assert!(e.to_string().contains("stage snapshot"), "{e}");
+        }
+        check_new_name("web", "final-form-2", &[]).unwrap();
+        let taken = SnapshotEntry {
+            vm: "web".into(),
+            name: "mine".into(),
+            description: None,
+            created: 0,
+            state: "running".into(),
+            memory: true,
+            disks: vec![],
+            current: true,
+        };
+        let e = check_new_name("web", "mine", &[taken]).unwrap_err();
+        assert_eq!(e.to_string(), "web already has a snapshot mine: pick another name");
+    }
 
     #[test]
     fn default_names_count_up_and_never_overflow() {

@@ -106,6 +106,7 @@ let
               address = "0.0.0.0";
             }
           ];
+          stageSnapshots = true;
         };
         db = {
           disk = "100G";

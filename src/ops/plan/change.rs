@@ -190,6 +190,12 @@ impl Change {
         }
     }
 
+    /// `apply --reconfigure` (`reconfigure NAME`) carries it out: the guest
+    /// provisioned again in place, from a new seed.
+    pub fn by_reconfigure(&self) -> bool {
+        matches!(self, Change::CloudInit { .. })
+    }
+
     /// What changes, as the file (or the plan) names it.
     pub fn field(&self) -> &'static str {
         match self {
@@ -249,7 +255,7 @@ impl Change {
             | Change::Network { .. }
             | Change::Autostart { .. } => "",
             Change::Image { .. } => "rebuilds the root disk from the new image; the project disk is kept",
-            Change::CloudInit { .. } => "cloud-init (user, keys, features, user_data, tailnet) only runs on a VM's first boot; --recreate applies it and keeps the project disk",
+            Change::CloudInit { .. } => "cloud-init (user, keys, features, user_data, tailnet) runs once per instance: apply --reconfigure (or `project-vm reconfigure NAME`) provisions it again in place, keeping the VM's host key, machine-id and disks; --recreate rebuilds it, keeping the project disk",
             Change::Firmware { .. } => "the root disk must boot the new way; --recreate rebuilds it, keeping the project disk",
             Change::Hostdevs { .. } => "devices are attached when the VM starts",
             Change::Shares { .. } => "virtiofs devices come with the next start (mounted by fstab, nofail)",
@@ -458,6 +464,25 @@ pub(crate) mod tests {
         assert!(matches!(&c, Change::CloudInit { to, .. } if to == "changed"));
         assert_eq!(c.class(), ChangeClass::NotApplied);
         assert_eq!(c.describe(), format!("  cloud-init changed: NOT APPLIED ({})", c.note()));
+    }
+
+    #[test]
+    fn reconfigure_carries_out_the_cloud_init_change_and_no_other() {
+        for (what, edit, field, class) in edits() {
+            let c = one(edit);
+            assert_eq!(c.by_reconfigure(), field == "cloud-init", "{what}");
+            if c.by_reconfigure() {
+                // Still reported as not applied by a plain apply; the note names both ways.
+                assert_eq!(class, ChangeClass::NotApplied, "{what}");
+                assert!(c.note().contains("apply --reconfigure") && c.note().contains("--recreate"), "{}", c.note());
+            }
+        }
+        for c in [Change::Pool { from: "a".into(), to: "b".into() }, Change::Host { from: "a".into(), to: "b".into() }]
+        {
+            assert!(!c.by_reconfigure(), "{c:?}");
+        }
+        // network_config stays a first-boot-only change (no new address under a running ssh path).
+        assert!(!one(edits().into_iter().find(|e| e.0 == "static address").unwrap().1).by_reconfigure());
     }
 
     #[test]

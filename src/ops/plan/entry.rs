@@ -59,6 +59,15 @@ pub struct Recreate {
     pub restart_pending: bool,
 }
 
+/// An existing VM provisioned again in place (`--reconfigure` and a
+/// change only that carries out), its applying changes made first.
+#[derive(Debug, Clone)]
+pub struct Reconfigure {
+    pub request: CreateRequest,
+    pub changes: Vec<Change>,
+    pub restart_pending: bool,
+}
+
 /// An existing VM that `apply` leaves as it is; its changes (if any) are
 /// reported only: not applied, needing `--recreate`, or impossible.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +91,7 @@ pub enum Entry {
     Create(Create),
     Update(Update),
     Recreate(Recreate),
+    Reconfigure(Reconfigure),
     Unchanged(Unchanged),
     Prune(Prune),
     /// Owned, in scope, not in the file, and no `--prune`: kept.
@@ -121,7 +131,7 @@ impl VmPlan {
     pub fn action(&self) -> Action {
         match &self.entry {
             Entry::Create(_) => Action::Create,
-            Entry::Update(_) | Entry::Recreate(_) => Action::Update,
+            Entry::Update(_) | Entry::Recreate(_) | Entry::Reconfigure(_) => Action::Update,
             Entry::Unchanged(_) | Entry::DeclaredElsewhere { .. } => Action::Nothing,
             Entry::Prune(_) => Action::Prune,
             Entry::NotInFile => Action::NotInFile,
@@ -132,7 +142,7 @@ impl VmPlan {
     /// True when `apply` would change something.
     pub fn acts(&self) -> bool {
         match &self.entry {
-            Entry::Create(_) | Entry::Update(_) | Entry::Recreate(_) | Entry::Prune(_) => true,
+            Entry::Create(_) | Entry::Update(_) | Entry::Recreate(_) | Entry::Reconfigure(_) | Entry::Prune(_) => true,
             Entry::Unchanged(_) | Entry::NotInFile | Entry::Unreachable { .. } | Entry::DeclaredElsewhere { .. } => {
                 false
             }
@@ -143,7 +153,9 @@ impl VmPlan {
     /// `depends_on` hold), not for a VM found beside the file.
     pub fn is_declared(&self) -> bool {
         match &self.entry {
-            Entry::Create(_) | Entry::Update(_) | Entry::Recreate(_) | Entry::Unchanged(_) => true,
+            Entry::Create(_) | Entry::Update(_) | Entry::Recreate(_) | Entry::Reconfigure(_) | Entry::Unchanged(_) => {
+                true
+            }
             Entry::Unreachable { .. } => true,
             Entry::Prune(_) | Entry::NotInFile | Entry::DeclaredElsewhere { .. } => false,
         }
@@ -153,6 +165,7 @@ impl VmPlan {
         match &self.entry {
             Entry::Update(u) => &u.changes,
             Entry::Recreate(r) => &r.changes,
+            Entry::Reconfigure(r) => &r.changes,
             Entry::Unchanged(u) => &u.changes,
             Entry::Create(_)
             | Entry::Prune(_)
@@ -181,10 +194,16 @@ impl VmPlan {
         matches!(self.entry, Entry::Recreate(_))
     }
 
+    /// It will be provisioned again in place.
+    pub fn reconfigure(&self) -> bool {
+        matches!(self.entry, Entry::Reconfigure(_))
+    }
+
     pub fn restart_pending(&self) -> bool {
         match &self.entry {
             Entry::Update(u) => u.restart_pending,
             Entry::Recreate(r) => r.restart_pending,
+            Entry::Reconfigure(r) => r.restart_pending,
             Entry::Unchanged(u) => u.restart_pending,
             _ => false,
         }
@@ -233,6 +252,8 @@ impl Serialize for VmPlan {
             restart: bool,
             restart_pending: bool,
             recreate: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            reconfigure: bool,
             interrupted: bool,
         }
         Shown {
@@ -246,6 +267,7 @@ impl Serialize for VmPlan {
             restart: self.restart(),
             restart_pending: self.restart_pending(),
             recreate: self.recreate(),
+            reconfigure: self.reconfigure(),
             interrupted: self.interrupted(),
         }
         .serialize(s)
@@ -284,6 +306,9 @@ fn head(p: &VmPlan) -> String {
             }
         }
         Entry::Recreate(_) => "update, recreate (project disk kept)".into(),
+        Entry::Reconfigure(_) => {
+            "update, reconfigure (provisioned again in place; host key, machine-id and disks kept)".into()
+        }
         Entry::Unchanged(_) => "nothing to do".into(),
         Entry::DeclaredElsewhere { .. } => p.error().unwrap_or_default(),
         Entry::Prune(Prune { moved_to: Some(h) }) => format!("destroy (moved to {h}; its project disk is kept here)"),
