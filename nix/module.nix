@@ -207,6 +207,47 @@ let
       example = [ "0000:01:00.0" ];
       description = "Host PCI devices passed through (managed; implies efi). The host needs IOMMU and vfio.";
     };
+    ports = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            host = mkOption {
+              type = types.ints.between 1 65535;
+              description = "The port on the libvirt host (from 1024 up: passt forwards as an unprivileged user).";
+            };
+            guest = mkOption {
+              type = types.ints.between 1 65535;
+              description = "The guest's port it reaches.";
+            };
+            address = mkOption {
+              type = types.nullOr (types.strMatching "[0-9a-fA-F.:]+");
+              default = null;
+              description = "The host address to listen on; default (null): 127.0.0.1.";
+            };
+            protocol = mkOption {
+              type = types.enum [
+                "tcp"
+                "udp"
+              ];
+              default = "tcp";
+              description = "tcp or udp.";
+            };
+          };
+        }
+      );
+      default = [ ];
+      example = [
+        {
+          host = 8080;
+          guest = 80;
+        }
+      ];
+      description = ''
+        Guest ports forwarded from the libvirt host by passt (user networking;
+        they apply at the VM's next start). With a libvirt network or a bridge
+        the guest's own address is reachable and nothing is forwarded.
+      '';
+    };
     networkConfig = mkOption {
       type = types.nullOr (
         types.submodule {
@@ -247,6 +288,7 @@ let
       depends_on = v.dependsOn or [ ];
       hostdevs = v.hostdevs or [ ];
       shares = v.shares or [ ];
+      ports = map (lib.filterAttrs (_: x: x != null)) (v.ports or [ ]);
       network_config =
         if (v.networkConfig or null) == null then
           null

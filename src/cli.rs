@@ -89,6 +89,10 @@ pub enum Command {
     Console(NameArg),
     /// Show a VM's serial console log.
     Logs(LogsArgs),
+    /// Reach guest ports from this machine's loopback through ssh (pinned host key) until Ctrl-C.
+    Forward(ForwardArgs),
+    /// Stream what happens to VMs (defined, started, suspended, resumed, stopped, crashed, undefined, ready) as it happens.
+    Watch(WatchArgs),
     /// Snapshots of a VM: both disks, and its memory when taken running.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -200,6 +204,9 @@ pub struct CreateArgs {
     /// A host PCI device to pass through, e.g. 0000:01:00.0 (repeatable; implies efi)
     #[arg(long = "hostdev", value_name = "PCI_ADDRESS")]
     pub hostdevs: Vec<crate::spec::PciAddress>,
+    /// Forward a guest port from the libvirt host (repeatable; user networking): HOST:GUEST, [ADDRESS:]HOST:GUEST[/udp]
+    #[arg(long = "port", value_name = "HOST:GUEST")]
+    pub ports: Vec<crate::spec::Port>,
     /// With --wait: snapshot it as `pre-configured` once its features are done and `final-form` once it is ready (first provisioning only)
     #[arg(long)]
     pub stage_snapshots: bool,
@@ -321,12 +328,31 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ForwardArgs {
+    #[arg(value_parser = vm_name)]
+    pub name: VmName,
+    /// Local port, and the guest's port when it differs (repeatable)
+    #[arg(value_name = "HOST_PORT[:GUEST_PORT]", required = true)]
+    pub ports: Vec<crate::spec::Tunnel>,
+    /// Private key to use (passed to ssh -i)
+    #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct SshConfigArgs {
     #[arg(value_parser = vm_name)]
     pub name: Option<VmName>,
     /// Private key for the blocks' IdentityFile
     #[arg(long, short = 'i', env = "PROJECT_VM_SSH_IDENTITY", value_name = "FILE")]
     pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only these VMs (they need not exist yet) [default: every project-vm VM]
+    #[arg(value_parser = vm_name)]
+    pub names: Vec<VmName>,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::settings::{HostSettings, HOST_SETTING_KEYS};
-use crate::spec::{Firmware, PciAddress, Resources, Share, Size, StaticNetwork, VmName};
+use crate::spec::{Firmware, PciAddress, Port, Resources, Share, Size, StaticNetwork, VmName};
 use crate::suggest::did_you_mean;
 
 pub mod error;
@@ -35,6 +35,7 @@ pub const VM_KEYS: &[&str] = &[
     "network_config",
     "hostdevs",
     "shares",
+    "ports",
     "host",
     "stage_snapshots",
     "application_script",
@@ -57,6 +58,8 @@ pub struct VmDecl {
     pub network_config: Option<StaticNetwork>,
     pub hostdevs: Vec<PciAddress>,
     pub shares: Vec<Share>,
+    /// Guest ports forwarded from the libvirt host.
+    pub ports: Vec<Port>,
     /// The fleet host it lives on (`hosts`); `None`: the one host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -126,6 +129,7 @@ struct Fields {
     network_config: Option<StaticNetwork>,
     hostdevs: Option<Vec<PciAddress>>,
     shares: Option<Vec<Share>>,
+    ports: Option<Vec<Port>>,
     host: Option<String>,
     stage_snapshots: Option<bool>,
     application_script: Option<PathBuf>,
@@ -176,6 +180,8 @@ fn field(f: &mut Fields, at: &str, k: &str, v: &Value, p: &mut Problems, in_defa
         "hostdevs" if in_defaults => p.add(at, "hostdevs belong in a VM's own entry (a device goes to one VM)"),
         "hostdevs" => f.hostdevs = typed(at, v, p),
         "shares" => f.shares = shares(at, v, p),
+        "ports" if in_defaults => p.add(at, "ports belong in a VM's own entry (a host port goes to one VM)"),
+        "ports" => f.ports = ports(at, v, p),
         "host" => f.host = text(at, v, p, "expected the name of a host in \"hosts\""),
         "stage_snapshots" => match v.as_bool() {
             Some(b) => f.stage_snapshots = Some(b),
@@ -275,6 +281,32 @@ fn network_config(at: &str, v: &Value, p: &mut Problems) -> Option<StaticNetwork
 }
 
 /// Shares, each checked as `--share` checks one.
+/// A VM's `ports`: each valid, no host port twice.
+fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
+    let list = typed::<Vec<Port>>(at, v, p)?;
+    crate::spec::check_ports(&list).map_err(|e| p.add(at, e)).ok()?;
+    Some(list)
+}
+
+/// Two VMs on one host cannot both forward a host port.
+fn shared_ports(vms: &BTreeMap<VmName, VmDecl>, p: &mut Problems) {
+    let mut seen: BTreeMap<(Option<&str>, u16, crate::spec::Protocol), &VmName> = BTreeMap::new();
+    for vm in vms.values() {
+        for port in &vm.ports {
+            if let Some(other) = seen.insert((vm.host.as_deref(), port.host, port.protocol), &vm.name) {
+                p.add(
+                    &format!("vms.{}.ports", vm.name),
+                    format!(
+                        "host port {}/{} is vms.{other}'s too: give each VM its own",
+                        port.host,
+                        port.protocol.as_str()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn shares(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Share>> {
     typed::<Vec<Share>>(at, v, p).filter(|list| {
         let bad: Vec<ConfigError> = list.iter().filter_map(|s| s.validate().err()).collect();
@@ -305,6 +337,7 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
         .iter()
         .map(|(name, (path, f))| (name.clone(), declaration(name, path, f, &defaults, &raw, base_dir, &mut p)))
         .collect();
+    shared_ports(&vms, &mut p);
     if let Some(cycle) = find_cycle(&vms) {
         p.add("depends_on", format!("dependency cycle: {}", cycle.join(" -> ")));
     }
@@ -393,6 +426,7 @@ fn declaration(
         // A VM's own list replaces the defaults' (lists are not merged).
         shares: f.shares.clone().or(d.shares.clone()).unwrap_or_default(),
         host: f.host.clone().or(d.host.clone()),
+        ports: f.ports.clone().unwrap_or_default(),
         stage_snapshots: f.stage_snapshots.or(d.stage_snapshots).unwrap_or(false),
         application_script: f.application_script.clone().or(d.application_script.clone()).map(|u| {
             if u.is_relative() {
@@ -625,6 +659,35 @@ mod tests {
     }
 
     #[test]
+    fn ports_in_the_file() {
+        let d = ok(
+            r#"{"vms": {"web": {"ports": [{"host": 8080, "guest": 80}, {"host": 5353, "guest": 53, "protocol": "udp", "address": "0.0.0.0"}]}}}"#,
+        );
+        let web = &d.vms[&VmName::parse("web").unwrap()];
+        assert_eq!(
+            web.ports.iter().map(Port::label).collect::<Vec<_>>(),
+            ["127.0.0.1:8080 -> 80/tcp", "0.0.0.0:5353 -> 53/udp"]
+        );
+        let e = problems(
+            r#"{"defaults": {"ports": [{"host": 8080, "guest": 80}]},
+                "vms": {"a": {"ports": [{"host": 0, "guest": 80}]},
+                        "b": {"ports": [{"host": 9000, "guest": 80}, {"host": 9000, "guest": 81}]},
+                        "c": {"ports": [{"host": 7000, "guest": 80}]},
+                        "d": {"ports": [{"host": 7000, "guest": 22}]},
+                        "e": {"ports": [{"host": 7001, "guest": 80, "proto": "udp"}]}}}"#,
+        );
+        for want in [
+            "defaults.ports: ports belong in a VM's own entry",
+            "vms.a.ports: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
+            "vms.b.ports: port 127.0.0.1:9000 -> 81/tcp: host port 9000/tcp is given twice",
+            "vms.d.ports: host port 7000/tcp is vms.c's too",
+            "vms.e.ports: unknown field `proto`",
+        ] {
+            assert!(e.contains(want), "{want} missing from {e}");
+        }
+    }
+
+    #[test]
     fn cycles_and_self_dependencies() {
         let e = problems(r#"{"vms": {"a": {"depends_on": ["b"]}, "b": {"depends_on": ["a"]}}}"#);
         assert!(e.contains("dependency cycle: a -> b -> a"), "{e}");
@@ -648,6 +711,10 @@ mod tests {
         let web = &d.vms[&VmName::parse("web").unwrap()];
         assert_eq!((web.resources.memory, web.resources.cpus, web.autostart), (Size(8 << 30), 4, true));
         assert_eq!(web.resources.project_disk, Size(50 << 30), "from defaults");
+        assert_eq!(
+            web.ports.iter().map(Port::label).collect::<Vec<_>>(),
+            ["127.0.0.1:8080 -> 80/tcp", "0.0.0.0:5353 -> 53/udp"]
+        );
         assert!(web.stage_snapshots, "stageSnapshots");
         let db = &d.vms[&VmName::parse("db").unwrap()];
         assert_eq!(db.depends_on, vec![VmName::parse("web").unwrap()]);

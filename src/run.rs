@@ -51,6 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             | Command::Check(_)
             | Command::SshConfig(_)
             | Command::Logs(_)
+            | Command::Forward(_)
+            | Command::Watch(_)
             | Command::Snapshot(SnapshotCommand::List { .. })
             | Command::Image(ImageCommand::List)
     );
@@ -182,6 +184,13 @@ fn dispatch(fleet: &Fleet, only: Option<&str>, json: bool, command: Command) -> 
             let (ctx, vm) = v.find(&a.name)?;
             ops::logs::logs(&ctx, &vm, a.follow)
         }
+        Command::Forward(a) => {
+            // Bad input first: a port taken here needs no VM looked up.
+            ops::forward::check_tunnels(&a.ports)?;
+            let (ctx, vm) = v.find(&a.name)?;
+            ops::forward::forward(&ctx, &vm, &a.ports, a.identity.as_deref(), json)
+        }
+        Command::Watch(a) => ops::watch::watch(fleet, only, &a.names, json),
         Command::Reconfigure(a) => v.reconfigure(a),
         Command::Image(c) => v.image(c),
         Command::Snapshot(c) => v.snapshot(c),
@@ -240,6 +249,7 @@ impl Verbs<'_> {
                 }),
                 hostdevs: a.hostdevs,
                 shares: a.shares,
+                ports: a.ports,
             },
             stage_snapshots: a.stage_snapshots,
             provision: ops::create::Provision::load(a.application_script.as_deref(), Vec::new())?,

@@ -524,6 +524,8 @@ pub struct Devices {
     pub network_config: Option<StaticNetwork>,
     pub hostdevs: Vec<PciAddress>,
     pub shares: Vec<Share>,
+    /// Guest ports forwarded from the libvirt host (user networking).
+    pub ports: Vec<Port>,
 }
 
 impl Devices {
@@ -590,6 +592,139 @@ pub struct Declaration<'a> {
     pub checks: &'a [crate::health::Check],
 }
 
+/// The transport a forwarded port carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+fn loopback() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+
+fn is_loopback_v4(a: &std::net::IpAddr) -> bool {
+    *a == loopback()
+}
+
+/// A port of the guest's, reachable on the libvirt host: `host` on
+/// `address` (127.0.0.1 unless asked) forwards to the guest's `guest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub host: u16,
+    pub guest: u16,
+    #[serde(default = "loopback", skip_serializing_if = "is_loopback_v4")]
+    pub address: std::net::IpAddr,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+}
+
+/// The lowest port an unprivileged process may listen on, by default.
+pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+
+impl Port {
+    /// `HOST:GUEST`, `ADDRESS:HOST:GUEST` (`[::1]:HOST:GUEST`), each with an
+    /// optional `/tcp` or `/udp`, as `create --port` takes it.
+    pub fn parse(s: &str) -> Result<Port, String> {
+        let bad = || format!("{s:?} is not HOST:GUEST[/udp] or ADDRESS:HOST:GUEST, e.g. 8080:80");
+        let (rest, protocol) = match s.rsplit_once('/') {
+            Some((r, "tcp")) => (r, Protocol::Tcp),
+            Some((r, "udp")) => (r, Protocol::Udp),
+            Some(_) => return Err(bad()),
+            None => (s, Protocol::Tcp),
+        };
+        let (rest, guest) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let (address, host) = match rest.rsplit_once(':') {
+            Some((a, h)) => (a.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| bad())?, h),
+            None => (loopback(), rest),
+        };
+        let number = |v: &str| v.parse::<u16>().map_err(|_| bad());
+        let port = Port { host: number(host)?, guest: number(guest)?, address, protocol };
+        port.validate()?;
+        Ok(port)
+    }
+
+    /// `127.0.0.1:8080 -> 80/tcp`, as messages name it.
+    pub fn label(&self) -> String {
+        let address = match self.address {
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+            a => a.to_string(),
+        };
+        format!("{address}:{} -> {}/{}", self.host, self.guest, self.protocol.as_str())
+    }
+
+    /// What the port alone says: neither side is 0.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.host == 0 || self.guest == 0 {
+            return Err(format!("port {}: 0 is not a port: give one from 1 to 65535", self.label()));
+        }
+        Ok(())
+    }
+}
+
+/// The ports of one VM: each valid, and no host port (with its protocol)
+/// given twice. (Two host ports may reach one guest port.)
+pub fn check_ports(ports: &[Port]) -> Result<(), String> {
+    let mut hosts = std::collections::BTreeSet::new();
+    for p in ports {
+        p.validate()?;
+        if !hosts.insert((p.host, p.protocol)) {
+            return Err(format!("port {}: host port {}/{} is given twice", p.label(), p.host, p.protocol.as_str()));
+        }
+    }
+    Ok(())
+}
+
+impl std::str::FromStr for Port {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Port::parse(s)
+    }
+}
+
+/// A live tunnel of `forward`: `local` on this machine's loopback reaches
+/// the guest's `guest` (the same number unless given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Tunnel {
+    pub local: u16,
+    pub guest: u16,
+}
+
+impl Tunnel {
+    /// `HOST_PORT[:GUEST_PORT]`.
+    pub fn parse(s: &str) -> Result<Tunnel, String> {
+        let bad = || format!("{s:?} is not HOST_PORT[:GUEST_PORT], e.g. 8080:80 or 8080");
+        let number = |v: &str| match v.parse::<u16>() {
+            Ok(0) => Err(format!("{s:?}: 0 is not a port: give one from 1 to 65535")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(bad()),
+        };
+        match s.split_once(':') {
+            Some((l, g)) => Ok(Tunnel { local: number(l)?, guest: number(g)? }),
+            None => number(s).map(|n| Tunnel { local: n, guest: n }),
+        }
+    }
+}
+
+impl std::str::FromStr for Tunnel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Tunnel::parse(s)
+    }
+}
+
 /// Everything needed to build a VM's volumes, seed and domain. Built from CLI
 /// args or a declarative file plus the host settings; stored (as JSON) in the
 /// domain's metadata so later commands know what was asked for.
@@ -619,6 +754,9 @@ pub struct VmSpec {
     pub hostdevs: Vec<PciAddress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<Share>,
+    /// Guest ports forwarded from the libvirt host (user networking).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
     /// Fingerprint of everything that went into the guest's cloud-config
     /// (user, keys, features, user-data, tailnet), to notice a change without
     /// storing content that may hold secrets in domain metadata.
@@ -657,6 +795,7 @@ impl VmSpec {
             network_config: decl.devices.network_config.clone(),
             hostdevs: decl.devices.hostdevs.clone(),
             shares: decl.devices.shares.clone(),
+            ports: decl.devices.ports.clone(),
             cloud_init_hash: fingerprint(&Fingerprint {
                 ssh_user: host.ssh_user,
                 authorized_keys: host.authorized_keys,
@@ -674,9 +813,16 @@ impl VmSpec {
 
     /// The spec of the throwaway domain that seals an image copy of this
     /// VM (`image save`): user networking forwarded from `port`, none of the
-    /// VM's shares (it needs only its own disk).
+    /// VM's shares (it needs only its own disk), none of its declared
+    /// ports (the VM itself may hold them).
     pub fn for_sealing(&self, port: u16) -> VmSpec {
-        VmSpec { network: Network::User { ssh_port: port }, ssh_port: Some(port), shares: Vec::new(), ..self.clone() }
+        VmSpec {
+            network: Network::User { ssh_port: port },
+            ssh_port: Some(port),
+            shares: Vec::new(),
+            ports: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 
@@ -777,6 +923,44 @@ mod tests {
             assert!(check_source(std::path::Path::new(bad), &pools).unwrap_err().contains("pool"), "{bad}");
         }
         assert!(check_source(std::path::Path::new("/srv/other"), &pools).is_ok());
+    }
+
+    #[test]
+    fn ports_parse_and_refuse_zero_and_duplicates() {
+        let p = Port::parse("8080:80").unwrap();
+        assert_eq!((p.host, p.guest, p.address.to_string(), p.protocol), (8080, 80, "127.0.0.1".into(), Protocol::Tcp));
+        assert_eq!(Port::parse("0.0.0.0:5353:53/udp").unwrap().label(), "0.0.0.0:5353 -> 53/udp");
+        assert_eq!(Port::parse("[::1]:8080:80").unwrap().label(), "[::1]:8080 -> 80/tcp");
+        for bad in ["", "8080", "8080:", "x:80", "8080:80/sctp", "70000:80", "nope:8080:80", "8080:80:90:1"] {
+            assert!(Port::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Port::parse("0:80").unwrap_err().contains("0 is not a port"));
+        assert!(Port::parse("8080:0").unwrap_err().contains("0 is not a port"));
+        let twice = [Port::parse("8080:80").unwrap(), Port::parse("8080:81").unwrap()];
+        assert!(check_ports(&twice).unwrap_err().contains("given twice"));
+        let tcp_and_udp = [Port::parse("8080:80").unwrap(), Port::parse("8080:80/udp").unwrap()];
+        assert!(check_ports(&tcp_and_udp).is_ok(), "tcp and udp are separate ports");
+        let two_to_one = [Port::parse("8080:80").unwrap(), Port::parse("8081:80").unwrap()];
+        assert!(check_ports(&two_to_one).is_ok());
+        let json: Port = serde_json::from_str(r#"{"host": 8080, "guest": 80}"#).unwrap();
+        assert_eq!(json, p);
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"host":8080,"guest":80}"#,
+            "defaults stay out of the record"
+        );
+        assert!(serde_json::from_str::<Port>(r#"{"host": 8080, "guest": 80, "proto": "udp"}"#).is_err());
+    }
+
+    #[test]
+    fn tunnels_parse() {
+        assert_eq!(Tunnel::parse("8080:80").unwrap(), Tunnel { local: 8080, guest: 80 });
+        assert_eq!(Tunnel::parse("3000").unwrap(), Tunnel { local: 3000, guest: 3000 });
+        assert!(Tunnel::parse("0").unwrap_err().contains("0 is not a port"));
+        assert!(Tunnel::parse("8080:0").unwrap_err().contains("0 is not a port"));
+        for bad in ["", "x", "8080:", ":80", "1:2:3", "65536"] {
+            assert!(Tunnel::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -908,12 +1092,18 @@ mod tests {
         let gpu = Devices { hostdevs: vec![PciAddress::parse("01:00.0").unwrap()], ..Devices::default() };
         let s = resolved(&gpu, None, &keys);
         assert_eq!((s.firmware, s.hostdevs.len()), (Firmware::Efi, 1));
-        // The sealing boot: user networking on its own port, no shares.
-        let shared = Devices { shares: vec![Share::parse("/srv/d:/mnt/d").unwrap()], ..Devices::default() };
-        let seal = resolved(&shared, None, &keys).for_sealing(30000);
+        // The sealing boot: user networking on its own port, no shares, no declared ports.
+        let shared = Devices {
+            shares: vec![Share::parse("/srv/d:/mnt/d").unwrap()],
+            ports: vec![Port::parse("8080:80").unwrap()],
+            ..Devices::default()
+        };
+        let declared = resolved(&shared, None, &keys);
+        assert_eq!(declared.ports.len(), 1, "the resolved spec records the declared ports");
+        let seal = declared.for_sealing(30000);
         assert_eq!(
-            (seal.network, seal.ssh_port, seal.shares.len()),
-            (Network::User { ssh_port: 30000 }, Some(30000), 0)
+            (seal.network, seal.ssh_port, seal.shares.len(), seal.ports.len()),
+            (Network::User { ssh_port: 30000 }, Some(30000), 0, 0)
         );
     }
 }

@@ -76,6 +76,7 @@ fn define(ctx: &Ctx, n: &str, edit: impl FnOnce(&mut VmSpec)) -> vms::Vm {
         autostart: false,
         devices: Default::default(),
         stage_snapshots: false,
+        provision: Default::default(),
     };
     let mut spec = ops::create::desired_spec(ctx, &req, &keys, "base.qcow2".into(), Some(22022));
     edit(&mut spec);

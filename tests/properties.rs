@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use project_vm::cloudinit::{self, SeedInput};
 use project_vm::libvirt::domain_xml;
 use project_vm::libvirt::metadata::{Ownership, Phase};
-use project_vm::spec::{Accel, Firmware, Network, PciAddress, Resources, Share, Size, StaticNetwork, VmName, VmSpec};
+use project_vm::spec::{
+    Accel, Firmware, Network, PciAddress, Port, Protocol, Resources, Share, Size, StaticNetwork, VmName, VmSpec,
+};
 
 fn network() -> impl Strategy<Value = (Network, Option<u16>)> {
     prop_oneof![
@@ -37,6 +39,7 @@ prop_compose! {
         hostdevs in proptest::collection::vec((0u16..4, any::<u8>(), 0u8..32, 0u8..8), 0..3),
         static_net in proptest::option::of((1u8..=254, 8u8..=30)),
         shares in proptest::collection::vec(("[a-z]{1,12}", any::<bool>()), 0..3),
+        ports in proptest::collection::btree_map(1024u16..=65535, (1u16..=65535, any::<bool>(), any::<bool>()), 0..4),
     ) -> VmSpec {
         VmSpec {
             name: VmName::parse(&name).unwrap(),
@@ -63,6 +66,15 @@ prop_compose! {
             hostdevs: hostdevs
                 .into_iter()
                 .map(|(domain, bus, slot, function)| PciAddress { domain, bus, slot, function })
+                .collect(),
+            ports: ports
+                .into_iter()
+                .map(|(host, (guest, udp, v6))| Port {
+                    host,
+                    guest,
+                    address: if v6 { "::1".parse().unwrap() } else { "127.0.0.1".parse().unwrap() },
+                    protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+                })
                 .collect(),
             shares: shares
                 .into_iter()

@@ -46,6 +46,7 @@ fn spec(tailnet: Option<&str>, features: Vec<String>) -> VmSpec {
         network_config: None,
         hostdevs: vec![],
         shares: vec![],
+        ports: vec![],
         cloud_init_hash: String::new(),
         stage_snapshots: false,
         checks: vec![],

@@ -38,7 +38,8 @@ fn stage_snapshots_then_reconfigure_keeps_the_vm_itself() {
     let env = Guest::new("stages", 22850, &["st"]);
     env.import();
     let v1 = web_script(&env, "v1.sh", "version one");
-    let args = ["create", "st", "1G", "2", "8G", "--project-disk", "1G", "--application-script", &v1, "--stage-snapshots"];
+    let args =
+        ["create", "st", "1G", "2", "8G", "--project-disk", "1G", "--application-script", &v1, "--stage-snapshots"];
     let created = env.run(&[&args[..], &["--wait", "--timeout", "900", "--json"]].concat()).ok().json();
     assert_eq!(created["ready"]["result"], "done", "{created}");
     assert_eq!(created["ready"]["application"]["exit"], 0, "{created}");

@@ -299,8 +299,9 @@ pub struct Interface {
     pub model: Model,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
-    #[serde(rename = "portForward", skip_serializing_if = "Option::is_none")]
-    pub port_forward: Option<PortForward>,
+    /// passt's forwards: the ssh port first, then the declared ports.
+    #[serde(rename = "portForward", skip_serializing_if = "Vec::is_empty")]
+    pub port_forward: Vec<PortForward>,
 }
 
 #[derive(Debug, Serialize)]
@@ -334,7 +335,7 @@ pub struct PortForward {
     #[serde(rename = "@proto")]
     pub proto: &'static str,
     #[serde(rename = "@address")]
-    pub address: &'static str,
+    pub address: String,
     pub range: PortRange,
 }
 
@@ -436,7 +437,7 @@ fn interface(spec: &VmSpec) -> Interface {
             source: Some(InterfaceSource { network: Some(name.clone()), bridge: None }),
             model,
             backend: None,
-            port_forward: None,
+            port_forward: Vec::new(),
         },
         Network::Bridge { name } => Interface {
             kind: "bridge",
@@ -444,7 +445,7 @@ fn interface(spec: &VmSpec) -> Interface {
             source: Some(InterfaceSource { network: None, bridge: Some(name.clone()) }),
             model,
             backend: None,
-            port_forward: None,
+            port_forward: Vec::new(),
         },
         Network::User { ssh_port } => Interface {
             kind: "user",
@@ -452,11 +453,17 @@ fn interface(spec: &VmSpec) -> Interface {
             source: None,
             model,
             backend: Some(Backend { kind: "passt" }),
-            port_forward: Some(PortForward {
+            port_forward: std::iter::once(PortForward {
                 proto: "tcp",
-                address: "127.0.0.1",
+                address: "127.0.0.1".into(),
                 range: PortRange { start: spec.ssh_port.unwrap_or(*ssh_port), to: 22 },
-            }),
+            })
+            .chain(spec.ports.iter().map(|p| PortForward {
+                proto: p.protocol.as_str(),
+                address: p.address.to_string(),
+                range: PortRange { start: p.host, to: p.guest },
+            }))
+            .collect(),
         },
     }
 }
@@ -666,6 +673,7 @@ pub(crate) mod tests {
             network_config: None,
             hostdevs: vec![],
             shares: vec![],
+            ports: vec![],
             cloud_init_hash: String::new(),
             stage_snapshots: false,
             checks: vec![],
@@ -719,6 +727,29 @@ pub(crate) mod tests {
         }
         assert!(!xml.contains("host-passthrough"), "tcg must not ask for the host cpu");
         assert!(xml.contains(&s.name.mac()));
+    }
+
+    #[test]
+    fn declared_ports_follow_the_ssh_forward_with_user_networking_only() {
+        let mut s = spec(Network::User { ssh_port: 22022 }, Accel::Tcg);
+        s.ports = vec!["8080:80".parse().unwrap(), "[::1]:5353:53/udp".parse().unwrap()];
+        let xml = build(&s, &ownership(&s), &HostFiles::default()).to_xml();
+        let forwards: Vec<&str> = xml.lines().filter(|l| l.contains("<portForward") || l.contains("<range")).collect();
+        assert_eq!(
+            forwards.iter().map(|l| l.trim()).collect::<Vec<_>>(),
+            [
+                r#"<portForward proto="tcp" address="127.0.0.1">"#,
+                r#"<range start="22022" to="22"/>"#,
+                r#"<portForward proto="tcp" address="127.0.0.1">"#,
+                r#"<range start="8080" to="80"/>"#,
+                r#"<portForward proto="udp" address="::1">"#,
+                r#"<range start="5353" to="53"/>"#,
+            ],
+            "{xml}"
+        );
+        s.network = Network::default();
+        let xml = build(&s, &ownership(&s), &HostFiles::default()).to_xml();
+        assert!(!xml.contains("portForward"), "a libvirt network reaches the guest's address: nothing to forward");
     }
 
     #[test]

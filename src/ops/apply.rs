@@ -439,6 +439,7 @@ pub fn record(spec: &mut VmSpec, change: &Change) -> Step {
         Change::Network { to, .. } => spec.network = to.clone(),
         Change::Hostdevs { to, .. } => spec.hostdevs = to.clone(),
         Change::Shares { to, .. } => spec.shares = to.clone(),
+        Change::Ports { to, .. } => spec.ports = to.clone(),
         Change::Grow { disk, to, .. } => {
             *disk.size_mut(&mut spec.resources) = *to;
             return Step::Grow { disk: *disk, to: *to };

@@ -328,13 +328,14 @@ fn claim<'a>(
     progress: &Progress,
 ) -> anyhow::Result<(Made<'a>, VmSpec, Ownership, HostKey)> {
     let name = &req.name;
-    let mut spec = VmSpec { name: name.clone(), ..src.spec()? };
+    // No declared port forwards: the source's host ports are the source's.
+    let mut spec = VmSpec { name: name.clone(), ports: Vec::new(), ..src.spec()? };
     let port_guard = match spec.network {
         Network::User { .. } => Some(super::create::port_lock(ctx)?),
         _ => None,
     };
     if let (Network::User { ssh_port }, Some(lock)) = (&spec.network, &port_guard) {
-        spec.ssh_port = Some(super::create::pick_ssh_port(ctx, lock, *ssh_port)?);
+        spec.ssh_port = Some(super::create::pick_ssh_port(ctx, lock, *ssh_port, &[])?);
     }
     let host_key = HostKey::generate(&name.domain())?;
     let own = Ownership {

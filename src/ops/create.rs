@@ -398,19 +398,32 @@ pub(super) fn port_lock(ctx: &Ctx) -> anyhow::Result<crate::lock::Lock> {
 /// no longer matches was overtaken by another process and is read anew.
 /// (Ports freed by another process's destroy are only seen then: choosing
 /// around them is harmless.)
-pub(super) fn pick_ssh_port(ctx: &Ctx, lock: &crate::lock::Lock, base: u16) -> anyhow::Result<u16> {
+pub(super) fn pick_ssh_port(
+    ctx: &Ctx,
+    lock: &crate::lock::Lock,
+    base: u16,
+    own: &[crate::spec::Port],
+) -> anyhow::Result<u16> {
     let stamp = lock.stamp();
     let mut cache = ctx.cache.ports.lock().expect("port cache");
     let used = match &mut *cache {
         Some((s, used)) if stamp.is_some() && *s == stamp => used,
         slot => {
-            let used = vms::list(&ctx.conn())?.iter().filter_map(|vm| vm.spec().ok()?.ssh_port).collect();
+            // Declared (tcp) ports are taken too, whether or not their VM runs.
+            let specs: Vec<VmSpec> = vms::list(&ctx.conn())?.iter().filter_map(|vm| vm.spec().ok()).collect();
+            let declared =
+                specs.iter().flat_map(|s| s.ports.iter().filter(|p| p.protocol == crate::spec::Protocol::Tcp));
+            let used = specs.iter().filter_map(|s| s.ssh_port).chain(declared.map(|p| p.host)).collect();
             &mut slot.insert((stamp, used)).1
         }
     };
     (base..=u16::MAX)
         // On a local host, a port something else already listens on is not free either.
-        .find(|p| !used.contains(p) && (!ctx.is_local() || std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
+        .find(|p| {
+            !used.contains(p)
+                && !own.iter().any(|o| o.host == *p)
+                && (!ctx.is_local() || std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        })
         .ok_or_else(|| invalid(format!("no free ssh port at or above {base}")))
 }
 
@@ -430,7 +443,7 @@ pub(super) fn ports_taken(ctx: &Ctx, lock: &crate::lock::Lock, port: u16) -> any
 /// free now, and recorded by no VM.
 pub fn free_port(ctx: &Ctx, base: u16) -> anyhow::Result<u16> {
     let lock = port_lock(ctx)?;
-    pick_ssh_port(ctx, &lock, base)
+    pick_ssh_port(ctx, &lock, base, &[])
 }
 
 pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Result<CreateReport> {
@@ -438,6 +451,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let name = &req.name;
     req.resources.validate().map_err(|e| ConfigError::OfVm { vm: name.to_string(), error: Box::new(e) })?;
     let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
+    super::forward::check_declared(ctx, name, &devices.ports, &[])?;
     let req = &CreateRequest { devices, ..req.clone() };
     super::stages::check_request(req)?;
     crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local())
@@ -643,6 +657,18 @@ fn image_in_hand(ctx: &Ctx, pool: &StoragePool, image: &Image) -> anyhow::Result
     Ok(Some(lock))
 }
 
+/// With user networking: the port lock (held until the domain that records
+/// the ports is defined), the declared ports checked again under it (a
+/// create running beside this one may have declared one since the first
+/// check), and the ssh port.
+fn claim_ports(ctx: &Ctx, req: &CreateRequest) -> anyhow::Result<(Option<crate::lock::Lock>, Option<u16>)> {
+    let Network::User { ssh_port } = ctx.settings.network else { return Ok((None, None)) };
+    let lock = port_lock(ctx)?;
+    super::forward::check_declared(ctx, &req.name, &req.devices.ports, &[])?;
+    let port = pick_ssh_port(ctx, &lock, ssh_port, &req.devices.ports)?;
+    Ok((Some(lock), Some(port)))
+}
+
 /// Phase 1: the domain, with a `creating` record naming every volume to come.
 fn claim<'a>(
     ctx: &Ctx,
@@ -651,14 +677,7 @@ fn claim<'a>(
     progress: &Progress,
 ) -> anyhow::Result<(Made<'a>, VmSpec, Ownership, HostKey)> {
     let name = &req.name;
-    let port_guard = match ctx.settings.network {
-        Network::User { .. } => Some(port_lock(ctx)?),
-        _ => None,
-    };
-    let ssh_port = match (&ctx.settings.network, &port_guard) {
-        (Network::User { ssh_port }, Some(lock)) => Some(pick_ssh_port(ctx, lock, *ssh_port)?),
-        _ => None,
-    };
+    let (port_guard, ssh_port) = claim_ports(ctx, req)?;
     let host = ctx.settings.host(&prep.authorized_keys);
     let mut spec = VmSpec::resolve(&host, &req.declaration(), prep.base_image.clone(), ssh_port);
     if let Some(d) = &prep.kept_data {

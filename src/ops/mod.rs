@@ -13,6 +13,7 @@ mod error;
 pub mod feature;
 pub mod fleet;
 pub mod fleet_plan;
+pub mod forward;
 pub mod gc;
 pub mod image;
 pub mod list;
@@ -29,6 +30,7 @@ pub mod ssh;
 pub mod stages;
 pub mod status;
 pub mod suspend;
+pub mod watch;
 
 pub use crate::clock::now_unix;
 pub use error::Error;

@@ -73,6 +73,7 @@ fn devices(decl: &VmDecl) -> create::Devices {
         network_config: decl.network_config.clone(),
         hostdevs: decl.hostdevs.clone(),
         shares: decl.shares.clone(),
+        ports: decl.ports.clone(),
     }
 }
 
@@ -294,6 +295,7 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
             problems.push(format!("vms.{}: {e:#}", p.name));
         }
     }
+    problems.extend(check_ports(ctx, declared, plans));
     let built: Vec<&VmDecl> = plans.iter().filter(builds).filter_map(decl).collect();
     problems.extend(check_images(ctx, &built)?);
     match problems.is_empty() {
@@ -302,6 +304,28 @@ fn check_needs(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> anyhow::Resu
             Err(Error::Invalid(format!("apply would fail; nothing was changed:\n  {}", problems.join("\n  "))).into())
         }
     }
+}
+
+/// The declared ports each VM gets now or at its next start: free on the
+/// host, not privileged, not another VM's (those it forwards already pass).
+fn check_ports(ctx: &Ctx, declared: &Declared, plans: &[VmPlan]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in plans {
+        let Some(decl) = declared.vms.get(&p.name) else { continue };
+        let current = p.changes().iter().find_map(|c| match c {
+            Change::Ports { from, .. } => Some(from.clone()),
+            _ => None,
+        });
+        let current = match (&p.entry, current) {
+            (Entry::Create(_), _) => Vec::new(),
+            (_, Some(from)) => from,
+            (_, None) => continue,
+        };
+        if let Err(e) = super::forward::check_declared(ctx, &decl.name, &decl.ports, &current) {
+            problems.push(format!("vms.{}.ports: {e:#}", p.name));
+        }
+    }
+    problems
 }
 
 /// Each VM's image can be used or fetched, and its disk holds it; each

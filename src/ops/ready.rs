@@ -366,6 +366,7 @@ pub fn wait_with(
                 _ => "cloud-init is disabled in the image (its generator or /etc/cloud/cloud-init.disabled)",
             }
         ));
+        super::watch::record_ready(&vm.dom, &report);
         return Ok(report);
     }
     // cloud-init has run (whatever its result): the seed, which holds the
@@ -373,6 +374,7 @@ pub fn wait_with(
     super::seed::remove(ctx, vm)?;
     report_events(&report, &mut emitted, on_event)?;
     after_report(ctx, vm, &mut report, progress, on_event)?;
+    super::watch::record_ready(&vm.dom, &report);
     Ok(report)
 }
 

@@ -149,6 +149,7 @@ pub fn desired(ctx: &Ctx, vm: &Vm, wanted: &Wanted) -> anyhow::Result<VmSpec> {
         network_config: current.network_config.clone(),
         hostdevs: current.hostdevs.clone(),
         shares: current.shares.clone(),
+        ports: current.ports.clone(),
     };
     let decl = Declaration {
         name: &current.name,

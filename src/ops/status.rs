@@ -60,6 +60,9 @@ pub struct Status {
     /// user's state directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_checks: Option<super::check::CheckReport>,
+    /// The declared ports, and where each is reached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<super::forward::PortStatus>,
 }
 
 /// What a guest reaches on the libvirt host over its network, by network type.
@@ -116,6 +119,8 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
     let state = vm.state();
     let addrs = addresses::known(vm, &spec, state);
     let ssh = addresses::ssh_target(&spec, &addrs);
+    let guest_address = addrs.iter().find_map(|a| a.address.parse::<std::net::IpAddr>().ok());
+    let ports = super::forward::port_status(&spec, state == State::Running, guest_address);
     Ok(Status {
         name: vm.name.to_string(),
         host: ctx.host_name.clone().unwrap_or_else(|| ctx.uri.clone()),
@@ -140,6 +145,7 @@ pub fn status(ctx: &Ctx, vm: &Vm) -> anyhow::Result<Status> {
         shares: spec.shares.clone(),
         host_reach: HostReach::of(&spec.network),
         last_checks: super::check::last(vm),
+        ports,
     })
 }
 
@@ -205,6 +211,9 @@ impl Report for Status {
         }
         if s.snapshots > 0 {
             writeln!(out, "  snapshots: {}", s.snapshots)?;
+        }
+        for p in &s.ports {
+            writeln!(out, "  port:      {}", p.note)?;
         }
         writeln!(out, "  host:      {}", s.host_reach.note)?;
         checks_lines(out, s.last_checks.as_ref())?;

@@ -95,6 +95,18 @@ let
           memory = "8G";
           cpus = 4;
           autostart = true;
+          ports = [
+            {
+              host = 8080;
+              guest = 80;
+            }
+            {
+              host = 5353;
+              guest = 53;
+              protocol = "udp";
+              address = "0.0.0.0";
+            }
+          ];
           stageSnapshots = true;
         };
         db = {

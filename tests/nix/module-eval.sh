@@ -88,5 +88,7 @@ expect_fail "an unknown firmware" 'vms.web.firmware = "uefi";' 'services.project
 expect_fail "an address without a prefix" 'vms.web.networkConfig.address = "10.0.0.5";' 'services.project-vm.vms.web.networkConfig.address'
 expect_fail "a relative share source" 'vms.web.shares = [ { source = "data"; target = "/mnt/data"; } ];' 'services.project-vm.vms.web.shares'
 expect_fail "a suspend timeout of 0" 'suspendOnShutdown = true; suspendTimeout = 0;' 'services.project-vm.suspendTimeout'
+expect_fail "port 0" 'vms.web.ports = [ { host = 0; guest = 80; } ];' 'services.project-vm.vms.web.ports'
+expect_fail "an unknown port protocol" 'vms.web.ports = [ { host = 8080; guest = 80; protocol = "sctp"; } ];' 'services.project-vm.vms.web.ports'
 expect_fail "an unknown VM option" 'vms.web.memroy = "1G";' 'services.project-vm.vms.web.memroy'
 [[ $fails -eq 0 ]] || exit 1

@@ -7,7 +7,7 @@
 use serde::{Serialize, Serializer};
 
 use crate::settings::{Accel, Network};
-use crate::spec::{Firmware, PciAddress, Resources, Share, Size, StaticNetwork, VmSpec};
+use crate::spec::{Firmware, PciAddress, Port, Resources, Share, Size, StaticNetwork, VmSpec};
 
 /// How a change reaches the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -129,6 +129,11 @@ pub enum Change {
         from: Vec<Share>,
         to: Vec<Share>,
     },
+    /// Guest ports forwarded from the libvirt host.
+    Ports {
+        from: Vec<Port>,
+        to: Vec<Port>,
+    },
     NetworkConfig {
         from: Option<StaticNetwork>,
         to: Option<StaticNetwork>,
@@ -182,7 +187,8 @@ impl Change {
             | Change::Accel { .. }
             | Change::Network { .. }
             | Change::Hostdevs { .. }
-            | Change::Shares { .. } => NextRestart,
+            | Change::Shares { .. }
+            | Change::Ports { .. } => NextRestart,
             Change::Image { .. } | Change::Firmware { .. } | Change::Host { .. } => NeedsRecreate,
             Change::CloudInit { .. } | Change::NetworkConfig { .. } => NotApplied,
             Change::Shrink { .. } | Change::GrowWithSnapshots { .. } | Change::Pool { .. } => Impossible,
@@ -207,6 +213,7 @@ impl Change {
             Change::Firmware { .. } => "firmware",
             Change::Hostdevs { .. } => "hostdevs",
             Change::Shares { .. } => "shares",
+            Change::Ports { .. } => "ports",
             Change::NetworkConfig { .. } => "network_config",
             Change::Autostart { .. } => "autostart",
             Change::Grow { disk, .. } | Change::Shrink { disk, .. } | Change::GrowWithSnapshots { disk, .. } => {
@@ -236,6 +243,7 @@ impl Change {
             Change::Firmware { from, to } => json_pair(from, to),
             Change::Hostdevs { from, to } => json_pair(from, to),
             Change::Shares { from, to } => json_pair(from, to),
+            Change::Ports { from, to } => json_pair(from, to),
             Change::NetworkConfig { from, to } => json_pair(from, to),
             Change::Autostart { from, to } => pair(from, to),
             Change::Grow { from, to, .. } | Change::Shrink { from, to, .. } => pair(from, to),
@@ -258,6 +266,7 @@ impl Change {
             Change::Firmware { .. } => "the root disk must boot the new way; --recreate rebuilds it, keeping the project disk",
             Change::Hostdevs { .. } => "devices are attached when the VM starts",
             Change::Shares { .. } => "virtiofs devices come with the next start (mounted by fstab, nofail)",
+            Change::Ports { .. } => "passt forwards the declared ports from the VM's next start (user networking)",
             Change::NetworkConfig { .. } => "cloud-init applies network config on the first boot only; --recreate applies it (project disk kept)",
             Change::Grow { disk, .. } => disk.grow_note(),
             Change::Shrink { .. } => "disks only grow; shrinking would lose data",
@@ -346,6 +355,7 @@ fn definition_changes(cur: &VmSpec, want: &VmSpec) -> Vec<Change> {
         Change::Firmware { from: cur.firmware, to: want.firmware },
         Change::Hostdevs { from: cur.hostdevs.clone(), to: want.hostdevs.clone() },
         Change::Shares { from: cur.shares.clone(), to: want.shares.clone() },
+        Change::Ports { from: cur.ports.clone(), to: want.ports.clone() },
         Change::NetworkConfig { from: cur.network_config.clone(), to: want.network_config.clone() },
         Change::Checks { from: cur.checks.clone(), to: want.checks.clone() },
     ];
@@ -425,6 +435,7 @@ pub(crate) mod tests {
                 "shares",
                 NextRestart,
             ),
+            ("ports", |s| s.ports = vec!["8080:80".parse().unwrap()], "ports", NextRestart),
             (
                 "static address",
                 |s| s.network_config = Some(serde_json::from_str(r#"{"address":"10.0.0.5/24"}"#).unwrap()),
