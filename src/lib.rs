@@ -20,6 +20,7 @@ pub mod interrupt;
 pub mod jsonfile;
 pub mod libvirt;
 pub mod lock;
+pub mod man;
 pub mod messages;
 pub mod mounts;
 pub mod ops;

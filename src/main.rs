@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         // Needs no settings nor libvirt: the page is made from the definitions alone.
-        Command::Man => project_vm::output::man_page(),
+        Command::Man => project_vm::man::man_page(),
         _ => project_vm::run::run(cli),
     };
     match result {

@@ -172,6 +172,30 @@ impl Progress {
     }
 }
 
+/// A stage line the guest sends before its report (reporter version 4+):
+/// `{"project_vm_stage":1,"stage":"cloud-init","detail":"modules-final: scripts_user"}`.
+/// Stages: `cloud-init` (its stage and module), `features-done`,
+/// `application`, `application-done` (`exit N`), `check` (its name).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct StageLine {
+    pub stage: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl StageLine {
+    pub fn parse(line: &str) -> Option<StageLine> {
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        v.get("project_vm_stage")?;
+        serde_json::from_value(v).ok()
+    }
+
+    /// The stage in words, for the progress line.
+    pub fn describe(&self) -> String {
+        describe(&self.stage, &self.detail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,21 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         host = host.overlay(settings);
     }
     let mut fleet = Fleet::new(host, cli.connect.clone(), cli.json)?;
-    // Verbs that change nothing may look through a read-only connection
-    // where a system daemon refuses this user a read-write one.
-    fleet.looking = matches!(
-        cli.command,
-        Command::List(_)
-            | Command::Status(_)
-            | Command::Ssh(_)
-            | Command::Check(_)
-            | Command::SshConfig(_)
-            | Command::Logs(_)
-            | Command::Forward(_)
-            | Command::Watch(_)
-            | Command::Snapshot(SnapshotCommand::List { .. })
-            | Command::Image(ImageCommand::List)
-    );
+    fleet.looking = only_looks(&cli.command);
     let only = cli.host.as_deref();
     if let Command::Doctor = cli.command {
         // Connects by itself: an unreachable libvirtd is a finding, not an error.
@@ -74,6 +60,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         (Command::Apply(a), Some(d)) => apply(&fleet, &d, &a, only, cli.json),
         (command, _) => dispatch(&fleet, only, cli.json, command),
     }
+}
+
+/// Verbs that change nothing may look through a read-only connection
+/// where a system daemon refuses this user a read-write one.
+fn only_looks(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::List(_)
+            | Command::Status(_)
+            | Command::Ssh(_)
+            | Command::Check(_)
+            | Command::SshConfig(_)
+            | Command::Logs(_)
+            | Command::Forward(_)
+            | Command::Watch(_)
+            | Command::Snapshot(SnapshotCommand::List { .. })
+            | Command::Image(ImageCommand::List)
+    )
 }
 
 /// The settings of the declarative file `plan` and `apply` read when given

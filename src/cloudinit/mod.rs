@@ -55,6 +55,10 @@ pub struct Provisioning<'a> {
     pub checks: &'a [crate::health::Check],
 }
 
+/// Where the guest keeps the features' scripts (`crate::features`), which
+/// the readiness reporter names in its progress.
+pub const FEATURE_SCRIPT_DIR: &str = "/usr/local/libexec/project-vm/features";
+
 /// The three files of a NoCloud seed.
 #[derive(Debug, Clone)]
 pub struct Seed {
@@ -251,7 +255,7 @@ fn own_write_files() -> Value {
     json!([
         { "path": "/usr/local/libexec/project-vm-ready", "permissions": "0755", "content": READY_SCRIPT
             .replace("@READY_CHANNEL@", READY_CHANNEL)
-            .replace("@FEATURE_SCRIPTS@", crate::features::load::SCRIPT_DIR) },
+            .replace("@FEATURE_SCRIPTS@", FEATURE_SCRIPT_DIR) },
         { "path": "/etc/systemd/system/project-vm-ready.service", "permissions": "0644", "content": READY_UNIT },
         // System configuration, not a user-data key (cloud-init's schema
         // rejects it there): once the seed is deleted (it holds secrets),

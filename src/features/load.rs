@@ -23,7 +23,7 @@ const FILES_DEPTH_MAX: usize = 8;
 /// Where `files/` goes in the guest unless `# files: PATH` says otherwise.
 pub const FILES_DEFAULT_ROOT: &str = "/opt/project-vm/features";
 /// Where a feature's script is written in the guest.
-pub const SCRIPT_DIR: &str = "/usr/local/libexec/project-vm/features";
+pub use crate::cloudinit::FEATURE_SCRIPT_DIR as SCRIPT_DIR;
 
 /// Keys whose values are lists in every built-in: lists append when
 /// features merge, so a feature must give a list there too (a scalar would

@@ -143,7 +143,7 @@ fn ssh_command(ctx: &Ctx, vm: &Vm, identity: Option<&Path>) -> anyhow::Result<Co
 fn read_results(vm: &Vm, stdout: impl Read, progress: &Progress) -> Vec<CheckResult> {
     let mut results = Vec::new();
     for line in BufReader::new(stdout.take(OUTPUT_MAX)).lines().map_while(Result::ok) {
-        if let Some(stage) = super::ready::StageLine::parse(&line) {
+        if let Some(stage) = crate::progress::StageLine::parse(&line) {
             progress.stage(vm.name.as_str(), &stage.stage, &stage.detail);
         } else if let Some(r) = CheckResult::parse(&line) {
             results.push(r);

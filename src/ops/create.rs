@@ -453,7 +453,7 @@ pub fn create(ctx: &Ctx, req: &CreateRequest, progress: &Progress) -> anyhow::Re
     let devices = req.devices.check(ctx).map_err(|e| e.context(format!("VM {name}")))?;
     super::forward::check_declared(ctx, name, &devices.ports, &[])?;
     let req = &CreateRequest { devices, ..req.clone() };
-    super::stages::check_request(req)?;
+    super::stages::check_request(&req.name, req.stage_snapshots, &req.devices)?;
     crate::libvirt::check_network(&ctx.conn(), &ctx.settings.network, ctx.is_local())
         .map_err(|e| e.context(format!("VM {name}")))?;
     let _lock = super::vm_lock(ctx, name, "creating")?;

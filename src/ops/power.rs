@@ -33,7 +33,10 @@ pub fn start(ctx: &Ctx, vm: &Vm) -> anyhow::Result<StartReport> {
             vm.dom.resume().map_err(|e| explain(e, format!("resuming {}", vm.name)))?;
             return Ok(StartReport { name: vm.name.to_string(), result: "resumed" });
         }
-        State::Suspended => return super::suspend::resume(ctx, vm),
+        State::Suspended => {
+            super::suspend::resume(ctx, vm)?;
+            return Ok(StartReport { name: vm.name.to_string(), result: "resumed" });
+        }
         _ => {}
     }
     super::prepare_host_files(ctx, vm)?;

@@ -65,29 +65,27 @@ pub struct Application {
     pub tail: String,
 }
 
-/// A stage line the guest sends before its report (reporter version 4+):
-/// `{"project_vm_stage":1,"stage":"cloud-init","detail":"modules-final: scripts_user"}`.
-/// Stages: `cloud-init` (its stage and module), `features-done`,
-/// `application`, `application-done` (`exit N`), `check` (its name).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct StageLine {
-    pub stage: String,
-    #[serde(default)]
-    pub detail: String,
-}
+/// The live metadata element `start --wait` writes with the guest's
+/// readiness: `<ready result="done|degraded|error" boot="..."/>`.
+pub const READY_NAMESPACE: &str = "https://project-vm.dev/xmlns/ready/1";
+pub const READY_KEY: &str = "projectvm-ready";
 
-impl StageLine {
-    pub fn parse(line: &str) -> Option<StageLine> {
-        let v: Value = serde_json::from_str(line.trim()).ok()?;
-        v.get("project_vm_stage")?;
-        serde_json::from_value(v).ok()
-    }
-
-    /// The stage in words, for the progress line.
-    pub fn describe(&self) -> String {
-        crate::progress::describe(&self.stage, &self.detail)
+/// Records the guest's readiness in the running domain's live metadata,
+/// for `watch` (a metadata change event). Only the live definition: it
+/// goes with this boot. A failure to record is only logged.
+pub fn record_ready(dom: &virt::domain::Domain, report: &ReadyReport) {
+    let quote = |s: &str| s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;");
+    let detail = report.errors.first().map(|e| format!(" detail=\"{}\"", quote(e))).unwrap_or_default();
+    let xml = format!(r#"<ready result="{}" boot="{}"{detail}/>"#, report.result, quote(&report.boot_id));
+    let kind = virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32;
+    if let Err(e) =
+        dom.set_metadata(kind, Some(&xml), Some(READY_KEY), Some(READY_NAMESPACE), virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+    {
+        tracing::debug!("recording readiness for watch: {}", e.message());
     }
 }
+
+pub use crate::progress::StageLine;
 
 /// The moments of a first boot that a caller of [`wait_with`] may act on
 /// (stage snapshots), in order; each comes once.
@@ -366,7 +364,7 @@ pub fn wait_with(
                 _ => "cloud-init is disabled in the image (its generator or /etc/cloud/cloud-init.disabled)",
             }
         ));
-        super::watch::record_ready(&vm.dom, &report);
+        record_ready(&vm.dom, &report);
         return Ok(report);
     }
     // cloud-init has run (whatever its result): the seed, which holds the
@@ -374,7 +372,7 @@ pub fn wait_with(
     super::seed::remove(ctx, vm)?;
     report_events(&report, &mut emitted, on_event)?;
     after_report(ctx, vm, &mut report, progress, on_event)?;
-    super::watch::record_ready(&vm.dom, &report);
+    record_ready(&vm.dom, &report);
     Ok(report)
 }
 

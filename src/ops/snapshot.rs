@@ -157,7 +157,7 @@ pub fn create(ctx: &Ctx, vm: &Vm, name: Option<&str>, description: Option<&str>)
 /// are taken by the first provisioning alone), not taken.
 fn check_new_name(vm: &str, n: &str, existing: &[SnapshotEntry]) -> anyhow::Result<()> {
     validate(n)?;
-    if let Some(stage) = super::stages::Stage::named(n) {
+    if let Some(stage) = Stage::named(n) {
         return Err(Error::Invalid(format!(
             "{n} is the name of a stage snapshot, taken only by the first provisioning's --wait ({}): pick another name",
             stage.moment()
@@ -292,6 +292,44 @@ impl Report for Reverted {
 impl Report for Deleted {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "{}: deleted snapshot {}", self.vm, self.snapshot)
+    }
+}
+
+/// The stage snapshots' moments (taken by `ops::stages`); their names are
+/// reserved here.
+/// A point of a VM's first provisioning at which a snapshot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The features are done; the application script has not run.
+    PreConfigured,
+    /// The application script ran and the checks passed.
+    FinalForm,
+}
+
+impl Stage {
+    /// In the order a provisioning reaches them.
+    pub const ALL: [Stage; 2] = [Stage::PreConfigured, Stage::FinalForm];
+
+    /// The snapshot taken at this stage.
+    pub fn snapshot_name(self) -> &'static str {
+        match self {
+            Stage::PreConfigured => "pre-configured",
+            Stage::FinalForm => "final-form",
+        }
+    }
+
+    /// The stage a snapshot name belongs to (such names are reserved).
+    pub fn named(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.snapshot_name() == name)
+    }
+
+    /// When it is taken, for people (and the snapshot's description).
+    pub fn moment(self) -> &'static str {
+        match self {
+            Stage::PreConfigured => "once the features are done, before the application script",
+            Stage::FinalForm => "once the application script and the checks passed",
+        }
     }
 }
 

@@ -36,41 +36,7 @@ use crate::libvirt::vms::{self, Vm};
 use crate::progress::Progress;
 use crate::spec::VmName;
 
-/// A point of a VM's first provisioning at which a snapshot is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    /// The features are done; the application script has not run.
-    PreConfigured,
-    /// The application script ran and the checks passed.
-    FinalForm,
-}
-
-impl Stage {
-    /// In the order a provisioning reaches them.
-    pub const ALL: [Stage; 2] = [Stage::PreConfigured, Stage::FinalForm];
-
-    /// The snapshot taken at this stage.
-    pub fn snapshot_name(self) -> &'static str {
-        match self {
-            Stage::PreConfigured => "pre-configured",
-            Stage::FinalForm => "final-form",
-        }
-    }
-
-    /// The stage a snapshot name belongs to (such names are reserved).
-    pub fn named(name: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| s.snapshot_name() == name)
-    }
-
-    /// When it is taken, for people (and the snapshot's description).
-    pub fn moment(self) -> &'static str {
-        match self {
-            Stage::PreConfigured => "once the features are done, before the application script",
-            Stage::FinalForm => "once the application script and the checks passed",
-        }
-    }
-}
+pub use super::snapshot::Stage;
 
 /// The line a guest sends on the readiness channel when it reaches a stage
 /// before its final report: `{"project_vm_stage":"pre-configured","boot_id":"..."}`
@@ -147,12 +113,12 @@ impl StageObserver for StageSnapshots<'_> {
 /// Refuses, before anything is made, stage snapshots of a VM that cannot
 /// have any: libvirt takes no internal snapshot of a UEFI VM's firmware
 /// variables (see `snapshot`).
-pub fn check_request(req: &super::create::CreateRequest) -> anyhow::Result<()> {
-    if req.stage_snapshots && req.devices.firmware() == crate::spec::Firmware::Efi {
+pub fn check_request(name: &VmName, stage_snapshots: bool, devices: &crate::spec::Devices) -> anyhow::Result<()> {
+    if stage_snapshots && devices.firmware() == crate::spec::Firmware::Efi {
         return Err(super::Error::Invalid(format!(
             "VM {}: stage_snapshots needs a BIOS VM (it boots UEFI{}, and libvirt takes no internal snapshot of its firmware variables): drop stage_snapshots, or boot it bios",
-            req.name,
-            if req.devices.hostdevs.is_empty() { "" } else { ": passthrough implies it" }
+            name,
+            if devices.hostdevs.is_empty() { "" } else { ": passthrough implies it" }
         ))
         .into());
     }
@@ -250,12 +216,12 @@ mod tests {
             stage_snapshots: true,
             provision: Default::default(),
         };
-        check_request(&req).unwrap();
+        check_request(&req.name, req.stage_snapshots, &req.devices).unwrap();
         req.devices.firmware = crate::spec::Firmware::Efi;
-        let e = check_request(&req).unwrap_err();
+        let e = check_request(&req.name, req.stage_snapshots, &req.devices).unwrap_err();
         assert!(matches!(e.downcast_ref::<crate::ops::Error>(), Some(crate::ops::Error::Invalid(_))), "{e:#}");
         assert!(e.to_string().contains("stage_snapshots needs a BIOS VM"), "{e}");
         req.stage_snapshots = false;
-        check_request(&req).unwrap();
+        check_request(&req.name, req.stage_snapshots, &req.devices).unwrap();
     }
 }

@@ -192,8 +192,8 @@ pub fn resume_all(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<ResumeAll
             if vm.state() != State::Suspended {
                 continue;
             }
-            match super::power::start(&ctx, &vm) {
-                Ok(r) => all.resumed.push(r.name),
+            match resume(&ctx, &vm) {
+                Ok(()) => all.resumed.push(vm.name.to_string()),
                 Err(e) => all.failed.push(format!("{}: {e:#}", vm.name)),
             }
         }
@@ -227,7 +227,7 @@ impl Report for ResumeAll {
 
 /// `start` of a suspended VM: libvirt restores the managed save. One that
 /// cannot be restored is left as it is, with the way out.
-pub fn resume(ctx: &Ctx, vm: &Vm) -> anyhow::Result<super::power::StartReport> {
+pub fn resume(ctx: &Ctx, vm: &Vm) -> anyhow::Result<()> {
     super::prepare_host_files(ctx, vm)?;
     vm.dom.create().map_err(|e| {
         let doing = format!(
@@ -238,7 +238,7 @@ pub fn resume(ctx: &Ctx, vm: &Vm) -> anyhow::Result<super::power::StartReport> {
     })?;
     crate::fault::mutated("restored the domain");
     tracing::info!(vm = %vm.name, "resumed");
-    Ok(super::power::StartReport { name: vm.name.to_string(), result: "resumed" })
+    Ok(())
 }
 
 /// `stop` of a suspended VM: with `force`, its saved state is removed (the

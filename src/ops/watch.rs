@@ -34,25 +34,7 @@ use super::fleet::Fleet;
 use crate::libvirt::vms::{self, Lookup};
 use crate::spec::{VmName, DOMAIN_PREFIX};
 
-/// The live metadata element `start --wait` writes with the guest's
-/// readiness: `<ready result="done|degraded|error" boot="..."/>`.
-pub const READY_NAMESPACE: &str = "https://project-vm.dev/xmlns/ready/1";
-pub const READY_KEY: &str = "projectvm-ready";
-
-/// Records the guest's readiness in the running domain's live metadata,
-/// for `watch` (a metadata change event). Only the live definition: it
-/// goes with this boot. A failure to record is only logged.
-pub fn record_ready(dom: &virt::domain::Domain, report: &super::ready::ReadyReport) {
-    let quote = |s: &str| s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;");
-    let detail = report.errors.first().map(|e| format!(" detail=\"{}\"", quote(e))).unwrap_or_default();
-    let xml = format!(r#"<ready result="{}" boot="{}"{detail}/>"#, report.result, quote(&report.boot_id));
-    let kind = sys::VIR_DOMAIN_METADATA_ELEMENT as i32;
-    if let Err(e) =
-        dom.set_metadata(kind, Some(&xml), Some(READY_KEY), Some(READY_NAMESPACE), sys::VIR_DOMAIN_AFFECT_LIVE)
-    {
-        tracing::debug!("recording readiness for watch: {}", e.message());
-    }
-}
+pub use super::ready::{record_ready, READY_KEY, READY_NAMESPACE};
 
 /// How often a host that went away is tried again.
 const RETRY: Duration = Duration::from_secs(1);
