@@ -11,6 +11,7 @@
 mod common;
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 use project_vm::error::Kind;
@@ -376,6 +377,12 @@ fn a_suspended_vm_resumes_where_it_was_and_a_clone_is_a_new_machine() {
     let env = Env::new("day2", 22900, serde_json::json!({"base_image": "debian"}));
     let _guard = Guard { env: &env, vms: &["d2c", "d2"] };
     env.run(&["image", "import", &img, "--name", "debian"]).ok();
+    // watch follows d2 from before it exists to after it is gone.
+    // (Killed if the test fails before it is interrupted.)
+    let mut watcher = KillOnDrop(
+        env.cmd(&["watch", "d2", "--json"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap(),
+    );
+    let events = lines_of(&mut watcher.0);
     env.run(&["create", "d2", "1G", "2", "8G", "--project-disk", "1G"]).ok();
     start_wait(&env, "d2");
     env.ssh("d2", "echo mine | sudo tee /project/marker >/dev/null && sync");
@@ -440,4 +447,14 @@ fn a_suspended_vm_resumes_where_it_was_and_a_clone_is_a_new_machine() {
     env.run(&["destroy", "d2"]).ok();
     assert!(!std::path::Path::new("/var/lib/libvirt/qemu/save/project-d2.save").exists());
     assert_eq!(env.vm_volumes(), Vec::<String>::new());
+
+    // 4. watch saw d2 defined, started, suspended (saved), resumed
+    // (restored) and, at the end, undefined, in that order.
+    let seen = watched(&events, "d2", "undefined", Duration::from_secs(20));
+    let _ = interrupt(&mut watcher.0);
+    eprintln!("watch saw: {seen:?}");
+    let order = ["defined", "started", "suspended", "resumed", "undefined"];
+    assert!(in_order(&seen, &order), "watch saw {seen:?}, expected {order:?} in that order");
+    assert!(seen.contains(&("suspended".into(), "saved".into())), "{seen:?}");
+    assert!(seen.contains(&("resumed".into(), "restored".into())), "{seen:?}");
 }

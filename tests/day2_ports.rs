@@ -13,9 +13,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -217,19 +217,6 @@ fn watch_follows_project_vm_domains_and_only_those() {
 
 /// A line at a time from a child's stdout, on a thread, so a test can wait
 /// with a deadline.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn http_get(port: u16) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
@@ -250,12 +237,6 @@ fn http_get_soon(port: u16) -> String {
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
     }
-}
-
-fn interrupt(child: &mut Child) -> Option<i32> {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    child.wait().ok().and_then(|s| s.code())
 }
 
 fn nothing_made(env: &Env, name: &str) {
@@ -411,26 +392,12 @@ fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() 
     env.run(&["destroy", "pweb"]).ok();
 
     // watch saw it, in order.
-    let mut seen: Vec<(String, String)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && !seen.iter().any(|(e, _)| e == "undefined") {
-        if let Ok(line) = events.recv_timeout(Duration::from_millis(500)) {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(v["vm"], "pweb", "{line}");
-            seen.push((v["event"].as_str().unwrap().into(), v["detail"].as_str().unwrap_or_default().into()));
-        }
-    }
+    let seen = watched(&events, "pweb", "undefined", Duration::from_secs(20));
     let _ = interrupt(&mut watcher);
     eprintln!("watch saw: {seen:?}");
     let words: Vec<&str> = seen.iter().map(|(e, _)| e.as_str()).collect();
     let order = ["defined", "started", "ready", "stopped", "started", "stopped", "undefined"];
-    let mut at = 0;
-    for w in &words {
-        if at < order.len() && *w == order[at] {
-            at += 1;
-        }
-    }
-    assert_eq!(at, order.len(), "watch saw {seen:?}, expected {order:?} in that order");
+    assert!(in_order(&seen, &order), "watch saw {seen:?}, expected {order:?} in that order");
     assert!(seen.contains(&("stopped".into(), "destroyed".into())), "{seen:?}");
     assert!(!words.contains(&"resumed"), "QEMU resuming the CPUs it starts with is no resume: {seen:?}");
 }

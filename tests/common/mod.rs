@@ -292,3 +292,56 @@ pub fn tail(path: &str, lines: usize) -> String {
         .map(|s| s.lines().rev().take(lines).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
         .unwrap_or_else(|e| format!("({path}: {e})"))
 }
+
+/// The lines a child writes to its (piped) stdout, as they come.
+pub fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Ctrl-C for a child (SIGINT), and its exit code.
+pub fn interrupt(child: &mut Child) -> Option<i32> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    child.wait().ok().and_then(|s| s.code())
+}
+
+/// The `(event, detail)` pairs of `watch --json` lines about `vm`, read
+/// until `last` is seen or `within` passes.
+pub fn watched(
+    lines: &std::sync::mpsc::Receiver<String>,
+    vm: &str,
+    last: &str,
+    within: Duration,
+) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && !seen.iter().any(|(e, _)| e == last) {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(v["vm"], vm, "{line}");
+            seen.push((v["event"].as_str().unwrap().into(), v["detail"].as_str().unwrap_or_default().into()));
+        }
+    }
+    seen
+}
+
+/// True when `order` occurs in `seen`'s events, in that order (others between).
+pub fn in_order(seen: &[(String, String)], order: &[&str]) -> bool {
+    let mut at = 0;
+    for (e, _) in seen {
+        if at < order.len() && e == order[at] {
+            at += 1;
+        }
+    }
+    at == order.len()
+}
