@@ -551,6 +551,10 @@ pub struct Fingerprint<'a> {
     /// The application script, as written (absent: hashes stay as before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub application_script: Option<&'a str>,
+    /// A digest of the user's own features' content (absent with built-ins
+    /// only: hashes stay as before), so an edited feature file is a change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_features: Option<&'a str>,
 }
 
 /// A stable hash of a [`Fingerprint`]: equal inputs, equal cloud-config.
@@ -575,7 +579,7 @@ pub struct Host<'a> {
 }
 
 /// One VM as declared, on the command line or in a declarative file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Declaration<'a> {
     pub name: &'a VmName,
     pub resources: Resources,
@@ -590,6 +594,9 @@ pub struct Declaration<'a> {
     pub application_script: Option<&'a str>,
     /// Health checks (recorded: `check` and `--wait` run them).
     pub checks: &'a [crate::health::Check],
+    /// [`Fingerprint::own_features`]: the digest of the user's features
+    /// among `features` (made by the caller, which reads the library).
+    pub own_features: Option<String>,
 }
 
 /// The transport a forwarded port carries.
@@ -804,6 +811,7 @@ impl VmSpec {
                 tailnet: host.tailnet,
                 tailscale: host.tailscale,
                 application_script: decl.application_script,
+                own_features: decl.own_features.as_deref(),
             }),
             stage_snapshots: decl.stage_snapshots,
             checks: decl.checks.to_vec(),
@@ -1061,6 +1069,7 @@ mod tests {
             stage_snapshots: false,
             application_script: None,
             checks: &[],
+            own_features: None,
         };
         VmSpec::resolve(&host, &decl, "debian-12".into(), Some(22023))
     }

@@ -367,3 +367,47 @@ fn feature_dirs_are_one_list_for_every_host_and_absolute() {
     assert_eq!(ok.feature_dirs, Some(vec![PathBuf::from("/a"), PathBuf::from("/b")]));
     assert_eq!(features::default_dirs().last(), Some(&PathBuf::from("/etc/project-vm/features")));
 }
+
+/// The only test here that sets the process-wide library (`use_dirs`):
+/// the others load libraries of their own.
+#[test]
+fn an_edited_feature_of_your_own_changes_the_vms_cloud_init_fingerprint() {
+    use project_vm::ops::create::CreateRequest;
+    use project_vm::spec::{Host, Network, Resources, VmName, VmSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mine.yaml");
+    write(&file, "#cloud-config\npackages: [htop]\n");
+    let hash = |features: &[&str]| {
+        features::use_dirs(&[dir.path().to_owned()]);
+        let req = CreateRequest {
+            name: VmName::parse("fp").unwrap(),
+            resources: Resources::default(),
+            image: None,
+            user_data: None,
+            features: features.iter().map(|f| f.to_string()).collect(),
+            autostart: false,
+            devices: Default::default(),
+            stage_snapshots: false,
+            provision: Default::default(),
+        };
+        let network = Network::User { ssh_port: 22022 };
+        let host = Host {
+            accel: project_vm::spec::Accel::Tcg,
+            network: &network,
+            ssh_user: "dev",
+            authorized_keys: &[],
+            tailnet: None,
+            tailscale: false,
+        };
+        VmSpec::resolve(&host, &req.declaration(), "base".into(), None).cloud_init_hash
+    };
+    let before = hash(&["mine"]);
+    assert_eq!(before, hash(&["mine"]), "the same content, the same fingerprint");
+    write(&file, "#cloud-config\npackages: [htop, tmux]\n");
+    let after = hash(&["mine"]);
+    assert_ne!(before, after, "an edited feature is a change plan shows");
+    // Built-ins only: no digest, the fingerprint project-vm always made.
+    assert_eq!(features::own_digest(&["docker".to_string()]), None);
+    assert!(features::own_digest(&["mine".to_string()]).is_some());
+    features::use_dirs(&[]);
+}

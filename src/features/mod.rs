@@ -326,6 +326,23 @@ pub fn dirs_in_use() -> Vec<PathBuf> {
     CURRENT.lock().unwrap_or_else(|e| e.into_inner()).dirs.clone()
 }
 
+/// A digest of the content of the user's own features among `wanted` (and
+/// what they require), from the library in use; `None` when they are all
+/// built-in (their content goes with project-vm's version) or one cannot
+/// be used (that is reported where the features are checked).
+pub fn own_digest(wanted: &[String]) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let library = library();
+    let features = library.expand(wanted).ok()?;
+    let own: Vec<(&str, &Value)> =
+        features.iter().filter(|f| f.origin != Origin::BuiltIn).map(|f| (f.name.as_str(), &f.config)).collect();
+    if own.is_empty() {
+        return None;
+    }
+    let json = serde_json::to_vec(&own).expect("json");
+    Some(format!("{:x}", Sha256::digest(&json))[..16].to_owned())
+}
+
 /// Every feature name in the library in use.
 pub fn names() -> Vec<String> {
     library().names()

@@ -236,6 +236,7 @@ impl CreateRequest {
             stage_snapshots: self.stage_snapshots,
             application_script: self.provision.application_script.as_deref(),
             checks: &self.provision.checks,
+            own_features: crate::features::own_digest(&self.features),
         }
     }
 

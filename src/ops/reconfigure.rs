@@ -164,6 +164,7 @@ pub fn desired(ctx: &Ctx, vm: &Vm, wanted: &Wanted) -> anyhow::Result<VmSpec> {
             true => &current.checks,
             false => &wanted.provision.checks,
         },
+        own_features: crate::features::own_digest(&wanted.features),
     };
     let resolved = VmSpec::resolve(&ctx.settings.host(&keys), &decl, current.base_image.clone(), current.ssh_port);
     Ok(VmSpec {
