@@ -95,16 +95,19 @@ pub fn unprivileged_lacks(user: &super::daemon::DaemonUser) -> Vec<String> {
 }
 
 fn candidates() -> impl Iterator<Item = PathBuf> {
-    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    // On PATH (the `which` crate, as doctor looks), then where packages and
+    // `cargo install` put it outside PATH.
+    let on_path = which::which_all("virtiofsd").into_iter().flatten();
     let home = crate::settings::invoking_home().map(|h| h.join(".cargo/bin"));
     let known = ["/usr/libexec", "/usr/lib/qemu", "/usr/local/bin", "/usr/local/libexec", "/root/.cargo/bin"]
         .map(PathBuf::from);
-    on_path.chain(home).chain(known).map(|d| d.join("virtiofsd"))
+    on_path.chain(home.into_iter().chain(known).map(|d| d.join("virtiofsd")))
 }
 
 /// `file` (`/etc/subuid`, `/etc/subgid`) gives `user` a range, by name or uid.
 fn has_range(file: &str, user: &super::daemon::DaemonUser) -> bool {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
+    // Bounded, as every file read: these are small tables.
+    let text = crate::files::read_text(Path::new(file), "subordinate id file", 1 << 20).unwrap_or_default();
     let uid = user.uid.to_string();
     text.lines().any(|l| {
         let mut f = l.trim().split(':');
