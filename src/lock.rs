@@ -184,7 +184,8 @@ impl crate::error::Classified for Busy {
 
 fn read_holder(file: &mut File) -> Holder {
     let mut s = String::new();
-    if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
+    // A holder writes `PID DOING`: a few bytes; more is not read.
+    if file.rewind().is_err() || Read::take(&mut *file, 4096).read_to_string(&mut s).is_err() {
         return Holder::default();
     }
     let mut parts = s.trim().splitn(2, ' ');
@@ -222,7 +223,9 @@ impl Lock {
     /// compares tokens to know whether another process changed it since.
     /// `None` when never stamped (or unreadable): then nothing cached holds.
     pub fn stamp(&self) -> Option<String> {
-        std::fs::read_to_string(self.stamp_path()).ok().filter(|s| !s.is_empty())
+        let mut s = String::new();
+        File::open(self.stamp_path()).ok()?.take(4096).read_to_string(&mut s).ok()?;
+        Some(s).filter(|s| !s.is_empty())
     }
 
     /// Says "changed" to every other process's cache; returns the new token.
