@@ -373,6 +373,8 @@ fn start_wait(env: &Env, name: &str) -> serde_json::Value {
 #[ignore = "boots guests; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn a_suspended_vm_resumes_where_it_was_and_a_clone_is_a_new_machine() {
     require_root_libvirt();
+    // One guest at a time (held until the end: dropped last).
+    let _lock = guest_boot_lock();
     let img = image();
     let env = Env::new("day2", 22900, serde_json::json!({"base_image": "debian"}));
     let _guard = Guard { env: &env, vms: &["d2c", "d2"] };

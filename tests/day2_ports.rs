@@ -336,6 +336,8 @@ fn image() -> String {
 #[ignore = "boots a guest; needs root, libvirtd and PROJECT_VM_TEST_IMAGE; run by scripts/test.sh"]
 fn a_guest_web_server_through_a_declared_port_and_forward_while_watch_follows() {
     require_root_libvirt();
+    // One guest at a time (held until the end: dropped last).
+    let _lock = guest_boot_lock();
     let img = image();
     let env = Env::new("ports", 24720, json!({"base_image": "debian"}));
     struct Guard<'a>(&'a Env);
