@@ -16,36 +16,16 @@ use std::time::Duration;
 use common::*;
 use project_vm::error::Kind;
 use project_vm::libvirt::{
-    self, domain_xml,
+    domain_xml,
     metadata::{Ownership, Phase},
     storage, vms,
 };
 use project_vm::ops::{self, clone::CloneRequest, Ctx};
 use project_vm::progress::Progress;
-use project_vm::settings::{Accel, HostSettings, Network};
 use project_vm::spec::{Resources, Size, VmName, VmSpec};
 
 fn ctx() -> Ctx {
-    let settings = HostSettings {
-        storage_dir: Some("/project-vm-test".into()),
-        pool: Some("pv".into()),
-        base_image: Some("base.qcow2".into()),
-        accel: Some(Accel::Tcg),
-        network: Some(Network::User { ssh_port: 22022 }),
-        ssh_authorized_keys: Some(vec![
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk test".into(),
-        ]),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    // A node file of our own: one test driver state per test.
-    let dir = tempfile::tempdir().unwrap().keep();
-    let node = dir.join("node.xml");
-    std::fs::write(&node, "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz></cpu><memory>8388608</memory></node>").unwrap();
-    let uri = format!("test://{}", node.display());
-    let conn = libvirt::connect(&uri).unwrap();
-    Ctx::new(conn, uri, settings, true)
+    common::driver::driver_ctx()
 }
 
 fn name(s: &str) -> VmName {

@@ -3,15 +3,16 @@
 //! `create` fails at the seed upload here: that is used to check the rollback.
 //! The real path is covered by tests/host.rs and tests/e2e.rs.
 
+mod common;
+
 use project_vm::exit::code as exit_code;
 use project_vm::libvirt::{
-    self, domain_xml,
+    domain_xml,
     metadata::{Ownership, Phase},
     storage, vms,
 };
 use project_vm::ops::{self, create::CreateRequest, fleet::Fleet, Ctx};
 use project_vm::progress::Progress;
-use project_vm::settings::{Accel, HostSettings, Network};
 use project_vm::spec::{Resources, Size, VmName, VmSpec};
 
 use std::path::Path;
@@ -22,27 +23,7 @@ use project_vm::ops::apply::{self, ApplyOptions};
 use project_vm::ops::plan::{self, Action, ChangeClass};
 
 fn ctx() -> Ctx {
-    let settings = HostSettings {
-        storage_dir: Some("/project-vm-test".into()),
-        pool: Some("pv".into()),
-        base_image: Some("base.qcow2".into()),
-        accel: Some(Accel::Tcg),
-        network: Some(Network::User { ssh_port: 22022 }),
-        ssh_authorized_keys: Some(vec![
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrUuPHcX0EBHf+EB9Nl7gklkDq2TbK6HXAbiUZmjLCk test".into(),
-        ]),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    // A node file of our own: test:///default is one state shared by every
-    // connection in the process, and tests run on parallel threads.
-    let dir = tempfile::tempdir().unwrap().keep();
-    let node = dir.join("node.xml");
-    std::fs::write(&node, "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz></cpu><memory>8388608</memory></node>").unwrap();
-    let uri = format!("test://{}", node.display());
-    let conn = libvirt::connect(&uri).unwrap();
-    Ctx::new(conn, uri, settings, true)
+    common::driver::driver_ctx()
 }
 
 fn with_base_image(ctx: &Ctx) -> virt::storage_pool::StoragePool {

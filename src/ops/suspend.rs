@@ -155,49 +155,44 @@ impl Report for SuspendAll {
 
 pub fn suspend_all(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<SuspendAll> {
     let mut all = SuspendAll { suspended: Vec::new(), failed: Vec::new() };
+    let running = |vm: &Vm| matches!(vm.state(), State::Running | State::Paused);
+    all.failed = each_vm(fleet, only, running, |ctx, vm| suspend(ctx, vm).map(|r| all.suspended.push(r)))?;
+    Ok(all)
+}
+
+/// `act` on every VM `which` picks, on the hosts `only` selects; what
+/// failed (a host that cannot be reached, a VM), each in a line.
+fn each_vm(
+    fleet: &Fleet,
+    only: Option<&str>,
+    which: impl Fn(&Vm) -> bool,
+    mut act: impl FnMut(&Ctx, &Vm) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<String>> {
+    let mut failed = Vec::new();
     for h in fleet.select(only)? {
         let ctx = match fleet.ctx(h) {
             Ok(c) => c,
             Err(e) => {
-                all.failed.push(format!("{e:#}"));
+                failed.push(format!("{e:#}"));
                 continue;
             }
         };
-        for vm in vms::list(&ctx.conn())? {
-            if !matches!(vm.state(), State::Running | State::Paused) {
-                continue;
-            }
-            match suspend(&ctx, &vm) {
-                Ok(r) => all.suspended.push(r),
-                Err(e) => all.failed.push(format!("{}: {e:#}", vm.name)),
+        for vm in vms::list(&ctx.conn())?.iter().filter(|vm| which(vm)) {
+            if let Err(e) = act(&ctx, vm) {
+                failed.push(format!("{}: {e:#}", vm.name));
             }
         }
     }
-    Ok(all)
+    Ok(failed)
 }
 
 /// `start --suspended`: every suspended VM on the hosts `only` selects,
 /// resumed (the NixOS module's host start).
 pub fn resume_all(fleet: &Fleet, only: Option<&str>) -> anyhow::Result<ResumeAll> {
     let mut all = ResumeAll { resumed: Vec::new(), failed: Vec::new() };
-    for h in fleet.select(only)? {
-        let ctx = match fleet.ctx(h) {
-            Ok(c) => c,
-            Err(e) => {
-                all.failed.push(format!("{e:#}"));
-                continue;
-            }
-        };
-        for vm in vms::list(&ctx.conn())? {
-            if vm.state() != State::Suspended {
-                continue;
-            }
-            match resume(&ctx, &vm) {
-                Ok(()) => all.resumed.push(vm.name.to_string()),
-                Err(e) => all.failed.push(format!("{}: {e:#}", vm.name)),
-            }
-        }
-    }
+    let suspended = |vm: &Vm| vm.state() == State::Suspended;
+    all.failed =
+        each_vm(fleet, only, suspended, |ctx, vm| resume(ctx, vm).map(|()| all.resumed.push(vm.name.to_string())))?;
     Ok(all)
 }
 

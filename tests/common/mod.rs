@@ -6,6 +6,7 @@
 
 pub mod cleanup;
 pub mod daemon;
+pub mod driver;
 pub mod guest;
 pub mod http;
 
