@@ -23,7 +23,8 @@ pub enum Kind {
     Failed = 1,
     /// Bad input: a name, a size, a file, a key, a name already taken. Nothing was changed.
     Invalid = 2,
-    /// The VM, image, snapshot or host named does not exist, or is not project-vm's.
+    /// The VM, image or snapshot named does not exist (a domain of that name
+    /// that project-vm did not make is a refusal, [`Kind::Invalid`]).
     NotFound = 3,
     /// The environment: libvirt unreachable or refusing, permission denied, a tool missing, no room.
     Environment = 4,
@@ -65,7 +66,7 @@ impl Kind {
         match self {
             Kind::Failed => "failed for another reason; the message says what",
             Kind::Invalid => "bad input; nothing was changed",
-            Kind::NotFound => "no such VM, image, snapshot or host (or not project-vm's)",
+            Kind::NotFound => "no such VM, image or snapshot",
             Kind::Environment => "libvirt unreachable or refusing, permission denied, a tool missing, no room",
             Kind::Provisioning => "the guest was not provisioned: cloud-init failed or did not run",
             Kind::Timeout => "a wait ran out; the VM is left as it is",

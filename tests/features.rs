@@ -411,3 +411,21 @@ fn an_edited_feature_of_your_own_changes_the_vms_cloud_init_fingerprint() {
     assert!(features::own_digest(&["mine".to_string()]).is_some());
     features::use_dirs(&[]);
 }
+
+#[test]
+fn a_link_in_files_is_refused_never_followed_and_a_directory_named_twice_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let feature = dir.path().join("linked");
+    write(&feature.join("feature.yaml"), "#cloud-config\npackages: [htop]\n");
+    std::fs::create_dir_all(feature.join("files")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", feature.join("files/shadow")).unwrap();
+    match refusal(dir.path(), "linked") {
+        ConfigError::FeatureInvalid { why, .. } => assert!(why.contains("symbolic link"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let good = tempfile::tempdir().unwrap();
+    write(&good.path().join("good.yaml"), "#cloud-config\npackages: [htop]\n");
+    let twice = Library::load(&[good.path().to_owned(), good.path().to_owned()]);
+    assert!(twice.get("good").is_ok(), "a directory named twice shadows nothing");
+    assert_eq!(twice.names(), Library::load(&[good.path().to_owned()]).names());
+}

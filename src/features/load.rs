@@ -271,10 +271,19 @@ fn walk(dir: &Path, rel: PathBuf, depth: usize, out: &mut Vec<(PathBuf, PathBuf)
     entries.sort();
     for path in entries {
         let name = PathBuf::from(path.file_name().expect("an entry's name"));
-        if path.is_dir() {
+        // Not followed: a link (or a device, a FIFO) could hand the guest
+        // any file of the host, which is not what a feature's files/ is.
+        let kind = std::fs::symlink_metadata(&path).map_err(|e| invalid(format!("cannot read it: {e}")))?.file_type();
+        if kind.is_dir() {
             walk(&path, rel.join(&name), depth + 1, out)?;
-        } else {
+        } else if kind.is_file() {
             out.push((rel.join(&name), path));
+        } else {
+            let what = if kind.is_symlink() { "a symbolic link" } else { "not a regular file" };
+            return Err(invalid(format!(
+                "{} is {what}: files/ holds only regular files and directories (copy the file in instead)",
+                path.display()
+            )));
         }
         if out.len() > FILES_COUNT_MAX {
             return Err(invalid(format!("files/ holds more than {FILES_COUNT_MAX} files")));

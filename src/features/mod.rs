@@ -122,7 +122,13 @@ impl Library {
     /// The built-ins and every feature in `dirs` (a missing directory has none).
     pub fn load(dirs: &[PathBuf]) -> Library {
         let mut lib = Library::built_in();
+        // A directory named twice is read once (its features would shadow themselves).
+        let mut seen: Vec<&PathBuf> = Vec::new();
         for dir in dirs {
+            if seen.contains(&dir) {
+                continue;
+            }
+            seen.push(dir);
             for (name, path) in dir_entries(dir) {
                 lib.add(name, path);
             }
