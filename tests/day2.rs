@@ -440,3 +440,24 @@ fn a_suspended_vm_resumes_where_it_was_and_a_clone_is_a_new_machine() {
     assert!(seen.contains(&("suspended".into(), "saved".into())), "{seen:?}");
     assert!(seen.contains(&("resumed".into(), "restored".into())), "{seen:?}");
 }
+
+#[test]
+fn suspend_all_saves_every_running_vm_and_start_suspended_resumes_them() {
+    let ctx = ctx();
+    let up: Vec<_> = ["all1", "all2"].iter().map(|n| define(&ctx, n, |_| {})).collect();
+    for vm in &up {
+        vm.dom.create().unwrap();
+    }
+    let off = define(&ctx, "all3", |_| {});
+    let fleet = ops::fleet::Fleet::of(std::sync::Arc::new(ctx));
+    let saved = ops::suspend::suspend_all(&fleet, None).unwrap();
+    assert!(saved.failed.is_empty(), "{:?}", saved.failed);
+    assert_eq!(saved.suspended.len(), 2, "the running two, not the stopped one");
+    assert!(up.iter().all(|vm| vm.dom.has_managed_save(0).unwrap()));
+    assert!(!off.dom.has_managed_save(0).unwrap());
+    let resumed = ops::suspend::resume_all(&fleet, None).unwrap();
+    assert!(resumed.failed.is_empty(), "{:?}", resumed.failed);
+    assert_eq!(resumed.resumed, vec!["all1".to_string(), "all2".to_string()]);
+    assert!(up.iter().all(|vm| vm.dom.is_active().unwrap()));
+    assert!(!off.dom.is_active().unwrap(), "a VM that was stopped stays stopped");
+}
