@@ -338,6 +338,7 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
         .map(|(name, (path, f))| (name.clone(), declaration(name, path, f, &defaults, &raw, base_dir, &mut p)))
         .collect();
     shared_ports(&vms, &mut p);
+    stage_snapshots_need_bios(&vms, &mut p);
     if let Some(cycle) = find_cycle(&vms) {
         p.add("depends_on", format!("dependency cycle: {}", cycle.join(" -> ")));
     }
@@ -391,6 +392,19 @@ fn entries(root: &serde_json::Map<String, Value>, p: &mut Problems) -> BTreeMap<
 }
 
 /// One VM: its own fields, else the defaults', else the built-in ones.
+/// Stage snapshots are internal snapshots, which libvirt does not take of a
+/// UEFI VM (passthrough implies UEFI): refused here, where `plan` sees it.
+fn stage_snapshots_need_bios(vms: &BTreeMap<VmName, VmDecl>, p: &mut Problems) {
+    for v in vms.values().filter(|v| v.stage_snapshots) {
+        if v.firmware == crate::spec::Firmware::Efi || !v.hostdevs.is_empty() {
+            p.add(
+                &format!("vms.{}.stage_snapshots", v.name),
+                "needs a BIOS VM (this one boots UEFI, and libvirt takes no internal snapshot of its firmware variables): drop stage_snapshots, or boot it bios",
+            );
+        }
+    }
+}
+
 fn declaration(
     name: &VmName,
     path: &str,
@@ -526,6 +540,15 @@ mod tests {
             Some(ConfigError::Invalid(_)) => e.to_string(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn stage_snapshots_of_a_uefi_vm_are_refused_in_the_file() {
+        let e =
+            problems(r#"{"vms": {"a": {"stage_snapshots": true, "firmware": "efi"}, "b": {"stage_snapshots": true}}}"#);
+        assert!(e.contains("vms.a.stage_snapshots: needs a BIOS VM"), "{e}");
+        assert!(!e.contains("vms.b"), "{e}");
+        ok(r#"{"vms": {"b": {"stage_snapshots": true}, "c": {"firmware": "efi"}}}"#);
     }
 
     #[test]
