@@ -31,9 +31,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
 
+use super::create::Made;
 use super::{now_unix, Ctx, Error};
 use crate::cloudinit::{self, hostkey::HostKey, SeedInput};
 use crate::interrupt;
@@ -261,37 +261,6 @@ fn check_volumes_free(pool: &StoragePool, name: &VmName) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What this run has made so far; undone when dropped while armed.
-struct Made<'a> {
-    pool: &'a StoragePool,
-    dom: Option<Domain>,
-    volumes: Vec<String>,
-    armed: bool,
-}
-
-impl Drop for Made<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        for v in self.volumes.iter().rev() {
-            if let Err(e) = storage::delete(self.pool, v) {
-                crate::messages::warn(format!("could not remove volume {v} while undoing clone: {e:#}"));
-            }
-        }
-        if let Some(d) = &self.dom {
-            match d.undefine() {
-                Ok(()) => crate::fault::mutated("undefined the domain"),
-                Err(e) => crate::messages::warn(format!(
-                    "could not undefine {} while undoing clone: {}",
-                    d.name().unwrap_or_default(),
-                    e.message()
-                )),
-            }
-        }
-    }
-}
-
 /// Phases 2 to 5; undone on failure.
 fn make(
     ctx: &Ctx,
@@ -368,7 +337,7 @@ fn claim<'a>(
     if let (Some(lock), Some(port)) = (&port_guard, spec.ssh_port) {
         super::create::ports_taken(ctx, lock, port)?;
     }
-    let made = Made { pool, dom: Some(dom), volumes: Vec::new(), armed: true };
+    let made = Made { pool, dom: Some(dom), volumes: Vec::new(), armed: true, doing: "clone" };
     Ok((made, spec, own, host_key))
 }
 

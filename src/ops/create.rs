@@ -319,12 +319,14 @@ pub fn run(ctx: &Ctx, req: &CreateRequest, start: bool, wait: Option<std::time::
     Ok(Created { create, ready, stage_snapshots })
 }
 
-/// What this run has made so far; undone when dropped while armed.
-struct Made<'a> {
-    pool: &'a StoragePool,
-    dom: Option<Domain>,
-    volumes: Vec<String>,
-    armed: bool,
+/// What this run has made so far; undone when dropped while armed
+/// (`create`'s, and `clone`'s: `doing` names which in the warnings).
+pub(super) struct Made<'a> {
+    pub(super) pool: &'a StoragePool,
+    pub(super) dom: Option<Domain>,
+    pub(super) volumes: Vec<String>,
+    pub(super) armed: bool,
+    pub(super) doing: &'static str,
 }
 
 impl Drop for Made<'_> {
@@ -335,15 +337,18 @@ impl Drop for Made<'_> {
         for v in self.volumes.iter().rev() {
             match storage::delete(self.pool, v) {
                 Ok(_) => tracing::info!(volume = %v, "rolled back volume"),
-                Err(e) => crate::messages::warn(format!("could not remove volume {v} while undoing create: {e:#}")),
+                Err(e) => {
+                    crate::messages::warn(format!("could not remove volume {v} while undoing {}: {e:#}", self.doing))
+                }
             }
         }
         if let Some(d) = &self.dom {
             match d.undefine() {
                 Ok(()) => crate::fault::mutated("undefined the domain"),
                 Err(e) => crate::messages::warn(format!(
-                    "could not undefine {} while undoing create: {}",
+                    "could not undefine {} while undoing {}: {}",
                     d.name().unwrap_or_default(),
+                    self.doing,
                     e.message()
                 )),
             }
@@ -716,7 +721,7 @@ fn claim<'a>(
         }
     })?;
     crate::fault::mutated("defined the domain");
-    let made = Made { pool: &prep.pool, dom: Some(dom), volumes: Vec::new(), armed: true };
+    let made = Made { pool: &prep.pool, dom: Some(dom), volumes: Vec::new(), armed: true, doing: "create" };
     if let (Some(lock), Some(port)) = (&port_guard, ssh_port) {
         ports_taken(ctx, lock, port)?;
     }
