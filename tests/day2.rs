@@ -22,7 +22,7 @@ use project_vm::libvirt::{
 };
 use project_vm::ops::{self, clone::CloneRequest, Ctx};
 use project_vm::progress::Progress;
-use project_vm::spec::{Resources, Size, VmName, VmSpec};
+use project_vm::spec::{VmName, VmSpec};
 
 fn ctx() -> Ctx {
     common::driver::driver_ctx()
@@ -48,17 +48,7 @@ fn define(ctx: &Ctx, n: &str, edit: impl FnOnce(&mut VmSpec)) -> vms::Vm {
     let pool = pool(ctx);
     let n = name(n);
     let keys = ctx.settings.authorized_keys().unwrap();
-    let req = ops::create::CreateRequest {
-        name: n.clone(),
-        resources: Resources { memory: Size(1 << 30), cpus: 1, disk: Size(5 << 30), project_disk: Size(2 << 30) },
-        image: None,
-        user_data: None,
-        features: vec![],
-        autostart: false,
-        devices: Default::default(),
-        stage_snapshots: false,
-        provision: Default::default(),
-    };
+    let req = common::driver::request(n.as_str());
     let mut spec = ops::create::desired_spec(ctx, &req, &keys, "base.qcow2".into(), Some(22022));
     edit(&mut spec);
     let own = Ownership {

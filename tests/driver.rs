@@ -13,7 +13,7 @@ use project_vm::libvirt::{
 };
 use project_vm::ops::{self, create::CreateRequest, fleet::Fleet, Ctx};
 use project_vm::progress::Progress;
-use project_vm::spec::{Resources, Size, VmName, VmSpec};
+use project_vm::spec::{Size, VmName, VmSpec};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,17 +37,7 @@ fn name(s: &str) -> VmName {
 }
 
 fn request(n: &str) -> CreateRequest {
-    CreateRequest {
-        name: name(n),
-        resources: Resources { memory: Size(1 << 30), cpus: 1, disk: Size(5 << 30), project_disk: Size(2 << 30) },
-        image: None,
-        user_data: None,
-        features: vec![],
-        autostart: false,
-        devices: Default::default(),
-        stage_snapshots: false,
-        provision: Default::default(),
-    }
+    common::driver::request(n)
 }
 
 fn volumes(pool: &virt::storage_pool::StoragePool) -> Vec<String> {

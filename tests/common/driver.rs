@@ -2,8 +2,10 @@
 //! no files: the fast tests of logic (`tests/driver.rs`, `tests/day2.rs`).
 
 use project_vm::libvirt;
+use project_vm::ops::create::CreateRequest;
 use project_vm::ops::Ctx;
 use project_vm::settings::{Accel, HostSettings, Network};
+use project_vm::spec::{Resources, Size, VmName};
 
 /// A `Ctx` on a test driver of its own (a node file per call).
 pub fn driver_ctx() -> Ctx {
@@ -28,4 +30,19 @@ pub fn driver_ctx() -> Ctx {
     let uri = format!("test://{}", node.display());
     let conn = libvirt::connect(&uri).unwrap();
     Ctx::new(conn, uri, settings, true)
+}
+
+/// A 1G, 1-CPU request for VM `n`, nothing else asked.
+pub fn request(n: &str) -> CreateRequest {
+    CreateRequest {
+        name: VmName::parse(n).unwrap(),
+        resources: Resources { memory: Size(1 << 30), cpus: 1, disk: Size(5 << 30), project_disk: Size(2 << 30) },
+        image: None,
+        user_data: None,
+        features: vec![],
+        autostart: false,
+        devices: Default::default(),
+        stage_snapshots: false,
+        provision: Default::default(),
+    }
 }
