@@ -54,7 +54,7 @@ echo "prepared in $((SECONDS - t0)) s"
 # The guest-booting tests run one at a time: each guest wants both cores.
 # The default build ignores the hooks' variables (its own unit test):
 cargo test --locked --quiet --lib fault:: 2>&1 | tee "$log/default-build.log"
-cargo test --locked "${features[@]}" -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$log/test.log"
+cargo test --locked --no-fail-fast "${features[@]}" -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$log/test.log"
 grep '^TIMING' "$log/test.log" || true
 echo "all tests: $((SECONDS - t0)) s"
 # One closing line for the whole run (cargo prints one per test binary).

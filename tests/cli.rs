@@ -96,3 +96,45 @@ fn the_fault_variable_works_only_in_a_fault_injection_build() {
         assert!(!stderr.contains("fault injection"), "{stderr}");
     }
 }
+
+/// `watch` prints only to stdout. With nobody to read it, it must end, not
+/// run until a signal: a closed stdout (or /dev/null, which Rust's runtime
+/// puts in its place) is refused at once, exit 2; a pipe whose reader goes
+/// away while no event comes ends it within a second or two, exit 0.
+#[test]
+fn watch_with_nobody_reading_ends() {
+    let watch = |stdout: Stdio| {
+        Command::new(BIN)
+            .args(["--connect", "test:///default", "watch"])
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait = |mut child: std::process::Child| {
+        let t0 = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("watch still runs after 20 s with nobody reading");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = wait(watch(Stdio::null()));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("stdout, which is closed or /dev/null"), "{stderr}");
+
+    let mut child = watch(Stdio::piped());
+    // Its first words on stderr: it is watching (and blocked for events).
+    let mut line = String::new();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("watching"), "{line}");
+    drop(child.stdout.take());
+    let (code, _) = wait(child);
+    assert_eq!(code, Some(0));
+}

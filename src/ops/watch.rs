@@ -419,8 +419,17 @@ pub fn lifecycle(event: i32, detail: i32) -> (&'static str, Option<&'static str>
 }
 
 /// `watch`: subscribes to every host `--host` selects and prints events
-/// until interrupted (exit 130) or stdout closes (`watch | head -3`: exit 0).
+/// until interrupted (exit 130) or nobody reads them (`watch | head -3`,
+/// `watch >&-`: exit 0, within a second).
 pub fn watch(fleet: &Fleet, only_host: Option<&str>, names: &[VmName], json: bool) -> anyhow::Result<()> {
+    if stdout_is_null() {
+        return Err(crate::ops::Error::Invalid(
+            "watch prints its events to stdout, which is closed or /dev/null: nothing would read them; \
+             run it with stdout on a terminal, a file or a pipe"
+                .into(),
+        )
+        .into());
+    }
     event_loop()?;
     crate::interrupt::install();
     let hosts = fleet.select(only_host)?;
@@ -440,7 +449,35 @@ pub fn watch(fleet: &Fleet, only_host: Option<&str>, names: &[VmName], json: boo
         },
         watches.iter().map(label).collect::<Vec<_>>().join(", ")
     ));
-    run(&mut watches, &rx, &tx, names, &mut |e| print(json, e))
+    run(&mut watches, &rx, &tx, names, &mut |e| print(json, e), &stdout_gone)
+}
+
+/// True when stdout is /dev/null, which is also what a closed stdout
+/// becomes (Rust's runtime opens /dev/null on a closed fd 0, 1 or 2).
+fn stdout_is_null() -> bool {
+    use nix::sys::stat::SFlag;
+    use std::os::unix::fs::MetadataExt;
+    let null = std::fs::metadata("/dev/null").map(|m| m.rdev());
+    let out = nix::sys::stat::fstat(std::io::stdout());
+    let char_device = |mode| SFlag::from_bits_truncate(mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    matches!((null, out), (Ok(null), Ok(out)) if char_device(out.st_mode) && out.st_rdev == null)
+}
+
+/// True when nobody can read what `watch` prints: stdout is closed
+/// (`watch >&-`) or its pipe's reader has gone (`watch | head -3`). Rust's
+/// stdout swallows writes to a closed descriptor, and a pipe is only found
+/// broken at the next write, which may be hours away: so `watch` asks.
+pub fn stdout_gone() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)),
+        Err(_) => false,
+    }
 }
 
 fn label(w: &HostWatch) -> String {
@@ -457,9 +494,13 @@ pub fn run(
     tx: &mpsc::Sender<Raw>,
     names: &[VmName],
     out: &mut dyn FnMut(&Event) -> anyhow::Result<()>,
+    gone: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
     loop {
         crate::interrupt::check()?;
+        if gone() {
+            return Ok(());
+        }
         match rx.recv_timeout(RETRY) {
             Ok(raw) => {
                 let host = match &raw {
