@@ -111,6 +111,10 @@ impl Problems {
     fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.0.push(format!("{path}: {msg}"));
     }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// The fields of one entry before merging; `None` where absent.
@@ -281,11 +285,45 @@ fn network_config(at: &str, v: &Value, p: &mut Problems) -> Option<StaticNetwork
 }
 
 /// Shares, each checked as `--share` checks one.
-/// A VM's `ports`: each valid, no host port twice.
+/// The keys of one `ports` entry.
+const PORT_KEYS: &[&str] = &["host", "guest", "address", "protocol"];
+
+/// A VM's `ports`: every entry checked and each bad one named by its index
+/// (`vms.web.ports[1].proto: unknown key (did you mean "protocol"?)`), no
+/// host port twice.
 fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
-    let list = typed::<Vec<Port>>(at, v, p)?;
-    crate::spec::check_ports(&list).map_err(|e| p.add(at, e)).ok()?;
-    Some(list)
+    let Some(entries) = v.as_array() else {
+        p.add(at, format!("expected a list of ports, e.g. [{{\"host\": 8080, \"guest\": 80}}], found {}", show(v)));
+        return None;
+    };
+    let before = p.len();
+    let mut list = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        let unknown: Vec<&String> =
+            entry.as_object().into_iter().flat_map(|o| o.keys()).filter(|k| !PORT_KEYS.contains(&k.as_str())).collect();
+        for k in &unknown {
+            let known = PORT_KEYS.join(", ");
+            p.add(
+                &format!("{here}.{k}"),
+                format!("unknown key{}; a port's keys are {known}", did_you_mean(k, PORT_KEYS)),
+            );
+        }
+        if !unknown.is_empty() {
+            continue;
+        }
+        let Some(port) = typed::<Port>(&here, entry, p) else { continue };
+        match port.validate() {
+            Err(e) => p.add(&here, e),
+            Ok(()) if !seen.insert((port.host, port.protocol)) => p.add(
+                &here,
+                format!("port {}: host port {}/{} is given twice", port.label(), port.host, port.protocol.as_str()),
+            ),
+            Ok(()) => list.push(port),
+        }
+    }
+    (p.len() == before).then_some(list)
 }
 
 /// Two VMs on one host cannot both forward a host port.
@@ -697,14 +735,19 @@ mod tests {
                         "b": {"ports": [{"host": 9000, "guest": 80}, {"host": 9000, "guest": 81}]},
                         "c": {"ports": [{"host": 7000, "guest": 80}]},
                         "d": {"ports": [{"host": 7000, "guest": 22}]},
-                        "e": {"ports": [{"host": 7001, "guest": 80, "proto": "udp"}]}}}"#,
+                        "e": {"ports": [{"host": 7001, "guest": 80, "proto": "udp"}]},
+                        "f": {"ports": [{"host": 0, "guest": 80}, {"host": 7002, "guest": 80}, {"host": 7003, "guest": "http"}, {"host": 7004, "guest": 0}]}}}"#,
         );
         for want in [
             "defaults.ports: ports belong in a VM's own entry",
-            "vms.a.ports: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
-            "vms.b.ports: port 127.0.0.1:9000 -> 81/tcp: host port 9000/tcp is given twice",
+            "vms.a.ports[0]: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
+            "vms.b.ports[1]: port 127.0.0.1:9000 -> 81/tcp: host port 9000/tcp is given twice",
             "vms.d.ports: host port 7000/tcp is vms.c's too",
-            "vms.e.ports: unknown field `proto`",
+            "vms.e.ports[0].proto: unknown key (did you mean \"protocol\"?); a port's keys are host, guest, address, protocol",
+            // Every bad entry of one VM at once, each by its index; the good one is not named.
+            "vms.f.ports[0]: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
+            "vms.f.ports[2]: invalid type: string \"http\"",
+            "vms.f.ports[3]: port 127.0.0.1:7004 -> 0/tcp",
         ] {
             assert!(e.contains(want), "{want} missing from {e}");
         }
