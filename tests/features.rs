@@ -244,6 +244,10 @@ fn run(w: &World, args: &[&str]) -> (i32, String, String) {
 fn feature_list_json_names_every_feature_and_where_it_comes_from() {
     let broken = tempfile::tempdir().unwrap();
     write(&broken.path().join("oops.yaml"), "#cloud-config\nruncmd: nope\n");
+    // Each reads well on its own; what they require does not.
+    write(&broken.path().join("orphan.yaml"), "#cloud-config\n# requires: nowhere\npackages: [jq]\n");
+    write(&broken.path().join("ping.yaml"), "#cloud-config\n# requires: pong\npackages: [jq]\n");
+    write(&broken.path().join("pong.yaml"), "#cloud-config\n# requires: ping\npackages: [jq]\n");
     let w = world(&[&fixture(), broken.path()]);
     let (code, out, err) = run(&w, &["--json", "feature", "list"]);
     assert_eq!(code, 0, "{err}");
@@ -258,6 +262,11 @@ fn feature_list_json_names_every_feature_and_where_it_comes_from() {
     assert_eq!((row("hello")["script"].as_bool(), row("hello")["files"].as_u64()), (Some(true), Some(1)));
     assert!(row("hello").get("problem").is_none());
     assert!(row("oops")["problem"].as_str().unwrap().contains("runcmd: must be a list"), "{:?}", row("oops"));
+    let problem = |n: &str| row(n)["problem"].as_str().unwrap_or_default().to_owned();
+    assert!(problem("orphan").contains("nowhere"), "{:?}", row("orphan"));
+    assert!(problem("ping").contains("circle"), "{:?}", row("ping"));
+    assert!(problem("pong").contains("circle"), "{:?}", row("pong"));
+    assert!(row("docker-gpu").get("problem").is_none(), "what it requires is there");
     // As text: one line each, the problem shown.
     let (code, out, _) = run(&w, &["feature", "list"]);
     assert_eq!(code, 0);

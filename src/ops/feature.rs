@@ -41,7 +41,9 @@ pub fn listing(lib: &Library, dirs: &[std::path::PathBuf]) -> Listing {
         .iter()
         .map(|e| {
             let (description, requires, script, files, problem) = match &e.feature {
-                Ok(f) => (f.description.clone(), f.requires.clone(), f.script, f.files, None),
+                // Read well, it may still not merge: what it requires is
+                // missing, circles back, or clashes. `create` would refuse it.
+                Ok(f) => (f.description.clone(), f.requires.clone(), f.script, f.files, merge_problem(lib, f)),
                 Err(err) => (String::new(), vec![], false, 0, Some(err.to_string())),
             };
             Row {
@@ -57,6 +59,16 @@ pub fn listing(lib: &Library, dirs: &[std::path::PathBuf]) -> Listing {
         })
         .collect();
     Listing { dirs: dirs.iter().map(|d| d.display().to_string()).collect(), features }
+}
+
+/// Why `f` (the feature its name finds) cannot be merged with what it
+/// requires, as `feature show`, `plan` and `create` would say it.
+fn merge_problem(lib: &Library, f: &features::Feature) -> Option<String> {
+    let found = lib.get(&f.name).ok()?;
+    if !std::ptr::eq(found, f) {
+        return None;
+    }
+    lib.cloud_config(std::slice::from_ref(&f.name)).err().map(|e| e.to_string())
 }
 
 impl Report for Listing {
