@@ -124,7 +124,11 @@ impl Started {
 impl Report for Started {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "{}: {}", self.start.name, self.start.result.replace('-', " "))?;
-        ready::announce(&self.ready);
+        match (&self.ready, self.start.result) {
+            // The same boot, restored: cloud-init's timings are the first boot's.
+            (Some(r), "resumed") => crate::messages::note(r.note_resumed()),
+            _ => ready::announce(&self.ready),
+        }
         Ok(())
     }
 }

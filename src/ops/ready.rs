@@ -650,6 +650,13 @@ impl ReadyReport {
         format!("{}: ready ({boot}{cloud_init}{}) after {:.1}s{latency}", self.name, self.provisioned(), self.waited_s)
     }
 
+    /// The note of a resumed VM's wait: the guest answered on the channel
+    /// again, in the boot it was suspended in. (Its report is that boot's:
+    /// how long after cloud-init it came says nothing about the resume.)
+    pub fn note_resumed(&self) -> String {
+        format!("{}: answering again after {:.1}s (resumed: the same boot, nothing re-run)", self.name, self.waited_s)
+    }
+
     /// `, application script ok, 2 checks passed`: what ran after cloud-init.
     fn provisioned(&self) -> String {
         let mut out = String::new();
@@ -857,6 +864,10 @@ mod tests {
         assert_eq!(r.note(), "foo: ready (cloud-init done, application script ok, 1 check passed) after 9.1s");
         r.checks = Some(vec![pass.clone(), CheckResult { ok: false, ..pass }]);
         assert_eq!(r.note(), "foo: ready (cloud-init done, application script ok, 1 of 2 checks failed) after 9.1s");
+        // A resume's report is the first boot's: its latency after cloud-init is not said.
+        r.report_latency_s = Some(7.6);
+        assert!(r.note().contains("reported 7.60s after cloud-init finished"));
+        assert_eq!(r.note_resumed(), "foo: answering again after 9.1s (resumed: the same boot, nothing re-run)");
     }
 
     #[test]
