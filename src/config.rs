@@ -313,6 +313,10 @@ fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
         if !unknown.is_empty() {
             continue;
         }
+        if !entry.is_object() {
+            p.add(&here, format!("expected a port like {{\"host\": 8080, \"guest\": 80}}, found {}", show(entry)));
+            continue;
+        }
         let Some(port) = typed::<Port>(&here, entry, p) else { continue };
         match port.validate() {
             Err(e) => p.add(&here, e),
@@ -736,7 +740,7 @@ mod tests {
                         "c": {"ports": [{"host": 7000, "guest": 80}]},
                         "d": {"ports": [{"host": 7000, "guest": 22}]},
                         "e": {"ports": [{"host": 7001, "guest": 80, "proto": "udp"}]},
-                        "f": {"ports": [{"host": 0, "guest": 80}, {"host": 7002, "guest": 80}, {"host": 7003, "guest": "http"}, {"host": 7004, "guest": 0}]}}}"#,
+                        "f": {"ports": [{"host": 0, "guest": 80}, {"host": 7002, "guest": 80}, {"host": 7003, "guest": "http"}, {"host": 7004, "guest": 0}, 8080]}}}"#,
         );
         for want in [
             "defaults.ports: ports belong in a VM's own entry",
@@ -748,6 +752,7 @@ mod tests {
             "vms.f.ports[0]: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
             "vms.f.ports[2]: invalid type: string \"http\"",
             "vms.f.ports[3]: port 127.0.0.1:7004 -> 0/tcp",
+            "vms.f.ports[4]: expected a port like {\"host\": 8080, \"guest\": 80}, found 8080",
         ] {
             assert!(e.contains(want), "{want} missing from {e}");
         }
