@@ -97,6 +97,7 @@ impl Guest {
     /// makes (destroyed at the end, explained on failure).
     pub fn with_image(var: &str, name: &str, tag: &str, ssh_port: u16, vms: &[&str]) -> Guest {
         require_root_libvirt();
+        remember_panics();
         let image = test_image(var);
         let lock = guest_boot_lock();
         let env = Env::new(tag, ssh_port, serde_json::json!({ "base_image": name }));
@@ -138,8 +139,28 @@ impl Drop for Guest {
                 let qemu = format!("/var/log/libvirt/qemu/project-{vm}.log");
                 show_tails(&[(&serial, 80), (&qemu, 30)]);
             }
+            // Said again after the logs, so that the last lines of a long
+            // run's output (all a CI summary may show) say what failed.
+            if let Some(failure) = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                eprintln!("===== the failure, again =====\n{failure}");
+            }
         }
     }
+}
+
+/// The message of the last panic of this process (the hook below).
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Keeps each panic's message (and still prints it as the default hook does).
+fn remember_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.to_string());
+            default(info);
+        }));
+    });
 }
 
 /// Prints the last lines of each file (a failing test's evidence).
