@@ -111,10 +111,6 @@ impl Problems {
     fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.0.push(format!("{path}: {msg}"));
     }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 /// The fields of one entry before merging; `None` where absent.
@@ -284,7 +280,6 @@ fn network_config(at: &str, v: &Value, p: &mut Problems) -> Option<StaticNetwork
     })
 }
 
-/// Shares, each checked as `--share` checks one.
 /// The keys of one `ports` entry.
 const PORT_KEYS: &[&str] = &["host", "guest", "address", "protocol"];
 
@@ -296,7 +291,6 @@ fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
         p.add(at, format!("expected a list of ports, e.g. [{{\"host\": 8080, \"guest\": 80}}], found {}", show(v)));
         return None;
     };
-    let before = p.len();
     let mut list = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (i, entry) in entries.iter().enumerate() {
@@ -313,8 +307,16 @@ fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
         if !unknown.is_empty() {
             continue;
         }
-        if !entry.is_object() {
+        let Some(fields) = entry.as_object() else {
             p.add(&here, format!("expected a port like {{\"host\": 8080, \"guest\": 80}}, found {}", show(entry)));
+            continue;
+        };
+        let bad: Vec<(&String, String)> =
+            fields.iter().filter_map(|(k, v)| port_field_problem(k, v).map(|why| (k, why))).collect();
+        for (k, why) in &bad {
+            p.add(&format!("{here}.{k}"), why);
+        }
+        if !bad.is_empty() {
             continue;
         }
         let Some(port) = typed::<Port>(&here, entry, p) else { continue };
@@ -327,7 +329,28 @@ fn ports(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Port>> {
             Ok(()) => list.push(port),
         }
     }
-    (p.len() == before).then_some(list)
+    // The good ones even when others are bad: a clash with another VM's
+    // port is found in the same run (the file is refused all the same).
+    Some(list)
+}
+
+/// What is wrong with one key of a `ports` entry, said of that key.
+fn port_field_problem(key: &str, v: &Value) -> Option<String> {
+    match key {
+        "host" | "guest" => match v.as_u64() {
+            Some(n) if n <= u64::from(u16::MAX) => None,
+            _ => Some(format!("expected a port number from 1 to 65535, found {}", show(v))),
+        },
+        "address" => match v.as_str().map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(_)) => None,
+            _ => Some(format!("expected an IP address such as \"127.0.0.1\" or \"::1\", found {}", show(v))),
+        },
+        "protocol" => match v.as_str() {
+            Some("tcp" | "udp") => None,
+            _ => Some(format!("expected \"tcp\" or \"udp\", found {}", show(v))),
+        },
+        _ => None,
+    }
 }
 
 /// Two VMs on one host cannot both forward a host port.
@@ -335,13 +358,16 @@ fn shared_ports(vms: &BTreeMap<VmName, VmDecl>, p: &mut Problems) {
     let mut seen: BTreeMap<(Option<&str>, u16, crate::spec::Protocol), &VmName> = BTreeMap::new();
     for vm in vms.values() {
         for port in &vm.ports {
-            if let Some(other) = seen.insert((vm.host.as_deref(), port.host, port.protocol), &vm.name) {
+            // The first VM to forward a port owns it; each later one is named.
+            let owner = *seen.entry((vm.host.as_deref(), port.host, port.protocol)).or_insert(&vm.name);
+            if owner != &vm.name {
                 p.add(
                     &format!("vms.{}.ports", vm.name),
                     format!(
-                        "host port {}/{} is vms.{other}'s too: give each VM its own",
+                        "host port {}/{} ({}) is vms.{owner}'s too: give each VM its own",
                         port.host,
-                        port.protocol.as_str()
+                        port.protocol.as_str(),
+                        port.label()
                     ),
                 );
             }
@@ -349,6 +375,7 @@ fn shared_ports(vms: &BTreeMap<VmName, VmDecl>, p: &mut Problems) {
     }
 }
 
+/// Shares, each checked as `--share` checks one.
 fn shares(at: &str, v: &Value, p: &mut Problems) -> Option<Vec<Share>> {
     typed::<Vec<Share>>(at, v, p).filter(|list| {
         let bad: Vec<ConfigError> = list.iter().filter_map(|s| s.validate().err()).collect();
@@ -512,7 +539,8 @@ fn depends_on(
     raw: &BTreeMap<VmName, (String, Fields)>,
     p: &mut Problems,
 ) -> Vec<VmName> {
-    let names: Vec<&str> = raw.keys().map(VmName::as_str).collect();
+    // Its own name is never a suggestion: a VM cannot depend on itself.
+    let names: Vec<&str> = raw.keys().filter(|n| *n != name).map(VmName::as_str).collect();
     let mut out = Vec::new();
     for (i, dep) in f.depends_on.clone().unwrap_or_default() {
         let at = format!("{path}.depends_on[{i}]");
@@ -740,19 +768,24 @@ mod tests {
                         "c": {"ports": [{"host": 7000, "guest": 80}]},
                         "d": {"ports": [{"host": 7000, "guest": 22}]},
                         "e": {"ports": [{"host": 7001, "guest": 80, "proto": "udp"}]},
-                        "f": {"ports": [{"host": 0, "guest": 80}, {"host": 7002, "guest": 80}, {"host": 7003, "guest": "http"}, {"host": 7004, "guest": 0}, 8080]}}}"#,
+                        "f": {"ports": [{"host": 0, "guest": 80}, {"host": 7002, "guest": 80}, {"host": 7003, "guest": "http"}, {"host": 7004, "guest": 0}, 8080]},
+                        "g": {"ports": [{"host": 7000, "guest": 80}, {"host": 7005, "guest": 80, "address": "localhost", "protocol": null}]}}}"#,
         );
         for want in [
             "defaults.ports: ports belong in a VM's own entry",
             "vms.a.ports[0]: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
             "vms.b.ports[1]: port 127.0.0.1:9000 -> 81/tcp: host port 9000/tcp is given twice",
-            "vms.d.ports: host port 7000/tcp is vms.c's too",
+            "vms.d.ports: host port 7000/tcp (127.0.0.1:7000 -> 22/tcp) is vms.c's too",
             "vms.e.ports[0].proto: unknown key (did you mean \"protocol\"?); a port's keys are host, guest, address, protocol",
             // Every bad entry of one VM at once, each by its index; the good one is not named.
             "vms.f.ports[0]: port 127.0.0.1:0 -> 80/tcp: 0 is not a port",
-            "vms.f.ports[2]: invalid type: string \"http\"",
+            "vms.f.ports[2].guest: expected a port number from 1 to 65535, found \"http\"",
             "vms.f.ports[3]: port 127.0.0.1:7004 -> 0/tcp",
             "vms.f.ports[4]: expected a port like {\"host\": 8080, \"guest\": 80}, found 8080",
+            // A bad key is named by its path; the VM's good entry still meets the others'.
+            "vms.g.ports[1].address: expected an IP address such as \"127.0.0.1\" or \"::1\", found \"localhost\"",
+            "vms.g.ports[1].protocol: expected \"tcp\" or \"udp\", found null",
+            "vms.g.ports: host port 7000/tcp (127.0.0.1:7000 -> 80/tcp) is vms.c's too",
         ] {
             assert!(e.contains(want), "{want} missing from {e}");
         }

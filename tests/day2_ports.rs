@@ -72,7 +72,7 @@ fn ports_that_cannot_work_are_refused_before_anything_connects() {
     .unwrap();
     let (code, _, err) = run_bin(&["--connect", uri, "plan", "-f", file.to_str().unwrap()], &cfg);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("vms.b.ports: host port 28090/tcp is vms.a's too"), "{err}");
+    assert!(err.contains("vms.b.ports: host port 28090/tcp (127.0.0.1:28090 -> 8000/tcp) is vms.a's too"), "{err}");
     assert!(err.contains("0 is not a port"), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     // forward: a local port that is taken, or given twice, before any VM is looked up.
