@@ -98,7 +98,7 @@ fn the_fault_variable_works_only_in_a_fault_injection_build() {
 }
 
 /// `watch` prints only to stdout. With nobody to read it, it must end, not
-/// run until a signal: a closed stdout (or /dev/null, which Rust's runtime
+/// run until a signal: a closed or read-only stdout (or /dev/null, which Rust's runtime
 /// puts in its place) is refused at once, exit 2; a pipe whose reader goes
 /// away while no event comes ends it within a second or two, exit 0.
 #[test]
@@ -126,7 +126,12 @@ fn watch_with_nobody_reading_ends() {
     };
     let (code, stderr) = wait(watch(Stdio::null()));
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("stdout, which is closed or /dev/null"), "{stderr}");
+    assert!(stderr.contains("stdout, which is closed, /dev/null or read-only"), "{stderr}");
+
+    // Open for reading only: every write would fail unseen.
+    let read_only = std::fs::File::open(BIN).unwrap();
+    let (code, stderr) = wait(watch(Stdio::from(read_only)));
+    assert_eq!(code, Some(2), "{stderr}");
 
     let mut child = watch(Stdio::piped());
     // Its first words on stderr: it is watching (and blocked for events).

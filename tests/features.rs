@@ -182,10 +182,24 @@ fn requirements_come_first_once_and_must_exist_and_not_circle() {
     let order: Vec<_> = lib.expand(&["app".into()]).unwrap().iter().map(|f| f.name.clone()).collect();
     assert_eq!(order, ["docker", "lib", "app"]);
     assert!(
-        matches!(lib.expand(&["orphan".into()]), Err(ConfigError::FeatureKey { key, why, .. }) if key == "# requires:" && why.contains("\"nope\""))
+        matches!(lib.expand(&["orphan".into()]), Err(ConfigError::FeatureKey { key, why, .. }) if key == "# requires" && why.contains("\"nope\""))
     );
     assert!(matches!(lib.expand(&["a".into()]), Err(ConfigError::FeatureKey { why, .. }) if why.contains("circle")));
     assert!(matches!(lib.get("map"), Err(ConfigError::FeatureKey { key, .. }) if key == "runcmd"));
+    // A chain of requirements deeper than any library needs is refused, not
+    // followed until the stack runs out (it was, at some thousands).
+    let deep = tempfile::tempdir().unwrap();
+    for i in 0..200 {
+        write(&deep.path().join(format!("c{i:03}.yaml")), &format!("#cloud-config\n# requires: c{:03}\n", i + 1));
+    }
+    write(&deep.path().join("c200.yaml"), "#cloud-config\npackages: [jq]\n");
+    let lib = Library::load(&[deep.path().to_owned()]);
+    assert!(
+        matches!(lib.expand(&["c000".into()]), Err(ConfigError::FeatureKey { why, .. }) if why.contains("deeper than 64")),
+        "{:?}",
+        lib.expand(&["c000".into()]).err()
+    );
+    assert_eq!(lib.expand(&["c150".into()]).unwrap().len(), 51, "50 deep is fine");
 }
 
 #[test]

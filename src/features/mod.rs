@@ -211,21 +211,26 @@ impl Library {
             return Ok(());
         }
         let f = self.get(name)?;
+        if path.len() >= MAX_DEPTH {
+            return Err(ConfigError::FeatureKey {
+                file: f.origin.to_string(),
+                key: "# requires".into(),
+                why: format!("requirements nest deeper than {MAX_DEPTH} features: {} -> ...", path[..3].join(" -> ")),
+            });
+        }
         if path.iter().any(|p| p == name) {
             return Err(ConfigError::FeatureKey {
                 file: f.origin.to_string(),
-                key: "# requires:".into(),
+                key: "# requires".into(),
                 why: format!("features require each other in a circle: {} -> {name}", path.join(" -> ")),
             });
         }
         path.push(name.to_owned());
         for r in &f.requires {
             self.visit(r, path, out).map_err(|e| match e {
-                ConfigError::UnknownFeature { .. } => ConfigError::FeatureKey {
-                    file: f.origin.to_string(),
-                    key: "# requires:".into(),
-                    why: e.to_string(),
-                },
+                ConfigError::UnknownFeature { .. } => {
+                    ConfigError::FeatureKey { file: f.origin.to_string(), key: "# requires".into(), why: e.to_string() }
+                }
                 e => e,
             })?;
         }
@@ -296,11 +301,24 @@ fn dir_entries(dir: &Path) -> Vec<(String, PathBuf)> {
             }
             Some((file.strip_suffix(".yaml")?.to_owned(), p))
         })
-        .take(MAX_ENTRIES)
+        .take(MAX_LOOKED_AT)
         .collect();
     out.sort();
+    if out.len() > MAX_ENTRIES {
+        crate::messages::warn(format!(
+            "{} holds more than {MAX_ENTRIES} features: only the first {MAX_ENTRIES} by name are used",
+            dir.display()
+        ));
+        out.truncate(MAX_ENTRIES);
+    }
     out
 }
+
+/// How many names of one directory are looked at, at most.
+const MAX_LOOKED_AT: usize = 100 * MAX_ENTRIES;
+
+/// How deep `# requires:` may nest (a -> b -> c ... ).
+const MAX_DEPTH: usize = 64;
 
 /// How many features one directory may hold.
 const MAX_ENTRIES: usize = 1000;

@@ -654,7 +654,13 @@ impl ReadyReport {
     /// again, in the boot it was suspended in. (Its report is that boot's:
     /// how long after cloud-init it came says nothing about the resume.)
     pub fn note_resumed(&self) -> String {
-        format!("{}: answering again after {:.1}s (resumed: the same boot, nothing re-run)", self.name, self.waited_s)
+        format!(
+            "{}: answering again after {:.1}s (resumed, the same boot: cloud-init {}{})",
+            self.name,
+            self.waited_s,
+            self.cloud_init_status,
+            self.provisioned()
+        )
     }
 
     /// `, application script ok, 2 checks passed`: what ran after cloud-init.
@@ -867,7 +873,11 @@ mod tests {
         // A resume's report is the first boot's: its latency after cloud-init is not said.
         r.report_latency_s = Some(7.6);
         assert!(r.note().contains("reported 7.60s after cloud-init finished"));
-        assert_eq!(r.note_resumed(), "foo: answering again after 9.1s (resumed: the same boot, nothing re-run)");
+        // It still says how that boot's provisioning went (a check may have failed).
+        assert_eq!(
+            r.note_resumed(),
+            "foo: answering again after 9.1s (resumed, the same boot: cloud-init done, application script ok, 1 of 2 checks failed)"
+        );
     }
 
     #[test]

@@ -424,7 +424,7 @@ pub fn lifecycle(event: i32, detail: i32) -> (&'static str, Option<&'static str>
 pub fn watch(fleet: &Fleet, only_host: Option<&str>, names: &[VmName], json: bool) -> anyhow::Result<()> {
     if stdout_is_null() {
         return Err(crate::ops::Error::Invalid(
-            "watch prints its events to stdout, which is closed or /dev/null: nothing would read them; \
+            "watch prints its events to stdout, which is closed, /dev/null or read-only: nothing would read them; \
              run it with stdout on a terminal, a file or a pipe"
                 .into(),
         )
@@ -453,14 +453,19 @@ pub fn watch(fleet: &Fleet, only_host: Option<&str>, names: &[VmName], json: boo
 }
 
 /// True when stdout is /dev/null, which is also what a closed stdout
-/// becomes (Rust's runtime opens /dev/null on a closed fd 0, 1 or 2).
+/// becomes (Rust's runtime opens /dev/null on a closed fd 0, 1 or 2), or
+/// is open for reading only.
 fn stdout_is_null() -> bool {
     use nix::sys::stat::SFlag;
     use std::os::unix::fs::MetadataExt;
     let null = std::fs::metadata("/dev/null").map(|m| m.rdev());
     let out = nix::sys::stat::fstat(std::io::stdout());
     let char_device = |mode| SFlag::from_bits_truncate(mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
-    matches!((null, out), (Ok(null), Ok(out)) if char_device(out.st_mode) && out.st_rdev == null)
+    // Open for reading only (`watch 1<file`): every write would fail, unseen.
+    let read_only = nix::fcntl::fcntl(std::io::stdout(), nix::fcntl::FcntlArg::F_GETFL).is_ok_and(|fl| {
+        nix::fcntl::OFlag::from_bits_truncate(fl) & nix::fcntl::OFlag::O_ACCMODE == nix::fcntl::OFlag::O_RDONLY
+    });
+    read_only || matches!((null, out), (Ok(null), Ok(out)) if char_device(out.st_mode) && out.st_rdev == null)
 }
 
 /// True when nobody can read what `watch` prints: stdout is closed
