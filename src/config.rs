@@ -412,10 +412,23 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> anyhow::Result<Declar
         p.add("depends_on", format!("dependency cycle: {}", cycle.join(" -> ")));
     }
     if !p.0.is_empty() {
-        p.0.sort();
+        // By path, numbers as numbers: ports[9] before ports[10].
+        p.0.sort_by_cached_key(|line| natural_key(line));
         return Err(ConfigError::File { origin: origin.to_owned(), problems: p.0 }.into());
     }
     Ok(Declared { settings, vms })
+}
+
+/// `line` cut into text and numbers, so that numbers sort by value.
+fn natural_key(line: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while chars.peek().is_some() {
+        let text: String = std::iter::from_fn(|| chars.next_if(|c| !c.is_ascii_digit())).collect();
+        let digits: String = std::iter::from_fn(|| chars.next_if(char::is_ascii_digit)).collect();
+        out.push((text, digits.parse().unwrap_or(u64::MAX)));
+    }
+    out
 }
 
 /// Top-level keys: `defaults`, `vms` and the host settings' keys.
@@ -789,6 +802,13 @@ mod tests {
         ] {
             assert!(e.contains(want), "{want} missing from {e}");
         }
+    }
+
+    #[test]
+    fn problems_sort_by_path_with_numbers_as_numbers() {
+        let mut lines = vec!["vms.a.ports[10]: x", "vms.a.ports[9]: x", "vms.a.memory: x", "vms.a.ports[100]: x"];
+        lines.sort_by_cached_key(|l| natural_key(l));
+        assert_eq!(lines, ["vms.a.memory: x", "vms.a.ports[9]: x", "vms.a.ports[10]: x", "vms.a.ports[100]: x"]);
     }
 
     #[test]
