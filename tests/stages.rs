@@ -39,7 +39,7 @@ fn stage_snapshots_then_reconfigure_keeps_the_vm_itself() {
     env.import();
     let v1 = web_script(&env, "v1.sh", "version one");
     let args =
-        ["create", "st", "1G", "2", "8G", "--project-disk", "1G", "--application-script", &v1, "--stage-snapshots"];
+        ["create", "st", "1G", "1", "8G", "--project-disk", "1G", "--application-script", &v1, "--stage-snapshots"];
     let created = env.run(&[&args[..], &["--wait", "--timeout", "900", "--json"]].concat()).ok().json();
     assert_eq!(created["ready"]["result"], "done", "{created}");
     assert_eq!(created["ready"]["application"]["exit"], 0, "{created}");
@@ -88,6 +88,7 @@ fn stage_snapshots_then_reconfigure_keeps_the_vm_itself() {
     // A revert to final-form resumes the guest as it was then: version one.
     let rev = env.run(&["snapshot", "revert", "st", "final-form", "--json"]).ok().json();
     assert_eq!(rev["state"], "running", "{rev}");
+    env.ssh_once_answering("st", "true", std::time::Duration::from_secs(90));
     assert_eq!(page(&env, "st"), "version one");
 
     // image save from the reverted state: a template of the final form.
