@@ -488,8 +488,8 @@ fn snapshots_roll_a_vm_back_running_and_stopped() {
     env.ssh("sn", "rm ~/file /project/file && sync");
     let r = env.run(&["snapshot", "revert", "sn", "live", "--json"]).ok().json();
     assert_eq!((r["state"].as_str(), r["stopped"].as_bool()), (Some("running"), Some(false)), "{r}");
-    assert!(r["answers_ssh_after_s"].as_f64().is_some(), "resumed from memory, it waits for ssh: {r}");
-    assert_eq!(env.ssh("sn", "cat ~/file /project/file").split_whitespace().collect::<Vec<_>>(), vec!["one", "data"]);
+    let back = env.ssh_once_answering("sn", "cat ~/file /project/file", std::time::Duration::from_secs(90));
+    assert_eq!(back.split_whitespace().collect::<Vec<_>>(), vec!["one", "data"]);
 
     // Stopped: disks only; the revert leaves it stopped.
     env.run(&["stop", "sn", "--timeout", "120"]).ok();
@@ -500,7 +500,6 @@ fn snapshots_roll_a_vm_back_running_and_stopped() {
     env.run(&["stop", "sn", "--timeout", "120"]).ok();
     let r = env.run(&["snapshot", "revert", "sn", "snap-1", "--json"]).ok().json();
     assert_eq!(r["state"], "shutoff", "{r}");
-    assert!(r["answers_ssh_after_s"].is_null(), "nothing resumed, nothing waited for: {r}");
     wait_ready(&env, "sn");
     assert_eq!(env.ssh("sn", "cat ~/file").trim(), "one");
 

@@ -52,9 +52,6 @@ pub struct Reverted {
     pub state: State,
     /// It was running before and is not now.
     pub stopped: bool,
-    /// Resumed from memory: seconds until its sshd answered (`None`: not
-    /// waited for, or it did not answer within 90 s; a warning says so).
-    pub answers_ssh_after_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -218,43 +215,18 @@ pub fn revert(ctx: &Ctx, vm: &Vm, name: &str) -> anyhow::Result<Reverted> {
     let _lock = super::vm_lock(ctx, &vm.name, "reverting")?;
     ready(vm)?;
     let snap = find(vm, name)?;
-    let memory = entry(vm, &snap)?.memory;
     let was_running = vm.state() == State::Running;
     // A running VM stays running, even when the snapshot was taken stopped.
     let flags = if was_running { virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING } else { 0 };
     snap.revert(flags).map_err(|e| explain(e, format!("reverting {} to {name}", vm.name)))?;
     crate::fault::mutated("reverted to a snapshot");
     let state = vm.state();
-    let resumed = state == State::Running && memory;
     Ok(Reverted {
         vm: vm.name.to_string(),
         snapshot: name.to_owned(),
         stopped: was_running && state != State::Running,
         state,
-        answers_ssh_after_s: if resumed { answering(ctx, vm) } else { None },
     })
-}
-
-/// A guest resumed from memory: waits until its sshd answers, so the next
-/// `project-vm ssh` connects (the first connection after the restore was seen
-/// to go unanswered for 10 s). Seconds it took; a warning when it did not.
-fn answering(ctx: &Ctx, vm: &Vm) -> Option<f64> {
-    // Over a remote URI the forward is on that host's loopback; the test
-    // driver's domains run no guest.
-    if !Ctx::uri_is_local(ctx.uri.as_str()) || crate::libvirt::uri::is_test(ctx.uri.as_str()) {
-        return None;
-    }
-    let progress = crate::progress::Progress::spinner(ctx.json, format!("{}: waiting for ssh to answer", vm.name));
-    let took = super::ssh::answers(ctx, vm, super::ssh::ANSWER_LIMIT);
-    progress.finish();
-    if took.is_none() {
-        crate::messages::warn(format!(
-            "{}: resumed, but its ssh did not answer within {}s; it may still be catching up",
-            vm.name,
-            super::ssh::ANSWER_LIMIT.as_secs()
-        ));
-    }
-    took.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0)
 }
 
 pub fn delete(ctx: &Ctx, vm: &Vm, name: &str) -> anyhow::Result<Deleted> {
@@ -312,11 +284,7 @@ impl Report for Snapshots {
 
 impl Report for Reverted {
     fn human(&self, out: &mut dyn Write) -> io::Result<()> {
-        let note = match (self.stopped, self.answers_ssh_after_s) {
-            (true, _) => " (it was running; the snapshot left it stopped)".to_owned(),
-            (false, Some(s)) => format!(" (resumed where it was; ssh answers, after {s:.1}s)"),
-            (false, None) => String::new(),
-        };
+        let note = if self.stopped { " (it was running; the snapshot left it stopped)" } else { "" };
         writeln!(out, "{}: reverted to {}, now {}{note}", self.vm, self.snapshot, self.state.as_str())
     }
 }

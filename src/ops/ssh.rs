@@ -9,7 +9,6 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use std::io::Write;
 
@@ -155,56 +154,6 @@ pub fn proxy_command(uri: &str) -> Option<String> {
         _ => shell_quote(&a.replace('%', "%%")),
     });
     Some(quoted.collect::<Vec<_>>().join(" "))
-}
-
-/// How long after a memory restore `answers` waits for sshd at most.
-pub const ANSWER_LIMIT: Duration = Duration::from_secs(90);
-
-/// Waits until `vm`'s sshd sends its banner where `project-vm ssh` would
-/// connect, for at most `limit`: how long that took, or `None` when it did
-/// not answer in time or cannot be reached from here (a forward on a remote
-/// libvirt host). A guest resumed from memory by a revert was seen to let
-/// its first connection go unanswered until passt reset it 10 s later; a
-/// probe that tries again takes that connection on itself.
-pub fn answers(ctx: &Ctx, vm: &Vm, limit: Duration) -> Option<Duration> {
-    let t0 = Instant::now();
-    let spec = vm.spec().ok()?;
-    if !super::Ctx::uri_is_local(ctx.uri.as_str()) {
-        return None;
-    }
-    let target = addresses::ssh_target_of(vm, &spec, vm.state())?;
-    while t0.elapsed() < limit {
-        let left = limit.saturating_sub(t0.elapsed());
-        if banner(&target.host, target.port, left.min(Duration::from_secs(15))) {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(500).min(limit.saturating_sub(t0.elapsed())));
-    }
-    None
-}
-
-/// True when a connection to `host:port` gets an SSH banner (`SSH-`) within `within`.
-fn banner(host: &str, port: u16, within: Duration) -> bool {
-    use std::io::Read;
-    use std::net::ToSocketAddrs;
-    let Some(addr) = (host, port).to_socket_addrs().ok().and_then(|mut a| a.next()) else { return false };
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, within.max(Duration::from_millis(1))) else {
-        return false;
-    };
-    let deadline = Instant::now() + within;
-    let mut got = [0u8; 4];
-    let mut len = 0;
-    while len < got.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return false;
-        }
-        match stream.read(&mut got[len..]) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => len += n,
-        }
-    }
-    &got == b"SSH-"
 }
 
 /// One word for `sh`, quoted only when it needs it (shell-words' POSIX quoting).
@@ -437,45 +386,6 @@ mod tests {
             String::from_utf8(text).unwrap(),
             "Host project-a\n  HostName 127.0.0.1\n  Port 22022\n  User dev\n  HostKeyAlias project-a\n  ProxyCommand ssh -l root -W %h:%p box\n\n# a: no address known for a\n"
         );
-    }
-
-    /// A listener on loopback that answers each connection with `reply`
-    /// (then closes it), or closes it at once for `None`.
-    fn server(reply: Option<&'static [u8]>) -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for mut c in l.incoming().flatten() {
-                if let Some(r) = reply {
-                    let _ = c.write_all(r);
-                }
-            }
-        });
-        port
-    }
-
-    #[test]
-    fn a_banner_is_an_ssh_server_answering_and_nothing_else() {
-        let within = Duration::from_secs(5);
-        assert!(banner("127.0.0.1", server(Some(b"SSH-2.0-OpenSSH_9.2\r\n")), within));
-        // Sent in pieces, it is still one.
-        assert!(banner("127.0.0.1", server(Some(b"SSH-")), within));
-        assert!(!banner("127.0.0.1", server(Some(b"HTTP/1.1 400\r\n")), within));
-        assert!(!banner("127.0.0.1", server(Some(b"SS")), within));
-        // Closed (a reset forward) and nothing listening.
-        assert!(!banner("127.0.0.1", server(None), within));
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        assert!(!banner("127.0.0.1", free, within));
-    }
-
-    #[test]
-    fn a_server_that_says_nothing_is_given_up_on_in_time() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let t0 = Instant::now();
-        assert!(!banner("127.0.0.1", port, Duration::from_millis(300)));
-        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-        drop(l);
     }
 
     #[test]

@@ -215,6 +215,23 @@ impl Env {
         r.stdout
     }
 
+    /// [`Env::ssh`], for a guest that was just resumed from memory (a revert
+    /// of a running VM): while ssh itself cannot reach sshd (exit 255; on a
+    /// loaded host the first connection after a revert was seen reset), it
+    /// tries again, for at most `limit`.
+    pub fn ssh_once_answering(&self, name: &str, cmd: &str, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let r = self.run(&["ssh", name, "--", "sh", "-c", &shell_quote(cmd)]);
+            if r.code == 0 {
+                return r.stdout;
+            }
+            assert!(r.code == 255 && t0.elapsed() < limit, "ssh {name} `{cmd}` failed: {}", r.stderr);
+            eprintln!("ssh {name}: not answering yet ({}); trying again", r.stderr.trim());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
     pub fn volumes(&self) -> Vec<String> {
         let out = virsh(&["vol-list", "--pool", &self.pool]);
         assert!(out.status.success(), "vol-list: {}", String::from_utf8_lossy(&out.stderr));
