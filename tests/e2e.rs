@@ -488,7 +488,7 @@ fn snapshots_roll_a_vm_back_running_and_stopped() {
     env.ssh("sn", "rm ~/file /project/file && sync");
     let r = env.run(&["snapshot", "revert", "sn", "live", "--json"]).ok().json();
     assert_eq!((r["state"].as_str(), r["stopped"].as_bool()), (Some("running"), Some(false)), "{r}");
-    let back = env.ssh_once_answering("sn", "cat ~/file /project/file", std::time::Duration::from_secs(90));
+    let back = env.ssh_once_answering("sn", "cat ~/file /project/file", std::time::Duration::from_secs(300));
     assert_eq!(back.split_whitespace().collect::<Vec<_>>(), vec!["one", "data"]);
 
     // Stopped: disks only; the revert leaves it stopped.

@@ -88,7 +88,7 @@ fn stage_snapshots_then_reconfigure_keeps_the_vm_itself() {
     // A revert to final-form resumes the guest as it was then: version one.
     let rev = env.run(&["snapshot", "revert", "st", "final-form", "--json"]).ok().json();
     assert_eq!(rev["state"], "running", "{rev}");
-    env.ssh_once_answering("st", "true", std::time::Duration::from_secs(90));
+    env.ssh_once_answering("st", "true", std::time::Duration::from_secs(300));
     assert_eq!(page(&env, "st"), "version one");
 
     // image save from the reverted state: a template of the final form.
