@@ -100,18 +100,19 @@ fn code_only(text: &str) -> String {
 
 /// Every function in `code`: (its name, its first line, its length in lines).
 fn functions(code: &str) -> Vec<(String, usize, usize)> {
-    let lines: Vec<&str> = code.lines().collect();
     let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
+    let mut start = 0;
+    for (i, line) in code.split('\n').enumerate() {
+        let tail = &code[start..];
+        start += line.len() + 1;
         let Some(name) = fn_name(line) else { continue };
         // The body opens at the first `{` after the signature; a `;` first
         // means a declaration without a body (a trait's).
-        let tail = lines[i..].join("\n");
         let (Some(open), semi) = (tail.find('{'), tail.find(';')) else { continue };
         if semi.is_some_and(|s| s < open) {
             continue;
         }
-        let end = block_end(&tail, open + 1);
+        let end = block_end(tail, open + 1);
         let len = tail[..end].matches('\n').count() + 1;
         out.push((name, i + 1, len));
     }
@@ -141,17 +142,10 @@ fn imports(sources: &[Source]) -> BTreeMap<Module, BTreeSet<Module>> {
     let known: BTreeSet<&Module> = sources.iter().map(|s| &s.module).collect();
     let mut edges: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
     for s in sources {
-        let in_mod_file = s.path.file_name().is_some_and(|n| n == "mod.rs");
-        for (prefix, base) in
-            [("crate::", Vec::new()), ("super::", s.module[..s.module.len().saturating_sub(1)].to_vec())]
-        {
-            // `super::` in a mod.rs is the parent of the directory's module,
-            // elsewhere the file's own parent module.
-            let base = if prefix == "super::" && in_mod_file && !base.is_empty() {
-                s.module[..s.module.len() - 1].to_vec()
-            } else {
-                base
-            };
+        // `super::` is the parent module, in a mod.rs as elsewhere (its
+        // module is the directory's).
+        let parent = s.module[..s.module.len().saturating_sub(1)].to_vec();
+        for (prefix, base) in [("crate::", Vec::new()), ("super::", parent)] {
             for (at, _) in s.code.match_indices(prefix) {
                 let before = s.code[..at].chars().next_back();
                 if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {

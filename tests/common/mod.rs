@@ -210,19 +210,24 @@ impl Env {
 
     /// `project-vm ssh NAME -- sh -c CMD`, returning stdout.
     pub fn ssh(&self, name: &str, cmd: &str) -> String {
-        let r = self.run(&["ssh", name, "--", "sh", "-c", &shell_quote(cmd)]);
+        let r = self.ssh_run(name, cmd);
         assert_eq!(r.code, 0, "ssh {name} `{cmd}` failed: {}", r.stderr);
         r.stdout
     }
 
+    /// `project-vm ssh NAME -- sh -c CMD`, whatever it exits with.
+    fn ssh_run(&self, name: &str, cmd: &str) -> Run {
+        self.run(&["ssh", name, "--", "sh", "-c", &shell_quote(cmd)])
+    }
+
     /// [`Env::ssh`], for a guest that was just resumed from memory (a revert
-    /// of a running VM): while ssh itself cannot reach sshd (exit 255; on a
-    /// loaded host the first connection after a revert was seen reset), it
-    /// tries again, for at most `limit`.
+    /// of a running VM): while ssh itself cannot reach sshd (exit 255; after
+    /// such a revert the first connection was seen reset, and a guest seen
+    /// not to answer for over 90 s), it tries again, for at most `limit`.
     pub fn ssh_once_answering(&self, name: &str, cmd: &str, limit: Duration) -> String {
         let t0 = Instant::now();
         loop {
-            let r = self.run(&["ssh", name, "--", "sh", "-c", &shell_quote(cmd)]);
+            let r = self.ssh_run(name, cmd);
             if r.code == 0 {
                 return r.stdout;
             }
